@@ -1,0 +1,427 @@
+"""Cgroups v1 and v2 behind one small interface.
+
+A box owns one cgroup (one per controller on v1).  Each run:
+  prepare(limits) -> RunCgroup   # limits set, accounting reset, fds to hand to the agent
+  finish(run)     -> (peak, oom) # read after every process of the run is gone
+The agent's child joins the run cgroup by writing "0" to `join_fds` (files
+opened here, before the box existed), and the agent polls `cpu_fd` to enforce
+the CPU total across all processes of a run.
+
+v1: the box cgroup is reused; peak and CPU are reset per run, and charged page
+cache is dropped (force_empty) between runs so it never inflates the next
+run's peak.  v2: a leaf per run under the box (memory.peak cannot be reset
+before Linux 6.12); mkdir/rmdir are cheap on v2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "pids", "cpuacct")
+V2_CONTROLLERS = ("memory", "pids", "cpu")
+
+
+class CgroupError(RuntimeError):
+    pass
+
+
+def _write(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _keyed(text: str, key: str) -> int:
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return int(v)
+    return 0
+
+
+@dataclass
+class RunCgroup:
+    join_fds: list[int]
+    cpu_fd: int
+    memory_limit: int
+    path: Path | None = None  # v2 per-run leaf
+    oom_before: int = 0
+
+    def close_fds(self) -> None:
+        for fd in (*self.join_fds, self.cpu_fd):
+            os.close(fd)
+        self.join_fds = []
+        self.cpu_fd = -1
+
+
+@dataclass
+class BoxCgroup:
+    backend: Backend
+    name: str
+    dirs: dict[str, Path] = field(default_factory=dict)
+    _limits: tuple[int, int] = (0, 0)
+    _runs: int = 0
+    _fds: dict[str, int] = field(default_factory=dict)
+
+    def prepare(self, memory: int, procs: int) -> RunCgroup:
+        return self.backend.prepare(self, memory, procs)
+
+    def finish(self, run: RunCgroup) -> tuple[int, bool]:
+        """(peak memory bytes, oom-killed) of the run that just ended."""
+        return self.backend.finish(self, run)
+
+    def between_runs(self) -> None:
+        self.backend.between_runs(self)
+
+    async def remove(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        await self.backend.remove(self)
+
+
+class Backend:
+    version: int
+    root: Path  # instance root (v2) / instance path below each controller (v1)
+
+    def create_box(self, name: str) -> BoxCgroup:
+        raise NotImplementedError
+
+    def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
+        raise NotImplementedError
+
+    def finish(self, box: BoxCgroup, run: RunCgroup) -> tuple[int, bool]:
+        raise NotImplementedError
+
+    def between_runs(self, box: BoxCgroup) -> None:
+        pass
+
+    def groups(self) -> list[Path]:
+        """Every cgroup directory of this instance, deepest first."""
+        raise NotImplementedError
+
+    def kill_all(self, path: Path) -> None:
+        raise NotImplementedError
+
+    async def remove(self, box: BoxCgroup) -> None:
+        for path in sorted(box.dirs.values(), key=lambda p: len(p.parts), reverse=True):
+            await remove_dir(self, path)
+
+    def sweep(self) -> int:
+        """Remove what an earlier (crashed) instance left: kill, then rmdir."""
+        n = 0
+        for path in self.groups():
+            try:
+                self.kill_all(path)
+                _rmdir_retry_sync(path)
+                n += 1
+            except OSError as e:
+                log.warning("sweep: cannot remove %s: %s", path, e)
+        return n
+
+
+def _procs(path: Path) -> list[int]:
+    try:
+        return [int(x) for x in _read(path / "cgroup.procs").split()]
+    except FileNotFoundError:
+        return []
+
+
+def _kill_listed(path: Path) -> None:
+    # v1 has no cgroup.kill: kill what is listed until nothing is.  A task
+    # forking meanwhile shows up in the next listing; the pids limit bounds it.
+    for _ in range(100):
+        pids = _procs(path)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _rmdir_retry_sync(path: Path, attempts: int = 50) -> None:
+    import time
+
+    for i in range(attempts):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            # EBUSY: the kernel still holds the group for a moment after the
+            # last task exits.
+            if e.errno != errno.EBUSY or i == attempts - 1:
+                raise
+            time.sleep(0.01 * (i + 1))
+
+
+async def remove_dir(backend: Backend, path: Path, attempts: int = 50) -> None:
+    for i in range(attempts):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or i == attempts - 1:
+                log.error("cannot remove cgroup %s: %s", path, e)
+                raise CgroupError(f"cannot remove cgroup {path}: {e}") from e
+            backend.kill_all(path)
+            await asyncio.sleep(0.01 * (i + 1))
+
+
+class V1(Backend):
+    version = 1
+
+    def __init__(self, instance: str, mounts: dict[str, Path]) -> None:
+        self.mounts = mounts
+        self.base = {c: mounts[c] / "sandboxd" / instance for c in V1_CONTROLLERS}
+        self.root = self.base["memory"]
+        self.memsw = (mounts["memory"] / "memory.memsw.limit_in_bytes").exists()
+
+    def setup(self) -> None:
+        for path in self.base.values():
+            path.mkdir(parents=True, exist_ok=True)
+
+    def create_box(self, name: str) -> BoxCgroup:
+        box = BoxCgroup(self, name)
+        for c, base in self.base.items():
+            d = base / name
+            d.mkdir(exist_ok=True)
+            box.dirs[c] = d
+        mem = box.dirs["memory"]
+        _write(mem / "memory.swappiness", "0")
+        # Kill on OOM (the default), never pause the group.
+        _write(mem / "memory.oom_control", "0")
+        return box
+
+    def _set_memory(self, mem: Path, limit: int, current: int) -> None:
+        files = ["memory.limit_in_bytes"]
+        if self.memsw:
+            # memsw must stay >= the plain limit: raise it first, lower it last.
+            files = (
+                ["memory.memsw.limit_in_bytes", *files] if limit > current else [*files, "memory.memsw.limit_in_bytes"]
+            )
+        for f in files:
+            _write(mem / f, str(limit))
+
+    def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
+        mem, pids = box.dirs["memory"], box.dirs["pids"]
+        cur_mem, cur_procs = box._limits
+        if memory != cur_mem:
+            self._set_memory(mem, memory, cur_mem or (1 << 62))
+        if procs != cur_procs:
+            _write(pids / "pids.max", str(procs))
+        box._limits = (memory, procs)
+        fds = box._fds
+        if not fds:
+            # Opened once per box: the per-run path stays a write and two reads.
+            fds["peak"] = os.open(mem / "memory.max_usage_in_bytes", os.O_RDWR | os.O_CLOEXEC)
+            fds["oom"] = os.open(mem / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        os.pwrite(fds["peak"], b"0", 0)
+        oom = _keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill")
+        join = [os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for d in box.dirs.values()]
+        cpu = os.open(box.dirs["cpuacct"] / "cpuacct.usage", os.O_RDONLY | os.O_CLOEXEC)
+        return RunCgroup(join, cpu, memory, oom_before=oom)
+
+    def finish(self, box: BoxCgroup, run: RunCgroup) -> tuple[int, bool]:
+        peak = int(os.pread(box._fds["peak"], 64, 0))
+        oom = _keyed(os.pread(box._fds["oom"], 256, 0).decode(), "oom_kill") > run.oom_before
+        return peak, oom
+
+    def between_runs(self, box: BoxCgroup) -> None:
+        # Page cache the run pulled in stays charged to the group; drop it so
+        # the next run's peak starts from zero.  Cheap when little is charged.
+        mem = box.dirs["memory"]
+        try:
+            if int(_read(mem / "memory.usage_in_bytes")) > 0:
+                _write(mem / "memory.force_empty", "0")
+        except OSError as e:
+            log.warning("force_empty %s: %s", mem, e)
+
+    def groups(self) -> list[Path]:
+        out: list[Path] = []
+        for base in self.base.values():
+            if base.exists():
+                out += [Path(dp) for dp, _, _ in os.walk(base, topdown=False) if Path(dp) != base]
+        return out
+
+    def kill_all(self, path: Path) -> None:
+        _kill_listed(path)
+
+
+class V2(Backend):
+    version = 2
+
+    def __init__(self, instance: str, mount: Path) -> None:
+        self.mount = mount
+        own = _own_v2_cgroup().removesuffix("/daemon")  # a restart finds itself in the leaf
+        # Under systemd (Delegate=yes) we own our unit's cgroup: the daemon
+        # moves into a leaf and the boxes are its siblings, as systemd's
+        # delegation rules ask.  Started from a shell at the root: a subtree.
+        self.delegated = mount / own.lstrip("/") if own != "/" else None
+        parent = self.delegated if self.delegated else mount / "sandboxd"
+        self.parent = parent
+        self.root = parent / instance
+
+    def setup(self) -> None:
+        if self.delegated is not None:
+            leaf = self.delegated / "daemon"
+            leaf.mkdir(exist_ok=True)
+            for pid in _procs(self.delegated):
+                with contextlib.suppress(ProcessLookupError):
+                    _write(leaf / "cgroup.procs", str(pid))
+        else:
+            self.parent.mkdir(exist_ok=True)
+        _enable(self.parent, V2_CONTROLLERS)
+        self.root.mkdir(exist_ok=True)
+        _enable(self.root, V2_CONTROLLERS)
+
+    def create_box(self, name: str) -> BoxCgroup:
+        box = BoxCgroup(self, name)
+        d = self.root / name
+        d.mkdir(exist_ok=True)
+        _enable(d, V2_CONTROLLERS)
+        box.dirs["box"] = d
+        return box
+
+    def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
+        box._runs += 1
+        leaf = box.dirs["box"] / f"run{box._runs}"
+        leaf.mkdir()
+        _write(leaf / "memory.max", str(memory))
+        _write(leaf / "memory.swap.max", "0")
+        _write(leaf / "memory.oom.group", "1")
+        _write(leaf / "pids.max", str(procs))
+        join = [os.open(leaf / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)]
+        cpu = os.open(leaf / "cpu.stat", os.O_RDONLY | os.O_CLOEXEC)
+        return RunCgroup(join, cpu, memory, path=leaf)
+
+    def finish(self, box: BoxCgroup, run: RunCgroup) -> tuple[int, bool]:
+        assert run.path is not None
+        try:
+            peak = int(_read(run.path / "memory.peak"))
+        except FileNotFoundError:  # before Linux 5.19
+            peak = _keyed(_read(run.path / "memory.stat"), "anon") + _keyed(_read(run.path / "memory.stat"), "file")
+        oom = _keyed(_read(run.path / "memory.events"), "oom_kill") > 0
+        try:
+            run.path.rmdir()
+        except OSError:
+            _rmdir_retry_sync(run.path)
+        return peak, oom
+
+    def groups(self) -> list[Path]:
+        if not self.root.exists():
+            return []
+        return [Path(dp) for dp, _, _ in os.walk(self.root, topdown=False) if Path(dp) != self.root]
+
+    def kill_all(self, path: Path) -> None:
+        try:
+            _write(path / "cgroup.kill", "1")
+        except FileNotFoundError:  # before Linux 5.14
+            _kill_listed(path)
+
+
+def _enable(path: Path, controllers: tuple[str, ...]) -> None:
+    have = set(_read(path / "cgroup.subtree_control").split())
+    for c in controllers:
+        if c not in have:
+            # One at a time: a single refused controller must not hide the rest.
+            _write(path / "cgroup.subtree_control", f"+{c}")
+
+
+def _own_v2_cgroup() -> str:
+    for line in _read(Path("/proc/self/cgroup")).splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return "/"
+
+
+def _v1_mounts() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for line in _read(Path("/proc/self/mountinfo")).splitlines():
+        pre, _, post = line.partition(" - ")
+        fields = post.split()
+        if len(fields) >= 3 and fields[0] == "cgroup":
+            opts = set(fields[2].split(","))
+            for c in V1_CONTROLLERS:
+                if c in opts and c not in found:
+                    found[c] = Path(pre.split()[4])
+    return found
+
+
+def detect(instance: str = "default") -> Backend:
+    """Pick the hierarchy at start-up: pure v2 if its controllers are there,
+    else v1 controllers (hybrid hosts such as this project's CI)."""
+    if not instance.replace("-", "").replace("_", "").isalnum():
+        raise CgroupError(f"instance name {instance!r}: use letters, digits, - and _")
+    ctl = CGROUP_ROOT / "cgroup.controllers"
+    if ctl.exists():
+        have = set(_read(ctl).split())
+        missing = [c for c in V2_CONTROLLERS if c not in have]
+        if missing:
+            raise CgroupError(f"cgroup v2 without controllers {missing} (check delegation)")
+        v2 = V2(instance, CGROUP_ROOT)
+        v2.setup()
+        return v2
+    mounts = _v1_mounts()
+    missing = [c for c in V1_CONTROLLERS if c not in mounts]
+    if missing:
+        raise CgroupError(f"no cgroup v2 controllers and v1 controllers {missing} not mounted")
+    v1 = V1(instance, mounts)
+    v1.setup()
+    return v1
+
+
+def other_instances(backend: Backend) -> list[str]:
+    """Names of the other instances that have cgroups on this host."""
+    parent = backend.root.parent
+    if not parent.exists():
+        return []
+    mine = backend.root.name
+    return sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name != mine and p.name not in ("daemon",))
+
+
+def for_instance(backend: Backend, instance: str) -> Backend:
+    if isinstance(backend, V1):
+        return V1(instance, backend.mounts)
+    assert isinstance(backend, V2)
+    other = V2.__new__(V2)
+    other.mount, other.delegated, other.parent = backend.mount, backend.delegated, backend.parent
+    other.root = backend.parent / instance
+    return other
+
+
+def remove_instance(backend: Backend) -> None:
+    """Sweep an instance and remove its own directories too; then the shared
+    `sandboxd` parent if no other instance uses it (rmdir is atomic: it fails
+    while a sibling exists, so a concurrent instance is never disturbed)."""
+    backend.sweep()
+    roots = list(backend.base.values()) if isinstance(backend, V1) else [backend.root]
+    for r in roots:
+        if r.exists():
+            backend.kill_all(r)
+            _rmdir_retry_sync(r)
+    if isinstance(backend, V2) and backend.delegated is not None:
+        return  # the parent is our service's own cgroup: systemd's to remove
+    for r in roots:
+        with contextlib.suppress(OSError):
+            r.parent.rmdir()

@@ -1,0 +1,153 @@
+"""`sandboxd` command line: one-shot runs over the same engine the daemon uses."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import uvloop
+
+from .engine import Engine, EngineConfig, InstanceBusy, SourceResult
+from .schema import Limits, MiB, RunRequest, RunResult, SchemaError
+
+EXIT_OK, EXIT_NOT_OK, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own exit code is 2 too; keep the contract explicit
+        self.print_usage(sys.stderr)
+        print(f"sandboxd: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sandboxd", description="Run untrusted code in warm Linux sandboxes.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser(
+        "run",
+        help="run one program in a fresh box",
+        description="Run CMD (after --) or, with --lang, a source FILE (compiled first when the language needs "
+        "it). Standard input passes to the program. Exit status: 0 if the run's status is ok, 1 otherwise, "
+        "2 for bad usage.",
+    )
+    r.add_argument("--lang", help="language id (c, cpp, python3, ...): run a source FILE")
+    r.add_argument("--time", type=float, help="CPU time limit, seconds (default 2)")
+    r.add_argument("--wall", type=float, help="wall time limit, seconds (default 2 x time + 1)")
+    r.add_argument("--memory", type=int, help="memory limit, MiB (default 256)")
+    r.add_argument("--procs", type=int, help="process/thread limit (default 64)")
+    r.add_argument("--output", type=int, help="output limit per stream, bytes (default 1 MiB)")
+    r.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    r.add_argument("--instance", default=f"cli-{os.getpid()}", help=argparse.SUPPRESS)
+    r.add_argument("argv", nargs=argparse.REMAINDER, metavar="[FILE] [-- CMD ARGS...]")
+    return p
+
+
+def _limits(ns: argparse.Namespace) -> Limits:
+    given: dict[str, Any] = {}
+    for flag, key, scale in (
+        ("time", "cpu_time", 1),
+        ("wall", "wall_time", 1),
+        ("memory", "memory", MiB),
+        ("procs", "procs", 1),
+        ("output", "output", 1),
+    ):
+        v = getattr(ns, flag)
+        if v is not None:
+            given[key] = v * scale
+    try:
+        return msgspec.convert(given, Limits)
+    except msgspec.ValidationError as e:
+        raise SchemaError(f"limits: {e}") from None
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", errors="replace")
+
+
+def _as_json(res: RunResult) -> dict[str, Any]:
+    d: dict[str, Any] = msgspec.to_builtins(res)
+    # Output as text (invalid UTF-8 replaced): what a person piping to jq wants.
+    d["stdout"], d["stderr"] = _text(res.stdout), _text(res.stderr)
+    d.pop("files", None)
+    return d
+
+
+def _summary(res: RunResult, what: str = "") -> str:
+    parts = [f"sandboxd: {what}{res.status}"]
+    if res.exit_code is not None:
+        parts.append(f"exit {res.exit_code}")
+    if res.signal is not None:
+        parts.append(f"signal {res.signal}")
+    parts.append(f"cpu {res.cpu_time:.3f}s wall {res.wall_time:.3f}s mem {res.memory / MiB:.1f}MiB")
+    if res.stdout_truncated or res.stderr_truncated:
+        parts.append("output truncated")
+    if res.message:
+        parts.append(f"({res.message})")
+    return "  ".join(parts)
+
+
+async def _run(ns: argparse.Namespace, stdin: bytes) -> tuple[RunResult, RunResult | None]:
+    """Returns (final result, compile result if there was a compile step)."""
+    argv = list(ns.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise SchemaError("nothing to run: give -- CMD ARGS..., or --lang L FILE")
+    limits = _limits(ns)
+    # One box serves a one-shot run; a compile step hands it back and takes it again after a reset.
+    cfg = EngineConfig(instance=ns.instance, pool_size=1)
+    async with await Engine.start(cfg) as eng:
+        if ns.lang is None:
+            return await eng.run(RunRequest(cmd=argv, stdin=stdin, limits=limits)), None
+        path = Path(argv[0])
+        try:
+            source = path.read_bytes()
+        except OSError as e:
+            raise SchemaError(f"cannot read source {str(path)!r}: {e.strerror}") from None
+        sr: SourceResult = await eng.run_source(ns.lang, source, stdin=stdin, limits=limits, args=argv[1:])
+        if sr.run is None:
+            assert sr.compile is not None
+            return sr.compile, sr.compile
+        return sr.run, sr.compile
+
+
+def main(args: list[str] | None = None) -> int:
+    ns = _parser().parse_args(args)
+    logging.basicConfig(format="sandboxd: %(message)s", level=logging.WARNING)
+    if ns.command != "run":
+        return EXIT_USAGE
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    try:
+        res, comp = uvloop.run(_run(ns, stdin))
+    except SchemaError as e:
+        print(f"sandboxd: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (InstanceBusy, PermissionError) as e:
+        print(f"sandboxd: cannot start: {e}", file=sys.stderr)
+        return EXIT_NOT_OK
+    compile_failed = comp is not None and res is comp
+    if ns.json:
+        d = _as_json(res)
+        if ns.lang is not None:
+            d["stage"] = "compile" if compile_failed else "run"
+            d["compile"] = _as_json(comp) if comp is not None else None
+        sys.stdout.write(msgspec.json.encode(d).decode() + "\n")
+    else:
+        if compile_failed:
+            sys.stderr.write(_text(res.stdout + res.stderr))
+            print(_summary(res, "compile failed: "), file=sys.stderr)
+        else:
+            sys.stdout.buffer.write(res.stdout)
+            sys.stdout.flush()
+            sys.stderr.buffer.write(res.stderr)
+            print(_summary(res), file=sys.stderr)
+    return EXIT_OK if res.status == "ok" and not compile_failed else EXIT_NOT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

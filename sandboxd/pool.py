@@ -1,0 +1,160 @@
+"""Warm boxes per rootfs: built ahead, handed out, reset, recycled, refilled.
+
+Boxes differ only by rootfs, so languages that share one (all of them on the
+embedded host default) share boxes.  A box goes back to the pool only after a
+successful reset; after `max_runs` runs or any anomaly it is destroyed and a
+fresh one is built in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from .box import Box, BoxSpec
+from .cgroups import Backend
+
+log = logging.getLogger(__name__)
+
+
+class UidAllocator:
+    """Box uids: unprivileged, never the daemon's, different for every live box."""
+
+    def __init__(self, base: int, count: int) -> None:
+        self.free = deque(range(base, base + count))
+
+    def take(self) -> int:
+        if not self.free:
+            raise RuntimeError("no free box uid: raise uid_count")
+        return self.free.popleft()
+
+    def give(self, uid: int) -> None:
+        self.free.append(uid)
+
+
+@dataclass
+class PoolStats:
+    warm: int = 0
+    busy: int = 0
+    building: int = 0
+    built: int = 0
+    recycled: int = 0
+    build_failures: int = 0
+    agent_crashes: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class Pool:
+    name: str
+    spec: BoxSpec
+    backend: Backend
+    uids: UidAllocator
+    size: int
+    max_runs: int = 1000
+    stats: PoolStats = field(default_factory=PoolStats)
+
+    def __post_init__(self) -> None:
+        self._idle: asyncio.Queue[Box] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seq = 0
+        self._closed = False
+        self._live: set[Box] = set()
+        self._fails = 0
+
+    async def start(self, wait: bool = True) -> None:
+        for _ in range(self.size):
+            self._spawn(self._build())
+        if wait:
+            while self.stats.building and not self._fails:
+                await asyncio.sleep(0.005)
+            if self.stats.warm == 0 and self._fails:
+                raise RuntimeError(f"pool {self.name}: cannot build a box: {self.stats.last_error}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _build(self) -> None:
+        self.stats.building += 1
+        uid = self.uids.take()
+        self._seq += 1
+        name = f"{self.name}-{self._seq}"
+        try:
+            cg = self.backend.create_box(name)
+            box = await Box.create(name, uid, self.spec, cg)
+        except Exception as e:
+            self.uids.give(uid)
+            self.stats.building -= 1
+            self.stats.build_failures += 1
+            self.stats.last_error = str(e)
+            self._fails += 1
+            log.error("pool %s: building a box failed: %s", self.name, e)
+            if not self._closed and self._fails < 5:
+                await asyncio.sleep(0.1 * self._fails)
+                self._spawn(self._build())
+            return
+        self._fails = 0
+        self.stats.building -= 1
+        self.stats.built += 1
+        if self._closed:
+            await self._destroy(box)
+            return
+        self._live.add(box)
+        self._put(box)
+
+    def _put(self, box: Box) -> None:
+        self.stats.warm += 1
+        self._idle.put_nowait(box)
+
+    async def acquire(self) -> Box:
+        if self._closed:
+            raise RuntimeError("pool closed")
+        if self._idle.empty() and not self.stats.building and self._fails:
+            raise RuntimeError(f"pool {self.name}: no box can be built: {self.stats.last_error}")
+        box = await self._idle.get()
+        self.stats.warm -= 1
+        self.stats.busy += 1
+        return box
+
+    def release(self, box: Box) -> None:
+        """Give a box back; it is reset (or replaced) in the background."""
+        self.stats.busy -= 1
+        self._spawn(self._recycle(box))
+
+    async def _recycle(self, box: Box) -> None:
+        if box.broken is None and box.runs < self.max_runs and not self._closed:
+            try:
+                await box.reset()
+                self._put(box)
+                return
+            except Exception as e:
+                box.broken = f"reset failed: {e}"
+        if box.broken:
+            log.warning("box %s recycled: %s", box.name, box.broken)
+            if "agent" in box.broken:
+                self.stats.agent_crashes += 1
+        self.stats.recycled += 1
+        await self._destroy(box)
+        if not self._closed:
+            await self._build()
+
+    async def _destroy(self, box: Box) -> None:
+        self._live.discard(box)
+        try:
+            await box.close()
+        finally:
+            self.uids.give(box.uid)
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while not self._idle.empty():
+            self._idle.get_nowait()
+        await asyncio.gather(*(self._destroy(b) for b in list(self._live)), return_exceptions=True)

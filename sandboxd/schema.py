@@ -1,0 +1,157 @@
+"""The job schema: runs, limits and results, defined once.
+
+Every transport (CLI, Unix socket, HTTP) and the coordinator decode jobs with
+these types, so a bad field gets the same precise error everywhere.  msgspec
+gives one definition for JSON and msgpack, validation with the path of the
+offending field, and is fast enough for the per-run path.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, field
+
+Status = Literal[
+    "ok",
+    "nonzero_exit",
+    "signaled",
+    "time_limit",
+    "memory_limit",
+    "output_limit",
+    "bad_syscall",
+    "internal_error",
+]
+STATUSES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# Hard ceilings of the schema itself; a deployment may lower them in config.
+MAX_CPU_TIME = 600.0
+MAX_WALL_TIME = 3600.0
+MAX_MEMORY = 64 * GiB
+MAX_PROCS = 4096
+MAX_OUTPUT = 1 * GiB
+MAX_FILE_SIZE = 4 * GiB
+MAX_ARGV_BYTES = 256 * KiB  # argv + env, well under ARG_MAX
+MAX_PATH = 1024
+
+Seconds = Annotated[float, Meta(gt=0)]
+Bytes = Annotated[int, Meta(gt=0)]
+
+
+class SchemaError(ValueError):
+    """A job that does not fit the schema; the message names the field."""
+
+
+class Limits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
+    """Per-run limits.  Times in seconds, sizes in bytes."""
+
+    cpu_time: Annotated[float, Meta(gt=0, le=MAX_CPU_TIME)] = 2.0
+    # None: derived from cpu_time (2x + 1 s), so raising one limit is enough.
+    wall_time: Annotated[float, Meta(gt=0, le=MAX_WALL_TIME)] | None = None
+    memory: Annotated[int, Meta(ge=4 * MiB, le=MAX_MEMORY)] = 256 * MiB
+    procs: Annotated[int, Meta(ge=1, le=MAX_PROCS)] = 64
+    # Per stream (stdout, stderr): beyond it the run stops with output_limit.
+    output: Annotated[int, Meta(ge=0, le=MAX_OUTPUT)] = 1 * MiB
+    # Largest file the program may write (RLIMIT_FSIZE) and copy out.
+    file_size: Annotated[int, Meta(ge=0, le=MAX_FILE_SIZE)] = 64 * MiB
+    open_files: Annotated[int, Meta(ge=16, le=1 << 20)] = 256
+    stack: Annotated[int, Meta(ge=64 * KiB, le=MAX_MEMORY)] | None = None  # None: = memory
+
+    @property
+    def wall(self) -> float:
+        return self.wall_time if self.wall_time is not None else 2 * self.cpu_time + 1.0
+
+
+class FileIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    path: str
+    content: bytes = b""
+    executable: bool = False
+
+
+class RunRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One program run in one box."""
+
+    cmd: Annotated[list[str], Meta(min_length=1)]
+    env: dict[str, str] | None = None  # None: the language's/box's default
+    stdin: bytes = b""
+    files_in: list[FileIn] = field(default_factory=list)
+    files_out: list[str] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    cwd: str = "/box"
+
+
+class FileOut(msgspec.Struct, omit_defaults=True):
+    path: str
+    content: bytes | None = None
+    error: str | None = None  # why the file was not copied (refused, missing, too big)
+
+
+class RunResult(msgspec.Struct, omit_defaults=False):
+    status: Status
+    exit_code: int | None = None
+    signal: int | None = None
+    cpu_time: float = 0.0
+    wall_time: float = 0.0
+    memory: int = 0
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    files: list[FileOut] = field(default_factory=list)
+    message: str = ""  # human explanation for internal_error and refusals
+
+
+def check_box_path(path: str, what: str) -> str:
+    """A path relative to /box that cannot climb out of it; returns it normalized."""
+    if not path or "\0" in path or len(path) > MAX_PATH:
+        raise SchemaError(f"{what}: path must be 1..{MAX_PATH} characters without NUL")
+    if path.startswith("/"):
+        raise SchemaError(f"{what}: {path!r} must be relative to /box")
+    norm = posixpath.normpath(path)
+    if norm in (".", "..") or norm.startswith("../") or ".." in norm.split("/"):
+        raise SchemaError(f"{what}: {path!r} must stay inside /box")
+    return norm
+
+
+def validate_run(req: RunRequest) -> RunRequest:
+    """Checks msgspec cannot express: paths, NULs, argv size."""
+    size = 0
+    for i, arg in enumerate(req.cmd):
+        if "\0" in arg:
+            raise SchemaError(f"cmd[{i}]: contains NUL")
+        size += len(arg.encode()) + 1
+    for k, v in (req.env or {}).items():
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            raise SchemaError(f"env[{k!r}]: names must be non-empty without '=' or NUL")
+        size += len(k.encode()) + len(v.encode()) + 2
+    if size > MAX_ARGV_BYTES:
+        raise SchemaError(f"cmd+env: {size} bytes, more than {MAX_ARGV_BYTES}")
+    if not req.cwd.startswith("/") or "\0" in req.cwd:
+        raise SchemaError("cwd: must be an absolute path inside the box")
+    seen: set[str] = set()
+    for i, f in enumerate(req.files_in):
+        f.path = check_box_path(f.path, f"files_in[{i}].path")
+        if f.path in seen:
+            raise SchemaError(f"files_in[{i}].path: {f.path!r} given twice")
+        seen.add(f.path)
+    req.files_out = [check_box_path(p, f"files_out[{i}]") for i, p in enumerate(req.files_out)]
+    return req
+
+
+def decode_run(data: bytes, fmt: Literal["json", "msgpack"] = "json") -> RunRequest:
+    try:
+        if fmt == "json":
+            req = msgspec.json.decode(data, type=RunRequest)
+        else:
+            req = msgspec.msgpack.decode(data, type=RunRequest)
+    except msgspec.ValidationError as e:
+        raise SchemaError(str(e)) from None
+    except msgspec.DecodeError as e:
+        raise SchemaError(f"malformed {fmt}: {e}") from None
+    return validate_run(req)

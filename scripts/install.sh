@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything sandboxd needs on a fresh Debian 12 host (as root),
+# idempotently: system packages, a venv with pinned Python deps in .venv,
+# and the in-box agent (compiled once, cached by source hash).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install.sh: run as root (sandboxd creates namespaces and cgroups)" >&2
+  exit 1
+fi
+
+# gcc/libc6-dev: builds the static agent and serves the c/cpp languages;
+# g++ for cpp; libseccomp2 is what pyseccomp loads; bubblewrap is a benchmark baseline.
+pkgs=(gcc g++ libc6-dev libseccomp2 python3 python3-venv iproute2 bubblewrap)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's interpreter, not a pyenv shim that may be first on PATH.
+[ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
+# Build the agent now so the first run does not pay for it.
+.venv/bin/python -c 'from sandboxd import agentbin; print("agent:", agentbin.ensure())'

@@ -1,0 +1,220 @@
+"""A box on real namespaces, cgroups and seccomp: isolation and limits."""
+
+from __future__ import annotations
+
+import os
+
+from conftest import SyncEngine
+
+from sandboxd.schema import FileIn, Limits, MiB
+
+
+def sh(engine: SyncEngine, script: str, **kw: object) -> tuple[str, str, str]:
+    r = engine.run(["sh", "-c", script], **kw)
+    return r.status, r.stdout.decode(), r.stderr.decode()
+
+
+def test_runs_as_unprivileged_uid_without_capabilities(engine: SyncEngine) -> None:
+    st, out, _ = sh(engine, "id -u; id -g; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")
+    assert st == "ok"
+    lines = out.split()
+    uid = int(lines[0])
+    assert uid >= 100000 and uid != os.getuid()
+    assert "CapEff:\t0000000000000000" in out.replace(" ", "\t") or "0000000000000000" in out
+    fields = dict(line.split(":\t") for line in out.splitlines()[2:])
+    assert fields["CapEff"] == "0000000000000000"
+    assert fields["CapBnd"] == "0000000000000000"
+    assert fields["NoNewPrivs"] == "1"
+    assert fields["Seccomp"] == "2"
+
+
+def test_sees_only_its_own_processes(engine: SyncEngine) -> None:
+    st, out, _ = sh(engine, "ls /proc | grep -E '^[0-9]+$' | wc -l; cat /proc/1/cmdline | wc -c")
+    assert st == "ok"
+    nprocs, _ = out.split()
+    # sh, ls, grep, wc (+ the agent, hidden by hidepid=2 as another uid).
+    assert int(nprocs) <= 5, out
+    assert os.getpid() > 1
+
+
+def test_rootfs_is_read_only_and_host_is_invisible(engine: SyncEngine) -> None:
+    script = "touch /usr/x /etc/x /x 2>&1; ls /root /home /var 2>&1; cat /etc/shadow 2>&1; echo done"
+    st, out, _ = sh(engine, script)
+    assert st == "ok"
+    assert out.count("Read-only file system") == 3, out
+    assert "shadow" in out and "No such file" in out
+    assert out.rstrip().endswith("done")
+
+
+def test_only_loopback_network(engine: SyncEngine) -> None:
+    st, out, _ = sh(engine, "ls /sys/class/net 2>/dev/null || cat /proc/net/dev")
+    assert st == "ok"
+    assert "lo" in out and "eth" not in out and "veth" not in out
+    r = engine.source(
+        "python3",
+        "import socket\n"
+        "s=socket.socket(); s.settimeout(1)\n"
+        "try:\n    s.connect(('198.18.0.1', 80)); print('connected')\n"
+        "except OSError as e:\n    print('refused', e.errno)\n"
+        "l=socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(); c=socket.create_connection(l.getsockname())\n"
+        "print('lo ok')\n",
+    ).run
+    assert r is not None and r.status == "ok", r
+    assert b"refused" in r.stdout and b"lo ok" in r.stdout
+
+
+def test_masked_proc_and_minimal_dev(engine: SyncEngine) -> None:
+    script = "cat /proc/kcore /proc/keys 2>/dev/null | wc -c; cat /proc/1/environ >/dev/null 2>&1 || echo hidden"
+    script += "; ls /dev"
+    st, out, _ = sh(engine, script)
+    assert st == "ok"
+    kcore, hidden, *devs = out.split()
+    assert kcore == "0" and hidden == "hidden"
+    assert {"null", "zero", "full", "random", "urandom", "shm"} <= set(devs)
+    assert not set(devs) & {"sda", "vda", "mem", "kmsg", "tty", "console"}
+
+
+def test_work_dirs_are_empty_at_start_of_every_run(engine: SyncEngine) -> None:
+    plant = "touch /box/left /tmp/left /dev/shm/left; ls -A /box /tmp /dev/shm"
+    for _ in range(4):  # with 2 warm boxes, every box is hit twice
+        st, out, _ = sh(engine, plant)
+        assert st == "ok"
+        assert out.split() == ["/box:", "left", "/dev/shm:", "left", "/tmp:", "left"], out
+
+
+def test_processes_do_not_survive_the_run(engine: SyncEngine) -> None:
+    st, _, _ = sh(engine, "(setsid sh -c 'trap \"\" TERM HUP; sleep 100' &) ; echo started")
+    assert st == "ok"
+    for _ in range(3):
+        st, out, _ = sh(engine, "ps -e -o comm= 2>/dev/null || ls /proc | grep -E '^[0-9]+$'")
+        assert "sleep" not in out
+
+
+def test_cpu_time_limit(engine: SyncEngine) -> None:
+    r = engine.run(["sh", "-c", "while :; do :; done"], limits=Limits(cpu_time=0.3))
+    assert r.status == "time_limit"
+    assert 0.3 <= r.cpu_time < 0.8
+    assert r.wall_time < 2.0
+
+
+def test_cpu_time_counts_every_thread_and_child(engine: SyncEngine) -> None:
+    r = engine.run(["sh", "-c", "for i in 1 2 3 4; do (while :; do :; done) & done; wait"], limits=Limits(cpu_time=0.5))
+    assert r.status == "time_limit"
+    # Four busy children on two cores: CPU time runs ahead of wall time.
+    assert r.cpu_time >= 0.5 and r.wall_time < r.cpu_time + 0.5
+
+
+def test_wall_time_limit_for_sleep(engine: SyncEngine) -> None:
+    r = engine.run(["sleep", "10"], limits=Limits(cpu_time=1, wall_time=0.5))
+    assert r.status == "time_limit"
+    assert 0.5 <= r.wall_time < 1.5
+    assert r.cpu_time < 0.1
+
+
+def test_memory_limit(engine: SyncEngine) -> None:
+    src = "x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n"
+    r = engine.source("python3", src, limits=Limits(memory=64 * MiB)).run
+    assert r is not None and r.status == "memory_limit", r
+    assert 48 * MiB <= r.memory <= 64 * MiB
+
+
+def test_memory_limit_in_c_touching_pages(engine: SyncEngine) -> None:
+    src = """#include <stdlib.h>
+#include <string.h>
+int main(void) { for (;;) { char *p = malloc(1 << 20); if (!p) return 3; memset(p, 1, 1 << 20); } }
+"""
+    r = engine.source("c", src, limits=Limits(memory=32 * MiB)).run
+    assert r is not None and r.status == "memory_limit", r
+
+
+def test_output_limit_stops_a_flood(engine: SyncEngine) -> None:
+    r = engine.run(["yes"], limits=Limits(output=4096, cpu_time=5))
+    assert r.status == "output_limit"
+    assert r.stdout_truncated and len(r.stdout) == 4096
+    assert r.wall_time < 2
+
+
+def test_fork_bomb_is_contained_and_box_stays_usable(engine: SyncEngine) -> None:
+    r = engine.run(["sh", "-c", "f() { f | f & }; f"], limits=Limits(procs=16, cpu_time=1, wall_time=2))
+    assert r.status != "internal_error", r
+    assert r.wall_time < 4
+    for _ in range(3):
+        assert engine.run(["true"]).status == "ok"
+
+
+def test_disk_fill_hits_the_tmpfs_limit(engine: SyncEngine) -> None:
+    # Per-file size is capped separately (RLIMIT_FSIZE), so fill with many files;
+    # tmpfs pages are charged to the run's memory, so give it room.
+    script = "for i in 1 2 3 4 5 6; do dd if=/dev/zero of=/box/f$i bs=1M count=60 2>&1; done; df -k /box | tail -1"
+    st, out, _ = sh(engine, script, limits=Limits(memory=512 * MiB))
+    assert st == "ok"
+    assert "No space left" in out
+    size_kb = int(out.split("\n")[-2].split()[1])
+    assert size_kb <= 256 * 1024
+
+
+def test_file_size_limit(engine: SyncEngine) -> None:
+    r = engine.run(["dd", "if=/dev/zero", "of=/box/f", "bs=1M", "count=10"], limits=Limits(file_size=1 * MiB))
+    assert r.status == "output_limit" and r.signal == 25
+
+
+def test_nonzero_exit_and_signals(engine: SyncEngine) -> None:
+    assert engine.run(["sh", "-c", "exit 7"]).exit_code == 7
+    r = engine.run(["sh", "-c", "kill -SEGV $$"])
+    assert r.status == "signaled" and r.signal == 11
+    r = engine.run(["/nonexistent"])
+    assert r.status == "nonzero_exit" and r.exit_code == 127 and "cannot execute" in r.message
+
+
+def test_seccomp_denials(engine: SyncEngine) -> None:
+    src = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/bpf.h>
+#define TRY(name, call) do { long r_ = (long)(call); printf("%s %ld %d\n", name, r_, r_ < 0 ? errno : 0); } while (0)
+int main(void) {
+    TRY("unshare", unshare(CLONE_NEWUSER));
+    TRY("mount", mount("none", "/tmp", "tmpfs", 0, 0));
+    TRY("netlink", socket(AF_NETLINK, SOCK_RAW, 0));
+    TRY("bpf", syscall(SYS_bpf, BPF_PROG_LOAD, 0, 0));
+    TRY("io_uring", syscall(SYS_io_uring_setup, 1, 0));
+    printf("inet %d\n", socket(AF_INET, SOCK_STREAM, 0) >= 0);
+    fflush(stdout);
+    syscall(SYS_ptrace, 0, 0, 0, 0);
+    printf("not reached\n");
+    return 0;
+}
+"""
+    r = engine.source("c", src).run
+    assert r is not None
+    assert r.status == "bad_syscall", r
+    out = r.stdout.decode()
+    for name in ("unshare", "mount", "netlink", "bpf", "io_uring"):
+        assert f"{name} -1 1\n" in out, out  # EPERM
+    assert "inet 1" in out and "not reached" not in out
+
+
+def test_files_in_and_out(engine: SyncEngine) -> None:
+    r = engine.run(
+        ["sh", "-c", "tr a-z A-Z < in/data.txt > out.txt"],
+        files_in=[FileIn("in/data.txt", b"hello")],
+        files_out=["out.txt", "missing.txt"],
+    )
+    assert r.status == "ok", r
+    got = {f.path: f for f in r.files}
+    assert got["out.txt"].content == b"HELLO"
+    assert got["missing.txt"].content is None and got["missing.txt"].error
+
+
+def test_stdin_passes_through(engine: SyncEngine) -> None:
+    data = os.urandom(1 << 20)
+    r = engine.run(["sha256sum"], stdin=data)
+    import hashlib
+
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
