@@ -244,6 +244,11 @@ class Box:
         _check_reply(data, fds, proto.MSG_READY)
         self.boxfd = fds[0]
 
+    @property
+    def alive(self) -> bool:
+        """False once the agent is known to be gone (socket closed or exited)."""
+        return self.chan is not None and self.chan.dead is None and self.proc is not None and self.proc.poll() is None
+
     async def reset(self) -> None:
         """Empty /box, /tmp, /dev/shm, /dev/mqueue; no process or SysV object
         left; accounting cleared."""

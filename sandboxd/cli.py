@@ -13,6 +13,7 @@ import msgspec
 import uvloop
 
 from .engine import Engine, EngineConfig, InstanceBusy, SourceResult
+from .languages import load_dir
 from .schema import Limits, MiB, RunRequest, RunResult, SchemaError
 
 EXIT_OK, EXIT_NOT_OK, EXIT_USAGE = 0, 1, 2
@@ -99,16 +100,20 @@ async def _run(ns: argparse.Namespace, stdin: bytes) -> tuple[RunResult, RunResu
     if not argv:
         raise SchemaError("nothing to run: give -- CMD ARGS..., or --lang L FILE")
     limits = _limits(ns)
+    source = b""
+    if ns.lang is not None:
+        # Usage errors first: no box is built for a run that cannot happen.
+        known = load_dir()
+        if ns.lang not in known:
+            raise SchemaError(f"language: unknown {ns.lang!r}; known: {', '.join(sorted(known))}")
+        try:
+            source = Path(argv[0]).read_bytes()
+        except OSError as e:
+            raise SchemaError(f"cannot read source {argv[0]!r}: {e.strerror}") from None
     # One box serves a one-shot run; a compile step hands it back and takes it again after a reset.
-    cfg = EngineConfig(instance=ns.instance, pool_size=1)
-    async with await Engine.start(cfg) as eng:
+    async with await Engine.start(EngineConfig(instance=ns.instance, pool_size=1)) as eng:
         if ns.lang is None:
             return await eng.run(RunRequest(cmd=argv, stdin=stdin, limits=limits)), None
-        path = Path(argv[0])
-        try:
-            source = path.read_bytes()
-        except OSError as e:
-            raise SchemaError(f"cannot read source {str(path)!r}: {e.strerror}") from None
         sr: SourceResult = await eng.run_source(ns.lang, source, stdin=stdin, limits=limits, args=argv[1:])
         if sr.run is None:
             assert sr.compile is not None

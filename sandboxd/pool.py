@@ -117,10 +117,15 @@ class Pool:
             raise RuntimeError("pool closed")
         if self._idle.empty() and not self.stats.building and self._fails:
             raise RuntimeError(f"pool {self.name}: no box can be built: {self.stats.last_error}")
-        box = await self._idle.get()
-        self.stats.warm -= 1
-        self.stats.busy += 1
-        return box
+        while True:
+            box = await self._idle.get()
+            self.stats.warm -= 1
+            self.stats.busy += 1
+            if box.alive:
+                return box
+            # Died while idle: never hand it out; replace it in the background.
+            box.broken = "agent died while idle"
+            self.release(box)
 
     def release(self, box: Box) -> None:
         """Give a box back; it is reset (or replaced) in the background."""
