@@ -154,6 +154,9 @@ class _Capture:
         self.on_overflow = on_overflow
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
+        if fd < 0:  # nothing to capture
+            self.done.set_result(None)
+            return
         os.set_blocking(fd, False)
         self.loop.add_reader(fd, self._readable)
 
@@ -258,9 +261,20 @@ class Box:
         # After the tmpfs is emptied: its pages were charged to the box's cgroup.
         self.cg.between_runs()
 
-    async def run(self, req: RunRequest) -> RunResult:
+    async def run(self, req: RunRequest, stdio: tuple[int, int] | None = None) -> RunResult:
         """Run one program.  Raises AgentDied if the agent vanished before the
-        run started (the caller may retry on another box)."""
+        run started (the caller may retry on another box).
+
+        stdio: (stdin, stdout) fds to hand to the program instead of req.stdin
+        and a captured stdout (interactive problems); always closed here."""
+        owned: list[int] = list(stdio) if stdio else []
+        try:
+            return await self._run(req, stdio, owned)
+        finally:
+            for fd in owned:
+                os.close(fd)
+
+    async def _run(self, req: RunRequest, stdio: tuple[int, int] | None, owned: list[int]) -> RunResult:
         assert self.chan is not None
         chan = self.chan
         lim = req.limits
@@ -269,15 +283,18 @@ class Box:
             boxfiles.write_in(self.boxfd, f.path, f.content, f.executable, self.uid, self.uid)
         rc = self.cg.prepare(lim.memory, lim.procs)
         stdin_fd = _DEVNULL
-        owned: list[int] = []
-        if req.stdin:
+        if stdio:
+            stdin_fd, out_w = stdio
+        elif req.stdin:
             stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
             owned.append(stdin_fd)
             os.write(stdin_fd, req.stdin)  # memfd: no short writes
             os.lseek(stdin_fd, 0, os.SEEK_SET)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        if not stdio:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            owned.append(out_w)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        owned += [out_w, err_w]
+        owned.append(err_w)
         killed = False
 
         def overflow() -> None:
@@ -287,7 +304,7 @@ class Box:
                 with contextlib.suppress(AgentDied):
                     chan.send(proto.KIND.pack(proto.MSG_KILL))
 
-        out = _Capture(out_r, lim.output, overflow)
+        out = _Capture(-1 if stdio else out_r, lim.output, overflow)
         err = _Capture(err_r, lim.output, overflow)
         env = req.env if req.env is not None else DEFAULT_ENV
         msg = proto.encode_run(
@@ -310,8 +327,11 @@ class Box:
             err.close()
             raise
         finally:
+            # The agent holds its own copies now; ours must go so that EOF
+            # reaches the readers when the run's processes exit.
             for fd in owned:
                 os.close(fd)
+            owned.clear()
             rc.close_fds()
         try:
             try:

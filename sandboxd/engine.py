@@ -7,11 +7,17 @@ on start it removes what crashed instances left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import hashlib
 import logging
 import os
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from . import agentbin, cgroups, seccomp
 from .box import AgentDied, Box, BoxSpec
@@ -19,6 +25,7 @@ from .boxfiles import Refused
 from .languages import Language, load_dir
 from .pool import Pool, UidAllocator
 from .rootfs import Rootfs, host_default
+from .scheduler import AdmissionQueue
 from .schema import FileIn, Limits, RunRequest, RunResult, SchemaError, validate_run
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,7 @@ log = logging.getLogger(__name__)
 # 60000, subuid ranges usually start at 100000 and take 65536 per user).
 UID_FLOOR = 2_000_000
 UID_SLOTS = 64
+COMPILE_CACHE = 256  # compiled programs kept (artifacts are small; a judge rejudges often)
 
 
 def default_pool_size() -> int:
@@ -50,6 +58,20 @@ class EngineConfig:
     tmp_bytes: int = 64 << 20
     shm_bytes: int = 64 << 20
     languages_dir: Path | None = None
+    queue_depth: int = 10_000  # waiting runs per pool before new ones are rejected
+    aging: float = 1.0  # priority points a waiting run gains per second
+    lang_capacity: dict[str, int] = field(default_factory=dict)  # max concurrent runs per language
+
+
+@dataclass
+class Compiled:
+    lang: Language
+    result: RunResult | None  # None: nothing to compile (interpreted language)
+    files: list[FileIn]  # what each run gets: artifacts, or the sources themselves
+
+    @property
+    def ok(self) -> bool:
+        return self.result is None or self.result.status == "ok"
 
 
 @dataclass
@@ -66,6 +88,9 @@ class Engine:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
         self.pools: dict[str, Pool] = {}
+        self.queues: dict[str, AdmissionQueue] = {}
+        self.lang_queues: dict[str, AdmissionQueue] = {}
+        self._compiled: OrderedDict[bytes, Compiled] = OrderedDict()
         self.languages: dict[str, Language] = {}
         self.backend: cgroups.Backend | None = None
         self._lock_fd = -1
@@ -141,25 +166,125 @@ class Engine:
                 raise ValueError(f"unknown rootfs {name!r}")
             spec = BoxSpec(rootfs_by_name[name], agent, bpf, newroot, cfg.box_bytes, cfg.tmp_bytes, cfg.shm_bytes)
             self.pools[name] = Pool(name, spec, backend, uids, cfg.pool_size, cfg.max_runs_per_box)
+            self.queues[name] = AdmissionQueue(name, cfg.pool_size, cfg.queue_depth, cfg.aging)
+        for lang_id, cap in cfg.lang_capacity.items():
+            if lang_id not in self.languages:
+                raise ValueError(f"lang_capacity: unknown language {lang_id!r}")
+            self.lang_queues[lang_id] = AdmissionQueue(lang_id, cap, cfg.queue_depth, cfg.aging)
         await asyncio.gather(*(p.start() for p in self.pools.values()))
 
-    async def run(self, req: RunRequest, rootfs: str = "host") -> RunResult:
+    async def run(
+        self,
+        req: RunRequest,
+        rootfs: str = "host",
+        *,
+        priority: int = 0,
+        deadline: float | None = None,
+        lang: str | None = None,
+        stdio: tuple[int, int] | None = None,
+    ) -> RunResult:
+        """One run on a warm box, after admission at `priority`.  deadline: the
+        monotonic time after which waiting in the queue is given up."""
         validate_run(req)
         pool = self.pools[rootfs]
-        for attempt in (1, 2):
-            box = await pool.acquire()
-            try:
-                return await box.run(req)
-            except AgentDied as e:
-                # The run never started: a transparent retry on a fresh box.
-                box.broken = f"agent died: {e}"
-                if attempt == 2:
-                    return RunResult(status="internal_error", message=f"box failed twice: {e}")
-            except Refused as e:
-                raise SchemaError(f"files_in: {e}") from None
-            finally:
-                pool.release(box)
+        async with contextlib.AsyncExitStack() as stack:
+            lq = self.lang_queues.get(lang or "")
+            for q in (lq, self.queues[rootfs]) if lq else (self.queues[rootfs],):
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                await stack.enter_async_context(q.slot(priority, wait))
+            for attempt in (1, 2):
+                box = await pool.acquire()
+                try:
+                    # A retry gets fresh stdio only if the first attempt never started.
+                    return await box.run(req, stdio if attempt == 1 else None)
+                except AgentDied as e:
+                    # The run never started: a transparent retry on a fresh box.
+                    box.broken = f"agent died: {e}"
+                    if attempt == 2 or stdio is not None:
+                        return RunResult(status="internal_error", message=f"the box failed: {e}")
+                except Refused as e:
+                    raise SchemaError(f"files_in: {e}") from None
+                finally:
+                    pool.release(box)
         raise AssertionError("unreachable")
+
+    def language(self, lang_id: str) -> Language:
+        lang = self.languages.get(lang_id)
+        if lang is None:
+            raise SchemaError(f"lang: unknown {lang_id!r}; known: {', '.join(sorted(self.languages))}")
+        return lang
+
+    async def compile(
+        self,
+        lang_id: str,
+        source: bytes,
+        files: list[FileIn] | tuple[FileIn, ...] = (),
+        options: list[str] | tuple[str, ...] = (),
+        limits: Limits | None = None,
+        *,
+        priority: int = 0,
+        deadline: float | None = None,
+    ) -> Compiled:
+        """Compile once; identical compiles are served from a bounded cache
+        (a judge sees the same source many times: rejudges, checkers)."""
+        lang = self.language(lang_id)
+        sources = [FileIn(lang.source, source), *files]
+        if not lang.compile:
+            return Compiled(lang, None, sources)
+        h = hashlib.sha256(msgspec.msgpack.encode([lang_id, sources, list(options), limits]))
+        key = h.digest()
+        hit = self._compiled.get(key)
+        if hit is not None:
+            self._compiled.move_to_end(key)
+            return hit
+        res = await self.run(
+            RunRequest(
+                cmd=lang.compile + list(options),
+                env=lang.env,
+                files_in=sources,
+                files_out=lang.artifacts,
+                limits=limits or lang.compile_limits,
+            ),
+            lang.rootfs,
+            priority=priority,
+            deadline=deadline,
+            lang=lang_id,
+        )
+        missing = [f.path for f in res.files if f.content is None]
+        if res.status == "ok" and missing:
+            res.status, res.message = "nonzero_exit", f"the compiler did not produce {', '.join(missing)}"
+        artifacts = [FileIn(f.path, f.content or b"", executable=True) for f in res.files]
+        res.files = []
+        comp = Compiled(lang, res, artifacts)
+        if comp.ok:
+            self._compiled[key] = comp
+            if len(self._compiled) > COMPILE_CACHE:
+                self._compiled.popitem(last=False)
+        return comp
+
+    async def run_compiled(
+        self,
+        comp: Compiled,
+        stdin: bytes = b"",
+        limits: Limits | None = None,
+        *,
+        files_in: list[FileIn] | tuple[FileIn, ...] = (),
+        files_out: list[str] | None = None,
+        args: list[str] | tuple[str, ...] = (),
+        priority: int = 0,
+        deadline: float | None = None,
+        stdio: tuple[int, int] | None = None,
+    ) -> RunResult:
+        lang = comp.lang
+        req = RunRequest(
+            cmd=lang.run + list(args),
+            env=lang.env,
+            stdin=stdin,
+            files_in=[*comp.files, *files_in],
+            files_out=files_out or [],
+            limits=limits or Limits(),
+        )
+        return await self.run(req, lang.rootfs, priority=priority, deadline=deadline, lang=lang.id, stdio=stdio)
 
     async def run_source(
         self,
@@ -170,34 +295,11 @@ class Engine:
         files_out: list[str] | None = None,
         args: list[str] | None = None,
     ) -> SourceResult:
-        lang = self.languages.get(lang_id)
-        if lang is None:
-            raise SchemaError(f"language: unknown {lang_id!r}; known: {', '.join(sorted(self.languages))}")
-        files = [FileIn(lang.source, source)]
-        comp = None
-        if lang.compile:
-            comp = await self.run(
-                RunRequest(
-                    cmd=lang.compile, env=lang.env, files_in=files, files_out=lang.artifacts, limits=lang.compile_limits
-                ),
-                lang.rootfs,
-            )
-            missing = [f for f in comp.files if f.content is None]
-            if comp.status != "ok" or missing:
-                return SourceResult(comp, None)
-            files = [FileIn(f.path, f.content or b"", executable=True) for f in comp.files]
-        run = await self.run(
-            RunRequest(
-                cmd=lang.run + (args or []),
-                env=lang.env,
-                stdin=stdin,
-                files_in=files,
-                files_out=files_out or [],
-                limits=limits or Limits(),
-            ),
-            lang.rootfs,
-        )
-        return SourceResult(comp, run)
+        comp = await self.compile(lang_id, source)
+        if not comp.ok:
+            return SourceResult(comp.result, None)
+        run = await self.run_compiled(comp, stdin, limits, files_out=files_out, args=args or ())
+        return SourceResult(comp.result, run)
 
     async def box(self, rootfs: str = "host") -> Box:
         """A warm box for callers that drive it directly (benchmarks)."""

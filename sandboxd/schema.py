@@ -155,3 +155,110 @@ def decode_run(data: bytes, fmt: Literal["json", "msgpack"] = "json") -> RunRequ
     except msgspec.DecodeError as e:
         raise SchemaError(f"malformed {fmt}: {e}") from None
     return validate_run(req)
+
+
+# --- Judged submissions -------------------------------------------------------
+
+Verdict = Literal["AC", "WA", "TLE", "MLE", "OLE", "RE", "CE", "IE"]
+VERDICTS: tuple[str, ...] = Verdict.__args__  # type: ignore[attr-defined]
+CheckerKind = Literal["exact", "tokens", "lines", "float", "custom"]
+
+MAX_TESTS = 1000
+MAX_PRIORITY = 1000
+
+
+class LimitsPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
+    """Per-test overrides of the submission's limits (unset fields inherit)."""
+
+    cpu_time: Annotated[float, Meta(gt=0, le=MAX_CPU_TIME)] | None = None
+    wall_time: Annotated[float, Meta(gt=0, le=MAX_WALL_TIME)] | None = None
+    memory: Annotated[int, Meta(ge=4 * MiB, le=MAX_MEMORY)] | None = None
+    procs: Annotated[int, Meta(ge=1, le=MAX_PROCS)] | None = None
+    output: Annotated[int, Meta(ge=0, le=MAX_OUTPUT)] | None = None
+    file_size: Annotated[int, Meta(ge=0, le=MAX_FILE_SIZE)] | None = None
+
+    def apply(self, base: Limits) -> Limits:
+        given = {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
+        return msgspec.structs.replace(base, **given) if given else base
+
+
+class Program(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A helper program of a submission (custom checker, interactor)."""
+
+    lang: str
+    source: bytes
+    limits: Limits = field(default_factory=lambda: Limits(cpu_time=10.0))
+
+
+class Checker(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """How a test's output is compared with the expected answer.
+
+    custom: a testlib-style program run in a box as `checker input output answer`
+    (files in its /box); exit code 0 accepts, anything else is WA (its stdout
+    and stderr become the test's checker message)."""
+
+    kind: CheckerKind = "tokens"
+    abs_tol: Annotated[float, Meta(ge=0)] = 1e-6  # float: |a-b| <= abs_tol or <= rel_tol*|b|
+    rel_tol: Annotated[float, Meta(ge=0)] = 1e-6
+    program: Program | None = None  # custom
+
+
+class TestCase(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    input: bytes = b""
+    expected: bytes | None = None  # None: any output passes if the run is ok (and the checker agrees)
+    limits: LimitsPatch | None = None
+
+
+class Submission(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    lang: str
+    source: bytes
+    tests: Annotated[list[TestCase], Meta(min_length=1, max_length=MAX_TESTS)]
+    files: list[FileIn] = field(default_factory=list)  # extra sources/headers next to the main file
+    compile_options: list[str] = field(default_factory=list)  # argv entries appended to the compile command
+    limits: Limits = field(default_factory=Limits)
+    compile_limits: Limits | None = None  # None: the language's
+    checker: Checker = field(default_factory=Checker)
+    interactor: Program | None = None  # interactive: stdin/stdout cross-connected with the solution
+    priority: Annotated[int, Meta(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = 0
+    stop_on_first_failure: bool = False
+    # Seconds the submission may wait in the queue before it is given up.
+    queue_deadline: Annotated[float, Meta(gt=0, le=MAX_WALL_TIME)] | None = None
+
+
+class TestResult(msgspec.Struct, omit_defaults=False):
+    index: int
+    verdict: Verdict
+    time: float = 0.0  # CPU seconds
+    wall_time: float = 0.0
+    memory: int = 0
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: bytes = b""  # cut to a preview
+    stderr: bytes = b""
+    message: str = ""  # checker's or interactor's comment, or why IE
+
+
+class SubmissionResult(msgspec.Struct, omit_defaults=False):
+    verdict: Verdict
+    compile: RunResult | None = None
+    tests: list[TestResult] = field(default_factory=list)
+    time: float = 0.0  # max CPU seconds over the tests
+    memory: int = 0  # max peak bytes over the tests
+    message: str = ""
+
+
+def validate_submission(sub: Submission) -> Submission:
+    for i, arg in enumerate(sub.compile_options):
+        if "\0" in arg:
+            raise SchemaError(f"compile_options[{i}]: contains NUL")
+    seen: set[str] = set()
+    for i, f in enumerate(sub.files):
+        f.path = check_box_path(f.path, f"files[{i}].path")
+        if f.path in seen:
+            raise SchemaError(f"files[{i}].path: {f.path!r} given twice")
+        seen.add(f.path)
+    if sub.checker.kind == "custom" and sub.checker.program is None:
+        raise SchemaError("checker.program: required when checker.kind is 'custom'")
+    if sub.checker.kind != "custom" and sub.checker.program is not None:
+        raise SchemaError("checker.program: only for checker.kind 'custom'")
+    return sub
