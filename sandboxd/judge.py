@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -187,6 +188,8 @@ class Judge:
             return _test_result(i, _STATUS_VERDICT[r.status], r)
         if ir.status == "nonzero_exit" and ir.exit_code in CHECKER_REJECTS:
             return _test_result(i, "WA", r, comment)
+        if ir.signal == signal.SIGPIPE:
+            return _test_result(i, "WA", r, "the solution stopped reading or exited mid-dialogue")
         if ir.status != "ok":
             return _test_result(i, "IE", r, f"the interactor failed ({ir.status}, exit {ir.exit_code}): {comment}")
         if r.status != "ok":
