@@ -12,6 +12,8 @@ from typing import Any
 import msgspec
 import uvloop
 
+from . import config, daemon
+from .config import DEFAULT_PATH as DEFAULT_CONFIG
 from .engine import Engine, EngineConfig, InstanceBusy, SourceResult
 from .languages import load_dir
 from .schema import Limits, MiB, RunRequest, RunResult, SchemaError
@@ -45,7 +47,49 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the result as one JSON object")
     r.add_argument("--instance", default=f"cli-{os.getpid()}", help=argparse.SUPPRESS)
     r.add_argument("argv", nargs=argparse.REMAINDER, metavar="[FILE] [-- CMD ARGS...]")
+    s = sub.add_parser(
+        "serve",
+        help="run the daemon (Unix socket + HTTP)",
+        description="Serve jobs until SIGTERM. Settings: the config file, then SANDBOXD_<KEY> env, then these flags.",
+    )
+    s.add_argument("--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG} if it exists)")
+    s.add_argument("--instance", help="instance name (cgroups, locks)")
+    s.add_argument("--socket", help="Unix socket path ('' disables)")
+    s.add_argument("--http", help="HTTP host:port ('' disables)")
+    s.add_argument("--pool-size", type=int, dest="pool_size", help="warm boxes per rootfs")
+    s.add_argument("--log-format", choices=["text", "json"], dest="log_format")
+    c = sub.add_parser("config", help="show the configuration")
+    c.add_argument("--defaults", action="store_true", help="print every setting with its default, as TOML")
+    c.add_argument("--config", type=Path, help="check this file and print the effective settings")
     return p
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    over = {k: getattr(ns, k) for k in ("instance", "socket", "http", "pool_size", "log_format")}
+    try:
+        cfg = config.load(ns.config, over)
+    except config.ConfigError as e:
+        print(f"sandboxd: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    daemon.setup_logging(cfg)
+    try:
+        return uvloop.run(daemon.serve(cfg))
+    except (InstanceBusy, OSError, RuntimeError, ValueError) as e:
+        logging.getLogger("sandboxd").error("cannot start: %s", e)
+        return EXIT_NOT_OK
+
+
+def _config(ns: argparse.Namespace) -> int:
+    if ns.defaults:
+        sys.stdout.write(config.defaults_toml())
+        return EXIT_OK
+    try:
+        cfg = config.load(ns.config)
+    except config.ConfigError as e:
+        print(f"sandboxd: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(msgspec.json.encode(cfg).decode() + "\n")
+    return EXIT_OK
 
 
 def _limits(ns: argparse.Namespace) -> Limits:
@@ -123,9 +167,11 @@ async def _run(ns: argparse.Namespace, stdin: bytes) -> tuple[RunResult, RunResu
 
 def main(args: list[str] | None = None) -> int:
     ns = _parser().parse_args(args)
+    if ns.command == "serve":
+        return _serve(ns)
+    if ns.command == "config":
+        return _config(ns)
     logging.basicConfig(format="sandboxd: %(message)s", level=logging.WARNING)
-    if ns.command != "run":
-        return EXIT_USAGE
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     try:
         res, comp = uvloop.run(_run(ns, stdin))

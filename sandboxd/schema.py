@@ -39,6 +39,7 @@ MAX_OUTPUT = 1 * GiB
 MAX_FILE_SIZE = 4 * GiB
 MAX_ARGV_BYTES = 256 * KiB  # argv + env, well under ARG_MAX
 MAX_PATH = 1024
+MAX_PRIORITY = 1000
 
 Seconds = Annotated[float, Meta(gt=0)]
 Bytes = Annotated[int, Meta(gt=0)]
@@ -84,6 +85,9 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     files_out: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     cwd: str = "/box"
+    priority: Annotated[int, Meta(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = 0
+    # Seconds the run may wait in the queue before it is given up.
+    queue_deadline: Annotated[float, Meta(gt=0, le=MAX_WALL_TIME)] | None = None
 
 
 class FileOut(msgspec.Struct, omit_defaults=True):
@@ -92,7 +96,8 @@ class FileOut(msgspec.Struct, omit_defaults=True):
     error: str | None = None  # why the file was not copied (refused, missing, too big)
 
 
-class RunResult(msgspec.Struct, omit_defaults=False):
+# Tagged ("kind" field) so a job's result decodes to the right type on every transport.
+class RunResult(msgspec.Struct, omit_defaults=False, tag_field="kind", tag="run"):
     status: Status
     exit_code: int | None = None
     signal: int | None = None
@@ -164,7 +169,6 @@ VERDICTS: tuple[str, ...] = Verdict.__args__  # type: ignore[attr-defined]
 CheckerKind = Literal["exact", "tokens", "lines", "float", "custom"]
 
 MAX_TESTS = 1000
-MAX_PRIORITY = 1000
 
 
 class LimitsPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
@@ -238,7 +242,7 @@ class TestResult(msgspec.Struct, omit_defaults=False):
     message: str = ""  # checker's or interactor's comment, or why IE
 
 
-class SubmissionResult(msgspec.Struct, omit_defaults=False):
+class SubmissionResult(msgspec.Struct, omit_defaults=False, tag_field="kind", tag="submission"):
     verdict: Verdict
     compile: RunResult | None = None
     tests: list[TestResult] = field(default_factory=list)
@@ -262,3 +266,37 @@ def validate_submission(sub: Submission) -> Submission:
     if sub.checker.kind != "custom" and sub.checker.program is not None:
         raise SchemaError("checker.program: only for checker.kind 'custom'")
     return sub
+
+
+# --- Wire messages (Unix socket and HTTP share them; see docs/protocol.md) ----
+
+Op = Literal["run", "submit", "get", "wait", "cancel", "status", "languages", "ping"]
+ErrorCode = Literal[
+    "bad_request", "not_found", "queue_full", "queue_deadline", "cancelled", "draining", "unauthorized", "internal"
+]
+
+
+class Request(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    id: int | str
+    op: Op
+    body: msgspec.Raw = msgspec.Raw()  # decoded per op: RunRequest, Submission, JobRef; empty if absent
+    wait: bool = True  # False: reply at once with the job id; poll with "get"
+    progress: bool = False  # stream a "test" event per finished test of a submission
+
+
+class JobRef(msgspec.Struct, forbid_unknown_fields=True):
+    job: str
+
+
+class Error(msgspec.Struct):
+    code: ErrorCode
+    message: str
+    retry_after: float | None = None
+
+
+class JobInfo(msgspec.Struct, omit_defaults=True):
+    job: str
+    kind: Literal["run", "submission"]
+    state: Literal["queued", "running", "done", "cancelled", "failed"]
+    result: RunResult | SubmissionResult | None = None
+    error: Error | None = None

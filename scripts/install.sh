@@ -25,6 +25,6 @@ fi
 
 # Debian's interpreter, not a pyenv shim that may be first on PATH.
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]' -e clients/python
 # Build the agent now so the first run does not pay for it.
 .venv/bin/python -c 'from sandboxd import agentbin; print("agent:", agentbin.ensure())'

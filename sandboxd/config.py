@@ -1,0 +1,116 @@
+"""Daemon configuration: a TOML file (every key optional), then SANDBOXD_* env, then flags.
+
+An unknown key or a bad value stops start-up with a message naming the key.
+The defaults below are the documentation: `sandboxd config --defaults` prints them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .engine import default_pool_size
+
+DEFAULT_PATH = Path("/etc/sandboxd/sandboxd.toml")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Name of this daemon on the host: cgroups, locks and uid leases are per instance.
+    instance: str = "default"
+    # Unix socket for local judges and the Python client; "" disables it.
+    socket: str = "/run/sandboxd/sandboxd.sock"
+    # Who may connect is who may run code: keep it to a group.
+    socket_mode: Annotated[str, Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
+    socket_group: str = ""  # "" keeps root's group; e.g. "sandboxd"
+    # HTTP listen address "host:port"; "" disables HTTP.
+    http: str = "127.0.0.1:7070"
+    # Bearer token for HTTP; required when `http` is not a loopback address.
+    http_token: str = ""
+    max_body: Annotated[int, Meta(ge=1024)] = 64 << 20  # bytes, per HTTP body or socket frame
+    pool_size: Annotated[int, Meta(ge=1, le=1024)] = msgspec.field(default_factory=default_pool_size)
+    max_runs_per_box: Annotated[int, Meta(ge=1)] = 1000
+    queue_depth: Annotated[int, Meta(ge=1)] = 10_000  # waiting runs per pool; beyond: rejected (429)
+    aging: Annotated[float, Meta(ge=0)] = 1.0  # priority points a waiting run gains per second
+    lang_capacity: dict[str, Annotated[int, Meta(ge=1)]] = msgspec.field(default_factory=dict)
+    results_ttl: Annotated[float, Meta(gt=0)] = 600.0  # seconds a finished job's result stays readable
+    drain_timeout: Annotated[float, Meta(ge=0)] = 30.0  # SIGTERM: seconds running jobs get to finish
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    state_dir: str = "/var/lib/sandboxd"
+    run_dir: str = "/run/sandboxd"
+
+
+FIELDS = Config.__struct_fields__
+
+
+def _coerce_env(raw: str) -> Any:
+    # Env values are strings; let msgspec convert them with the field's type.
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return raw
+
+
+def load(
+    path: Path | None = None, overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> Config:
+    data: dict[str, Any] = {}
+    p = path if path is not None else DEFAULT_PATH
+    if p.exists() or path is not None:
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    for key, raw in (env if env is not None else os.environ).items():
+        if key.startswith("SANDBOXD_") and key not in ("SANDBOXD_STATE_DIR",):
+            name = key.removeprefix("SANDBOXD_").lower()
+            if name not in FIELDS:
+                raise ConfigError(f"{key}: unknown setting {name!r}")
+            data[name] = raw if isinstance(getattr(Config, name, None), str) else _coerce_env(raw)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        cfg = msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"configuration: {e}".replace("$.", "")) from None
+    check(cfg)
+    return cfg
+
+
+def http_is_loopback(addr: str) -> bool:
+    host = addr.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check(cfg: Config) -> None:
+    if cfg.http:
+        host, _, port = cfg.http.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"http: {cfg.http!r} is not host:port")
+        if not http_is_loopback(cfg.http) and not cfg.http_token:
+            raise ConfigError("http_token: required when http listens beyond loopback (who can connect can run code)")
+    if not cfg.socket and not cfg.http:
+        raise ConfigError("socket, http: at least one must be enabled")
+
+
+def defaults_toml() -> str:
+    out = []
+    for name, value in msgspec.to_builtins(Config()).items():
+        out.append(f"{name} = {msgspec.json.encode(value).decode() if not isinstance(value, dict) else '{}'}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,137 @@
+"""`sandboxd serve`: one uvloop process serving the Unix socket and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from . import httpserver, unixserver
+from .config import Config
+from .engine import Engine, EngineConfig
+from .service import Service
+
+log = logging.getLogger("sandboxd")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        d = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d)
+
+
+def setup_logging(cfg: Config) -> None:
+    h = logging.StreamHandler(sys.stderr)
+    if cfg.log_format == "json":
+        h.setFormatter(_JsonFormatter())
+    else:
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [h]
+    root.setLevel(cfg.log_level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def sd_notify(state: str) -> None:
+    """systemd's notify protocol: one datagram to $NOTIFY_SOCKET (no-op elsewhere)."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.sendto(state.encode(), addr)
+
+
+def _watchdog_interval() -> float | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return None
+    return int(usec) / 2e6
+
+
+async def serve(cfg: Config) -> int:
+    t0 = time.monotonic()
+    ecfg = EngineConfig(
+        instance=cfg.instance,
+        state_dir=Path(cfg.state_dir),
+        run_dir=Path(cfg.run_dir),
+        pool_size=cfg.pool_size,
+        max_runs_per_box=cfg.max_runs_per_box,
+        queue_depth=cfg.queue_depth,
+        aging=cfg.aging,
+        lang_capacity=cfg.lang_capacity,
+    )
+    engine = await Engine.start(ecfg)
+    svc = Service(engine, results_ttl=cfg.results_ttl)
+    servers: list[asyncio.AbstractServer] = []
+    runner: web.AppRunner | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        if cfg.socket:
+            servers.append(
+                await unixserver.start(svc, cfg.socket, int(cfg.socket_mode, 8), cfg.socket_group, cfg.max_body)
+            )
+        if cfg.http:
+            host, _, port = cfg.http.rpartition(":")
+            runner = web.AppRunner(httpserver.make_app(svc, cfg.http_token, cfg.max_body), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        log.info(
+            "ready in %.2f s: instance %s, %s cgroups, pool %d, socket %s, http %s",
+            time.monotonic() - t0,
+            cfg.instance,
+            f"v{engine.backend.version}" if engine.backend else "?",
+            cfg.pool_size,
+            cfg.socket or "off",
+            cfg.http or "off",
+        )
+        sd_notify("READY=1\nSTATUS=serving")
+        interval = _watchdog_interval()
+        if interval:
+
+            async def ping() -> None:
+                while True:
+                    sd_notify("WATCHDOG=1")
+                    await asyncio.sleep(interval)
+
+            watchdog = asyncio.ensure_future(ping())
+        await stop.wait()
+        log.info("stopping: draining for up to %.0f s", cfg.drain_timeout)
+        sd_notify("STOPPING=1\nSTATUS=draining")
+        for s in servers:
+            s.close()  # no new connections; open ones keep getting their replies
+        await svc.drain(cfg.drain_timeout)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        for s in servers:
+            s.close()
+        if cfg.socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(cfg.socket)
+        await engine.close()
+        if watchdog is not None:
+            watchdog.cancel()
+        log.info("stopped")
+    return 0

@@ -1,0 +1,28 @@
+"""Prometheus metrics of one daemon (a registry per daemon, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_RUN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.queue_depth = Gauge("sandboxd_queue_depth", "Runs waiting for a box", ["pool", "priority"], registry=r)
+        self.boxes = Gauge("sandboxd_boxes", "Boxes by state", ["pool", "state"], registry=r)
+        self.recycled = Gauge("sandboxd_boxes_recycled", "Boxes destroyed and rebuilt", ["pool"], registry=r)
+        self.agent_crashes = Gauge("sandboxd_agent_crashes", "Agents that died", ["pool"], registry=r)
+        self.run_seconds = Histogram(
+            "sandboxd_run_seconds", "Run latency, admission to result", ["status"], buckets=_RUN_BUCKETS, registry=r
+        )
+        self.submission_seconds = Histogram(
+            "sandboxd_submission_seconds", "Submission latency", ["lang"], buckets=_RUN_BUCKETS, registry=r
+        )
+        self.verdicts = Counter("sandboxd_verdicts", "Test and submission verdicts", ["scope", "verdict"], registry=r)
+        self.rejections = Counter("sandboxd_rejections", "Jobs refused", ["reason"], registry=r)
+        self.jobs = Gauge("sandboxd_jobs", "Jobs known by state", ["state"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

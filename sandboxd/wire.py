@@ -1,0 +1,80 @@
+"""Dispatch of wire requests onto the service, shared by the Unix socket and HTTP.
+
+A request names an op and carries a body in the transport's format (JSON or
+msgpack); bodies are decoded with the schema types, so a bad field gets the
+same precise error on every transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from .schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
+from .service import Service, error
+
+Format = Literal["json", "msgpack"]
+T = TypeVar("T")
+
+_json_dec: dict[type, msgspec.json.Decoder[Any]] = {}
+_mp_dec: dict[type, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
+    if not data:
+        raise error("bad_request", f"{what}: missing")
+    try:
+        if fmt == "json":
+            jd = _json_dec.get(typ) or _json_dec.setdefault(typ, msgspec.json.Decoder(typ))
+            return jd.decode(data)  # type: ignore[no-any-return]
+        md = _mp_dec.get(typ) or _mp_dec.setdefault(typ, msgspec.msgpack.Decoder(typ))
+        return md.decode(data)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as e:
+        raise error("bad_request", f"{what}: {e}".replace("`$", f"`{what}")) from None
+    except msgspec.DecodeError as e:
+        raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
+
+
+async def dispatch(
+    svc: Service,
+    op: str,
+    body: bytes,
+    fmt: Format,
+    *,
+    wait: bool = True,
+    timeout: float | None = None,
+    progress: Callable[[TestResult], None] | None = None,
+    on_job: Callable[[str], None] | None = None,
+) -> Any:
+    """Run one op; returns the reply payload (a schema object or plain data)."""
+    try:
+        if op == "ping":
+            return {"pong": True}
+        if op == "status":
+            return svc.status()
+        if op == "languages":
+            return svc.languages()
+        if op in ("get", "wait", "cancel"):
+            ref = decode(body, JobRef, fmt)
+            if op == "cancel":
+                return svc.cancel(ref.job)
+            job = svc.get(ref.job)
+            return await svc.wait(job, timeout) if op == "wait" else job.info()
+        if op == "run":
+            job = svc.submit_run(decode(body, RunRequest, fmt))
+        elif op == "submit":
+            job = svc.submit(decode(body, Submission, fmt), progress)
+        else:
+            raise error("bad_request", f"op: unknown {op!r}")
+    except SchemaError as e:
+        raise error("bad_request", str(e)) from None
+    if on_job is not None:
+        on_job(job.id)
+    if not wait:
+        return JobInfo(job.id, job.kind, job.state)
+    info = await svc.wait(job)
+    if info.error is not None:
+        raise error(info.error.code, info.error.message, info.error.retry_after)
+    return info.result

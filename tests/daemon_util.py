@@ -1,0 +1,65 @@
+"""Start real `sandboxd serve` processes for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    def __init__(self, instance: str, pool_size: int = 2, env: dict[str, str] | None = None, **flags: Any) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"sandboxd-{instance}-"))
+        self.sock = str(self.dir / "sandboxd.sock")
+        self.port = free_port()
+        self.http = f"http://127.0.0.1:{self.port}"
+        self.log = open(self.dir / "log", "w+b")  # noqa: SIM115 - closed in stop()
+        args = [
+            sys.executable, "-m", "sandboxd.cli", "serve", "--config", "/dev/null",
+            "--instance", instance, "--socket", self.sock, "--http", f"127.0.0.1:{self.port}",
+            "--pool-size", str(pool_size),
+        ]  # fmt: skip
+        for k, v in flags.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 30
+        while not self.ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"daemon did not start:\n{self.output()}")
+            time.sleep(0.05)
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http}/readyz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.log.close()
+        return rc

@@ -1,0 +1,271 @@
+"""The daemon as users meet it: real processes, real sockets, the Python client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from daemon_util import Daemon
+from sandboxd_client import AsyncClient, Client, Limits, RunRequest, SandboxdError, Submission, TestCase
+
+from sandboxd import cgroups
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    d = Daemon("pytest-daemon")
+    yield d
+    assert d.stop() == 0, d.output()
+
+
+def http(d: Daemon, method: str, path: str, body: Any = None, ctype: str = "application/json", **headers: str) -> Any:
+    data = None
+    if body is not None:
+        data = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    req = urllib.request.Request(d.http + path, data=data, method=method, headers={"Content-Type": ctype, **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read()
+            return r.status, dict(r.headers), raw
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_run_over_the_unix_socket(daemon: Daemon) -> None:
+    with Client(f"unix://{daemon.sock}") as c:
+        r = c.run(RunRequest(cmd=["sh", "-c", "cat; echo done"], stdin=b"in\n"))
+        assert r.status == "ok" and r.stdout == b"in\ndone\n"
+        langs = {x["id"] for x in c.languages()}
+        assert {"c", "cpp", "python3"} <= langs
+
+
+def test_run_over_http_json_and_msgpack(daemon: Daemon) -> None:
+    st, _, raw = http(daemon, "POST", "/v1/runs", {"cmd": ["echo", "hi"]})
+    assert st == 200
+    assert json.loads(raw)["stdout"] == "aGkK"  # bytes are base64 in JSON
+    body = msgspec.msgpack.encode({"cmd": ["echo", "hi"]})
+    st, h, raw = http(daemon, "POST", "/v1/runs", body, "application/msgpack")
+    assert st == 200 and h["Content-Type"].startswith("application/msgpack")
+    assert msgspec.msgpack.decode(raw)["stdout"] == b"hi\n"
+
+
+def test_http_errors_are_precise(daemon: Daemon) -> None:
+    st, _, raw = http(daemon, "POST", "/v1/runs", {"cmd": ["x"], "limits": {"memory": -1}})
+    err = json.loads(raw)["error"]
+    assert st == 400 and err["code"] == "bad_request" and "limits.memory" in err["message"]
+    st, _, raw = http(daemon, "POST", "/v1/runs", b"{not json")
+    assert st == 400 and "malformed json" in json.loads(raw)["error"]["message"]
+    st, _, raw = http(daemon, "POST", "/v1/submissions", {"lang": "cobol", "source": "", "tests": [{}]})
+    assert st == 400 and "cobol" in json.loads(raw)["error"]["message"]
+    st, _, raw = http(daemon, "GET", "/v1/jobs/nope")
+    assert st == 404
+    st, _, _ = http(daemon, "POST", "/v1/runs", b"x" * (65 << 20))
+    assert st == 413
+
+
+def test_submission_with_progress_events(daemon: Daemon) -> None:
+    seen: list[int] = []
+    sub = Submission(
+        lang="python3",
+        source=b"print(int(input()) * 2)",
+        tests=[TestCase(str(i).encode(), str(2 * i).encode()) for i in range(10)],
+    )
+    with Client(f"unix://{daemon.sock}") as c:
+        r = c.submit(sub, progress=lambda t: seen.append(t.index))
+    assert r.verdict == "AC" and len(r.tests) == 10
+    assert sorted(seen) == list(range(10))
+
+
+def test_async_mode_start_poll_wait(daemon: Daemon) -> None:
+    with Client(f"unix://{daemon.sock}") as c:
+        jid = c.start(RunRequest(cmd=["sleep", "0.3"]))
+        assert c.get(jid).state in ("queued", "running")
+        info = c.wait(jid)
+        assert info.state == "done" and info.result is not None and info.result.status == "ok"
+    with Client(daemon.http) as c:
+        jid = c.start(RunRequest(cmd=["echo", "x"]))
+        assert c.wait(jid).result.stdout == b"x\n"  # type: ignore[union-attr]
+
+
+def test_many_concurrent_clients(daemon: Daemon) -> None:
+    async def one(i: int) -> bytes:
+        async with AsyncClient(f"unix://{daemon.sock}") as c:
+            outs = await asyncio.gather(*(c.run(RunRequest(cmd=["echo", f"{i}-{k}"])) for k in range(5)))
+            return b"".join(r.stdout for r in outs)
+
+    async def all_() -> list[bytes]:
+        return list(await asyncio.gather(*(one(i) for i in range(20))))
+
+    outs = asyncio.run(all_())
+    for i, out in enumerate(outs):
+        assert out == b"".join(f"{i}-{k}\n".encode() for k in range(5))
+
+
+def test_cancel_a_running_job_frees_the_box(daemon: Daemon) -> None:
+    with Client(f"unix://{daemon.sock}") as c:
+        jid = c.start(RunRequest(cmd=["sleep", "30"], limits=Limits(wall_time=60)))
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        c.cancel(jid)
+        info = c.wait(jid)
+        assert info.state == "cancelled" and time.monotonic() - t0 < 3
+        assert c.run(RunRequest(cmd=["true"])).status == "ok"
+
+
+def test_client_disconnect_cancels_its_jobs(daemon: Daemon) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(f"unix://{daemon.sock}") as c:
+            task = asyncio.ensure_future(c.run(RunRequest(cmd=["sleep", "30"], limits=Limits(wall_time=60))))
+            await asyncio.sleep(0.3)
+        task.cancel()
+
+    asyncio.run(scenario())
+    deadline = time.monotonic() + 5
+    with Client(f"unix://{daemon.sock}") as c:
+        while c.status()["pools"]["host"]["busy"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c.status()["pools"]["host"]["busy"] == 0
+
+
+def _frame(obj: Any) -> bytes:
+    data = obj if isinstance(obj, bytes) else msgspec.msgpack.encode(obj)
+    return struct.pack(">I", len(data)) + data
+
+
+def _recv(s: socket.socket) -> Any:
+    head = s.recv(4, socket.MSG_WAITALL)
+    (n,) = struct.unpack(">I", head)
+    return msgspec.msgpack.decode(s.recv(n, socket.MSG_WAITALL))
+
+
+def test_malformed_frames_get_errors_and_the_connection_survives(daemon: Daemon) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(daemon.sock)
+        s.settimeout(10)
+        s.sendall(_frame(b"\xc1garbage"))
+        assert _recv(s)["error"]["code"] == "bad_request"
+        s.sendall(_frame({"id": 7, "op": "explode"}))
+        r = _recv(s)
+        assert r["id"] == 7 and r["error"]["code"] == "bad_request"
+        s.sendall(_frame({"id": 8, "op": "run", "body": {"cmd": "not a list"}}))
+        r = _recv(s)
+        assert r["id"] == 8 and "cmd" in r["error"]["message"]
+        s.sendall(_frame({"id": 9, "op": "ping"}))
+        assert _recv(s) == {"id": 9, "ok": True, "result": {"pong": True}}
+        s.sendall(struct.pack(">I", 1 << 30))  # larger than max_body: error, then hang up
+        assert "frame of" in _recv(s)["error"]["message"]
+
+
+def test_metrics_health_and_status(daemon: Daemon) -> None:
+    st, _, raw = http(daemon, "GET", "/metrics")
+    assert st == 200
+    text = raw.decode()
+    for name in ("sandboxd_boxes", "sandboxd_run_seconds_bucket", "sandboxd_jobs", "sandboxd_verdicts_total"):
+        assert name in text
+    assert http(daemon, "GET", "/healthz")[0] == 200
+    st, _, raw = http(daemon, "GET", "/v1/status")
+    status = json.loads(raw)
+    assert status["pools"]["host"]["capacity"] == 2 and "recent_wall_time" in status
+    st, _, raw = http(daemon, "GET", "/openapi.json")
+    assert st == 200 and json.loads(raw)["openapi"].startswith("3.")
+
+
+def test_queue_full_is_rejected_with_retry_after() -> None:
+    d = Daemon("pytest-qfull", pool_size=1, env={"SANDBOXD_QUEUE_DEPTH": "2"})
+    try:
+        with Client(f"unix://{d.sock}") as c:
+            jobs = [c.start(RunRequest(cmd=["sleep", "1"])) for _ in range(3)]  # 1 running + 2 queued
+            time.sleep(0.2)
+            st, h, raw = http(d, "POST", "/v1/runs", {"cmd": ["true"]})
+            assert st == 429 and int(h["Retry-After"]) >= 1
+            assert json.loads(raw)["error"]["code"] == "queue_full"
+            with pytest.raises(SandboxdError) as e:
+                c.run(RunRequest(cmd=["true"]))
+            assert e.value.code == "queue_full"
+            assert all(c.wait(j).state == "done" for j in jobs)
+    finally:
+        d.stop()
+
+
+def test_priority_order_under_contention() -> None:
+    d = Daemon("pytest-prio", pool_size=1, env={"SANDBOXD_AGING": "0"})
+
+    async def scenario() -> list[int]:
+        done: list[int] = []
+        async with AsyncClient(f"unix://{d.sock}") as c:
+
+            async def job(prio: int) -> None:
+                await c.run(RunRequest(cmd=["true"], priority=prio))
+                done.append(prio)
+
+            blocker = asyncio.ensure_future(c.run(RunRequest(cmd=["sleep", "0.5"])))
+            await asyncio.sleep(0.2)
+            tasks = []
+            for prio in (0, 5, 1, 9, -3, 5):
+                tasks.append(asyncio.ensure_future(job(prio)))
+                await asyncio.sleep(0.01)  # a fixed arrival order
+            await asyncio.gather(blocker, *tasks)
+        return done
+
+    try:
+        # One box: the queued runs go one at a time, highest priority first.
+        assert asyncio.run(scenario()) == [9, 5, 5, 1, 0, -3]
+    finally:
+        d.stop()
+
+
+def test_sigterm_drains_running_jobs_and_leaves_nothing() -> None:
+    d = Daemon("pytest-drain", pool_size=1)
+    with Client(f"unix://{d.sock}") as c:
+        jid = c.start(RunRequest(cmd=["sh", "-c", "sleep 1; echo finished"]))
+        time.sleep(0.3)
+        d.proc.send_signal(signal.SIGTERM)
+        info = c.wait(jid)
+        assert info.state == "done" and info.result is not None and info.result.stdout == b"finished\n"
+    assert d.stop() == 0
+    be = cgroups.detect("pytest-probe2")
+    roots = list(be.base.values()) if isinstance(be, cgroups.V1) else [be.root]
+    assert not [r for r in roots if (r.parent / "pytest-drain").exists()]
+    assert not Path(d.sock).exists()
+
+
+def test_bearer_token() -> None:
+    d = Daemon("pytest-token", pool_size=1, env={"SANDBOXD_HTTP_TOKEN": "s3cret"})
+    try:
+        assert http(d, "POST", "/v1/runs", {"cmd": ["true"]})[0] == 401
+        st, _, _ = http(d, "POST", "/v1/runs", {"cmd": ["true"]}, Authorization="Bearer s3cret")
+        assert st == 200
+        with Client(d.http, token="s3cret") as c:
+            assert c.run(RunRequest(cmd=["true"])).status == "ok"
+    finally:
+        d.stop()
+
+
+def serve_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "sandboxd.cli", "serve", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_bad_config_stops_startup_naming_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('pool_size = "many"\n')
+    p = serve_cmd("--config", str(cfg))
+    assert p.returncode == 2 and "pool_size" in p.stderr
+    cfg.write_text("no_such_key = 1\n")
+    p = serve_cmd("--config", str(cfg))
+    assert p.returncode == 2 and "no_such_key" in p.stderr
+    p = serve_cmd("--config", "/dev/null", "--http", "0.0.0.0:7070")
+    assert p.returncode == 2 and "http_token" in p.stderr
