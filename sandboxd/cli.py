@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--http", help="HTTP host:port ('' disables)")
     s.add_argument("--pool-size", type=int, dest="pool_size", help="warm boxes per rootfs")
     s.add_argument("--log-format", choices=["text", "json"], dest="log_format")
+    try:
+        from sandboxd_client import submit  # the client package adds `submit`; optional for the daemon
+
+        submit.add_parser(sub)
+    except ImportError:
+        pass
     c = sub.add_parser("config", help="show the configuration")
     c.add_argument("--defaults", action="store_true", help="print every setting with its default, as TOML")
     c.add_argument("--config", type=Path, help="check this file and print the effective settings")
@@ -171,6 +177,10 @@ def main(args: list[str] | None = None) -> int:
         return _serve(ns)
     if ns.command == "config":
         return _config(ns)
+    if ns.command == "submit":
+        from sandboxd_client import submit
+
+        return submit.main(ns)
     logging.basicConfig(format="sandboxd: %(message)s", level=logging.WARNING)
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     try:

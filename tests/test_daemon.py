@@ -269,3 +269,25 @@ def test_bad_config_stops_startup_naming_the_key(tmp_path: Path) -> None:
     assert p.returncode == 2 and "no_such_key" in p.stderr
     p = serve_cmd("--config", "/dev/null", "--http", "0.0.0.0:7070")
     assert p.returncode == 2 and "http_token" in p.stderr
+
+
+def test_submit_command_with_a_tests_directory(daemon: Daemon, tmp_path: Path) -> None:
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    for i in range(1, 13):
+        (tests / f"{i}.in").write_text(f"{i} {i}\n")
+        (tests / f"{i}.out").write_text(f"{2 * i if i != 11 else 0}\n")
+    src = tmp_path / "sum.c"
+    src.write_text('#include <stdio.h>\nint main(void){long a,b;scanf("%ld %ld",&a,&b);printf("%ld\\n",a+b);}\n')
+    cmd = [sys.executable, "-m", "sandboxd.cli", "submit", "--address", f"unix://{daemon.sock}"]
+    p = subprocess.run(
+        [*cmd, "--lang", "c", "--tests", str(tests), str(src)], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 1, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[-1].startswith("verdict: WA")
+    assert "test  11: WA" in p.stdout and "test  10: AC" in p.stdout  # natural order: 10 after 9, not after 1
+    p = subprocess.run(
+        [*cmd, "--lang", "c", "--tests", str(tmp_path / "none"), str(src)], capture_output=True, text=True
+    )
+    assert p.returncode == 2 and "no *.in files" in p.stderr
