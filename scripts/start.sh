@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Start the daemon on the embedded default rootfs (the host's /usr, read-only),
+# detached, unless one already answers; then show it working with one run.
+# Under systemd, the unit in systemd/ is the way (see README, operations).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+addr=${SANDBOXD_HTTP:-127.0.0.1:7070}
+log=${SANDBOXD_LOG:-/var/log/sandboxd.log}
+ready() { .venv/bin/python - "$addr" <<'PY'
+import sys, urllib.request
+try:
+    urllib.request.urlopen(f"http://{sys.argv[1]}/readyz", timeout=1)
+except OSError:
+    sys.exit(1)
+PY
+}
+
+if ! ready; then
+  mkdir -p /run/sandboxd
+  setsid .venv/bin/sandboxd serve --http "$addr" >>"$log" 2>&1 < /dev/null &
+  echo $! > /run/sandboxd/sandboxd.pid
+  for _ in $(seq 100); do ready && break; sleep 0.1; done
+  ready || { echo "start.sh: the daemon did not come up; see $log" >&2; tail -20 "$log" >&2; exit 1; }
+  echo "sandboxd: serving on /run/sandboxd/sandboxd.sock and http://$addr (pid $(cat /run/sandboxd/sandboxd.pid), log $log)"
+fi
+# A first judged submission through the daemon.
+.venv/bin/sandboxd submit --lang c --tests examples/aplusb-tests examples/aplusb.c
