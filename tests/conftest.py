@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
+from sandboxd import cgroups
 from sandboxd.engine import Engine, EngineConfig, SourceResult
 from sandboxd.schema import Limits, RunRequest, RunResult
 
@@ -50,6 +51,20 @@ class SyncEngine:
     def close(self) -> None:
         self.call(self.engine.close())
         self.loop.close()
+
+
+def leftover_cgroups() -> list[str]:
+    """cgroup directories of any test instance (named pytest*) still on the host."""
+    be = cgroups.detect("pytest-probe", create=False)
+    roots = list(be.base.values()) if isinstance(be, cgroups.V1) else [be.root]
+    return sorted(str(p) for r in roots if r.parent.exists() for p in r.parent.glob("pytest*"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fails the run if the tests (or the daemons they start) leak cgroups."""
+    yield
+    assert not leftover_cgroups(), f"leaked cgroups: {leftover_cgroups()}"
 
 
 @pytest.fixture(scope="session")
