@@ -169,8 +169,11 @@ class Service:
         return job
 
     async def wait(self, job: Job, timeout: float | None = None) -> JobInfo:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(job.done.wait()), timeout)
+        if timeout is None:
+            await job.done.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.done.wait(), timeout)
         return job.info()
 
     def cancel(self, job_id: str) -> JobInfo:

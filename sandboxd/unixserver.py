@@ -114,7 +114,9 @@ class _Conn:
         def on_job(jid: str) -> None:
             if req.wait:
                 self.jobs[req.id] = jid
-            self.send({"id": req.id, "event": "accepted", "data": {"job": jid}})
+            if req.progress:
+                # Only on request: a plain run costs one reply frame, not two.
+                self.send({"id": req.id, "event": "accepted", "data": {"job": jid}})
 
         try:
             result = await dispatch(
