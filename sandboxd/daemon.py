@@ -79,7 +79,7 @@ async def serve(cfg: Config) -> int:
         lang_capacity=cfg.lang_capacity,
     )
     engine = await Engine.start(ecfg)
-    svc = Service(engine, results_ttl=cfg.results_ttl)
+    svc = Service(engine, results_ttl=cfg.results_ttl, callback_allow_private=cfg.callback_allow_private)
     servers: list[asyncio.AbstractServer] = []
     runner: web.AppRunner | None = None
     stop = asyncio.Event()

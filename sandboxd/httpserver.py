@@ -93,16 +93,19 @@ def _wait_flag(request: web.Request) -> bool:
     return v in ("true", "1")
 
 
-async def post_run(req: web.Request) -> web.Response:
+async def _post(req: web.Request, op: str) -> web.Response:
     wait = _wait_flag(req)
-    res = await dispatch(req.app[SVC], "run", await req.read(), _fmt_in(req), wait=wait)
+    cb = req.query.get("callback_url")
+    res = await dispatch(req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb)
     return reply(req, res, 200 if wait else 202)
+
+
+async def post_run(req: web.Request) -> web.Response:
+    return await _post(req, "run")
 
 
 async def post_submission(req: web.Request) -> web.Response:
-    wait = _wait_flag(req)
-    res = await dispatch(req.app[SVC], "submit", await req.read(), _fmt_in(req), wait=wait)
-    return reply(req, res, 200 if wait else 202)
+    return await _post(req, "submit")
 
 
 async def get_job(req: web.Request) -> web.Response:

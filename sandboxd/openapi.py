@@ -36,6 +36,12 @@ _ERRORS = {
         (503, "draining; see Retry-After"),
     )
 }
+_CALLBACK = {
+    "name": "callback_url",
+    "in": "query",
+    "schema": {"type": "string", "format": "uri"},
+    "description": "POST the finished JobInfo (JSON) here; non-public addresses refused unless configured",
+}
 _WAIT = {
     "name": "wait",
     "in": "query",
@@ -71,7 +77,7 @@ def document() -> dict[str, Any]:
             "/v1/runs": {
                 "post": {
                     "summary": "Run one program",
-                    "parameters": [_WAIT],
+                    "parameters": [_WAIT, _CALLBACK],
                     "requestBody": {"required": True, **_body("RunRequest")},
                     "responses": {"200": _resp("RunResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
                 }
@@ -79,7 +85,7 @@ def document() -> dict[str, Any]:
             "/v1/submissions": {
                 "post": {
                     "summary": "Judge a submission: compile, run tests in parallel, check",
-                    "parameters": [_WAIT],
+                    "parameters": [_WAIT, _CALLBACK],
                     "requestBody": {"required": True, **_body("Submission")},
                     "responses": {"200": _resp("SubmissionResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
                 }

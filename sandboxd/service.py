@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import callbacks
 from .engine import Engine
 from .judge import judge
 from .metrics import Metrics
@@ -61,14 +62,23 @@ class Job:
     task: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[[TestResult], None]] = field(default_factory=list)
+    callback_url: str | None = None
 
     def info(self) -> JobInfo:
         return JobInfo(self.id, self.kind, self.state, self.result, self.error)
 
 
 class Service:
-    def __init__(self, engine: Engine, metrics: Metrics | None = None, results_ttl: float = 600.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics | None = None,
+        results_ttl: float = 600.0,
+        callback_allow_private: bool = False,
+    ) -> None:
         self.engine = engine
+        self.callback_allow_private = callback_allow_private
+        self._callbacks: set[asyncio.Task[bool]] = set()
         self.metrics = metrics or Metrics()
         self.results_ttl = results_ttl
         self.jobs: dict[str, Job] = {}
@@ -96,17 +106,35 @@ class Service:
         job.finished = time.monotonic()
         self._expiry.append(job)
         job.done.set()
+        if job.callback_url:
+            t = asyncio.ensure_future(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
+            self._callbacks.add(t)
+            t.add_done_callback(self._callbacks.discard)
 
-    def submit_run(self, req: RunRequest) -> Job:
+    async def check_callback(self, url: str) -> None:
+        """Refuse a callback target before accepting the job (it is checked again on delivery)."""
+        try:
+            host, port = callbacks.check_url(url)
+            await callbacks.resolve(host, port, self.callback_allow_private)
+        except callbacks.CallbackRefused as e:
+            raise error("bad_request", str(e)) from None
+        except OSError as e:
+            raise error("bad_request", f"callback_url: cannot resolve: {e}") from None
+
+    def submit_run(self, req: RunRequest, callback_url: str | None = None) -> Job:
         validate_run(req)
         job = self._new_job("run")
+        job.callback_url = callback_url
         job.task = asyncio.ensure_future(self._do_run(job, req))
         return job
 
-    def submit(self, sub: Submission, progress: Callable[[TestResult], None] | None = None) -> Job:
+    def submit(
+        self, sub: Submission, progress: Callable[[TestResult], None] | None = None, callback_url: str | None = None
+    ) -> Job:
         validate_submission(sub)
         self.engine.language(sub.lang)
         job = self._new_job("submission", sub.lang)
+        job.callback_url = callback_url
         if progress is not None:
             job.listeners.append(progress)
         job.task = asyncio.ensure_future(self._do_submission(job, sub))

@@ -47,6 +47,7 @@ async def dispatch(
     timeout: float | None = None,
     progress: Callable[[TestResult], None] | None = None,
     on_job: Callable[[str], None] | None = None,
+    callback_url: str | None = None,
 ) -> Any:
     """Run one op; returns the reply payload (a schema object or plain data)."""
     try:
@@ -62,10 +63,12 @@ async def dispatch(
                 return svc.cancel(ref.job)
             job = svc.get(ref.job)
             return await svc.wait(job, timeout) if op == "wait" else job.info()
+        if callback_url is not None:
+            await svc.check_callback(callback_url)
         if op == "run":
-            job = svc.submit_run(decode(body, RunRequest, fmt))
+            job = svc.submit_run(decode(body, RunRequest, fmt), callback_url)
         elif op == "submit":
-            job = svc.submit(decode(body, Submission, fmt), progress)
+            job = svc.submit(decode(body, Submission, fmt), progress, callback_url)
         else:
             raise error("bad_request", f"op: unknown {op!r}")
     except SchemaError as e:

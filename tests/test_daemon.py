@@ -9,10 +9,13 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +294,53 @@ def test_submit_command_with_a_tests_directory(daemon: Daemon, tmp_path: Path) -
         [*cmd, "--lang", "c", "--tests", str(tmp_path / "none"), str(src)], capture_output=True, text=True
     )
     assert p.returncode == 2 and "no *.in files" in p.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x",
+        "http://localhost/x",
+        "http://10.1.2.3/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "file:///etc/passwd",
+        "http://user:pw@example.com/",
+    ],
+)
+def test_callback_to_private_targets_is_refused(daemon: Daemon, url: str) -> None:
+    q = urllib.parse.quote(url, safe="")
+    st, _, raw = http(daemon, "POST", f"/v1/runs?wait=false&callback_url={q}", {"cmd": ["true"]})
+    assert st == 400, raw
+    assert "callback_url" in json.loads(raw)["error"]["message"]
+
+
+def test_callback_delivers_the_result_when_allowed() -> None:
+    got: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    d = Daemon("pytest-callback", pool_size=1, env={"SANDBOXD_CALLBACK_ALLOW_PRIVATE": "true"})
+    try:
+        q = urllib.parse.quote(f"http://127.0.0.1:{srv.server_port}/done", safe="")
+        st, _, raw = http(d, "POST", f"/v1/runs?wait=false&callback_url={q}", {"cmd": ["echo", "cb"]})
+        assert st == 202
+        job = json.loads(raw)["job"]
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        info = json.loads(got[0])
+        assert info["job"] == job and info["state"] == "done" and info["result"]["stdout"] == "Y2IK"
+    finally:
+        d.stop()
+        srv.shutdown()
