@@ -47,6 +47,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # addresses are refused unless this is true (SSRF, CVE-2024-29021).
     callback_allow_private: bool = False  # seconds a finished job's result stays readable
     drain_timeout: Annotated[float, Meta(ge=0)] = 30.0  # SIGTERM: seconds running jobs get to finish
+    # Run every language's self-test at start-up; serve only those that pass.
+    selftest: bool = True
+    languages_dir: str = ""  # "" = the packaged language files
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     state_dir: str = "/var/lib/sandboxd"

@@ -77,8 +77,14 @@ async def serve(cfg: Config) -> int:
         queue_depth=cfg.queue_depth,
         aging=cfg.aging,
         lang_capacity=cfg.lang_capacity,
+        languages_dir=Path(cfg.languages_dir) if cfg.languages_dir else None,
     )
     engine = await Engine.start(ecfg)
+    if cfg.selftest:
+        failed = await engine.selftest()
+        if not engine.languages:
+            await engine.close()
+            raise RuntimeError(f"no language passed its self-test: {failed}")
     svc = Service(engine, results_ttl=cfg.results_ttl, callback_allow_private=cfg.callback_allow_private)
     servers: list[asyncio.AbstractServer] = []
     runner: web.AppRunner | None = None

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class Engine:
         self.queues: dict[str, AdmissionQueue] = {}
         self.lang_queues: dict[str, AdmissionQueue] = {}
         self._compiled: OrderedDict[bytes, Compiled] = OrderedDict()
+        self.versions: dict[str, str] = {}
         self.languages: dict[str, Language] = {}
         self.backend: cgroups.Backend | None = None
         self._lock_fd = -1
@@ -243,7 +245,7 @@ class Engine:
                 env=lang.env,
                 files_in=sources,
                 files_out=lang.artifacts,
-                limits=limits or lang.compile_limits,
+                limits=lang.fit(limits) if limits else lang.compile_limits,
             ),
             lang.rootfs,
             priority=priority,
@@ -276,15 +278,20 @@ class Engine:
         stdio: tuple[int, int] | None = None,
     ) -> RunResult:
         lang = comp.lang
+        lim = lang.fit(limits or lang.default_limits)
         req = RunRequest(
-            cmd=lang.run + list(args),
+            cmd=lang.run_argv(lim.memory) + list(args),
             env=lang.env,
             stdin=stdin,
             files_in=[*comp.files, *files_in],
             files_out=files_out or [],
-            limits=limits or Limits(),
+            limits=lim,
         )
-        return await self.run(req, lang.rootfs, priority=priority, deadline=deadline, lang=lang.id, stdio=stdio)
+        res = await self.run(req, lang.rootfs, priority=priority, deadline=deadline, lang=lang.id, stdio=stdio)
+        if res.status in ("nonzero_exit", "signaled") and lang.memory_errors and lang.memory_error(res.stderr):
+            # The runtime's own heap ceiling (sized from the limit) was hit first.
+            res.status, res.message = "memory_limit", f"{lang.name} ran out of memory"
+        return res
 
     async def run_source(
         self,
@@ -300,6 +307,42 @@ class Engine:
             return SourceResult(comp.result, None)
         run = await self.run_compiled(comp, stdin, limits, files_out=files_out, args=args or ())
         return SourceResult(comp.result, run)
+
+    async def selftest(self) -> dict[str, str]:
+        """Run every language's self-test (echo stdin) and detect its version.
+
+        Languages that fail are dropped (logged with the reason): a judge must
+        not accept submissions it cannot run.  Returns {language: failure}."""
+        probe = "sandboxd self-test\n\u00e9 2 3\n".encode()
+
+        async def one(lang: Language) -> str | None:
+            if not lang.selftest:
+                return "no self-test program"
+            comp = await self.compile(lang.id, lang.selftest.encode())
+            if not comp.ok:
+                assert comp.result is not None
+                return f"compile {comp.result.status}: {(comp.result.stderr or comp.result.stdout)[-500:]!r}"
+            r = await self.run_compiled(comp, probe)
+            if r.status != "ok" or r.stdout != probe:
+                return f"run {r.status}: stdout {r.stdout[:100]!r}, stderr {r.stderr[-300:]!r} {r.message}"
+            if lang.version:
+                lim = lang.fit(lang.default_limits)
+                v = await self.run(RunRequest(cmd=lang.version, env=lang.env, limits=lim), lang.rootfs)
+                m = re.search(lang.version_regex, (v.stdout + v.stderr).decode(errors="replace"))
+                self.versions[lang.id] = m.group(1) if m else "unknown"
+            return None
+
+        langs = list(self.languages.values())
+        results = await asyncio.gather(*(one(lang) for lang in langs), return_exceptions=True)
+        failed: dict[str, str] = {}
+        for lang, res in zip(langs, results, strict=True):
+            if res is not None:
+                failed[lang.id] = str(res)
+                del self.languages[lang.id]
+                log.error("language %s disabled: self-test failed: %s", lang.id, res)
+            else:
+                log.info("language %s ready: %s", lang.id, self.versions.get(lang.id, "?"))
+        return failed
 
     async def box(self, rootfs: str = "host") -> Box:
         """A warm box for callers that drive it directly (benchmarks)."""

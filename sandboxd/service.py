@@ -252,7 +252,13 @@ class Service:
 
     def languages(self) -> list[dict[str, Any]]:
         return [
-            {"id": lang.id, "name": lang.name, "compiled": bool(lang.compile), "source": lang.source}
+            {
+                "id": lang.id,
+                "name": lang.name,
+                "version": self.engine.versions.get(lang.id),
+                "compiled": bool(lang.compile),
+                "source": lang.source,
+            }
             for lang in sorted(self.engine.languages.values(), key=lambda x: x.id)
         ]
 

@@ -11,8 +11,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # gcc/libc6-dev: builds the static agent and serves the c/cpp languages;
-# g++ for cpp; libseccomp2 is what pyseccomp loads; bubblewrap is a benchmark baseline.
-pkgs=(gcc g++ libc6-dev libseccomp2 python3 python3-venv iproute2 bubblewrap)
+# g++ for cpp; libseccomp2 is what pyseccomp loads; bubblewrap is a benchmark baseline;
+# the JDK, Node.js, Go and Rust serve those languages on the host rootfs.
+pkgs=(gcc g++ libc6-dev libseccomp2 python3 python3-venv iproute2 bubblewrap
+  openjdk-17-jdk-headless nodejs golang-go rustc)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,7 +21,9 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, instance: str, pool_size: int = 2, env: dict[str, str] | None = None, **flags: Any) -> None:
+    def __init__(
+        self, instance: str, pool_size: int = 2, env: dict[str, str] | None = None, selftest: bool = False, **flags: Any
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"sandboxd-{instance}-"))
         self.sock = str(self.dir / "sandboxd.sock")
         self.port = free_port()
@@ -34,8 +36,10 @@ class Daemon:
         ]  # fmt: skip
         for k, v in flags.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + 30
+        # Language self-tests cost seconds per start-up; one test daemon checks them.
+        env = {**os.environ, "SANDBOXD_SELFTEST": "true" if selftest else "false", **(env or {})}
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 120
         while not self.ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"daemon did not start:\n{self.output()}")

@@ -29,7 +29,7 @@ from sandboxd import cgroups
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    d = Daemon("pytest-daemon")
+    d = Daemon("pytest-daemon", selftest=True)
     yield d
     assert d.stop() == 0, d.output()
 
@@ -51,8 +51,9 @@ def test_run_over_the_unix_socket(daemon: Daemon) -> None:
     with Client(f"unix://{daemon.sock}") as c:
         r = c.run(RunRequest(cmd=["sh", "-c", "cat; echo done"], stdin=b"in\n"))
         assert r.status == "ok" and r.stdout == b"in\ndone\n"
-        langs = {x["id"] for x in c.languages()}
-        assert {"c", "cpp", "python3"} <= langs
+        langs = {x["id"]: x for x in c.languages()}
+        assert set(langs) == {"bash", "c", "cpp", "cpp20", "go", "java", "javascript", "python3", "rust"}
+        assert langs["python3"]["version"].startswith("3.") and langs["java"]["version"].startswith("17")
 
 
 def test_run_over_http_json_and_msgpack(daemon: Daemon) -> None:
