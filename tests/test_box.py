@@ -218,3 +218,33 @@ def test_stdin_passes_through(engine: SyncEngine) -> None:
     import hashlib
 
     assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_files_in_never_follow_what_a_program_planted(engine: SyncEngine, tmp_path: os.PathLike[str]) -> None:
+    """CVE-2024-28185 pattern: a later host-side write into a box a program touched."""
+
+    from sandboxd import boxfiles
+    from sandboxd.schema import RunRequest
+
+    target = os.path.join(tmp_path, "host-file")
+    eng = engine.engine
+
+    async def scenario() -> list[str]:
+        box = await eng.box()
+        try:
+            plant = f"ln -s {target} /box/x; ln -s {tmp_path} /box/d; mkfifo /box/f"
+            r = await box.run(RunRequest(cmd=["sh", "-c", plant]))
+            assert r.status == "ok", r
+            refused = []
+            for path in ("x", "d/y", "f"):
+                try:
+                    boxfiles.write_in(box.boxfd, path, b"pwned", False, box.uid, box.uid)
+                except boxfiles.Refused as e:
+                    refused.append(f"{path}: {e}")
+            return refused
+        finally:
+            eng.release(box)
+
+    refused = engine.call(scenario())
+    assert len(refused) == 3, refused
+    assert not os.path.exists(target) and not os.path.exists(os.path.join(tmp_path, "y"))
