@@ -125,7 +125,7 @@ def test_cancel_a_running_job_frees_the_box(daemon: Daemon) -> None:
         t0 = time.monotonic()
         c.cancel(jid)
         info = c.wait(jid)
-        assert info.state == "cancelled" and time.monotonic() - t0 < 3
+        assert info.state == "cancelled" and time.monotonic() - t0 < 20  # not the 30 s sleep
         assert c.run(RunRequest(cmd=["true"])).status == "ok"
 
 

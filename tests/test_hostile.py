@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def test_hostile(engine: SyncEngine, path: Path) -> None:
         planted = run_once(engine, case, case.plant)
         assert planted.status == "ok", f"plant failed: {planted}"
     for attempt in range(case.repeat):
+        t0 = time.monotonic()
         try:
             r = run_once(engine, case, case.source)
         except SchemaError as e:
@@ -110,7 +112,9 @@ def test_hostile(engine: SyncEngine, path: Path) -> None:
         if ex.stderr_contains is not None:
             assert ex.stderr_contains.encode() in r.stderr, where
         if ex.max_wall is not None:
-            assert r.wall_time < ex.max_wall, where
+            # Host-side time of the whole request (files out included): a hang
+            # anywhere shows here.  Generous bounds: they catch hangs, not speed.
+            assert time.monotonic() - t0 < ex.max_wall, where
         got = {f.path: ("ok" if f.content is not None else "refused") for f in r.files}
         assert got == case.files_out, f"{where}\nfiles: {[(f.path, f.error) for f in r.files]}"
     # Whatever the case did, the pool still serves a normal run.
