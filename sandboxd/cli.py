@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
         submit.add_parser(sub)
     except ImportError:
         pass
+    rf = sub.add_parser("rootfs", help="build and list per-language rootfs trees")
+    rsub = rf.add_subparsers(dest="rootfs_command", required=True, parser_class=_Parser)
+    b = rsub.add_parser("build", help="build a minimal Debian 12 tree for a language and switch it live")
+    b.add_argument("lang")
+    b.add_argument("--state-dir", type=Path, default=Path("/var/lib/sandboxd"))
+    b.add_argument("--recipes", type=Path, default=None, help="recipe directory (default: the checkout's rootfs/)")
+    ls = rsub.add_parser("list", help="trees, sizes, and which are live")
+    ls.add_argument("--state-dir", type=Path, default=Path("/var/lib/sandboxd"))
     c = sub.add_parser("config", help="show the configuration")
     c.add_argument("--defaults", action="store_true", help="print every setting with its default, as TOML")
     c.add_argument("--config", type=Path, help="check this file and print the effective settings")
@@ -83,6 +91,20 @@ def _serve(ns: argparse.Namespace) -> int:
     except (InstanceBusy, OSError, RuntimeError, ValueError) as e:
         logging.getLogger("sandboxd").error("cannot start: %s", e)
         return EXIT_NOT_OK
+
+
+def _rootfs(ns: argparse.Namespace) -> int:
+    from . import rootfsbuild  # only this command needs it
+
+    if ns.rootfs_command == "build":
+        return rootfsbuild.main_build(ns.lang, ns.state_dir, ns.recipes or rootfsbuild.RECIPES)
+    rows = rootfsbuild.listing(ns.state_dir)
+    if not rows:
+        print("no rootfs trees built; every language runs on the host's /usr")
+    for r in rows:
+        size = int(str(r["size"])) / (1 << 20)
+        print(f"{r['lang']:<12} {r['tree']}  {size:7.1f} MiB  {'live' if r['live'] else ''}")
+    return EXIT_OK
 
 
 def _config(ns: argparse.Namespace) -> int:
@@ -177,6 +199,8 @@ def main(args: list[str] | None = None) -> int:
         return _serve(ns)
     if ns.command == "config":
         return _config(ns)
+    if ns.command == "rootfs":
+        return _rootfs(ns)
     if ns.command == "submit":
         from sandboxd_client import submit
 

@@ -92,6 +92,15 @@ async def serve(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def reload() -> None:
+        # SIGHUP: pick up rootfs trees switched by `sandboxd rootfs build`.
+        t = asyncio.ensure_future(engine.reload_rootfs())
+        reloads.add(t)
+        t.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     watchdog: asyncio.Task[None] | None = None
     try:
         if cfg.socket:

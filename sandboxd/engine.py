@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -20,12 +21,12 @@ from pathlib import Path
 
 import msgspec
 
-from . import agentbin, cgroups, seccomp
+from . import agentbin, cgroups, rootfsbuild, seccomp
 from .box import AgentDied, Box, BoxSpec
 from .boxfiles import Refused
 from .languages import Language, load_dir
 from .pool import Pool, UidAllocator
-from .rootfs import Rootfs, host_default
+from .rootfs import Rootfs, from_tree, host_default
 from .scheduler import AdmissionQueue
 from .schema import FileIn, Limits, RunRequest, RunResult, SchemaError, validate_run
 
@@ -62,6 +63,7 @@ class EngineConfig:
     queue_depth: int = 10_000  # waiting runs per pool before new ones are rejected
     aging: float = 1.0  # priority points a waiting run gains per second
     lang_capacity: dict[str, int] = field(default_factory=dict)  # max concurrent runs per language
+    rootfs_override: dict[str, Path] = field(default_factory=dict)  # language -> tree (verifying a build)
 
 
 @dataclass
@@ -93,6 +95,8 @@ class Engine:
         self.lang_queues: dict[str, AdmissionQueue] = {}
         self._compiled: OrderedDict[bytes, Compiled] = OrderedDict()
         self.versions: dict[str, str] = {}
+        self.lang_pool: dict[str, str] = {}  # language -> pool (rootfs) name
+        self._tree_locks: dict[str, int] = {}
         self.languages: dict[str, Language] = {}
         self.backend: cgroups.Backend | None = None
         self._lock_fd = -1
@@ -162,18 +166,86 @@ class Engine:
         bpf = seccomp.compile_default()
         base = cfg.uid_base if cfg.uid_base is not None else self._lease_uids()
         uids = UidAllocator(base, cfg.uid_count)
-        rootfs_by_name: dict[str, Rootfs] = {"host": host_default()}
-        for name in sorted({lang.rootfs for lang in self.languages.values()} | {"host"}):
-            if name not in rootfs_by_name:
-                raise ValueError(f"unknown rootfs {name!r}")
-            spec = BoxSpec(rootfs_by_name[name], agent, bpf, newroot, cfg.box_bytes, cfg.tmp_bytes, cfg.shm_bytes)
-            self.pools[name] = Pool(name, spec, backend, uids, cfg.pool_size, cfg.max_runs_per_box)
-            self.queues[name] = AdmissionQueue(name, cfg.pool_size, cfg.queue_depth, cfg.aging)
+        self._box_spec = functools.partial(
+            BoxSpec,
+            agent=agent,
+            seccomp=bpf,
+            newroot=newroot,
+            box_bytes=cfg.box_bytes,
+            tmp_bytes=cfg.tmp_bytes,
+            shm_bytes=cfg.shm_bytes,
+        )
+        self._uids = uids
+        await self._add_pool("host", host_default())
+        for lang in self.languages.values():
+            name, tree = self._resolve_rootfs(lang)
+            self.lang_pool[lang.id] = name
+            if name not in self.pools:
+                assert tree is not None
+                await self._add_pool(name, from_tree(tree, name), tree)
         for lang_id, cap in cfg.lang_capacity.items():
             if lang_id not in self.languages:
                 raise ValueError(f"lang_capacity: unknown language {lang_id!r}")
             self.lang_queues[lang_id] = AdmissionQueue(lang_id, cap, cfg.queue_depth, cfg.aging)
         await asyncio.gather(*(p.start() for p in self.pools.values()))
+
+    def _resolve_rootfs(self, lang: Language) -> tuple[str, Path | None]:
+        """(pool name, tree): the language's built tree if one is live, else the host."""
+        recipe = lang.rootfs or lang.id
+        tree = self.cfg.rootfs_override.get(lang.id)
+        if tree is None and recipe != "host":
+            tree = rootfsbuild.current(self.cfg.state_dir, recipe)
+        if tree is None:
+            return "host", None
+        return f"{recipe}@{tree.name}", tree
+
+    async def _add_pool(self, name: str, rfs: Rootfs, tree: Path | None = None) -> None:
+        cfg = self.cfg
+        if tree is not None:
+            # A shared lock on the tree: `rootfs build` never removes a tree in use.
+            fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self._tree_locks[name] = fd
+        pool = Pool(name, self._box_spec(rfs), self.backend_or_fail, self._uids, cfg.pool_size, cfg.max_runs_per_box)
+        self.pools[name] = pool
+        self.queues[name] = AdmissionQueue(name, cfg.pool_size, cfg.queue_depth, cfg.aging)
+        await pool.start()
+
+    @property
+    def backend_or_fail(self) -> cgroups.Backend:
+        assert self.backend is not None
+        return self.backend
+
+    async def reload_rootfs(self) -> list[str]:
+        """Switch languages whose live tree changed (SIGHUP after `rootfs build`):
+        new runs go to a new pool at once; the old pool drains, then is closed
+        and its tree released.  Returns the languages switched."""
+        switched = []
+        for lang in list(self.languages.values()):
+            name, tree = self._resolve_rootfs(lang)
+            if name == self.lang_pool.get(lang.id):
+                continue
+            if name not in self.pools:
+                await self._add_pool(name, from_tree(tree, name) if tree else host_default(), tree)
+            self.lang_pool[lang.id] = name
+            switched.append(lang.id)
+            log.info("language %s now runs on %s", lang.id, name)
+        for old in [n for n in self.pools if n != "host" and n not in self.lang_pool.values()]:
+            pool = self.pools.pop(old)
+            q = self.queues.pop(old)
+            while q.running or q.depth:
+                await asyncio.sleep(0.05)
+            await pool.close()
+            fd = self._tree_locks.pop(old, -1)
+            if fd >= 0:
+                os.close(fd)
+            recipe = old.split("@", 1)[0]
+            for p in rootfsbuild.remove_unused(self.cfg.state_dir, recipe, keep=set()):
+                log.info("removed unused rootfs tree %s", p)
+        return switched
+
+    def pool_of(self, lang: Language) -> str:
+        return self.lang_pool.get(lang.id, "host")
 
     async def run(
         self,
@@ -247,7 +319,7 @@ class Engine:
                 files_out=lang.artifacts,
                 limits=lang.fit(limits) if limits else lang.compile_limits,
             ),
-            lang.rootfs,
+            self.pool_of(lang),
             priority=priority,
             deadline=deadline,
             lang=lang_id,
@@ -287,7 +359,7 @@ class Engine:
             files_out=files_out or [],
             limits=lim,
         )
-        res = await self.run(req, lang.rootfs, priority=priority, deadline=deadline, lang=lang.id, stdio=stdio)
+        res = await self.run(req, self.pool_of(lang), priority=priority, deadline=deadline, lang=lang.id, stdio=stdio)
         if res.status in ("nonzero_exit", "signaled") and lang.memory_errors and lang.memory_error(res.stderr):
             # The runtime's own heap ceiling (sized from the limit) was hit first.
             res.status, res.message = "memory_limit", f"{lang.name} ran out of memory"
@@ -327,7 +399,7 @@ class Engine:
                 return f"run {r.status}: stdout {r.stdout[:100]!r}, stderr {r.stderr[-300:]!r} {r.message}"
             if lang.version:
                 lim = lang.fit(lang.default_limits)
-                v = await self.run(RunRequest(cmd=lang.version, env=lang.env, limits=lim), lang.rootfs)
+                v = await self.run(RunRequest(cmd=lang.version, env=lang.env, limits=lim), self.pool_of(lang))
                 m = re.search(lang.version_regex, (v.stdout + v.stderr).decode(errors="replace"))
                 self.versions[lang.id] = m.group(1) if m else "unknown"
             return None
@@ -354,6 +426,9 @@ class Engine:
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
         self.pools.clear()
+        for fd in self._tree_locks.values():
+            os.close(fd)
+        self._tree_locks.clear()
         if self.backend is not None and self._lock_fd >= 0:
             try:
                 cgroups.remove_instance(self.backend)

@@ -27,7 +27,10 @@ class Language(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     compile: list[str] | None = None  # argv; a submission's compile_options are appended
     artifacts: list[str] = []  # files the compile step must produce, copied into each run
     env: dict[str, str] | None = None
-    rootfs: str = "host"
+    # Which rootfs recipe (rootfs/NAME.toml) the language runs on once built;
+    # "" = its own id, "host" = always the host's /usr.  Until a tree is built
+    # (`sandboxd rootfs build`), every language runs on the host's /usr.
+    rootfs: str = ""
     compile_limits: Limits = Limits(cpu_time=10.0, wall_time=20.0, memory=512 << 20, procs=32)
     # Defaults for clients that give none (CLI, compatibility APIs).
     default_limits: Limits = Limits()

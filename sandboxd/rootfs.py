@@ -36,7 +36,6 @@ HOST_ETC = (
     "protocols",
     "services",
 )
-MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,27 @@ class Rootfs:
         return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
 
 
-def host_default(usr: str = "/usr", etc: str = "/etc") -> Rootfs:
-    binds: list[tuple[str, str]] = [(usr, "/usr")]
-    for entry in HOST_ETC:
-        p = Path(etc) / entry
-        if p.exists():
-            binds.append((str(p.resolve()), f"/etc/{entry}"))
-    links = []
-    for name in MERGED_USR_LINKS:
-        if os.path.isdir(os.path.join(usr, name)):
-            links.append((f"usr/{name}", f"/{name}"))
-    return Rootfs("host", tuple(binds), tuple(links))
+TOP_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+def from_tree(root: Path, name: str) -> Rootfs:
+    """A rootfs laid out like `root`: its top-level system dirs and the /etc
+    entries programs need, read-only.  Symlinks are recreated as symlinks in
+    the box (resolved there, inside the tree), never resolved on the host."""
+    binds: list[tuple[str, str]] = []
+    links: list[tuple[str, str]] = []
+    entries = [(d, f"/{d}") for d in TOP_DIRS] + [(f"etc/{e}", f"/etc/{e}") for e in HOST_ETC]
+    for rel, dst in entries:
+        p = root / rel
+        if p.is_symlink():
+            links.append((os.readlink(p), dst))
+        elif p.exists():
+            binds.append((str(p), dst))
+    if not any(dst == "/usr" for _, dst in binds):
+        raise ValueError(f"rootfs {name}: {root}/usr is not a directory")
+    return Rootfs(name, tuple(binds), tuple(links))
+
+
+def host_default() -> Rootfs:
+    """The embedded default: the host's own /usr (+ merged-usr links, /etc entries)."""
+    return from_tree(Path("/"), "host")

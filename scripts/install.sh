@@ -14,7 +14,7 @@ fi
 # g++ for cpp; libseccomp2 is what pyseccomp loads; bubblewrap is a benchmark baseline;
 # the JDK, Node.js, Go and Rust serve those languages on the host rootfs.
 pkgs=(gcc g++ libc6-dev libseccomp2 python3 python3-venv iproute2 bubblewrap
-  openjdk-17-jdk-headless nodejs golang-go rustc)
+  openjdk-17-jdk-headless nodejs golang-go rustc mmdebstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,7 +22,13 @@ def free_port() -> int:
 
 class Daemon:
     def __init__(
-        self, instance: str, pool_size: int = 2, env: dict[str, str] | None = None, selftest: bool = False, **flags: Any
+        self,
+        instance: str,
+        pool_size: int = 2,
+        env: dict[str, str] | None = None,
+        selftest: bool = False,
+        config: Path | None = None,
+        **flags: Any,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"sandboxd-{instance}-"))
         self.sock = str(self.dir / "sandboxd.sock")
@@ -30,7 +36,7 @@ class Daemon:
         self.http = f"http://127.0.0.1:{self.port}"
         self.log = open(self.dir / "log", "w+b")  # noqa: SIM115 - closed in stop()
         args = [
-            sys.executable, "-m", "sandboxd.cli", "serve", "--config", "/dev/null",
+            sys.executable, "-m", "sandboxd.cli", "serve", "--config", str(config or "/dev/null"),
             "--instance", instance, "--socket", self.sock, "--http", f"127.0.0.1:{self.port}",
             "--pool-size", str(pool_size),
         ]  # fmt: skip
