@@ -286,27 +286,45 @@ class V2(Backend):
 
     def __init__(self, instance: str, mount: Path) -> None:
         self.mount = mount
-        own = _own_v2_cgroup().removesuffix("/daemon")  # a restart finds itself in the leaf
-        # Under systemd (Delegate=yes) we own our unit's cgroup: the daemon
-        # moves into a leaf and the boxes are its siblings, as systemd's
-        # delegation rules ask.  Started from a shell at the root: a subtree.
-        self.delegated = mount / own.lstrip("/") if own != "/" else None
+        own = _own_v2_cgroup().removesuffix("/daemon") or "/"  # a restart finds itself in the leaf
+        # Under systemd (Delegate=yes) we own our unit's cgroup, and in a
+        # container the root of our cgroup namespace: neither may hold
+        # processes next to child groups, so the daemon moves into a leaf and
+        # the boxes are its siblings.  From a shell at the host's root cgroup
+        # (exempt from that rule): a subtree of our own.
+        host_root = own == "/" and _is_host_root(mount)
+        self.delegated = None if host_root else mount / own.lstrip("/")
+        # A cgroup neither delegated nor a namespace root is someone else's
+        # (a login session's scope, a unit without Delegate=): setup() refuses it.
+        self.foreign = not host_root and own != "/" and not _delegated(mount / own.lstrip("/"))
         parent = self.delegated if self.delegated else mount / "sandboxd"
         self.parent = parent
         self.root = parent / instance
 
     def setup(self) -> None:
-        if self.delegated is not None:
-            leaf = self.delegated / "daemon"
-            leaf.mkdir(exist_ok=True)
-            for pid in _procs(self.delegated):
-                with contextlib.suppress(ProcessLookupError):
-                    _write(leaf / "cgroup.procs", str(pid))
-        else:
-            self.parent.mkdir(exist_ok=True)
-        _enable(self.parent, V2_CONTROLLERS)
-        self.root.mkdir(exist_ok=True)
-        _enable(self.root, V2_CONTROLLERS)
+        # Refuse before touching anything: a refused setup leaves the hierarchy as it was.
+        if self.foreign:
+            raise CgroupError(
+                f"cgroup {self.parent.relative_to(self.mount)} is not delegated to sandboxd: run it in a unit "
+                "with Delegate=yes (one-off: systemd-run --pipe --wait -p Delegate=yes ...), "
+                f"or set {DELEGATED_ENV}=1 if the cgroup was handed over another way"
+            )
+        _require(self.delegated or self.mount, V2_CONTROLLERS)
+        try:
+            if self.delegated is not None:
+                leaf = self.delegated / "daemon"
+                leaf.mkdir(exist_ok=True)
+                for pid in _procs(self.delegated):
+                    with contextlib.suppress(ProcessLookupError):
+                        _write(leaf / "cgroup.procs", str(pid))
+            else:
+                _enable(self.mount, V2_CONTROLLERS)  # a host without systemd may have none enabled
+                self.parent.mkdir(exist_ok=True)
+            _enable(self.parent, V2_CONTROLLERS)
+            self.root.mkdir(exist_ok=True)
+            _enable(self.root, V2_CONTROLLERS)
+        except OSError as e:
+            raise CgroupError(f"cannot set up cgroup {self.root}: {e}") from e
 
     def create_box(self, name: str) -> BoxCgroup:
         box = BoxCgroup(self, name)
@@ -359,6 +377,34 @@ def _enable(path: Path, controllers: tuple[str, ...]) -> None:
         if c not in have:
             # One at a time: a single refused controller must not hide the rest.
             _write(path / "cgroup.subtree_control", f"+{c}")
+
+
+DELEGATED_ENV = "SANDBOXD_CGROUP_DELEGATED"
+
+
+def _require(path: Path, controllers: tuple[str, ...]) -> None:
+    have = set(_read(path / "cgroup.controllers").split())
+    missing = [c for c in controllers if c not in have]
+    if missing:
+        raise CgroupError(f"cgroup {path} lacks controllers {missing} (delegate them: Delegate=yes)")
+
+
+def _is_host_root(mount: Path) -> bool:
+    """The host's root cgroup has no cgroup.type; the root of a cgroup
+    namespace (a container) has one, and the no-internal-process rule."""
+    return not (mount / "cgroup.type").exists()
+
+
+def _delegated(path: Path) -> bool:
+    """systemd marks the cgroup of a unit with Delegate= with the xattrs
+    trusted.delegate=1 and user.delegate=1 (seen with systemd 252)."""
+    if os.environ.get(DELEGATED_ENV) == "1":
+        return True
+    for name in ("trusted.delegate", "user.delegate"):
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, name) == b"1":
+                return True
+    return False
 
 
 def _own_v2_cgroup() -> str:
@@ -421,6 +467,7 @@ def for_instance(backend: Backend, instance: str) -> Backend:
     assert isinstance(backend, V2)
     other = V2.__new__(V2)
     other.mount, other.delegated, other.parent = backend.mount, backend.delegated, backend.parent
+    other.foreign = backend.foreign
     other.root = backend.parent / instance
     return other
 

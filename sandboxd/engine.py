@@ -187,7 +187,6 @@ class Engine:
             if lang_id not in self.languages:
                 raise ValueError(f"lang_capacity: unknown language {lang_id!r}")
             self.lang_queues[lang_id] = AdmissionQueue(lang_id, cap, cfg.queue_depth, cfg.aging)
-        await asyncio.gather(*(p.start() for p in self.pools.values()))
 
     def _resolve_rootfs(self, lang: Language) -> tuple[str, Path | None]:
         """(pool name, tree): the language's built tree if one is live, else the host."""

@@ -68,12 +68,17 @@ class Pool:
 
     async def start(self, wait: bool = True) -> None:
         for _ in range(self.size):
-            self._spawn(self._build())
+            self._spawn_build()
         if wait:
             while self.stats.building and not self._fails:
                 await asyncio.sleep(0.005)
             if self.stats.warm == 0 and self._fails:
                 raise RuntimeError(f"pool {self.name}: cannot build a box: {self.stats.last_error}")
+
+    def _spawn_build(self) -> None:
+        # Counted now, not when the task first runs: start() waits on the count.
+        self.stats.building += 1
+        self._spawn(self._build())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.ensure_future(coro)
@@ -81,7 +86,6 @@ class Pool:
         t.add_done_callback(self._tasks.discard)
 
     async def _build(self) -> None:
-        self.stats.building += 1
         uid = self.uids.take()
         self._seq += 1
         name = f"{self.name}-{self._seq}"
@@ -97,7 +101,7 @@ class Pool:
             log.error("pool %s: building a box failed: %s", self.name, e)
             if not self._closed and self._fails < 5:
                 await asyncio.sleep(0.1 * self._fails)
-                self._spawn(self._build())
+                self._spawn_build()
             return
         self._fails = 0
         self.stats.building -= 1
@@ -147,6 +151,7 @@ class Pool:
         self.stats.recycled += 1
         await self._destroy(box)
         if not self._closed:
+            self.stats.building += 1
             await self._build()
 
     async def _destroy(self, box: Box) -> None:

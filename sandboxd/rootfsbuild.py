@@ -177,9 +177,7 @@ def build(lang: str, state: Path, say: Say, recipes: Path = RECIPES) -> Path:
             _remove(tmp, pattern)
         for argv in rec.post:
             say(f"[3/5] in the tree: {' '.join(argv)}")
-            r = subprocess.run(
-                [CHROOT, str(tmp), *argv], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
-            )
+            r = subprocess.run([CHROOT, str(tmp), *argv], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
             if r.returncode != 0:
                 raise BuildError(f"post step {argv} failed: {r.stderr[-2000:]}")
         cleared = _clear_setid(tmp)

@@ -157,7 +157,7 @@ def decode_run(data: bytes, fmt: Literal["json", "msgpack"] = "json") -> RunRequ
             req = msgspec.msgpack.decode(data, type=RunRequest)
     except msgspec.ValidationError as e:
         raise SchemaError(str(e)) from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise SchemaError(f"malformed {fmt}: {e}") from None
     return validate_run(req)
 

@@ -78,7 +78,8 @@ class _Conn:
     def handle(self, data: bytes) -> None:
         try:
             req = _req_dec.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
+            # (msgspec reports invalid UTF-8 in a msgpack str as UnicodeDecodeError.)
             rid = None
             with contextlib.suppress(Exception):
                 raw = msgspec.msgpack.decode(data)

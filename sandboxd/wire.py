@@ -33,7 +33,8 @@ def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
         return md.decode(data)  # type: ignore[no-any-return]
     except msgspec.ValidationError as e:
         raise error("bad_request", f"{what}: {e}".replace("`$", f"`{what}")) from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        # (msgspec reports invalid UTF-8 in a msgpack str as UnicodeDecodeError.)
         raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
 
 

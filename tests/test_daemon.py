@@ -76,6 +76,8 @@ def test_http_errors_are_precise(daemon: Daemon) -> None:
     assert st == 400 and "cobol" in json.loads(raw)["error"]["message"]
     st, _, raw = http(daemon, "GET", "/v1/jobs/nope")
     assert st == 404
+    st, _, raw = http(daemon, "POST", "/v1/runs", b"\x81\xa3cmd\x91\xa2\xff\xfe", "application/msgpack")
+    assert st == 400 and "malformed msgpack" in msgspec.msgpack.decode(raw)["error"]["message"]
     st, _, _ = http(daemon, "POST", "/v1/runs", b"x" * (65 << 20))
     assert st == 413
 
@@ -167,6 +169,8 @@ def test_malformed_frames_get_errors_and_the_connection_survives(daemon: Daemon)
         s.sendall(_frame({"id": 8, "op": "run", "body": {"cmd": "not a list"}}))
         r = _recv(s)
         assert r["id"] == 8 and "cmd" in r["error"]["message"]
+        s.sendall(_frame(b"\x82\xa2id\x05\xa2op\xa2\xff\xfe"))  # invalid UTF-8 in a msgpack str
+        assert _recv(s)["error"]["code"] == "bad_request"
         s.sendall(_frame({"id": 9, "op": "ping"}))
         assert _recv(s) == {"id": 9, "ok": True, "result": {"pong": True}}
         s.sendall(struct.pack(">I", 1 << 30))  # larger than max_body: error, then hang up

@@ -593,6 +593,38 @@ static void child_fail_stage(int stage, int err) {
 /* In the child, between fork and exec: join the run's cgroups, then shed
    every privilege.  Order matters: the cgroup writes need root.  The seccomp
    filter is already in force (inherited from the agent). */
+
+/* execvpe() searches the agent's own PATH (empty), not the job's: look the
+   command up in the PATH of the job's environment instead, like a shell of
+   the box would.  Runs in the vfork child: no allocation, stack buffer only. */
+static void exec_with_path(char *const argv[], char *const envp[]) {
+    const char *path = "/usr/local/bin:/usr/bin:/bin";
+    for (char *const *e = envp; *e; e++)
+        if (strncmp(*e, "PATH=", 5) == 0) path = *e + 5;
+    if (strchr(argv[0], '/')) {
+        execve(argv[0], argv, envp);
+        return;
+    }
+    char buf[4096];
+    size_t n = strlen(argv[0]);
+    int err = ENOENT;
+    for (const char *p = path;; p++) {
+        const char *end = strchrnul(p, ':');
+        size_t dl = (size_t)(end - p);
+        if (dl == 0) { buf[0] = '.'; dl = 1; } else if (dl < sizeof buf) memcpy(buf, p, dl);
+        if (dl + 1 + n + 1 <= sizeof buf) {
+            buf[dl] = '/';
+            memcpy(buf + dl + 1, argv[0], n + 1);
+            execve(buf, argv, envp);
+            if (errno == EACCES) err = EACCES;
+            else if (errno != ENOENT && errno != ENOTDIR) err = errno;
+        }
+        if (*end == '\0') break;
+        p = end;
+    }
+    errno = err;
+}
+
 static void child_exec(struct run_hdr *h, char **argv, char **envp, const char *cwd, int *fds,
                        int nfds) {
     int njoin = nfds - 3 - ((h->flags & F_HAS_CPU_FD) ? 1 : 0);
@@ -636,7 +668,7 @@ static void child_exec(struct run_hdr *h, char **argv, char **envp, const char *
     if (setresgid(box_gid, box_gid, box_gid) < 0) child_fail(errno);
     if (setresuid(box_uid, box_uid, box_uid) < 0) child_fail(errno);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) child_fail(errno);
-    execvpe(argv[0], argv, envp);
+    exec_with_path(argv, envp);
     child_fail_stage(2, errno);
 }
 
