@@ -66,3 +66,18 @@ def test_python3_rootfs_built_and_hot_swapped(tmp_path: Path) -> None:
 def test_unknown_recipe_is_a_clear_error(tmp_path: Path) -> None:
     p = sandboxd("rootfs", "build", "cobol", "--state-dir", str(tmp_path))
     assert p.returncode == 1 and "no rootfs recipe for 'cobol'" in p.stderr
+
+
+TARGETS = {"c": 250 << 20, "cpp": 250 << 20, "python3": 80 << 20}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lang", sorted(p.stem for p in rootfsbuild.RECIPES.glob("*.toml") if p.stem != "python3"))
+def test_every_recipe_builds_and_passes_its_self_test(tmp_path: Path, lang: str) -> None:
+    p = sandboxd("rootfs", "build", lang, "--state-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    tree = rootfsbuild.current(tmp_path, lang)
+    assert tree is not None
+    assert rootfsbuild.size_of(tree) <= TARGETS.get(lang, 1 << 30)
+    setid = [str(f) for f in tree.rglob("*") if not f.is_symlink() and f.is_file() and f.stat().st_mode & 0o6000]
+    assert setid == [], setid

@@ -1,0 +1,346 @@
+"""Runs INSIDE the VM: sandboxd's engine against a real cgroup v2 hierarchy.
+
+    python guest_cgroup_v2.py root        # moves itself to the root cgroup first
+    python guest_cgroup_v2.py delegated   # in a systemd unit with Delegate=yes
+    python guest_cgroup_v2.py container   # at the root of a cgroup namespace
+    (python guest_cgroup_v2.py child      # internal: the engine that gets kill -9'd)
+
+Prints one JSON object on stdout (logs go to stderr); the host-side test
+asserts on it.  Every check records what it saw, and an exception in one check
+is recorded (with its traceback) without hiding the others.  The per-run
+cgroup files are read right before sandboxd removes the run's leaf, by a
+read-only wrapper around V2.finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from sandboxd import cgroups
+from sandboxd.engine import Engine, EngineConfig
+from sandboxd.schema import FileIn, Limits, RunRequest, RunResult
+
+INSTANCE = "vmtest"
+MiB = 1 << 20
+CG = Path("/sys/fs/cgroup")
+RUN_LEAF = re.compile(r"/vmtest/host-\d+/run\d+$")
+
+ALLOC_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    size_t mb = argc > 1 ? strtoul(argv[1], 0, 10) : 200;
+    char *p = malloc(mb << 20);
+    if (!p) { puts("malloc failed"); return 3; }
+    for (size_t i = 0; i < (mb << 20); i += 4096) p[i] = 1;  /* touch every page */
+    printf("touched %zu MiB\n", mb);
+    return 0;
+}
+"""
+
+FORK_COUNTER = """
+import os, time
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print(n, e.errno, flush=True)
+"""
+
+log = logging.getLogger("guest")
+finished: list[dict[str, Any]] = []  # what each run's leaf showed right before removal
+_orig_finish = cgroups.V2.finish
+
+
+def _kv(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        k, _, v = line.partition(" ")
+        if v.strip().lstrip("-").isdigit():
+            out[k] = int(v)
+    return out
+
+
+def _finish_spy(self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup) -> tuple[int, bool]:
+    assert run.path is not None
+    seen: dict[str, Any] = {"path": str(run.path)}
+    for name in ("memory.max", "memory.swap.max", "memory.oom.group", "pids.max", "memory.peak"):
+        try:
+            seen[name] = (run.path / name).read_text().strip()
+        except OSError as e:
+            seen[name] = f"error: {e}"
+    for name in ("memory.events", "pids.events", "cpu.stat"):
+        try:
+            seen[name] = _kv(run.path / name)
+        except OSError as e:
+            seen[name] = f"error: {e}"
+    peak, oom = _orig_finish(self, box, run)
+    seen["peak"], seen["oom"] = peak, oom
+    finished.append(seen)
+    return peak, oom
+
+
+cgroups.V2.finish = _finish_spy  # type: ignore[method-assign]
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def own_cgroup() -> str:
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return "?"
+
+
+def tree(root: Path) -> list[str]:
+    """Every cgroup below root, relative to it."""
+    if not root.exists():
+        return []
+    return sorted(str(Path(dp).relative_to(root)) for dp, _, _ in os.walk(root) if Path(dp) != root)
+
+
+def agent_pids() -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if os.readlink(p / "exe").startswith("/var/lib/sandboxd/agent-"):
+                    out.append(int(p.name))
+            except OSError:
+                pass
+    return out
+
+
+def pids_with_cmdline(argv: list[str]) -> list[int]:
+    want = ("\0".join(argv) + "\0").encode()
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if (p / "cmdline").read_bytes() == want:
+                    out.append(int(p.name))
+            except OSError:
+                pass
+    return out
+
+
+def summary(r: RunResult) -> dict[str, Any]:
+    return {
+        "status": r.status,
+        "exit_code": r.exit_code,
+        "signal": r.signal,
+        "cpu_time": r.cpu_time,
+        "wall_time": r.wall_time,
+        "memory": r.memory,
+        "stdout": r.stdout.decode(errors="replace")[-2000:],
+        "stderr": r.stderr.decode(errors="replace")[-2000:],
+        "message": r.message,
+    }
+
+
+async def run(eng: Engine, cmd: list[str], **kw: Any) -> dict[str, Any]:
+    files = kw.pop("files_in", [])
+    n = len(finished)
+    r = await eng.run(RunRequest(cmd=cmd, files_in=files, limits=Limits(**kw)))
+    out = summary(r)
+    out["cgroup"] = finished[-1] if len(finished) > n else None
+    return out
+
+
+def config() -> EngineConfig:
+    return EngineConfig(instance=INSTANCE, pool_size=2)
+
+
+# -- the checks ---------------------------------------------------------------
+
+
+async def check_detect(res: dict[str, Any]) -> None:
+    res["own_cgroup_before"] = own_cgroup()
+    b = cgroups.detect(INSTANCE)
+    assert isinstance(b, cgroups.V2), type(b)
+    res["own_cgroup_after"] = own_cgroup()
+    parent = b.parent
+    res["detect"] = {
+        "class": type(b).__name__,
+        "version": b.version,
+        "root": str(b.root),
+        "parent": str(parent),
+        "delegated": str(b.delegated) if b.delegated else None,
+        "parent_procs": (parent / "cgroup.procs").read_text().split(),
+        "parent_subtree_control": (parent / "cgroup.subtree_control").read_text().split(),
+        "root_subtree_control": (b.root / "cgroup.subtree_control").read_text().split(),
+        "mount_subtree_control": (CG / "cgroup.subtree_control").read_text().split(),
+    }
+
+
+async def check_runs(eng: Engine, res: dict[str, Any]) -> None:
+    ok = [await run(eng, ["/bin/true"]) for _ in range(3)]
+    res["true"] = ok
+    res["own_cgroup_in_box"] = await run(eng, ["cat", "/proc/self/cgroup"])
+    res["echo"] = await run(eng, ["sh", "-c", "echo hello; echo err >&2; exit 3"])
+
+
+async def check_memory(eng: Engine, res: dict[str, Any]) -> None:
+    py_hog = "s = b'x' * (200 << 20); print(len(s))"
+    res["python_200m_under_64m"] = await run(eng, ["python3", "-c", py_hog], memory=64 * MiB, cpu_time=20, wall_time=90)
+    # A C program (built here, outside the box) touching every page of 200 MB.
+    src = Path("/tmp/vmtest-alloc.c")
+    src.write_text(ALLOC_C)
+    subprocess.run(["cc", "-O1", "-o", "/tmp/vmtest-alloc", str(src)], check=True)
+    exe = FileIn("alloc", Path("/tmp/vmtest-alloc").read_bytes(), executable=True)
+    res["c_200m_under_64m"] = await run(
+        eng, ["./alloc", "200"], files_in=[exe], memory=64 * MiB, cpu_time=20, wall_time=90
+    )
+    exe2 = FileIn("alloc", Path("/tmp/vmtest-alloc").read_bytes(), executable=True)
+    res["c_20m_under_64m"] = await run(
+        eng, ["./alloc", "20"], files_in=[exe2], memory=64 * MiB, cpu_time=20, wall_time=90
+    )
+
+
+async def check_pids(eng: Engine, res: dict[str, Any]) -> None:
+    res["fork_counter_procs16"] = await run(eng, ["python3", "-c", FORK_COUNTER], procs=16, cpu_time=20, wall_time=60)
+    res["fork_bomb_procs16"] = await run(
+        eng, ["sh", "-c", "f() { f | f & }; f; sleep 3"], procs=16, cpu_time=5, wall_time=8
+    )
+    await asyncio.sleep(1)
+    res["after_bomb_true"] = [await run(eng, ["/bin/true"]) for _ in range(4)]
+    res["after_bomb_host_processes"] = sum(1 for p in Path("/proc").iterdir() if p.name.isdigit())
+
+
+async def check_cpu(eng: Engine, res: dict[str, Any]) -> None:
+    res["busy_loop"] = await run(eng, ["sh", "-c", "while :; do :; done"], cpu_time=0.5)
+    res["busy_loop_2procs"] = await run(
+        eng, ["sh", "-c", "while :; do :; done & while :; do :; done"], cpu_time=0.5, wall_time=10
+    )
+
+
+async def child_main() -> None:
+    """Start an engine, begin a long run, report, and wait to be killed."""
+    eng = await Engine.start(config())
+    assert isinstance(eng.backend, cgroups.V2)
+    task = asyncio.ensure_future(eng.run(RunRequest(cmd=["sleep", "61.5"], limits=Limits(cpu_time=100, wall_time=300))))
+    root = eng.backend.root
+    for _ in range(600):
+        if any(RUN_LEAF.search("/vmtest/" + g) for g in tree(root)) and pids_with_cmdline(["sleep", "61.5"]):
+            break
+        await asyncio.sleep(0.1)
+    print(json.dumps({"ready": True, "pid": os.getpid(), "cgroup": own_cgroup(), "groups": tree(root)}), flush=True)
+    await task  # never finishes: we get SIGKILLed
+
+
+async def check_crash_sweep(res: dict[str, Any]) -> None:
+    out: dict[str, Any] = {}
+    res["crash"] = out
+    child = subprocess.Popen(
+        [sys.executable, __file__, "child"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], 300)
+    line = child.stdout.readline() if ready else ""
+    out["child_report"] = json.loads(line) if line.strip() else {"ready": False}
+    backend = cgroups.detect(INSTANCE)
+    out["groups_before_kill"] = tree(backend.root)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    time.sleep(1)
+    out["groups_after_kill"] = tree(backend.root)
+    out["procs_left_in_groups"] = {
+        g: (backend.root / g / "cgroup.procs").read_text().split() for g in out["groups_after_kill"]
+    }
+    cap = Capture()
+    logging.getLogger("sandboxd").addHandler(cap)
+    try:
+        eng = await Engine.start(config())
+    finally:
+        logging.getLogger("sandboxd").removeHandler(cap)
+    out["start_log"] = cap.messages
+    out["groups_after_restart"] = tree(backend.root)
+    out["run_after_restart"] = await run(eng, ["/bin/true"])
+    await eng.close()
+    out["groups_after_close"] = tree(backend.root)
+    out["sleep_pids_left"] = pids_with_cmdline(["sleep", "61.5"])
+    out["agent_pids_left"] = agent_pids()
+
+
+async def main(mode: str) -> dict[str, Any]:
+    res: dict[str, Any] = {"mode": mode, "kernel": os.uname().release, "errors": {}}
+    if mode == "root":
+        # A plain root shell at the top of the hierarchy (as in a container or a
+        # non-systemd init): leave the ssh session's scope first.
+        (CG / "cgroup.procs").write_text("0")
+
+    async def step(name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        t = time.monotonic()
+        try:
+            await fn()
+        except BaseException as e:
+            res["errors"][name] = "".join(traceback.format_exception(e))
+            log.error("%s failed: %s", name, e)
+        res.setdefault("seconds", {})[name] = round(time.monotonic() - t, 2)
+
+    await step("detect", lambda: check_detect(res))
+    eng: Engine | None = None
+
+    async def start() -> None:
+        nonlocal eng
+        eng = await Engine.start(config())
+
+    await step("start", start)
+    if eng is not None:
+        e = eng
+        res["pool_groups"] = tree(e.backend.root) if e.backend else []
+        await step("runs", lambda: check_runs(e, res))
+        await step("memory", lambda: check_memory(e, res))
+        await step("pids", lambda: check_pids(e, res))
+        await step("cpu", lambda: check_cpu(e, res))
+
+        async def close() -> None:
+            backend = e.backend
+            assert isinstance(backend, cgroups.V2)
+            await e.close()
+            res["groups_after_close"] = tree(backend.root)
+            res["root_exists_after_close"] = backend.root.exists()
+            res["parent_exists_after_close"] = backend.parent.exists()
+            await asyncio.sleep(0.5)
+            res["agent_pids_after_close"] = agent_pids()
+
+        await step("close", close)
+    await step("crash", lambda: check_crash_sweep(res))
+    res["own_cgroup_end"] = own_cgroup()
+    return res
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="guest %(levelname)s %(name)s: %(message)s")
+    mode = sys.argv[1] if len(sys.argv) > 1 else "root"
+    if mode == "child":
+        uvloop.run(child_main())
+    else:
+        print(json.dumps(uvloop.run(main(mode)), indent=1, sort_keys=True))

@@ -1,0 +1,204 @@
+"""sandboxd's engine on real cgroup v2, in a booted Debian 12 VM.
+
+The checks run in the guest (guest_cgroup_v2.py prints what it saw as JSON);
+the assertions are here.  The ways the daemon meets cgroup v2:
+  root       a root shell at the top of the hierarchy: the backend makes /sandboxd/<instance>
+  delegated  a systemd unit with Delegate=yes (how production runs): the daemon moves into
+             <unit>/daemon and the instance is <unit>/<instance>, a sibling leaf
+  container  the root of a cgroup namespace (docker/k8s on cgroup v2): not the host's root,
+             so the same leaf rule as a delegated unit applies
+and two it must refuse with a CgroupError: a unit that delegates only some
+controllers, and a unit that delegates nothing (its cgroup is systemd's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from typing import Any
+
+import pytest
+from build_image import GUEST_PYTHON
+from harness import TIMINGS, VM
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(3600)]
+
+MiB = 1 << 20
+RUN_LEAF = re.compile(r"/vmtest/host-\d+/run\d+$")
+
+
+def unit_name() -> str:
+    return f"sandboxd-vmtest-{time.time_ns()}"
+
+
+def guest_command(src: str, mode: str) -> list[str]:
+    script = f"{src}/tests/vm/guest_cgroup_v2.py"
+    if mode == "root":
+        return [GUEST_PYTHON, script, "root"]  # the script moves itself to the root cgroup
+    if mode == "delegated":
+        systemd_run = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", f"--unit={unit_name()}"]
+        return [*systemd_run, "-p", "Delegate=yes", GUEST_PYTHON, script, "delegated"]
+    assert mode == "container"
+    # A fresh cgroup, then a new cgroup + mount namespace with cgroup2 mounted
+    # again: the process sees itself at "/", as in a container.
+    shell = (
+        'mkdir -p "$1" && echo $$ > "$1/cgroup.procs" && shift && '
+        "exec unshare --cgroup --mount --fork sh -c "
+        '\'umount -l /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$0" "$@"\' "$@"'
+    )
+    return ["sh", "-c", shell, "sh", f"/sys/fs/cgroup/vmtest-ctr-{time.time_ns()}", GUEST_PYTHON, script, "container"]
+
+
+def guest_run(vm: VM, src: str, mode: str) -> dict[str, Any]:
+    t = time.monotonic()
+    r = vm.run(guest_command(src, mode), timeout=1200)
+    TIMINGS[f"guest script ({mode})"] = time.monotonic() - t
+    assert r.returncode == 0, f"guest script failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    try:
+        res: dict[str, Any] = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"guest printed no JSON:\n{r.stdout}\n{r.stderr}")
+    res["_stderr"] = r.stderr
+    return res
+
+
+def is_idle_pool(groups: list[str]) -> bool:
+    """Box groups of a warm pool (at least pool_size=2 of them), and no run leaf."""
+    return len(groups) >= 2 and all(re.fullmatch(r"host-\d+", g) for g in groups)
+
+
+def check_results(res: dict[str, Any], mode: str) -> None:
+    ctx = f"[{mode}] guest stderr:\n{res['_stderr']}\nerrors:\n" + "\n".join(res["errors"].values())
+    assert not res["errors"], ctx
+
+    # (a) detection picks v2, and the layout follows the delegation rules
+    det = res["detect"]
+    assert det["class"] == "V2" and det["version"] == 2
+    for c in ("cpu", "memory", "pids"):
+        assert c in det["parent_subtree_control"], det
+        assert c in det["root_subtree_control"], det
+    if mode == "root":
+        assert res["own_cgroup_before"] == "/"
+        assert det["delegated"] is None
+        assert det["root"] == "/sys/fs/cgroup/sandboxd/vmtest"
+    elif mode == "container":
+        # The namespace's root is ours, like a delegated unit's cgroup.
+        assert res["own_cgroup_before"] == "/"
+        assert det["delegated"] == "/sys/fs/cgroup"
+        assert det["root"] == "/sys/fs/cgroup/vmtest"
+        assert res["own_cgroup_after"] == "/daemon"
+        assert det["parent_procs"] == [], det
+    else:
+        unit = res["own_cgroup_before"]
+        assert re.fullmatch(r"/system\.slice/sandboxd-vmtest-\d+\.service", unit), unit
+        assert det["delegated"] == f"/sys/fs/cgroup{unit}"
+        assert det["root"] == f"/sys/fs/cgroup{unit}/vmtest"
+        # No process left in the unit's own cgroup: the daemon moved to the leaf.
+        assert res["own_cgroup_after"] == f"{unit}/daemon"
+        assert det["parent_procs"] == [], det
+
+    # (b) plain runs
+    assert is_idle_pool(res["pool_groups"]), res["pool_groups"]
+    for r in res["true"]:
+        assert r["status"] == "ok" and r["exit_code"] == 0, r
+        assert RUN_LEAF.search(r["cgroup"]["path"]), r
+    box_cg = res["own_cgroup_in_box"]
+    assert box_cg["status"] == "ok", box_cg
+    assert RUN_LEAF.search(box_cg["stdout"].strip().removeprefix("0::")), box_cg
+    echo = res["echo"]
+    assert (echo["status"], echo["exit_code"], echo["stdout"], echo["stderr"]) == (
+        "nonzero_exit",
+        3,
+        "hello\n",
+        "err\n",
+    )
+
+    # (c)+(f) memory limit enforced by the run leaf; OOM seen in memory.events
+    for name in ("python_200m_under_64m", "c_200m_under_64m"):
+        r = res[name]
+        cg = r["cgroup"]
+        assert r["status"] == "memory_limit", (name, r)
+        assert r["signal"] == 9, (name, r)
+        assert cg["memory.max"] == str(64 * MiB), cg
+        assert cg["memory.swap.max"] == "0" and cg["memory.oom.group"] == "1", cg
+        assert cg["memory.events"]["oom_kill"] >= 1 and cg["oom"] is True, cg
+        assert 32 * MiB < r["memory"] <= 64 * MiB, (name, r["memory"])
+    small = res["c_20m_under_64m"]
+    assert small["status"] == "ok" and small["stdout"] == "touched 20 MiB\n", small
+    assert small["cgroup"]["memory.events"]["oom_kill"] == 0 and small["cgroup"]["oom"] is False, small
+    assert 20 * MiB <= small["memory"] < 64 * MiB, small
+
+    # (d) pids limit: forks stop at the limit, and the pool stays usable
+    fc = res["fork_counter_procs16"]
+    forks, err = (int(x) for x in fc["stdout"].split())
+    assert fc["status"] == "ok" and forks == 15 and err == 11, fc  # 16 tasks in all, then EAGAIN
+    assert fc["cgroup"]["pids.max"] == "16" and fc["cgroup"]["pids.events"]["max"] >= 1, fc
+    bomb = res["fork_bomb_procs16"]
+    assert bomb["status"] != "internal_error", bomb
+    assert bomb["cgroup"]["pids.events"]["max"] >= 1, bomb
+    for r in res["after_bomb_true"]:
+        assert r["status"] == "ok", r
+
+    # (e) CPU time counted from the run's cgroup, across all its processes
+    for name in ("busy_loop", "busy_loop_2procs"):
+        r = res[name]
+        assert r["status"] == "time_limit", (name, r)
+        assert 0.5 <= r["cpu_time"] <= 1.0, (name, r)
+        usage = r["cgroup"]["cpu.stat"]["usage_usec"] / 1e6
+        assert abs(usage - r["cpu_time"]) < 0.05, (name, usage, r)
+
+    # (g) nothing left below the instance after close
+    assert res["groups_after_close"] == [], res["groups_after_close"]
+    assert res["agent_pids_after_close"] == [], res["agent_pids_after_close"]
+
+    # (h) kill -9 of the engine, then a new start sweeps what it left
+    crash = res["crash"]
+    rep = crash["child_report"]
+    assert rep["ready"], crash
+    if mode != "root":
+        assert rep["cgroup"] == res["own_cgroup_after"], crash  # the restarted daemon finds itself in the leaf
+    left = crash["groups_after_kill"]
+    assert any(RUN_LEAF.search("/vmtest/" + g) for g in left), crash  # the killed run's leaf was there
+    swept = [m for m in crash["start_log"] if "left by a crashed instance" in m]
+    assert swept and int(swept[0].split()[1]) == len(left), crash
+    assert is_idle_pool(crash["groups_after_restart"]), crash
+    assert crash["run_after_restart"]["status"] == "ok", crash
+    assert crash["groups_after_close"] == [], crash
+    assert crash["sleep_pids_left"] == [] and crash["agent_pids_left"] == [], crash
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "root",
+        "delegated",
+        "container",
+    ],
+)
+def test_engine_on_cgroup_v2(vm: VM, guest_checkout: str, mode: str) -> None:
+    res = guest_run(vm, guest_checkout, mode)
+    print(json.dumps({k: v for k, v in res.items() if k != "_stderr"}, indent=1, sort_keys=True)[:20000])
+    check_results(res, mode)
+
+
+DETECT = "from sandboxd import cgroups; cgroups.detect('vmtest-refused')"
+
+
+@pytest.mark.parametrize(
+    ("delegate", "expect"),
+    [
+        pytest.param("memory pids", "lacks controllers ['cpu']", id="partial"),
+        pytest.param("no", "not delegated", id="none"),
+    ],
+)
+def test_refuses_cgroup_not_delegated(vm: VM, guest_checkout: str, delegate: str, expect: str) -> None:
+    unit = unit_name()
+    systemd_run = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", f"--unit={unit}"]
+    cmd = [*systemd_run, "-p", f"Delegate={delegate}", GUEST_PYTHON, "-c", DETECT]
+    r = vm.run(cmd, timeout=300)
+    print(shlex.join(cmd), r.returncode, r.stdout, r.stderr, sep="\n")
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("sandboxd.cgroups.CgroupError:") and expect in last, r.stderr
