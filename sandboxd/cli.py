@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import msgspec
 import uvloop
 
-from . import config, daemon
+from . import cgroups, config, daemon
 from .config import DEFAULT_PATH as DEFAULT_CONFIG
 from .engine import Engine, EngineConfig, InstanceBusy, SourceResult
 from .languages import load_dir
@@ -193,6 +194,26 @@ async def _run(ns: argparse.Namespace, stdin: bytes) -> tuple[RunResult, RunResu
         return sr.run, sr.compile
 
 
+IN_SCOPE_ENV = "SANDBOXD_IN_SCOPE"
+
+
+def _delegate_or_continue() -> None:
+    """On a cgroup v2 host, a one-shot run from a login shell sits in a cgroup
+    systemd owns; it may not create box cgroups there.  Re-run in a transient
+    scope with Delegate=yes (stdin, stdout and the exit status pass through),
+    as `systemd-run --scope` would by hand."""
+    if os.environ.get(IN_SCOPE_ENV) == "1" or shutil.which("systemd-run") is None:
+        return
+    try:
+        probe = cgroups.detect("cli-probe", create=False)
+    except cgroups.CgroupError:
+        return  # reported properly when the engine starts
+    if isinstance(probe, cgroups.V2) and probe.foreign:
+        argv = ["systemd-run", "--scope", "--quiet", "--collect", "-p", "Delegate=yes", f"--setenv={IN_SCOPE_ENV}=1"]
+        os.environ[IN_SCOPE_ENV] = "1"
+        os.execvp(argv[0], [*argv, "--", sys.executable, "-m", "sandboxd.cli", *sys.argv[1:]])
+
+
 def main(args: list[str] | None = None) -> int:
     ns = _parser().parse_args(args)
     if ns.command == "serve":
@@ -206,6 +227,7 @@ def main(args: list[str] | None = None) -> int:
 
         return submit.main(ns)
     logging.basicConfig(format="sandboxd: %(message)s", level=logging.WARNING)
+    _delegate_or_continue()
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     try:
         res, comp = uvloop.run(_run(ns, stdin))

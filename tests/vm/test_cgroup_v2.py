@@ -202,3 +202,19 @@ def test_refuses_cgroup_not_delegated(vm: VM, guest_checkout: str, delegate: str
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("sandboxd.cgroups.CgroupError:") and expect in last, r.stderr
+
+
+def test_one_shot_cli_from_a_login_shell_delegates_itself(vm: VM, guest_checkout: str) -> None:
+    """`sandboxd run` from an ssh session (a scope systemd owns, not delegated)
+    re-runs itself in a transient scope with Delegate=yes: stdin, output and
+    the exit status pass through, and limits are enforced on cgroup v2."""
+    sandboxd = f"{GUEST_PYTHON.rsplit('/', 1)[0]}/sandboxd"
+    r = vm.run([sandboxd, "run", "--json", "--", "sh", "-c", "cat; echo $((6 * 7))"], input=b"in\n", timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["status"] == "ok" and res["stdout"] == "in\n42\n", res
+    r = vm.run([sandboxd, "run", "--json", "--memory", "32", "--", GUEST_PYTHON, "-c", "b = bytearray(200 << 20)"])
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] == "memory_limit", r.stdout + r.stderr
+    # The session scope was left as it was: no leaf moved into it, no controllers turned on.
+    own = vm.run(["sh", "-c", "cat /proc/self/cgroup"]).stdout.strip().removeprefix("0::")
+    assert not own.endswith("/daemon"), own
