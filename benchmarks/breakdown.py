@@ -1,0 +1,316 @@
+"""Where the time of one warm run goes: Python side, IPC and agent, the program.
+
+Runs `/bin/true` sequentially, first with Box.run() on one held box, then
+through Engine.run(), with timing hooks wrapped around sandboxd internals
+(monkeypatched at run time; nothing in the package is changed), and bare
+posix_spawn interleaved as the reference.  Per run, medians in µs:
+
+  engine overhead   Engine.run() minus Box.run(): validation, admission,
+                    pool acquire/release (and the event-loop time the
+                    background reset of other boxes takes while we wait)
+  Python before     Box.run() entry -> request sent: files, cgroup prepare,
+                    pipes, encoding, sendmsg with the fds
+  agent + IPC       request sent -> reply readable, minus the agent's own
+                    clone..reap time: socket wake-ups, parsing, reaping,
+                    killing leftovers, the reply
+  in-box program    the agent's clone..reap wall time (child setup: cgroup
+                    joins, rlimits, setuid; exec; the program; exit)
+  Python after      reply readable -> Box.run() returns: decoding, output
+                    pipes' EOF, cgroup finish, classification
+
+plus the background work per run that the pool does off the caller's path
+(reset round trip, the cgroup's between-runs step) and the daemon's CPU per
+run.  A diagnostic, not a benchmark: the hooks add a few µs, and they name
+internals, so a hook whose target has moved is reported and skipped.
+
+    .venv/bin/python benchmarks/breakdown.py [--quick] [--runs 1000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import benchlib as bl
+import uvloop
+
+import sandboxd.agentproto as proto
+import sandboxd.box as boxmod
+import sandboxd.cgroups as cgroups
+from sandboxd.engine import Engine, EngineConfig, InstanceBusy
+from sandboxd.schema import RunRequest
+
+CMD = ["/bin/true"]
+_DEVNULL = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+_STDIO = [(os.POSIX_SPAWN_DUP2, _DEVNULL, 0), (os.POSIX_SPAWN_DUP2, _DEVNULL, 1), (os.POSIX_SPAWN_DUP2, _DEVNULL, 2)]
+now = time.perf_counter_ns
+
+
+class Hooks:
+    """Timing wrappers around sandboxd internals, removed on exit."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, list[int]] = defaultdict(list)
+        self.undo: list[tuple[object, str, object]] = []
+        self.missing: list[str] = []
+
+    def patch(self, owner: object, name: str, make: Callable[[Any], Any]) -> None:
+        orig = getattr(owner, name, None)
+        if orig is None:
+            self.missing.append(f"{getattr(owner, '__name__', owner)}.{name}")
+            return
+        self.undo.append((owner, name, orig))
+        setattr(owner, name, make(orig))
+
+    def timed(self, owner: object, name: str, key: str) -> None:
+        t = self.t
+
+        def make(orig: Any) -> Any:
+            def w(*a: Any, **k: Any) -> Any:
+                t0 = now()
+                try:
+                    return orig(*a, **k)
+                finally:
+                    t[key].append(now() - t0)
+
+            return w
+
+        self.patch(owner, name, make)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        t = self.t
+        # Per channel (= per box): [kind of the request in flight, sent at, reply at].
+        # Runs and background resets of other boxes interleave on the loop.
+        state: dict[int, list[Any]] = defaultdict(lambda: ["run", 0, 0])
+
+        def run_(orig: Any) -> Any:
+            async def w(box: Any, *a: Any, **k: Any) -> Any:
+                st = state[id(box.chan)]
+                st[:] = ["run", 0, 0]
+                t_enter = now()
+                try:
+                    return await orig(box, *a, **k)
+                finally:
+                    end = now()
+                    if st[1] and st[2]:
+                        t["py_before"].append(st[1] - t_enter)
+                        t["rtt_run"].append(st[2] - st[1])
+                        t["py_after"].append(end - st[2])
+                    t["box_run"].append(end - t_enter)
+
+            return w
+
+        def reset_(orig: Any) -> Any:
+            async def w(box: Any, *a: Any, **k: Any) -> Any:
+                st = state[id(box.chan)]
+                st[:] = ["reset", 0, 0]
+                t0 = now()
+                try:
+                    return await orig(box, *a, **k)
+                finally:
+                    t["reset"].append(now() - t0)
+
+            return w
+
+        def expect_(orig: Any) -> Any:
+            def w(chan: Any) -> Any:
+                fut = orig(chan)
+                st = state[id(chan)]
+                if st[0] == "run":
+                    st[1] = now()  # send() follows at once
+                return fut
+
+            return w
+
+        def readable_(orig: Any) -> Any:
+            def w(chan: Any) -> Any:
+                t0 = now()
+                was = chan.waiter
+                orig(chan)
+                st = state[id(chan)]
+                if st[0] == "run" and was is not None and was.done() and st[1] and not st[2]:
+                    st[2] = t0
+                return None
+
+            return w
+
+        self.patch(boxmod.Box, "_run", run_)
+        self.patch(boxmod.Box, "reset", reset_)
+        self.patch(boxmod._Channel, "expect", expect_)
+        self.patch(boxmod._Channel, "_readable", readable_)
+        self.timed(boxmod._Channel, "send", "send")
+        for backend_cls in (cgroups.V1, cgroups.V2):
+            self.timed(backend_cls, "prepare", "cg_prepare")
+            self.timed(backend_cls, "finish", "cg_finish")
+            self.timed(backend_cls, "between_runs", "cg_between_runs")
+        self.timed(boxmod, "_classify", "classify")
+        self.timed(proto, "encode_run", "encode")
+        try:
+            yield
+        finally:
+            for owner, name, orig in reversed(self.undo):
+                setattr(owner, name, orig)
+            self.undo.clear()
+
+
+def p50_us(xs: list[int]) -> float:
+    return bl.percentile(sorted(xs), 50) / 1e3 if xs else float("nan")
+
+
+def bare_block(n: int, out: list[int]) -> None:
+    for _ in range(n):
+        t0 = now()
+        pid = os.posix_spawn(CMD[0], CMD, bl.BOX_ENV, file_actions=_STDIO)
+        os.waitpid(pid, 0)
+        out.append(now() - t0)
+
+
+async def measure(eng: Engine, mode: str, n: int, block: int, hooks: Hooks) -> dict[str, Any]:
+    req = RunRequest(cmd=CMD)
+    pool = eng.pools["host"]
+    total: list[int] = []
+    wall: list[int] = []
+    bare: list[int] = []
+    hooks.t.clear()
+    cpu = 0.0
+    done = 0
+    while done < n:
+        k = min(block, n - done)
+        bare_block(k, bare)  # interleaved: the reference sees the same background load
+        box = await eng.box() if mode == "box.run" else None
+        c0 = time.process_time()
+        for _ in range(k):
+            t0 = now()
+            r = await (box.run(req) if box is not None else eng.run(req))
+            total.append(now() - t0)
+            wall.append(int(r.wall_time * 1e9))
+            if r.status != "ok":
+                raise RuntimeError(f"{mode}: {r.status} {r.message}")
+        if box is not None:
+            eng.release(box)
+        # The background resets of this block belong to its CPU figure.
+        while pool.stats.warm < pool.size:
+            await asyncio.sleep(0.001)
+        cpu += time.process_time() - c0
+        done += k
+    t = hooks.t
+    rtt = p50_us(t["rtt_run"])
+    out: dict[str, Any] = {
+        "mode": mode,
+        "runs": n,
+        "total_us": p50_us(total),
+        "bare_us": p50_us(bare),
+        "box_run_us": p50_us(t["box_run"]),
+        "py_before_us": p50_us(t["py_before"]),
+        "rtt_us": rtt,
+        "agent_wall_us": p50_us(wall),
+        "agent_ipc_us": rtt - p50_us(wall),
+        "py_after_us": p50_us(t["py_after"]),
+        "daemon_cpu_us_per_run": cpu / n * 1e6,
+        "parts_us": {k: p50_us(t[k]) for k in ("cg_prepare", "encode", "send", "cg_finish", "classify") if t.get(k)},
+        "background_us": {k: p50_us(t[k]) for k in ("reset", "cg_between_runs") if t.get(k)},
+        "background_calls_per_run": {k: len(t[k]) / n for k in ("reset", "cg_between_runs") if t.get(k)},
+    }
+    out["engine_overhead_us"] = out["total_us"] - out["box_run_us"] if mode == "eng.run" else float("nan")
+    return out
+
+
+def report(o: bl.Out, m: dict[str, Any], res: list[dict[str, Any]], missing: list[str]) -> None:
+    o.print(f"Machine: {bl.machine_line(m)}")
+    o.print()
+    o.print("`/bin/true`, sequential, medians in µs (parts are medians of their own, so they need not add up):")
+    o.print()
+    cols = [r["mode"] for r in res]
+    rows: list[list[str]] = []
+
+    def row(label: str, key: str, sub: str | None = None) -> None:
+        vals = []
+        for r in res:
+            v = r[sub].get(key) if sub else r.get(key)
+            vals.append("-" if v is None or v != v else f"{v:.0f}")
+        rows.append([label, *vals])
+
+    row("total per run (caller's view)", "total_us")
+    row("  engine overhead (Engine.run - Box.run)", "engine_overhead_us")
+    row("  Python before send", "py_before_us")
+    row("    of it cgroup prepare", "cg_prepare", "parts_us")
+    row("    of it encode", "encode", "parts_us")
+    row("    of it sendmsg + fds", "send", "parts_us")
+    row("  agent + IPC (round trip - in-box wall)", "agent_ipc_us")
+    row("  in-box program (agent clone..reap)", "agent_wall_us")
+    row("  Python after reply", "py_after_us")
+    row("    of it cgroup finish", "cg_finish", "parts_us")
+    row("    of it classify", "classify", "parts_us")
+    row("bare posix_spawn+waitpid (interleaved)", "bare_us")
+    row("background: reset round trip", "reset", "background_us")
+    row("background: cgroup between_runs (on the event loop)", "cg_between_runs", "background_us")
+    row("daemon CPU per run (process time)", "daemon_cpu_us_per_run")
+    o.print(bl.markdown_table(["µs", *cols], rows))
+    if missing:
+        o.print()
+        o.print(f"Hooks not installed (sandboxd internals moved): {', '.join(missing)}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="few runs (CI smoke test)")
+    p.add_argument("--json", action="store_true", help="print one JSON line on stdout (human text on stderr)")
+    p.add_argument("--runs", type=int, default=1000, help="runs per mode (default 1000)")
+    p.add_argument("--block", type=int, default=100, help="runs between bare reference blocks (default 100)")
+    p.add_argument("--pool-size", type=int, default=4)
+    p.add_argument("--instance", default="bench-breakdown", help="sandboxd instance name")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.runs, a.block = 40, 20
+    return a
+
+
+async def amain(a: argparse.Namespace) -> int:
+    o = bl.Out(a.json)
+    m = bl.machine()
+    warn = bl.load_warning(m)
+    if warn:
+        o.print(warn)
+    res: list[dict[str, Any]] = []
+    hooks = Hooks()
+    # Installed before the engine starts: a channel binds its reader callback
+    # when its box is built.
+    with hooks.installed():
+        try:
+            eng = await Engine.start(
+                EngineConfig(instance=a.instance, pool_size=a.pool_size, languages_dir=bl.no_languages_dir())
+            )
+        except InstanceBusy as e:
+            o.print(f"sandboxd: {e} (another benchmark running?)")
+            return 2
+        try:
+            for _ in range(20):  # warm-up: caches, the agent's first pages
+                await eng.run(RunRequest(cmd=CMD))
+            for mode in ("box.run", "eng.run"):
+                res.append(await measure(eng, mode, a.runs, a.block, hooks))
+        finally:
+            await eng.close()
+    report(o, m, res, hooks.missing)
+    o.json(bl.clean_floats({"bench": "breakdown", "machine": m, "quick": a.quick, "results": res}, 1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    bl.terminate_as_interrupt()
+    try:
+        return uvloop.run(amain(parse_args(argv)))
+    except KeyboardInterrupt:
+        print("interrupted: engine closed, boxes and cgroups removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
