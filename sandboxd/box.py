@@ -167,6 +167,23 @@ class _Capture:
             return
         except OSError:
             b = b""
+        self._take(b)
+
+    def drain(self) -> bool:
+        """Read to EOF now, without the event loop; False if a writer is still
+        alive (then wait for `done`).  After a run's result every process of
+        the box is dead, so this is the common case and saves a loop round."""
+        while self.fd >= 0:
+            try:
+                b = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return False
+            except OSError:
+                b = b""
+            self._take(b)
+        return True
+
+    def _take(self, b: bytes) -> None:
         if not b:
             self.close()
             return
@@ -343,8 +360,9 @@ class Box:
                 raise
             _check_reply(data, fds, proto.MSG_RESULT)
             res = proto.decode_result(data)
-            # Every process of the run is dead now, so the pipes hit EOF at once.
-            await asyncio.gather(out.done, err.done)
+            # Every process of the run is dead now, so the pipes are at EOF.
+            if not (out.drain() and err.drain()):
+                await asyncio.gather(out.done, err.done)
         except (AgentDied, BoxError) as e:
             out.close()
             err.close()

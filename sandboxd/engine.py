@@ -7,7 +7,6 @@ on start it removes what crashed instances left behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import functools
 import hashlib
@@ -260,11 +259,13 @@ class Engine:
         monotonic time after which waiting in the queue is given up."""
         validate_run(req)
         pool = self.pools[rootfs]
-        async with contextlib.AsyncExitStack() as stack:
-            lq = self.lang_queues.get(lang or "")
-            for q in (lq, self.queues[rootfs]) if lq else (self.queues[rootfs],):
+        lq = self.lang_queues.get(lang or "") if self.lang_queues else None
+        queues = (lq, self.queues[rootfs]) if lq else (self.queues[rootfs],)
+        admitted: list[tuple[AdmissionQueue, float]] = []
+        try:
+            for q in queues:
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                await stack.enter_async_context(q.slot(priority, wait))
+                admitted.append((q, await q.acquire(priority, wait)))
             for attempt in (1, 2):
                 box = await pool.acquire()
                 try:
@@ -279,6 +280,9 @@ class Engine:
                     raise SchemaError(f"files_in: {e}") from None
                 finally:
                     pool.release(box)
+        finally:
+            for q, t in reversed(admitted):
+                q.release(t)
         raise AssertionError("unreachable")
 
     def language(self, lang_id: str) -> Language:

@@ -213,7 +213,8 @@ def test_one_shot_cli_from_a_login_shell_delegates_itself(vm: VM, guest_checkout
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["status"] == "ok" and res["stdout"] == "in\n42\n", res
-    r = vm.run([sandboxd, "run", "--json", "--memory", "32", "--", GUEST_PYTHON, "-c", "b = bytearray(200 << 20)"])
+    # (Inside the box only /usr is visible: the system python3, not the venv one.)
+    r = vm.run([sandboxd, "run", "--json", "--memory", "32", "--", "python3", "-c", "b = bytearray(200 << 20)"])
     assert r.returncode == 1 and json.loads(r.stdout)["status"] == "memory_limit", r.stdout + r.stderr
     # The session scope was left as it was: no leaf moved into it, no controllers turned on.
     own = vm.run(["sh", "-c", "cat /proc/self/cgroup"]).stdout.strip().removeprefix("0::")
