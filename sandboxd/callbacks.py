@@ -85,9 +85,20 @@ class _Pinned(AbstractResolver):
         pass
 
 
-async def deliver(url: str, payload: Any, allow_private: bool, attempts: int = 3, timeout: float = 10.0) -> bool:
-    """POST payload as JSON; a few retries with backoff; never raises."""
-    body = msgspec.json.encode(payload)
+async def deliver(
+    url: str,
+    payload: Any,
+    allow_private: bool,
+    attempts: int = 3,
+    timeout: float = 10.0,
+    method: str = "POST",
+    retry_on_http_error: bool = True,
+) -> bool:
+    """Send payload as JSON; a few retries with backoff; never raises.
+
+    Judge0's callbacks are a PUT that stops at any HTTP answer
+    (method="PUT", retry_on_http_error=False); ours POST and retry on errors."""
+    body = payload if isinstance(payload, bytes) else msgspec.json.encode(payload)
     for attempt in range(attempts):
         try:
             host, port = check_url(url)
@@ -95,11 +106,15 @@ async def deliver(url: str, payload: Any, allow_private: bool, attempts: int = 3
             conn = aiohttp.TCPConnector(resolver=_Pinned(host, addrs), use_dns_cache=False)
             async with (
                 aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout)) as s,
-                s.post(url, data=body, headers={"Content-Type": "application/json"}, allow_redirects=False) as r,
+                s.request(
+                    method, url, data=body, headers={"Content-Type": "application/json"}, allow_redirects=False
+                ) as r,
             ):
                 if r.status < 300:
                     return True
                 log.warning("callback %s: HTTP %d", url, r.status)
+                if not retry_on_http_error:
+                    return True
         except CallbackRefused as e:
             log.warning("%s", e)
             return False

@@ -49,6 +49,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     drain_timeout: Annotated[float, Meta(ge=0)] = 30.0  # SIGTERM: seconds running jobs get to finish
     # Run every language's self-test at start-up; serve only those that pass.
     selftest: bool = True
+    # Judge0 CE and Piston v2 compatible APIs on the HTTP listener, under these
+    # path prefixes (sandboxd/compat); "" disables one.
+    judge0_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = "/judge0"
+    piston_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = "/piston"
     languages_dir: str = ""  # "" = the packaged language files
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -109,7 +109,10 @@ async def serve(cfg: Config) -> int:
             )
         if cfg.http:
             host, _, port = cfg.http.rpartition(":")
-            runner = web.AppRunner(httpserver.make_app(svc, cfg.http_token, cfg.max_body), access_log=None)
+            runner = web.AppRunner(
+                httpserver.make_app(svc, cfg.http_token, cfg.max_body, cfg.judge0_prefix, cfg.piston_prefix),
+                access_log=None,
+            )
             await runner.setup()
             await web.TCPSite(runner, host.strip("[]"), int(port)).start()
         log.info(

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from .compat import judge0, piston
 from .openapi import document
 from .schema import Error
 from .service import Service, ServiceError
@@ -153,7 +154,9 @@ async def openapi(req: web.Request) -> web.Response:
     return web.json_response(document())
 
 
-def make_app(svc: Service, token: str = "", max_body: int = 64 << 20) -> web.Application:
+def make_app(
+    svc: Service, token: str = "", max_body: int = 64 << 20, judge0_prefix: str = "", piston_prefix: str = ""
+) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=max_body)
     app[SVC] = svc
     app[TOKEN] = token
@@ -168,4 +171,7 @@ def make_app(svc: Service, token: str = "", max_body: int = 64 << 20) -> web.App
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    for prefix, compat_app in ((judge0_prefix, judge0.make_app), (piston_prefix, piston.make_app)):
+        if prefix:
+            app.add_subapp(prefix, compat_app(svc))
     return app

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -120,6 +120,26 @@ class Service:
             raise error("bad_request", str(e)) from None
         except OSError as e:
             raise error("bad_request", f"callback_url: cannot resolve: {e}") from None
+
+    def start_job(
+        self,
+        kind: Literal["run", "submission"],
+        lang: str,
+        work: Callable[[], Awaitable[RunResult | SubmissionResult]],
+        callback_url: str | None = None,
+    ) -> Job:
+        """A job whose work is `work()`: ids, draining refusal, state, errors,
+        cancellation, expiry and callbacks as for every job (the compatibility
+        APIs run their own translations through this)."""
+        job = self._new_job(kind, lang)
+        job.callback_url = callback_url
+
+        async def run() -> RunResult | SubmissionResult:
+            job.state = "running"
+            return await work()
+
+        job.task = asyncio.ensure_future(self._guard(job, run()))
+        return job
 
     def submit_run(self, req: RunRequest, callback_url: str | None = None) -> Job:
         validate_run(req)

@@ -1,0 +1,199 @@
+"""Drop-in Judge0 CE and Piston v2 HTTP APIs, as thin translations onto the native engine.
+
+Each compat request becomes one native service job (kind "submission": it
+shows in /v1/jobs, /v1/status, the metrics, is drained on SIGTERM and expires
+after `results_ttl`), whose work is the judge's own two steps: the cached
+`Engine.compile` and `Engine.run_compiled` on the language's pool and
+admission queues.  No second queue, no second execution path.
+
+Why not `Service.submit(Submission)`: a native test result keeps a 4 KiB
+preview of stdout, has no program arguments, no stderr-into-stdout, no extra
+files at run time for compiled languages, and its checkers are not Judge0's
+comparison rule; both APIs promise the full output.  Why not
+`Service.submit_run(RunRequest)`: a bare run has no language, so it would run
+on the host pool outside the language's rootfs and per-language queue.
+
+Shared here: the service job, a single-flight compile (a Judge0 batch of
+twenty test cases compiles once, not twenty times in parallel), one run with
+Judge0/Piston-only options, and a callback PUT through the callbacks module's
+SSRF checks and address pinning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import msgspec
+
+from .. import callbacks
+from ..engine import Compiled, Engine
+from ..languages import Language
+from ..schema import FileIn, Limits, RunResult, SubmissionResult, TestResult, Verdict
+from ..service import Job, Service
+
+log = logging.getLogger(__name__)
+
+PREVIEW = 4096  # bytes of stdout/stderr kept in the native job's test result (as the judge does)
+
+# The native verdict of a run, for metrics and /v1/jobs (the compat views map statuses themselves).
+STATUS_VERDICT: dict[str, Verdict] = {
+    "ok": "AC",
+    "time_limit": "TLE",
+    "memory_limit": "MLE",
+    "output_limit": "OLE",
+    "nonzero_exit": "RE",
+    "signaled": "RE",
+    "bad_syscall": "RE",
+    "internal_error": "IE",
+}
+
+
+def start_job(
+    svc: Service, lang: str, work: Callable[[], Coroutine[Any, Any, SubmissionResult]], t0: float | None = None
+) -> Job:
+    """A native service job whose work is `work()`.
+
+    Uses the service's own job life cycle (draining refusal, ids, expiry,
+    cancellation, completion) exactly as `Service.submit` does; only the work
+    differs.  Raises ServiceError("draining") like every submission."""
+    started = time.monotonic() if t0 is None else t0
+
+    async def run() -> SubmissionResult:
+        res = await work()
+        svc.metrics.verdicts.labels("submission", res.verdict).inc()
+        svc.metrics.submission_seconds.labels(lang).observe(time.monotonic() - started)
+        return res
+
+    return svc.start_job("submission", lang, run)
+
+
+def record_test(svc: Service, verdict: Verdict, r: RunResult) -> None:
+    """Per-run metrics, as the judge's progress callback records them."""
+    svc.metrics.verdicts.labels("test", verdict).inc()
+    svc.recent.append(r.wall_time)
+
+
+def test_result(index: int, verdict: Verdict, r: RunResult, message: str = "") -> TestResult:
+    return TestResult(
+        index=index,
+        verdict=verdict,
+        time=r.cpu_time,
+        wall_time=r.wall_time,
+        memory=r.memory,
+        exit_code=r.exit_code,
+        signal=r.signal,
+        stdout=r.stdout[:PREVIEW],
+        stderr=r.stderr[:PREVIEW],
+        message=message or r.message,
+    )
+
+
+class Compiler:
+    """Engine.compile with single flight: identical compiles in flight share one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._inflight: dict[bytes, asyncio.Future[Compiled]] = {}
+
+    async def compile(
+        self,
+        lang: str,
+        source: bytes,
+        files: list[FileIn],
+        options: list[str],
+        limits: Limits | None = None,
+    ) -> Compiled:
+        key = hashlib.sha256(msgspec.msgpack.encode([lang, source, files, options, limits])).digest()
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            comp = await self.engine.compile(lang, source, files, options, limits)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody shares it
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        fut.set_result(comp)
+        return comp
+
+
+REDIRECT = ["sh", "-c", 'exec "$@" 2>&1', "sh"]
+
+
+async def run_program(
+    engine: Engine,
+    comp: Compiled,
+    source: FileIn,
+    extras: list[FileIn],
+    stdin: bytes,
+    limits: Limits,
+    args: list[str],
+    redirect_stderr: bool = False,
+) -> RunResult:
+    """One run of a compiled (or interpreted) program, as the judge runs a test.
+
+    `extras` (additional files) are in /box for the run as for the compile;
+    a compiled language's source stays next to its artifacts, as in Judge0's
+    and Piston's boxes.  redirect_stderr: stderr into stdout, in write order,
+    through `sh -c 'exec "$@" 2>&1'` (the program itself replaces the shell);
+    on a rootfs without a shell the streams are joined after the run instead."""
+    lang = comp.lang
+    files: list[FileIn] = []
+    if lang.compile:
+        have = {f.path for f in comp.files}
+        files = [f for f in (source, *extras) if f.path not in have]
+    if redirect_stderr:
+        wrapped = dataclasses.replace(comp, lang=msgspec.structs.replace(lang, run=REDIRECT + list(lang.run)))
+        r = await engine.run_compiled(wrapped, stdin, limits, files_in=files, args=args)
+        if not (r.exit_code == 127 and r.message.startswith("cannot execute 'sh'")):
+            _memory_error(lang, r, r.stdout)
+            return r
+    r = await engine.run_compiled(comp, stdin, limits, files_in=files, args=args)
+    if redirect_stderr:
+        r.stdout, r.stderr = r.stdout + r.stderr, b""
+    return r
+
+
+def _memory_error(lang: Language, r: RunResult, output: bytes) -> None:
+    # run_compiled looks for the runtime's own out-of-memory error in stderr; merged, it is in stdout.
+    if r.status in ("nonzero_exit", "signaled") and lang.memory_errors and lang.memory_error(output):
+        r.status, r.message = "memory_limit", f"{lang.name} ran out of memory"
+
+
+async def put_json(url: str, body: bytes, allow_private: bool, attempts: int = 3, timeout: float = 5.0) -> bool:
+    """Judge0's callback: PUT the JSON body, stopping at any HTTP answer as Judge0
+    does; target checks and address pinning are the callbacks module's."""
+    return await callbacks.deliver(url, body, allow_private, attempts, timeout, method="PUT", retry_on_http_error=False)
+
+
+class Background:
+    """Tasks that must outlive a request (callbacks, finalizers): kept referenced."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        t = asyncio.ensure_future(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
+
+
+def expired(svc: Service, job: Job) -> bool:
+    """The native job's result is gone (or due to go): the compat record goes with it."""
+    if job.id not in svc.jobs:
+        return True
+    return job.done.is_set() and time.monotonic() - job.finished > svc.results_ttl

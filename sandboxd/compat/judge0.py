@@ -1,0 +1,1147 @@
+"""Judge0 CE 1.13.1's HTTP API on the native engine.
+
+Each submission is one native service job (see sandboxd.compat): compile once
+(cached, single flight), then `number_of_runs` runs, each compared with
+`expected_output` by Judge0's rule.  Tokens are UUIDs mapped to job ids; a
+submission lives as long as its job (`results_ttl` after it finished).
+
+Request fields, defaults, bounds, validation messages, status ids, field
+selection, base64 (Ruby's: 60-character lines, each ending in a newline;
+lenient decoding of requests), timestamps, error codes and bodies follow
+Judge0 1.13.1's source (models/submission.rb, submissions_controller.rb,
+jobs/isolate_job.rb, serializers).
+
+Status mapping (how our run ended -> Judge0 status, exit_code, exit_signal):
+
+    ok, output matches (or no expected_output)  3 Accepted
+    ok, output differs                           4 Wrong Answer
+    time_limit, or CPU time above cpu_time_limit 5 Time Limit Exceeded
+    the compiler failed                          6 Compilation Error (compile_output)
+    signaled by SIGSEGV/SIGXFSZ/SIGFPE/SIGABRT   7/8/9/10, exit_signal = the signal
+    signaled by any other signal                 12 Runtime Error (Other)
+    nonzero_exit                                 11 Runtime Error (NZEC), exit_code
+    output_limit (a stream passed max_file_size) 8 Runtime Error (SIGXFSZ), exit_signal 25
+    memory_limit                                 as the process ended: 12 (the OOM kill is
+                                                 SIGKILL) or 11 (a runtime's own out-of-memory
+                                                 error exits nonzero); message
+                                                 "Memory limit exceeded"
+    bad_syscall (seccomp)                        12 Runtime Error (Other), exit_signal 31
+    exec failure (exit 127, "cannot execute")    14 Exec Format Error
+    internal_error, a failed or cancelled job    13 Internal Error (message says why)
+
+Memory: Judge0 has no memory-limit status; under its cgroup memory limit an
+out-of-memory program is killed by SIGKILL, which Judge0's own status logic
+(`determine_status`: a signal other than SEGV/XFSZ/FPE/ABRT) reports as 12
+"Runtime Error (Other)", and a runtime that catches its own out-of-memory
+error (Java, Python, Node) exits nonzero: 11 NZEC.  We report exactly that,
+so clients see the status Judge0 would give the same program, and say
+"Memory limit exceeded" in `message` (Judge0 leaves it to the client to
+compare `memory` with `memory_limit`).  Signals are reported as Judge0's
+status table defines them (7-10, 12), from the signal that ended the program;
+Judge0 1.13.1 itself runs programs under a bash script, so a signal death
+there often surfaces as 11 with exit code 128+N instead.
+
+Deliberate differences (also in README): `enable_network` and the
+per-process limits are refused (`allow_*` false: our limits are cgroup-wide
+and boxes have no network), a private `callback_url` is refused (SSRF; the
+check of the callbacks module), `additional_files` must be a safe zip
+(no absolute or `..` paths, no symlinks, at most `max_extract_size` KB,
+1000 entries), a `memory_limit` below 4 MiB runs with 4 MiB, language 89
+(multi-file program) is not served, and auth is the daemon's bearer token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import io
+import math
+import os
+import platform
+import shlex
+import stat
+import uuid
+import zipfile
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from ..engine import Compiled
+from ..languages import Language
+from ..schema import FileIn, Limits, RunResult, SchemaError, SubmissionResult, TestResult, Verdict, check_box_path
+from ..service import Job, Service, ServiceError
+from . import STATUS_VERDICT, Background, Compiler, expired, put_json, record_test, run_program, start_job, test_result
+
+VERSION = "1.13.1"
+KiB = 1024
+MIN_MEMORY = 4 << 20  # the engine's floor; Judge0 allows 2048 KB
+MAX_EXTRACT_FILES = 1000
+
+# Judge0 language id -> (our language, display name, tool, the Judge0 compiler this id stood for).
+# 48/49 and 52/53 are Judge0's older GCC ids (the SDK's CPP alias is 52): served by the same gcc.
+LANGUAGES: dict[int, tuple[str, str, str, str]] = {
+    46: ("bash", "Bash", "", ""),
+    48: ("c", "C", "GCC", "GCC 7.4.0"),
+    49: ("c", "C", "GCC", "GCC 8.3.0"),
+    50: ("c", "C", "GCC", ""),
+    52: ("cpp", "C++", "GCC", "GCC 7.4.0"),
+    53: ("cpp", "C++", "GCC", "GCC 8.3.0"),
+    54: ("cpp", "C++", "GCC", ""),
+    60: ("go", "Go", "", ""),
+    62: ("java", "Java", "OpenJDK", ""),
+    63: ("javascript", "JavaScript", "Node.js", ""),
+    71: ("python3", "Python", "", ""),
+    73: ("rust", "Rust", "", ""),
+}
+
+STATUSES: dict[int, str] = {
+    1: "In Queue",
+    2: "Processing",
+    3: "Accepted",
+    4: "Wrong Answer",
+    5: "Time Limit Exceeded",
+    6: "Compilation Error",
+    7: "Runtime Error (SIGSEGV)",
+    8: "Runtime Error (SIGXFSZ)",
+    9: "Runtime Error (SIGFPE)",
+    10: "Runtime Error (SIGABRT)",
+    11: "Runtime Error (NZEC)",
+    12: "Runtime Error (Other)",
+    13: "Internal Error",
+    14: "Exec Format Error",
+}
+SIGNAL_STATUS = {11: 7, 25: 8, 8: 9, 6: 10}  # Status.find_runtime_error_by_status_code; others: 12
+J0_VERDICT: dict[int, Verdict] = {3: "AC", 4: "WA", 5: "TLE", 14: "RE"}  # else from how the run ended
+
+# What Judge0's config_info reports (and what we enforce), in its order.
+CONFIG: dict[str, Any] = {
+    "maintenance_mode": False,
+    "enable_wait_result": True,
+    "enable_compiler_options": True,
+    "allowed_languages_for_compile_options": [],
+    "enable_command_line_arguments": True,
+    "enable_submission_delete": True,
+    "enable_callbacks": True,
+    "callbacks_max_tries": 3,
+    "callbacks_timeout": 5.0,
+    "enable_additional_files": True,
+    "max_queue_size": 0,  # set from the engine's queue depth
+    "cpu_time_limit": 5.0,
+    "max_cpu_time_limit": 15.0,
+    "cpu_extra_time": 1.0,
+    "max_cpu_extra_time": 5.0,
+    "wall_time_limit": 10.0,
+    "max_wall_time_limit": 20.0,
+    "memory_limit": 128000,
+    "max_memory_limit": 512000,
+    "stack_limit": 64000,
+    "max_stack_limit": 128000,
+    "max_processes_and_or_threads": 60,
+    "max_max_processes_and_or_threads": 120,
+    "enable_per_process_and_thread_time_limit": False,
+    "allow_enable_per_process_and_thread_time_limit": False,
+    "enable_per_process_and_thread_memory_limit": False,
+    "allow_enable_per_process_and_thread_memory_limit": False,
+    "max_file_size": 1024,
+    "max_max_file_size": 4096,
+    "number_of_runs": 1,
+    "max_number_of_runs": 20,
+    "redirect_stderr_to_stdout": False,
+    "max_extract_size": 10240,
+    "enable_batched_submissions": True,
+    "max_submission_batch_size": 20,
+    "submission_cache_duration": 0.0,
+    "use_docs_as_homepage": False,
+    "allow_enable_network": False,
+    "enable_network": False,
+}
+
+# Numeric fields: (name, integer column?, default, lower bound, lower inclusive?, upper bound), in the
+# order the model validates them (the order of keys in a 422 body).
+NUMERIC: tuple[tuple[str, bool, float, float, bool, float], ...] = (
+    ("number_of_runs", True, 1, 0, False, 20),
+    ("cpu_time_limit", False, 5.0, 0, True, 15.0),
+    ("cpu_extra_time", False, 1.0, 0, True, 5.0),
+    ("wall_time_limit", False, 10.0, 1, True, 20.0),
+    ("memory_limit", True, 128000, 2048, True, 512000),
+    ("stack_limit", True, 64000, 0, True, 128000),
+    ("max_processes_and_or_threads", True, 60, 0, False, 120),
+)
+PERMITTED = (
+    "source_code",
+    "language_id",
+    "compiler_options",
+    "command_line_arguments",
+    "number_of_runs",
+    "stdin",
+    "expected_output",
+    "cpu_time_limit",
+    "cpu_extra_time",
+    "wall_time_limit",
+    "memory_limit",
+    "stack_limit",
+    "max_processes_and_or_threads",
+    "enable_per_process_and_thread_time_limit",
+    "enable_per_process_and_thread_memory_limit",
+    "max_file_size",
+    "redirect_stderr_to_stdout",
+    "callback_url",
+    "additional_files",
+    "enable_network",
+)
+# The serializer's attributes, in its order (`fields=*`), and the default selection.
+ATTRIBUTES = (
+    "source_code",
+    "language_id",
+    "stdin",
+    "expected_output",
+    "stdout",
+    "status_id",
+    "created_at",
+    "finished_at",
+    "time",
+    "memory",
+    "stderr",
+    "token",
+    "number_of_runs",
+    "cpu_time_limit",
+    "cpu_extra_time",
+    "wall_time_limit",
+    "memory_limit",
+    "stack_limit",
+    "max_processes_and_or_threads",
+    "enable_per_process_and_thread_time_limit",
+    "enable_per_process_and_thread_memory_limit",
+    "max_file_size",
+    "compile_output",
+    "exit_code",
+    "exit_signal",
+    "message",
+    "wall_time",
+    "compiler_options",
+    "command_line_arguments",
+    "redirect_stderr_to_stdout",
+    "callback_url",
+    "additional_files",
+    "enable_network",
+    "status",
+    "language",
+)
+DEFAULT_FIELDS = ("token", "time", "memory", "stdout", "stderr", "compile_output", "message", "status")
+TEXT_FIELDS = ("source_code", "stdin", "expected_output", "stdout", "stderr", "compile_output", "message")
+NOT_UTF8 = "some attributes for this submission cannot be converted to UTF-8, use base64_encoded=true query parameter"
+NOT_UTF8_BATCH = (
+    "some attributes for one or more submissions cannot be converted to UTF-8, use base64_encoded=true query parameter"
+)
+UNSAFE_SHELL = str.maketrans("", "", "$&;<>|`")  # what Judge0 strips from options and arguments
+
+
+# --- encodings ---------------------------------------------------------------
+
+_B64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def encode64(data: bytes) -> str:
+    """Ruby's Base64.encode64: lines of 60 characters, each ending in a newline."""
+    s = base64.b64encode(data).decode()
+    return "".join(s[i : i + 60] + "\n" for i in range(0, len(s), 60))
+
+
+def decode64(text: str) -> bytes:
+    """Ruby's Base64.decode64: characters outside the alphabet are skipped, '=' ends
+    the data, a partial last group still yields its bytes.  Never fails (as Judge0)."""
+    chars: list[str] = []
+    for ch in text:
+        if ch == "=":
+            break
+        if ch in _B64:
+            chars.append(ch)
+    whole = len(chars) - len(chars) % 4
+    out = base64.b64decode("".join(chars[:whole])) if whole else b""
+    rest = "".join(chars[whole:])
+    if len(rest) >= 2:
+        with_pad = rest + "=" * (4 - len(rest))
+        with contextlib.suppress(binascii.Error):
+            out += base64.b64decode(with_pad)
+    return out
+
+
+def decimal(x: float | None) -> str | None:
+    """A decimal column as Rails serializes it: "5.0", "0.016"."""
+    if x is None:
+        return None
+    s = f"{x:.6f}".rstrip("0")
+    return s + "0" if s.endswith(".") else s
+
+
+def timestamp(t: datetime | None) -> str | None:
+    return None if t is None else t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _ruby_num(x: float) -> str:
+    return str(x)  # 0 -> "0", 15.0 -> "15.0", as Ruby prints Integer and Float bounds
+
+
+# --- submissions ------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    """A validated submission: every field with its value or Judge0's default."""
+
+    language_id: int
+    lang: str
+    source_code: bytes
+    stdin: bytes | None
+    expected_output: bytes | None
+    compiler_options: str | None
+    command_line_arguments: str | None
+    number_of_runs: int
+    cpu_time_limit: float
+    cpu_extra_time: float
+    wall_time_limit: float
+    memory_limit: int
+    stack_limit: int
+    max_processes_and_or_threads: int
+    enable_per_process_and_thread_time_limit: bool
+    enable_per_process_and_thread_memory_limit: bool
+    max_file_size: int
+    redirect_stderr_to_stdout: bool
+    callback_url: str | None
+    additional_files: bytes | None
+    enable_network: bool
+    extras: list[FileIn] = field(default_factory=list)
+
+    def limits(self) -> Limits:
+        """Judge0's isolate limits as ours.  cpu_extra_time: the program is killed at
+        cpu_time_limit + cpu_extra_time but is over the limit (TLE) past cpu_time_limit;
+        0 means no limit (isolate's convention) for CPU time, stack and file size."""
+        wall = self.wall_time_limit
+        cpu = self.cpu_time_limit + self.cpu_extra_time if self.cpu_time_limit > 0 else wall
+        size = (self.max_file_size or CONFIG["max_max_file_size"]) * KiB
+        return Limits(
+            cpu_time=max(cpu, 0.001),
+            wall_time=wall,
+            memory=max(self.memory_limit * KiB, MIN_MEMORY),
+            procs=self.max_processes_and_or_threads,
+            output=size,
+            file_size=size,
+            stack=max(self.stack_limit * KiB, 64 * KiB) if self.stack_limit else None,
+        )
+
+
+@dataclass(eq=False)
+class Record:
+    token: str
+    req: Request
+    job: Job | None = None
+    status_id: int = 1
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+    stdout: bytes | None = None
+    stderr: bytes | None = None
+    compile_output: bytes | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    time: float | None = None
+    wall_time: float | None = None
+    memory: int | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pending(self) -> bool:
+        return self.status_id in (1, 2)
+
+
+class J0Error(Exception):
+    """An HTTP answer other than success: status and JSON body (None: empty body)."""
+
+    def __init__(self, status: int, body: Any = None) -> None:
+        super().__init__(status)
+        self.status, self.body = status, body
+
+
+def reply(body: Any, status: int = 200) -> web.Response:
+    if body is None:
+        return web.Response(status=status)
+    return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
+
+
+class Judge0:
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        self.compiler = Compiler(svc.engine)
+        self.records: dict[str, Record] = {}
+        self.background = Background()
+        self.config = {**CONFIG, "max_queue_size": svc.engine.cfg.queue_depth}
+        self._creates = 0
+
+    # --- languages ---
+
+    def languages(self) -> dict[int, Language]:
+        langs = self.svc.engine.languages
+        return {jid: langs[lid] for jid, (lid, *_) in LANGUAGES.items() if lid in langs}
+
+    def language_name(self, jid: int) -> str:
+        lid, name, tool, stood_for = LANGUAGES[jid]
+        version = self.svc.engine.versions.get(lid, "")
+        inner = " ".join(p for p in (tool, version) if p)
+        if stood_for:
+            inner = f"{inner}, in place of {stood_for}" if inner else f"in place of {stood_for}"
+        return f"{name} ({inner})" if inner else name
+
+    def language_detail(self, jid: int, lang: Language) -> dict[str, Any]:
+        mem = lang.default_limits.memory
+        return {
+            "id": jid,
+            "name": self.language_name(jid),
+            "is_archived": False,
+            "source_file": lang.source,
+            "compile_cmd": f"{shlex.join(lang.compile)} %s" if lang.compile else None,
+            "run_cmd": shlex.join(lang.run_argv(mem)),
+        }
+
+    # --- validation: Judge0's model, message for message ---
+
+    async def build(self, params: Mapping[str, Any], b64: bool) -> Request | dict[str, list[str]]:
+        raw: dict[str, Any] = {}
+        for k in PERMITTED:
+            v = params.get(k)
+            raw[k] = None if isinstance(v, (list, dict)) else v  # Rails' permit drops non-scalars
+        errors: dict[str, list[str]] = {}
+
+        def add(name: str, msg: str) -> None:
+            errors.setdefault(name, []).append(msg)
+
+        def text(name: str, decode: bool) -> bytes | None:
+            v = raw[name]
+            if v is None:
+                return None
+            s = v if isinstance(v, str) else _scalar_str(v)
+            return decode64(s) if decode else s.encode()
+
+        source = text("source_code", b64)
+        stdin = text("stdin", b64)
+        expected = text("expected_output", b64)
+        additional = text("additional_files", True)  # always base64, whatever base64_encoded says
+
+        if source is None or not source.strip():
+            add("source_code", "can't be blank")
+        lid_raw = raw["language_id"]
+        language_id = _int_cast(lid_raw)
+        if lid_raw is None or (isinstance(lid_raw, str) and not lid_raw.strip()):
+            add("language_id", "can't be blank")
+
+        values: dict[str, Any] = {}
+        for name, integer, default, lo, lo_incl, hi in NUMERIC:
+            v, bad = _number(raw[name])
+            if v is None and not bad:
+                v = default
+            if bad:
+                add(name, "is not a number")
+            else:
+                assert v is not None
+                if lo_incl and v < lo:
+                    add(name, f"must be greater than or equal to {_ruby_num(lo)}")
+                elif not lo_incl and v <= lo:
+                    add(name, f"must be greater than {_ruby_num(lo)}")
+                elif v > hi:
+                    add(name, f"must be less than or equal to {_ruby_num(hi)}")
+            values[name] = (int(v) if integer else float(v)) if v is not None else default
+        values["number_of_runs"] = max(1, values["number_of_runs"])  # 0.5 passes "> 0"; runs at least once
+        for name in ("enable_per_process_and_thread_time_limit", "enable_per_process_and_thread_memory_limit"):
+            values[name] = _bool(raw[name], CONFIG[name])
+            if values[name] and not CONFIG[f"allow_{name}"]:
+                add(name, "this option cannot be enabled")
+        v, bad = _number(raw["max_file_size"])
+        if bad:
+            add("max_file_size", "is not a number")
+        elif v is not None and v < 0:
+            add("max_file_size", "must be greater than or equal to 0")
+        elif v is not None and v > CONFIG["max_max_file_size"]:
+            add("max_file_size", f"must be less than or equal to {CONFIG['max_max_file_size']}")
+        values["max_file_size"] = int(v) if v is not None else CONFIG["max_file_size"]
+        strings: dict[str, str | None] = {}
+        for name in ("compiler_options", "command_line_arguments"):
+            s = raw[name]
+            strings[name] = None if s is None else (s if isinstance(s, str) else _scalar_str(s))
+            if strings[name] is not None and len(strings[name] or "") > 512:
+                add(name, "is too long (maximum is 512 characters)")
+
+        # The model's custom validations, in order.
+        lang: Language | None = None
+        if language_id is not None and language_id in LANGUAGES:
+            lang = self.svc.engine.languages.get(LANGUAGES[language_id][0])
+        if lang is None:
+            add("language_id", f"language with id {'' if language_id is None else language_id} doesn't exist")
+        options = strings["compiler_options"]
+        if options and options.strip() and lang is not None and not lang.compile:
+            add("compiler_options", "setting compiler options is only allowed for compiled languages")
+        callback = raw["callback_url"]
+        callback_url = None if callback is None else (callback if isinstance(callback, str) else _scalar_str(callback))
+        if callback_url and callback_url.strip():
+            try:
+                await self.svc.check_callback(callback_url)
+            except ServiceError as e:
+                add("callback_url", e.err.message.removeprefix("callback_url: "))
+        extras: list[FileIn] = []
+        if additional:
+            try:
+                extras = extract_zip(additional, CONFIG["max_extract_size"] * KiB, lang.source if lang else "")
+            except SchemaError as e:
+                add("additional_files", str(e))
+        enable_network = _bool(raw["enable_network"], CONFIG["enable_network"])
+        if enable_network and not CONFIG["allow_enable_network"]:
+            add("enable_network", "enabling network is not allowed")
+        if errors:
+            return errors
+        assert lang is not None and language_id is not None and source is not None
+        return Request(
+            language_id=language_id,
+            lang=lang.id,
+            source_code=source,
+            stdin=stdin,
+            expected_output=expected,
+            compiler_options=strings["compiler_options"],
+            command_line_arguments=strings["command_line_arguments"],
+            redirect_stderr_to_stdout=_bool(raw["redirect_stderr_to_stdout"], CONFIG["redirect_stderr_to_stdout"]),
+            callback_url=callback_url,
+            additional_files=additional,
+            enable_network=enable_network,
+            extras=extras,
+            **values,
+        )
+
+    # --- the job ---
+
+    def create(self, req: Request) -> Record:
+        self._purge()
+        rec = Record(str(uuid.uuid4()), req)
+        rec.job = start_job(self.svc, req.lang, lambda: self._work(rec))
+        self.records[rec.token] = rec
+        self.background.spawn(self._finalize(rec))
+        return rec
+
+    def _purge(self) -> None:
+        self._creates += 1
+        if self._creates % 64:
+            return
+        for token, rec in list(self.records.items()):
+            if rec.finished.is_set() and rec.job is not None and expired(self.svc, rec.job):
+                del self.records[token]
+
+    def get(self, token: str) -> Record | None:
+        rec = self.records.get(token)
+        if rec is not None and rec.finished.is_set() and rec.job is not None and expired(self.svc, rec.job):
+            del self.records[token]
+            return None
+        return rec
+
+    def in_queue(self) -> int:
+        return sum(1 for r in self.records.values() if r.pending)
+
+    async def _work(self, rec: Record) -> SubmissionResult:
+        req = rec.req
+        rec.status_id = 2
+        # Judge0 pastes both into a bash script; we split them as bash would (quotes, no expansion).
+        try:
+            options = _words(req.compiler_options)
+        except ValueError as e:  # bash: a syntax error in compile.sh, i.e. a compilation error
+            rec.status_id, rec.finished_at = 6, datetime.now(UTC)
+            rec.compile_output = f"compile.sh: compiler_options: {e}\n".encode()
+            return SubmissionResult("CE", message=str(e))
+        try:
+            args = _words(req.command_line_arguments)
+        except ValueError as e:  # bash: a syntax error in run.sh, exit status 2
+            rec.status_id, rec.exit_code, rec.finished_at = 11, 2, datetime.now(UTC)
+            rec.message, rec.stderr = "Exited with error status 2", f"run.sh: command_line_arguments: {e}\n".encode()
+            return SubmissionResult("RE", message=str(e))
+        comp = await self.compiler.compile(req.lang, req.source_code, req.extras, options)
+        c = comp.result
+        if c is not None:
+            rec.compile_output = (c.stdout + c.stderr) or None
+        if not comp.ok:
+            assert c is not None
+            rec.finished_at = datetime.now(UTC)
+            if c.status == "internal_error":
+                rec.status_id, rec.message = 13, c.message
+                return SubmissionResult("IE", compile=c, message=c.message)
+            if c.status == "time_limit":
+                rec.compile_output = b"Compilation time limit exceeded."
+            rec.status_id = 6
+            return SubmissionResult("CE", compile=c, message=c.message)
+        return await self._runs(rec, comp, args)
+
+    async def _runs(self, rec: Record, comp: Compiled, args: list[str]) -> SubmissionResult:
+        req = rec.req
+        limits = req.limits()
+        source = FileIn(comp.lang.source, req.source_code)
+        times: list[float] = []
+        mems: list[int] = []
+        tests: list[TestResult] = []
+        verdict: Verdict = "AC"
+        for i in range(req.number_of_runs):
+            r = await run_program(
+                self.svc.engine,
+                comp,
+                source,
+                req.extras,
+                req.stdin or b"",
+                limits,
+                args,
+                req.redirect_stderr_to_stdout,
+            )
+            rec.finished_at = datetime.now(UTC)
+            status, exit_code, exit_signal, message = judge_run(r, req)
+            rec.status_id, rec.exit_code, rec.exit_signal, rec.message = status, exit_code, exit_signal, message
+            rec.stdout = r.stdout or None
+            rec.stderr = None if req.redirect_stderr_to_stdout else (r.stderr or None)
+            rec.time, rec.wall_time, rec.memory = r.cpu_time, r.wall_time, r.memory // KiB
+            times.append(r.cpu_time)
+            mems.append(r.memory // KiB)
+            verdict = J0_VERDICT.get(status) or STATUS_VERDICT[r.status]
+            record_test(self.svc, verdict, r)
+            tests.append(test_result(i, verdict, r, message or ""))
+            if status != 3:
+                break
+        # Judge0 averages time and memory over the runs it made (memory is an integer column).
+        rec.time = sum(times) / len(times)
+        rec.memory = int(sum(mems) / len(mems))
+        return SubmissionResult(
+            verdict,
+            compile=comp.result,
+            tests=tests,
+            time=max(t.time for t in tests),
+            memory=max(t.memory for t in tests),
+        )
+
+    async def _finalize(self, rec: Record) -> None:
+        assert rec.job is not None
+        await rec.job.done.wait()
+        if rec.job.state != "done":
+            err = rec.job.error
+            rec.status_id = 13
+            rec.message = err.message if err is not None else rec.job.state
+        if rec.finished_at is None:
+            rec.finished_at = datetime.now(UTC)
+        rec.finished.set()
+        if rec.req.callback_url:
+            body = msgspec.json.encode(self.view(rec, DEFAULT_FIELDS, True))
+            await put_json(
+                rec.req.callback_url,
+                body,
+                self.svc.callback_allow_private,
+                CONFIG["callbacks_max_tries"],
+                CONFIG["callbacks_timeout"],
+            )
+
+    # --- serialization ---
+
+    def view(self, rec: Record, fields: tuple[str, ...], b64: bool) -> dict[str, Any]:
+        """The serializer: requested attributes in its order.  Raises UnicodeDecodeError
+        for text that is not UTF-8 when base64_encoded is false (Judge0's 400)."""
+        req = rec.req
+        want = set(fields)
+        out: dict[str, Any] = {}
+        for name in ATTRIBUTES:
+            if name not in want:
+                continue
+            out[name] = self._attr(rec, req, name, b64)
+        return out
+
+    def _attr(self, rec: Record, req: Request, name: str, b64: bool) -> Any:
+        if name in TEXT_FIELDS:
+            v: bytes | None
+            if name in ("source_code", "stdin", "expected_output"):
+                v = getattr(req, name)
+            elif name == "message":
+                v = None if rec.message is None else rec.message.encode()
+            else:
+                v = getattr(rec, name)
+            if v is None:
+                return None
+            return encode64(v) if b64 else v.decode("utf-8")
+        match name:
+            case "language_id":
+                return req.language_id
+            case "status_id":
+                return rec.status_id
+            case "status":
+                return {"id": rec.status_id, "description": STATUSES[rec.status_id]}
+            case "language":
+                return {"id": req.language_id, "name": self.language_name(req.language_id)}
+            case "created_at":
+                return timestamp(rec.created_at)
+            case "finished_at":
+                return timestamp(rec.finished_at) if rec.finished.is_set() else None
+            case "time":
+                return decimal(rec.time)
+            case "wall_time":
+                return decimal(rec.wall_time)
+            case "memory":
+                return rec.memory
+            case "token":
+                return rec.token
+            case "exit_code":
+                return rec.exit_code
+            case "exit_signal":
+                return rec.exit_signal
+            case "cpu_time_limit" | "cpu_extra_time" | "wall_time_limit":
+                return decimal(getattr(req, name))
+            case "additional_files":
+                return None if req.additional_files is None else encode64(req.additional_files)
+        return getattr(req, name)
+
+
+def _words(s: str | None) -> list[str]:
+    return shlex.split(s.translate(UNSAFE_SHELL)) if s else []
+
+
+def _scalar_str(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _number(v: Any) -> tuple[float | None, bool]:
+    """(value, not-a-number?) as Rails' numericality sees a raw parameter; None/""/false: unset."""
+    if v is None or v is False or (isinstance(v, str) and not v.strip()):
+        return None, False
+    if v is True:
+        return None, True
+    if isinstance(v, (int, float)):
+        return (float(v), False) if math.isfinite(v) else (None, True)
+    if isinstance(v, str):
+        try:
+            f = float(v.strip())
+        except ValueError:
+            return None, True
+        return (f, False) if math.isfinite(f) else (None, True)
+    return None, True
+
+
+def _int_cast(v: Any) -> int | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return int(v) if math.isfinite(v) else None
+    if isinstance(v, str):
+        try:
+            f = float(v.strip())
+        except ValueError:
+            return None
+        return int(f) if math.isfinite(f) else None
+    return None
+
+
+_FALSE = frozenset({"0", "f", "F", "false", "FALSE", "off", "OFF"})
+
+
+def _bool(v: Any, default: bool) -> bool:
+    """ActiveModel's boolean cast; nil and "" take the default."""
+    if v is None or v == "":
+        return default
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return v != 0
+    return str(v) not in _FALSE
+
+
+def extract_zip(data: bytes, max_bytes: int, source_name: str) -> list[FileIn]:
+    """additional_files, unzipped on the host without trusting the archive.
+
+    Refused: not a zip, absolute or climbing paths, symlinks and other special
+    entries, a file where another entry needs a directory, more than
+    MAX_EXTRACT_FILES entries or `max_bytes` uncompressed (counted while
+    inflating, not taken from the headers).  Like `unzip -n`, an existing file
+    wins: the source file, then the first of duplicate entries."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise SchemaError("is not a valid zip archive") from None
+    if len(infos) > MAX_EXTRACT_FILES:
+        raise SchemaError(f"has more than {MAX_EXTRACT_FILES} entries")
+    files: dict[str, FileIn] = {}
+    dirs: set[str] = set()
+    total = 0
+    for info in infos:
+        name = info.filename
+        mode = info.external_attr >> 16
+        if info.is_dir():
+            dirs.add(check_box_path(name.rstrip("/"), f"additional_files: {name!r}"))
+            continue
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # no type bits (as Python writes them): a file
+            raise SchemaError(f"{name!r} is not a regular file (symlinks and special files are refused)")
+        path = check_box_path(name, f"additional_files: {name!r}")
+        if path == source_name or path in files:
+            continue
+        try:
+            with zf.open(info) as f:
+                content = f.read(max_bytes - total + 1)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError) as e:
+            raise SchemaError(f"{name!r} cannot be extracted: {e}") from None
+        total += len(content)
+        if total > max_bytes:
+            raise SchemaError(f"extracts to more than {max_bytes // KiB} KB")
+        files[path] = FileIn(path, content, executable=bool(mode & 0o111))
+    parents = {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)} | {
+        "/".join(d.split("/")[:i]) for d in dirs for i in range(1, d.count("/") + 2)
+    }
+    clash = sorted(parents & (set(files) | {source_name}))
+    if clash:
+        raise SchemaError(f"{clash[0]!r} is both a file and a directory")
+    return list(files.values())
+
+
+def judge_run(r: RunResult, req: Request) -> tuple[int, int | None, int | None, str | None]:
+    """(status id, exit_code, exit_signal, message) of one run, as Judge0 would report it."""
+    code = r.exit_code if r.exit_code is not None else 0  # Judge0: `exitcode || 0`
+    sig = r.signal
+    if r.status == "internal_error":
+        return 13, None, None, r.message or "internal error"
+    over_time = req.cpu_time_limit > 0 and r.cpu_time > req.cpu_time_limit
+    if r.status == "time_limit" or over_time:
+        wall = r.status == "time_limit" and "wall" in r.message
+        return 5, code, sig, "Time limit exceeded (wall clock)" if wall else "Time limit exceeded"
+    if r.status == "nonzero_exit" and r.exit_code == 127 and r.message.startswith("cannot execute"):
+        return 14, code, None, r.message
+    if r.status == "memory_limit":
+        if sig is not None:
+            return SIGNAL_STATUS.get(sig, 12), code, sig, "Memory limit exceeded"
+        return 11, code, None, "Memory limit exceeded"
+    if r.status == "output_limit":
+        return 8, code, 25, "Output limit exceeded"  # isolate's -f ends the program with SIGXFSZ
+    if r.status == "bad_syscall":
+        return 12, code, sig, f"Caught fatal signal {sig} (a forbidden system call)"
+    if r.status == "signaled":
+        assert sig is not None
+        return SIGNAL_STATUS.get(sig, 12), code, sig, f"Caught fatal signal {sig}"
+    if r.status == "nonzero_exit":
+        return 11, code, None, f"Exited with error status {r.exit_code}"
+    if req.expected_output is None or _strip(req.expected_output) == _strip(r.stdout or None):
+        return 3, code, None, None
+    return 4, code, None, None
+
+
+_WS = b" \t\n\v\f\r\0"  # what Ruby's rstrip removes
+
+
+def _strip(text: bytes | None) -> bytes | None:
+    """isolate_job.rb's `strip`: each line right-stripped, joined, right-stripped; a text
+    that is not UTF-8 is compared as it is (Ruby's split raises, the rescue returns it)."""
+    if text is None:
+        return None
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return text
+    return b"\n".join(line.rstrip(_WS) for line in text.split(b"\n")).rstrip(_WS)
+
+
+# --- HTTP ------------------------------------------------------------------
+
+J0: web.AppKey[Judge0] = web.AppKey("judge0", Judge0)
+
+
+def _b64(req: web.Request) -> bool:
+    return req.query.get("base64_encoded") == "true"  # v1.13.1: only the string "true"
+
+
+def _fields(req: web.Request) -> tuple[str, ...]:
+    raw = req.query.get("fields", "")
+    names = [f.strip() for f in raw.split(",") if f.strip()]
+    if not names:
+        return DEFAULT_FIELDS
+    if "*" in names:
+        return ATTRIBUTES
+    bad = [f for f in names if f not in ATTRIBUTES]
+    if bad:
+        raise J0Error(400, {"error": f"invalid fields: [{', '.join(bad)}]"})
+    return tuple(names)
+
+
+async def _params(req: web.Request) -> dict[str, Any]:
+    """Rails' params: query parameters, overridden by a JSON (or form) body."""
+    params: dict[str, Any] = dict(req.query)
+    try:
+        body = await req.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise J0Error(413, {"error": f"request body larger than {req.client_max_size} bytes"}) from None
+    if not body:
+        return params
+    if req.content_type == "application/x-www-form-urlencoded":
+        params.update((await req.post()).items())
+        return params
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as e:
+        raise J0Error(400, {"error": f"invalid JSON body: {e}"}) from None
+    if not isinstance(data, dict):
+        raise J0Error(400, {"error": "the body must be a JSON object"})
+    params.update(data)
+    return params
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def handler(fn: Handler) -> Handler:
+    async def wrapped(req: web.Request) -> web.StreamResponse:
+        try:
+            return await fn(req)
+        except J0Error as e:
+            return reply(e.body, e.status)
+        except ServiceError as e:
+            status = {"draining": 503, "queue_full": 503}.get(e.err.code, 400)
+            return reply({"error": e.err.message}, status)
+
+    return wrapped
+
+
+def _queue_check(j0: Judge0, n: int) -> None:
+    if j0.in_queue() + n > j0.config["max_queue_size"]:
+        raise J0Error(503, {"error": "queue is full"})
+
+
+@handler
+async def create_submission(req: web.Request) -> web.Response:
+    j0 = req.app[J0]
+    wait = req.query.get("wait") == "true"
+    _queue_check(j0, 1)
+    fields = _fields(req)
+    b64 = _b64(req)
+    built = await j0.build(await _params(req), b64)
+    if not isinstance(built, Request):
+        return reply(built, 422)
+    rec = j0.create(built)
+    if not wait:
+        return reply({"token": rec.token}, 201)
+    await rec.finished.wait()
+    try:
+        return reply(j0.view(rec, fields, b64), 201)
+    except UnicodeDecodeError:
+        return reply({"error": NOT_UTF8, "token": rec.token}, 201)
+
+
+@handler
+async def get_submission(req: web.Request) -> web.Response:
+    j0 = req.app[J0]
+    fields = _fields(req)
+    rec = j0.get(req.match_info["token"])
+    if rec is None:
+        return reply(None, 404)
+    try:
+        return reply(j0.view(rec, fields, _b64(req)))
+    except UnicodeDecodeError:
+        return reply({"error": NOT_UTF8}, 400)
+
+
+@handler
+async def delete_submission(req: web.Request) -> web.Response:
+    j0 = req.app[J0]
+    fields = _fields(req)
+    token = req.match_info["token"]
+    rec = j0.get(token)
+    if rec is None:
+        return reply(None, 404)
+    if rec.pending:
+        desc = STATUSES[rec.status_id]
+        raise J0Error(400, {"error": f"submission cannot be deleted because its status is {rec.status_id} ({desc})"})
+    del j0.records[token]
+    return reply(j0.view(rec, fields, True))  # base64 forced: the data must survive the delete
+
+
+@handler
+async def list_submissions(req: web.Request) -> web.Response:
+    return reply(None, 403)  # Judge0 requires authorization (X-Auth-User) to list all submissions
+
+
+@handler
+async def batch_create(req: web.Request) -> web.Response:
+    j0 = req.app[J0]
+    b64 = _b64(req)
+    params = await _params(req)
+    subs = params.get("submissions")
+    n = len(subs) if isinstance(subs, (list, dict)) else 0
+    _queue_check(j0, n or 1)
+    limit = j0.config["max_submission_batch_size"]
+    if n > limit:
+        raise J0Error(400, {"error": f"number of submissions in a batch should be less than or equal to {limit}"})
+    if n == 0:
+        raise J0Error(400, {"error": "there should be at least one submission in a batch"})
+    items = subs if isinstance(subs, list) else list(subs.values())  # type: ignore[union-attr]
+    out: list[Any] = []
+    valid = False
+    for item in items:
+        built = await j0.build(item if isinstance(item, dict) else {}, b64)
+        if isinstance(built, Request):
+            out.append({"token": j0.create(built).token})
+            valid = True
+        else:
+            out.append(built)
+    return reply(out, 201 if valid else 422)
+
+
+@handler
+async def batch_show(req: web.Request) -> web.Response:
+    j0 = req.app[J0]
+    fields = _fields(req)
+    raw = req.headers.get("tokens") or req.query.get("tokens", "")
+    tokens = [t for t in raw.strip().split(",") if t]
+    limit = j0.config["max_submission_batch_size"]
+    if len(tokens) > limit:
+        raise J0Error(400, {"error": f"number of submissions in a batch should be less than or equal to {limit}"})
+    if not tokens:
+        raise J0Error(400, {"error": "there should be at least one submission in a batch"})
+    b64 = _b64(req)
+    out: list[Any] = []
+    try:
+        for t in tokens:
+            rec = j0.get(t)
+            out.append(None if rec is None else j0.view(rec, fields, b64))
+    except UnicodeDecodeError:
+        raise J0Error(400, {"error": NOT_UTF8_BATCH}) from None
+    return reply({"submissions": out})
+
+
+@handler
+async def languages(req: web.Request) -> web.Response:
+    j0 = req.app[J0]
+    out = [{"id": jid, "name": j0.language_name(jid)} for jid in j0.languages()]
+    return reply(sorted(out, key=lambda x: str(x["name"])))
+
+
+@handler
+async def languages_all(req: web.Request) -> web.Response:
+    j0 = req.app[J0]
+    out = [{"id": jid, "name": j0.language_name(jid), "is_archived": False} for jid in j0.languages()]
+    return reply(sorted(out, key=lambda x: str(x["name"])))
+
+
+@handler
+async def language(req: web.Request) -> web.Response:
+    j0 = req.app[J0]
+    jid = _int_cast(req.match_info["id"])
+    langs = j0.languages()
+    if jid is None or jid not in langs:
+        return reply(None, 404)
+    return reply(j0.language_detail(jid, langs[jid]))
+
+
+@handler
+async def statuses(req: web.Request) -> web.Response:
+    return reply([{"id": i, "description": d} for i, d in STATUSES.items()])
+
+
+@handler
+async def about(req: web.Request) -> web.Response:
+    return reply(
+        {
+            "version": VERSION,
+            "homepage": "sandboxd: Judge0 CE compatible API",
+            "source_code": "sandboxd/compat/judge0.py",
+            "maintainer": "sandboxd",
+        }
+    )
+
+
+async def version(req: web.Request) -> web.Response:
+    return web.Response(text=VERSION)
+
+
+async def isolate(req: web.Request) -> web.Response:
+    return web.Response(text="sandboxd: Linux namespaces, cgroups and seccomp (no isolate)\n")
+
+
+async def license_(req: web.Request) -> web.Response:
+    return web.Response(text="Apache-2.0 (sandboxd)\n")
+
+
+@handler
+async def config_info(req: web.Request) -> web.Response:
+    return reply(req.app[J0].config)
+
+
+@handler
+async def system_info(req: web.Request) -> web.Response:
+    return reply(system_facts())
+
+
+@handler
+async def workers(req: web.Request) -> web.Response:
+    st = req.app[J0].svc.status()
+    out = [
+        {
+            "queue": name,
+            "size": sum(p["queued"].values()),
+            "available": p["capacity"],
+            "idle": p["warm"],
+            "working": p["busy"],
+            "paused": 0,
+            "failed": p["agent_crashes"],
+        }
+        for name, p in st["pools"].items()
+    ]
+    return reply(out)
+
+
+def system_facts() -> dict[str, str]:
+    """What Judge0 reads from `lscpu` and `free -h`, from /proc."""
+    facts = {"Architecture": platform.machine(), "CPU(s)": str(os.cpu_count() or 1)}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k.strip() == "model name":
+                    facts["Model name"] = v.strip()
+                    break
+    except OSError:
+        pass
+    mem: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                mem[k] = int(v.split()[0]) * KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    for key, name in (("MemTotal", "Mem"), ("SwapTotal", "Swap")):
+        if key in mem:
+            facts[name] = f"{mem[key] / (1 << 30):.1f}Gi"
+    return facts
+
+
+def make_app(svc: Service) -> web.Application:
+    """The Judge0 API as a sub-application (mounted under `judge0_prefix`)."""
+    app = web.Application()
+    app[J0] = Judge0(svc)
+    r = app.router
+    r.add_post("/submissions/batch", batch_create)
+    r.add_get("/submissions/batch", batch_show)
+    r.add_post("/submissions", create_submission)
+    r.add_get("/submissions", list_submissions)
+    r.add_get("/submissions/{token}", get_submission)
+    r.add_delete("/submissions/{token}", delete_submission)
+    r.add_get("/languages", languages)
+    r.add_get("/languages/all", languages_all)
+    r.add_get("/languages/{id}", language)
+    r.add_get("/statuses", statuses)
+    r.add_get("/about", about)
+    r.add_get("/version", version)
+    r.add_get("/isolate", isolate)
+    r.add_get("/license", license_)
+    r.add_get("/config_info", config_info)
+    r.add_get("/system_info", system_info)
+    r.add_get("/workers", workers)
+    return app
