@@ -6,7 +6,9 @@ before exec, so libseccomp is needed only here, on the host side.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import socket
 import tempfile
 import tomllib
@@ -66,10 +68,31 @@ def compile_policy(policy: dict[str, object]) -> bytes:
     if clone.get("deny_namespace_flags"):
         for flag in _CLONE_NS_FLAGS:
             f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    locks = policy.get("locks", {})
+    assert isinstance(locks, dict)
+    if locks.get("noop"):
+        _add(f, sc.ERRNO(0), "flock")  # "fails" with errno 0: returns 0, does nothing
+        for cmd in locks.get("fcntl_commands", []):
+            code = _OFD.get(cmd, getattr(fcntl, cmd, None))
+            if not isinstance(code, int):
+                raise ValueError(f"seccomp policy: unknown fcntl command {cmd!r}")
+            for call in ("fcntl", "fcntl64"):
+                with contextlib.suppress(ValueError):
+                    _add_arg(f, sc.ERRNO(0), call, sc.Arg(1, sc.EQ, code))
     with tempfile.TemporaryFile() as tf:
         f.export_bpf(tf)
         tf.seek(0)
         return tf.read()
+
+
+# Not in Python's fcntl module before 3.12 (linux/fcntl.h).
+_OFD = {"F_OFD_SETLK": 37, "F_OFD_SETLKW": 38}
+
+
+def _add_arg(f: sc.SyscallFilter, action: object, name: str, arg: object) -> None:
+    if sc.resolve_syscall(sc.Arch.NATIVE, name) < 0:
+        return  # not on this arch (fcntl64 is 32-bit only)
+    f.add_rule(action, name, arg)
 
 
 def _add(f: sc.SyscallFilter, action: object, name: str) -> None:

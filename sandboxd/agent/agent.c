@@ -50,6 +50,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -156,7 +157,7 @@ static ssize_t recv_msg(int *fds, int *nfds) {
     mh.msg_iovlen = 1;
     mh.msg_control = cbuf;
     mh.msg_controllen = sizeof cbuf;
-    ssize_t n;
+    ssize_t n = 0;
     do {
         n = recvmsg(SOCK_FD, &mh, MSG_CMSG_CLOEXEC);
     } while (n < 0 && errno == EINTR);
@@ -366,10 +367,31 @@ static void remove_sysv(void) {
     }
 }
 
+/* A run may have changed a work area's root itself (it owns /box): mode,
+   owner, xattrs, ACLs (which are xattrs).  Put them back, through an fd. */
+static int restore_root(const char *path, unsigned mode, uid_t uid, gid_t gid) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = 0;
+    if (fchown(fd, uid, gid) < 0 || fchmod(fd, mode) < 0) rc = -1;
+    char names[8192];
+    ssize_t n = 0;
+    while (rc == 0 && (n = flistxattr(fd, names, sizeof names)) > 0) {
+        for (char *name = names; name < names + n; name += strlen(name) + 1)
+            if (fremovexattr(fd, name) < 0 && errno != ENODATA) rc = -1;
+    }
+    if (n < 0 && errno != ENOTSUP) rc = -1;
+    close(fd);
+    return rc;
+}
+
 static int reset_box(void) {
     int rc = 0;
-    for (int i = 0; i < N_WORK; i++)
+    for (int i = 0; i < N_WORK; i++) {
         if (empty_dir(WORK_DIRS[i]) < 0) rc = -1;
+        int is_box = i == 0;
+        if (restore_root(WORK_DIRS[i], is_box ? 0755 : 01777, is_box ? box_uid : 0, is_box ? box_gid : 0) < 0) rc = -1;
+    }
     remove_sysv();
     return rc;
 }
