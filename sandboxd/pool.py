@@ -65,8 +65,12 @@ class Pool:
         self._closed = False
         self._live: set[Box] = set()
         self._fails = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, wait: bool = True) -> None:
+        # Background work goes to this loop even when release() is called from
+        # synchronous code between loop runs (tests and benchmarks do).
+        self._loop = asyncio.get_running_loop()
         for _ in range(self.size):
             self._spawn_build()
         if wait:
@@ -81,7 +85,8 @@ class Pool:
         self._spawn(self._build())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        t = asyncio.ensure_future(coro)
+        loop = self._loop or asyncio.get_running_loop()
+        t = loop.create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
