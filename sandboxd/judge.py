@@ -26,7 +26,8 @@ PREVIEW = 4096  # bytes of a test's stdout/stderr kept in its result
 # testlib's exit codes: 0 OK, 1 WA, 2 presentation error (judged as WA); others mean the checker failed.
 CHECKER_REJECTS = (1, 2)
 
-_STATUS_VERDICT: dict[str, Verdict] = {
+STATUS_VERDICT: dict[str, Verdict] = {
+    "ok": "AC",  # before the checker has its say
     "time_limit": "TLE",
     "memory_limit": "MLE",
     "output_limit": "OLE",
@@ -39,7 +40,7 @@ _STATUS_VERDICT: dict[str, Verdict] = {
 Progress = Callable[[TestResult], None]
 
 
-def _test_result(i: int, verdict: Verdict, r: RunResult, message: str = "") -> TestResult:
+def test_result(i: int, verdict: Verdict, r: RunResult, message: str = "") -> TestResult:
     return TestResult(
         index=i,
         verdict=verdict,
@@ -132,13 +133,13 @@ class Judge:
             return await self._interactive(i, test, sol, limits)
         r = await self.engine.run_compiled(sol, test.input, limits, priority=sub.priority, deadline=self.deadline)
         if r.status != "ok":
-            return _test_result(i, _STATUS_VERDICT[r.status], r)
+            return test_result(i, STATUS_VERDICT[r.status], r)
         if self.checker is not None:
             return await self._custom_check(i, test, r)
         if test.expected is None:
-            return _test_result(i, "AC", r)
+            return test_result(i, "AC", r)
         ok, msg = BUILTIN[sub.checker.kind](r.stdout, test.expected, sub.checker)
-        return _test_result(i, "AC" if ok else "WA", r, msg)
+        return test_result(i, "AC" if ok else "WA", r, msg)
 
     async def _custom_check(self, i: int, test: TestCase, r: RunResult) -> TestResult:
         assert self.checker is not None and self.sub.checker.program is not None
@@ -156,10 +157,10 @@ class Judge:
         )
         comment = (c.stdout + c.stderr)[:PREVIEW].decode(errors="replace").strip()
         if c.status == "ok":
-            return _test_result(i, "AC", r, comment)
+            return test_result(i, "AC", r, comment)
         if c.status == "nonzero_exit" and c.exit_code in CHECKER_REJECTS:
-            return _test_result(i, "WA", r, comment)
-        return _test_result(i, "IE", r, f"the checker failed ({c.status}, exit {c.exit_code}): {comment}")
+            return test_result(i, "WA", r, comment)
+        return test_result(i, "IE", r, f"the checker failed ({c.status}, exit {c.exit_code}): {comment}")
 
     async def _interactive(self, i: int, test: TestCase, sol: Compiled, limits: Limits) -> TestResult:
         """Solution and interactor in two boxes, each one's stdout the other's stdin."""
@@ -185,16 +186,16 @@ class Judge:
         r, ir = await asyncio.gather(sol_run, int_run)
         comment = ir.stderr[:PREVIEW].decode(errors="replace").strip()
         if r.status in ("time_limit", "memory_limit", "output_limit", "internal_error"):
-            return _test_result(i, _STATUS_VERDICT[r.status], r)
+            return test_result(i, STATUS_VERDICT[r.status], r)
         if ir.status == "nonzero_exit" and ir.exit_code in CHECKER_REJECTS:
-            return _test_result(i, "WA", r, comment)
+            return test_result(i, "WA", r, comment)
         if ir.signal == signal.SIGPIPE:
-            return _test_result(i, "WA", r, "the solution stopped reading or exited mid-dialogue")
+            return test_result(i, "WA", r, "the solution stopped reading or exited mid-dialogue")
         if ir.status != "ok":
-            return _test_result(i, "IE", r, f"the interactor failed ({ir.status}, exit {ir.exit_code}): {comment}")
+            return test_result(i, "IE", r, f"the interactor failed ({ir.status}, exit {ir.exit_code}): {comment}")
         if r.status != "ok":
-            return _test_result(i, _STATUS_VERDICT[r.status], r)
-        return _test_result(i, "AC", r, comment)
+            return test_result(i, STATUS_VERDICT[r.status], r)
+        return test_result(i, "AC", r, comment)
 
 
 async def judge(engine: Engine, sub: Submission, progress: Progress | None = None) -> SubmissionResult:

@@ -34,24 +34,13 @@ import msgspec
 from .. import callbacks
 from ..engine import Compiled, Engine
 from ..languages import Language
-from ..schema import FileIn, Limits, RunResult, SubmissionResult, TestResult, Verdict
+from ..schema import FileIn, Limits, RunResult, SubmissionResult, Verdict
 from ..service import Job, Service
 
 log = logging.getLogger(__name__)
 
-PREVIEW = 4096  # bytes of stdout/stderr kept in the native job's test result (as the judge does)
 
 # The native verdict of a run, for metrics and /v1/jobs (the compat views map statuses themselves).
-STATUS_VERDICT: dict[str, Verdict] = {
-    "ok": "AC",
-    "time_limit": "TLE",
-    "memory_limit": "MLE",
-    "output_limit": "OLE",
-    "nonzero_exit": "RE",
-    "signaled": "RE",
-    "bad_syscall": "RE",
-    "internal_error": "IE",
-}
 
 
 def start_job(
@@ -77,21 +66,6 @@ def record_test(svc: Service, verdict: Verdict, r: RunResult) -> None:
     """Per-run metrics, as the judge's progress callback records them."""
     svc.metrics.verdicts.labels("test", verdict).inc()
     svc.recent.append(r.wall_time)
-
-
-def test_result(index: int, verdict: Verdict, r: RunResult, message: str = "") -> TestResult:
-    return TestResult(
-        index=index,
-        verdict=verdict,
-        time=r.cpu_time,
-        wall_time=r.wall_time,
-        memory=r.memory,
-        exit_code=r.exit_code,
-        signal=r.signal,
-        stdout=r.stdout[:PREVIEW],
-        stderr=r.stderr[:PREVIEW],
-        message=message or r.message,
-    )
 
 
 class Compiler:

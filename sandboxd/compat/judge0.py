@@ -73,10 +73,11 @@ import msgspec
 from aiohttp import web
 
 from ..engine import Compiled
+from ..judge import STATUS_VERDICT, test_result
 from ..languages import Language
 from ..schema import FileIn, Limits, RunResult, SchemaError, SubmissionResult, TestResult, Verdict, check_box_path
 from ..service import Job, Service, ServiceError
-from . import STATUS_VERDICT, Background, Compiler, expired, put_json, record_test, run_program, start_job, test_result
+from . import Background, Compiler, expired, put_json, record_test, run_program, start_job
 
 VERSION = "1.13.1"
 KiB = 1024

@@ -47,10 +47,11 @@ import msgspec
 from aiohttp import web
 
 from ..engine import Compiled
+from ..judge import STATUS_VERDICT, test_result
 from ..languages import Language
 from ..schema import MAX_MEMORY, FileIn, Limits, RunResult, SchemaError, SubmissionResult, check_box_path
 from ..service import Service, ServiceError
-from . import STATUS_VERDICT, Compiler, record_test, run_program, start_job, test_result
+from . import Compiler, record_test, run_program, start_job
 from .judge0 import decode64
 
 MiB = 1 << 20
