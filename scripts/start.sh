@@ -20,7 +20,8 @@ if ! ready; then
   mkdir -p /run/sandboxd
   setsid .venv/bin/sandboxd serve --http "$addr" >>"$log" 2>&1 < /dev/null &
   echo $! > /run/sandboxd/sandboxd.pid
-  for _ in $(seq 100); do ready && break; sleep 0.1; done
+  # Start-up self-tests every language (compiles Java, Go, Rust...): allow a minute.
+  for _ in $(seq 600); do ready && break; sleep 0.1; done
   ready || { echo "start.sh: the daemon did not come up; see $log" >&2; tail -20 "$log" >&2; exit 1; }
   echo "sandboxd: serving on /run/sandboxd/sandboxd.sock and http://$addr (pid $(cat /run/sandboxd/sandboxd.pid), log $log)"
 fi
