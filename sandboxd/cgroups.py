@@ -126,8 +126,11 @@ class Backend:
         raise NotImplementedError
 
     async def remove(self, box: BoxCgroup) -> None:
-        for path in sorted(box.dirs.values(), key=lambda p: len(p.parts), reverse=True):
-            await remove_dir(self, path)
+        # Deepest first, children included: a run leaf whose agent died mid-run
+        # was never finished, and would keep its box group busy (EBUSY).
+        for top in box.dirs.values():
+            for dp, _, _ in os.walk(top, topdown=False):
+                await remove_dir(self, Path(dp))
 
     def sweep(self) -> int:
         """Remove what an earlier (crashed) instance left: kill, then rmdir."""

@@ -42,10 +42,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     queue_depth: Annotated[int, Meta(ge=1)] = 10_000  # waiting runs per pool; beyond: rejected (429)
     aging: Annotated[float, Meta(ge=0)] = 1.0  # priority points a waiting run gains per second
     lang_capacity: dict[str, Annotated[int, Meta(ge=1)]] = msgspec.field(default_factory=dict)
-    results_ttl: Annotated[float, Meta(gt=0)] = 600.0
+    results_ttl: Annotated[float, Meta(gt=0)] = 600.0  # seconds a finished job's result stays readable
     # Result callbacks (HTTP ?callback_url=) to loopback/private/link-local
     # addresses are refused unless this is true (SSRF, CVE-2024-29021).
-    callback_allow_private: bool = False  # seconds a finished job's result stays readable
+    callback_allow_private: bool = False
     drain_timeout: Annotated[float, Meta(ge=0)] = 30.0  # SIGTERM: seconds running jobs get to finish
     # Run every language's self-test at start-up; serve only those that pass.
     selftest: bool = True
