@@ -14,6 +14,7 @@ import msgspec
 import uvloop
 
 from . import cgroups, config, daemon
+from .config import COORDINATOR_PATH as COORDINATOR_CONFIG
 from .config import DEFAULT_PATH as DEFAULT_CONFIG
 from .engine import Engine, EngineConfig, InstanceBusy, SourceResult
 from .languages import load_dir
@@ -59,6 +60,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--http", help="HTTP host:port ('' disables)")
     s.add_argument("--pool-size", type=int, dest="pool_size", help="warm boxes per rootfs")
     s.add_argument("--log-format", choices=["text", "json"], dest="log_format")
+    s.add_argument("--fleet", help="join the fleet at this Redis URL (claim jobs while boxes are free)")
+    s.add_argument("--fleet-host-id", dest="fleet_host_id", help="this host's id in the fleet (default: hostname)")
+    co = sub.add_parser(
+        "coordinator",
+        help="serve the daemon's API in front of a fleet of hosts (Redis)",
+        description="Balance jobs across hosts that joined with `serve` and `fleet` set. Settings: the config file "
+        f"(default {COORDINATOR_CONFIG} if it exists), then SANDBOXD_<KEY> env, then these flags.",
+    )
+    co.add_argument("--config", type=Path, help="TOML config file")
+    co.add_argument("--fleet", help="the fleet's Redis URL (redis://host:port/db)")
+    co.add_argument("--socket", help="Unix socket path ('' disables; default /run/sandboxd/coordinator.sock)")
+    co.add_argument("--http", help="HTTP host:port ('' disables; default 127.0.0.1:7080)")
+    co.add_argument("--log-format", choices=["text", "json"], dest="log_format")
     try:
         from sandboxd_client import submit  # the client package adds `submit`; optional for the daemon
 
@@ -80,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    over = {k: getattr(ns, k) for k in ("instance", "socket", "http", "pool_size", "log_format")}
+    over = {
+        k: getattr(ns, k) for k in ("instance", "socket", "http", "pool_size", "log_format", "fleet", "fleet_host_id")
+    }
     try:
         cfg = config.load(ns.config, over)
     except config.ConfigError as e:
@@ -90,6 +106,25 @@ def _serve(ns: argparse.Namespace) -> int:
     try:
         return uvloop.run(daemon.serve(cfg))
     except (InstanceBusy, OSError, RuntimeError, ValueError) as e:
+        logging.getLogger("sandboxd").error("cannot start: %s", e)
+        return EXIT_NOT_OK
+
+
+def _coordinator(ns: argparse.Namespace) -> int:
+    from .fleet import coordinator
+
+    over = {k: getattr(ns, k) for k in ("fleet", "socket", "http", "log_format")}
+    try:
+        cfg = config.load(ns.config, over, defaults=coordinator.DEFAULTS, default_path=COORDINATOR_CONFIG)
+        if not cfg.fleet:
+            raise config.ConfigError("fleet: the coordinator needs the fleet's Redis URL (--fleet or SANDBOXD_FLEET)")
+    except config.ConfigError as e:
+        print(f"sandboxd: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    daemon.setup_logging(cfg)
+    try:
+        return uvloop.run(coordinator.serve(cfg))
+    except (OSError, RuntimeError, ValueError) as e:
         logging.getLogger("sandboxd").error("cannot start: %s", e)
         return EXIT_NOT_OK
 
@@ -220,6 +255,8 @@ def main(args: list[str] | None = None) -> int:
         return _serve(ns)
     if ns.command == "config":
         return _config(ns)
+    if ns.command == "coordinator":
+        return _coordinator(ns)
     if ns.command == "rootfs":
         return _rootfs(ns)
     if ns.command == "submit":

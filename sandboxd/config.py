@@ -16,8 +16,10 @@ import msgspec
 from msgspec import Meta
 
 from .engine import default_pool_size
+from .schema import HostTag
 
 DEFAULT_PATH = Path("/etc/sandboxd/sandboxd.toml")
+COORDINATOR_PATH = Path("/etc/sandboxd/coordinator.toml")
 
 
 class ConfigError(ValueError):
@@ -53,6 +55,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # path prefixes (sandboxd/compat); "" disables one.
     judge0_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = "/judge0"
     piston_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = "/piston"
+    # --- fleet (sandboxd/fleet): Redis URL, e.g. "redis://10.0.0.5:6379/0".
+    # `serve` joins the fleet (claims jobs while it has free boxes) when set;
+    # `coordinator` requires it.
+    fleet: str = ""
+    fleet_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "sandboxd"  # several fleets per Redis
+    fleet_host_id: str = ""  # "" = the hostname (plus "/instance" for a non-default instance)
+    fleet_tags: list[HostTag] = msgspec.field(default_factory=list)  # jobs may require one (host_tag)
+    fleet_only_tagged: bool = False  # reserved host: take only jobs that require one of fleet_tags
+    fleet_lease: Annotated[float, Meta(ge=1)] = 10.0  # seconds a claimed job stays with a silent host
+    fleet_heartbeat: Annotated[float, Meta(gt=0)] = 1.0  # seconds between a host's lease renewals
+    fleet_max_attempts: Annotated[int, Meta(ge=1)] = 3  # hosts lost running one job before it fails
+    fleet_queue_depth: Annotated[int, Meta(ge=1)] = 100_000  # waiting jobs per fleet queue; beyond: 429
     languages_dir: str = ""  # "" = the packaged language files
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -72,13 +86,18 @@ def _coerce_env(raw: str) -> Any:
 
 
 def load(
-    path: Path | None = None, overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    default_path: Path = DEFAULT_PATH,
 ) -> Config:
-    data: dict[str, Any] = {}
-    p = path if path is not None else DEFAULT_PATH
+    """`defaults` replace Config's own defaults (the coordinator listens elsewhere)."""
+    data: dict[str, Any] = dict(defaults or {})
+    p = path if path is not None else default_path
     if p.exists() or path is not None:
         try:
-            data = tomllib.loads(p.read_text())
+            data.update(tomllib.loads(p.read_text()))
         except FileNotFoundError:
             raise ConfigError(f"{p}: no such file") from None
         except tomllib.TOMLDecodeError as e:
@@ -117,6 +136,11 @@ def check(cfg: Config) -> None:
             raise ConfigError("http_token: required when http listens beyond loopback (who can connect can run code)")
     if not cfg.socket and not cfg.http:
         raise ConfigError("socket, http: at least one must be enabled")
+    if cfg.fleet:
+        if not cfg.fleet.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"fleet: {cfg.fleet!r} is not a redis://, rediss:// or unix:// URL")
+        if cfg.fleet_heartbeat * 3 > cfg.fleet_lease:
+            raise ConfigError("fleet_heartbeat: must be at most a third of fleet_lease, or leases expire between beats")
 
 
 def defaults_toml() -> str:

@@ -11,14 +11,18 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from . import httpserver, unixserver
+from . import __version__, httpserver, unixserver
 from .config import Config
 from .engine import Engine, EngineConfig
+from .fleet.host import HostSettings, HostWorker, ServiceExecutor
+from .fleet.store import FleetStore
 from .service import Service
+from .wire import Frontend
 
 log = logging.getLogger("sandboxd")
 
@@ -66,61 +70,45 @@ def _watchdog_interval() -> float | None:
     return int(usec) / 2e6
 
 
-async def serve(cfg: Config) -> int:
-    t0 = time.monotonic()
-    ecfg = EngineConfig(
-        instance=cfg.instance,
-        state_dir=Path(cfg.state_dir),
-        run_dir=Path(cfg.run_dir),
-        pool_size=cfg.pool_size,
-        max_runs_per_box=cfg.max_runs_per_box,
-        queue_depth=cfg.queue_depth,
-        aging=cfg.aging,
-        lang_capacity=cfg.lang_capacity,
-        languages_dir=Path(cfg.languages_dir) if cfg.languages_dir else None,
-    )
-    engine = await Engine.start(ecfg)
-    if cfg.selftest:
-        failed = await engine.selftest()
-        if not engine.languages:
-            await engine.close()
-            raise RuntimeError(f"no language passed its self-test: {failed}")
-    svc = Service(engine, results_ttl=cfg.results_ttl, callback_allow_private=cfg.callback_allow_private)
+async def serve_frontend(
+    cfg: Config,
+    frontend: Frontend,
+    *,
+    what: str,
+    stopping: Callable[[], Awaitable[None]],
+    extra_routes: Callable[[web.Application], None] | None = None,
+    reload: Callable[[], None] | None = None,
+    t0: float | None = None,
+) -> None:
+    """Serve `frontend` on the Unix socket and HTTP until SIGTERM/SIGINT, with
+    systemd's notify protocol; then close the listeners and await `stopping()`."""
+    t0 = time.monotonic() if t0 is None else t0
     servers: list[asyncio.AbstractServer] = []
     runner: web.AppRunner | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[list[str]]] = set()
-
-    def reload() -> None:
-        # SIGHUP: pick up rootfs trees switched by `sandboxd rootfs build`.
-        t = asyncio.ensure_future(engine.reload_rootfs())
-        reloads.add(t)
-        t.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
     watchdog: asyncio.Task[None] | None = None
     try:
         if cfg.socket:
             servers.append(
-                await unixserver.start(svc, cfg.socket, int(cfg.socket_mode, 8), cfg.socket_group, cfg.max_body)
+                await unixserver.start(frontend, cfg.socket, int(cfg.socket_mode, 8), cfg.socket_group, cfg.max_body)
             )
         if cfg.http:
             host, _, port = cfg.http.rpartition(":")
-            runner = web.AppRunner(
-                httpserver.make_app(svc, cfg.http_token, cfg.max_body, cfg.judge0_prefix, cfg.piston_prefix),
-                access_log=None,
+            app = httpserver.make_app(
+                frontend, cfg.http_token, cfg.max_body, cfg.judge0_prefix, cfg.piston_prefix, extra_routes
             )
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, host.strip("[]"), int(port)).start()
         log.info(
-            "ready in %.2f s: instance %s, %s cgroups, pool %d, socket %s, http %s",
+            "%s ready in %.2f s: socket %s, http %s",
+            what,
             time.monotonic() - t0,
-            cfg.instance,
-            f"v{engine.backend.version}" if engine.backend else "?",
-            cfg.pool_size,
             cfg.socket or "off",
             cfg.http or "off",
         )
@@ -139,7 +127,7 @@ async def serve(cfg: Config) -> int:
         sd_notify("STOPPING=1\nSTATUS=draining")
         for s in servers:
             s.close()  # no new connections; open ones keep getting their replies
-        await svc.drain(cfg.drain_timeout)
+        await stopping()
     finally:
         if runner is not None:
             await runner.cleanup()
@@ -148,8 +136,80 @@ async def serve(cfg: Config) -> int:
         if cfg.socket:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(cfg.socket)
-        await engine.close()
         if watchdog is not None:
             watchdog.cancel()
+
+
+def fleet_host_id(cfg: Config) -> str:
+    if cfg.fleet_host_id:
+        return cfg.fleet_host_id
+    name = socket.gethostname()
+    return name if cfg.instance == "default" else f"{name}/{cfg.instance}"
+
+
+async def serve(cfg: Config) -> int:
+    t0 = time.monotonic()
+    ecfg = EngineConfig(
+        instance=cfg.instance,
+        state_dir=Path(cfg.state_dir),
+        run_dir=Path(cfg.run_dir),
+        pool_size=cfg.pool_size,
+        max_runs_per_box=cfg.max_runs_per_box,
+        queue_depth=cfg.queue_depth,
+        aging=cfg.aging,
+        lang_capacity=cfg.lang_capacity,
+        languages_dir=Path(cfg.languages_dir) if cfg.languages_dir else None,
+    )
+    engine = await Engine.start(ecfg)
+    worker: HostWorker | None = None
+    try:
+        if cfg.selftest:
+            failed = await engine.selftest()
+            if not engine.languages:
+                raise RuntimeError(f"no language passed its self-test: {failed}")
+        svc = Service(engine, results_ttl=cfg.results_ttl, callback_allow_private=cfg.callback_allow_private)
+        reloads: set[asyncio.Task[list[str]]] = set()
+
+        def reload() -> None:
+            # SIGHUP: pick up rootfs trees switched by `sandboxd rootfs build`.
+            t = asyncio.ensure_future(engine.reload_rootfs())
+            reloads.add(t)
+            t.add_done_callback(reloads.discard)
+
+        if cfg.fleet:
+            store = FleetStore(cfg.fleet, cfg.fleet_prefix, cfg.results_ttl)
+            worker = HostWorker(
+                store,
+                ServiceExecutor(svc),
+                HostSettings(
+                    host_id=fleet_host_id(cfg),
+                    tags=list(cfg.fleet_tags),
+                    only_tagged=cfg.fleet_only_tagged,
+                    lease=cfg.fleet_lease,
+                    heartbeat=cfg.fleet_heartbeat,
+                    max_attempts=cfg.fleet_max_attempts,
+                    info={"address": cfg.http, "instance": cfg.instance, "version": __version__},
+                ),
+            )
+            await worker.start()
+
+        async def stopping() -> None:
+            if worker is not None:
+                # Fleet jobs first: finished or handed back, so the fleet re-queues
+                # them at once instead of waiting for a lease to run out.
+                await worker.leave(cfg.drain_timeout)
+                await worker.store.close()
+            await svc.drain(cfg.drain_timeout)
+
+        log.info(
+            "engine: instance %s, %s cgroups, pool %d%s",
+            cfg.instance,
+            f"v{engine.backend.version}" if engine.backend else "?",
+            cfg.pool_size,
+            f", fleet {cfg.fleet} as host {fleet_host_id(cfg)}" if cfg.fleet else "",
+        )
+        await serve_frontend(cfg, svc, what="daemon", stopping=stopping, reload=reload, t0=t0)
+    finally:
+        await engine.close()
         log.info("stopped")
     return 0

@@ -19,7 +19,7 @@ from .compat import judge0, piston
 from .openapi import document
 from .schema import Error
 from .service import Service, ServiceError
-from .wire import Format, dispatch
+from .wire import Format, Frontend, dispatch
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ STATUS = {
     "queue_deadline": 504,
 }
 MSGPACK = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
-SVC: web.AppKey[Service] = web.AppKey("service", Service)
+SVC: web.AppKey[Frontend] = web.AppKey("service")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 SVC_MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 
@@ -127,17 +127,15 @@ async def delete_job(req: web.Request) -> web.Response:
 
 
 async def status(req: web.Request) -> web.Response:
-    return reply(req, req.app[SVC].status())
+    return reply(req, await req.app[SVC].status_info())
 
 
 async def languages(req: web.Request) -> web.Response:
-    return reply(req, req.app[SVC].languages())
+    return reply(req, await req.app[SVC].language_list())
 
 
 async def metrics(req: web.Request) -> web.Response:
-    svc = req.app[SVC]
-    svc.refresh_metrics()
-    return web.Response(body=svc.metrics.render(), content_type="text/plain", charset="utf-8")
+    return web.Response(body=await req.app[SVC].metrics_text(), content_type="text/plain", charset="utf-8")
 
 
 async def healthz(req: web.Request) -> web.Response:
@@ -145,8 +143,7 @@ async def healthz(req: web.Request) -> web.Response:
 
 
 async def readyz(req: web.Request) -> web.Response:
-    svc = req.app[SVC]
-    ready = not svc.draining and any(p.stats.warm or p.stats.busy for p in svc.engine.pools.values())
+    ready = req.app[SVC].ready()
     return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 
@@ -155,7 +152,12 @@ async def openapi(req: web.Request) -> web.Response:
 
 
 def make_app(
-    svc: Service, token: str = "", max_body: int = 64 << 20, judge0_prefix: str = "", piston_prefix: str = ""
+    svc: Frontend,
+    token: str = "",
+    max_body: int = 64 << 20,
+    judge0_prefix: str = "",
+    piston_prefix: str = "",
+    extra_routes: Callable[[web.Application], None] | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=max_body)
     app[SVC] = svc
@@ -171,7 +173,12 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
-    for prefix, compat_app in ((judge0_prefix, judge0.make_app), (piston_prefix, piston.make_app)):
-        if prefix:
-            app.add_subapp(prefix, compat_app(svc))
+    if extra_routes is not None:
+        extra_routes(app)
+    # The compatibility layers translate onto a local engine (compile cache,
+    # boxes), so only a host daemon's Service can serve them.
+    if isinstance(svc, Service):
+        for prefix, compat_app in ((judge0_prefix, judge0.make_app), (piston_prefix, piston.make_app)):
+            if prefix:
+                app.add_subapp(prefix, compat_app(svc))
     return app

@@ -42,6 +42,8 @@ MAX_PATH = 1024
 MAX_PRIORITY = 1000
 
 Seconds = Annotated[float, Meta(gt=0)]
+# A fleet host tag (e.g. reserved hosts for a contest): jobs may require one.
+HostTag = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 Bytes = Annotated[int, Meta(gt=0)]
 
 
@@ -88,6 +90,8 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     priority: Annotated[int, Meta(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = 0
     # Seconds the run may wait in the queue before it is given up.
     queue_deadline: Annotated[float, Meta(gt=0, le=MAX_WALL_TIME)] | None = None
+    # Fleet only: run on a host carrying this tag (a single daemon ignores it).
+    host_tag: HostTag | None = None
 
 
 class FileOut(msgspec.Struct, omit_defaults=True):
@@ -227,6 +231,8 @@ class Submission(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     stop_on_first_failure: bool = False
     # Seconds the submission may wait in the queue before it is given up.
     queue_deadline: Annotated[float, Meta(gt=0, le=MAX_WALL_TIME)] | None = None
+    # Fleet only: judge on a host carrying this tag (a single daemon ignores it).
+    host_tag: HostTag | None = None
 
 
 class TestResult(msgspec.Struct, omit_defaults=False):
@@ -300,3 +306,4 @@ class JobInfo(msgspec.Struct, omit_defaults=True):
     state: Literal["queued", "running", "done", "cancelled", "failed"]
     result: RunResult | SubmissionResult | None = None
     error: Error | None = None
+    host: str | None = None  # fleet: the host that ran the job

@@ -230,6 +230,41 @@ class Service:
             job.task.cancel()
         return job.info()
 
+    # --- the transports' view (wire.Frontend) ------------------------------
+
+    async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo:
+        return self.submit_run(req, callback_url).info()
+
+    async def start_submission(
+        self,
+        sub: Submission,
+        progress: Callable[[TestResult], None] | None = None,
+        callback_url: str | None = None,
+    ) -> JobInfo:
+        return self.submit(sub, progress, callback_url).info()
+
+    async def job_info(self, job_id: str) -> JobInfo:
+        return self.get(job_id).info()
+
+    async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo:
+        return await self.wait(self.get(job_id), timeout)
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        return self.cancel(job_id)
+
+    async def status_info(self) -> dict[str, Any]:
+        return self.status()
+
+    async def language_list(self) -> list[dict[str, Any]]:
+        return self.languages()
+
+    async def metrics_text(self) -> bytes:
+        self.refresh_metrics()
+        return self.metrics.render()
+
+    def ready(self) -> bool:
+        return not self.draining and any(p.stats.warm or p.stats.busy for p in self.engine.pools.values())
+
     # --- state ------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from typing import Any
 import msgspec
 
 from .schema import Error, Request, TestResult
-from .service import Service, ServiceError
-from .wire import dispatch
+from .service import ServiceError
+from .wire import Frontend, dispatch
 
 log = logging.getLogger(__name__)
 LEN = struct.Struct(">I")
@@ -29,7 +29,7 @@ _req_dec = msgspec.msgpack.Decoder(Request)
 
 class _Conn:
     def __init__(
-        self, svc: Service, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int
+        self, svc: Frontend, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int
     ) -> None:
         self.svc = svc
         self.reader = reader
@@ -37,6 +37,7 @@ class _Conn:
         self.max_frame = max_frame
         self.inflight: dict[Any, asyncio.Task[None]] = {}
         self.jobs: dict[Any, str] = {}  # request id -> job id, for cancel-by-request
+        self.cancels: set[asyncio.Task[Any]] = set()
 
     def send(self, msg: dict[str, Any]) -> None:
         if self.writer.is_closing():
@@ -71,9 +72,17 @@ class _Conn:
             for t in self.inflight.values():
                 t.cancel()
             for jid in self.jobs.values():
-                with contextlib.suppress(ServiceError):
-                    self.svc.cancel(jid)
+                self._spawn(self._cancel_quietly(jid))
             self.writer.close()
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.ensure_future(coro)
+        self.cancels.add(t)
+        t.add_done_callback(self.cancels.discard)
+
+    async def _cancel_quietly(self, jid: str) -> None:
+        with contextlib.suppress(ServiceError):
+            await self.svc.cancel_job(jid)
 
     def handle(self, data: bytes) -> None:
         try:
@@ -106,7 +115,14 @@ class _Conn:
         if jid is None:
             self.send_error(rid, Error("not_found", f"no request {target!r} in flight on this connection"))
             return
-        self.send({"id": rid, "ok": True, "result": self.svc.cancel(jid)})
+
+        async def cancel() -> None:
+            try:
+                self.send({"id": rid, "ok": True, "result": await self.svc.cancel_job(jid)})
+            except ServiceError as e:
+                self.send_error(rid, e.err)
+
+        self._spawn(cancel())
 
     async def run(self, req: Request) -> None:
         def progress(t: TestResult) -> None:
@@ -141,7 +157,7 @@ class _Conn:
             self.jobs.pop(req.id, None)
 
 
-async def start(svc: Service, path: str, mode: int, group: str, max_frame: int) -> asyncio.AbstractServer:
+async def start(svc: Frontend, path: str, mode: int, group: str, max_frame: int) -> asyncio.AbstractServer:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a stale socket from a crashed run; the instance lock says we own it

@@ -8,12 +8,12 @@ same precise error on every transport.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
 from .schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
-from .service import Service, error
+from .service import error
 
 Format = Literal["json", "msgpack"]
 T = TypeVar("T")
@@ -38,8 +38,42 @@ def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
         raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
 
 
+class Frontend(Protocol):
+    """What the transports (Unix socket, HTTP) serve: a host daemon's Service,
+    or the fleet's Coordinator.  Job ids are strings; every call may raise
+    ServiceError with a wire code."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    async def check_callback(self, url: str) -> None: ...
+
+    async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo: ...
+
+    async def start_submission(
+        self,
+        sub: Submission,
+        progress: Callable[[TestResult], None] | None = None,
+        callback_url: str | None = None,
+    ) -> JobInfo: ...
+
+    async def job_info(self, job_id: str) -> JobInfo: ...
+
+    async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo: ...
+
+    async def cancel_job(self, job_id: str) -> JobInfo: ...
+
+    async def status_info(self) -> dict[str, Any]: ...
+
+    async def language_list(self) -> list[dict[str, Any]]: ...
+
+    async def metrics_text(self) -> bytes: ...
+
+    def ready(self) -> bool: ...
+
+
 async def dispatch(
-    svc: Service,
+    svc: Frontend,
     op: str,
     body: bytes,
     fmt: Format,
@@ -55,30 +89,31 @@ async def dispatch(
         if op == "ping":
             return {"pong": True}
         if op == "status":
-            return svc.status()
+            return await svc.status_info()
         if op == "languages":
-            return svc.languages()
+            return await svc.language_list()
         if op in ("get", "wait", "cancel"):
             ref = decode(body, JobRef, fmt)
             if op == "cancel":
-                return svc.cancel(ref.job)
-            job = svc.get(ref.job)
-            return await svc.wait(job, timeout) if op == "wait" else job.info()
+                return await svc.cancel_job(ref.job)
+            if op == "wait":
+                return await svc.wait_job(ref.job, timeout)
+            return await svc.job_info(ref.job)
         if callback_url is not None:
             await svc.check_callback(callback_url)
         if op == "run":
-            job = svc.submit_run(decode(body, RunRequest, fmt), callback_url)
+            info = await svc.start_run(decode(body, RunRequest, fmt), callback_url)
         elif op == "submit":
-            job = svc.submit(decode(body, Submission, fmt), progress, callback_url)
+            info = await svc.start_submission(decode(body, Submission, fmt), progress, callback_url)
         else:
             raise error("bad_request", f"op: unknown {op!r}")
     except SchemaError as e:
         raise error("bad_request", str(e)) from None
     if on_job is not None:
-        on_job(job.id)
+        on_job(info.job)
     if not wait:
-        return JobInfo(job.id, job.kind, job.state)
-    info = await svc.wait(job)
+        return JobInfo(info.job, info.kind, info.state)
+    info = await svc.wait_job(info.job)
     if info.error is not None:
         raise error(info.error.code, info.error.message, info.error.retry_after)
     return info.result

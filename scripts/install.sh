@@ -12,9 +12,10 @@ fi
 
 # gcc/libc6-dev: builds the static agent and serves the c/cpp languages;
 # g++ for cpp; libseccomp2 is what pyseccomp loads; bubblewrap is a benchmark baseline;
-# the JDK, Node.js, Go and Rust serve those languages on the host rootfs.
+# the JDK, Node.js, Go and Rust serve those languages on the host rootfs;
+# redis-server is the fleet's shared state (tests start their own instances).
 pkgs=(gcc g++ libc6-dev libseccomp2 python3 python3-venv iproute2 bubblewrap
-  openjdk-17-jdk-headless nodejs golang-go rustc mmdebstrap)
+  openjdk-17-jdk-headless nodejs golang-go rustc mmdebstrap redis-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +23,12 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # No package may start a service here (redis-server's would take port 6379):
+  # sandboxd and the tests start what they need themselves.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 

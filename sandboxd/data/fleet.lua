@@ -1,0 +1,403 @@
+-- The fleet's atomic operations, run by Redis as one script (EVALSHA).
+--
+-- ARGV[1] is the operation, ARGV[2] the key prefix (with its {hash tag}, so
+-- every key of a fleet lives in one Redis Cluster slot); the rest are the
+-- operation's arguments.  Key names are built only by key() below and by
+-- sandboxd/fleet/keys.py, which must agree.  Job keys are derived inside the
+-- script (the queue decides which job comes next), which is why KEYS is
+-- unused: this is a single-slot script, not a cross-slot one.
+--
+-- Times are Redis's own clock (TIME) in milliseconds, so hosts and
+-- coordinators with skewed clocks still agree on leases and deadlines.
+--
+-- Job hash fields: kind lang tag queue spec prio score cost enq deadline
+-- state (queued|running|done|failed|cancelled) holder host attempts lease
+-- cancel info (the final JobInfo, msgpack) finished.
+
+local op = ARGV[1]
+local P = ARGV[2]
+
+local function key(...)
+  return P .. ':' .. table.concat({...}, ':')
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local FINAL = {done = true, failed = true, cancelled = true}
+
+-- Give a job its one final result: store it, drop it from every index,
+-- start its results TTL, tell the coordinators.
+local function finalize(id, state, info, ttl, host)
+  local jk = key('job', id)
+  local queue = redis.call('HGET', jk, 'queue')
+  if queue then
+    redis.call('ZREM', key('q', queue), id)
+  end
+  redis.call('ZREM', key('leases'), id)
+  redis.call('ZREM', key('deadlines'), id)
+  redis.call('HSET', jk, 'state', state, 'info', info, 'finished', now_ms())
+  redis.call('HDEL', jk, 'spec')  -- the result is what is read from now on; free the memory
+  if host and host ~= '' then
+    redis.call('HSET', jk, 'host', host)
+  end
+  redis.call('EXPIRE', jk, ttl)
+  redis.call('HINCRBY', key('stats'), state, 1)
+  redis.call('PUBLISH', key('events'), id .. '\n' .. info)
+end
+
+-- A final JobInfo built here (cancelled, expired, lost): the same msgpack map
+-- the Python side encodes (sandboxd.schema.JobInfo).
+local function info_error(id, kind, state, code, message)
+  return cmsgpack.pack({job = id, kind = kind, state = state, error = {code = code, message = message}})
+end
+
+local function wake(queue)
+  local w = key('wake', queue)
+  redis.call('LPUSH', w, '1')
+  redis.call('LTRIM', w, 0, 999)  -- a token per waiting job is plenty; idle hosts also poll
+end
+
+local function requeue(id, queue, score)
+  redis.call('ZADD', key('q', queue), score, id)
+  wake(queue)
+end
+
+-- nil if this session is the host's registered one; else why not: the
+-- host's entry expired or was never made ('unregistered': register again),
+-- or a newer process registered the same host id ('displaced': stop).
+local function check_session(host, session)
+  local s = redis.call('HGET', key('host', host), 'session')
+  if not s then
+    return 'unregistered'
+  end
+  if s ~= session then
+    return 'displaced'
+  end
+  return nil
+end
+
+-- enqueue id kind lang tag queue spec prio aging epoch cost deadline_ms depth
+local function enqueue()
+  local id, kind, lang, tag, queue, spec = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+  local prio, aging, epoch = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+  local cost, deadline, depth = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+  local jk = key('job', id)
+  if redis.call('EXISTS', jk) == 1 then
+    return {'exists'}
+  end
+  local qk = key('q', queue)
+  local n = redis.call('ZCARD', qk)
+  if n >= depth then
+    redis.call('HINCRBY', key('stats'), 'rejected', 1)
+    return {'full', n}
+  end
+  local now = now_ms()
+  -- Aging as a static score: a job's effective priority prio + aging * waited
+  -- orders like aging * enqueued_at - prio, so older jobs climb without any
+  -- rescoring, and equal priorities stay FIFO.
+  local score = aging * (now - epoch) / 1000 - prio
+  redis.call('HSET', jk, 'kind', kind, 'lang', lang, 'tag', tag, 'queue', queue, 'spec', spec,
+    'prio', prio, 'score', score, 'cost', cost, 'enq', now, 'state', 'queued', 'attempts', 0)
+  if deadline > 0 then
+    redis.call('HSET', jk, 'deadline', now + deadline)
+    redis.call('ZADD', key('deadlines'), now + deadline, id)
+  end
+  redis.call('ZADD', qk, score, id)
+  redis.call('SADD', key('queues'), queue)
+  redis.call('HINCRBY', key('stats'), 'enqueued', 1)
+  wake(queue)
+  return {'ok', now}
+end
+
+local function quarantine_entry(queue, id, why)
+  redis.call('ZREM', key('q', queue), id)
+  redis.call('ZADD', key('quarantine'), now_ms(), id)
+  redis.call('HSET', key('quarantine', 'why'), id, why)
+  redis.call('HINCRBY', key('stats'), 'quarantined', 1)
+end
+
+-- claim host session lease_ms max_n ttl nq {queue pool}*nq np {free cap}*np
+-- Pops up to max_n jobs, best (lowest score) first across the host's queues,
+-- each only if its cost fits the free boxes of the pool it runs in.
+local function claim()
+  local host, session, lease, max_n, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+  if redis.call('SISMEMBER', key('drained'), host) == 1 then
+    return {'drained'}
+  end
+  local registered = check_session(host, session)
+  if registered then
+    return {registered}
+  end
+  local nq = tonumber(ARGV[8])
+  local queues, qpool = {}, {}
+  for i = 1, nq do
+    queues[i] = ARGV[8 + 2 * i - 1]
+    qpool[i] = tonumber(ARGV[8 + 2 * i])
+  end
+  local base = 8 + 2 * nq
+  local np = tonumber(ARGV[base + 1])
+  local free, cap = {}, {}
+  for i = 1, np do
+    free[i] = tonumber(ARGV[base + 2 * i])
+    cap[i] = tonumber(ARGV[base + 2 * i + 1])
+  end
+  local now = now_ms()
+  local out = {'ok'}
+  local taken = 0
+  local guard = 0
+  while taken < max_n and guard < 1000 do
+    guard = guard + 1
+    local best, best_score, best_i = nil, nil, nil
+    for i = 1, nq do
+      if free[qpool[i]] > 0 then
+        local head = redis.call('ZRANGE', key('q', queues[i]), 0, 0, 'WITHSCORES')
+        if head[1] and (best_score == nil or tonumber(head[2]) < best_score) then
+          best, best_score, best_i = head[1], tonumber(head[2]), i
+        end
+      end
+    end
+    if not best then
+      break
+    end
+    local queue, pool = queues[best_i], qpool[best_i]
+    local jk = key('job', best)
+    local f = redis.call('HMGET', jk, 'state', 'kind', 'spec', 'cost', 'deadline', 'attempts')
+    local state, kind, spec, cost, deadline = f[1], f[2], f[3], tonumber(f[4]), tonumber(f[5])
+    if not state then
+      quarantine_entry(queue, best, 'queued id has no job hash')
+    elseif state ~= 'queued' then
+      redis.call('ZREM', key('q', queue), best)  -- a leftover of a finished job
+    elseif (kind ~= 'run' and kind ~= 'submission') or not spec or not cost then
+      quarantine_entry(queue, best, 'job hash lacks kind, spec or cost')
+      finalize(best, 'failed', info_error(best, kind == 'run' and 'run' or 'submission', 'failed',
+        'bad_request', 'malformed job in Redis: it lacks kind, spec or cost; quarantined'), ttl, nil)
+    elseif deadline and deadline <= now then
+      finalize(best, 'failed', info_error(best, kind, 'failed', 'queue_deadline',
+        'the job waited longer than its queue_deadline'), ttl, nil)
+    else
+      local need = math.min(math.max(cost, 1), cap[pool])
+      if need > free[pool] then
+        -- The best job of this pool does not fit yet: keep its place (no
+        -- overtaking by smaller jobs) and stop taking from this pool.
+        free[pool] = 0
+      else
+        free[pool] = free[pool] - need
+        redis.call('ZREM', key('q', queue), best)
+        redis.call('ZREM', key('deadlines'), best)
+        local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+        redis.call('HSET', jk, 'state', 'running', 'holder', session, 'host', host, 'lease', now + lease,
+          'started', now)
+        redis.call('ZADD', key('leases'), now + lease, best)
+        out[#out + 1] = best
+        out[#out + 1] = kind
+        out[#out + 1] = spec
+        out[#out + 1] = attempts
+        out[#out + 1] = deadline and (deadline - now) or -1
+        out[#out + 1] = need
+        out[#out + 1] = pool
+        taken = taken + 1
+      end
+    end
+  end
+  if taken > 0 then
+    redis.call('HINCRBY', key('stats'), 'claimed', taken)
+  end
+  return out
+end
+
+-- register host session ttl_s field value ...: a (re)started host takes its
+-- id over; a still-running holder of the same id sees 'displaced' and stops.
+local function register()
+  local host, session, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local hk = key('host', host)
+  local prev = redis.call('HGET', hk, 'session')
+  redis.call('DEL', hk)
+  local now = now_ms()
+  redis.call('HSET', hk, 'session', session, 'heartbeat', now, 'joined', now)
+  for i = 6, #ARGV, 2 do
+    redis.call('HSET', hk, ARGV[i], ARGV[i + 1])
+  end
+  redis.call('EXPIRE', hk, ttl)
+  redis.call('ZADD', key('hosts'), now, host)
+  return {prev or '', redis.call('SISMEMBER', key('drained'), host)}
+end
+
+-- heartbeat host session lease_ms ttl_s nfields {field value}* id*: renews
+-- the leases of the jobs this session still holds and reports the ones to
+-- stop: cancelled by a user, or no longer ours (re-queued, finished).
+local function heartbeat()
+  local host, session, lease, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+  local hk = key('host', host)
+  local registered = check_session(host, session)
+  if registered then
+    return {registered}
+  end
+  local now = now_ms()
+  local nf = tonumber(ARGV[7])
+  redis.call('HSET', hk, 'heartbeat', now)
+  for i = 1, nf do
+    redis.call('HSET', hk, ARGV[6 + 2 * i], ARGV[7 + 2 * i])
+  end
+  redis.call('EXPIRE', hk, ttl)
+  redis.call('ZADD', key('hosts'), now, host)
+  local out = {tostring(redis.call('SISMEMBER', key('drained'), host))}
+  for i = 8 + 2 * nf, #ARGV do
+    local id = ARGV[i]
+    local jk = key('job', id)
+    local f = redis.call('HMGET', jk, 'state', 'holder', 'cancel')
+    if f[1] == 'running' and f[2] == session then
+      redis.call('HSET', jk, 'lease', now + lease)
+      redis.call('ZADD', key('leases'), now + lease, id)
+      if f[3] == '1' then
+        out[#out + 1] = 'cancel:' .. id
+      end
+    else
+      out[#out + 1] = 'lost:' .. id
+    end
+  end
+  return out
+end
+
+-- complete id session attempt info state ttl host: the first finished run of
+-- a job is its result; a late one from a host that lost the lease is refused.
+local function complete()
+  local id, session, attempt, info, state, ttl, host = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7],
+    ARGV[8], ARGV[9]
+  local jk = key('job', id)
+  local f = redis.call('HMGET', jk, 'state', 'attempts', 'holder')
+  if not f[1] then
+    return 'gone'
+  end
+  if FINAL[f[1]] then
+    redis.call('HINCRBY', key('stats'), 'duplicates', 1)
+    return 'duplicate'
+  end
+  if attempt > tonumber(f[2]) then
+    return 'unknown'
+  end
+  finalize(id, state, info, ttl, host)
+  return 'ok'
+end
+
+-- quarantine id info ttl why: a job a host could not decode.
+local function quarantine()
+  local id, info, ttl, why = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  local jk = key('job', id)
+  local state = redis.call('HGET', jk, 'state')
+  if not state or FINAL[state] then
+    return 'gone'
+  end
+  redis.call('ZADD', key('quarantine'), now_ms(), id)
+  redis.call('HSET', key('quarantine', 'why'), id, why)
+  redis.call('HINCRBY', key('stats'), 'quarantined', 1)
+  finalize(id, 'failed', info, ttl, nil)
+  return 'ok'
+end
+
+-- cancel id ttl: a queued job is cancelled at once; a running one is flagged
+-- and its host stops it at its next heartbeat (or the lease reaper does).
+local function cancel()
+  local id, ttl = ARGV[3], ARGV[4]
+  local jk = key('job', id)
+  local f = redis.call('HMGET', jk, 'state', 'kind')
+  if not f[1] then
+    return 'missing'
+  end
+  if f[1] == 'queued' then
+    finalize(id, 'cancelled', info_error(id, f[2], 'cancelled', 'cancelled', 'cancelled'), ttl, nil)
+    return 'cancelled'
+  end
+  if f[1] == 'running' then
+    redis.call('HSET', jk, 'cancel', '1')
+  end
+  return f[1]
+end
+
+-- release id session: hand a running job back to the queue (its host is
+-- leaving); it keeps its place and this attempt does not count.
+local function release()
+  local id, session = ARGV[3], ARGV[4]
+  local jk = key('job', id)
+  local f = redis.call('HMGET', jk, 'state', 'holder', 'queue', 'score', 'cancel', 'kind')
+  if f[1] ~= 'running' or f[2] ~= session then
+    return 'not-held'
+  end
+  redis.call('ZREM', key('leases'), id)
+  if f[5] == '1' then
+    finalize(id, 'cancelled', info_error(id, f[6], 'cancelled', 'cancelled', 'cancelled'), ARGV[5], nil)
+    return 'cancelled'
+  end
+  redis.call('HINCRBY', jk, 'attempts', -1)
+  redis.call('HSET', jk, 'state', 'queued', 'holder', '')
+  redis.call('HINCRBY', key('stats'), 'released', 1)
+  requeue(id, f[3], tonumber(f[4]))
+  return 'ok'
+end
+
+-- reap max_attempts ttl limit: re-queue jobs whose host stopped renewing its
+-- lease (died, hung, partitioned), fail queued jobs past their deadline.
+local function reap()
+  local max_attempts, ttl, limit = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+  local now = now_ms()
+  local requeued, lost, expired = 0, 0, 0
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('leases'), '-inf', now, 'LIMIT', 0, limit)) do
+    local jk = key('job', id)
+    local f = redis.call('HMGET', jk, 'state', 'queue', 'score', 'attempts', 'cancel', 'kind', 'host')
+    if f[1] ~= 'running' then
+      redis.call('ZREM', key('leases'), id)
+    elseif f[5] == '1' then
+      finalize(id, 'cancelled', info_error(id, f[6], 'cancelled', 'cancelled', 'cancelled'), ttl, nil)
+    elseif tonumber(f[4]) >= max_attempts then
+      finalize(id, 'failed', info_error(id, f[6], 'failed', 'internal',
+        'lost ' .. f[4] .. ' hosts while running this job (last: ' .. (f[7] or '?') .. '); not retried'), ttl, nil)
+      lost = lost + 1
+    else
+      redis.call('ZREM', key('leases'), id)
+      redis.call('HSET', jk, 'state', 'queued', 'holder', '')
+      redis.call('HINCRBY', key('stats'), 'requeued', 1)
+      requeue(id, f[2], tonumber(f[3]))
+      requeued = requeued + 1
+    end
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('deadlines'), '-inf', now, 'LIMIT', 0, limit)) do
+    local f = redis.call('HMGET', key('job', id), 'state', 'kind')
+    if f[1] == 'queued' then
+      finalize(id, 'failed', info_error(id, f[2], 'failed', 'queue_deadline',
+        'the job waited longer than its queue_deadline'), ttl, nil)
+      expired = expired + 1
+    else
+      redis.call('ZREM', key('deadlines'), id)
+    end
+  end
+  -- Hosts whose hash expired (no heartbeat for its TTL) leave the index.
+  for _, h in ipairs(redis.call('ZRANGE', key('hosts'), 0, -1)) do
+    if redis.call('EXISTS', key('host', h)) == 0 then
+      redis.call('ZREM', key('hosts'), h)
+    end
+  end
+  return {requeued, lost, expired}
+end
+
+-- leave host session: a host that stops cleanly leaves the index at once.
+local function leave()
+  local host, session = ARGV[3], ARGV[4]
+  if redis.call('HGET', key('host', host), 'session') == session then
+    redis.call('DEL', key('host', host))
+    redis.call('ZREM', key('hosts'), host)
+    return 'ok'
+  end
+  return 'displaced'
+end
+
+local ops = {
+  enqueue = enqueue, claim = claim, register = register, heartbeat = heartbeat, complete = complete,
+  quarantine = quarantine, cancel = cancel, release = release, reap = reap, leave = leave,
+}
+local f = ops[op]
+if not f then
+  return redis.error_reply('sandboxd fleet script: unknown op ' .. tostring(op))
+end
+return f()

@@ -1,0 +1,1 @@
+"""The fleet: host daemons that pull jobs from Redis, and coordinators that put them there."""

@@ -1,0 +1,438 @@
+"""`sandboxd coordinator`: the host daemon's API in front of a fleet.
+
+A coordinator holds no job state of its own: it validates a job with the
+shared schema, enqueues it in Redis (one atomic script), and answers waits
+from the results hosts publish.  Any number of replicas can run; a client
+switches from one host to a fleet by changing an address, and a coordinator
+that crashes loses nothing (a waiting client reconnects and reads the job
+from another replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..schema import (
+    Error,
+    JobInfo,
+    RunRequest,
+    SchemaError,
+    Submission,
+    TestResult,
+    validate_run,
+    validate_submission,
+)
+from ..service import error
+from .keys import RUN_LANG, queue_name
+from .store import FleetStore, transient
+
+log = logging.getLogger(__name__)
+_enc = msgspec.msgpack.Encoder()
+FINAL = ("done", "failed", "cancelled")
+
+
+def job_cost(job: RunRequest | Submission) -> int:
+    """Boxes a job can keep busy at once: a host claims it only with that many
+    free (capped at its pool's size)."""
+    if isinstance(job, RunRequest):
+        return 1
+    return max(1, len(job.tests) * (2 if job.interactor is not None else 1))
+
+
+class _Snapshot(Collector):
+    """Fleet-wide numbers read from Redis at scrape time, so every replica reports the same."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        d = self.data
+        if not d:
+            return
+        hosts = GaugeMetricFamily("sandboxd_fleet_hosts", "Hosts with a live entry", labels=["state"])
+        for state in ("live", "drained"):
+            hosts.add_metric([state], sum(1 for h in d["hosts"] if h["drained"] == (state == "drained")))
+        yield hosts
+        cap = GaugeMetricFamily("sandboxd_fleet_boxes", "Boxes of live hosts", labels=["host", "state"])
+        for h in d["hosts"]:
+            cap.add_metric([h["id"], "total"], float(h.get("capacity", 0)))
+            cap.add_metric([h["id"], "busy"], float(h.get("load", 0)))
+        yield cap
+        q = GaugeMetricFamily("sandboxd_fleet_queue_depth", "Jobs waiting per fleet queue", labels=["queue"])
+        for name, n in d["queues"].items():
+            q.add_metric([name], n)
+        yield q
+        c = CounterMetricFamily("sandboxd_fleet_jobs", "Fleet job events (all coordinators)", labels=["event"])
+        for event, n in sorted(d["stats"].items()):
+            c.add_metric([event], n)
+        yield c
+
+
+class Coordinator:
+    """Implements wire.Frontend over the fleet's Redis state."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        *,
+        aging: float = 1.0,
+        queue_depth: int = 100_000,
+        max_attempts: int = 3,
+        reap_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        # Aging must be positive for FIFO within a priority (the score's time term).
+        self.aging = max(aging, 1e-6)
+        self.queue_depth = queue_depth
+        self.max_attempts = max_attempts
+        self.reap_interval = reap_interval
+        self.draining = False
+        self._waiters: dict[str, list[asyncio.Future[JobInfo]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._hosts: list[dict[str, Any]] = []
+        self._hosts_at = 0.0
+        self._redis_ok = False
+        self._warned = 0.0
+        r = self.registry = CollectorRegistry()
+        self._snapshot = _Snapshot()
+        r.register(self._snapshot)
+        self.latency = Histogram(
+            "sandboxd_fleet_job_seconds",
+            "Time clients waited for a job's result on this coordinator",
+            ["kind"],
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.waiting = Gauge("sandboxd_fleet_waiters", "Clients waiting on this coordinator", registry=r)
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._listen()), asyncio.ensure_future(self._reap_loop())]
+        self._redis_ok = await self.store.ping()
+        with contextlib.suppress(Exception):
+            await self._refresh_hosts(force=True)
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+    def _warn(self, what: str, e: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._warned > 5:
+            self._warned = now
+            log.warning("fleet: %s: %s (retrying)", what, e)
+
+    async def _redis(self, what: str, call: Callable[[], Any]) -> Any:
+        """One Redis call for a client request: an outage is a clear, retryable error."""
+        try:
+            r = await call()
+            self._redis_ok = True
+            return r
+        except Exception as e:
+            if not transient(e):
+                raise
+            self._redis_ok = False
+            raise error("draining", f"{what}: the fleet's Redis is unreachable ({e}); retry", 1.0) from None
+
+    # --- background: results and leases ---------------------------------
+
+    async def _listen(self) -> None:
+        """Results arrive on one pub/sub channel; waiters also poll, so a
+        message lost in a reconnect only delays a reply, never loses it."""
+        delay = 0.1
+        while True:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.store.keys.events)
+                delay = 0.1
+                while True:
+                    msg = await pubsub.get_message(timeout=5.0)
+                    if msg is None or msg.get("type") != "message":
+                        continue
+                    jid, _, data = bytes(msg["data"]).partition(b"\n")
+                    futs = self._waiters.get(jid.decode())
+                    if not futs:
+                        continue
+                    try:
+                        info = self.store.decode_info(data)
+                    except msgspec.DecodeError:
+                        continue  # the waiter's poll reads it and reports
+                    for f in futs:
+                        if not f.done():
+                            f.set_result(info)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._warn("result subscription", e)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                requeued, lost, expired = await self.store.reap(self.max_attempts)
+                self._redis_ok = True
+                if requeued or lost:
+                    log.warning(
+                        "fleet: %d jobs of silent hosts re-queued, %d failed after repeated losses", requeued, lost
+                    )
+                if expired:
+                    log.info("fleet: %d queued jobs passed their queue deadline", expired)
+            except Exception as e:
+                self._redis_ok = False
+                self._warn("lease reaper", e)
+
+    async def _refresh_hosts(self, force: bool = False) -> list[dict[str, Any]]:
+        if force or time.monotonic() - self._hosts_at > 1.0:
+            self._hosts = await self.store.hosts()
+            self._hosts_at = time.monotonic()
+        return self._hosts
+
+    # --- admission ----------------------------------------------------------
+
+    async def _check_servable(self, lang: str, tag: str | None) -> None:
+        hosts = await self._redis("hosts", self._refresh_hosts)
+        if not hosts:
+            raise error("draining", "no host has joined the fleet; retry later", 1.0)
+        ok_lang = [h for h in hosts if not lang or any(x.get("id") == lang for x in h.get("languages", []))]
+        if not ok_lang:
+            served = sorted({x.get("id") for h in hosts for x in h.get("languages", [])})
+            raise error("bad_request", f"lang: no host serves {lang!r} (served: {', '.join(served)})")
+        if tag is None:
+            if all(h.get("only_tagged") for h in ok_lang):
+                raise error("bad_request", "host_tag: every host serving this job is reserved; name its tag")
+        elif not any(tag in h.get("tags", []) for h in ok_lang):
+            raise error(
+                "bad_request", f"host_tag: no live host carries tag {tag!r}" + (f" for {lang!r}" if lang else "")
+            )
+
+    async def _enqueue(self, kind: str, lang: str, job: RunRequest | Submission) -> JobInfo:
+        if self.draining:
+            raise error("draining", "the coordinator is shutting down; retry on another", 1.0)
+        await self._check_servable(lang, job.host_tag)
+        jid = secrets.token_urlsafe(12)
+        spec = _enc.encode(job)
+        queue = queue_name(lang or RUN_LANG, job.host_tag)
+        res, n = await self._redis(
+            "enqueue",
+            lambda: self.store.enqueue(
+                jid,
+                kind,
+                lang,
+                job.host_tag or "",
+                queue,
+                spec,
+                job.priority,
+                self.aging,
+                job_cost(job),
+                job.queue_deadline,
+                self.queue_depth,
+            ),
+        )
+        if res == "full":
+            raise error("queue_full", f"fleet queue {queue} holds {n} jobs, its limit", 1.0)
+        return JobInfo(jid, "run" if kind == "run" else "submission", "queued")
+
+    async def check_callback(self, url: str) -> None:
+        # Result callbacks would need one coordinator to own each job's
+        # delivery across crashes; until then, refuse rather than drop them.
+        raise error("bad_request", "callback_url: not supported through the coordinator; poll or wait instead")
+
+    async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo:
+        try:
+            validate_run(req)
+        except SchemaError as e:
+            raise error("bad_request", str(e)) from None
+        return await self._enqueue("run", "", req)
+
+    async def start_submission(
+        self,
+        sub: Submission,
+        progress: Callable[[TestResult], None] | None = None,
+        callback_url: str | None = None,
+    ) -> JobInfo:
+        try:
+            validate_submission(sub)
+        except SchemaError as e:
+            raise error("bad_request", str(e)) from None
+        return await self._enqueue("submission", sub.lang, sub)
+
+    # --- jobs ---------------------------------------------------------------
+
+    async def _read(self, job_id: str) -> JobInfo:
+        d = await self._redis("get", lambda: self.store.job(job_id))
+        if d is None:
+            raise error("not_found", f"no job {job_id!r} (unknown, or its result expired)")
+        state = d["state"].decode()
+        kind: Literal["run", "submission"] = "submission" if d["kind"] == b"submission" else "run"
+        host = d["host"].decode() if d.get("host") else None
+        if state in FINAL:
+            if d.get("info") is None:
+                return JobInfo(job_id, kind, "failed", error=Error("internal", "final job without a result"))
+            try:
+                info = self.store.decode_info(d["info"])
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                return JobInfo(job_id, kind, "failed", error=Error("internal", f"unreadable result in Redis: {e}"))
+            info.job = job_id
+            return info
+        return JobInfo(job_id, kind, "running" if state == "running" else "queued", host=host)
+
+    async def job_info(self, job_id: str) -> JobInfo:
+        return await self._read(job_id)
+
+    async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[JobInfo] = loop.create_future()
+        self._waiters.setdefault(job_id, []).append(fut)
+        self.waiting.inc()
+        t0 = time.monotonic()
+        deadline = None if timeout is None else t0 + timeout
+        try:
+            info = await self._read(job_id)
+            while info.state not in FINAL:
+                left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+                if left <= 0:
+                    return info
+                try:
+                    info = await asyncio.wait_for(asyncio.shield(fut), left)
+                    info.job = job_id
+                except TimeoutError:
+                    # No message (a reconnect, another replica's job): read it.
+                    info = await self._read(job_id)
+            self.latency.labels(info.kind).observe(time.monotonic() - t0)
+            return info
+        finally:
+            self.waiting.dec()
+            futs = self._waiters.get(job_id, [])
+            with contextlib.suppress(ValueError):
+                futs.remove(fut)
+            if not futs:
+                self._waiters.pop(job_id, None)
+            fut.cancel()
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        r = await self._redis("cancel", lambda: self.store.cancel(job_id))
+        if r == "missing":
+            raise error("not_found", f"no job {job_id!r} (unknown, or its result expired)")
+        return await self._read(job_id)
+
+    # --- fleet state ----------------------------------------------------------
+
+    async def status_info(self) -> dict[str, Any]:
+        hosts = await self._redis("status", lambda: self._refresh_hosts(force=True))
+        queues = await self._redis("status", self.store.queue_depths)
+        stats = await self._redis("status", self.store.stats)
+        return {
+            "fleet": {
+                "hosts": len(hosts),
+                "drained": sum(1 for h in hosts if h["drained"]),
+                "boxes": sum(int(h.get("capacity", 0)) for h in hosts),
+                "busy": sum(int(h.get("load", 0)) for h in hosts),
+            },
+            "queues": {q: n for q, n in queues.items() if n},
+            "jobs": stats,
+            "draining": self.draining,
+        }
+
+    async def language_list(self) -> list[dict[str, Any]]:
+        hosts = await self._redis("languages", lambda: self._refresh_hosts(force=True))
+        langs: dict[str, dict[str, Any]] = {}
+        for h in hosts:
+            for lang in h.get("languages", []):
+                entry = langs.setdefault(lang["id"], {**lang, "hosts": 0})
+                entry["hosts"] += 1
+        return [langs[k] for k in sorted(langs)]
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        return list(await self._redis("hosts", lambda: self._refresh_hosts(force=True)))
+
+    async def set_drained(self, host_id: str, drained: bool) -> dict[str, Any]:
+        await self._redis("drain", lambda: self.store.set_drained(host_id, drained))
+        for h in await self.hosts():
+            if h["id"] == host_id:
+                return h
+        # Draining a host that is down (before it restarts) is allowed and sticks.
+        return {"id": host_id, "drained": drained, "live": False}
+
+    async def metrics_text(self) -> bytes:
+        with contextlib.suppress(Exception):
+            self._snapshot.data = {
+                "hosts": await self._refresh_hosts(force=True),
+                "queues": await self.store.queue_depths(),
+                "stats": await self.store.stats(),
+            }
+        return generate_latest(self.registry)
+
+    def ready(self) -> bool:
+        return not self.draining and self._redis_ok
+
+
+# --- HTTP routes only a coordinator has ------------------------------------------
+
+
+def routes(coord: Coordinator) -> Callable[[web.Application], None]:
+    from ..httpserver import reply
+
+    async def list_hosts(req: web.Request) -> web.Response:
+        return reply(req, await coord.hosts())
+
+    async def drain(req: web.Request) -> web.Response:
+        return reply(req, await coord.set_drained(req.match_info["host"], True))
+
+    async def undrain(req: web.Request) -> web.Response:
+        return reply(req, await coord.set_drained(req.match_info["host"], False))
+
+    def add(app: web.Application) -> None:
+        app.router.add_get("/v1/hosts", list_hosts)
+        app.router.add_post("/v1/hosts/{host}/drain", drain)
+        app.router.add_post("/v1/hosts/{host}/undrain", undrain)
+
+    return add
+
+
+# Where a coordinator listens unless configured: next to a host daemon on the same machine.
+DEFAULTS = {"socket": "/run/sandboxd/coordinator.sock", "http": "127.0.0.1:7080"}
+
+
+async def serve(cfg: Any) -> int:
+    from ..daemon import serve_frontend
+
+    if not cfg.fleet:
+        raise ValueError("fleet: the coordinator needs the fleet's Redis URL (config `fleet` or SANDBOXD_FLEET)")
+    store = FleetStore(cfg.fleet, cfg.fleet_prefix, cfg.results_ttl)
+    coord = Coordinator(store, aging=cfg.aging, queue_depth=cfg.fleet_queue_depth, max_attempts=cfg.fleet_max_attempts)
+    await coord.start()
+
+    async def stopping() -> None:
+        # Jobs live in Redis, so stopping loses none; clients waiting here get
+        # drain_timeout to receive their results, then reconnect elsewhere.
+        coord.draining = True
+        t0 = time.monotonic()
+        while coord._waiters and time.monotonic() - t0 < cfg.drain_timeout:
+            await asyncio.sleep(0.1)
+
+    try:
+        await serve_frontend(
+            cfg, coord, what=f"coordinator (fleet {cfg.fleet})", stopping=stopping, extra_routes=routes(coord)
+        )
+    finally:
+        await coord.close()
+        log.info("stopped")
+    return 0

@@ -1,0 +1,446 @@
+"""A host daemon's side of the fleet: claim jobs while boxes are free, run them, report.
+
+Pull with leases, not push: a host asks for work only when one of its pools
+has a free box, so a job never waits behind a busy host while another has a
+free warm box, and hosts of different sizes get work in proportion to their
+boxes without the coordinator knowing anyone's load.  A claimed job carries a
+lease the host renews with its heartbeat; if the host dies, hangs or loses
+Redis, the lease runs out and the job is queued again (sandboxd/data/fleet.lua).
+
+Wake-ups: every enqueue pushes a token on its queue's wake list; an idle host
+blocks in BLPOP on the lists it can serve, so one host (the one waiting
+longest) wakes per job instead of all of them, and idle hosts also poll once a
+second in case a token went to a host that could not use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from ..schema import JobInfo, RunRequest, SchemaError, Submission, validate_run, validate_submission
+from ..service import Job, Service, ServiceError
+from .keys import RUN_LANG, queue_name
+from .store import Claimed, Displaced, FleetStore, Unregistered, transient
+
+log = logging.getLogger(__name__)
+
+
+class BadJob(Exception):
+    """A claimed job whose spec does not decode or validate: it is quarantined."""
+
+
+class HandBack(Exception):
+    """The host cannot take this job now (it is stopping): back to the queue."""
+
+
+class Running(Protocol):
+    def cancel(self) -> None: ...
+
+    async def result(self) -> JobInfo: ...
+
+
+class Executor(Protocol):
+    """What a host runs claimed jobs on: the daemon's Service, or a simulation."""
+
+    def pools(self) -> dict[str, tuple[int, int]]:
+        """pool name -> (boxes, runs in progress or waiting from any source)."""
+        ...
+
+    def pool_of(self, lang: str) -> str | None:
+        """The pool a language runs in ("" = a plain run); None if not served."""
+        ...
+
+    def languages(self) -> list[dict[str, Any]]: ...
+
+    def start(self, kind: str, spec: bytes, deadline_left: float | None) -> Running: ...
+
+
+_run_dec = msgspec.msgpack.Decoder(RunRequest)
+_sub_dec = msgspec.msgpack.Decoder(Submission)
+
+
+def decode_spec(kind: str, spec: bytes) -> RunRequest | Submission:
+    try:
+        if kind == "run":
+            return validate_run(_run_dec.decode(spec))
+        if kind == "submission":
+            return validate_submission(_sub_dec.decode(spec))
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, SchemaError) as e:
+        raise BadJob(f"{kind} spec: {e}") from None
+    raise BadJob(f"unknown job kind {kind!r}")
+
+
+@dataclass(eq=False)
+class _Inflight:
+    claim: Claimed
+    pool: str
+    run: Running | None = None
+    task: asyncio.Task[None] | None = None
+    handed_back: bool = False  # released to the queue; its local result is dropped
+    lost: bool = False  # another holder has it now; our result would be refused
+
+
+@dataclass
+class HostSettings:
+    host_id: str
+    tags: list[str] = field(default_factory=list)
+    only_tagged: bool = False  # reserved hosts: take only jobs that require one of our tags
+    lease: float = 10.0
+    heartbeat: float = 1.0
+    max_attempts: int = 3
+    batch: int = 16  # jobs per claim call
+    info: dict[str, Any] = field(default_factory=dict)  # extra fields for /v1/hosts (address, version)
+
+
+class HostWorker:
+    def __init__(self, store: FleetStore, executor: Executor, settings: HostSettings) -> None:
+        self.store = store
+        self.ex = executor
+        self.cfg = settings
+        self.session = secrets.token_hex(8)
+        self.inflight: dict[str, _Inflight] = {}
+        self.used: dict[str, int] = {}  # pool -> boxes promised to claimed fleet jobs
+        self.drained = False
+        self.displaced = False
+        self.registered = asyncio.Event()
+        self.leaving = False
+        self._freed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._side: set[asyncio.Task[Any]] = set()
+        self._blpop: asyncio.Task[bool] | None = None
+        self._warned = 0.0
+        self.claimed_total = 0
+
+    # --- life cycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._claim_loop()), asyncio.ensure_future(self._heartbeat_loop())]
+
+    async def leave(self, grace: float) -> None:
+        """Stop claiming; give running jobs `grace` seconds, hand the rest back; leave the index."""
+        self.leaving = True
+        self._tasks[0].cancel()
+        if self._blpop is not None:
+            self._blpop.cancel()
+        pending = [i.task for i in self.inflight.values() if i.task is not None]
+        if pending:
+            log.info("fleet: leaving; waiting up to %.0f s for %d jobs", grace, len(pending))
+            await asyncio.wait(pending, timeout=grace)
+        for item in list(self.inflight.values()):
+            item.handed_back = True
+            if item.run is not None:
+                item.run.cancel()
+            with contextlib.suppress(Exception):
+                r = await asyncio.wait_for(self.store.release(item.claim.id, self.session), 5)
+                log.info("fleet: handed job %s back (%s)", item.claim.id, r)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.store.leave(self.cfg.host_id, self.session), 5)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._side, return_exceptions=True)
+        log.info("fleet: left as host %s", self.cfg.host_id)
+
+    def _warn(self, what: str, e: BaseException) -> None:
+        # Redis outages are retried quietly: one line every few seconds, not a flood.
+        now = time.monotonic()
+        if now - self._warned > 5:
+            self._warned = now
+            log.warning("fleet: %s: %s (retrying)", what, e)
+
+    # --- registration and heartbeat -----------------------------------------
+
+    def _fields(self) -> dict[str, Any]:
+        pools = self.ex.pools()
+        load = {p: max(self.used.get(p, 0), busy) for p, (_cap, busy) in pools.items()}
+        return {
+            "pools": {p: cap for p, (cap, _busy) in pools.items()},
+            "capacity": sum(cap for cap, _ in pools.values()),
+            "load": sum(load.values()),
+            "running": len(self.inflight),
+        }
+
+    async def _register(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                fields = {
+                    **self._fields(),
+                    "languages": self.ex.languages(),
+                    "tags": self.cfg.tags,
+                    "only_tagged": self.cfg.only_tagged,
+                    "pid": os.getpid(),
+                    **self.cfg.info,
+                }
+                self.drained = await self.store.register(self.cfg.host_id, self.session, self.cfg.lease, fields)
+                self.registered.set()
+                log.info("fleet: joined as host %s%s", self.cfg.host_id, " (drained)" if self.drained else "")
+                return
+            except Exception as e:
+                if not transient(e):
+                    raise
+                self._warn("cannot register", e)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def _heartbeat_loop(self) -> None:
+        await self._register()
+        n = 0
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat)
+            try:
+                beat = await self.store.heartbeat(
+                    self.cfg.host_id, self.session, self.cfg.lease, self._fields(), list(self.inflight)
+                )
+                if beat.drained != self.drained:
+                    log.info("fleet: host %s %s", self.cfg.host_id, "drained" if beat.drained else "undrained")
+                    self.drained = beat.drained
+                    self._freed.set()
+                for jid in beat.cancel:
+                    item = self.inflight.get(jid)
+                    if item is not None and item.run is not None:
+                        log.info("fleet: job %s cancelled by a client", jid)
+                        item.run.cancel()
+                for jid in beat.lost:
+                    item = self.inflight.get(jid)
+                    if item is not None and not item.lost:
+                        # Its lease ran out (we were stopped or cut off) and it is
+                        # someone else's now: stop duplicating work.
+                        log.warning("fleet: lost the lease of job %s; stopping it here", jid)
+                        item.lost = True
+                        if item.run is not None:
+                            item.run.cancel()
+                # Every host helps re-queue the jobs of dead hosts (cheap, idempotent).
+                n += 1
+                if n % 2 == 0:
+                    await self.store.reap(self.cfg.max_attempts)
+            except Unregistered:
+                log.warning("fleet: our host entry is gone from Redis; registering again")
+                self.registered.clear()
+                await self._register()
+            except Displaced:
+                if not self.displaced:
+                    log.error(
+                        "fleet: another process registered host id %s; this one stops taking jobs", self.cfg.host_id
+                    )
+                self.displaced = True
+            except Exception as e:
+                if not transient(e):
+                    log.exception("fleet: heartbeat failed")
+                else:
+                    self._warn("heartbeat", e)
+
+    # --- claiming -----------------------------------------------------------
+
+    def _claim_args(self) -> tuple[list[tuple[str, int]], list[tuple[int, int]], list[str]]:
+        pools = self.ex.pools()
+        names = sorted(pools)
+        index = {p: i for i, p in enumerate(names)}
+        caps = []
+        for p in names:
+            cap, busy = pools[p]
+            caps.append((max(0, cap - max(self.used.get(p, 0), busy)), cap))
+        tags: list[str | None] = list(self.cfg.tags)
+        if not self.cfg.only_tagged:
+            tags.append(None)
+        queues = []
+        langs = ["", *(lang["id"] for lang in self.ex.languages())]
+        for lang in langs:
+            pool = self.ex.pool_of(lang)
+            if pool is None or pool not in index:
+                continue
+            for tag in tags:
+                queues.append((queue_name(lang or RUN_LANG, tag), index[pool]))
+        return queues, caps, names
+
+    async def _claim_loop(self) -> None:
+        await self.registered.wait()
+        delay = 0.05
+        while not self.leaving:
+            self._freed.clear()
+            queues, pools, names = self._claim_args()
+            if self.drained or self.displaced or not self.registered.is_set():
+                await self._idle([], 1.0)
+                continue
+            open_queues = [q for q, p in queues if pools[p][0] > 0]
+            if not open_queues:
+                await self._idle([], 1.0)
+                continue
+            try:
+                claimed = await self.store.claim(
+                    self.cfg.host_id, self.session, self.cfg.lease, self.cfg.batch, queues, pools
+                )
+                delay = 0.05
+            except Unregistered:
+                self.registered.clear()
+                await self._register()
+                continue
+            except Displaced:
+                self.displaced = True
+                continue
+            except Exception as e:
+                if not transient(e):
+                    log.exception("fleet: claim failed")
+                else:
+                    self._warn("claim", e)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            if claimed is None:
+                self.drained = True
+                continue
+            for c in claimed:
+                self._start(c, names[c.pool])
+            if not claimed:
+                await self._idle(open_queues, 1.0)
+
+    async def _idle(self, queues: list[str], timeout: float) -> None:
+        """Until a wake-up token for `queues`, a freed box, or the timeout."""
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._freed.wait())]
+        if queues:
+            if self._blpop is None or self._blpop.done():
+                self._blpop = asyncio.ensure_future(self.store.wait_for_work(queues, timeout))
+            waits.append(self._blpop)
+        try:
+            await asyncio.wait(waits, timeout=timeout + 0.5, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waits[0].cancel()
+        if self._blpop is not None and self._blpop.done():
+            e = None if self._blpop.cancelled() else self._blpop.exception()
+            self._blpop = None
+            if e is not None:
+                if not transient(e):
+                    log.error("fleet: waiting for work failed: %s", e)
+                else:
+                    self._warn("waiting for work", e)
+                await asyncio.sleep(0.5)
+
+    def _start(self, c: Claimed, pool: str) -> None:
+        self.claimed_total += 1
+        item = _Inflight(c, pool)
+        self.inflight[c.id] = item
+        try:
+            item.run = self.ex.start(c.kind, c.spec, c.deadline_left)
+        except BadJob as e:
+            log.error("fleet: quarantining job %s: %s", c.id, e)
+            item.task = asyncio.ensure_future(self._quarantine(item, str(e)))
+            return
+        except HandBack:
+            item.handed_back = True
+            item.task = asyncio.ensure_future(self._release(item))
+            return
+        self.used[pool] = self.used.get(pool, 0) + c.cost
+        item.task = asyncio.ensure_future(self._finish(item))
+
+    async def _quarantine(self, item: _Inflight, why: str) -> None:
+        try:
+            await self._retry(lambda: self.store.quarantine(item.claim.id, item.claim.kind, why))
+        finally:
+            self.inflight.pop(item.claim.id, None)
+
+    async def _release(self, item: _Inflight) -> None:
+        try:
+            await self._retry(lambda: self.store.release(item.claim.id, self.session), limit=30)
+        finally:
+            self.inflight.pop(item.claim.id, None)
+
+    async def _finish(self, item: _Inflight) -> None:
+        c = item.claim
+        try:
+            assert item.run is not None
+            info = await item.run.result()
+        finally:
+            self.used[item.pool] = max(0, self.used.get(item.pool, 0) - c.cost)
+            self._freed.set()
+        try:
+            if item.handed_back or item.lost:
+                return
+            info.job, info.host = c.id, self.cfg.host_id
+            r = await self._retry(lambda: self.store.complete(c.id, self.session, c.attempt, info, self.cfg.host_id))
+            if r != "ok":
+                log.info("fleet: result of job %s not taken (%s): another run finished first", c.id, r)
+        finally:
+            self.inflight.pop(c.id, None)
+
+    async def _retry(self, call: Callable[[], Any], limit: float = 600.0) -> Any:
+        # A result exists only here until Redis takes it: keep trying through an outage.
+        t0 = time.monotonic()
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except Exception as e:
+                if not transient(e) or time.monotonic() - t0 > limit:
+                    raise
+                self._warn("reporting a result", e)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+
+class ServiceExecutor:
+    """Claimed jobs become ordinary jobs of the host's Service (same queues, boxes, metrics)."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+
+    def pools(self) -> dict[str, tuple[int, int]]:
+        return {name: (q.capacity, q.running + q.depth) for name, q in self.svc.engine.queues.items()}
+
+    def pool_of(self, lang: str) -> str | None:
+        eng = self.svc.engine
+        if lang in ("", RUN_LANG):
+            return "host"
+        spec = eng.languages.get(lang)
+        return eng.pool_of(spec) if spec is not None else None
+
+    def languages(self) -> list[dict[str, Any]]:
+        return self.svc.languages()
+
+    def start(self, kind: str, spec: bytes, deadline_left: float | None) -> Running:
+        job = decode_spec(kind, spec)
+        # The fleet queue already used part of the deadline: the host queue gets the rest.
+        if deadline_left is not None:
+            job.queue_deadline = max(0.001, deadline_left)
+        try:
+            sj = self.svc.submit_run(job) if isinstance(job, RunRequest) else self.svc.submit(job)
+        except SchemaError as e:
+            raise BadJob(str(e)) from None
+        except ServiceError as e:
+            if e.err.code == "draining":
+                raise HandBack() from None
+            return _Refused(JobInfo("", "run" if kind == "run" else "submission", "failed", error=e.err))
+        return _ServiceRun(self.svc, sj)
+
+
+class _ServiceRun:
+    def __init__(self, svc: Service, job: Job) -> None:
+        self.svc, self.job = svc, job
+
+    def cancel(self) -> None:
+        self.svc.cancel(self.job.id)
+
+    async def result(self) -> JobInfo:
+        await self.job.done.wait()
+        return self.job.info()
+
+
+class _Refused:
+    """A job the host's service refused (e.g. its language is gone after a reload)."""
+
+    def __init__(self, info: JobInfo) -> None:
+        self.info = info
+
+    def cancel(self) -> None:
+        pass
+
+    async def result(self) -> JobInfo:
+        return self.info

@@ -1,0 +1,76 @@
+"""Redis key names of a fleet, in one place (sandboxd/data/fleet.lua builds the same).
+
+Every key starts with the prefix in braces, a Redis Cluster hash tag: all of a
+fleet's keys share one slot, which the Lua script needs (it derives job keys
+from queue entries).  Several fleets can share a Redis under different prefixes.
+"""
+
+from __future__ import annotations
+
+# Aging scores are seconds since this instant (2026-01-01 UTC), which keeps
+# them small enough for a double to order jobs to the microsecond.
+EPOCH_MS = 1_767_225_600_000
+
+# Runs (a command, no language) queue under this name; language ids cannot start with "@".
+RUN_LANG = "@run"
+
+
+def queue_name(lang: str, tag: str | None) -> str:
+    """One queue per (language, required tag); "" is "any host"."""
+    return f"{lang or RUN_LANG}|{tag or ''}"
+
+
+class Keys:
+    def __init__(self, name: str) -> None:
+        self.prefix = "{" + name + "}"
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def job(self, job_id: str) -> str:
+        return self._k("job", job_id)
+
+    def queue(self, name: str) -> str:
+        return self._k("q", name)
+
+    def wake(self, name: str) -> str:
+        return self._k("wake", name)
+
+    def host(self, host_id: str) -> str:
+        return self._k("host", host_id)
+
+    @property
+    def hosts(self) -> str:  # zset: host id -> last heartbeat (ms)
+        return self._k("hosts")
+
+    @property
+    def drained(self) -> str:  # set of host ids; survives the hosts' restarts
+        return self._k("drained")
+
+    @property
+    def leases(self) -> str:  # zset: running job id -> lease expiry (ms)
+        return self._k("leases")
+
+    @property
+    def deadlines(self) -> str:  # zset: queued job id -> queue deadline (ms)
+        return self._k("deadlines")
+
+    @property
+    def queues(self) -> str:  # set of queue names ever used
+        return self._k("queues")
+
+    @property
+    def quarantine(self) -> str:  # zset: job id -> when it was quarantined
+        return self._k("quarantine")
+
+    @property
+    def quarantine_why(self) -> str:  # hash: job id -> reason
+        return self._k("quarantine", "why")
+
+    @property
+    def stats(self) -> str:  # hash of fleet-wide counters
+        return self._k("stats")
+
+    @property
+    def events(self) -> str:  # pub/sub channel: "job id\nfinal JobInfo (msgpack)"
+        return self._k("events")

@@ -1,0 +1,294 @@
+"""Typed access to the fleet's state in Redis: one method per atomic operation.
+
+Every state change is one call of sandboxd/data/fleet.lua (atomic on the
+server, with Redis's clock); reads are plain commands.  redis-py's Script
+reloads the script by itself when a restarted Redis has forgotten it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar, cast
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..schema import Error, JobInfo
+from .keys import EPOCH_MS, Keys
+
+log = logging.getLogger(__name__)
+LUA = resources.files("sandboxd").joinpath("data/fleet.lua").read_text()
+
+# What a transient Redis outage looks like (restart, failover, AOF loading):
+# the loops retry these; anything else is a bug or bad data and is raised.
+TRANSIENT: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+_info_dec = msgspec.msgpack.Decoder(JobInfo)
+_enc = msgspec.msgpack.Encoder()
+
+
+T = TypeVar("T")
+
+
+def _aw(x: Awaitable[T] | T) -> Awaitable[T]:
+    # redis-py types each command as sync-or-async; on redis.asyncio they are awaitables.
+    return cast(Awaitable[T], x)
+
+
+def transient(e: BaseException) -> bool:
+    if isinstance(e, TRANSIENT):
+        return True
+    # A Redis that is still loading its AOF after a restart answers LOADING.
+    return isinstance(e, ResponseError) and str(e).startswith("LOADING")
+
+
+def _json(v: Any) -> str:
+    return msgspec.json.encode(v).decode()
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass
+class Claimed:
+    id: str
+    kind: str
+    spec: bytes
+    attempt: int
+    deadline_left: float | None  # seconds of queue deadline left, None if none
+    cost: int
+    pool: int  # index into the pools the claim was made for
+
+
+@dataclass
+class Beat:
+    drained: bool
+    cancel: list[str]
+    lost: list[str]
+
+
+class Unregistered(Exception):
+    """This host's entry is gone from Redis (expired, or Redis lost it): register again."""
+
+
+class Displaced(Exception):
+    """Another process registered the same host id: this one must stop taking work."""
+
+
+class FleetStore:
+    def __init__(self, url: str, prefix: str = "sandboxd", results_ttl: float = 600.0) -> None:
+        # No socket timeout: hosts block in BLPOP for their wake-ups.
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10)
+        self.url = url
+        self.keys = Keys(prefix)
+        self.ttl = max(1, round(results_ttl))
+        self._script = self.redis.register_script(LUA)
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.aclose()
+
+    async def _call(self, op: str, *args: Any) -> Any:
+        return await self._script(keys=[], args=[op, self.keys.prefix, *args])
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    # --- coordinator ------------------------------------------------------
+
+    async def enqueue(
+        self,
+        job_id: str,
+        kind: str,
+        lang: str,
+        tag: str,
+        queue: str,
+        spec: bytes,
+        priority: int,
+        aging: float,
+        cost: int,
+        deadline: float | None,
+        depth: int,
+    ) -> tuple[str, int]:
+        dl = 0 if deadline is None else max(1, round(deadline * 1000))
+        r = await self._call(
+            "enqueue", job_id, kind, lang, tag, queue, spec, priority, aging, EPOCH_MS, cost, dl, depth
+        )
+        return _s(r[0]), int(r[1]) if len(r) > 1 else 0
+
+    async def cancel(self, job_id: str) -> str:
+        return _s(await self._call("cancel", job_id, self.ttl))
+
+    async def job(self, job_id: str) -> dict[str, bytes] | None:
+        """The fields a reader needs (not the spec, which may be large)."""
+        vals = await _aw(self.redis.hmget(self.keys.job(job_id), ["state", "kind", "info", "host"]))
+        if vals[0] is None:
+            return None
+        return dict(zip(("state", "kind", "info", "host"), vals, strict=True))
+
+    @staticmethod
+    def decode_info(data: bytes) -> JobInfo:
+        return _info_dec.decode(data)
+
+    async def reap(self, max_attempts: int, limit: int = 500) -> tuple[int, int, int]:
+        r = await self._call("reap", max_attempts, self.ttl, limit)
+        return int(r[0]), int(r[1]), int(r[2])
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        """Every host with an entry (the entry expires a few leases after its last heartbeat)."""
+        ids = [_s(h) for h in await _aw(self.redis.zrange(self.keys.hosts, 0, -1))]
+        drained = {_s(h) for h in await _aw(self.redis.smembers(self.keys.drained))}
+        pipe = self.redis.pipeline(transaction=False)
+        for h in ids:
+            pipe.hgetall(self.keys.host(h))
+        out = []
+        now = time.time() * 1000
+        for h, raw in zip(ids, await pipe.execute(), strict=True):
+            if not raw:
+                continue
+            d = {_s(k): _s(v) for k, v in raw.items()}
+            entry: dict[str, Any] = {"id": h, "drained": h in drained}
+            for k, v in d.items():
+                if k not in ("session", "joined", "heartbeat"):
+                    try:
+                        entry[k] = msgspec.json.decode(v)
+                    except msgspec.DecodeError:
+                        entry[k] = v  # written by hand or by another version: show it as it is
+            hb = float(d.get("heartbeat", 0))
+            entry["heartbeat"] = hb / 1000
+            entry["heartbeat_age"] = round(max(0.0, now - hb) / 1000, 3)
+            out.append(entry)
+        return out
+
+    async def set_drained(self, host_id: str, drained: bool) -> None:
+        if drained:
+            await _aw(self.redis.sadd(self.keys.drained, host_id))
+        else:
+            await _aw(self.redis.srem(self.keys.drained, host_id))
+
+    async def queue_depths(self) -> dict[str, int]:
+        names = sorted(_s(q) for q in await _aw(self.redis.smembers(self.keys.queues)))
+        pipe = self.redis.pipeline(transaction=False)
+        for q in names:
+            pipe.zcard(self.keys.queue(q))
+        return dict(zip(names, (int(n) for n in await pipe.execute()), strict=True))
+
+    async def stats(self) -> dict[str, int]:
+        return {_s(k): int(v) for k, v in (await _aw(self.redis.hgetall(self.keys.stats))).items()}
+
+    async def quarantined(self) -> dict[str, str]:
+        return {_s(k): _s(v) for k, v in (await _aw(self.redis.hgetall(self.keys.quarantine_why))).items()}
+
+    # --- hosts ------------------------------------------------------------
+
+    def _ttl_for(self, lease: float) -> int:
+        # A host entry outlives a few missed heartbeats, then vanishes from /v1/hosts.
+        return max(2, round(3 * lease))
+
+    async def register(self, host_id: str, session: str, lease: float, fields: dict[str, Any]) -> bool:
+        """Returns whether the host is drained (drains survive restarts).  Field
+        values are stored as JSON and read back typed by hosts()."""
+        args: list[Any] = [host_id, session, self._ttl_for(lease)]
+        for k, v in fields.items():
+            args += [k, _json(v)]
+        r = await self._call("register", *args)
+        prev = _s(r[0])
+        if prev and prev != session:
+            log.info("fleet: took over host id %s from an earlier process", host_id)
+        return bool(int(r[1]))
+
+    async def heartbeat(
+        self, host_id: str, session: str, lease: float, fields: dict[str, Any], job_ids: list[str]
+    ) -> Beat:
+        args: list[Any] = [host_id, session, round(lease * 1000), self._ttl_for(lease), len(fields)]
+        for k, v in fields.items():
+            args += [k, _json(v)]
+        r = [_s(x) for x in await self._call("heartbeat", *args, *job_ids)]
+        self._session_check(r[0])
+        beat = Beat(r[0] == "1", [], [])
+        for item in r[1:]:
+            what, _, jid = item.partition(":")
+            (beat.cancel if what == "cancel" else beat.lost).append(jid)
+        return beat
+
+    @staticmethod
+    def _session_check(first: str) -> None:
+        if first == "unregistered":
+            raise Unregistered()
+        if first == "displaced":
+            raise Displaced()
+
+    async def claim(
+        self,
+        host_id: str,
+        session: str,
+        lease: float,
+        max_n: int,
+        queues: list[tuple[str, int]],
+        pools: list[tuple[int, int]],
+    ) -> list[Claimed] | None:
+        """Up to max_n jobs; None if the host is drained."""
+        args: list[Any] = [host_id, session, round(lease * 1000), max_n, self.ttl, len(queues)]
+        for name, pool in queues:
+            args += [name, pool + 1]  # Lua tables count from 1
+        args.append(len(pools))
+        for free, cap in pools:
+            args += [free, cap]
+        r = await self._call("claim", *args)
+        head = _s(r[0])
+        if head == "drained":
+            return None
+        self._session_check(head)
+        out = []
+        for i in range(1, len(r), 7):
+            left = int(r[i + 4])
+            out.append(
+                Claimed(
+                    id=_s(r[i]),
+                    kind=_s(r[i + 1]),
+                    spec=bytes(r[i + 2]),
+                    attempt=int(r[i + 3]),
+                    deadline_left=None if left < 0 else left / 1000,
+                    cost=int(r[i + 5]),
+                    pool=int(r[i + 6]) - 1,
+                )
+            )
+        return out
+
+    async def wait_for_work(self, queues: list[str], timeout: float) -> bool:
+        """Block until a wake-up token for one of these queues (or the timeout)."""
+        if not queues:
+            return False
+        r = await _aw(self.redis.blpop([self.keys.wake(q) for q in queues], timeout=timeout))  # type: ignore[arg-type]  # Redis >= 6 takes fractions
+        return r is not None
+
+    async def complete(self, job_id: str, session: str, attempt: int, info: JobInfo, host_id: str) -> str:
+        data = _enc.encode(info)
+        return _s(await self._call("complete", job_id, session, attempt, data, info.state, self.ttl, host_id))
+
+    async def quarantine(self, job_id: str, kind: str, why: str) -> str:
+        info = JobInfo(
+            job_id,
+            "submission" if kind == "submission" else "run",
+            "failed",
+            error=Error("bad_request", f"malformed job in Redis, quarantined: {why}"),
+        )
+        return _s(await self._call("quarantine", job_id, _enc.encode(info), self.ttl, why))
+
+    async def release(self, job_id: str, session: str) -> str:
+        return _s(await self._call("release", job_id, session, self.ttl))
+
+    async def leave(self, host_id: str, session: str) -> None:
+        await self._call("leave", host_id, session)
