@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     co.add_argument("--config", type=Path, help="TOML config file")
     co.add_argument("--fleet", help="the fleet's Redis URL (redis://host:port/db)")
-    co.add_argument("--socket", help="Unix socket path ('' disables; default /run/sandboxd/coordinator.sock)")
+    co.add_argument("--socket", help="Unix socket path ('' disables; default in /run/sandboxd-coordinator/)")
     co.add_argument("--http", help="HTTP host:port ('' disables; default 127.0.0.1:7080)")
     co.add_argument("--log-format", choices=["text", "json"], dest="log_format")
     try:

@@ -428,3 +428,26 @@ def test_sigterm_host_hands_back_its_jobs(fleet: Fleet) -> None:
     assert res["state"] == "done" and res["host"] in ("a", "c"), res
     assert int(fleet.r().hget(K.job(job), "attempts")) == 1  # a hand-back is not a failure
     assert "handed job" in (fleet.hosts["b"].dir / "log").read_text()
+
+
+def test_reserved_host_takes_only_its_tag(fleet: Fleet) -> None:
+    env = {
+        **HOST_ENV,
+        "SANDBOXD_FLEET": fleet.redis.url,
+        "SANDBOXD_FLEET_HOST_ID": "r",
+        "SANDBOXD_FLEET_TAGS": '["contest"]',
+        "SANDBOXD_FLEET_ONLY_TAGGED": "true",
+    }
+    reserved = Daemon("fleet-r", pool_size=1, env=env)
+    try:
+        fleet.wait_hosts({*POOLS, "r"})
+        fleet.drain(*POOLS)
+        untagged = fleet.start({"cmd": ["/bin/true"]})
+        tagged = fleet.start({"cmd": ["/bin/true"], "host_tag": "contest"})
+        assert fleet.wait(tagged)["host"] == "r"
+        time.sleep(1.5)  # r polls every second: it must still leave the untagged job alone
+        assert fleet.api("GET", f"/v1/jobs/{untagged}")[1]["state"] == "queued"
+        fleet.drain(*POOLS, on=False)
+        assert fleet.wait(untagged)["host"] in POOLS
+    finally:
+        reserved.stop()

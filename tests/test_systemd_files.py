@@ -56,3 +56,24 @@ def test_unit_matches_the_config_defaults() -> None:
     assert "WatchdogSec" in svc and "CAP_SETPCAP" in svc["CapabilityBoundingSet"]
     sysusers = (ROOT / "systemd/sysusers.d/sandboxd.conf").read_text()
     assert re.search(r"^g sandboxd -$", sysusers, re.M)
+
+
+def test_coordinator_unit_and_example_agree() -> None:
+    from sandboxd.fleet.coordinator import DEFAULTS
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string((ROOT / "systemd/sandboxd-coordinator.service").read_text())
+    svc = unit["Service"]
+    example = ROOT / "systemd/coordinator.toml.example"
+    assert svc["ExecStart"].endswith(f"sandboxd coordinator --config /etc/sandboxd/{example.stem.split('.')[0]}.toml")
+    assert svc["ExecStart"].startswith("/opt/sandboxd/venv/bin/")
+    cfg = config.load(example, env={}, defaults=DEFAULTS)
+    assert cfg.fleet.startswith("redis://") and cfg.socket_group == "sandboxd"
+    assert f"/run/{svc['RuntimeDirectory']}" == str(Path(cfg.socket).parent)
+    assert svc["Type"] == "notify" and svc["DynamicUser"] == "yes" and svc["CapabilityBoundingSet"] == ""
+    assert int(svc["TimeoutStopSec"].removesuffix("s")) > cfg.drain_timeout
+    for line in example.read_text().splitlines():  # commented keys show the coordinator's defaults
+        if re.match(r"#[a-z0-9_]+ = ", line):
+            ((key, value),) = tomllib.loads(line[1:]).items()
+            assert getattr(cfg, key) == value, key

@@ -407,8 +407,9 @@ def routes(coord: Coordinator) -> Callable[[web.Application], None]:
     return add
 
 
-# Where a coordinator listens unless configured: next to a host daemon on the same machine.
-DEFAULTS = {"socket": "/run/sandboxd/coordinator.sock", "http": "127.0.0.1:7080"}
+# Where a coordinator listens unless configured: beside a host daemon on the same
+# machine, in the runtime directory of systemd/sandboxd-coordinator.service.
+DEFAULTS = {"socket": "/run/sandboxd-coordinator/coordinator.sock", "http": "127.0.0.1:7080"}
 
 
 async def serve(cfg: Any) -> int:
