@@ -68,6 +68,8 @@ PACKAGES = (
     "gcc",
     "libc6-dev",
     "libseccomp2",
+    # ansible's apt module (tests/vm/test_ansible.py) needs it on the managed host
+    "python3-apt",
 )
 KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 random.trust_cpu=on"
 IMAGE_SIZE = "4G"

@@ -66,8 +66,12 @@ class VM:
         cpus: int = 2,
         max_lifetime: float = 3600.0,
         cmdline: str | None = None,
+        forward_ports: tuple[int, ...] = (),
     ) -> None:
         self.image_dir = image_dir
+        # Guest TCP ports also reachable from the host's loopback: guest port -> host port (set at boot).
+        self.forward_ports = forward_ports
+        self.forwards: dict[int, int] = {}
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.max_lifetime = max_lifetime
@@ -118,6 +122,8 @@ class VM:
         subprocess.run(img, check=True, capture_output=True)
         for attempt in range(3):
             self.port = _free_port()
+            self.forwards = {g: _free_port() for g in self.forward_ports}
+            fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in self.forwards.items())
             pidfile = self.workdir / "qemu.pid"
             opts: list[tuple[str, ...]] = [
                 ("-accel", "tcg"),
@@ -131,8 +137,9 @@ class VM:
                 ("-append", self.cmdline),
                 # cache=unsafe: the overlay is thrown away, so its flushes are wasted time.
                 ("-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap"),
-                # User-mode network; the only way in is ssh forwarded from the host's loopback.
-                ("-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22"),
+                # User-mode network; the ways in are ssh (and forward_ports) forwarded from the host's loopback.
+                # (The guest reaches the host's loopback as 10.0.2.2.)
+                ("-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22{fwd}"),
                 ("-device", "virtio-net-pci,netdev=n0,romfile="),
                 ("-device", "virtio-rng-pci"),
                 ("-serial", f"file:{self.console_log}"),  # ttyS0: kernel and systemd console
