@@ -71,8 +71,11 @@ class _Conn:
             # A vanished client cannot read its results: stop what it was waiting for.
             for t in self.inflight.values():
                 t.cancel()
-            for jid in self.jobs.values():
-                self._spawn(self._cancel_quietly(jid))
+            # (Not while stopping: then the connection closes because we do, and a
+            # coordinator's jobs live on for the client to read elsewhere.)
+            if not self.svc.draining:
+                for jid in self.jobs.values():
+                    self._spawn(self._cancel_quietly(jid))
             self.writer.close()
 
     def _spawn(self, coro: Any) -> None:

@@ -33,6 +33,8 @@ HOST_ENV = {
     "SANDBOXD_DRAIN_TIMEOUT": "1",
     "SANDBOXD_LOG_FORMAT": "json",
 }
+# Coordinators use the hosts' lease too: it is their grace after a Redis outage.
+COORD_ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5"}
 K = Keys("sandboxd")
 
 
@@ -44,7 +46,7 @@ class Fleet:
         try:
             for name in POOLS:
                 self.start_host(name)
-            self.coords = [Coordinator(self.redis.url), Coordinator(self.redis.url)]
+            self.coords = [Coordinator(self.redis.url, COORD_ENV), Coordinator(self.redis.url, COORD_ENV)]
             self.wait_hosts(set(POOLS))
         except BaseException:
             self.stop()
@@ -136,7 +138,7 @@ def healthy(fleet: Fleet) -> Iterator[None]:
     for i, c in enumerate(fleet.coords):
         if c.proc.poll() is not None:
             c.stop()
-            fleet.coords[i] = Coordinator(fleet.redis.url)
+            fleet.coords[i] = Coordinator(fleet.redis.url, COORD_ENV)
     fleet.r().delete(K.drained)
     hosts = fleet.wait_hosts(set(POOLS))
     deadline = time.monotonic() + 20
@@ -337,6 +339,32 @@ def test_redis_restart_loses_nothing_acknowledged(fleet: Fleet) -> None:
     fleet.wait_hosts(set(POOLS))
 
 
+def test_redis_outage_does_not_take_running_jobs_away(fleet: Fleet) -> None:
+    """Redis down longer than a lease: no host could renew, so after the
+    restart the hosts get one lease to come back instead of losing their jobs."""
+    job = fleet.start(sleep_job(6))
+    fleet.wait_state(job, "running")
+    fleet.redis.kill()
+    time.sleep(4)  # twice the lease
+    fleet.redis.start()
+    res = fleet.wait(job, timeout=30)
+    assert res["state"] == "done" and res["result"]["stdout"] == "ZG9uZQo=", res
+    assert int(fleet.r().hget(K.job(job), "attempts")) == 1  # ran once, not re-queued
+    fleet.wait_hosts(set(POOLS))
+
+
+def test_a_malformed_running_job_does_not_stop_the_reaper(fleet: Fleet) -> None:
+    r = fleet.r()
+    r.hset(K.job("broken-lease"), mapping={"state": "running", "kind": "run", "holder": "nobody"})
+    r.zadd(K.leases, {"broken-lease": 0})
+    res = fleet.wait("broken-lease", timeout=10)
+    assert res["state"] == "failed" and "malformed job in Redis" in res["error"]["message"], res
+    # Leases are still reaped: a job whose host is killed still finishes elsewhere.
+    job = _pin_to(fleet, "a", sleep_job(1))
+    fleet.hosts["a"].proc.kill()
+    assert fleet.wait(job, timeout=30)["host"] in ("b", "c")
+
+
 def test_drain_a_busy_host(fleet: Fleet) -> None:
     job = _pin_to(fleet, "c", sleep_job(1.5))
     fleet.drain("c")
@@ -405,7 +433,7 @@ def test_queue_deadline_and_bounded_depth(fleet: Fleet) -> None:
     late = fleet.start({"cmd": ["/bin/true"], "queue_deadline": 0.3})
     res = fleet.wait(late, timeout=10)
     assert res["state"] == "failed" and res["error"]["code"] == "queue_deadline", res
-    small = Coordinator(fleet.redis.url, env={"SANDBOXD_FLEET_QUEUE_DEPTH": "3"})
+    small = Coordinator(fleet.redis.url, env={**COORD_ENV, "SANDBOXD_FLEET_QUEUE_DEPTH": "3"})
     try:
         fleet.coords.append(small)
         held = [fleet.start({"cmd": ["/bin/true"], "priority": 7}, coord=2) for _ in range(3)]

@@ -51,7 +51,18 @@ end
 -- A final JobInfo built here (cancelled, expired, lost): the same msgpack map
 -- the Python side encodes (sandboxd.schema.JobInfo).
 local function info_error(id, kind, state, code, message)
+  kind = (kind == 'submission') and 'submission' or 'run'  -- a hand-made hash may lack it
   return cmsgpack.pack({job = id, kind = kind, state = state, error = {code = code, message = message}})
+end
+
+-- A job hash that cannot be handled (written by hand, or by another
+-- version): fail it with the reason, list it in the quarantine, carry on.
+local function quarantine_job(id, kind, why, ttl)
+  redis.call('ZADD', key('quarantine'), now_ms(), id)
+  redis.call('HSET', key('quarantine', 'why'), id, why)
+  redis.call('HINCRBY', key('stats'), 'quarantined', 1)
+  finalize(id, 'failed', info_error(id, kind, 'failed', 'bad_request',
+    'malformed job in Redis, quarantined: ' .. why), ttl, nil)
 end
 
 local function wake(queue)
@@ -171,9 +182,8 @@ local function claim()
     elseif state ~= 'queued' then
       redis.call('ZREM', key('q', queue), best)  -- a leftover of a finished job
     elseif (kind ~= 'run' and kind ~= 'submission') or not spec or not cost then
-      quarantine_entry(queue, best, 'job hash lacks kind, spec or cost')
-      finalize(best, 'failed', info_error(best, kind == 'run' and 'run' or 'submission', 'failed',
-        'bad_request', 'malformed job in Redis: it lacks kind, spec or cost; quarantined'), ttl, nil)
+      redis.call('ZREM', key('q', queue), best)
+      quarantine_job(best, kind, 'job hash lacks kind, spec or cost', ttl)
     elseif deadline and deadline <= now then
       finalize(best, 'failed', info_error(best, kind, 'failed', 'queue_deadline',
         'the job waited longer than its queue_deadline'), ttl, nil)
@@ -190,6 +200,9 @@ local function claim()
         local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
         redis.call('HSET', jk, 'state', 'running', 'holder', session, 'host', host, 'lease', now + lease,
           'started', now)
+        -- queue_deadline bounds the wait before a job first starts; a job
+        -- re-queued because its host died is not given up for that.
+        redis.call('HDEL', jk, 'deadline')
         redis.call('ZADD', key('leases'), now + lease, best)
         out[#out + 1] = best
         out[#out + 1] = kind
@@ -204,6 +217,17 @@ local function claim()
   end
   if taken > 0 then
     redis.call('HINCRBY', key('stats'), 'claimed', taken)
+  end
+  -- Wake-ups follow the work: a queue this host left non-empty wakes one more
+  -- host; an empty queue's stale tokens are dropped (no empty claims later).
+  for i = 1, nq do
+    if redis.call('ZCARD', key('q', queues[i])) > 0 then
+      if taken > 0 or free[qpool[i]] == 0 then
+        wake(queues[i])
+      end
+    else
+      redis.call('DEL', key('wake', queues[i]))
+    end
   end
   return out
 end
@@ -275,7 +299,7 @@ local function complete()
     redis.call('HINCRBY', key('stats'), 'duplicates', 1)
     return 'duplicate'
   end
-  if attempt > tonumber(f[2]) then
+  if attempt > (tonumber(f[2]) or 0) then
     return 'unknown'
   end
   finalize(id, state, info, ttl, host)
@@ -330,6 +354,10 @@ local function release()
     finalize(id, 'cancelled', info_error(id, f[6], 'cancelled', 'cancelled', 'cancelled'), ARGV[5], nil)
     return 'cancelled'
   end
+  if not f[3] or not tonumber(f[4]) then
+    quarantine_job(id, f[6], 'running job lacks queue or score', ARGV[5])
+    return 'quarantined'
+  end
   redis.call('HINCRBY', jk, 'attempts', -1)
   redis.call('HSET', jk, 'state', 'queued', 'holder', '')
   redis.call('HINCRBY', key('stats'), 'released', 1)
@@ -340,14 +368,26 @@ end
 -- reap max_attempts ttl limit: re-queue jobs whose host stopped renewing its
 -- lease (died, hung, partitioned), fail queued jobs past their deadline.
 local function reap()
-  local max_attempts, ttl, limit = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+  local max_attempts, ttl, limit, lease = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
   local now = now_ms()
   local requeued, lost, expired = 0, 0, 0
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('leases'), '-inf', now, 'LIMIT', 0, limit)) do
+  -- Someone reaps every second or so.  A long gap means nobody could reach
+  -- Redis (it was down, or everyone was cut off): the hosts could not renew
+  -- their leases either, so give them one lease to come back before
+  -- declaring their jobs lost.
+  local last = tonumber(redis.call('GETSET', key('reaped'), now))
+  if last and now - last > math.max(3000, lease / 2) then
+    redis.call('SET', key('grace'), now + lease, 'PX', lease)
+  end
+  local grace = redis.call('EXISTS', key('grace')) == 1
+  local leases = grace and {} or redis.call('ZRANGEBYSCORE', key('leases'), '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(leases) do
     local jk = key('job', id)
     local f = redis.call('HMGET', jk, 'state', 'queue', 'score', 'attempts', 'cancel', 'kind', 'host')
     if f[1] ~= 'running' then
       redis.call('ZREM', key('leases'), id)
+    elseif not f[2] or not tonumber(f[3]) or not tonumber(f[4]) then
+      quarantine_job(id, f[6], 'running job lacks queue, score or attempts', ttl)
     elseif f[5] == '1' then
       finalize(id, 'cancelled', info_error(id, f[6], 'cancelled', 'cancelled', 'cancelled'), ttl, nil)
     elseif tonumber(f[4]) >= max_attempts then

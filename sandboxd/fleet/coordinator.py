@@ -90,6 +90,7 @@ class Coordinator:
         aging: float = 1.0,
         queue_depth: int = 100_000,
         max_attempts: int = 3,
+        lease: float = 10.0,
         reap_interval: float = 0.5,
     ) -> None:
         self.store = store
@@ -97,6 +98,7 @@ class Coordinator:
         self.aging = max(aging, 1e-6)
         self.queue_depth = queue_depth
         self.max_attempts = max_attempts
+        self.lease = lease  # the hosts' fleet_lease: the grace after a Redis outage
         self.reap_interval = reap_interval
         self.draining = False
         self._waiters: dict[str, list[asyncio.Future[JobInfo]]] = {}
@@ -187,7 +189,7 @@ class Coordinator:
         while True:
             await asyncio.sleep(self.reap_interval)
             try:
-                requeued, lost, expired = await self.store.reap(self.max_attempts)
+                requeued, lost, expired = await self.store.reap(self.max_attempts, self.lease)
                 self._redis_ok = True
                 if requeued or lost:
                     log.warning(
@@ -418,7 +420,13 @@ async def serve(cfg: Any) -> int:
     if not cfg.fleet:
         raise ValueError("fleet: the coordinator needs the fleet's Redis URL (config `fleet` or SANDBOXD_FLEET)")
     store = FleetStore(cfg.fleet, cfg.fleet_prefix, cfg.results_ttl)
-    coord = Coordinator(store, aging=cfg.aging, queue_depth=cfg.fleet_queue_depth, max_attempts=cfg.fleet_max_attempts)
+    coord = Coordinator(
+        store,
+        aging=cfg.aging,
+        queue_depth=cfg.fleet_queue_depth,
+        max_attempts=cfg.fleet_max_attempts,
+        lease=cfg.fleet_lease,
+    )
     await coord.start()
 
     async def stopping() -> None:

@@ -27,10 +27,10 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ..schema import JobInfo, RunRequest, SchemaError, Submission, validate_run, validate_submission
+from ..schema import Error, JobInfo, RunRequest, SchemaError, Submission, validate_run, validate_submission
 from ..service import Job, Service, ServiceError
 from .keys import RUN_LANG, queue_name
-from .store import Claimed, Displaced, FleetStore, Unregistered, transient
+from .store import Beat, Claimed, Displaced, FleetStore, Unregistered, transient
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +115,43 @@ class HostWorker:
         self.registered = asyncio.Event()
         self.leaving = False
         self._freed = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._side: set[asyncio.Task[Any]] = set()
-        self._blpop: asyncio.Task[bool] | None = None
+        self._claimer: asyncio.Task[None] | None = None
+        self._beater: asyncio.Task[None] | None = None
+        self._blpop: asyncio.Task[str | None] | None = None
         self._warned = 0.0
         self.claimed_total = 0
 
     # --- life cycle -------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._claim_loop()), asyncio.ensure_future(self._heartbeat_loop())]
+        self._claimer = self._loop(self._claim_loop, "claim")
+        self._beater = self._loop(self._heartbeat_loop, "heartbeat")
+
+    def _loop(self, body: Callable[[], Any], name: str) -> asyncio.Task[None]:
+        async def forever() -> None:
+            # The loops handle Redis errors themselves; this catches bugs, so a
+            # host never keeps running without claiming or renewing leases.
+            while True:
+                try:
+                    await body()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("fleet: %s loop failed; restarting it", name)
+                    await asyncio.sleep(1)
+
+        return asyncio.ensure_future(forever())
 
     async def leave(self, grace: float) -> None:
         """Stop claiming; give running jobs `grace` seconds, hand the rest back; leave the index."""
         self.leaving = True
-        self._tasks[0].cancel()
+        self._freed.set()
+        if self._claimer is not None:
+            # Not cancelled mid-claim: jobs claimed on the server must reach inflight.
+            _, late = await asyncio.wait([self._claimer], timeout=15)
+            for t in late:
+                t.cancel()
         if self._blpop is not None:
             self._blpop.cancel()
         pending = [i.task for i in self.inflight.values() if i.task is not None]
@@ -143,11 +165,12 @@ class HostWorker:
             with contextlib.suppress(Exception):
                 r = await asyncio.wait_for(self.store.release(item.claim.id, self.session), 5)
                 log.info("fleet: handed job %s back (%s)", item.claim.id, r)
+        # The heartbeat stops before the host leaves the index, so it cannot re-register.
+        if self._beater is not None:
+            self._beater.cancel()
+            await asyncio.gather(self._beater, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.leave(self.cfg.host_id, self.session), 5)
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, *self._side, return_exceptions=True)
         log.info("fleet: left as host %s", self.cfg.host_id)
 
     def _warn(self, what: str, e: BaseException) -> None:
@@ -170,6 +193,10 @@ class HostWorker:
         }
 
     async def _register(self) -> None:
+        """Until it succeeds: a host that cannot register must keep trying, not die."""
+        if self.displaced:
+            # The process that displaced us has gone: come back as a new session.
+            self.session, self.displaced = secrets.token_hex(8), False
         delay = 0.1
         while True:
             try:
@@ -183,14 +210,16 @@ class HostWorker:
                 }
                 self.drained = await self.store.register(self.cfg.host_id, self.session, self.cfg.lease, fields)
                 self.registered.set()
+                self._freed.set()
                 log.info("fleet: joined as host %s%s", self.cfg.host_id, " (drained)" if self.drained else "")
                 return
             except Exception as e:
-                if not transient(e):
-                    raise
-                self._warn("cannot register", e)
+                if transient(e):
+                    self._warn("cannot register", e)
+                else:
+                    log.error("fleet: cannot register: %s (retrying)", e)
                 await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+                delay = min(5.0, delay * 2)
 
     async def _heartbeat_loop(self) -> None:
         await self._register()
@@ -201,28 +230,11 @@ class HostWorker:
                 beat = await self.store.heartbeat(
                     self.cfg.host_id, self.session, self.cfg.lease, self._fields(), list(self.inflight)
                 )
-                if beat.drained != self.drained:
-                    log.info("fleet: host %s %s", self.cfg.host_id, "drained" if beat.drained else "undrained")
-                    self.drained = beat.drained
-                    self._freed.set()
-                for jid in beat.cancel:
-                    item = self.inflight.get(jid)
-                    if item is not None and item.run is not None:
-                        log.info("fleet: job %s cancelled by a client", jid)
-                        item.run.cancel()
-                for jid in beat.lost:
-                    item = self.inflight.get(jid)
-                    if item is not None and not item.lost:
-                        # Its lease ran out (we were stopped or cut off) and it is
-                        # someone else's now: stop duplicating work.
-                        log.warning("fleet: lost the lease of job %s; stopping it here", jid)
-                        item.lost = True
-                        if item.run is not None:
-                            item.run.cancel()
+                self._on_beat(beat)
                 # Every host helps re-queue the jobs of dead hosts (cheap, idempotent).
                 n += 1
                 if n % 2 == 0:
-                    await self.store.reap(self.cfg.max_attempts)
+                    await self.store.reap(self.cfg.max_attempts, self.cfg.lease)
             except Unregistered:
                 log.warning("fleet: our host entry is gone from Redis; registering again")
                 self.registered.clear()
@@ -234,10 +246,30 @@ class HostWorker:
                     )
                 self.displaced = True
             except Exception as e:
-                if not transient(e):
-                    log.exception("fleet: heartbeat failed")
-                else:
+                if transient(e):
                     self._warn("heartbeat", e)
+                else:
+                    log.error("fleet: heartbeat failed: %s", e)
+
+    def _on_beat(self, beat: Beat) -> None:
+        if beat.drained != self.drained:
+            log.info("fleet: host %s %s", self.cfg.host_id, "drained" if beat.drained else "undrained")
+            self.drained = beat.drained
+            self._freed.set()
+        for jid in beat.cancel:
+            item = self.inflight.get(jid)
+            if item is not None and item.run is not None:
+                log.info("fleet: job %s cancelled by a client", jid)
+                item.run.cancel()
+        for jid in beat.lost:
+            item = self.inflight.get(jid)
+            if item is not None and not item.lost:
+                # Its lease ran out (we were stopped or cut off) and it is
+                # someone else's now: stop duplicating work.
+                log.warning("fleet: lost the lease of job %s; stopping it here", jid)
+                item.lost = True
+                if item.run is not None:
+                    item.run.cancel()
 
     # --- claiming -----------------------------------------------------------
 
@@ -267,10 +299,10 @@ class HostWorker:
         delay = 0.05
         while not self.leaving:
             self._freed.clear()
-            queues, pools, names = self._claim_args()
             if self.drained or self.displaced or not self.registered.is_set():
                 await self._idle([], 1.0)
                 continue
+            queues, pools, names = self._claim_args()
             open_queues = [q for q, p in queues if pools[p][0] > 0]
             if not open_queues:
                 await self._idle([], 1.0)
@@ -280,18 +312,14 @@ class HostWorker:
                     self.cfg.host_id, self.session, self.cfg.lease, self.cfg.batch, queues, pools
                 )
                 delay = 0.05
-            except Unregistered:
-                self.registered.clear()
-                await self._register()
-                continue
-            except Displaced:
-                self.displaced = True
+            except (Unregistered, Displaced):
+                await self._idle([], 0.5)  # the heartbeat loop sorts registration out
                 continue
             except Exception as e:
-                if not transient(e):
-                    log.exception("fleet: claim failed")
-                else:
+                if transient(e):
                     self._warn("claim", e)
+                else:
+                    log.error("fleet: claim failed: %s", e)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue
@@ -314,15 +342,31 @@ class HostWorker:
             await asyncio.wait(waits, timeout=timeout + 0.5, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waits[0].cancel()
-        if self._blpop is not None and self._blpop.done():
-            e = None if self._blpop.cancelled() else self._blpop.exception()
-            self._blpop = None
-            if e is not None:
-                if not transient(e):
-                    log.error("fleet: waiting for work failed: %s", e)
-                else:
-                    self._warn("waiting for work", e)
-                await asyncio.sleep(0.5)
+        blpop = self._blpop
+        if blpop is None or not blpop.done():
+            return  # still waiting: the next _idle reuses it
+        self._blpop = None
+        if blpop.cancelled():
+            return
+        e = blpop.exception()
+        if e is not None:
+            if transient(e):
+                self._warn("waiting for work", e)
+            else:
+                log.error("fleet: waiting for work failed: %s", e)
+            await asyncio.sleep(0.5)
+            return
+        woke = blpop.result()
+        if woke is not None and self._full():
+            # A wake-up meant for a host with a free box: pass it on.
+            with contextlib.suppress(Exception):
+                await self.store.rewake(woke)
+
+    def _full(self) -> bool:
+        if self.drained or self.displaced or self.leaving:
+            return True
+        _, pools, _ = self._claim_args()
+        return not any(free > 0 for free, _ in pools)
 
     def _start(self, c: Claimed, pool: str) -> None:
         self.claimed_total += 1
@@ -334,7 +378,13 @@ class HostWorker:
             log.error("fleet: quarantining job %s: %s", c.id, e)
             item.task = asyncio.ensure_future(self._quarantine(item, str(e)))
             return
-        except HandBack:
+        except HandBack as e:
+            log.warning("fleet: handing job %s back: %s", c.id, e)
+            item.handed_back = True
+            item.task = asyncio.ensure_future(self._release(item))
+            return
+        except Exception:
+            log.exception("fleet: could not start job %s; handing it back", c.id)
             item.handed_back = True
             item.task = asyncio.ensure_future(self._release(item))
             return
@@ -344,12 +394,16 @@ class HostWorker:
     async def _quarantine(self, item: _Inflight, why: str) -> None:
         try:
             await self._retry(lambda: self.store.quarantine(item.claim.id, item.claim.kind, why))
+        except Exception:
+            log.exception("fleet: could not quarantine job %s (its lease will run out)", item.claim.id)
         finally:
             self.inflight.pop(item.claim.id, None)
 
     async def _release(self, item: _Inflight) -> None:
         try:
             await self._retry(lambda: self.store.release(item.claim.id, self.session), limit=30)
+        except Exception:
+            log.exception("fleet: could not hand job %s back (its lease will run out)", item.claim.id)
         finally:
             self.inflight.pop(item.claim.id, None)
 
@@ -358,6 +412,10 @@ class HostWorker:
         try:
             assert item.run is not None
             info = await item.run.result()
+        except Exception as e:
+            log.exception("fleet: job %s failed on this host", c.id)
+            info = JobInfo(c.id, "submission" if c.kind == "submission" else "run", "failed")
+            info.error = Error("internal", f"internal error: {e}")
         finally:
             self.used[item.pool] = max(0, self.used.get(item.pool, 0) - c.cost)
             self._freed.set()
@@ -368,6 +426,8 @@ class HostWorker:
             r = await self._retry(lambda: self.store.complete(c.id, self.session, c.attempt, info, self.cfg.host_id))
             if r != "ok":
                 log.info("fleet: result of job %s not taken (%s): another run finished first", c.id, r)
+        except Exception:
+            log.exception("fleet: could not report job %s (its lease will run out and it runs again)", c.id)
         finally:
             self.inflight.pop(c.id, None)
 
@@ -412,12 +472,11 @@ class ServiceExecutor:
             job.queue_deadline = max(0.001, deadline_left)
         try:
             sj = self.svc.submit_run(job) if isinstance(job, RunRequest) else self.svc.submit(job)
-        except SchemaError as e:
-            raise BadJob(str(e)) from None
-        except ServiceError as e:
-            if e.err.code == "draining":
-                raise HandBack() from None
-            return _Refused(JobInfo("", "run" if kind == "run" else "submission", "failed", error=e.err))
+        except (SchemaError, ServiceError) as e:
+            # The spec is valid (decode_spec said so): this host cannot take it
+            # now (stopping, or its language went away in a rootfs reload).
+            # Another host can; this one no longer claims from that queue.
+            raise HandBack(str(e)) from None
         return _ServiceRun(self.svc, sj)
 
 
@@ -431,16 +490,3 @@ class _ServiceRun:
     async def result(self) -> JobInfo:
         await self.job.done.wait()
         return self.job.info()
-
-
-class _Refused:
-    """A job the host's service refused (e.g. its language is gone after a reload)."""
-
-    def __init__(self, info: JobInfo) -> None:
-        self.info = info
-
-    def cancel(self) -> None:
-        pass
-
-    async def result(self) -> JobInfo:
-        return self.info

@@ -32,6 +32,7 @@ LUA = resources.files("sandboxd").joinpath("data/fleet.lua").read_text()
 TRANSIENT: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _info_dec = msgspec.msgpack.Decoder(JobInfo)
+BLOCK_MAX = 5.0  # seconds: the longest BLPOP a host makes
 _enc = msgspec.msgpack.Encoder()
 
 
@@ -86,16 +87,22 @@ class Displaced(Exception):
 
 class FleetStore:
     def __init__(self, url: str, prefix: str = "sandboxd", results_ttl: float = 600.0) -> None:
-        # No socket timeout: hosts block in BLPOP for their wake-ups.
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10)
+        # A socket timeout, so a half-open connection (host powered off, moved
+        # VIP) fails in seconds instead of when the kernel gives up.
+        opts: dict[str, Any] = {"socket_connect_timeout": 5, "socket_keepalive": True, "health_check_interval": 10}
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(url, socket_timeout=10, **opts)
+        # Hosts block in BLPOP for wake-ups on a client of their own, whose
+        # timeout outlasts the longest BLPOP.
+        self.blocking: aioredis.Redis = aioredis.Redis.from_url(url, socket_timeout=BLOCK_MAX + 10, **opts)
         self.url = url
         self.keys = Keys(prefix)
         self.ttl = max(1, round(results_ttl))
         self._script = self.redis.register_script(LUA)
 
     async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self.redis.aclose()
+        for r in (self.redis, self.blocking):
+            with contextlib.suppress(RedisError, OSError):
+                await r.aclose()
 
     async def _call(self, op: str, *args: Any) -> Any:
         return await self._script(keys=[], args=[op, self.keys.prefix, *args])
@@ -142,8 +149,8 @@ class FleetStore:
     def decode_info(data: bytes) -> JobInfo:
         return _info_dec.decode(data)
 
-    async def reap(self, max_attempts: int, limit: int = 500) -> tuple[int, int, int]:
-        r = await self._call("reap", max_attempts, self.ttl, limit)
+    async def reap(self, max_attempts: int, lease: float, limit: int = 500) -> tuple[int, int, int]:
+        r = await self._call("reap", max_attempts, self.ttl, limit, round(lease * 1000))
         return int(r[0]), int(r[1]), int(r[2])
 
     async def hosts(self) -> list[dict[str, Any]]:
@@ -267,12 +274,18 @@ class FleetStore:
             )
         return out
 
-    async def wait_for_work(self, queues: list[str], timeout: float) -> bool:
-        """Block until a wake-up token for one of these queues (or the timeout)."""
+    async def wait_for_work(self, queues: list[str], timeout: float) -> str | None:
+        """Block until a wake-up token for one of these queues (or the timeout);
+        returns the queue whose token it took."""
         if not queues:
-            return False
-        r = await _aw(self.redis.blpop([self.keys.wake(q) for q in queues], timeout=timeout))  # type: ignore[arg-type]  # Redis >= 6 takes fractions
-        return r is not None
+            return None
+        keys = {self.keys.wake(q): q for q in queues}
+        r = await _aw(self.blocking.blpop(list(keys), timeout=min(timeout, BLOCK_MAX)))  # type: ignore[arg-type]  # Redis >= 6 takes fractions
+        return None if r is None else keys[_s(r[0])]
+
+    async def rewake(self, queue: str) -> None:
+        """Put back a token this host took but cannot use (its boxes filled up meanwhile)."""
+        await _aw(self.redis.lpush(self.keys.wake(queue), "1"))
 
     async def complete(self, job_id: str, session: str, attempt: int, info: JobInfo, host_id: str) -> str:
         data = _enc.encode(info)

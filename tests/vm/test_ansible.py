@@ -118,10 +118,12 @@ def rollout(vm_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "judge1": VM(vm_image, memory_mb=1536, forward_ports=(COORD_PORT,)),
         "judge2": VM(vm_image, memory_mb=1536),
     }
+    # Booted in parallel from threads that live as long as the VMs: qemu's
+    # wrapper dies with the thread that started it (PR_SET_PDEATHSIG).
+    pool = ThreadPoolExecutor(2)
     try:
         t = time.monotonic()
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda v: v.boot(timeout=300), vms.values()))
+        list(pool.map(lambda v: v.boot(timeout=300), vms.values()))
         TIMINGS["boot two VMs"] = time.monotonic() - t
         token = secrets.token_hex(12)
         key = build_image.build() / "id_ed25519"
@@ -165,6 +167,7 @@ def rollout(vm_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     finally:
         for v in vms.values():
             v.shutdown()
+        pool.shutdown()
         redis.stop()
 
 
