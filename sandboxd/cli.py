@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -93,40 +94,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _serve(ns: argparse.Namespace) -> int:
-    over = {
-        k: getattr(ns, k) for k in ("instance", "socket", "http", "pool_size", "log_format", "fleet", "fleet_host_id")
-    }
+def _start(
+    ns: argparse.Namespace,
+    keys: tuple[str, ...],
+    main: Callable[[config.Config], Coroutine[Any, Any, int]],
+    require: tuple[str, ...] = (),
+    **load: Any,
+) -> int:
+    """Load the configuration (flags over env over file), set up logging, run `main` on uvloop."""
     try:
-        cfg = config.load(ns.config, over)
+        cfg = config.load(ns.config, {k: getattr(ns, k) for k in keys}, **load)
+        for key in require:
+            if not getattr(cfg, key):
+                raise config.ConfigError(f"{key}: required here (--{key.replace('_', '-')} or SANDBOXD_{key.upper()})")
     except config.ConfigError as e:
         print(f"sandboxd: {e}", file=sys.stderr)
         return EXIT_USAGE
     daemon.setup_logging(cfg)
     try:
-        return uvloop.run(daemon.serve(cfg))
+        return uvloop.run(main(cfg))
     except (InstanceBusy, OSError, RuntimeError, ValueError) as e:
         logging.getLogger("sandboxd").error("cannot start: %s", e)
         return EXIT_NOT_OK
 
 
+def _serve(ns: argparse.Namespace) -> int:
+    keys = ("instance", "socket", "http", "pool_size", "log_format", "fleet", "fleet_host_id")
+    return _start(ns, keys, daemon.serve)
+
+
 def _coordinator(ns: argparse.Namespace) -> int:
     from .fleet import coordinator
 
-    over = {k: getattr(ns, k) for k in ("fleet", "socket", "http", "log_format")}
-    try:
-        cfg = config.load(ns.config, over, defaults=coordinator.DEFAULTS, default_path=COORDINATOR_CONFIG)
-        if not cfg.fleet:
-            raise config.ConfigError("fleet: the coordinator needs the fleet's Redis URL (--fleet or SANDBOXD_FLEET)")
-    except config.ConfigError as e:
-        print(f"sandboxd: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    daemon.setup_logging(cfg)
-    try:
-        return uvloop.run(coordinator.serve(cfg))
-    except (OSError, RuntimeError, ValueError) as e:
-        logging.getLogger("sandboxd").error("cannot start: %s", e)
-        return EXIT_NOT_OK
+    keys = ("fleet", "socket", "http", "log_format")
+    return _start(
+        ns, keys, coordinator.serve, ("fleet",), defaults=coordinator.DEFAULTS, default_path=COORDINATOR_CONFIG
+    )
 
 
 def _rootfs(ns: argparse.Namespace) -> int:

@@ -20,35 +20,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Daemon:
-    def __init__(
-        self,
-        instance: str,
-        pool_size: int = 2,
-        env: dict[str, str] | None = None,
-        selftest: bool = False,
-        config: Path | None = None,
-        **flags: Any,
-    ) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix=f"sandboxd-{instance}-"))
-        self.sock = str(self.dir / "sandboxd.sock")
+class Served:
+    """A `sandboxd serve` or `sandboxd coordinator` process on a free loopback port."""
+
+    def __init__(self, prefix: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         self.port = free_port()
         self.http = f"http://127.0.0.1:{self.port}"
         self.log = open(self.dir / "log", "w+b")  # noqa: SIM115 - closed in stop()
-        args = [
-            sys.executable, "-m", "sandboxd.cli", "serve", "--config", str(config or "/dev/null"),
-            "--instance", instance, "--socket", self.sock, "--http", f"127.0.0.1:{self.port}",
-            "--pool-size", str(pool_size),
-        ]  # fmt: skip
-        for k, v in flags.items():
-            args += [f"--{k.replace('_', '-')}", str(v)]
-        # Language self-tests cost seconds per start-up; one test daemon checks them.
-        env = {**os.environ, "SANDBOXD_SELFTEST": "true" if selftest else "false", **(env or {})}
+
+    def _launch(self, args: list[str], env: dict[str, str], what: str, timeout: float) -> None:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         while not self.ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daemon did not start:\n{self.output()}")
+                raise RuntimeError(f"{what} did not start:\n{self.output()}")
             time.sleep(0.05)
 
     def ready(self) -> bool:
@@ -73,3 +59,27 @@ class Daemon:
             rc = self.proc.wait()
         self.log.close()
         return rc
+
+
+class Daemon(Served):
+    def __init__(
+        self,
+        instance: str,
+        pool_size: int = 2,
+        env: dict[str, str] | None = None,
+        selftest: bool = False,
+        config: Path | None = None,
+        **flags: Any,
+    ) -> None:
+        super().__init__(f"sandboxd-{instance}-")
+        self.sock = str(self.dir / "sandboxd.sock")
+        args = [
+            sys.executable, "-m", "sandboxd.cli", "serve", "--config", str(config or "/dev/null"),
+            "--instance", instance, "--socket", self.sock, "--http", f"127.0.0.1:{self.port}",
+            "--pool-size", str(pool_size),
+        ]  # fmt: skip
+        for k, v in flags.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        # Language self-tests cost seconds per start-up; one test daemon checks them.
+        env = {**os.environ, "SANDBOXD_SELFTEST": "true" if selftest else "false", **(env or {})}
+        self._launch(args, env, "daemon", 120)

@@ -9,12 +9,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import redis
-from daemon_util import free_port
+from daemon_util import Served, free_port
 
 
 class Redis:
@@ -62,46 +60,17 @@ class Redis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Coordinator:
-    def __init__(self, fleet: str, env: dict[str, str] | None = None, **flags: Any) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="sandboxd-coord-"))
+class Coordinator(Served):
+    def __init__(self, fleet: str, env: dict[str, str] | None = None) -> None:
+        super().__init__("sandboxd-coord-")
         self.sock = str(self.dir / "coordinator.sock")
-        self.port = free_port()
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.log = open(self.dir / "log", "w+b")  # noqa: SIM115 - closed in stop()
         args = [
             sys.executable, "-m", "sandboxd.cli", "coordinator", "--config", "/dev/null", "--fleet", fleet,
             "--socket", self.sock, "--http", f"127.0.0.1:{self.port}",
         ]  # fmt: skip
-        for k, v in flags.items():
-            args += [f"--{k.replace('_', '-')}", str(v)]
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + 30
-        while not self.ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"coordinator did not start:\n{self.output()}")
-            time.sleep(0.05)
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http}/readyz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        self._launch(args, {**os.environ, **(env or {})}, "coordinator", 30)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        self.log.close()
+        rc = super().stop(sig, timeout)
         shutil.rmtree(self.dir, ignore_errors=True)
         return rc

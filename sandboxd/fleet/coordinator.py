@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..config import Config
 from ..schema import (
     Error,
     JobInfo,
@@ -414,7 +415,7 @@ def routes(coord: Coordinator) -> Callable[[web.Application], None]:
 DEFAULTS = {"socket": "/run/sandboxd-coordinator/coordinator.sock", "http": "127.0.0.1:7080"}
 
 
-async def serve(cfg: Any) -> int:
+async def serve(cfg: Config) -> int:
     from ..daemon import serve_frontend
 
     if not cfg.fleet:
