@@ -177,8 +177,16 @@ def make_app(
         extra_routes(app)
     # The compatibility layers translate onto a local engine (compile cache,
     # boxes), so only a host daemon's Service can serve them.
-    if isinstance(svc, Service):
-        for prefix, compat_app in ((judge0_prefix, judge0.make_app), (piston_prefix, piston.make_app)):
-            if prefix:
-                app.add_subapp(prefix, compat_app(svc))
+    for prefix, compat_app in ((judge0_prefix, judge0.make_app), (piston_prefix, piston.make_app)):
+        if prefix and isinstance(svc, Service):
+            app.add_subapp(prefix, compat_app(svc))
+        elif prefix:
+            app.router.add_route("*", prefix + "{tail:(/.*)?}", _compat_elsewhere)
     return app
+
+
+async def _compat_elsewhere(req: web.Request) -> web.Response:
+    return web.json_response(
+        {"error": "the Judge0 and Piston APIs are served by each host daemon, not (yet) by the coordinator"},
+        status=501,
+    )
