@@ -167,7 +167,7 @@ class SimExecutor:
     def languages(self) -> list[dict[str, Any]]:
         return []
 
-    def start(self, kind: str, spec: bytes, deadline_left: float | None) -> _Done:
+    def start(self, kind: str, spec: bytes, deadline_left: float | None, on_test: Any) -> _Done:
         return _Done()
 
 

@@ -20,7 +20,9 @@ import msgspec
 import pytest
 from daemon_util import Daemon
 from fleet_util import Coordinator, Redis
-from sandboxd_client import Client, RunRequest
+from sandboxd_client import AsyncClient, Client, RunRequest, Submission, SubmissionResult
+from sandboxd_client import TestCase as Case  # (not Test*: pytest would collect them)
+from sandboxd_client import TestResult as Result
 
 from sandboxd.fleet.keys import Keys, queue_name
 from sandboxd.fleet.store import FleetStore
@@ -186,6 +188,21 @@ def test_same_api_as_a_host_through_either_coordinator(fleet: Fleet) -> None:
         text = r.read().decode()
     assert 'sandboxd_fleet_boxes{host="c",state="total"} 4.0' in text
     assert 'sandboxd_fleet_jobs_total{event="done"}' in text
+
+
+def test_progress_events_through_the_coordinator(fleet: Fleet) -> None:
+    tests = [Case(input=f"{i} {i}".encode(), expected=f"{2 * i}".encode()) for i in range(6)]
+    tests[3].expected = b"0"
+    seen: list[Result] = []
+
+    async def go() -> SubmissionResult:
+        async with AsyncClient(f"unix://{fleet.coords[0].sock}") as c:
+            return await c.submit(Submission(lang="c", source=AB, tests=tests), progress=seen.append)
+
+    res = asyncio.run(go())
+    assert [t.verdict for t in res.tests] == ["AC", "AC", "AC", "WA", "AC", "AC"]
+    assert sorted(t.index for t in seen) == list(range(6)), seen  # one event per test, before the result
+    assert {t.index: t.verdict for t in seen} == {t.index: t.verdict for t in res.tests}
 
 
 def test_bad_input_gets_clear_errors(fleet: Fleet) -> None:

@@ -90,11 +90,12 @@ local function check_session(host, session)
   return nil
 end
 
--- enqueue id kind lang tag queue spec prio aging epoch cost deadline_ms depth
+-- enqueue id kind lang tag queue spec prio aging epoch cost deadline_ms depth progress
 local function enqueue()
   local id, kind, lang, tag, queue, spec = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
   local prio, aging, epoch = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
   local cost, deadline, depth = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+  local progress = ARGV[15] or '0'  -- a client wants each test's result as it comes
   local jk = key('job', id)
   if redis.call('EXISTS', jk) == 1 then
     return {'exists'}
@@ -111,7 +112,7 @@ local function enqueue()
   -- rescoring, and equal priorities stay FIFO.
   local score = aging * (now - epoch) / 1000 - prio
   redis.call('HSET', jk, 'kind', kind, 'lang', lang, 'tag', tag, 'queue', queue, 'spec', spec,
-    'prio', prio, 'score', score, 'cost', cost, 'enq', now, 'state', 'queued', 'attempts', 0)
+    'prio', prio, 'score', score, 'cost', cost, 'enq', now, 'state', 'queued', 'attempts', 0, 'progress', progress)
   if deadline > 0 then
     redis.call('HSET', jk, 'deadline', now + deadline)
     redis.call('ZADD', key('deadlines'), now + deadline, id)
@@ -175,7 +176,7 @@ local function claim()
     end
     local queue, pool = queues[best_i], qpool[best_i]
     local jk = key('job', best)
-    local f = redis.call('HMGET', jk, 'state', 'kind', 'spec', 'cost', 'deadline', 'attempts')
+    local f = redis.call('HMGET', jk, 'state', 'kind', 'spec', 'cost', 'deadline', 'attempts', 'progress')
     local state, kind, spec, cost, deadline = f[1], f[2], f[3], tonumber(f[4]), tonumber(f[5])
     if not state then
       quarantine_entry(queue, best, 'queued id has no job hash')
@@ -211,6 +212,7 @@ local function claim()
         out[#out + 1] = deadline and (deadline - now) or -1
         out[#out + 1] = need
         out[#out + 1] = pool
+        out[#out + 1] = (f[7] == '1') and 1 or 0
         taken = taken + 1
       end
     end

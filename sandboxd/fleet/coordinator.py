@@ -103,6 +103,7 @@ class Coordinator:
         self.reap_interval = reap_interval
         self.draining = False
         self._waiters: dict[str, list[asyncio.Future[JobInfo]]] = {}
+        self._relays: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._hosts: list[dict[str, Any]] = []
         self._hosts_at = 0.0
@@ -127,9 +128,10 @@ class Coordinator:
             await self._refresh_hosts(force=True)
 
     async def close(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *(t for t, _ in self._relays.values())]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.store.close()
 
     def _warn(self, what: str, e: BaseException) -> None:
@@ -226,13 +228,22 @@ class Coordinator:
                 "bad_request", f"host_tag: no live host carries tag {tag!r}" + (f" for {lang!r}" if lang else "")
             )
 
-    async def _enqueue(self, kind: str, lang: str, job: RunRequest | Submission) -> JobInfo:
+    async def _enqueue(
+        self,
+        kind: str,
+        lang: str,
+        job: RunRequest | Submission,
+        progress: Callable[[TestResult], None] | None = None,
+    ) -> JobInfo:
         if self.draining:
             raise error("draining", "the coordinator is shutting down; retry on another", 1.0)
         await self._check_servable(lang, job.host_tag)
         jid = secrets.token_urlsafe(12)
         spec = _enc.encode(job)
         queue = queue_name(lang or RUN_LANG, job.host_tag)
+        if progress is not None:
+            # Listening before the job exists, so no test's event can be missed.
+            await self._redis("progress", lambda: self._relay(jid, progress))
         res, n = await self._redis(
             "enqueue",
             lambda: self.store.enqueue(
@@ -247,11 +258,47 @@ class Coordinator:
                 job_cost(job),
                 job.queue_deadline,
                 self.queue_depth,
+                progress is not None,
             ),
         )
         if res == "full":
+            self._stop_relay(jid)
             raise error("queue_full", f"fleet queue {queue} holds {n} jobs, its limit", 1.0)
         return JobInfo(jid, "run" if kind == "run" else "submission", "queued")
+
+    async def _relay(self, jid: str, progress: Callable[[TestResult], None]) -> None:
+        """Pass a submission's test events (published by its host) to `progress`
+        until the job is final.  A pub/sub connection of its own per listening
+        client: only clients that ask for progress pay for it."""
+        pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self.store.keys.progress(jid))
+        stop = asyncio.Event()
+
+        async def relay() -> None:
+            try:
+                while True:
+                    msg = await pubsub.get_message(timeout=0.2 if stop.is_set() else 1.0)
+                    if msg is not None and msg.get("type") == "message":
+                        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                            progress(self.store.decode_test(msg["data"]))
+                        continue
+                    if stop.is_set():
+                        return  # final, and nothing more in flight
+                    if msg is None and (await self._read(jid)).state in FINAL:
+                        stop.set()  # (no waiter told us: drain what is left, then stop)
+            except Exception as e:
+                self._warn("progress relay", e)
+            finally:
+                self._relays.pop(jid, None)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+        self._relays[jid] = (asyncio.ensure_future(relay()), stop)
+
+    def _stop_relay(self, jid: str) -> None:
+        relay = self._relays.get(jid)
+        if relay is not None:
+            relay[1].set()
 
     async def check_callback(self, url: str) -> None:
         # Result callbacks would need one coordinator to own each job's
@@ -275,7 +322,7 @@ class Coordinator:
             validate_submission(sub)
         except SchemaError as e:
             raise error("bad_request", str(e)) from None
-        return await self._enqueue("submission", sub.lang, sub)
+        return await self._enqueue("submission", sub.lang, sub, progress)
 
     # --- jobs ---------------------------------------------------------------
 
@@ -320,6 +367,7 @@ class Coordinator:
                     # No message (a reconnect, another replica's job): read it.
                     info = await self._read(job_id)
             self.latency.labels(info.kind).observe(time.monotonic() - t0)
+            self._stop_relay(job_id)
             return info
         finally:
             self.waiting.dec()

@@ -27,7 +27,16 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ..schema import Error, JobInfo, RunRequest, SchemaError, Submission, validate_run, validate_submission
+from ..schema import (
+    Error,
+    JobInfo,
+    RunRequest,
+    SchemaError,
+    Submission,
+    TestResult,
+    validate_run,
+    validate_submission,
+)
 from ..service import Job, Service, ServiceError
 from .keys import RUN_LANG, queue_name
 from .store import Beat, Claimed, Displaced, FleetStore, Unregistered, transient
@@ -62,7 +71,9 @@ class Executor(Protocol):
 
     def languages(self) -> list[dict[str, Any]]: ...
 
-    def start(self, kind: str, spec: bytes, deadline_left: float | None) -> Running: ...
+    def start(
+        self, kind: str, spec: bytes, deadline_left: float | None, on_test: Callable[[TestResult], None] | None
+    ) -> Running: ...
 
 
 _run_dec = msgspec.msgpack.Decoder(RunRequest)
@@ -88,6 +99,7 @@ class _Inflight:
     task: asyncio.Task[None] | None = None
     handed_back: bool = False  # released to the queue; its local result is dropped
     lost: bool = False  # another holder has it now; our result would be refused
+    published: list[asyncio.Task[None]] = field(default_factory=list)  # progress events in flight
 
 
 @dataclass
@@ -372,8 +384,14 @@ class HostWorker:
         self.claimed_total += 1
         item = _Inflight(c, pool)
         self.inflight[c.id] = item
+        on_test = None
+        if c.progress:
+
+            def on_test(t: TestResult) -> None:
+                item.published.append(asyncio.ensure_future(self._publish(c.id, t)))
+
         try:
-            item.run = self.ex.start(c.kind, c.spec, c.deadline_left)
+            item.run = self.ex.start(c.kind, c.spec, c.deadline_left, on_test)
         except BadJob as e:
             log.error("fleet: quarantining job %s: %s", c.id, e)
             item.task = asyncio.ensure_future(self._quarantine(item, str(e)))
@@ -390,6 +408,13 @@ class HostWorker:
             return
         self.used[pool] = self.used.get(pool, 0) + c.cost
         item.task = asyncio.ensure_future(self._finish(item))
+
+    async def _publish(self, job_id: str, t: TestResult) -> None:
+        try:
+            await self.store.publish_progress(job_id, t)
+        except Exception as e:
+            # Progress is a courtesy: the final result carries every test anyway.
+            self._warn("publishing progress", e)
 
     async def _quarantine(self, item: _Inflight, why: str) -> None:
         try:
@@ -422,6 +447,8 @@ class HostWorker:
         try:
             if item.handed_back or item.lost:
                 return
+            # Every test's event goes out before the final result does.
+            await asyncio.gather(*item.published, return_exceptions=True)
             info.job, info.host = c.id, self.cfg.host_id
             r = await self._retry(lambda: self.store.complete(c.id, self.session, c.attempt, info, self.cfg.host_id))
             if r != "ok":
@@ -465,13 +492,15 @@ class ServiceExecutor:
     def languages(self) -> list[dict[str, Any]]:
         return self.svc.languages()
 
-    def start(self, kind: str, spec: bytes, deadline_left: float | None) -> Running:
+    def start(
+        self, kind: str, spec: bytes, deadline_left: float | None, on_test: Callable[[TestResult], None] | None
+    ) -> Running:
         job = decode_spec(kind, spec)
         # The fleet queue already used part of the deadline: the host queue gets the rest.
         if deadline_left is not None:
             job.queue_deadline = max(0.001, deadline_left)
         try:
-            sj = self.svc.submit_run(job) if isinstance(job, RunRequest) else self.svc.submit(job)
+            sj = self.svc.submit_run(job) if isinstance(job, RunRequest) else self.svc.submit(job, on_test)
         except (SchemaError, ServiceError) as e:
             # The spec is valid (decode_spec said so): this host cannot take it
             # now (stopping, or its language went away in a rootfs reload).

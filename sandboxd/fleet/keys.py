@@ -36,6 +36,9 @@ class Keys:
     def wake(self, name: str) -> str:
         return self._k("wake", name)
 
+    def progress(self, job_id: str) -> str:  # pub/sub channel: a submission's TestResults (msgpack)
+        return self._k("progress", job_id)
+
     def host(self, host_id: str) -> str:
         return self._k("host", host_id)
 

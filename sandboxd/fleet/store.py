@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..schema import Error, JobInfo
+from ..schema import Error, JobInfo, TestResult
 from .keys import EPOCH_MS, Keys
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ LUA = resources.files("sandboxd").joinpath("data/fleet.lua").read_text()
 TRANSIENT: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _info_dec = msgspec.msgpack.Decoder(JobInfo)
+_test_dec = msgspec.msgpack.Decoder(TestResult)
 BLOCK_MAX = 5.0  # seconds: the longest BLPOP a host makes
 _enc = msgspec.msgpack.Encoder()
 
@@ -68,6 +69,7 @@ class Claimed:
     deadline_left: float | None  # seconds of queue deadline left, None if none
     cost: int
     pool: int  # index into the pools the claim was made for
+    progress: bool = False  # publish each test's result (a client is listening)
 
 
 @dataclass
@@ -128,10 +130,11 @@ class FleetStore:
         cost: int,
         deadline: float | None,
         depth: int,
+        progress: bool = False,
     ) -> tuple[str, int]:
         dl = 0 if deadline is None else max(1, round(deadline * 1000))
         r = await self._call(
-            "enqueue", job_id, kind, lang, tag, queue, spec, priority, aging, EPOCH_MS, cost, dl, depth
+            "enqueue", job_id, kind, lang, tag, queue, spec, priority, aging, EPOCH_MS, cost, dl, depth, int(progress)
         )
         return _s(r[0]), int(r[1]) if len(r) > 1 else 0
 
@@ -259,7 +262,7 @@ class FleetStore:
             return None
         self._session_check(head)
         out = []
-        for i in range(1, len(r), 7):
+        for i in range(1, len(r), 8):
             left = int(r[i + 4])
             out.append(
                 Claimed(
@@ -270,6 +273,7 @@ class FleetStore:
                     deadline_left=None if left < 0 else left / 1000,
                     cost=int(r[i + 5]),
                     pool=int(r[i + 6]) - 1,
+                    progress=bool(int(r[i + 7])),
                 )
             )
         return out
@@ -290,6 +294,13 @@ class FleetStore:
     async def complete(self, job_id: str, session: str, attempt: int, info: JobInfo, host_id: str) -> str:
         data = _enc.encode(info)
         return _s(await self._call("complete", job_id, session, attempt, data, info.state, self.ttl, host_id))
+
+    async def publish_progress(self, job_id: str, test: TestResult) -> None:
+        await _aw(self.redis.publish(self.keys.progress(job_id), _enc.encode(test)))
+
+    @staticmethod
+    def decode_test(data: bytes) -> TestResult:
+        return _test_dec.decode(data)
 
     async def quarantine(self, job_id: str, kind: str, why: str) -> str:
         info = JobInfo(
