@@ -105,13 +105,9 @@ async def serve_frontend(
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, host.strip("[]"), int(port)).start()
-        log.info(
-            "%s ready in %.2f s: socket %s, http %s",
-            what,
-            time.monotonic() - t0,
-            cfg.socket or "off",
-            cfg.http or "off",
-        )
+        # One line with everything an operator checks first (tests/vm parse it).
+        elapsed = time.monotonic() - t0
+        log.info("ready in %.2f s: %s, socket %s, http %s", elapsed, what, cfg.socket or "off", cfg.http or "off")
         sd_notify("READY=1\nSTATUS=serving")
         interval = _watchdog_interval()
         if interval:
@@ -201,14 +197,13 @@ async def serve(cfg: Config) -> int:
                 await worker.store.close()
             await svc.drain(cfg.drain_timeout)
 
-        log.info(
-            "engine: instance %s, %s cgroups, pool %d%s",
+        what = "instance {}, {} cgroups, pool {}{}".format(
             cfg.instance,
             f"v{engine.backend.version}" if engine.backend else "?",
             cfg.pool_size,
             f", fleet {cfg.fleet} as host {fleet_host_id(cfg)}" if cfg.fleet else "",
         )
-        await serve_frontend(cfg, svc, what="daemon", stopping=stopping, reload=reload, t0=t0)
+        await serve_frontend(cfg, svc, what=what, stopping=stopping, reload=reload, t0=t0)
     finally:
         await engine.close()
         log.info("stopped")

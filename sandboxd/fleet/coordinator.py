@@ -488,7 +488,7 @@ async def serve(cfg: Config) -> int:
 
     try:
         await serve_frontend(
-            cfg, coord, what=f"coordinator (fleet {cfg.fleet})", stopping=stopping, extra_routes=routes(coord)
+            cfg, coord, what=f"coordinator for the fleet at {cfg.fleet}", stopping=stopping, extra_routes=routes(coord)
         )
     finally:
         await coord.close()
