@@ -37,7 +37,7 @@ from ..schema import (
 )
 from ..service import error
 from .keys import RUN_LANG, queue_name
-from .store import FleetStore, transient
+from .store import FleetStore, OutageLog, transient
 
 log = logging.getLogger(__name__)
 _enc = msgspec.msgpack.Encoder()
@@ -108,7 +108,7 @@ class Coordinator:
         self._hosts: list[dict[str, Any]] = []
         self._hosts_at = 0.0
         self._redis_ok = False
-        self._warned = 0.0
+        self._warn = OutageLog(log)
         r = self.registry = CollectorRegistry()
         self._snapshot = _Snapshot()
         r.register(self._snapshot)
@@ -133,12 +133,6 @@ class Coordinator:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.store.close()
-
-    def _warn(self, what: str, e: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._warned > 5:
-            self._warned = now
-            log.warning("fleet: %s: %s (retrying)", what, e)
 
     async def _redis(self, what: str, call: Callable[[], Any]) -> Any:
         """One Redis call for a client request: an outage is a clear, retryable error."""

@@ -39,7 +39,7 @@ from ..schema import (
 )
 from ..service import Job, Service, ServiceError
 from .keys import RUN_LANG, queue_name
-from .store import Beat, Claimed, Displaced, FleetStore, Unregistered, transient
+from .store import Beat, Claimed, Displaced, FleetStore, OutageLog, Unregistered, transient
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class HostWorker:
         self._claimer: asyncio.Task[None] | None = None
         self._beater: asyncio.Task[None] | None = None
         self._blpop: asyncio.Task[str | None] | None = None
-        self._warned = 0.0
+        self._warn = OutageLog(log)
         self.claimed_total = 0
 
     # --- life cycle -------------------------------------------------------
@@ -184,13 +184,6 @@ class HostWorker:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.leave(self.cfg.host_id, self.session), 5)
         log.info("fleet: left as host %s", self.cfg.host_id)
-
-    def _warn(self, what: str, e: BaseException) -> None:
-        # Redis outages are retried quietly: one line every few seconds, not a flood.
-        now = time.monotonic()
-        if now - self._warned > 5:
-            self._warned = now
-            log.warning("fleet: %s: %s (retrying)", what, e)
 
     # --- registration and heartbeat -----------------------------------------
 

@@ -52,6 +52,19 @@ def transient(e: BaseException) -> bool:
     return isinstance(e, ResponseError) and str(e).startswith("LOADING")
 
 
+class OutageLog:
+    """Redis outages are retried quietly: one warning line every few seconds, not a flood."""
+
+    def __init__(self, logger: logging.Logger, every: float = 5.0) -> None:
+        self.logger, self.every, self.last = logger, every, 0.0
+
+    def __call__(self, what: str, e: BaseException) -> None:
+        now = time.monotonic()
+        if now - self.last > self.every:
+            self.last = now
+            self.logger.warning("fleet: %s: %s (retrying)", what, e)
+
+
 def _json(v: Any) -> str:
     return msgspec.json.encode(v).decode()
 
