@@ -20,6 +20,8 @@ import aiohttp
 import msgspec
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from .errors import error
+
 log = logging.getLogger(__name__)
 
 
@@ -58,6 +60,18 @@ async def resolve(host: str, port: int, allow_private: bool) -> list[str]:
         if bad:
             raise CallbackRefused(f"callback_url: {host!r} resolves to non-public {', '.join(bad)}")
     return addrs
+
+
+async def check(url: str, allow_private: bool) -> None:
+    """Refuse a callback target before accepting the job (delivery checks it again),
+    as the bad_request ServiceError every frontend answers with."""
+    try:
+        host, port = check_url(url)
+        await resolve(host, port, allow_private)
+    except CallbackRefused as e:
+        raise error("bad_request", str(e)) from None
+    except OSError as e:
+        raise error("bad_request", f"callback_url: cannot resolve: {e}") from None
 
 
 class _Pinned(AbstractResolver):

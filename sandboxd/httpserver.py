@@ -16,9 +16,9 @@ import msgspec
 from aiohttp import web
 
 from .compat import judge0, piston
+from .errors import ServiceError
 from .openapi import document
 from .schema import Error
-from .service import Service, ServiceError
 from .wire import Format, Frontend, dispatch
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,9 @@ def make_app(
     app.router.add_get("/openapi.json", openapi)
     if extra_routes is not None:
         extra_routes(app)
-    # The compatibility layers translate onto a local engine (compile cache,
-    # boxes), so only a host daemon's Service can serve them.
+    # Judge0 and Piston on the same Frontend: a host daemon runs their jobs
+    # itself, a coordinator enqueues them as fleet jobs (sandboxd.compat).
     for prefix, compat_app in ((judge0_prefix, judge0.make_app), (piston_prefix, piston.make_app)):
-        if prefix and isinstance(svc, Service):
+        if prefix:
             app.add_subapp(prefix, compat_app(svc))
-        elif prefix:
-            app.router.add_route("*", prefix + "{tail:(/.*)?}", _compat_elsewhere)
     return app
-
-
-async def _compat_elsewhere(req: web.Request) -> web.Response:
-    return web.json_response(
-        {"error": "the Judge0 and Piston APIs are served by each host daemon, not (yet) by the coordinator"},
-        status=501,
-    )

@@ -255,6 +255,9 @@ class SubmissionResult(msgspec.Struct, omit_defaults=False, tag_field="kind", ta
     time: float = 0.0  # max CPU seconds over the tests
     memory: int = 0  # max peak bytes over the tests
     message: str = ""
+    # A Judge0/Piston job's runs, each in full (those APIs return the whole
+    # output; `tests` keep previews); empty for a judged submission.
+    runs: list[RunResult] = field(default_factory=list)
 
 
 def validate_submission(sub: Submission) -> Submission:
@@ -307,3 +310,5 @@ class JobInfo(msgspec.Struct, omit_defaults=True):
     result: RunResult | SubmissionResult | None = None
     error: Error | None = None
     host: str | None = None  # fleet: the host that ran the job
+    created_at: float | None = None  # Unix time the job was accepted
+    finished_at: float | None = None  # Unix time it became final

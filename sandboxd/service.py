@@ -12,12 +12,15 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import callbacks
+from .compat import Compiler, Load, Served
+from .compat import jobs as compat_jobs
 from .engine import Engine
+from .errors import error
 from .judge import judge
 from .metrics import Metrics
 from .scheduler import QueueDeadline, QueueFull
@@ -30,23 +33,12 @@ from .schema import (
     Submission,
     SubmissionResult,
     TestResult,
+    Verdict,
     validate_run,
     validate_submission,
 )
 
 log = logging.getLogger(__name__)
-
-
-class ServiceError(Exception):
-    """An error with a wire code; transports map it to a reply (and HTTP status)."""
-
-    def __init__(self, err: Error) -> None:
-        super().__init__(err.message)
-        self.err = err
-
-
-def error(code: Any, message: str, retry_after: float | None = None) -> ServiceError:
-    return ServiceError(Error(code, message, retry_after))
 
 
 @dataclass(eq=False)
@@ -63,9 +55,21 @@ class Job:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[[TestResult], None]] = field(default_factory=list)
     callback_url: str | None = None
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    spec: compat_jobs.Spec | None = None  # a Judge0/Piston job's request
+    notify: bool = True  # deliver a compat job's callback here (not when a fleet host runs it)
 
     def info(self) -> JobInfo:
-        return JobInfo(self.id, self.kind, self.state, self.result, self.error)
+        return JobInfo(
+            self.id,
+            self.kind,
+            self.state,
+            self.result,
+            self.error,
+            created_at=self.created_at,
+            finished_at=self.finished_at,
+        )
 
 
 class Service:
@@ -78,7 +82,8 @@ class Service:
     ) -> None:
         self.engine = engine
         self.callback_allow_private = callback_allow_private
-        self._callbacks: set[asyncio.Task[bool]] = set()
+        self._callbacks: set[asyncio.Task[Any]] = set()
+        self.compiler = Compiler(engine)  # single flight for the compat APIs' compiles
         self.metrics = metrics or Metrics()
         self.results_ttl = results_ttl
         self.jobs: dict[str, Job] = {}
@@ -88,12 +93,14 @@ class Service:
 
     # --- job life cycle ---------------------------------------------------
 
-    def _new_job(self, kind: Literal["run", "submission"], lang: str = "") -> Job:
+    def _new_job(self, kind: Literal["run", "submission"], lang: str = "", job_id: str | None = None) -> Job:
         if self.draining:
             self.metrics.rejections.labels("draining").inc()
             raise error("draining", "the daemon is shutting down; retry on another host", 1.0)
         self._expire()
-        job = Job(secrets.token_urlsafe(12), kind, lang)
+        if job_id is not None and job_id in self.jobs:
+            raise error("bad_request", f"job id {job_id!r} is in use")
+        job = Job(job_id or secrets.token_urlsafe(12), kind, lang)
         self.jobs[job.id] = job
         return job
 
@@ -103,42 +110,45 @@ class Service:
             self.jobs.pop(self._expiry.popleft().id, None)
 
     def _finish(self, job: Job) -> None:
-        job.finished = time.monotonic()
+        job.finished, job.finished_at = time.monotonic(), time.time()
         self._expiry.append(job)
         job.done.set()
         if job.callback_url:
-            t = asyncio.ensure_future(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
-            self._callbacks.add(t)
-            t.add_done_callback(self._callbacks.discard)
+            self.background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
+        if job.spec is not None and job.notify:
+            self.background(compat_jobs.finished(job.id, job.spec, job.info(), self.callback_allow_private))
+
+    def background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        t = asyncio.ensure_future(coro)
+        self._callbacks.add(t)
+        t.add_done_callback(self._callbacks.discard)
 
     async def check_callback(self, url: str) -> None:
-        """Refuse a callback target before accepting the job (it is checked again on delivery)."""
-        try:
-            host, port = callbacks.check_url(url)
-            await callbacks.resolve(host, port, self.callback_allow_private)
-        except callbacks.CallbackRefused as e:
-            raise error("bad_request", str(e)) from None
-        except OSError as e:
-            raise error("bad_request", f"callback_url: cannot resolve: {e}") from None
+        await callbacks.check(url, self.callback_allow_private)
 
-    def start_job(
-        self,
-        kind: Literal["run", "submission"],
-        lang: str,
-        work: Callable[[], Awaitable[RunResult | SubmissionResult]],
-        callback_url: str | None = None,
-    ) -> Job:
-        """A job whose work is `work()`: ids, draining refusal, state, errors,
-        cancellation, expiry and callbacks as for every job (the compatibility
-        APIs run their own translations through this)."""
-        job = self._new_job(kind, lang)
-        job.callback_url = callback_url
+    def submit_compat(self, spec: compat_jobs.Spec, job_id: str | None = None, notify: bool = True) -> Job:
+        """A Judge0/Piston job (sandboxd.compat): a native job of kind "submission"
+        (ids, draining refusal, state, errors, cancellation, expiry, metrics as
+        for every job) whose work is the API's own translation onto the engine.
+        notify=False: the caller delivers what follows the result (a fleet host,
+        once Redis has taken it)."""
+        if spec.lang not in self.engine.languages:
+            raise error("bad_request", f"lang: {spec.lang!r} is not served here")
+        job = self._new_job("submission", spec.lang, job_id)
+        job.spec, job.notify = spec, notify
 
-        async def run() -> RunResult | SubmissionResult:
+        def on_run(verdict: Verdict, r: RunResult) -> None:
+            self.metrics.verdicts.labels("test", verdict).inc()
+            self.recent.append(r.wall_time)
+
+        async def work() -> SubmissionResult:
             job.state = "running"
-            return await work()
+            res = await compat_jobs.execute(self.engine, self.compiler, spec, on_run)
+            self.metrics.verdicts.labels("submission", res.verdict).inc()
+            self.metrics.submission_seconds.labels(spec.lang).observe(time.monotonic() - job.created)
+            return res
 
-        job.task = asyncio.ensure_future(self._guard(job, run()))
+        job.task = asyncio.ensure_future(self._guard(job, work()))
         return job
 
     def submit_run(self, req: RunRequest, callback_url: str | None = None) -> Job:
@@ -233,6 +243,8 @@ class Service:
     # --- the transports' view (wire.Frontend) ------------------------------
 
     async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo:
+        if callback_url is not None:
+            await self.check_callback(callback_url)
         return self.submit_run(req, callback_url).info()
 
     async def start_submission(
@@ -241,6 +253,8 @@ class Service:
         progress: Callable[[TestResult], None] | None = None,
         callback_url: str | None = None,
     ) -> JobInfo:
+        if callback_url is not None:
+            await self.check_callback(callback_url)
         return self.submit(sub, progress, callback_url).info()
 
     async def job_info(self, job_id: str) -> JobInfo:
@@ -248,6 +262,46 @@ class Service:
 
     async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo:
         return await self.wait(self.get(job_id), timeout)
+
+    # --- the compat APIs' view (sandboxd.compat.Backend) --------------------
+
+    async def start_compat(self, spec: compat_jobs.Spec, job_id: str) -> JobInfo:
+        return self.submit_compat(spec, job_id).info()
+
+    async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
+        self._expire()
+        job = self.jobs.get(job_id)
+        if job is None or job.spec is None:
+            return None
+        return job.spec, job.info()
+
+    async def forget_job(self, job_id: str) -> bool:
+        job = self.jobs.get(job_id)
+        if job is not None and not job.done.is_set():
+            return False
+        self.jobs.pop(job_id, None)
+        return True
+
+    async def compat_languages(self) -> dict[str, Served]:
+        eng = self.engine
+        return {lid: Served(lang, eng.versions.get(lid, "")) for lid, lang in eng.languages.items()}
+
+    async def compat_load(self) -> Load:
+        st = self.status()
+        workers = [
+            {
+                "queue": name,
+                "size": sum(p["queued"].values()),
+                "available": p["capacity"],
+                "idle": p["warm"],
+                "working": p["busy"],
+                "paused": 0,
+                "failed": p["agent_crashes"],
+            }
+            for name, p in st["pools"].items()
+        ]
+        queued = sum(q.depth for q in self.engine.queues.values())
+        return Load(queued, self.engine.cfg.queue_depth, workers)
 
     async def cancel_job(self, job_id: str) -> JobInfo:
         return self.cancel(job_id)

@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
+from .errors import ServiceError
 from .schema import Error, Request, TestResult
-from .service import ServiceError
 from .wire import Frontend, dispatch
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
+from .compat import Backend
+from .errors import error
 from .schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
-from .service import error
 
 Format = Literal["json", "msgpack"]
 T = TypeVar("T")
@@ -38,15 +39,10 @@ def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
         raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
 
 
-class Frontend(Protocol):
+class Frontend(Backend, Protocol):
     """What the transports (Unix socket, HTTP) serve: a host daemon's Service,
-    or the fleet's Coordinator.  Job ids are strings; every call may raise
-    ServiceError with a wire code."""
-
-    @property
-    def draining(self) -> bool: ...
-
-    async def check_callback(self, url: str) -> None: ...
+    or the fleet's Coordinator; the Judge0/Piston APIs use the Backend part.
+    Job ids are strings; every call may raise ServiceError with a wire code."""
 
     async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo: ...
 
@@ -58,10 +54,6 @@ class Frontend(Protocol):
     ) -> JobInfo: ...
 
     async def job_info(self, job_id: str) -> JobInfo: ...
-
-    async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo: ...
-
-    async def cancel_job(self, job_id: str) -> JobInfo: ...
 
     async def status_info(self) -> dict[str, Any]: ...
 
@@ -99,8 +91,6 @@ async def dispatch(
             if op == "wait":
                 return await svc.wait_job(ref.job, timeout)
             return await svc.job_info(ref.job)
-        if callback_url is not None:
-            await svc.check_callback(callback_url)
         if op == "run":
             info = await svc.start_run(decode(body, RunRequest, fmt), callback_url)
         elif op == "submit":

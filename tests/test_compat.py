@@ -1,8 +1,10 @@
-"""Judge0 CE and Piston v2 compatibility, against real daemons and real clients from PyPI.
+"""Judge0 CE and Piston v2 compatibility, against real servers and real clients from PyPI.
 
 The official `judge0` SDK and the `ultra-piston` and `piston_rspy` clients are
-used unchanged, pointed at the daemon's /judge0 and /piston prefixes; raw HTTP
-covers every field, status mapping and error body.
+used unchanged, pointed at the /judge0 and /piston prefixes of a host daemon
+and, for every test again, of a coordinator in front of a fleet (Redis, a
+host daemon, two coordinators); raw HTTP covers every field, status mapping
+and error body.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import msgspec
 import piston_rspy
 import pytest
 from daemon_util import Daemon
+from fleet_util import Coordinator, Redis
 from judge0.base_types import Config as SdkConfig
 from ultra_piston import File as PistonFile
 from ultra_piston import PistonClient
@@ -54,19 +57,61 @@ ALIASES = {
 IDS = {"c": 50, "cpp": 54, "python": 71, "java": 62, "javascript": 63}
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    d = Daemon("pytest-compat", pool_size=4, env={"SANDBOXD_MAX_BODY": str(4 << 20)})
-    yield d
-    assert d.stop() == 0, d.output()
+class FleetStack:
+    """Both APIs through the fleet: a redis-server, one host daemon, two coordinators.
+    `http` is the first coordinator's; the host is reached only through Redis."""
+
+    def __init__(
+        self, instance: str = "pytest-compat-fleet", pool_size: int = 4, env: dict[str, str] | None = None
+    ) -> None:
+        self.redis = Redis()
+        self.coords: list[Coordinator] = []
+        self.host: Daemon | None = None
+        env = {**BODY_ENV, **(env or {})}
+        try:
+            host_env = {**env, "SANDBOXD_FLEET": self.redis.url, "SANDBOXD_FLEET_HOST_ID": "compat-host"}
+            self.host = Daemon(instance, pool_size=pool_size, env=host_env)
+            self.coords = [Coordinator(self.redis.url, env) for _ in range(2)]
+            self.http = self.coords[0].http
+            deadline = time.monotonic() + 20
+            while not http(self, "GET", "/v1/hosts")[1]:
+                assert time.monotonic() < deadline, "the host did not join the fleet"
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> int:
+        rc = 0
+        for c in self.coords:
+            rc |= c.stop()
+        if self.host is not None:
+            rc |= self.host.stop()
+        self.redis.stop()
+        return rc
+
+    def output(self) -> str:
+        return "\n".join(x.output() for x in (self.host, *self.coords) if x is not None)
+
+
+Server = Daemon | FleetStack
+BODY_ENV = {"SANDBOXD_MAX_BODY": str(4 << 20)}
+
+
+@pytest.fixture(scope="module", params=["daemon", "fleet"])
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """Every test of the APIs runs against a host daemon and through a coordinator."""
+    s: Server = Daemon("pytest-compat", pool_size=4, env=BODY_ENV) if request.param == "daemon" else FleetStack()
+    yield s
+    assert s.stop() == 0, s.output()
 
 
 @pytest.fixture(scope="module")
-def client(daemon: Daemon) -> judge0.Client:
-    return judge0.Client(f"{daemon.http}/judge0", headers={})
+def client(server: Server) -> judge0.Client:
+    return judge0.Client(f"{server.http}/judge0", headers={})
 
 
-def http(d: Daemon, method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Any]:
+def http(d: Server, method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Any]:
     data = None
     if body is not None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -82,7 +127,7 @@ def http(d: Daemon, method: str, path: str, body: Any = None, ctype: str = "appl
         return st, raw.decode()
 
 
-def submit(d: Daemon, fields: str = "*", b64: bool = False, **sub: Any) -> dict[str, Any]:
+def submit(d: Server, fields: str = "*", b64: bool = False, **sub: Any) -> dict[str, Any]:
     q = f"?wait=true&fields={fields}" + ("&base64_encoded=true" if b64 else "")
     st, body = http(d, "POST", "/judge0/submissions" + q, sub)
     assert st == 201, body
@@ -156,8 +201,8 @@ def test_sdk_additional_files_and_async_flow(client: judge0.Client) -> None:
     assert sub.status == judge0.base_types.Status.ACCEPTED and sub.stdout == "42\n"
 
 
-def test_sdk_implicit_client_from_the_environment(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JUDGE0_CE_ENDPOINT", f"{daemon.http}/judge0")
+def test_sdk_implicit_client_from_the_environment(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUDGE0_CE_ENDPOINT", f"{server.http}/judge0")
     monkeypatch.setenv("JUDGE0_CE_AUTH_HEADERS", "{}")
     monkeypatch.setattr(judge0, "JUDGE0_IMPLICIT_CE_CLIENT", None)
     sub = judge0.run(source_code="print(input()[::-1])", language=judge0.PYTHON, stdin="abc", expected_output="cba")
@@ -175,71 +220,71 @@ C_PROGRAMS = {
 
 
 @pytest.mark.parametrize(("status", "signal"), [(7, 11), (9, 8), (10, 6), (12, 10)])
-def test_signals_map_to_judge0_runtime_errors(daemon: Daemon, status: int, signal: int) -> None:
-    r = submit(daemon, source_code=C_PROGRAMS[status], language_id=50)
+def test_signals_map_to_judge0_runtime_errors(server: Server, status: int, signal: int) -> None:
+    r = submit(server, source_code=C_PROGRAMS[status], language_id=50)
     assert r["status"] == {"id": status, "description": j0mod.STATUSES[status]}
     assert r["exit_signal"] == signal and r["exit_code"] == 0 and r["message"] == f"Caught fatal signal {signal}"
 
 
-def test_accepted_wrong_answer_nzec(daemon: Daemon) -> None:
-    r = submit(daemon, source_code="print(input())", language_id=71, stdin="a", expected_output="a")
+def test_accepted_wrong_answer_nzec(server: Server) -> None:
+    r = submit(server, source_code="print(input())", language_id=71, stdin="a", expected_output="a")
     assert r["status"]["id"] == 3 and r["exit_code"] == 0 and r["message"] is None
-    r = submit(daemon, source_code="print(input())", language_id=71, stdin="a", expected_output="b")
+    r = submit(server, source_code="print(input())", language_id=71, stdin="a", expected_output="b")
     assert r["status"]["id"] == 4 and r["stdout"] == "a\n"
-    r = submit(daemon, source_code="raise SystemExit(7)", language_id=71)
+    r = submit(server, source_code="raise SystemExit(7)", language_id=71)
     assert r["status"]["id"] == 11 and r["exit_code"] == 7 and r["message"] == "Exited with error status 7"
 
 
-def test_time_limits_cpu_wall_and_extra_time(daemon: Daemon) -> None:
-    r = submit(daemon, source_code="while True: pass", language_id=71, cpu_time_limit=0.5, cpu_extra_time=0)
+def test_time_limits_cpu_wall_and_extra_time(server: Server) -> None:
+    r = submit(server, source_code="while True: pass", language_id=71, cpu_time_limit=0.5, cpu_extra_time=0)
     assert r["status"]["id"] == 5 and r["message"] == "Time limit exceeded" and float(r["time"]) >= 0.5
-    r = submit(daemon, source_code="import time\ntime.sleep(5)", language_id=71, wall_time_limit=1)
+    r = submit(server, source_code="import time\ntime.sleep(5)", language_id=71, wall_time_limit=1)
     assert r["status"]["id"] == 5 and r["message"] == "Time limit exceeded (wall clock)"
     # Past cpu_time_limit but within the extra time: not killed, still over the limit (isolate's -x).
     spin = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.7: pass\nprint('done')"
-    r = submit(daemon, source_code=spin, language_id=71, cpu_time_limit=0.3, cpu_extra_time=2)
+    r = submit(server, source_code=spin, language_id=71, cpu_time_limit=0.3, cpu_extra_time=2)
     assert r["status"]["id"] == 5 and r["stdout"] == "done\n" and float(r["time"]) > 0.3
 
 
-def test_memory_limit_is_a_runtime_error_with_a_message(daemon: Daemon) -> None:
+def test_memory_limit_is_a_runtime_error_with_a_message(server: Server) -> None:
     src = (
         "#include <stdlib.h>\n#include <string.h>\n"
         "int main(void){for(;;){char*p=malloc(1<<20); if(!p) return 3; memset(p,1,1<<20);}}"
     )
-    r = submit(daemon, source_code=src, language_id=50, memory_limit=32000)
+    r = submit(server, source_code=src, language_id=50, memory_limit=32000)
     # Killed by the kernel's OOM killer (SIGKILL): what Judge0's status logic calls Runtime Error (Other).
     assert r["status"]["id"] == 12 and r["exit_signal"] == 9 and r["message"] == "Memory limit exceeded"
     assert r["memory"] >= 30000
-    r = submit(daemon, source_code="x = bytearray(200 << 20)", language_id=71, memory_limit=32000)
+    r = submit(server, source_code="x = bytearray(200 << 20)", language_id=71, memory_limit=32000)
     assert r["status"]["id"] in (11, 12) and r["message"] == "Memory limit exceeded"
 
 
-def test_output_limit_is_sigxfsz(daemon: Daemon) -> None:
-    r = submit(daemon, source_code="print('x' * 5000)", language_id=71, max_file_size=1)
+def test_output_limit_is_sigxfsz(server: Server) -> None:
+    r = submit(server, source_code="print('x' * 5000)", language_id=71, max_file_size=1)
     assert r["status"]["id"] == 8 and r["exit_signal"] == 25 and r["max_file_size"] == 1
     assert len(r["stdout"]) <= 1024
 
 
-def test_compile_error_and_in_queue_processing_and_delete(daemon: Daemon) -> None:
-    r = submit(daemon, source_code="int main( {", language_id=54)
+def test_compile_error_and_in_queue_processing_and_delete(server: Server) -> None:
+    r = submit(server, source_code="int main( {", language_id=54)
     assert r["status"]["id"] == 6 and "error" in r["compile_output"]
     assert r["time"] is None and r["memory"] is None and r["stdout"] is None and r["exit_code"] is None
     st, body = http(
-        daemon, "POST", "/judge0/submissions", {"source_code": "import time; time.sleep(1)", "language_id": 71}
+        server, "POST", "/judge0/submissions", {"source_code": "import time; time.sleep(1)", "language_id": 71}
     )
     assert st == 201 and set(body) == {"token"}
     token = body["token"]
-    st, body = http(daemon, "GET", f"/judge0/submissions/{token}?fields=status,finished_at")
+    st, body = http(server, "GET", f"/judge0/submissions/{token}?fields=status,finished_at")
     assert body["status"]["id"] in (1, 2) and body["finished_at"] is None
-    st, body = http(daemon, "DELETE", f"/judge0/submissions/{token}")
+    st, body = http(server, "DELETE", f"/judge0/submissions/{token}")
     assert st == 400 and re.fullmatch(r"submission cannot be deleted because its status is [12] \(.+\)", body["error"])
     deadline = time.monotonic() + 30
-    while http(daemon, "GET", f"/judge0/submissions/{token}")[1]["status"]["id"] in (1, 2):
+    while http(server, "GET", f"/judge0/submissions/{token}")[1]["status"]["id"] in (1, 2):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    st, body = http(daemon, "DELETE", f"/judge0/submissions/{token}?fields=status,stdout")
+    st, body = http(server, "DELETE", f"/judge0/submissions/{token}?fields=status,stdout")
     assert st == 200 and body == {"stdout": None, "status": {"id": 3, "description": "Accepted"}}
-    assert http(daemon, "GET", f"/judge0/submissions/{token}") == (404, None)
+    assert http(server, "GET", f"/judge0/submissions/{token}") == (404, None)
 
 
 def test_judge_run_mapping_of_every_status() -> None:
@@ -292,18 +337,18 @@ def test_judge_run_mapping_of_every_status() -> None:
         ("x", None, 3),
     ],
 )
-def test_output_comparison_rule(daemon: Daemon, stdout: str, expected: str | None, status: int) -> None:
+def test_output_comparison_rule(server: Server, stdout: str, expected: str | None, status: int) -> None:
     sub: dict[str, Any] = {"source_code": f"import sys\nsys.stdout.write({stdout!r})", "language_id": 71}
     if expected is not None:
         sub["expected_output"] = expected
-    assert submit(daemon, fields="status", **sub)["status"]["id"] == status
+    assert submit(server, fields="status", **sub)["status"]["id"] == status
 
 
 # --- Judge0 over HTTP: fields, encodings, options ------------------------------------
 
 
-def test_fields_selection_and_formats(daemon: Daemon) -> None:
-    r = submit(daemon, source_code="print(1)", language_id=71)
+def test_fields_selection_and_formats(server: Server) -> None:
+    r = submit(server, source_code="print(1)", language_id=71)
     assert tuple(r) == j0mod.ATTRIBUTES
     assert r["cpu_time_limit"] == "5.0" and r["cpu_extra_time"] == "1.0" and r["wall_time_limit"] == "10.0"
     assert r["memory_limit"] == 128000 and r["stack_limit"] == 64000 and r["max_processes_and_or_threads"] == 60
@@ -314,58 +359,58 @@ def test_fields_selection_and_formats(daemon: Daemon) -> None:
     assert re.fullmatch(r"\d+\.\d+", r["time"]) and re.fullmatch(r"\d+\.\d+", r["wall_time"])
     assert isinstance(r["memory"], int)
     token = r["token"]
-    st, body = http(daemon, "GET", f"/judge0/submissions/{token}")
+    st, body = http(server, "GET", f"/judge0/submissions/{token}")
     assert tuple(body) == ("stdout", "time", "memory", "stderr", "token", "compile_output", "message", "status")
-    st, body = http(daemon, "GET", f"/judge0/submissions/{token}?fields=exit_code,token,status_id,stdout")
+    st, body = http(server, "GET", f"/judge0/submissions/{token}?fields=exit_code,token,status_id,stdout")
     assert list(body) == ["stdout", "status_id", "token", "exit_code"]  # the serializer's order
-    st, body = http(daemon, "GET", f"/judge0/submissions/{token}?fields=token,bogus,nope")
+    st, body = http(server, "GET", f"/judge0/submissions/{token}?fields=token,bogus,nope")
     assert (st, body) == (400, {"error": "invalid fields: [bogus, nope]"})
-    assert http(daemon, "GET", "/judge0/submissions/00000000-0000-0000-0000-000000000000") == (404, None)
+    assert http(server, "GET", "/judge0/submissions/00000000-0000-0000-0000-000000000000") == (404, None)
 
 
-def test_base64_both_ways(daemon: Daemon) -> None:
+def test_base64_both_ways(server: Server) -> None:
     src = "import sys\nsys.stdout.buffer.write(bytes(range(256)) * 2)\nsys.stderr.write('e' * 100)"
-    r = submit(daemon, b64=True, source_code=b64(src), language_id=71, stdin=b64("in"))
+    r = submit(server, b64=True, source_code=b64(src), language_id=71, stdin=b64("in"))
     assert all(len(line) <= 60 for line in r["stdout"].split("\n")) and r["stdout"].endswith("\n")  # Ruby's encode64
     assert unb64(r["stdout"]) == bytes(range(256)) * 2 and unb64(r["stderr"]) == b"e" * 100
     assert unb64(r["source_code"]) == src.encode() and unb64(r["stdin"]) == b"in"
-    st, body = http(daemon, "GET", f"/judge0/submissions/{r['token']}")
+    st, body = http(server, "GET", f"/judge0/submissions/{r['token']}")
     assert st == 400 and body == {"error": j0mod.NOT_UTF8}
-    st, body = http(daemon, "POST", "/judge0/submissions?wait=true", {"source_code": src, "language_id": 71})
+    st, body = http(server, "POST", "/judge0/submissions?wait=true", {"source_code": src, "language_id": 71})
     assert st == 201 and body["error"] == j0mod.NOT_UTF8 and "token" in body
     # Judge0 decodes requests leniently (Ruby's decode64): invalid base64 is not an error.
-    r = submit(daemon, b64=True, fields="status,source_code", source_code="cHJpbnQo!!!MSk=", language_id=71)
+    r = submit(server, b64=True, fields="status,source_code", source_code="cHJpbnQo!!!MSk=", language_id=71)
     assert unb64(r["source_code"]) == b"print(1)" and r["status"]["id"] == 3
     st, body = http(
-        daemon, "POST", "/judge0/submissions?base64_encoded=true", {"source_code": "!!!", "language_id": 71}
+        server, "POST", "/judge0/submissions?base64_encoded=true", {"source_code": "!!!", "language_id": 71}
     )
     assert st == 422 and body == {"source_code": ["can't be blank"]}
 
 
-def test_number_of_runs_redirect_and_arguments(daemon: Daemon) -> None:
-    r = submit(daemon, source_code="print(2)", language_id=71, number_of_runs=3, expected_output="2")
+def test_number_of_runs_redirect_and_arguments(server: Server) -> None:
+    r = submit(server, source_code="print(2)", language_id=71, number_of_runs=3, expected_output="2")
     assert r["status"]["id"] == 3 and r["number_of_runs"] == 3
     src = "import sys\nfor i in range(3):\n    print(i, flush=True)\n    print('e', i, file=sys.stderr, flush=True)"
-    r = submit(daemon, source_code=src, language_id=71, redirect_stderr_to_stdout=True)
+    r = submit(server, source_code=src, language_id=71, redirect_stderr_to_stdout=True)
     assert r["stdout"] == "0\ne 0\n1\ne 1\n2\ne 2\n" and r["stderr"] is None and r["redirect_stderr_to_stdout"]
     src = "import sys\nprint(sys.argv[1:])"
-    r = submit(daemon, source_code=src, language_id=71, command_line_arguments="a 'b c' x;y $HOME")
+    r = submit(server, source_code=src, language_id=71, command_line_arguments="a 'b c' x;y $HOME")
     assert r["stdout"] == "['a', 'b c', 'xy', 'HOME']\n"
     assert r["command_line_arguments"] == "a 'b c' x;y $HOME"
-    r = submit(daemon, source_code=src, language_id=71, command_line_arguments="'unclosed")
+    r = submit(server, source_code=src, language_id=71, command_line_arguments="'unclosed")
     assert r["status"]["id"] == 11 and r["exit_code"] == 2 and "No closing quotation" in r["stderr"]
-    r = submit(daemon, source_code="int main(){}", language_id=50, compiler_options='-D"X')
+    r = submit(server, source_code="int main(){}", language_id=50, compiler_options='-D"X')
     assert r["status"]["id"] == 6 and "No closing quotation" in r["compile_output"]
 
 
-def test_compiler_options(daemon: Daemon) -> None:
+def test_compiler_options(server: Server) -> None:
     src = '#include <stdio.h>\nint main(void){\n#ifdef FOO\nputs("foo");\n#else\nputs("bar");\n#endif\n}'
-    assert submit(daemon, source_code=src, language_id=50, compiler_options="-DFOO")["stdout"] == "foo\n"
-    assert submit(daemon, source_code=src, language_id=50)["stdout"] == "bar\n"
+    assert submit(server, source_code=src, language_id=50, compiler_options="-DFOO")["stdout"] == "foo\n"
+    assert submit(server, source_code=src, language_id=50)["stdout"] == "bar\n"
     cpp20 = "#include <iostream>\n#include <span>\nint main(){int a[]{1,2};std::span s{a};std::cout<<s.size();}"
-    assert submit(daemon, source_code=cpp20, language_id=54, compiler_options="-std=c++20")["stdout"] == "2"
+    assert submit(server, source_code=cpp20, language_id=54, compiler_options="-std=c++20")["stdout"] == "2"
     st, body = http(
-        daemon, "POST", "/judge0/submissions", {"source_code": "1", "language_id": 71, "compiler_options": "-O2"}
+        server, "POST", "/judge0/submissions", {"source_code": "1", "language_id": 71, "compiler_options": "-O2"}
     )
     assert (st, body) == (
         422,
@@ -373,10 +418,10 @@ def test_compiler_options(daemon: Daemon) -> None:
     )
 
 
-def test_additional_files(daemon: Daemon) -> None:
+def test_additional_files(server: Server) -> None:
     files = zip_of({"helper.py": b"X = 41\n", "data/in.txt": b"1\n"})
     src = "import helper\nprint(helper.X + int(open('data/in.txt').read()))"
-    r = submit(daemon, source_code=src, language_id=71, additional_files=files)
+    r = submit(server, source_code=src, language_id=71, additional_files=files)
     assert r["stdout"] == "42\n" and unb64(r["additional_files"]) == base64.b64decode(files)
     # A compiled program finds them at run time too (headers at compile time).
     files = zip_of({"v.h": b"#define V 7\n", "n.txt": b"5"})
@@ -384,9 +429,9 @@ def test_additional_files(daemon: Daemon) -> None:
         '#include <stdio.h>\n#include "v.h"\n'
         'int main(void){int n;FILE*f=fopen("n.txt","r");fscanf(f,"%d",&n);printf("%d",n*V);}'
     )
-    assert submit(daemon, source_code=src, language_id=50, additional_files=files)["stdout"] == "35"
+    assert submit(server, source_code=src, language_id=50, additional_files=files)["stdout"] == "35"
     # The source file wins over an entry of the same name (unzip -n).
-    r = submit(daemon, source_code="print('mine')", language_id=71, additional_files=zip_of({"main.py": b"print(0)"}))
+    r = submit(server, source_code="print('mine')", language_id=71, additional_files=zip_of({"main.py": b"print(0)"}))
     assert r["stdout"] == "mine\n"
 
 
@@ -401,16 +446,16 @@ def test_additional_files(daemon: Daemon) -> None:
         (b64("not a zip"), "is not a valid zip archive"),
     ],
 )
-def test_additional_files_refused(daemon: Daemon, files: str, message: str) -> None:
+def test_additional_files_refused(server: Server, files: str, message: str) -> None:
     st, body = http(
-        daemon, "POST", "/judge0/submissions", {"source_code": "1", "language_id": 71, "additional_files": files}
+        server, "POST", "/judge0/submissions", {"source_code": "1", "language_id": 71, "additional_files": files}
     )
     assert st == 422 and list(body) == ["additional_files"] and message in body["additional_files"][0], body
 
 
-def test_validation_errors_are_judge0s(daemon: Daemon) -> None:
+def test_validation_errors_are_judge0s(server: Server) -> None:
     def post(sub: dict[str, Any]) -> tuple[int, Any]:
-        return http(daemon, "POST", "/judge0/submissions", sub)
+        return http(server, "POST", "/judge0/submissions", sub)
 
     assert post({"source_code": "1", "language_id": 150000}) == (
         422,
@@ -468,80 +513,89 @@ def test_validation_errors_are_judge0s(daemon: Daemon) -> None:
     assert st == 201
 
 
-def test_limits_reach_the_run(daemon: Daemon) -> None:
+def test_limits_reach_the_run(server: Server) -> None:
     src = "import resource\nprint(resource.getrlimit(resource.RLIMIT_STACK)[0] // 1024)"
-    r = submit(daemon, source_code=src, language_id=71, stack_limit=8000, memory_limit=100000)
+    r = submit(server, source_code=src, language_id=71, stack_limit=8000, memory_limit=100000)
     assert r["stdout"] == "8000\n" and r["stack_limit"] == 8000 and r["memory_limit"] == 100000
     fork = (
         "import os, time\nn=0\ntry:\n    for _ in range(50):\n"
         "        if os.fork()==0: time.sleep(2); os._exit(0)\n        n+=1\nexcept OSError: pass\nprint(n)"
     )
-    r = submit(daemon, source_code=fork, language_id=71, max_processes_and_or_threads=5)
+    r = submit(server, source_code=fork, language_id=71, max_processes_and_or_threads=5)
     assert int(r["stdout"]) < 50
 
 
-def test_private_callback_is_refused(daemon: Daemon) -> None:
+def test_private_callback_is_refused(server: Server) -> None:
     for url in ("http://127.0.0.1:9/cb", "http://169.254.169.254/latest", "file:///etc/passwd"):
         st, body = http(
-            daemon, "POST", "/judge0/submissions", {"source_code": "1", "language_id": 71, "callback_url": url}
+            server, "POST", "/judge0/submissions", {"source_code": "1", "language_id": 71, "callback_url": url}
         )
         assert st == 422 and list(body) == ["callback_url"], body
 
 
-def test_batches(daemon: Daemon) -> None:
+def test_batches(server: Server) -> None:
     subs = [{"source_code": "print(1)", "language_id": 71}, {"source_code": "print(2)", "language_id": 9999}]
-    st, body = http(daemon, "POST", "/judge0/submissions/batch", {"submissions": subs})
+    st, body = http(server, "POST", "/judge0/submissions/batch", {"submissions": subs})
     assert st == 201 and "token" in body[0] and body[1] == {"language_id": ["language with id 9999 doesn't exist"]}
-    st, body = http(daemon, "POST", "/judge0/submissions/batch", {"submissions": subs[1:]})
+    st, body = http(server, "POST", "/judge0/submissions/batch", {"submissions": subs[1:]})
     assert st == 422 and body == [{"language_id": ["language with id 9999 doesn't exist"]}]
-    st, body = http(daemon, "POST", "/judge0/submissions/batch", {"submissions": subs[:1] * 21})
+    st, body = http(server, "POST", "/judge0/submissions/batch", {"submissions": subs[:1] * 21})
     assert (st, body) == (400, {"error": "number of submissions in a batch should be less than or equal to 20"})
-    st, body = http(daemon, "POST", "/judge0/submissions/batch", {"submissions": []})
+    st, body = http(server, "POST", "/judge0/submissions/batch", {"submissions": []})
     assert (st, body) == (400, {"error": "there should be at least one submission in a batch"})
-    st, body = http(daemon, "POST", "/judge0/submissions/batch", {"submissions": subs[:1] * 3})
+    st, body = http(server, "POST", "/judge0/submissions/batch", {"submissions": subs[:1] * 3})
     tokens = [t["token"] for t in body]
     time.sleep(0.5)
-    st, body = http(daemon, "GET", f"/judge0/submissions/batch?tokens={','.join([*tokens, 'nope'])}&fields=token")
+    st, body = http(server, "GET", f"/judge0/submissions/batch?tokens={','.join([*tokens, 'nope'])}&fields=token")
     assert st == 200 and body["submissions"][:3] == [{"token": t} for t in tokens] and body["submissions"][3] is None
-    st, body = http(daemon, "GET", "/judge0/submissions/batch?tokens=" + ",".join(["x"] * 21))
+    st, body = http(server, "GET", "/judge0/submissions/batch?tokens=" + ",".join(["x"] * 21))
     assert st == 400
-    assert http(daemon, "GET", "/judge0/submissions/batch")[0] == 400
+    assert http(server, "GET", "/judge0/submissions/batch")[0] == 400
 
 
-def test_information_endpoints(daemon: Daemon) -> None:
-    st, statuses = http(daemon, "GET", "/judge0/statuses")
+def test_information_endpoints(server: Server) -> None:
+    st, statuses = http(server, "GET", "/judge0/statuses")
     assert statuses[2] == {"id": 3, "description": "Accepted"} and len(statuses) == 14
-    st, cfg = http(daemon, "GET", "/judge0/config_info")
+    st, cfg = http(server, "GET", "/judge0/config_info")
     assert set(cfg) == set(SdkConfig.model_fields) and SdkConfig(**cfg).max_number_of_runs == 20
-    st, langs = http(daemon, "GET", "/judge0/languages/all")
+    st, langs = http(server, "GET", "/judge0/languages/all")
     assert all(x["is_archived"] is False for x in langs)
-    assert http(daemon, "GET", "/judge0/languages/4242") == (404, None)
-    st, lang = http(daemon, "GET", "/judge0/languages/62")
+    assert http(server, "GET", "/judge0/languages/4242") == (404, None)
+    st, lang = http(server, "GET", "/judge0/languages/62")
     assert lang["source_file"] == "Main.java" and "javac" in lang["compile_cmd"]
-    assert http(daemon, "GET", "/judge0/version") == (200, "1.13.1")
-    st, info = http(daemon, "GET", "/judge0/system_info")
+    assert http(server, "GET", "/judge0/version") == (200, "1.13.1")
+    st, info = http(server, "GET", "/judge0/system_info")
     assert st == 200 and int(info["CPU(s)"]) >= 1 and "Mem" in info
-    st, workers = http(daemon, "GET", "/judge0/workers")
-    assert workers[0]["queue"] == "host" and workers[0]["available"] == 4
-    assert http(daemon, "GET", "/judge0/submissions")[0] == 403
+    st, workers = http(server, "GET", "/judge0/workers")
+    # A daemon's rows are its pools; a fleet's are its hosts.
+    assert workers[0]["queue"] == ("host" if isinstance(server, Daemon) else "compat-host")
+    assert workers[0]["available"] == 4
+    assert http(server, "GET", "/judge0/submissions")[0] == 403
 
 
-def test_oversize_body(daemon: Daemon) -> None:
-    st, body = http(daemon, "POST", "/judge0/submissions", b"x" * (5 << 20))
+def test_oversize_body(server: Server) -> None:
+    st, body = http(server, "POST", "/judge0/submissions", b"x" * (5 << 20))
     assert st == 413 and "larger than" in body["error"]
-    st, body = http(daemon, "POST", "/piston/api/v2/execute", b"x" * (5 << 20))
+    st, body = http(server, "POST", "/piston/api/v2/execute", b"x" * (5 << 20))
     assert st == 400 and body["stack"].startswith("PayloadTooLargeError")
 
 
-def test_compat_jobs_are_native_jobs(daemon: Daemon) -> None:
-    submit(daemon, fields="status", source_code="print(1)", language_id=71)
-    _, status = http(daemon, "GET", "/v1/status")
+def test_compat_jobs_are_native_jobs(server: Server) -> None:
+    token = submit(server, fields="token", source_code="print(1)", language_id=71)["token"]
+    st, job = http(server, "GET", f"/v1/jobs/{token}")
+    assert st == 200 and job["kind"] == "submission" and job["result"]["verdict"] == "AC", job
+    assert unb64(job["result"]["runs"][0]["stdout"]) == b"1\n" and job["finished_at"] >= job["created_at"] > 0
+    _, status = http(server, "GET", "/v1/status")
     assert status["jobs"].get("done", 0) >= 1
-    _, metrics = http(daemon, "GET", "/metrics")
+    host = server if isinstance(server, Daemon) else server.host
+    assert host is not None
+    _, metrics = http(host, "GET", "/metrics")
     assert 'sandboxd_verdicts_total{scope="submission",verdict="AC"}' in metrics
 
 
-def test_callback_is_a_put_of_the_default_fields_and_prefixes_are_configurable() -> None:
+@pytest.mark.parametrize("mode", ["daemon", "fleet"])
+def test_callback_is_a_put_of_the_default_fields_and_prefixes_are_configurable(mode: str) -> None:
+    """Through a fleet, the host that ran the job PUTs it, once Redis has the result."""
     got: list[tuple[str, bytes]] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -556,7 +610,9 @@ def test_callback_is_a_put_of_the_default_fields_and_prefixes_are_configurable()
     srv = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     env = {"SANDBOXD_CALLBACK_ALLOW_PRIVATE": "true", "SANDBOXD_JUDGE0_PREFIX": "/j0", "SANDBOXD_PISTON_PREFIX": ""}
-    d = Daemon("pytest-compat-cb", pool_size=1, env=env)
+    d: Server = (
+        Daemon("pytest-compat-cb", pool_size=1, env=env) if mode == "daemon" else FleetStack("pytest-compat-cb", 1, env)
+    )
     try:
         url = f"http://127.0.0.1:{srv.server_port}/done"
         st, body = http(
@@ -579,10 +635,69 @@ def test_callback_is_a_put_of_the_default_fields_and_prefixes_are_configurable()
             "status",
         )
         assert cb["token"] == body["token"] and cb["stdout"] == "aGkK\n" and cb["status"]["id"] == 3
+        # Delivered after the result was stored: what the callback said is what a GET reads.
+        st, now = http(d, "GET", f"/j0/submissions/{body['token']}?base64_encoded=true")
+        assert st == 200 and now == cb
         assert http(d, "GET", "/judge0/about")[0] == 404 and http(d, "GET", "/piston/api/v2/runtimes")[0] == 404
     finally:
         d.stop()
         srv.shutdown()
+
+
+# --- through the fleet only ------------------------------------------------------
+
+fleet_only = pytest.mark.parametrize("server", ["fleet"], indirect=True)
+
+
+@fleet_only
+def test_fleet_records_live_in_redis_and_any_coordinator_reads_them(server: FleetStack) -> None:
+    subs = [{"source_code": f"print({i})", "language_id": 71} for i in range(3)]
+    st, body = http(server, "POST", "/judge0/submissions/batch", {"submissions": subs})
+    assert st == 201
+    tokens = [t["token"] for t in body]
+    other = server.coords[1].http  # not the coordinator that took them
+    deadline = time.monotonic() + 30
+    while True:
+        req = urllib.request.Request(
+            f"{other}/judge0/submissions/batch?tokens={','.join(tokens)}&fields=token,stdout,status_id"
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            got = json.loads(r.read())["submissions"]
+        if all(g["status_id"] == 3 for g in got) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert got == [{"token": t, "stdout": f"{i}\n", "status_id": 3} for i, t in enumerate(tokens)]
+    r = server.redis.client()
+    assert r.hget(f"{{sandboxd}}:job:{tokens[0]}", "kind") == b"compat"
+    st, _ = http(server, "DELETE", f"/judge0/submissions/{tokens[0]}")
+    assert st == 200 and not r.exists(f"{{sandboxd}}:job:{tokens[0]}")
+    assert http(server, "GET", f"/judge0/submissions/{tokens[0]}") == (404, None)
+    # Language definitions travel in the host's entry, not in the operators' listing.
+    hosts = http(server, "GET", "/v1/hosts")[1]
+    assert hosts[0]["id"] == "compat-host" and "definitions" not in hosts[0]
+
+
+@fleet_only
+def test_fleet_compat_jobs_wait_in_queues_of_their_own(server: FleetStack) -> None:
+    """In Queue while no host takes them, in a queue an older host never claims from."""
+    assert http(server, "POST", "/v1/hosts/compat-host/drain")[0] == 200
+    try:
+        st, body = http(server, "POST", "/judge0/submissions", {"source_code": "print(5)", "language_id": 71})
+        assert st == 201
+        token = body["token"]
+        st, seen = http(server, "GET", f"/judge0/submissions/{token}?fields=status,finished_at,created_at")
+        assert seen["status"] == {"id": 1, "description": "In Queue"} and seen["finished_at"] is None
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", seen["created_at"])
+        r = server.redis.client()
+        assert r.zrange("{sandboxd}:q:python3||compat", 0, -1) == [token.encode()]
+        assert r.zcard("{sandboxd}:q:python3|") == 0
+    finally:
+        assert http(server, "POST", "/v1/hosts/compat-host/undrain")[0] == 200
+    deadline = time.monotonic() + 30
+    while (got := http(server, "GET", f"/judge0/submissions/{token}?fields=status_id,stdout"))[1]["status_id"] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert got == (200, {"stdout": "5\n", "status_id": 3})
 
 
 # --- Piston ------------------------------------------------------------------------
@@ -600,19 +715,19 @@ OK_PROGRAMS = {
 }
 
 
-def execute(d: Daemon, **body: Any) -> tuple[int, Any]:
+def execute(d: Server, **body: Any) -> tuple[int, Any]:
     return http(d, "POST", "/piston/api/v2/execute", body)
 
 
-def test_piston_runtimes_cover_every_language(daemon: Daemon) -> None:
-    st, rts = http(daemon, "GET", "/piston/api/v2/runtimes")
+def test_piston_runtimes_cover_every_language(server: Server) -> None:
+    st, rts = http(server, "GET", "/piston/api/v2/runtimes")
     assert st == 200 and {rt["language"] for rt in rts} == set(OK_PROGRAMS)
     assert all(set(rt) <= {"language", "version", "aliases", "runtime"} for rt in rts)
 
 
 @pytest.mark.parametrize("language", list(OK_PROGRAMS))
-def test_piston_ok_program_per_language(daemon: Daemon, language: str) -> None:
-    st, res = execute(daemon, language=language, version="*", files=[{"content": OK_PROGRAMS[language]}])
+def test_piston_ok_program_per_language(server: Server, language: str) -> None:
+    st, res = execute(server, language=language, version="*", files=[{"content": OK_PROGRAMS[language]}])
     assert st == 200 and "OK" in res["run"]["stdout"], res
     assert res["language"] == language and res["run"]["code"] == 0 and res["run"]["status"] is None
     assert list(res["run"]) == [
@@ -631,8 +746,8 @@ def test_piston_ok_program_per_language(daemon: Daemon, language: str) -> None:
     assert ("compile" in res) == compiled and (not compiled or res["compile"]["code"] == 0)
 
 
-def test_piston_with_ultra_piston_client(daemon: Daemon) -> None:
-    client = PistonClient(base_url=f"{daemon.http}/piston/api/v2/", rate_limit=0.01)
+def test_piston_with_ultra_piston_client(server: Server) -> None:
+    client = PistonClient(base_url=f"{server.http}/piston/api/v2/", rate_limit=0.01)
     rts = client.get_runtimes()
     py = next(rt for rt in rts if rt.language == "python")
     out = client.post_execute(
@@ -645,9 +760,9 @@ def test_piston_with_ultra_piston_client(daemon: Daemon) -> None:
     assert out.compile is not None and out.compile.code != 0 and out.run.model_dump() == out.compile.model_dump()
 
 
-def test_piston_with_piston_rspy_client(daemon: Daemon) -> None:
+def test_piston_with_piston_rspy_client(server: Server) -> None:
     async def scenario() -> tuple[list[Any], Any]:
-        client = piston_rspy.Client.with_url(f"{daemon.http}/piston/api/v2")
+        client = piston_rspy.Client.with_url(f"{server.http}/piston/api/v2")
         rts = await client.fetch_runtimes()
         ex = piston_rspy.Executor(language="js", version="*", files=[piston_rspy.File(content="console.log(1+1)")])
         return rts, await client.execute(ex)
@@ -657,9 +772,9 @@ def test_piston_with_piston_rspy_client(daemon: Daemon) -> None:
     assert res.is_ok() and res.run.stdout == "2\n" and res.run.code == 0 and res.language == "javascript"
 
 
-def test_piston_statuses(daemon: Daemon) -> None:
+def test_piston_statuses(server: Server) -> None:
     def run(src: str, lang: str = "python", **kw: Any) -> dict[str, Any]:
-        st, res = execute(daemon, language=lang, version="*", files=[{"content": src}], **kw)
+        st, res = execute(server, language=lang, version="*", files=[{"content": src}], **kw)
         assert st == 200, res
         return res["run"]  # type: ignore[no-any-return]
 
@@ -685,9 +800,9 @@ def test_piston_statuses(daemon: Daemon) -> None:
     assert r["memory"] >= 30 << 20
 
 
-def test_piston_request_details(daemon: Daemon) -> None:
+def test_piston_request_details(server: Server) -> None:
     st, res = execute(
-        daemon, language="py", version="*", files=[{"content": "import sys\nprint(repr(sys.stdin.read()))"}], stdin="a"
+        server, language="py", version="*", files=[{"content": "import sys\nprint(repr(sys.stdin.read()))"}], stdin="a"
     )
     assert res["run"]["stdout"] == "'a\\n'\n"  # Piston adds the trailing newline
     files = [
@@ -696,12 +811,12 @@ def test_piston_request_details(daemon: Daemon) -> None:
         {"name": "d.bin", "content": "00ff", "encoding": "hex"},
         {"name": "/h.txt", "content": "h"},
     ]
-    st, res = execute(daemon, language="python3", version="*", files=files)
+    st, res = execute(server, language="python3", version="*", files=files)
     assert res["run"]["stdout"] == "5 b'\\x00\\xff' h\n", res
-    st, res = execute(daemon, language="python", version="0.x || >=3", files=[{"content": "print(1)"}], args=["a"])
+    st, res = execute(server, language="python", version="0.x || >=3", files=[{"content": "print(1)"}], args=["a"])
     assert st == 200
     st, res = execute(
-        daemon,
+        server,
         language="python",
         version="*",
         files=[{"content": "print(1)"}],
@@ -746,18 +861,18 @@ def test_piston_request_details(daemon: Daemon) -> None:
         ),
     ],
 )
-def test_piston_errors(daemon: Daemon, body: dict[str, Any], message: str) -> None:
-    st, res = http(daemon, "POST", "/piston/api/v2/execute", body)
+def test_piston_errors(server: Server, body: dict[str, Any], message: str) -> None:
+    st, res = http(server, "POST", "/piston/api/v2/execute", body)
     assert (st, res["message"]) == (400, message)
 
 
-def test_piston_content_type_and_unknown_routes(daemon: Daemon) -> None:
+def test_piston_content_type_and_unknown_routes(server: Server) -> None:
     body = json.dumps({"language": "python", "version": "*", "files": [{"content": "1"}]}).encode()
-    st, res = http(daemon, "POST", "/piston/api/v2/execute", body, ctype="text/plain")
+    st, res = http(server, "POST", "/piston/api/v2/execute", body, ctype="text/plain")
     assert (st, res) == (415, {"message": "requests must be of type application/json"})
-    st, res = http(daemon, "POST", "/piston/api/v2/execute", b"{nope")
+    st, res = http(server, "POST", "/piston/api/v2/execute", b"{nope")
     assert st == 400 and res["stack"].startswith("SyntaxError")
-    assert http(daemon, "GET", "/piston/api/v2/nothing") == (404, {"message": "Not Found"})
+    assert http(server, "GET", "/piston/api/v2/nothing") == (404, {"message": "Not Found"})
 
 
 def test_semver_selectors() -> None:

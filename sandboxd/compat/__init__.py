@@ -1,10 +1,16 @@
 """Drop-in Judge0 CE and Piston v2 HTTP APIs, as thin translations onto the native engine.
 
-Each compat request becomes one native service job (kind "submission": it
-shows in /v1/jobs, /v1/status, the metrics, is drained on SIGTERM and expires
-after `results_ttl`), whose work is the judge's own two steps: the cached
-`Engine.compile` and `Engine.run_compiled` on the language's pool and
-admission queues.  No second queue, no second execution path.
+Each compat request becomes one native job of a `Backend`: on a host daemon
+the Service (kind "submission": it shows in /v1/jobs, /v1/status, the metrics,
+is drained on SIGTERM and expires after `results_ttl`), on a coordinator a
+fleet job in Redis that the host claiming it runs the same way.  The job's
+spec is the API's validated request (`judge0.Request`, `piston.Job`,
+sandboxd.compat.jobs); its work is the judge's own two steps, the cached
+`Engine.compile` and `Engine.run_compiled`, on the language's pool and
+admission queues; its result is a SubmissionResult whose `runs` hold each
+run's full result, from which each API renders its own answer.  No second
+queue, no second execution path, and nothing an API needs lives only in one
+process's memory (a Judge0 token can be read through any coordinator).
 
 Why not `Service.submit(Submission)`: a native test result keeps a 4 KiB
 preview of stdout, has no program arguments, no stderr-into-stdout, no extra
@@ -13,10 +19,10 @@ comparison rule; both APIs promise the full output.  Why not
 `Service.submit_run(RunRequest)`: a bare run has no language, so it would run
 on the host pool outside the language's rootfs and per-language queue.
 
-Shared here: the service job, a single-flight compile (a Judge0 batch of
-twenty test cases compiles once, not twenty times in parallel), one run with
-Judge0/Piston-only options, and a callback PUT through the callbacks module's
-SSRF checks and address pinning.
+Shared here: the Backend both frontends implement, a single-flight compile (a
+Judge0 batch of twenty test cases compiles once, not twenty times in
+parallel), one run with Judge0/Piston-only options, and a callback PUT through
+the callbacks module's SSRF checks and address pinning.
 """
 
 from __future__ import annotations
@@ -25,47 +31,64 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from .. import callbacks
 from ..engine import Compiled, Engine
 from ..languages import Language
-from ..schema import FileIn, Limits, RunResult, SubmissionResult, Verdict
-from ..service import Job, Service
+from ..schema import FileIn, JobInfo, Limits, RunResult
+
+if TYPE_CHECKING:
+    from .jobs import Spec
 
 log = logging.getLogger(__name__)
 
 
-# The native verdict of a run, for metrics and /v1/jobs (the compat views map statuses themselves).
+@dataclasses.dataclass
+class Served:
+    """A language as the compat APIs list it: its definition and detected version."""
+
+    lang: Language
+    version: str
 
 
-def start_job(
-    svc: Service, lang: str, work: Callable[[], Coroutine[Any, Any, SubmissionResult]], t0: float | None = None
-) -> Job:
-    """A native service job whose work is `work()`.
-
-    Uses the service's own job life cycle (draining refusal, ids, expiry,
-    cancellation, completion) exactly as `Service.submit` does; only the work
-    differs.  Raises ServiceError("draining") like every submission."""
-    started = time.monotonic() if t0 is None else t0
-
-    async def run() -> SubmissionResult:
-        res = await work()
-        svc.metrics.verdicts.labels("submission", res.verdict).inc()
-        svc.metrics.submission_seconds.labels(lang).observe(time.monotonic() - started)
-        return res
-
-    return svc.start_job("submission", lang, run)
+@dataclasses.dataclass
+class Load:
+    queued: int  # jobs waiting (all kinds)
+    limit: int  # the queue bound jobs are refused above
+    workers: list[dict[str, Any]]  # Judge0's /workers rows
 
 
-def record_test(svc: Service, verdict: Verdict, r: RunResult) -> None:
-    """Per-run metrics, as the judge's progress callback records them."""
-    svc.metrics.verdicts.labels("test", verdict).inc()
-    svc.recent.append(r.wall_time)
+class Backend(Protocol):
+    """Where compat jobs run and their records live: a host daemon's Service or
+    the fleet's Coordinator.  Errors are ServiceError, as for native jobs."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    async def check_callback(self, url: str) -> None: ...
+
+    async def start_compat(self, spec: Spec, job_id: str) -> JobInfo:
+        """Start a compat job under the id the API chose (a Judge0 token is a UUID)."""
+        ...
+
+    async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo: ...
+
+    async def cancel_job(self, job_id: str) -> JobInfo: ...
+
+    async def compat_job(self, job_id: str) -> tuple[Spec, JobInfo] | None:
+        """The job's spec and state; None for an unknown, expired or native job."""
+        ...
+
+    async def forget_job(self, job_id: str) -> bool:
+        """Drop a finished job's record (Judge0's DELETE); False if it is not final."""
+        ...
+
+    async def compat_languages(self) -> dict[str, Served]: ...
+
+    async def compat_load(self) -> Load: ...
 
 
 class Compiler:
@@ -151,23 +174,3 @@ async def put_json(url: str, body: bytes, allow_private: bool, attempts: int = 3
     """Judge0's callback: PUT the JSON body, stopping at any HTTP answer as Judge0
     does; target checks and address pinning are the callbacks module's."""
     return await callbacks.deliver(url, body, allow_private, attempts, timeout, method="PUT", retry_on_http_error=False)
-
-
-class Background:
-    """Tasks that must outlive a request (callbacks, finalizers): kept referenced."""
-
-    def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        t = asyncio.ensure_future(coro)
-        self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
-        return t
-
-
-def expired(svc: Service, job: Job) -> bool:
-    """The native job's result is gone (or due to go): the compat record goes with it."""
-    if job.id not in svc.jobs:
-        return True
-    return job.done.is_set() and time.monotonic() - job.finished > svc.results_ttl

@@ -1,9 +1,11 @@
 """Judge0 CE 1.13.1's HTTP API on the native engine.
 
-Each submission is one native service job (see sandboxd.compat): compile once
-(cached, single flight), then `number_of_runs` runs, each compared with
-`expected_output` by Judge0's rule.  Tokens are UUIDs mapped to job ids; a
-submission lives as long as its job (`results_ttl` after it finished).
+Each submission is one compat job of the backend (see sandboxd.compat): the
+daemon's own, or a fleet job through a coordinator.  Compile once (cached,
+single flight), then `number_of_runs` runs, each compared with
+`expected_output` by Judge0's rule.  A token is the job's id (a UUID); a
+submission lives as long as its job (`results_ttl` after it finished), and
+every field of it is derived from the job's spec and result.
 
 Request fields, defaults, bounds, validation messages, status ids, field
 selection, base64 (Ruby's: 60-character lines, each ending in a newline;
@@ -65,19 +67,29 @@ import stat
 import uuid
 import zipfile
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from ..engine import Compiled
+from ..engine import Engine
+from ..errors import ServiceError
 from ..judge import STATUS_VERDICT, test_result
 from ..languages import Language
-from ..schema import FileIn, Limits, RunResult, SchemaError, SubmissionResult, TestResult, Verdict, check_box_path
-from ..service import Job, Service, ServiceError
-from . import Background, Compiler, expired, put_json, record_test, run_program, start_job
+from ..schema import (
+    FileIn,
+    JobInfo,
+    Limits,
+    RunResult,
+    SchemaError,
+    SubmissionResult,
+    TestResult,
+    Verdict,
+    check_box_path,
+)
+from . import Backend, Compiler, Served, put_json, run_program
 
 VERSION = "1.13.1"
 KiB = 1024
@@ -132,7 +144,7 @@ CONFIG: dict[str, Any] = {
     "callbacks_max_tries": 3,
     "callbacks_timeout": 5.0,
     "enable_additional_files": True,
-    "max_queue_size": 0,  # set from the engine's queue depth
+    "max_queue_size": 0,  # the backend's queue bound
     "cpu_time_limit": 5.0,
     "max_cpu_time_limit": 15.0,
     "cpu_extra_time": 1.0,
@@ -281,8 +293,11 @@ def decimal(x: float | None) -> str | None:
     return s + "0" if s.endswith(".") else s
 
 
-def timestamp(t: datetime | None) -> str | None:
-    return None if t is None else t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+def timestamp(unix: float | None) -> str | None:
+    if unix is None:
+        return None
+    t = datetime.fromtimestamp(unix, UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 def _ruby_num(x: float) -> str:
@@ -292,9 +307,9 @@ def _ruby_num(x: float) -> str:
 # --- submissions ------------------------------------------------------------
 
 
-@dataclass
-class Request:
-    """A validated submission: every field with its value or Judge0's default."""
+class Request(msgspec.Struct, tag="judge0", tag_field="api", forbid_unknown_fields=True):
+    """A validated submission: every field with its value or Judge0's default.  It is
+    the job's spec (kept with the job, in Redis in a fleet), so GET can show it."""
 
     language_id: int
     lang: str
@@ -317,7 +332,8 @@ class Request:
     callback_url: str | None
     additional_files: bytes | None
     enable_network: bool
-    extras: list[FileIn] = field(default_factory=list)
+    extras: list[FileIn] = []
+    language_name: str = ""  # as /languages named it when the submission was made
 
     def limits(self) -> Limits:
         """Judge0's isolate limits as ours.  cpu_extra_time: the program is killed at
@@ -337,14 +353,59 @@ class Request:
         )
 
 
-@dataclass(eq=False)
-class Record:
-    token: str
-    req: Request
-    job: Job | None = None
+# --- the job: what a host runs ------------------------------------------------
+
+
+async def run_job(
+    engine: Engine, compiler: Compiler, req: Request, on_run: Callable[[Verdict, RunResult], None]
+) -> SubmissionResult:
+    """Compile once, then up to `number_of_runs` runs, stopping at the first that is
+    not Accepted (as Judge0's worker does).  `outcome` renders the result."""
+    # Judge0 pastes both into a bash script; we split them as bash would (quotes, no expansion).
+    try:
+        options = _words(req.compiler_options)
+    except ValueError as e:  # bash: a syntax error in compile.sh, i.e. a compilation error
+        return SubmissionResult("CE", message=str(e))
+    try:
+        args = _words(req.command_line_arguments)
+    except ValueError as e:  # bash: a syntax error in run.sh, exit status 2
+        return SubmissionResult("RE", message=str(e))
+    comp = await compiler.compile(req.lang, req.source_code, req.extras, options)
+    c = comp.result
+    if not comp.ok:
+        assert c is not None
+        return SubmissionResult("IE" if c.status == "internal_error" else "CE", compile=c, message=c.message)
+    limits = req.limits()
+    source = FileIn(comp.lang.source, req.source_code)
+    runs: list[RunResult] = []
+    tests: list[TestResult] = []
+    for i in range(req.number_of_runs):
+        r = await run_program(
+            engine, comp, source, req.extras, req.stdin or b"", limits, args, req.redirect_stderr_to_stdout
+        )
+        status, _, _, message = judge_run(r, req)
+        verdict = J0_VERDICT.get(status) or STATUS_VERDICT[r.status]
+        on_run(verdict, r)
+        runs.append(r)
+        tests.append(test_result(i, verdict, r, message or ""))
+        if status != 3:
+            break
+    return SubmissionResult(
+        tests[-1].verdict,
+        compile=c,
+        tests=tests,
+        time=max(t.time for t in tests),
+        memory=max(t.memory for t in tests),
+        runs=runs,
+    )
+
+
+@dataclass
+class Outcome:
+    """What Judge0 stores of a submission after its worker ran: derived from the
+    job's state and result, never kept on its own (so every replica shows the same)."""
+
     status_id: int = 1
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    finished_at: datetime | None = None
     stdout: bytes | None = None
     stderr: bytes | None = None
     compile_output: bytes | None = None
@@ -354,11 +415,114 @@ class Record:
     time: float | None = None
     wall_time: float | None = None
     memory: int | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def pending(self) -> bool:
         return self.status_id in (1, 2)
+
+
+def outcome(req: Request, info: JobInfo) -> Outcome:
+    o = Outcome()
+    if info.state in ("queued", "running"):
+        o.status_id = 1 if info.state == "queued" else 2
+        return o
+    res = info.result
+    if info.state != "done" or not isinstance(res, SubmissionResult):
+        o.status_id = 13
+        o.message = info.error.message if info.error is not None else info.state
+        return o
+    try:
+        _words(req.compiler_options)
+    except ValueError as e:
+        o.status_id, o.compile_output = 6, f"compile.sh: compiler_options: {e}\n".encode()
+        return o
+    try:
+        _words(req.command_line_arguments)
+    except ValueError as e:
+        o.status_id, o.exit_code, o.message = 11, 2, "Exited with error status 2"
+        o.stderr = f"run.sh: command_line_arguments: {e}\n".encode()
+        return o
+    c = res.compile
+    if c is not None:
+        o.compile_output = (c.stdout + c.stderr) or None
+    if not res.runs:  # the compile failed
+        if c is None or c.status == "internal_error":
+            o.status_id, o.message = 13, (c.message if c is not None else res.message) or "internal error"
+            return o
+        if c.status == "time_limit":
+            o.compile_output = b"Compilation time limit exceeded."
+        o.status_id = 6
+        return o
+    last = res.runs[-1]
+    o.status_id, o.exit_code, o.exit_signal, o.message = judge_run(last, req)
+    o.stdout = last.stdout or None
+    o.stderr = None if req.redirect_stderr_to_stdout else (last.stderr or None)
+    # Judge0 averages time and memory over the runs it made (memory is an integer column).
+    o.time = sum(r.cpu_time for r in res.runs) / len(res.runs)
+    o.memory = int(sum(r.memory // KiB for r in res.runs) / len(res.runs))
+    o.wall_time = last.wall_time
+    return o
+
+
+def view(token: str, req: Request, info: JobInfo, fields: tuple[str, ...], b64: bool) -> dict[str, Any]:
+    """The serializer: requested attributes in its order.  Raises UnicodeDecodeError
+    for text that is not UTF-8 when base64_encoded is false (Judge0's 400)."""
+    o = outcome(req, info)
+    want = set(fields)
+    return {name: _attr(token, req, info, o, name, b64) for name in ATTRIBUTES if name in want}
+
+
+def _attr(token: str, req: Request, info: JobInfo, o: Outcome, name: str, b64: bool) -> Any:
+    if name in TEXT_FIELDS:
+        v: bytes | None
+        if name in ("source_code", "stdin", "expected_output"):
+            v = getattr(req, name)
+        elif name == "message":
+            v = None if o.message is None else o.message.encode()
+        else:
+            v = getattr(o, name)
+        if v is None:
+            return None
+        return encode64(v) if b64 else v.decode("utf-8")
+    match name:
+        case "language_id":
+            return req.language_id
+        case "status_id":
+            return o.status_id
+        case "status":
+            return {"id": o.status_id, "description": STATUSES[o.status_id]}
+        case "language":
+            return {"id": req.language_id, "name": req.language_name}
+        case "created_at":
+            return timestamp(info.created_at)
+        case "finished_at":
+            return None if o.pending else timestamp(info.finished_at)
+        case "time":
+            return decimal(o.time)
+        case "wall_time":
+            return decimal(o.wall_time)
+        case "memory":
+            return o.memory
+        case "token":
+            return token
+        case "exit_code":
+            return o.exit_code
+        case "exit_signal":
+            return o.exit_signal
+        case "cpu_time_limit" | "cpu_extra_time" | "wall_time_limit":
+            return decimal(getattr(req, name))
+        case "additional_files":
+            return None if req.additional_files is None else encode64(req.additional_files)
+    return getattr(req, name)
+
+
+async def deliver_callback(token: str, req: Request, info: JobInfo, allow_private: bool) -> None:
+    """PUT the default fields (base64) to `callback_url` once the job is final and
+    readable; called by whoever made it final (the daemon, or the fleet host)."""
+    if not req.callback_url:
+        return
+    body = msgspec.json.encode(view(token, req, info, DEFAULT_FIELDS, True))
+    await put_json(req.callback_url, body, allow_private, CONFIG["callbacks_max_tries"], CONFIG["callbacks_timeout"])
 
 
 class J0Error(Exception):
@@ -375,38 +539,36 @@ def reply(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
+# --- the API: validation and records, on a Backend --------------------------------
+
+
 class Judge0:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-        self.compiler = Compiler(svc.engine)
-        self.records: dict[str, Record] = {}
-        self.background = Background()
-        self.config = {**CONFIG, "max_queue_size": svc.engine.cfg.queue_depth}
-        self._creates = 0
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
 
     # --- languages ---
 
-    def languages(self) -> dict[int, Language]:
-        langs = self.svc.engine.languages
-        return {jid: langs[lid] for jid, (lid, *_) in LANGUAGES.items() if lid in langs}
+    async def languages(self) -> dict[int, Served]:
+        served = await self.backend.compat_languages()
+        return {jid: served[lid] for jid, (lid, *_) in LANGUAGES.items() if lid in served}
 
-    def language_name(self, jid: int) -> str:
-        lid, name, tool, stood_for = LANGUAGES[jid]
-        version = self.svc.engine.versions.get(lid, "")
+    @staticmethod
+    def language_name(jid: int, version: str) -> str:
+        _lid, name, tool, stood_for = LANGUAGES[jid]
         inner = " ".join(p for p in (tool, version) if p)
         if stood_for:
             inner = f"{inner}, in place of {stood_for}" if inner else f"in place of {stood_for}"
         return f"{name} ({inner})" if inner else name
 
-    def language_detail(self, jid: int, lang: Language) -> dict[str, Any]:
-        mem = lang.default_limits.memory
+    def language_detail(self, jid: int, s: Served) -> dict[str, Any]:
+        lang = s.lang
         return {
             "id": jid,
-            "name": self.language_name(jid),
+            "name": self.language_name(jid, s.version),
             "is_archived": False,
             "source_file": lang.source,
             "compile_cmd": f"{shlex.join(lang.compile)} %s" if lang.compile else None,
-            "run_cmd": shlex.join(lang.run_argv(mem)),
+            "run_cmd": shlex.join(lang.run_argv(lang.default_limits.memory)),
         }
 
     # --- validation: Judge0's model, message for message ---
@@ -478,8 +640,9 @@ class Judge0:
 
         # The model's custom validations, in order.
         lang: Language | None = None
-        if language_id is not None and language_id in LANGUAGES:
-            lang = self.svc.engine.languages.get(LANGUAGES[language_id][0])
+        served = (await self.languages()).get(language_id) if language_id is not None else None
+        if served is not None:
+            lang = served.lang
         if lang is None:
             add("language_id", f"language with id {'' if language_id is None else language_id} doesn't exist")
         options = strings["compiler_options"]
@@ -489,7 +652,7 @@ class Judge0:
         callback_url = None if callback is None else (callback if isinstance(callback, str) else _scalar_str(callback))
         if callback_url and callback_url.strip():
             try:
-                await self.svc.check_callback(callback_url)
+                await self.backend.check_callback(callback_url)
             except ServiceError as e:
                 add("callback_url", e.err.message.removeprefix("callback_url: "))
         extras: list[FileIn] = []
@@ -503,10 +666,10 @@ class Judge0:
             add("enable_network", "enabling network is not allowed")
         if errors:
             return errors
-        assert lang is not None and language_id is not None and source is not None
+        assert served is not None and language_id is not None and source is not None
         return Request(
             language_id=language_id,
-            lang=lang.id,
+            lang=served.lang.id,
             source_code=source,
             stdin=stdin,
             expected_output=expected,
@@ -517,188 +680,22 @@ class Judge0:
             additional_files=additional,
             enable_network=enable_network,
             extras=extras,
+            language_name=self.language_name(language_id, served.version),
             **values,
         )
 
-    # --- the job ---
+    # --- records: the backend's jobs ---
 
-    def create(self, req: Request) -> Record:
-        self._purge()
-        rec = Record(str(uuid.uuid4()), req)
-        rec.job = start_job(self.svc, req.lang, lambda: self._work(rec))
-        self.records[rec.token] = rec
-        self.background.spawn(self._finalize(rec))
-        return rec
+    async def create(self, req: Request) -> str:
+        token = str(uuid.uuid4())
+        await self.backend.start_compat(req, token)
+        return token
 
-    def _purge(self) -> None:
-        self._creates += 1
-        if self._creates % 64:
-            return
-        for token, rec in list(self.records.items()):
-            if rec.finished.is_set() and rec.job is not None and expired(self.svc, rec.job):
-                del self.records[token]
-
-    def get(self, token: str) -> Record | None:
-        rec = self.records.get(token)
-        if rec is not None and rec.finished.is_set() and rec.job is not None and expired(self.svc, rec.job):
-            del self.records[token]
+    async def get(self, token: str) -> tuple[Request, JobInfo] | None:
+        found = await self.backend.compat_job(token)
+        if found is None or not isinstance(found[0], Request):
             return None
-        return rec
-
-    def in_queue(self) -> int:
-        return sum(1 for r in self.records.values() if r.pending)
-
-    async def _work(self, rec: Record) -> SubmissionResult:
-        req = rec.req
-        rec.status_id = 2
-        # Judge0 pastes both into a bash script; we split them as bash would (quotes, no expansion).
-        try:
-            options = _words(req.compiler_options)
-        except ValueError as e:  # bash: a syntax error in compile.sh, i.e. a compilation error
-            rec.status_id, rec.finished_at = 6, datetime.now(UTC)
-            rec.compile_output = f"compile.sh: compiler_options: {e}\n".encode()
-            return SubmissionResult("CE", message=str(e))
-        try:
-            args = _words(req.command_line_arguments)
-        except ValueError as e:  # bash: a syntax error in run.sh, exit status 2
-            rec.status_id, rec.exit_code, rec.finished_at = 11, 2, datetime.now(UTC)
-            rec.message, rec.stderr = "Exited with error status 2", f"run.sh: command_line_arguments: {e}\n".encode()
-            return SubmissionResult("RE", message=str(e))
-        comp = await self.compiler.compile(req.lang, req.source_code, req.extras, options)
-        c = comp.result
-        if c is not None:
-            rec.compile_output = (c.stdout + c.stderr) or None
-        if not comp.ok:
-            assert c is not None
-            rec.finished_at = datetime.now(UTC)
-            if c.status == "internal_error":
-                rec.status_id, rec.message = 13, c.message
-                return SubmissionResult("IE", compile=c, message=c.message)
-            if c.status == "time_limit":
-                rec.compile_output = b"Compilation time limit exceeded."
-            rec.status_id = 6
-            return SubmissionResult("CE", compile=c, message=c.message)
-        return await self._runs(rec, comp, args)
-
-    async def _runs(self, rec: Record, comp: Compiled, args: list[str]) -> SubmissionResult:
-        req = rec.req
-        limits = req.limits()
-        source = FileIn(comp.lang.source, req.source_code)
-        times: list[float] = []
-        mems: list[int] = []
-        tests: list[TestResult] = []
-        verdict: Verdict = "AC"
-        for i in range(req.number_of_runs):
-            r = await run_program(
-                self.svc.engine,
-                comp,
-                source,
-                req.extras,
-                req.stdin or b"",
-                limits,
-                args,
-                req.redirect_stderr_to_stdout,
-            )
-            rec.finished_at = datetime.now(UTC)
-            status, exit_code, exit_signal, message = judge_run(r, req)
-            rec.status_id, rec.exit_code, rec.exit_signal, rec.message = status, exit_code, exit_signal, message
-            rec.stdout = r.stdout or None
-            rec.stderr = None if req.redirect_stderr_to_stdout else (r.stderr or None)
-            rec.time, rec.wall_time, rec.memory = r.cpu_time, r.wall_time, r.memory // KiB
-            times.append(r.cpu_time)
-            mems.append(r.memory // KiB)
-            verdict = J0_VERDICT.get(status) or STATUS_VERDICT[r.status]
-            record_test(self.svc, verdict, r)
-            tests.append(test_result(i, verdict, r, message or ""))
-            if status != 3:
-                break
-        # Judge0 averages time and memory over the runs it made (memory is an integer column).
-        rec.time = sum(times) / len(times)
-        rec.memory = int(sum(mems) / len(mems))
-        return SubmissionResult(
-            verdict,
-            compile=comp.result,
-            tests=tests,
-            time=max(t.time for t in tests),
-            memory=max(t.memory for t in tests),
-        )
-
-    async def _finalize(self, rec: Record) -> None:
-        assert rec.job is not None
-        await rec.job.done.wait()
-        if rec.job.state != "done":
-            err = rec.job.error
-            rec.status_id = 13
-            rec.message = err.message if err is not None else rec.job.state
-        if rec.finished_at is None:
-            rec.finished_at = datetime.now(UTC)
-        rec.finished.set()
-        if rec.req.callback_url:
-            body = msgspec.json.encode(self.view(rec, DEFAULT_FIELDS, True))
-            await put_json(
-                rec.req.callback_url,
-                body,
-                self.svc.callback_allow_private,
-                CONFIG["callbacks_max_tries"],
-                CONFIG["callbacks_timeout"],
-            )
-
-    # --- serialization ---
-
-    def view(self, rec: Record, fields: tuple[str, ...], b64: bool) -> dict[str, Any]:
-        """The serializer: requested attributes in its order.  Raises UnicodeDecodeError
-        for text that is not UTF-8 when base64_encoded is false (Judge0's 400)."""
-        req = rec.req
-        want = set(fields)
-        out: dict[str, Any] = {}
-        for name in ATTRIBUTES:
-            if name not in want:
-                continue
-            out[name] = self._attr(rec, req, name, b64)
-        return out
-
-    def _attr(self, rec: Record, req: Request, name: str, b64: bool) -> Any:
-        if name in TEXT_FIELDS:
-            v: bytes | None
-            if name in ("source_code", "stdin", "expected_output"):
-                v = getattr(req, name)
-            elif name == "message":
-                v = None if rec.message is None else rec.message.encode()
-            else:
-                v = getattr(rec, name)
-            if v is None:
-                return None
-            return encode64(v) if b64 else v.decode("utf-8")
-        match name:
-            case "language_id":
-                return req.language_id
-            case "status_id":
-                return rec.status_id
-            case "status":
-                return {"id": rec.status_id, "description": STATUSES[rec.status_id]}
-            case "language":
-                return {"id": req.language_id, "name": self.language_name(req.language_id)}
-            case "created_at":
-                return timestamp(rec.created_at)
-            case "finished_at":
-                return timestamp(rec.finished_at) if rec.finished.is_set() else None
-            case "time":
-                return decimal(rec.time)
-            case "wall_time":
-                return decimal(rec.wall_time)
-            case "memory":
-                return rec.memory
-            case "token":
-                return rec.token
-            case "exit_code":
-                return rec.exit_code
-            case "exit_signal":
-                return rec.exit_signal
-            case "cpu_time_limit" | "cpu_extra_time" | "wall_time_limit":
-                return decimal(getattr(req, name))
-            case "additional_files":
-                return None if req.additional_files is None else encode64(req.additional_files)
-        return getattr(req, name)
+        return found[0], found[1]
 
 
 def _words(s: str | None) -> list[str]:
@@ -910,8 +907,9 @@ def handler(fn: Handler) -> Handler:
     return wrapped
 
 
-def _queue_check(j0: Judge0, n: int) -> None:
-    if j0.in_queue() + n > j0.config["max_queue_size"]:
+async def _queue_check(j0: Judge0, n: int) -> None:
+    load = await j0.backend.compat_load()
+    if load.queued + n > load.limit:
         raise J0Error(503, {"error": "queue is full"})
 
 
@@ -919,31 +917,34 @@ def _queue_check(j0: Judge0, n: int) -> None:
 async def create_submission(req: web.Request) -> web.Response:
     j0 = req.app[J0]
     wait = req.query.get("wait") == "true"
-    _queue_check(j0, 1)
+    await _queue_check(j0, 1)
     fields = _fields(req)
     b64 = _b64(req)
     built = await j0.build(await _params(req), b64)
     if not isinstance(built, Request):
         return reply(built, 422)
-    rec = j0.create(built)
+    token = await j0.create(built)
     if not wait:
-        return reply({"token": rec.token}, 201)
-    await rec.finished.wait()
+        return reply({"token": token}, 201)
+    info = await j0.backend.wait_job(token)
+    # Read back: the record as every later GET shows it (a fleet's times are Redis's).
+    found = await j0.get(token)
     try:
-        return reply(j0.view(rec, fields, b64), 201)
+        return reply(view(token, *(found or (built, info)), fields, b64), 201)
     except UnicodeDecodeError:
-        return reply({"error": NOT_UTF8, "token": rec.token}, 201)
+        return reply({"error": NOT_UTF8, "token": token}, 201)
 
 
 @handler
 async def get_submission(req: web.Request) -> web.Response:
     j0 = req.app[J0]
     fields = _fields(req)
-    rec = j0.get(req.match_info["token"])
-    if rec is None:
+    token = req.match_info["token"]
+    found = await j0.get(token)
+    if found is None:
         return reply(None, 404)
     try:
-        return reply(j0.view(rec, fields, _b64(req)))
+        return reply(view(token, *found, fields, _b64(req)))
     except UnicodeDecodeError:
         return reply({"error": NOT_UTF8}, 400)
 
@@ -953,14 +954,14 @@ async def delete_submission(req: web.Request) -> web.Response:
     j0 = req.app[J0]
     fields = _fields(req)
     token = req.match_info["token"]
-    rec = j0.get(token)
-    if rec is None:
+    found = await j0.get(token)
+    if found is None:
         return reply(None, 404)
-    if rec.pending:
-        desc = STATUSES[rec.status_id]
-        raise J0Error(400, {"error": f"submission cannot be deleted because its status is {rec.status_id} ({desc})"})
-    del j0.records[token]
-    return reply(j0.view(rec, fields, True))  # base64 forced: the data must survive the delete
+    o = outcome(*found)
+    if o.pending or not await j0.backend.forget_job(token):
+        sid = o.status_id if o.pending else 2  # (final a moment ago: someone else deleted it)
+        raise J0Error(400, {"error": f"submission cannot be deleted because its status is {sid} ({STATUSES[sid]})"})
+    return reply(view(token, *found, fields, True))  # base64 forced: the data must survive the delete
 
 
 @handler
@@ -975,23 +976,18 @@ async def batch_create(req: web.Request) -> web.Response:
     params = await _params(req)
     subs = params.get("submissions")
     n = len(subs) if isinstance(subs, (list, dict)) else 0
-    _queue_check(j0, n or 1)
-    limit = j0.config["max_submission_batch_size"]
+    await _queue_check(j0, n or 1)
+    limit = CONFIG["max_submission_batch_size"]
     if n > limit:
         raise J0Error(400, {"error": f"number of submissions in a batch should be less than or equal to {limit}"})
     if n == 0:
         raise J0Error(400, {"error": "there should be at least one submission in a batch"})
     items = subs if isinstance(subs, list) else list(subs.values())  # type: ignore[union-attr]
+    built = [await j0.build(item if isinstance(item, dict) else {}, b64) for item in items]
     out: list[Any] = []
-    valid = False
-    for item in items:
-        built = await j0.build(item if isinstance(item, dict) else {}, b64)
-        if isinstance(built, Request):
-            out.append({"token": j0.create(built).token})
-            valid = True
-        else:
-            out.append(built)
-    return reply(out, 201 if valid else 422)
+    for b in built:
+        out.append({"token": await j0.create(b)} if isinstance(b, Request) else b)
+    return reply(out, 201 if any(isinstance(b, Request) for b in built) else 422)
 
 
 @handler
@@ -1000,17 +996,15 @@ async def batch_show(req: web.Request) -> web.Response:
     fields = _fields(req)
     raw = req.headers.get("tokens") or req.query.get("tokens", "")
     tokens = [t for t in raw.strip().split(",") if t]
-    limit = j0.config["max_submission_batch_size"]
+    limit = CONFIG["max_submission_batch_size"]
     if len(tokens) > limit:
         raise J0Error(400, {"error": f"number of submissions in a batch should be less than or equal to {limit}"})
     if not tokens:
         raise J0Error(400, {"error": "there should be at least one submission in a batch"})
     b64 = _b64(req)
-    out: list[Any] = []
+    found = await asyncio.gather(*(j0.get(t) for t in tokens))
     try:
-        for t in tokens:
-            rec = j0.get(t)
-            out.append(None if rec is None else j0.view(rec, fields, b64))
+        out = [None if f is None else view(t, *f, fields, b64) for t, f in zip(tokens, found, strict=True)]
     except UnicodeDecodeError:
         raise J0Error(400, {"error": NOT_UTF8_BATCH}) from None
     return reply({"submissions": out})
@@ -1019,14 +1013,15 @@ async def batch_show(req: web.Request) -> web.Response:
 @handler
 async def languages(req: web.Request) -> web.Response:
     j0 = req.app[J0]
-    out = [{"id": jid, "name": j0.language_name(jid)} for jid in j0.languages()]
+    out = [{"id": jid, "name": j0.language_name(jid, s.version)} for jid, s in (await j0.languages()).items()]
     return reply(sorted(out, key=lambda x: str(x["name"])))
 
 
 @handler
 async def languages_all(req: web.Request) -> web.Response:
     j0 = req.app[J0]
-    out = [{"id": jid, "name": j0.language_name(jid), "is_archived": False} for jid in j0.languages()]
+    langs = await j0.languages()
+    out = [{"id": jid, "name": j0.language_name(jid, s.version), "is_archived": False} for jid, s in langs.items()]
     return reply(sorted(out, key=lambda x: str(x["name"])))
 
 
@@ -1034,7 +1029,7 @@ async def languages_all(req: web.Request) -> web.Response:
 async def language(req: web.Request) -> web.Response:
     j0 = req.app[J0]
     jid = _int_cast(req.match_info["id"])
-    langs = j0.languages()
+    langs = await j0.languages()
     if jid is None or jid not in langs:
         return reply(None, 404)
     return reply(j0.language_detail(jid, langs[jid]))
@@ -1071,7 +1066,8 @@ async def license_(req: web.Request) -> web.Response:
 
 @handler
 async def config_info(req: web.Request) -> web.Response:
-    return reply(req.app[J0].config)
+    load = await req.app[J0].backend.compat_load()
+    return reply({**CONFIG, "max_queue_size": load.limit})
 
 
 @handler
@@ -1081,20 +1077,7 @@ async def system_info(req: web.Request) -> web.Response:
 
 @handler
 async def workers(req: web.Request) -> web.Response:
-    st = req.app[J0].svc.status()
-    out = [
-        {
-            "queue": name,
-            "size": sum(p["queued"].values()),
-            "available": p["capacity"],
-            "idle": p["warm"],
-            "working": p["busy"],
-            "paused": 0,
-            "failed": p["agent_crashes"],
-        }
-        for name, p in st["pools"].items()
-    ]
-    return reply(out)
+    return reply((await req.app[J0].backend.compat_load()).workers)
 
 
 def system_facts() -> dict[str, str]:
@@ -1123,10 +1106,10 @@ def system_facts() -> dict[str, str]:
     return facts
 
 
-def make_app(svc: Service) -> web.Application:
+def make_app(backend: Backend) -> web.Application:
     """The Judge0 API as a sub-application (mounted under `judge0_prefix`)."""
     app = web.Application()
-    app[J0] = Judge0(svc)
+    app[J0] = Judge0(backend)
     r = app.router
     r.add_post("/submissions/batch", batch_create)
     r.add_get("/submissions/batch", batch_show)

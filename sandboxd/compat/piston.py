@@ -1,7 +1,8 @@
 """Piston v2's HTTP API (`POST /api/v2/execute`, `GET /api/v2/runtimes`) on the native engine.
 
-One execute request is one native service job (see sandboxd.compat): the
-cached compile, then one run, answered synchronously.  Request validation and
+One execute request is one compat job of the backend (see sandboxd.compat:
+the daemon's own, or a fleet job through a coordinator): the cached compile,
+then one run, answered synchronously.  Request validation and
 its messages, the 415 for a body that is not JSON, defaults, the stage objects
 (`signal, stdout, stderr, code, output, memory, message, status, cpu_time,
 wall_time`), `run` repeating `compile` when the compile failed, and the
@@ -38,20 +39,33 @@ Main.java); version "0.0.0" stands for a version not detected (self-test off).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import signal
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from ..engine import Compiled
+from ..engine import Engine
+from ..errors import ServiceError
 from ..judge import STATUS_VERDICT, test_result
 from ..languages import Language
-from ..schema import MAX_MEMORY, FileIn, Limits, RunResult, SchemaError, SubmissionResult, check_box_path
-from ..service import Service, ServiceError
-from . import Compiler, record_test, run_program, start_job
+from ..schema import (
+    MAX_MEMORY,
+    FileIn,
+    JobInfo,
+    Limits,
+    RunResult,
+    SchemaError,
+    SubmissionResult,
+    Verdict,
+    check_box_path,
+)
+from . import Backend, Compiler, Served, run_program
 from .judge0 import decode64
 
 MiB = 1 << 20
@@ -93,14 +107,13 @@ class Runtime(msgspec.Struct):
     runtime: str | None
 
 
-def runtimes(svc: Service) -> list[Runtime]:
+def runtimes(served: dict[str, Served]) -> list[Runtime]:
     out = []
-    for lid, lang in sorted(svc.engine.languages.items()):
+    for lid, s in sorted(served.items()):
         name, aliases, rt = RUNTIMES.get(lid, (lid, [], None))
         if lid != name and lid not in aliases:
             aliases = [*aliases, lid]
-        v = svc.engine.versions.get(lid, "")
-        out.append(Runtime(lang, name, v if _parse(v) else "0.0.0", aliases, rt))
+        out.append(Runtime(s.lang, name, s.version if _parse(s.version) else "0.0.0", aliases, rt))
     return out
 
 
@@ -161,11 +174,11 @@ def _comparator(v: tuple[int, int, int], c: str) -> bool:
     return low <= v < bump(i)
 
 
-def find_runtime(svc: Service, language: str, version: str) -> Runtime | None:
+def find_runtime(served: dict[str, Served], language: str, version: str) -> Runtime | None:
     """runtime.get_latest_runtime_matching_language_version."""
     found = [
         rt
-        for rt in runtimes(svc)
+        for rt in runtimes(served)
         if (rt.language == language or language in rt.aliases) and satisfies(rt.version, version)
     ]
     return max(found, key=lambda rt: _parse(rt.version) or (0, 0, 0), default=None)
@@ -334,10 +347,64 @@ def stage(r: RunResult) -> dict[str, Any]:
     }
 
 
+# --- the job: what a host runs ------------------------------------------------
+
+
+class Job(msgspec.Struct, tag="piston", tag_field="api", forbid_unknown_fields=True):
+    """A validated execute request: the job's spec."""
+
+    lang: str
+    language: str  # the runtime as the response names it
+    version: str
+    entry: FileIn
+    others: list[FileIn]
+    stdin: bytes
+    args: list[str]
+    run_limits: Limits
+    compile_limits: Limits | None = None  # None: the language's own
+
+
+async def run_job(
+    engine: Engine, compiler: Compiler, job: Job, on_run: Callable[[Verdict, RunResult], None]
+) -> SubmissionResult:
+    comp = await compiler.compile(job.lang, job.entry.content, job.others, [], job.compile_limits)
+    c = comp.result
+    if not comp.ok:
+        assert c is not None
+        return SubmissionResult("IE" if c.status == "internal_error" else "CE", compile=c, message=c.message)
+    r = await run_program(engine, comp, job.entry, job.others, job.stdin, job.run_limits, job.args)
+    verdict = STATUS_VERDICT[r.status]
+    on_run(verdict, r)
+    return SubmissionResult(
+        verdict, compile=c, tests=[test_result(0, verdict, r)], time=r.cpu_time, memory=r.memory, runs=[r]
+    )
+
+
+def response(job: Job, info: JobInfo) -> dict[str, Any]:
+    """Piston's answer for a final job; PistonError if the job itself failed."""
+    res = info.result
+    if info.state != "done" or not isinstance(res, SubmissionResult):
+        err = info.error
+        message = err.message if err is not None else info.state
+        code = err.code if err is not None else "internal"
+        raise PistonError({"queue_full": 503, "draining": 503, "bad_request": 400}.get(code, 500), message)
+    out: dict[str, Any] = {}
+    if res.compile is not None:
+        out["compile"] = stage(res.compile)
+    # Piston: the run stage repeats the compile stage "for backward compatibility
+    # when the run stage is not started".
+    out["run"] = stage(res.runs[0]) if res.runs else out.get("compile", _internal(res.message))
+    out.update(language=job.language, version=job.version)
+    return out
+
+
+def _internal(message: str) -> dict[str, Any]:
+    return stage(RunResult("internal_error", message=message or "internal error"))
+
+
 # --- HTTP ------------------------------------------------------------------
 
-SVC: web.AppKey[Service] = web.AppKey("piston_service", Service)
-COMPILER: web.AppKey[Compiler] = web.AppKey("piston_compiler", Compiler)
+BACKEND: web.AppKey[Backend] = web.AppKey("piston_backend")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -374,7 +441,7 @@ async def _body(req: web.Request) -> dict[str, Any]:
 
 @handler
 async def execute(req: web.Request) -> web.Response:
-    svc = req.app[SVC]
+    backend = req.app[BACKEND]
     body = await _body(req)
     language, version, files = body.get("language"), body.get("version"), body.get("files")
     if not language or not isinstance(language, str):
@@ -386,7 +453,7 @@ async def execute(req: web.Request) -> web.Response:
     for i, f in enumerate(files):
         if not isinstance(f, dict) or not isinstance(f.get("content"), str):
             raise PistonError(400, f"files[{i}].content is required as a string")
-    rt = find_runtime(svc, language, version)
+    rt = find_runtime(await backend.compat_languages(), language, version)
     if rt is None:
         raise PistonError(400, f"{language}-{version} runtime is unknown")
     if not any(not f.get("encoding") or f.get("encoding") == "utf8" for f in files):
@@ -400,53 +467,33 @@ async def execute(req: web.Request) -> web.Response:
     if not stdin.endswith("\n"):
         stdin += "\n"  # Piston adds a trailing newline
     entry, others = files_of(rt.lang, files)
-
-    result: dict[str, Any] = {}
-
-    async def work() -> SubmissionResult:
-        comp: Compiled = await req.app[COMPILER].compile(rt.lang.id, entry.content, others, [], comp_limits)
-        c = comp.result
-        if c is not None:
-            result["compile"] = stage(c)
-        if not comp.ok:
-            assert c is not None
-            result["run"] = result["compile"]  # Piston: "backward compatibility when the run stage is not started"
-            return SubmissionResult("IE" if c.status == "internal_error" else "CE", compile=c, message=c.message)
-        r = await run_program(
-            svc.engine,
-            comp,
-            entry,
-            others,
-            stdin.encode(),
-            run_limits,
-            [a if isinstance(a, str) else str(a) for a in args],
-        )
-        verdict = STATUS_VERDICT[r.status]
-        record_test(svc, verdict, r)
-        result["run"] = stage(r)
-        return SubmissionResult(
-            verdict, compile=c, tests=[test_result(0, verdict, r)], time=r.cpu_time, memory=r.memory
-        )
-
-    job = start_job(svc, rt.lang.id, work)
-    await job.done.wait()
-    if job.state != "done":
-        err = job.error
-        message = err.message if err is not None else job.state
-        code = err.code if err is not None else "internal"
-        status = {"queue_full": 503, "draining": 503, "bad_request": 400}.get(code, 500)
-        raise PistonError(status, message)
-    out: dict[str, Any] = {}
-    if "compile" in result:
-        out["compile"] = result["compile"]
-    out.update(run=result["run"], language=rt.language, version=rt.version)
-    return reply(out)
+    job = Job(
+        rt.lang.id,
+        rt.language,
+        rt.version,
+        entry,
+        others,
+        stdin.encode(),
+        [a if isinstance(a, str) else str(a) for a in args],
+        run_limits,
+        comp_limits,
+    )
+    job_id = str(uuid.uuid4())
+    await backend.start_compat(job, job_id)
+    try:
+        info = await backend.wait_job(job_id)
+    except asyncio.CancelledError:
+        # The client hung up: nobody can read this result, so free its box now.
+        with contextlib.suppress(Exception):
+            await backend.cancel_job(job_id)
+        raise
+    return reply(response(job, info))
 
 
 @handler
 async def list_runtimes(req: web.Request) -> web.Response:
     out = []
-    for rt in runtimes(req.app[SVC]):
+    for rt in runtimes(await req.app[BACKEND].compat_languages()):
         d: dict[str, Any] = {"language": rt.language, "version": rt.version, "aliases": rt.aliases}
         if rt.runtime is not None:
             d["runtime"] = rt.runtime
@@ -458,11 +505,10 @@ async def not_found(req: web.Request) -> web.Response:
     return reply({"message": "Not Found"}, 404)
 
 
-def make_app(svc: Service) -> web.Application:
+def make_app(backend: Backend) -> web.Application:
     """The Piston v2 API as a sub-application (mounted under `piston_prefix`)."""
     app = web.Application()
-    app[SVC] = svc
-    app[COMPILER] = Compiler(svc.engine)
+    app[BACKEND] = backend
     for path in ("/api/v2/execute", "/api/v2/execute/"):  # express routes ignore a trailing slash
         app.router.add_post(path, execute)
     for path in ("/api/v2/runtimes", "/api/v2/runtimes/"):

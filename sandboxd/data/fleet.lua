@@ -10,7 +10,7 @@
 -- Times are Redis's own clock (TIME) in milliseconds, so hosts and
 -- coordinators with skewed clocks still agree on leases and deadlines.
 --
--- Job hash fields: kind lang tag queue spec prio score cost enq deadline
+-- Job hash fields: kind (run|submission|compat) lang tag queue spec prio score cost enq deadline
 -- state (queued|running|done|failed|cancelled) holder host attempts lease
 -- cancel info (the final JobInfo, msgpack) finished.
 
@@ -39,7 +39,11 @@ local function finalize(id, state, info, ttl, host)
   redis.call('ZREM', key('leases'), id)
   redis.call('ZREM', key('deadlines'), id)
   redis.call('HSET', jk, 'state', state, 'info', info, 'finished', now_ms())
-  redis.call('HDEL', jk, 'spec')  -- the result is what is read from now on; free the memory
+  if redis.call('HGET', jk, 'kind') ~= 'compat' then
+    -- The result is what is read from now on: free the memory.  (A Judge0
+    -- submission shows its request with its result: a compat job keeps it.)
+    redis.call('HDEL', jk, 'spec')
+  end
   if host and host ~= '' then
     redis.call('HSET', jk, 'host', host)
   end
@@ -51,7 +55,8 @@ end
 -- A final JobInfo built here (cancelled, expired, lost): the same msgpack map
 -- the Python side encodes (sandboxd.schema.JobInfo).
 local function info_error(id, kind, state, code, message)
-  kind = (kind == 'submission') and 'submission' or 'run'  -- a hand-made hash may lack it
+  -- (a hand-made hash may lack it; a compat job is a submission to native readers)
+  kind = (kind == 'submission' or kind == 'compat') and 'submission' or 'run'
   return cmsgpack.pack({job = id, kind = kind, state = state, error = {code = code, message = message}})
 end
 
@@ -182,7 +187,7 @@ local function claim()
       quarantine_entry(queue, best, 'queued id has no job hash')
     elseif state ~= 'queued' then
       redis.call('ZREM', key('q', queue), best)  -- a leftover of a finished job
-    elseif (kind ~= 'run' and kind ~= 'submission') or not spec or not cost then
+    elseif (kind ~= 'run' and kind ~= 'submission' and kind ~= 'compat') or not spec or not cost then
       redis.call('ZREM', key('q', queue), best)
       quarantine_job(best, kind, 'job hash lacks kind, spec or cost', ttl)
     elseif deadline and deadline <= now then
@@ -423,6 +428,20 @@ local function reap()
   return {requeued, lost, expired}
 end
 
+-- forget id: drop a final job's record now (Judge0's DELETE) instead of at its TTL.
+local function forget()
+  local jk = key('job', ARGV[3])
+  local state = redis.call('HGET', jk, 'state')
+  if not state then
+    return 'missing'
+  end
+  if not FINAL[state] then
+    return 'pending'
+  end
+  redis.call('DEL', jk)
+  return 'ok'
+end
+
 -- leave host session: a host that stops cleanly leaves the index at once.
 local function leave()
   local host, session = ARGV[3], ARGV[4]
@@ -436,7 +455,7 @@ end
 
 local ops = {
   enqueue = enqueue, claim = claim, register = register, heartbeat = heartbeat, complete = complete,
-  quarantine = quarantine, cancel = cancel, release = release, reap = reap, leave = leave,
+  quarantine = quarantine, cancel = cancel, release = release, reap = reap, leave = leave, forget = forget,
 }
 local f = ops[op]
 if not f then

@@ -24,7 +24,12 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .. import callbacks
+from ..compat import Load, Served
+from ..compat import jobs as compat_jobs
 from ..config import Config
+from ..errors import error
+from ..languages import Language
 from ..schema import (
     Error,
     JobInfo,
@@ -35,13 +40,16 @@ from ..schema import (
     validate_run,
     validate_submission,
 )
-from ..service import error
 from .keys import RUN_LANG, queue_name
 from .store import FleetStore, OutageLog, transient
 
 log = logging.getLogger(__name__)
 _enc = msgspec.msgpack.Encoder()
 FINAL = ("done", "failed", "cancelled")
+
+
+def _unix(ms: bytes | None) -> float | None:
+    return None if ms is None else int(ms) / 1000
 
 
 def job_cost(job: RunRequest | Submission) -> int:
@@ -93,8 +101,10 @@ class Coordinator:
         max_attempts: int = 3,
         lease: float = 10.0,
         reap_interval: float = 0.5,
+        callback_allow_private: bool = False,
     ) -> None:
         self.store = store
+        self.callback_allow_private = callback_allow_private
         # Aging must be positive for FIFO within a priority (the score's time term).
         self.aging = max(aging, 1e-6)
         self.queue_depth = queue_depth
@@ -107,6 +117,7 @@ class Coordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self._hosts: list[dict[str, Any]] = []
         self._hosts_at = 0.0
+        self._served: tuple[float, dict[str, Served]] = (-1.0, {})
         self._redis_ok = False
         self._warn = OutageLog(log)
         r = self.registry = CollectorRegistry()
@@ -226,15 +237,19 @@ class Coordinator:
         self,
         kind: str,
         lang: str,
-        job: RunRequest | Submission,
+        spec: bytes,
+        tag: str | None,
+        priority: int = 0,
+        cost: int = 1,
+        deadline: float | None = None,
         progress: Callable[[TestResult], None] | None = None,
+        jid: str | None = None,
     ) -> JobInfo:
         if self.draining:
             raise error("draining", "the coordinator is shutting down; retry on another", 1.0)
-        await self._check_servable(lang, job.host_tag)
-        jid = secrets.token_urlsafe(12)
-        spec = _enc.encode(job)
-        queue = queue_name(lang or RUN_LANG, job.host_tag)
+        await self._check_servable(lang, tag)
+        jid = jid or secrets.token_urlsafe(12)
+        queue = queue_name(lang or RUN_LANG, tag, compat=kind == compat_jobs.KIND)
         if progress is not None:
             # Listening before the job exists, so no test's event can be missed.
             await self._redis("progress", lambda: self._relay(jid, progress))
@@ -244,13 +259,13 @@ class Coordinator:
                 jid,
                 kind,
                 lang,
-                job.host_tag or "",
+                tag or "",
                 queue,
                 spec,
-                job.priority,
+                priority,
                 self.aging,
-                job_cost(job),
-                job.queue_deadline,
+                cost,
+                deadline,
                 self.queue_depth,
                 progress is not None,
             ),
@@ -258,6 +273,8 @@ class Coordinator:
         if res == "full":
             self._stop_relay(jid)
             raise error("queue_full", f"fleet queue {queue} holds {n} jobs, its limit", 1.0)
+        if res != "ok":
+            raise error("bad_request", f"job id {jid!r} is in use")
         return JobInfo(jid, "run" if kind == "run" else "submission", "queued")
 
     async def _relay(self, jid: str, progress: Callable[[TestResult], None]) -> None:
@@ -295,16 +312,23 @@ class Coordinator:
             relay[1].set()
 
     async def check_callback(self, url: str) -> None:
-        # Result callbacks would need one coordinator to own each job's
-        # delivery across crashes; until then, refuse rather than drop them.
-        raise error("bad_request", "callback_url: not supported through the coordinator; poll or wait instead")
+        await callbacks.check(url, self.callback_allow_private)
+
+    @staticmethod
+    def _no_callback(callback_url: str | None) -> None:
+        # A native result callback would need one coordinator to own each
+        # job's delivery across crashes; until then, refuse rather than drop
+        # it.  (Judge0's callbacks are delivered by the host that ran the job.)
+        if callback_url is not None:
+            raise error("bad_request", "callback_url: not supported through the coordinator; poll or wait instead")
 
     async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo:
+        self._no_callback(callback_url)
         try:
             validate_run(req)
         except SchemaError as e:
             raise error("bad_request", str(e)) from None
-        return await self._enqueue("run", "", req)
+        return await self._enqueue("run", "", _enc.encode(req), req.host_tag, req.priority, 1, req.queue_deadline)
 
     async def start_submission(
         self,
@@ -312,11 +336,15 @@ class Coordinator:
         progress: Callable[[TestResult], None] | None = None,
         callback_url: str | None = None,
     ) -> JobInfo:
+        self._no_callback(callback_url)
         try:
             validate_submission(sub)
         except SchemaError as e:
             raise error("bad_request", str(e)) from None
-        return await self._enqueue("submission", sub.lang, sub, progress)
+        spec = _enc.encode(sub)
+        return await self._enqueue(
+            "submission", sub.lang, spec, sub.host_tag, sub.priority, job_cost(sub), sub.queue_deadline, progress
+        )
 
     # --- jobs ---------------------------------------------------------------
 
@@ -324,19 +352,32 @@ class Coordinator:
         d = await self._redis("get", lambda: self.store.job(job_id))
         if d is None:
             raise error("not_found", f"no job {job_id!r} (unknown, or its result expired)")
+        return self._info(job_id, d)
+
+    def _info(self, job_id: str, d: dict[str, bytes]) -> JobInfo:
         state = d["state"].decode()
-        kind: Literal["run", "submission"] = "submission" if d["kind"] == b"submission" else "run"
+        kind: Literal["run", "submission"] = "run" if d["kind"] == b"run" else "submission"
         host = d["host"].decode() if d.get("host") else None
+        info = JobInfo(job_id, kind, "running" if state == "running" else "queued", host=host)
         if state in FINAL:
             if d.get("info") is None:
-                return JobInfo(job_id, kind, "failed", error=Error("internal", "final job without a result"))
-            try:
-                info = self.store.decode_info(d["info"])
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                return JobInfo(job_id, kind, "failed", error=Error("internal", f"unreadable result in Redis: {e}"))
+                info = JobInfo(job_id, kind, "failed", error=Error("internal", "final job without a result"))
+            else:
+                try:
+                    info = self.store.decode_info(d["info"])
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    info = JobInfo(job_id, kind, "failed", error=Error("internal", f"unreadable result in Redis: {e}"))
             info.job = job_id
-            return info
-        return JobInfo(job_id, kind, "running" if state == "running" else "queued", host=host)
+        # The fleet's times (Redis's clock), not the host's own job's.
+        info.created_at = _unix(d.get("enq"))
+        info.finished_at = _unix(d.get("finished")) if state in FINAL else None
+        return info
+
+    async def _times(self, info: JobInfo) -> None:
+        """A published result carries no times (the host's own job's are not the
+        fleet job's): read them, so a wait answers what a later GET does."""
+        enq, finished = await self._redis("get", lambda: self.store.times(info.job))
+        info.created_at, info.finished_at = _unix(enq), _unix(finished)
 
     async def job_info(self, job_id: str) -> JobInfo:
         return await self._read(job_id)
@@ -357,6 +398,7 @@ class Coordinator:
                 try:
                     info = await asyncio.wait_for(asyncio.shield(fut), left)
                     info.job = job_id
+                    await self._times(info)
                 except TimeoutError:
                     # No message (a reconnect, another replica's job): read it.
                     info = await self._read(job_id)
@@ -377,6 +419,65 @@ class Coordinator:
         if r == "missing":
             raise error("not_found", f"no job {job_id!r} (unknown, or its result expired)")
         return await self._read(job_id)
+
+    # --- Judge0 / Piston (sandboxd.compat.Backend) ------------------------------
+
+    async def start_compat(self, spec: compat_jobs.Spec, job_id: str) -> JobInfo:
+        return await self._enqueue(compat_jobs.KIND, spec.lang, compat_jobs.encode(spec), None, jid=job_id)
+
+    async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
+        d = await self._redis("get", lambda: self.store.job(job_id, spec=True))
+        if d is None or d["kind"] != compat_jobs.KIND.encode() or d.get("spec") is None:
+            return None
+        try:
+            spec = compat_jobs.decode(d["spec"])
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.warning("fleet: compat job %s has a spec this version cannot read: %s", job_id, e)
+            return None
+        return spec, self._info(job_id, d)
+
+    async def forget_job(self, job_id: str) -> bool:
+        r: str = await self._redis("forget", lambda: self.store.forget(job_id))
+        return r != "pending"
+
+    async def compat_languages(self) -> dict[str, Served]:
+        """The languages hosts that take untagged jobs serve, with the definition
+        and version one of them registered (built once per hosts refresh)."""
+        hosts = await self._redis("languages", self._refresh_hosts)
+        at, served = self._served
+        if at == self._hosts_at:
+            return served
+        served = {}
+        for h in hosts:
+            if h.get("only_tagged") or not isinstance(h.get("definitions"), dict):
+                continue
+            versions = {x.get("id"): x.get("version") or "" for x in h.get("languages", [])}
+            for lid, raw in h["definitions"].items():
+                if lid in served or lid not in versions:
+                    continue
+                try:
+                    served[lid] = Served(msgspec.convert(raw, Language), versions[lid])
+                except msgspec.ValidationError as e:
+                    log.warning("fleet: host %s registered a language %s this version cannot read: %s", h["id"], lid, e)
+        self._served = (self._hosts_at, served)
+        return served
+
+    async def compat_load(self) -> Load:
+        hosts = await self._redis("status", self._refresh_hosts)
+        queued = sum((await self._redis("status", self.store.queue_depths)).values())
+        workers = [
+            {
+                "queue": h["id"],
+                "size": queued,
+                "available": int(h.get("capacity", 0)),
+                "idle": max(0, int(h.get("capacity", 0)) - int(h.get("load", 0))),
+                "working": int(h.get("load", 0)),
+                "paused": int(bool(h["drained"])),
+                "failed": 0,
+            }
+            for h in hosts
+        ]
+        return Load(queued, self.queue_depth, workers)
 
     # --- fleet state ----------------------------------------------------------
 
@@ -406,7 +507,9 @@ class Coordinator:
         return [langs[k] for k in sorted(langs)]
 
     async def hosts(self) -> list[dict[str, Any]]:
-        return list(await self._redis("hosts", lambda: self._refresh_hosts(force=True)))
+        hosts = await self._redis("hosts", lambda: self._refresh_hosts(force=True))
+        # (Language definitions are for the compat APIs, and long.)
+        return [{k: v for k, v in h.items() if k != "definitions"} for h in hosts]
 
     async def set_drained(self, host_id: str, drained: bool) -> dict[str, Any]:
         await self._redis("drain", lambda: self.store.set_drained(host_id, drained))
@@ -469,6 +572,7 @@ async def serve(cfg: Config) -> int:
         queue_depth=cfg.fleet_queue_depth,
         max_attempts=cfg.fleet_max_attempts,
         lease=cfg.fleet_lease,
+        callback_allow_private=cfg.callback_allow_private,
     )
     await coord.start()
 

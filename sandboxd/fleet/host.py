@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from ..compat import jobs as compat_jobs
+from ..errors import ServiceError
 from ..schema import (
     Error,
     JobInfo,
@@ -37,7 +39,7 @@ from ..schema import (
     validate_run,
     validate_submission,
 )
-from ..service import Job, Service, ServiceError
+from ..service import Job, Service
 from .keys import RUN_LANG, queue_name
 from .store import Beat, Claimed, Displaced, FleetStore, OutageLog, Unregistered, transient
 
@@ -71,9 +73,18 @@ class Executor(Protocol):
 
     def languages(self) -> list[dict[str, Any]]: ...
 
+    def definitions(self) -> dict[str, Any]:
+        """Language id -> its definition (sandboxd.languages.Language as builtins), for
+        the languages whose Judge0/Piston jobs this host runs; {} for none."""
+        ...
+
     def start(
         self, kind: str, spec: bytes, deadline_left: float | None, on_test: Callable[[TestResult], None] | None
     ) -> Running: ...
+
+    def completed(self, job_id: str, kind: str, spec: bytes, info: JobInfo) -> None:
+        """The job's result is in Redis (this host's run was the one taken)."""
+        ...
 
 
 _run_dec = msgspec.msgpack.Decoder(RunRequest)
@@ -132,6 +143,7 @@ class HostWorker:
         self._blpop: asyncio.Task[str | None] | None = None
         self._warn = OutageLog(log)
         self.claimed_total = 0
+        self.compat_langs: set[str] = set()  # languages whose Judge0/Piston jobs we claim
 
     # --- life cycle -------------------------------------------------------
 
@@ -205,9 +217,12 @@ class HostWorker:
         delay = 0.1
         while True:
             try:
+                definitions = self.ex.definitions()
+                self.compat_langs = set(definitions)
                 fields = {
                     **self._fields(),
                     "languages": self.ex.languages(),
+                    "definitions": definitions,
                     "tags": self.cfg.tags,
                     "only_tagged": self.cfg.only_tagged,
                     "pid": os.getpid(),
@@ -297,6 +312,8 @@ class HostWorker:
                 continue
             for tag in tags:
                 queues.append((queue_name(lang or RUN_LANG, tag), index[pool]))
+            if lang in self.compat_langs and not self.cfg.only_tagged:  # (compat jobs name no tag)
+                queues.append((queue_name(lang, None, compat=True), index[pool]))
         return queues, caps, names
 
     async def _claim_loop(self) -> None:
@@ -443,9 +460,13 @@ class HostWorker:
             # Every test's event goes out before the final result does.
             await asyncio.gather(*item.published, return_exceptions=True)
             info.job, info.host = c.id, self.cfg.host_id
+            # (The local job's times are not the fleet job's: readers get those from Redis.)
+            info.created_at = info.finished_at = None
             r = await self._retry(lambda: self.store.complete(c.id, self.session, c.attempt, info, self.cfg.host_id))
             if r != "ok":
                 log.info("fleet: result of job %s not taken (%s): another run finished first", c.id, r)
+            else:
+                self.ex.completed(c.id, c.kind, c.spec, info)
         except Exception:
             log.exception("fleet: could not report job %s (its lease will run out and it runs again)", c.id)
         finally:
@@ -485,9 +506,19 @@ class ServiceExecutor:
     def languages(self) -> list[dict[str, Any]]:
         return self.svc.languages()
 
+    def definitions(self) -> dict[str, Any]:
+        return {lid: msgspec.to_builtins(lang) for lid, lang in self.svc.engine.languages.items()}
+
     def start(
         self, kind: str, spec: bytes, deadline_left: float | None, on_test: Callable[[TestResult], None] | None
     ) -> Running:
+        if kind == compat_jobs.KIND:
+            cspec = _compat_spec(spec)
+            try:
+                # notify=False: a Judge0 callback goes out once Redis has the result (completed()).
+                return _ServiceRun(self.svc, self.svc.submit_compat(cspec, notify=False))
+            except ServiceError as e:
+                raise HandBack(str(e)) from None
         job = decode_spec(kind, spec)
         # The fleet queue already used part of the deadline: the host queue gets the rest.
         if deadline_left is not None:
@@ -500,6 +531,17 @@ class ServiceExecutor:
             # Another host can; this one no longer claims from that queue.
             raise HandBack(str(e)) from None
         return _ServiceRun(self.svc, sj)
+
+    def completed(self, job_id: str, kind: str, spec: bytes, info: JobInfo) -> None:
+        if kind == compat_jobs.KIND:
+            self.svc.background(compat_jobs.finished(job_id, _compat_spec(spec), info, self.svc.callback_allow_private))
+
+
+def _compat_spec(spec: bytes) -> compat_jobs.Spec:
+    try:
+        return compat_jobs.decode(spec)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
+        raise BadJob(f"compat spec: {e}") from None
 
 
 class _ServiceRun:

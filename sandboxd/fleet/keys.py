@@ -15,9 +15,11 @@ EPOCH_MS = 1_767_225_600_000
 RUN_LANG = "@run"
 
 
-def queue_name(lang: str, tag: str | None) -> str:
-    """One queue per (language, required tag); "" is "any host"."""
-    return f"{lang or RUN_LANG}|{tag or ''}"
+def queue_name(lang: str, tag: str | None, compat: bool = False) -> str:
+    """One queue per (language, required tag); "" is "any host".  Judge0/Piston
+    jobs have queues of their own so that a host of an older version, which
+    cannot run them, never claims one during a rolling upgrade."""
+    return f"{lang or RUN_LANG}|{tag or ''}" + ("|compat" if compat else "")
 
 
 class Keys:

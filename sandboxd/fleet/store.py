@@ -154,12 +154,22 @@ class FleetStore:
     async def cancel(self, job_id: str) -> str:
         return _s(await self._call("cancel", job_id, self.ttl))
 
-    async def job(self, job_id: str) -> dict[str, bytes] | None:
-        """The fields a reader needs (not the spec, which may be large)."""
-        vals = await _aw(self.redis.hmget(self.keys.job(job_id), ["state", "kind", "info", "host"]))
+    async def job(self, job_id: str, spec: bool = False) -> dict[str, bytes] | None:
+        """The fields a reader needs; the spec (which may be large) only if asked."""
+        names = ["state", "kind", "info", "host", "enq", "finished", *(["spec"] if spec else [])]
+        vals = await _aw(self.redis.hmget(self.keys.job(job_id), names))
         if vals[0] is None:
             return None
-        return dict(zip(("state", "kind", "info", "host"), vals, strict=True))
+        return dict(zip(names, vals, strict=True))
+
+    async def times(self, job_id: str) -> tuple[bytes | None, bytes | None]:
+        """(enqueued, finished) in Redis's milliseconds."""
+        enq, finished = await _aw(self.redis.hmget(self.keys.job(job_id), ["enq", "finished"]))
+        return enq, finished
+
+    async def forget(self, job_id: str) -> str:
+        """'ok' (dropped), 'missing', or 'pending' (not final: kept)."""
+        return _s(await self._call("forget", job_id))
 
     @staticmethod
     def decode_info(data: bytes) -> JobInfo:

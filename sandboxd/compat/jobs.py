@@ -1,0 +1,46 @@
+"""Compat jobs: the spec union of both APIs and the one way a host runs one.
+
+A spec is the API's validated request (Judge0's submission, Piston's execute
+request), tagged by `api`.  It travels as msgpack: through the Service on a
+host daemon, through Redis (fleet job kind "compat") in a fleet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from ..engine import Engine
+from ..schema import JobInfo, RunResult, SubmissionResult, Verdict
+from . import Compiler, judge0, piston
+
+Spec = judge0.Request | piston.Job
+KIND = "compat"  # the fleet job kind
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(Spec)
+
+
+def encode(spec: Spec) -> bytes:
+    return _enc.encode(spec)
+
+
+def decode(data: bytes) -> Spec:
+    """Raises msgspec.DecodeError / ValidationError for a spec this version cannot read."""
+    spec: Spec = _dec.decode(data)
+    return spec
+
+
+async def execute(
+    engine: Engine, compiler: Compiler, spec: Spec, on_run: Callable[[Verdict, RunResult], None]
+) -> SubmissionResult:
+    if isinstance(spec, judge0.Request):
+        return await judge0.run_job(engine, compiler, spec, on_run)
+    return await piston.run_job(engine, compiler, spec, on_run)
+
+
+async def finished(job_id: str, spec: Spec, info: JobInfo, allow_private: bool) -> None:
+    """What follows a compat job's final result, once readable: Judge0's callback."""
+    if isinstance(spec, judge0.Request):
+        await judge0.deliver_callback(job_id, spec, info, allow_private)
