@@ -210,6 +210,13 @@ def test_site_yml_sets_up_the_fleet(rollout: Rollout) -> None:
     sub = {"lang": "c", "source": base64.b64encode(src).decode(), "tests": [{"input": "MSAy", "expected": "Mw=="}]}
     st, res = rollout.api("POST", "/v1/submissions", sub, timeout=300)
     assert st == 200 and res["verdict"] == "AC", res
+    # Judge0 and Piston clients through the deployed coordinator.
+    j0 = {"source_code": "print(input())", "language_id": 71, "stdin": "vm", "expected_output": "vm"}
+    st, res = rollout.api("POST", "/judge0/submissions?wait=true&fields=status_id,stdout", j0, timeout=300)
+    assert st == 201 and res == {"stdout": "vm\n", "status_id": 3}, res
+    ex = {"language": "c", "version": "*", "files": [{"content": '#include <stdio.h>\nint main(){puts("OK");}'}]}
+    st, res = rollout.api("POST", "/piston/api/v2/execute", ex, timeout=300)
+    assert st == 200 and res["run"]["stdout"] == "OK\n" and res["compile"]["code"] == 0, res
     jobs = [rollout.api("POST", "/v1/runs?wait=false", {"cmd": ["/bin/sleep", "0.5"]})[1]["job"] for _ in range(8)]
     assert {_wait_done(rollout, j)["host"] for j in jobs} == {"judge1", "judge2"}
     # The units are what systemd runs, with the settings given.
