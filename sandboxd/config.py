@@ -55,6 +55,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # path prefixes (sandboxd/compat); "" disables one.
     judge0_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = "/judge0"
     piston_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = "/piston"
+    # ...and/or at the root of listeners of their own, "host:port" (Judge0's
+    # port is 2358, Piston's 2000), for clients that cannot take a path in
+    # their base URL; "" = none.  The http_token rule applies to each.
+    judge0_http: str = ""
+    piston_http: str = ""
     # --- fleet (sandboxd/fleet): Redis URL, e.g. "redis://10.0.0.5:6379/0".
     # `serve` joins the fleet (claims jobs while it has free boxes) when set;
     # `coordinator` requires it.
@@ -128,12 +133,15 @@ def http_is_loopback(addr: str) -> bool:
 
 
 def check(cfg: Config) -> None:
-    if cfg.http:
-        host, _, port = cfg.http.rpartition(":")
+    for key in ("http", "judge0_http", "piston_http"):
+        addr = getattr(cfg, key)
+        if not addr:
+            continue
+        host, _, port = addr.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"http: {cfg.http!r} is not host:port")
-        if not http_is_loopback(cfg.http) and not cfg.http_token:
-            raise ConfigError("http_token: required when http listens beyond loopback (who can connect can run code)")
+            raise ConfigError(f"{key}: {addr!r} is not host:port")
+        if not http_is_loopback(addr) and not cfg.http_token:
+            raise ConfigError(f"http_token: required when {key} listens beyond loopback (who can connect can run code)")
     if not cfg.socket and not cfg.http:
         raise ConfigError("socket, http: at least one must be enabled")
     if cfg.fleet:

@@ -84,7 +84,7 @@ async def serve_frontend(
     systemd's notify protocol; then close the listeners and await `stopping()`."""
     t0 = time.monotonic() if t0 is None else t0
     servers: list[asyncio.AbstractServer] = []
-    runner: web.AppRunner | None = None
+    runners: list[web.AppRunner] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,17 +97,33 @@ async def serve_frontend(
             servers.append(
                 await unixserver.start(frontend, cfg.socket, int(cfg.socket_mode, 8), cfg.socket_group, cfg.max_body)
             )
+        apps: list[tuple[str, web.Application]] = []
         if cfg.http:
-            host, _, port = cfg.http.rpartition(":")
-            app = httpserver.make_app(
-                frontend, cfg.http_token, cfg.max_body, cfg.judge0_prefix, cfg.piston_prefix, extra_routes
+            apps.append(
+                (
+                    cfg.http,
+                    httpserver.make_app(
+                        frontend, cfg.http_token, cfg.max_body, cfg.judge0_prefix, cfg.piston_prefix, extra_routes
+                    ),
+                )
             )
+        for addr, api in ((cfg.judge0_http, "judge0"), (cfg.piston_http, "piston")):
+            if addr:
+                apps.append((addr, httpserver.make_compat_app(frontend, api, cfg.http_token, cfg.max_body)))
+        for addr, app in apps:
+            host, _, port = addr.rpartition(":")
             runner = web.AppRunner(app, access_log=None)
+            runners.append(runner)
             await runner.setup()
             await web.TCPSite(runner, host.strip("[]"), int(port)).start()
         # One line with everything an operator checks first (tests/vm parse it).
         elapsed = time.monotonic() - t0
-        log.info("ready in %.2f s: %s, socket %s, http %s", elapsed, what, cfg.socket or "off", cfg.http or "off")
+        own = "".join(
+            f", {api} {addr}" for addr, api in ((cfg.judge0_http, "judge0"), (cfg.piston_http, "piston")) if addr
+        )
+        log.info(
+            "ready in %.2f s: %s, socket %s, http %s%s", elapsed, what, cfg.socket or "off", cfg.http or "off", own
+        )
         sd_notify("READY=1\nSTATUS=serving")
         interval = _watchdog_interval()
         if interval:
@@ -125,7 +141,7 @@ async def serve_frontend(
             s.close()  # no new connections; open ones keep getting their replies
         await stopping()
     finally:
-        if runner is not None:
+        for runner in runners:
             await runner.cleanup()
         for s in servers:
             s.close()

@@ -181,3 +181,12 @@ def make_app(
         if prefix:
             app.add_subapp(prefix, compat_app(svc))
     return app
+
+
+def make_compat_app(svc: Frontend, api: str, token: str = "", max_body: int = 64 << 20) -> web.Application:
+    """One compatibility API at the root of a listener of its own (`judge0_http`,
+    `piston_http`): the same bearer token and body limit as the main listener."""
+    make = judge0.make_app if api == "judge0" else piston.make_app
+    app = make(svc, middlewares=[errors_and_auth], client_max_size=max_body)
+    app[TOKEN] = token
+    return app

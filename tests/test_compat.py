@@ -28,7 +28,7 @@ import judge0
 import msgspec
 import piston_rspy
 import pytest
-from daemon_util import Daemon
+from daemon_util import Daemon, free_port
 from fleet_util import Coordinator, Redis
 from judge0.base_types import Config as SdkConfig
 from ultra_piston import File as PistonFile
@@ -62,7 +62,11 @@ class FleetStack:
     `http` is the first coordinator's; the host is reached only through Redis."""
 
     def __init__(
-        self, instance: str = "pytest-compat-fleet", pool_size: int = 4, env: dict[str, str] | None = None
+        self,
+        instance: str = "pytest-compat-fleet",
+        pool_size: int = 4,
+        env: dict[str, str] | None = None,
+        first_coord_env: dict[str, str] | None = None,
     ) -> None:
         self.redis = Redis()
         self.coords: list[Coordinator] = []
@@ -71,10 +75,13 @@ class FleetStack:
         try:
             host_env = {**env, "SANDBOXD_FLEET": self.redis.url, "SANDBOXD_FLEET_HOST_ID": "compat-host"}
             self.host = Daemon(instance, pool_size=pool_size, env=host_env)
-            self.coords = [Coordinator(self.redis.url, env) for _ in range(2)]
+            self.coords = [Coordinator(self.redis.url, {**env, **(first_coord_env or {})})]
+            self.coords.append(Coordinator(self.redis.url, env))
             self.http = self.coords[0].http
             deadline = time.monotonic() + 20
-            while not http(self, "GET", "/v1/hosts")[1]:
+            token = env.get("SANDBOXD_HTTP_TOKEN")
+            auth = {"Authorization": f"Bearer {token}"} if token else {}
+            while http(self, "GET", "/v1/hosts", headers=auth)[1] in ([], None):
                 assert time.monotonic() < deadline, "the host did not join the fleet"
                 time.sleep(0.1)
         except BaseException:
@@ -111,11 +118,21 @@ def client(server: Server) -> judge0.Client:
     return judge0.Client(f"{server.http}/judge0", headers={})
 
 
-def http(d: Server, method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Any]:
+def http(
+    d: Server | str,
+    method: str,
+    path: str,
+    body: Any = None,
+    ctype: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     data = None
     if body is not None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(d.http + path, data=data, method=method, headers={"Content-Type": ctype})
+    base = d if isinstance(d, str) else d.http
+    req = urllib.request.Request(
+        base + path, data=data, method=method, headers={"Content-Type": ctype, **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             raw, st = r.read(), r.status
@@ -642,6 +659,37 @@ def test_callback_is_a_put_of_the_default_fields_and_prefixes_are_configurable(m
     finally:
         d.stop()
         srv.shutdown()
+
+
+@pytest.mark.parametrize("mode", ["daemon", "fleet"])
+def test_apis_on_listeners_of_their_own_with_the_bearer_token(mode: str) -> None:
+    ports = {"judge0": free_port(), "piston": free_port()}
+    own = {
+        "SANDBOXD_JUDGE0_HTTP": f"127.0.0.1:{ports['judge0']}",
+        "SANDBOXD_PISTON_HTTP": f"127.0.0.1:{ports['piston']}",
+    }
+    env = {"SANDBOXD_HTTP_TOKEN": "s3cret"}
+    d: Server = (
+        Daemon("pytest-compat-own", pool_size=1, env={**env, **own})
+        if mode == "daemon"
+        else FleetStack("pytest-compat-own", 1, env, first_coord_env=own)
+    )
+    auth = {"Authorization": "Bearer s3cret"}
+    j0, pis = (f"http://127.0.0.1:{ports[api]}" for api in ("judge0", "piston"))
+    try:
+        assert http(j0, "GET", "/about")[0] == 401 and http(pis, "GET", "/api/v2/runtimes")[0] == 401
+        st, about = http(j0, "GET", "/about", headers=auth)
+        assert st == 200 and about["version"] == "1.13.1"
+        client = judge0.Client(j0, headers=auth)  # a base URL without a path
+        sub = judge0.run(client=client, source_code="print(6 * 7)", language=judge0.PYTHON)
+        assert sub.status == judge0.base_types.Status.ACCEPTED and sub.stdout == "42\n"
+        ex = {"language": "python", "version": "*", "files": [{"content": "print('OK')"}]}
+        st, res = http(pis, "POST", "/api/v2/execute", ex, headers=auth)
+        assert st == 200 and res["run"]["stdout"] == "OK\n", res
+        # The main listener keeps its prefixes.
+        assert http(d, "GET", "/judge0/about", headers=auth)[0] == 200
+    finally:
+        assert d.stop() == 0, d.output()
 
 
 # --- through the fleet only ------------------------------------------------------

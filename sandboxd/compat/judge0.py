@@ -1106,9 +1106,10 @@ def system_facts() -> dict[str, str]:
     return facts
 
 
-def make_app(backend: Backend) -> web.Application:
-    """The Judge0 API as a sub-application (mounted under `judge0_prefix`)."""
-    app = web.Application()
+def make_app(backend: Backend, **app_args: Any) -> web.Application:
+    """The Judge0 API as a sub-application (mounted under `judge0_prefix`), or an app of its own
+    (at the root of `judge0_http`; app_args: middlewares, client_max_size)."""
+    app = web.Application(**app_args)
     app[J0] = Judge0(backend)
     r = app.router
     r.add_post("/submissions/batch", batch_create)

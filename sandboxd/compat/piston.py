@@ -505,9 +505,10 @@ async def not_found(req: web.Request) -> web.Response:
     return reply({"message": "Not Found"}, 404)
 
 
-def make_app(backend: Backend) -> web.Application:
-    """The Piston v2 API as a sub-application (mounted under `piston_prefix`)."""
-    app = web.Application()
+def make_app(backend: Backend, **app_args: Any) -> web.Application:
+    """The Piston v2 API as a sub-application (mounted under `piston_prefix`), or an app of its own
+    (at the root of `piston_http`; app_args: middlewares, client_max_size)."""
+    app = web.Application(**app_args)
     app[BACKEND] = backend
     for path in ("/api/v2/execute", "/api/v2/execute/"):  # express routes ignore a trailing slash
         app.router.add_post(path, execute)
