@@ -3,7 +3,8 @@
 1. Latency: one real host daemon (`serve --fleet`) and one coordinator on a
    redis-server of our own (AOF, `--appendfsync always` unless told).  N sequential `/bin/true` runs straight to the
    host's socket and through the coordinator's socket, interleaved so drift
-   hits both; the coordinator path's added p50/p99 is the difference.
+   hits both; the coordinator path's added p50/p99 is the difference.  Then
+   the same for a Judge0 submission and a Piston execute over HTTP.
 2. Simulation (labelled as such): 50 lightweight fake hosts x 32 slots in one
    process, the real HostWorker with an executor that completes each job at
    once without running it.  Clients keep C jobs in flight through one, then
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import redis
 import uvloop
 from benchlib import summary_ms
@@ -86,18 +88,18 @@ def start_redis(fsync: str) -> tuple[str, redis.Redis]:
     raise SystemExit("redis-server did not start")
 
 
-def start_coordinator(url: str, i: int) -> tuple[str, int]:
+def start_coordinator(url: str, i: int, http: str = "") -> tuple[str, int]:
     sock = str(TMP / f"coord{i}.sock")
     cmd = [sys.executable, "-m", "sandboxd.cli", "coordinator", "--config", "/dev/null", "--fleet", url]
-    p = spawn(f"coord{i}", [*cmd, "--socket", sock, "--http", ""])
+    p = spawn(f"coord{i}", [*cmd, "--socket", sock, "--http", http])
     wait_for(sock, p, "coordinator")
     return sock, p.pid
 
 
-def start_host(url: str) -> str:
+def start_host(url: str, http: str) -> str:
     sock = str(TMP / "host.sock")
     cmd = [sys.executable, "-m", "sandboxd.cli", "serve", "--config", "/dev/null", "--instance", "bench-fleet"]
-    cmd += ["--socket", sock, "--http", "", "--pool-size", "2", "--fleet", url, "--fleet-host-id", "bench"]
+    cmd += ["--socket", sock, "--http", http, "--pool-size", "2", "--fleet", url, "--fleet-host-id", "bench"]
     p = spawn("host", cmd, {"SANDBOXD_SELFTEST": "false"})
     wait_for(sock, p, "host daemon")
     return sock
@@ -136,6 +138,44 @@ async def latency(host_sock: str, coord_sock: str, n: int) -> dict[str, Any]:
         "added_p50_ms": f["p50"] - d["p50"],
         "added_p99_ms": f["p99"] - d["p99"],
     }
+
+
+async def compat_latency(host_http: str, coord_http: str, n: int) -> dict[str, Any]:
+    """A Judge0 submission (Bash `true`, wait=true) and a Piston execute, each
+    straight to the host's HTTP and through the coordinator's, interleaved."""
+    calls = {
+        "judge0": ("/judge0/submissions?wait=true&fields=status_id", {"source_code": "true", "language_id": 46}),
+        "piston": ("/piston/api/v2/execute", {"language": "bash", "version": "*", "files": [{"content": "true"}]}),
+    }
+    out: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as http:
+
+        async def call(base: str, api: str) -> None:
+            path, body = calls[api]
+            async with http.post(base + path, json=body) as resp:
+                got = await resp.json()
+                assert resp.status in (200, 201) and (
+                    got.get("status_id") == 3 or got.get("run", {}).get("code") == 0
+                ), got
+
+        for api in calls:
+            direct, fleet = [], []
+            for _ in range(5):
+                await call(host_http, api)
+                await call(coord_http, api)
+            for _ in range(n):
+                for base, times in ((host_http, direct), (coord_http, fleet)):
+                    t = time.perf_counter_ns()
+                    await call(base, api)
+                    times.append(time.perf_counter_ns() - t)
+            d, f = summary_ms(direct), summary_ms(fleet)
+            out[api] = {
+                "direct": d,
+                "coordinator": f,
+                "added_p50_ms": f["p50"] - d["p50"],
+                "ratio_p50": f["p50"] / d["p50"],
+            }
+    return out
 
 
 # --- 2. simulated fleet -------------------------------------------------------------
@@ -278,8 +318,9 @@ def main() -> int:
     try:
         url, r = start_redis(ns.appendfsync)
         out["appendfsync"] = ns.appendfsync
-        coord0, pid0 = start_coordinator(url, 0)
-        host = start_host(url)
+        host_http, coord_http = (f"127.0.0.1:{free_port()}" for _ in range(2))
+        coord0, pid0 = start_coordinator(url, 0, coord_http)
+        host = start_host(url, host_http)
         time.sleep(1.5)  # the host registers and its first heartbeat lands
         lat = uvloop.run(latency(host, coord0, n))
         out["latency"] = lat
@@ -289,6 +330,13 @@ def main() -> int:
         say(f"  through the coordinator p50 {f['p50']:.3f} ms  p99 {f['p99']:.3f} ms")
         say(f"  added by the fleet path p50 {lat['added_p50_ms']:.3f} ms  p99 {lat['added_p99_ms']:.3f} ms"
             "  (target p50 <= 2 ms)")  # fmt: skip
+        compat = uvloop.run(compat_latency(f"http://{host_http}", f"http://{coord_http}", max(20, n // 5)))
+        out["compat"] = compat
+        say(f"\nJudge0 / Piston over HTTP (Bash `true`), {max(20, n // 5)} each, interleaved:")
+        for api, c in compat.items():
+            d, f = c["direct"], c["coordinator"]
+            say(f"  {api:7s} direct p50 {d['p50']:.2f} ms  through the coordinator p50 {f['p50']:.2f} ms  "
+                f"added {c['added_p50_ms']:.2f} ms ({c['ratio_p50']:.2f}x)")  # fmt: skip
         stop(PROCS.pop())  # the real host: the simulation has the fleet to itself
         sim = spawn("sim", [sys.executable, __file__, "--sim-hosts", url, str(hosts), str(slots)])
         time.sleep(2 + hosts / 25)
