@@ -213,9 +213,6 @@ class SimExecutor:
     def start(self, kind: str, spec: bytes, deadline_left: float | None, on_test: Any) -> _Done:
         return _Done()
 
-    def completed(self, job_id: str, kind: str, spec: bytes, info: JobInfo) -> None:
-        pass
-
 
 async def sim_hosts(url: str, hosts: int, slots: int) -> None:
     workers = []

@@ -133,10 +133,14 @@ def http_is_loopback(addr: str) -> bool:
 
 
 def check(cfg: Config) -> None:
+    seen: dict[str, str] = {}
     for key in ("http", "judge0_http", "piston_http"):
         addr = getattr(cfg, key)
         if not addr:
             continue
+        if addr in seen:
+            raise ConfigError(f"{key}: {addr!r} is already {seen[addr]}'s address")
+        seen[addr] = key
         host, _, port = addr.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{key}: {addr!r} is not host:port")

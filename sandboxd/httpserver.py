@@ -189,4 +189,5 @@ def make_compat_app(svc: Frontend, api: str, token: str = "", max_body: int = 64
     make = judge0.make_app if api == "judge0" else piston.make_app
     app = make(svc, middlewares=[errors_and_auth], client_max_size=max_body)
     app[TOKEN] = token
+    app[SVC_MAX_BODY] = max_body
     return app

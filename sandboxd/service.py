@@ -84,6 +84,7 @@ class Service:
         self.callback_allow_private = callback_allow_private
         self._callbacks: set[asyncio.Task[Any]] = set()
         self.compiler = Compiler(engine)  # single flight for the compat APIs' compiles
+        self.compat_pending = 0  # compat jobs not finished: Judge0's queue count
         self.metrics = metrics or Metrics()
         self.results_ttl = results_ttl
         self.jobs: dict[str, Job] = {}
@@ -114,11 +115,13 @@ class Service:
         self._expiry.append(job)
         job.done.set()
         if job.callback_url:
-            self.background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
+            self._background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
+        if job.spec is not None:
+            self.compat_pending -= 1
         if job.spec is not None and job.notify:
-            self.background(compat_jobs.finished(job.id, job.spec, job.info(), self.callback_allow_private))
+            self._background(compat_jobs.finished(job.id, job.spec, job.info(), self.callback_allow_private))
 
-    def background(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         t = asyncio.ensure_future(coro)
         self._callbacks.add(t)
         t.add_done_callback(self._callbacks.discard)
@@ -136,6 +139,7 @@ class Service:
             raise error("bad_request", f"lang: {spec.lang!r} is not served here")
         job = self._new_job("submission", spec.lang, job_id)
         job.spec, job.notify = spec, notify
+        self.compat_pending += 1
 
         def on_run(verdict: Verdict, r: RunResult) -> None:
             self.metrics.verdicts.labels("test", verdict).inc()
@@ -275,12 +279,15 @@ class Service:
             return None
         return job.spec, job.info()
 
-    async def forget_job(self, job_id: str) -> bool:
+    async def forget_job(self, job_id: str) -> Literal["ok", "missing", "pending"]:
         job = self.jobs.get(job_id)
-        if job is not None and not job.done.is_set():
-            return False
-        self.jobs.pop(job_id, None)
-        return True
+        if job is None:
+            return "missing"
+        if not job.done.is_set():
+            return "pending"
+        del self.jobs[job_id]
+        job.spec = job.result = None  # (its expiry entry stays until due: free what it held now)
+        return "ok"
 
     async def compat_languages(self) -> dict[str, Served]:
         eng = self.engine
@@ -300,8 +307,7 @@ class Service:
             }
             for name, p in st["pools"].items()
         ]
-        queued = sum(q.depth for q in self.engine.queues.values())
-        return Load(queued, self.engine.cfg.queue_depth, workers)
+        return Load(self.compat_pending, self.engine.cfg.queue_depth, workers)
 
     async def cancel_job(self, job_id: str) -> JobInfo:
         return self.cancel(job_id)

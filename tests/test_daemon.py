@@ -277,6 +277,12 @@ def test_bad_config_stops_startup_naming_the_key(tmp_path: Path) -> None:
     assert p.returncode == 2 and "no_such_key" in p.stderr
     p = serve_cmd("--config", "/dev/null", "--http", "0.0.0.0:7070")
     assert p.returncode == 2 and "http_token" in p.stderr
+    cfg.write_text('judge0_http = "0.0.0.0:2358"\n')
+    p = serve_cmd("--config", str(cfg))
+    assert p.returncode == 2 and "http_token: required when judge0_http listens beyond loopback" in p.stderr
+    cfg.write_text('piston_http = "127.0.0.1:7070"\n')
+    p = serve_cmd("--config", str(cfg), "--http", "127.0.0.1:7070")
+    assert p.returncode == 2 and "piston_http: '127.0.0.1:7070' is already http's address" in p.stderr, p.stderr
 
 
 def test_submit_command_with_a_tests_directory(daemon: Daemon, tmp_path: Path) -> None:

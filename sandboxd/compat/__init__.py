@@ -31,7 +31,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
@@ -56,17 +56,14 @@ class Served:
 
 @dataclasses.dataclass
 class Load:
-    queued: int  # jobs waiting (all kinds)
-    limit: int  # the queue bound jobs are refused above
+    queued: int  # compat jobs not yet finished (daemon) or waiting (fleet)
+    limit: int  # Judge0's max_queue_size: the backend's queue bound
     workers: list[dict[str, Any]]  # Judge0's /workers rows
 
 
 class Backend(Protocol):
     """Where compat jobs run and their records live: a host daemon's Service or
     the fleet's Coordinator.  Errors are ServiceError, as for native jobs."""
-
-    @property
-    def draining(self) -> bool: ...
 
     async def check_callback(self, url: str) -> None: ...
 
@@ -76,14 +73,12 @@ class Backend(Protocol):
 
     async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo: ...
 
-    async def cancel_job(self, job_id: str) -> JobInfo: ...
-
     async def compat_job(self, job_id: str) -> tuple[Spec, JobInfo] | None:
         """The job's spec and state; None for an unknown, expired or native job."""
         ...
 
-    async def forget_job(self, job_id: str) -> bool:
-        """Drop a finished job's record (Judge0's DELETE); False if it is not final."""
+    async def forget_job(self, job_id: str) -> Literal["ok", "missing", "pending"]:
+        """Drop a finished job's record now (Judge0's DELETE); "pending": not final, kept."""
         ...
 
     async def compat_languages(self) -> dict[str, Served]: ...

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import msgspec
 
 from ..engine import Engine
-from ..schema import JobInfo, RunResult, SubmissionResult, Verdict
+from ..schema import JobInfo, RunResult, SubmissionResult, Verdict, check_box_path
 from . import Compiler, judge0, piston
 
 Spec = judge0.Request | piston.Job
@@ -27,8 +27,12 @@ def encode(spec: Spec) -> bytes:
 
 
 def decode(data: bytes) -> Spec:
-    """Raises msgspec.DecodeError / ValidationError for a spec this version cannot read."""
+    """Raises msgspec.DecodeError / ValidationError for a spec this version cannot
+    read, SchemaError for a file path outside the box (the spec came through Redis)."""
     spec: Spec = _dec.decode(data)
+    files = [*spec.extras] if isinstance(spec, judge0.Request) else [spec.entry, *spec.others]
+    for f in files:
+        check_box_path(f.path, "file")
     return spec
 
 
@@ -38,6 +42,11 @@ async def execute(
     if isinstance(spec, judge0.Request):
         return await judge0.run_job(engine, compiler, spec, on_run)
     return await piston.run_job(engine, compiler, spec, on_run)
+
+
+def notifies(spec: Spec) -> bool:
+    """Whether the job's final result is to be delivered (`finished`)."""
+    return isinstance(spec, judge0.Request) and bool(spec.callback_url)
 
 
 async def finished(job_id: str, spec: Spec, info: JobInfo, allow_private: bool) -> None:

@@ -307,9 +307,11 @@ def _ruby_num(x: float) -> str:
 # --- submissions ------------------------------------------------------------
 
 
-class Request(msgspec.Struct, tag="judge0", tag_field="api", forbid_unknown_fields=True):
+class Request(msgspec.Struct, tag="judge0", tag_field="api"):
     """A validated submission: every field with its value or Judge0's default.  It is
-    the job's spec (kept with the job, in Redis in a fleet), so GET can show it."""
+    the job's spec (kept with the job, in Redis in a fleet), so GET can show it.
+    Unknown fields are ignored, so that a spec written by a newer version still
+    runs on an older host during a rolling upgrade."""
 
     language_id: int
     lang: str
@@ -386,8 +388,12 @@ async def run_job(
         status, _, _, message = judge_run(r, req)
         verdict = J0_VERDICT.get(status) or STATUS_VERDICT[r.status]
         on_run(verdict, r)
-        runs.append(r)
         tests.append(test_result(i, verdict, r, message or ""))
+        if runs:
+            # Only the last run's output is shown (and every run's time and memory
+            # averaged): twenty full outputs would be kept for nothing.
+            runs[-1].stdout = runs[-1].stderr = b""
+        runs.append(r)
         if status != 3:
             break
     return SubmissionResult(
@@ -958,8 +964,11 @@ async def delete_submission(req: web.Request) -> web.Response:
     if found is None:
         return reply(None, 404)
     o = outcome(*found)
-    if o.pending or not await j0.backend.forget_job(token):
-        sid = o.status_id if o.pending else 2  # (final a moment ago: someone else deleted it)
+    gone = "pending" if o.pending else await j0.backend.forget_job(token)
+    if gone == "missing":  # deleted by someone else a moment ago
+        return reply(None, 404)
+    if gone == "pending":
+        sid = o.status_id
         raise J0Error(400, {"error": f"submission cannot be deleted because its status is {sid} ({STATUSES[sid]})"})
     return reply(view(token, *found, fields, True))  # base64 forced: the data must survive the delete
 

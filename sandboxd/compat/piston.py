@@ -348,7 +348,7 @@ def stage(r: RunResult) -> dict[str, Any]:
 # --- the job: what a host runs ------------------------------------------------
 
 
-class Job(msgspec.Struct, tag="piston", tag_field="api", forbid_unknown_fields=True):
+class Job(msgspec.Struct, tag="piston", tag_field="api"):
     """A validated execute request: the job's spec."""
 
     lang: str
@@ -480,7 +480,11 @@ async def execute(req: web.Request) -> web.Response:
     await backend.start_compat(job, job_id)
     # (A client that hangs up does not stop the run: aiohttp does not cancel
     # handlers, and the run is bounded by its own timeouts.)
-    return reply(response(job, await backend.wait_job(job_id)))
+    info = await backend.wait_job(job_id)
+    # Answered once: nobody can ask for it again, so free the record (and, in
+    # a fleet, the spec in Redis) now rather than at results_ttl.
+    await backend.forget_job(job_id)
+    return reply(response(job, info))
 
 
 @handler

@@ -40,12 +40,13 @@ from ..schema import (
     validate_run,
     validate_submission,
 )
-from .keys import RUN_LANG, queue_name
+from .keys import COMPAT_QUEUE, RUN_LANG, queue_name
 from .store import FleetStore, OutageLog, transient
 
 log = logging.getLogger(__name__)
 _enc = msgspec.msgpack.Encoder()
 FINAL = ("done", "failed", "cancelled")
+MAX_DELIVERIES = 64  # callbacks in flight per coordinator; more wait in Redis
 
 
 def _unix(ms: bytes | None) -> float | None:
@@ -117,7 +118,8 @@ class Coordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self._hosts: list[dict[str, Any]] = []
         self._hosts_at = 0.0
-        self._served: tuple[float, dict[str, Served]] = (-1.0, {})
+        self._served: tuple[float, dict[str, Served]] = (float("-inf"), {})
+        self._deliveries: set[asyncio.Task[None]] = set()
         self._redis_ok = False
         self._warn = OutageLog(log)
         r = self.registry = CollectorRegistry()
@@ -139,7 +141,9 @@ class Coordinator:
             await self._refresh_hosts(force=True)
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *(t for t, _ in self._relays.values())]
+        if self._deliveries:  # callbacks under way: a few seconds to land
+            await asyncio.wait(self._deliveries, timeout=5)
+        tasks = [*self._tasks, *(t for t, _ in self._relays.values()), *self._deliveries]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -205,9 +209,29 @@ class Coordinator:
                     )
                 if expired:
                     log.info("fleet: %d queued jobs passed their queue deadline", expired)
+                await self._notify()
             except Exception as e:
                 self._redis_ok = False
                 self._warn("lease reaper", e)
+
+    async def _notify(self) -> None:
+        """Deliver what follows final jobs (Judge0 callbacks), whatever made them
+        final (a host's result, a cancel, a lost or quarantined job): the Lua
+        queues their ids, every replica pops, each id reaches one."""
+        room = MAX_DELIVERIES - len(self._deliveries)
+        if room <= 0:
+            return
+        for jid in await self.store.notifications(room):
+            try:
+                found = await self.compat_job(jid)
+            except Exception as e:
+                self._warn("callback", e)
+                continue
+            if found is None:
+                continue  # expired or deleted meanwhile: nothing to say
+            t = asyncio.ensure_future(compat_jobs.finished(jid, *found, self.callback_allow_private))
+            self._deliveries.add(t)
+            t.add_done_callback(self._deliveries.discard)
 
     async def _refresh_hosts(self, force: bool = False) -> list[dict[str, Any]]:
         if force or time.monotonic() - self._hosts_at > 1.0:
@@ -244,6 +268,7 @@ class Coordinator:
         deadline: float | None = None,
         progress: Callable[[TestResult], None] | None = None,
         jid: str | None = None,
+        notify: bool = False,
     ) -> JobInfo:
         if self.draining:
             raise error("draining", "the coordinator is shutting down; retry on another", 1.0)
@@ -268,6 +293,7 @@ class Coordinator:
                 deadline,
                 self.queue_depth,
                 progress is not None,
+                notify,
             ),
         )
         if res == "full":
@@ -423,7 +449,10 @@ class Coordinator:
     # --- Judge0 / Piston (sandboxd.compat.Backend) ------------------------------
 
     async def start_compat(self, spec: compat_jobs.Spec, job_id: str) -> JobInfo:
-        return await self._enqueue(compat_jobs.KIND, spec.lang, compat_jobs.encode(spec), None, jid=job_id)
+        notify = compat_jobs.notifies(spec)
+        return await self._enqueue(
+            compat_jobs.KIND, spec.lang, compat_jobs.encode(spec), None, jid=job_id, notify=notify
+        )
 
     async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
         d = await self._redis("get", lambda: self.store.job(job_id, spec=True))
@@ -436,17 +465,17 @@ class Coordinator:
             return None
         return spec, self._info(job_id, d)
 
-    async def forget_job(self, job_id: str) -> bool:
-        r: str = await self._redis("forget", lambda: self.store.forget(job_id))
-        return r != "pending"
+    async def forget_job(self, job_id: str) -> Literal["ok", "missing", "pending"]:
+        r: Literal["ok", "missing", "pending"] = await self._redis("forget", lambda: self.store.forget(job_id))
+        return r
 
     async def compat_languages(self) -> dict[str, Served]:
         """The languages hosts that take untagged jobs serve, with the definition
-        and version one of them registered (built once per hosts refresh)."""
-        hosts = await self._redis("languages", self._refresh_hosts)
+        and version one of them registered (read at most once a second)."""
         at, served = self._served
-        if at == self._hosts_at:
+        if time.monotonic() - at < 1.0:
             return served
+        hosts = await self._redis("languages", lambda: self.store.hosts(definitions=True))
         served = {}
         for h in hosts:
             if h.get("only_tagged") or not isinstance(h.get("definitions"), dict):
@@ -459,12 +488,13 @@ class Coordinator:
                     served[lid] = Served(msgspec.convert(raw, Language), versions[lid])
                 except msgspec.ValidationError as e:
                     log.warning("fleet: host %s registered a language %s this version cannot read: %s", h["id"], lid, e)
-        self._served = (self._hosts_at, served)
+        self._served = (time.monotonic(), served)
         return served
 
     async def compat_load(self) -> Load:
         hosts = await self._redis("status", self._refresh_hosts)
-        queued = sum((await self._redis("status", self.store.queue_depths)).values())
+        depths = await self._redis("status", self.store.queue_depths)
+        queued = sum(n for q, n in depths.items() if q.endswith(COMPAT_QUEUE))
         workers = [
             {
                 "queue": h["id"],
@@ -507,9 +537,7 @@ class Coordinator:
         return [langs[k] for k in sorted(langs)]
 
     async def hosts(self) -> list[dict[str, Any]]:
-        hosts = await self._redis("hosts", lambda: self._refresh_hosts(force=True))
-        # (Language definitions are for the compat APIs, and long.)
-        return [{k: v for k, v in h.items() if k != "definitions"} for h in hosts]
+        return list(await self._redis("hosts", lambda: self._refresh_hosts(force=True)))
 
     async def set_drained(self, host_id: str, drained: bool) -> dict[str, Any]:
         await self._redis("drain", lambda: self.store.set_drained(host_id, drained))

@@ -82,10 +82,6 @@ class Executor(Protocol):
         self, kind: str, spec: bytes, deadline_left: float | None, on_test: Callable[[TestResult], None] | None
     ) -> Running: ...
 
-    def completed(self, job_id: str, kind: str, spec: bytes, info: JobInfo) -> None:
-        """The job's result is in Redis (this host's run was the one taken)."""
-        ...
-
 
 _run_dec = msgspec.msgpack.Decoder(RunRequest)
 _sub_dec = msgspec.msgpack.Decoder(Submission)
@@ -449,7 +445,7 @@ class HostWorker:
             info = await item.run.result()
         except Exception as e:
             log.exception("fleet: job %s failed on this host", c.id)
-            info = JobInfo(c.id, "submission" if c.kind == "submission" else "run", "failed")
+            info = JobInfo(c.id, "run" if c.kind == "run" else "submission", "failed")
             info.error = Error("internal", f"internal error: {e}")
         finally:
             self.used[item.pool] = max(0, self.used.get(item.pool, 0) - c.cost)
@@ -465,8 +461,6 @@ class HostWorker:
             r = await self._retry(lambda: self.store.complete(c.id, self.session, c.attempt, info, self.cfg.host_id))
             if r != "ok":
                 log.info("fleet: result of job %s not taken (%s): another run finished first", c.id, r)
-            else:
-                self.ex.completed(c.id, c.kind, c.spec, info)
         except Exception:
             log.exception("fleet: could not report job %s (its lease will run out and it runs again)", c.id)
         finally:
@@ -515,7 +509,7 @@ class ServiceExecutor:
         if kind == compat_jobs.KIND:
             cspec = _compat_spec(spec)
             try:
-                # notify=False: a Judge0 callback goes out once Redis has the result (completed()).
+                # notify=False: a coordinator delivers a Judge0 callback once Redis has the result.
                 return _ServiceRun(self.svc, self.svc.submit_compat(cspec, notify=False))
             except ServiceError as e:
                 raise HandBack(str(e)) from None
@@ -532,15 +526,12 @@ class ServiceExecutor:
             raise HandBack(str(e)) from None
         return _ServiceRun(self.svc, sj)
 
-    def completed(self, job_id: str, kind: str, spec: bytes, info: JobInfo) -> None:
-        if kind == compat_jobs.KIND:
-            self.svc.background(compat_jobs.finished(job_id, _compat_spec(spec), info, self.svc.callback_allow_private))
-
 
 def _compat_spec(spec: bytes) -> compat_jobs.Spec:
+    """Decoded and checked as a native spec is: paths stay inside the box."""
     try:
         return compat_jobs.decode(spec)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, SchemaError) as e:
         raise BadJob(f"compat spec: {e}") from None
 
 

@@ -19,7 +19,10 @@ def queue_name(lang: str, tag: str | None, compat: bool = False) -> str:
     """One queue per (language, required tag); "" is "any host".  Judge0/Piston
     jobs have queues of their own so that a host of an older version, which
     cannot run them, never claims one during a rolling upgrade."""
-    return f"{lang or RUN_LANG}|{tag or ''}" + ("|compat" if compat else "")
+    return f"{lang or RUN_LANG}|{tag or ''}" + (COMPAT_QUEUE if compat else "")
+
+
+COMPAT_QUEUE = "|compat"  # the suffix of a compat queue's name
 
 
 class Keys:
@@ -75,6 +78,10 @@ class Keys:
     @property
     def stats(self) -> str:  # hash of fleet-wide counters
         return self._k("stats")
+
+    @property
+    def notify(self) -> str:  # list of final job ids whose result is to be delivered (callbacks)
+        return self._k("notify")
 
     @property
     def events(self) -> str:  # pub/sub channel: "job id\nfinal JobInfo (msgpack)"

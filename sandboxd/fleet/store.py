@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -144,10 +144,13 @@ class FleetStore:
         deadline: float | None,
         depth: int,
         progress: bool = False,
+        notify: bool = False,
     ) -> tuple[str, int]:
         dl = 0 if deadline is None else max(1, round(deadline * 1000))
         r = await self._call(
-            "enqueue", job_id, kind, lang, tag, queue, spec, priority, aging, EPOCH_MS, cost, dl, depth, int(progress)
+            "enqueue",
+            *(job_id, kind, lang, tag, queue, spec, priority, aging, EPOCH_MS, cost, dl, depth),
+            *(int(progress), int(notify)),
         )
         return _s(r[0]), int(r[1]) if len(r) > 1 else 0
 
@@ -162,14 +165,23 @@ class FleetStore:
             return None
         return dict(zip(names, vals, strict=True))
 
+    async def notifications(self, n: int) -> list[str]:
+        """Up to n final job ids whose result is to be delivered; each is handed to
+        one caller (at most once: a caller that dies with one loses it)."""
+        got = await _aw(self.redis.lpop(self.keys.notify, n))
+        return [_s(x) for x in got or []]
+
     async def times(self, job_id: str) -> tuple[bytes | None, bytes | None]:
         """(enqueued, finished) in Redis's milliseconds."""
         enq, finished = await _aw(self.redis.hmget(self.keys.job(job_id), ["enq", "finished"]))
         return enq, finished
 
-    async def forget(self, job_id: str) -> str:
+    async def forget(self, job_id: str) -> Literal["ok", "missing", "pending"]:
         """'ok' (dropped), 'missing', or 'pending' (not final: kept)."""
-        return _s(await self._call("forget", job_id))
+        r = _s(await self._call("forget", job_id))
+        if r not in ("ok", "missing", "pending"):
+            raise ValueError(f"forget: unexpected answer {r!r} from the fleet script")
+        return r  # type: ignore[return-value]
 
     @staticmethod
     def decode_info(data: bytes) -> JobInfo:
@@ -179,8 +191,9 @@ class FleetStore:
         r = await self._call("reap", max_attempts, self.ttl, limit, round(lease * 1000))
         return int(r[0]), int(r[1]), int(r[2])
 
-    async def hosts(self) -> list[dict[str, Any]]:
-        """Every host with an entry (the entry expires a few leases after its last heartbeat)."""
+    async def hosts(self, definitions: bool = False) -> list[dict[str, Any]]:
+        """Every host with an entry (the entry expires a few leases after its last heartbeat).
+        Its language definitions (long; for the compat APIs) only if asked."""
         ids = [_s(h) for h in await _aw(self.redis.zrange(self.keys.hosts, 0, -1))]
         drained = {_s(h) for h in await _aw(self.redis.smembers(self.keys.drained))}
         pipe = self.redis.pipeline(transaction=False)
@@ -194,7 +207,7 @@ class FleetStore:
             d = {_s(k): _s(v) for k, v in raw.items()}
             entry: dict[str, Any] = {"id": h, "drained": h in drained}
             for k, v in d.items():
-                if k not in ("session", "joined", "heartbeat"):
+                if k not in ("session", "joined", "heartbeat") and (definitions or k != "definitions"):
                     try:
                         entry[k] = msgspec.json.decode(v)
                     except msgspec.DecodeError:
