@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import msgspec
@@ -36,7 +38,9 @@ HOST_ENV = {
     "SANDBOXD_LOG_FORMAT": "json",
 }
 # Coordinators use the hosts' lease too: it is their grace after a Redis outage.
-COORD_ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5"}
+# Callbacks go to a loopback listener here; any replica may deliver one, so all
+# replicas allow private targets alike.
+COORD_ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_CALLBACK_ALLOW_PRIVATE": "true"}
 K = Keys("sandboxd")
 
 
@@ -216,7 +220,7 @@ def test_bad_input_gets_clear_errors(fleet: Fleet) -> None:
     assert st == 400 and "host_tag" in res["error"]["message"], res
     st, res = fleet.api("GET", "/v1/jobs/nope")
     assert st == 404 and res["error"]["code"] == "not_found"
-    st, res = fleet.api("POST", "/v1/runs?callback_url=https://example.org/x", {"cmd": ["/bin/true"]})
+    st, res = fleet.api("POST", "/v1/runs?callback_url=file:///etc/passwd", {"cmd": ["/bin/true"]})
     assert st == 400 and "callback_url" in res["error"]["message"]
     # (Judge0 and Piston through the coordinator: tests/test_compat.py runs all of them through a fleet.)
 
@@ -444,6 +448,46 @@ def test_cancel_wherever_the_job_is(fleet: Fleet) -> None:
     fleet.api("DELETE", f"/v1/jobs/{running}", coord=1)
     res = fleet.wait(running)
     assert res["state"] == "cancelled" and time.monotonic() - t0 < 5, res
+
+
+def test_result_callbacks_through_the_coordinator_once_each(fleet: Fleet) -> None:
+    """POSTed by one coordinator replica once Redis has the final result, whatever
+    made it final: a host's result or a cancel."""
+    got: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(msgspec.json.decode(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cb = f"callback_url=http://127.0.0.1:{srv.server_port}/done"
+        st, run = fleet.api("POST", f"/v1/runs?wait=false&{cb}", {"cmd": ["/bin/echo", "hi"]})
+        sub = {"lang": "c", "source": base64.b64encode(AB).decode(), "tests": [{"input": "MSAy", "expected": "Mw=="}]}
+        st2, judged = fleet.api("POST", f"/v1/submissions?wait=false&{cb}", sub, coord=1)
+        st3, sleeper = fleet.api("POST", f"/v1/runs?wait=false&{cb}", sleep_job(20))
+        assert (st, st2, st3) == (202, 202, 202), (run, judged, sleeper)
+        fleet.wait_state(sleeper["job"], "running")
+        fleet.api("DELETE", f"/v1/jobs/{sleeper['job']}")
+        deadline = time.monotonic() + 30
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # a few reaper rounds of both replicas: nothing is delivered twice
+        by_id = {g["job"]: g for g in got}
+        assert len(got) == 3 and set(by_id) == {run["job"], judged["job"], sleeper["job"]}, got
+        r = by_id[run["job"]]
+        assert r["state"] == "done" and base64.b64decode(r["result"]["stdout"]) == b"hi\n" and r["host"] in POOLS
+        assert r == fleet.wait(run["job"])  # what a reader sees, times included
+        assert by_id[judged["job"]]["result"]["verdict"] == "AC"
+        assert by_id[sleeper["job"]]["state"] == "cancelled"
+    finally:
+        srv.shutdown()
 
 
 def test_queue_deadline_and_bounded_depth(fleet: Fleet) -> None:

@@ -12,7 +12,7 @@
 --
 -- Job hash fields: kind (run|submission|compat) lang tag queue spec prio score cost enq deadline
 -- state (queued|running|done|failed|cancelled) holder host attempts lease
--- cancel info (the final JobInfo, msgpack) finished notify.
+-- cancel info (the final JobInfo, msgpack) finished notify callback.
 
 local op = ARGV[1]
 local P = ARGV[2]
@@ -100,13 +100,14 @@ local function check_session(host, session)
   return nil
 end
 
--- enqueue id kind lang tag queue spec prio aging epoch cost deadline_ms depth progress notify
+-- enqueue id kind lang tag queue spec prio aging epoch cost deadline_ms depth progress notify callback
 local function enqueue()
   local id, kind, lang, tag, queue, spec = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
   local prio, aging, epoch = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
   local cost, deadline, depth = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
   local progress = ARGV[15] or '0'  -- a client wants each test's result as it comes
   local notify = ARGV[16] or '0'  -- the final result is to be delivered (finalize queues it)
+  local callback = ARGV[17] or ''  -- a native job's callback_url
   local jk = key('job', id)
   if redis.call('EXISTS', jk) == 1 then
     return {'exists'}
@@ -125,6 +126,9 @@ local function enqueue()
   redis.call('HSET', jk, 'kind', kind, 'lang', lang, 'tag', tag, 'queue', queue, 'spec', spec,
     'prio', prio, 'score', score, 'cost', cost, 'enq', now, 'state', 'queued', 'attempts', 0, 'progress', progress,
     'notify', notify)
+  if callback ~= '' then
+    redis.call('HSET', jk, 'callback', callback)
+  end
   if deadline > 0 then
     redis.call('HSET', jk, 'deadline', now + deadline)
     redis.call('ZADD', key('deadlines'), now + deadline, id)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal
 
 import msgspec
@@ -215,23 +215,38 @@ class Coordinator:
                 self._warn("lease reaper", e)
 
     async def _notify(self) -> None:
-        """Deliver what follows final jobs (Judge0 callbacks), whatever made them
-        final (a host's result, a cancel, a lost or quarantined job): the Lua
-        queues their ids, every replica pops, each id reaches one."""
+        """Deliver result callbacks (a native job's callback_url, a Judge0
+        job's), whatever made the job final (a host's result, a cancel, a lost
+        or quarantined job): the Lua queues their ids, every replica pops, each
+        id reaches one.  At most once, as on a daemon: a coordinator that dies
+        while delivering loses that callback."""
         room = MAX_DELIVERIES - len(self._deliveries)
         if room <= 0:
             return
         for jid in await self.store.notifications(room):
             try:
-                found = await self.compat_job(jid)
+                d = await self.store.job(jid, spec=True)
+                delivery = self._delivery(jid, d) if d is not None else None  # None: expired or deleted
             except Exception as e:
                 self._warn("callback", e)
                 continue
-            if found is None:
-                continue  # expired or deleted meanwhile: nothing to say
-            t = asyncio.ensure_future(compat_jobs.finished(jid, *found, self.callback_allow_private))
-            self._deliveries.add(t)
-            t.add_done_callback(self._deliveries.discard)
+            if delivery is not None:
+                t = asyncio.ensure_future(delivery)
+                self._deliveries.add(t)
+                t.add_done_callback(self._deliveries.discard)
+
+    def _delivery(self, jid: str, d: dict[str, bytes]) -> Coroutine[Any, Any, Any] | None:
+        if d["kind"] == compat_jobs.KIND.encode():
+            spec = self._compat_spec(jid, d)
+            return (
+                None
+                if spec is None
+                else compat_jobs.finished(jid, spec, self._info(jid, d), self.callback_allow_private)
+            )
+        url = d.get("callback")
+        if not url:
+            return None
+        return callbacks.deliver(url.decode(), self._info(jid, d), self.callback_allow_private)
 
     async def _refresh_hosts(self, force: bool = False) -> list[dict[str, Any]]:
         if force or time.monotonic() - self._hosts_at > 1.0:
@@ -269,6 +284,7 @@ class Coordinator:
         progress: Callable[[TestResult], None] | None = None,
         jid: str | None = None,
         notify: bool = False,
+        callback_url: str | None = None,
     ) -> JobInfo:
         if self.draining:
             raise error("draining", "the coordinator is shutting down; retry on another", 1.0)
@@ -294,6 +310,7 @@ class Coordinator:
                 self.queue_depth,
                 progress is not None,
                 notify,
+                callback_url or "",
             ),
         )
         if res == "full":
@@ -340,21 +357,17 @@ class Coordinator:
     async def check_callback(self, url: str) -> None:
         await callbacks.check(url, self.callback_allow_private)
 
-    @staticmethod
-    def _no_callback(callback_url: str | None) -> None:
-        # A native result callback would need one coordinator to own each
-        # job's delivery across crashes; until then, refuse rather than drop
-        # it.  (Judge0's callbacks are delivered by the host that ran the job.)
-        if callback_url is not None:
-            raise error("bad_request", "callback_url: not supported through the coordinator; poll or wait instead")
-
     async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo:
-        self._no_callback(callback_url)
+        if callback_url is not None:
+            await self.check_callback(callback_url)
         try:
             validate_run(req)
         except SchemaError as e:
             raise error("bad_request", str(e)) from None
-        return await self._enqueue("run", "", _enc.encode(req), req.host_tag, req.priority, 1, req.queue_deadline)
+        spec = _enc.encode(req)
+        return await self._enqueue(
+            "run", "", spec, req.host_tag, req.priority, 1, req.queue_deadline, callback_url=callback_url
+        )
 
     async def start_submission(
         self,
@@ -362,14 +375,23 @@ class Coordinator:
         progress: Callable[[TestResult], None] | None = None,
         callback_url: str | None = None,
     ) -> JobInfo:
-        self._no_callback(callback_url)
+        if callback_url is not None:
+            await self.check_callback(callback_url)
         try:
             validate_submission(sub)
         except SchemaError as e:
             raise error("bad_request", str(e)) from None
         spec = _enc.encode(sub)
         return await self._enqueue(
-            "submission", sub.lang, spec, sub.host_tag, sub.priority, job_cost(sub), sub.queue_deadline, progress
+            "submission",
+            sub.lang,
+            spec,
+            sub.host_tag,
+            sub.priority,
+            job_cost(sub),
+            sub.queue_deadline,
+            progress,
+            callback_url=callback_url,
         )
 
     # --- jobs ---------------------------------------------------------------
@@ -456,14 +478,20 @@ class Coordinator:
 
     async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
         d = await self._redis("get", lambda: self.store.job(job_id, spec=True))
-        if d is None or d["kind"] != compat_jobs.KIND.encode() or d.get("spec") is None:
+        if d is None or d["kind"] != compat_jobs.KIND.encode():
+            return None
+        spec = self._compat_spec(job_id, d)
+        return None if spec is None else (spec, self._info(job_id, d))
+
+    @staticmethod
+    def _compat_spec(job_id: str, d: dict[str, bytes]) -> compat_jobs.Spec | None:
+        if d.get("spec") is None:
             return None
         try:
-            spec = compat_jobs.decode(d["spec"])
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            return compat_jobs.decode(d["spec"])
+        except (msgspec.DecodeError, msgspec.ValidationError, SchemaError) as e:
             log.warning("fleet: compat job %s has a spec this version cannot read: %s", job_id, e)
             return None
-        return spec, self._info(job_id, d)
 
     async def forget_job(self, job_id: str) -> Literal["ok", "missing", "pending"]:
         r: Literal["ok", "missing", "pending"] = await self._redis("forget", lambda: self.store.forget(job_id))

@@ -145,12 +145,15 @@ class FleetStore:
         depth: int,
         progress: bool = False,
         notify: bool = False,
+        callback: str = "",
     ) -> tuple[str, int]:
+        """notify: queue the job's id for delivery once final (callback: a native
+        job's URL; a Judge0 job's is in its spec)."""
         dl = 0 if deadline is None else max(1, round(deadline * 1000))
         r = await self._call(
             "enqueue",
             *(job_id, kind, lang, tag, queue, spec, priority, aging, EPOCH_MS, cost, dl, depth),
-            *(int(progress), int(notify)),
+            *(int(progress), int(notify or bool(callback)), callback),
         )
         return _s(r[0]), int(r[1]) if len(r) > 1 else 0
 
@@ -158,8 +161,9 @@ class FleetStore:
         return _s(await self._call("cancel", job_id, self.ttl))
 
     async def job(self, job_id: str, spec: bool = False) -> dict[str, bytes] | None:
-        """The fields a reader needs; the spec (which may be large) only if asked."""
-        names = ["state", "kind", "info", "host", "enq", "finished", *(["spec"] if spec else [])]
+        """The fields a reader needs; the spec (which may be large) and the
+        callback URL only if asked."""
+        names = ["state", "kind", "info", "host", "enq", "finished", *(["spec", "callback"] if spec else [])]
         vals = await _aw(self.redis.hmget(self.keys.job(job_id), names))
         if vals[0] is None:
             return None
