@@ -8,8 +8,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +85,37 @@ class Daemon(Served):
         # Language self-tests cost seconds per start-up; one test daemon checks them.
         env = {**os.environ, "SANDBOXD_SELFTEST": "true" if selftest else "false", **(env or {})}
         self._launch(args, env, "daemon", 120)
+
+
+class CallbackSink:
+    """A loopback HTTP server recording the (method, body) of every callback it gets."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        got = self.got
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                got.append((self.command, self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            do_POST = do_PUT = _record
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.srv = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.srv.server_port}/done"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def wait(self, n: int, timeout: float = 30) -> list[tuple[str, bytes]]:
+        """The first n callbacks (fewer if they do not come in time)."""
+        deadline = time.monotonic() + timeout
+        while len(self.got) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.got[:n]
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()

@@ -15,20 +15,18 @@ import io
 import json
 import re
 import stat
-import threading
 import time
 import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import judge0
 import msgspec
 import piston_rspy
 import pytest
-from daemon_util import Daemon, free_port
+from daemon_util import CallbackSink, Daemon, free_port
 from fleet_util import Coordinator, Redis
 from judge0.base_types import Config as SdkConfig
 from ultra_piston import File as PistonFile
@@ -617,33 +615,18 @@ def test_compat_jobs_are_native_jobs(server: Server) -> None:
 def test_callback_is_a_put_of_the_default_fields_and_prefixes_are_configurable(mode: str) -> None:
     """Through a fleet, a coordinator PUTs it once Redis has the result, whatever
     made the job final (here: a result, then a cancel)."""
-    got: list[tuple[str, bytes]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:
-            got.append((self.command, self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    sink = CallbackSink()
     env = {"SANDBOXD_CALLBACK_ALLOW_PRIVATE": "true", "SANDBOXD_JUDGE0_PREFIX": "/j0", "SANDBOXD_PISTON_PREFIX": ""}
     d: Server = (
         Daemon("pytest-compat-cb", pool_size=1, env=env) if mode == "daemon" else FleetStack("pytest-compat-cb", 1, env)
     )
     try:
-        url = f"http://127.0.0.1:{srv.server_port}/done"
+        url = sink.url
         st, body = http(
             d, "POST", "/j0/submissions", {"source_code": "print('hi')", "language_id": 71, "callback_url": url}
         )
         assert st == 201
-        deadline = time.monotonic() + 20
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.05)
-        method, payload = got[0]
+        [(method, payload)] = sink.wait(1)
         cb = json.loads(payload)
         assert method == "PUT" and tuple(cb) == (
             "stdout",
@@ -663,19 +646,18 @@ def test_callback_is_a_put_of_the_default_fields_and_prefixes_are_configurable(m
         sleeper = {"source_code": "import time; time.sleep(30)", "language_id": 71, "callback_url": url}
         st, body = http(d, "POST", "/j0/submissions", sleeper)
         assert st == 201
+        deadline = time.monotonic() + 30
         while http(d, "GET", f"/j0/submissions/{body['token']}?fields=status_id")[1]["status_id"] != 2:
-            assert time.monotonic() < deadline + 20
+            assert time.monotonic() < deadline
             time.sleep(0.05)
         assert http(d, "DELETE", f"/v1/jobs/{body['token']}")[0] == 200
-        while len(got) < 2 and time.monotonic() < deadline + 40:
-            time.sleep(0.05)
-        cb = json.loads(got[1][1])
+        cb = json.loads(sink.wait(2)[1][1])
         assert cb["token"] == body["token"] and cb["status"] == {"id": 13, "description": "Internal Error"}, cb
-        assert base64.b64decode(cb["message"]) == b"cancelled" and len(got) == 2
+        assert base64.b64decode(cb["message"]) == b"cancelled" and len(sink.got) == 2
         assert http(d, "GET", "/judge0/about")[0] == 404 and http(d, "GET", "/piston/api/v2/runtimes")[0] == 404
     finally:
         d.stop()
-        srv.shutdown()
+        sink.close()
 
 
 @pytest.mark.parametrize("mode", ["daemon", "fleet"])

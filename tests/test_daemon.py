@@ -9,19 +9,17 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import Daemon
+from daemon_util import CallbackSink, Daemon
 from sandboxd_client import AsyncClient, Client, Limits, RunRequest, SandboxdError, Submission, TestCase
 
 from sandboxd import cgroups
@@ -328,30 +326,17 @@ def test_callback_to_private_targets_is_refused(daemon: Daemon, url: str) -> Non
 
 
 def test_callback_delivers_the_result_when_allowed() -> None:
-    got: list[bytes] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    sink = CallbackSink()
     d = Daemon("pytest-callback", pool_size=1, env={"SANDBOXD_CALLBACK_ALLOW_PRIVATE": "true"})
     try:
-        q = urllib.parse.quote(f"http://127.0.0.1:{srv.server_port}/done", safe="")
+        q = urllib.parse.quote(sink.url, safe="")
         st, _, raw = http(d, "POST", f"/v1/runs?wait=false&callback_url={q}", {"cmd": ["echo", "cb"]})
         assert st == 202
         job = json.loads(raw)["job"]
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.05)
-        info = json.loads(got[0])
-        assert info["job"] == job and info["state"] == "done" and info["result"]["stdout"] == "Y2IK"
+        [(method, body)] = sink.wait(1, 10)
+        info = json.loads(body)
+        assert method == "POST" and info["job"] == job and info["state"] == "done"
+        assert info["result"]["stdout"] == "Y2IK"
     finally:
         d.stop()
-        srv.shutdown()
+        sink.close()

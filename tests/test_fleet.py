@@ -9,18 +9,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import Daemon
+from daemon_util import CallbackSink, Daemon
 from fleet_util import Coordinator, Redis
 from sandboxd_client import AsyncClient, Client, RunRequest, Submission, SubmissionResult
 from sandboxd_client import TestCase as Case  # (not Test*: pytest would collect them)
@@ -453,21 +451,9 @@ def test_cancel_wherever_the_job_is(fleet: Fleet) -> None:
 def test_result_callbacks_through_the_coordinator_once_each(fleet: Fleet) -> None:
     """POSTed by one coordinator replica once Redis has the final result, whatever
     made it final: a host's result or a cancel."""
-    got: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(msgspec.json.decode(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    sink = CallbackSink()
     try:
-        cb = f"callback_url=http://127.0.0.1:{srv.server_port}/done"
+        cb = f"callback_url={sink.url}"
         st, run = fleet.api("POST", f"/v1/runs?wait=false&{cb}", {"cmd": ["/bin/echo", "hi"]})
         sub = {"lang": "c", "source": base64.b64encode(AB).decode(), "tests": [{"input": "MSAy", "expected": "Mw=="}]}
         st2, judged = fleet.api("POST", f"/v1/submissions?wait=false&{cb}", sub, coord=1)
@@ -475,10 +461,9 @@ def test_result_callbacks_through_the_coordinator_once_each(fleet: Fleet) -> Non
         assert (st, st2, st3) == (202, 202, 202), (run, judged, sleeper)
         fleet.wait_state(sleeper["job"], "running")
         fleet.api("DELETE", f"/v1/jobs/{sleeper['job']}")
-        deadline = time.monotonic() + 30
-        while len(got) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        sink.wait(3)
         time.sleep(1.5)  # a few reaper rounds of both replicas: nothing is delivered twice
+        got = [msgspec.json.decode(body) for _, body in sink.got]
         by_id = {g["job"]: g for g in got}
         assert len(got) == 3 and set(by_id) == {run["job"], judged["job"], sleeper["job"]}, got
         r = by_id[run["job"]]
@@ -487,7 +472,7 @@ def test_result_callbacks_through_the_coordinator_once_each(fleet: Fleet) -> Non
         assert by_id[judged["job"]]["result"]["verdict"] == "AC"
         assert by_id[sleeper["job"]]["state"] == "cancelled"
     finally:
-        srv.shutdown()
+        sink.close()
 
 
 def test_queue_deadline_and_bounded_depth(fleet: Fleet) -> None:
