@@ -118,8 +118,8 @@ class Service:
             self._background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
         if job.spec is not None:
             self.compat_pending -= 1
-        if job.spec is not None and job.notify:
-            self._background(compat_jobs.finished(job.id, job.spec, job.info(), self.callback_allow_private))
+            if job.notify:
+                self._background(compat_jobs.finished(job.id, job.spec, job.info(), self.callback_allow_private))
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         t = asyncio.ensure_future(coro)
