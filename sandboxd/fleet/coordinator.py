@@ -53,12 +53,10 @@ def _unix(ms: bytes | None) -> float | None:
     return None if ms is None else int(ms) / 1000
 
 
-def job_cost(job: RunRequest | Submission) -> int:
-    """Boxes a job can keep busy at once: a host claims it only with that many
-    free (capped at its pool's size)."""
-    if isinstance(job, RunRequest):
-        return 1
-    return max(1, len(job.tests) * (2 if job.interactor is not None else 1))
+def job_cost(sub: Submission) -> int:
+    """Boxes a submission can keep busy at once: a host claims it only with that
+    many free (capped at its pool's size).  A run, like a compat job, costs 1."""
+    return max(1, len(sub.tests) * (2 if sub.interactor is not None else 1))
 
 
 class _Snapshot(Collector):
