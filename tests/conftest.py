@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 import uvloop
+from instances import PREFIX, inst
 
 from sandboxd import cgroups
 from sandboxd.engine import Engine, EngineConfig, SourceResult
@@ -57,7 +58,7 @@ def leftover_cgroups() -> list[str]:
     """cgroup directories of any test instance (named pytest*) still on the host."""
     be = cgroups.detect("pytest-probe", create=False)
     roots = list(be.base.values()) if isinstance(be, cgroups.V1) else [be.root]
-    return sorted(str(p) for r in roots if r.parent.exists() for p in r.parent.glob("pytest*"))
+    return sorted(str(p) for r in roots if r.parent.exists() for p in r.parent.glob(PREFIX + "*"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -71,7 +72,7 @@ def no_leaks() -> Iterator[None]:
 def engine() -> Iterator[SyncEngine]:
     # Its own instance name (and a leased uid range): the tests may run next
     # to a live daemon on the same host.
-    eng = SyncEngine(EngineConfig(instance="pytest", pool_size=2))
+    eng = SyncEngine(EngineConfig(instance=inst(), pool_size=2))
     yield eng
     eng.close()
 

@@ -28,6 +28,7 @@ import piston_rspy
 import pytest
 from daemon_util import CallbackSink, Daemon, free_port
 from fleet_util import Coordinator, Redis
+from instances import inst
 from judge0.base_types import Config as SdkConfig
 from ultra_piston import File as PistonFile
 from ultra_piston import PistonClient
@@ -61,7 +62,7 @@ class FleetStack:
 
     def __init__(
         self,
-        instance: str = "pytest-compat-fleet",
+        instance: str = inst("-compat-fleet"),
         pool_size: int = 4,
         env: dict[str, str] | None = None,
         first_coord_env: dict[str, str] | None = None,
@@ -106,7 +107,7 @@ BODY_ENV = {"SANDBOXD_MAX_BODY": str(4 << 20)}
 @pytest.fixture(scope="module", params=["daemon", "fleet"])
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """Every test of the APIs runs against a host daemon and through a coordinator."""
-    s: Server = Daemon("pytest-compat", pool_size=4, env=BODY_ENV) if request.param == "daemon" else FleetStack()
+    s: Server = Daemon(inst("-compat"), pool_size=4, env=BODY_ENV) if request.param == "daemon" else FleetStack()
     yield s
     assert s.stop() == 0, s.output()
 
@@ -618,7 +619,7 @@ def test_callback_is_a_put_of_the_default_fields_and_prefixes_are_configurable(m
     sink = CallbackSink()
     env = {"SANDBOXD_CALLBACK_ALLOW_PRIVATE": "true", "SANDBOXD_JUDGE0_PREFIX": "/j0", "SANDBOXD_PISTON_PREFIX": ""}
     d: Server = (
-        Daemon("pytest-compat-cb", pool_size=1, env=env) if mode == "daemon" else FleetStack("pytest-compat-cb", 1, env)
+        Daemon(inst("-compat-cb"), pool_size=1, env=env) if mode == "daemon" else FleetStack(inst("-compat-cb"), 1, env)
     )
     try:
         url = sink.url
@@ -669,9 +670,9 @@ def test_apis_on_listeners_of_their_own_with_the_bearer_token(mode: str) -> None
     }
     env = {"SANDBOXD_HTTP_TOKEN": "s3cret"}
     d: Server = (
-        Daemon("pytest-compat-own", pool_size=1, env={**env, **own})
+        Daemon(inst("-compat-own"), pool_size=1, env={**env, **own})
         if mode == "daemon"
-        else FleetStack("pytest-compat-own", 1, env, first_coord_env=own)
+        else FleetStack(inst("-compat-own"), 1, env, first_coord_env=own)
     )
     auth = {"Authorization": "Bearer s3cret"}
     j0, pis = (f"http://127.0.0.1:{ports[api]}" for api in ("judge0", "piston"))

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 from daemon_util import CallbackSink, Daemon
+from instances import inst
 from sandboxd_client import AsyncClient, Client, Limits, RunRequest, SandboxdError, Submission, TestCase
 
 from sandboxd import cgroups
@@ -27,7 +28,7 @@ from sandboxd import cgroups
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    d = Daemon("pytest-daemon", selftest=True)
+    d = Daemon(inst("-daemon"), selftest=True)
     yield d
     assert d.stop() == 0, d.output()
 
@@ -190,7 +191,7 @@ def test_metrics_health_and_status(daemon: Daemon) -> None:
 
 
 def test_queue_full_is_rejected_with_retry_after() -> None:
-    d = Daemon("pytest-qfull", pool_size=1, env={"SANDBOXD_QUEUE_DEPTH": "2"})
+    d = Daemon(inst("-qfull"), pool_size=1, env={"SANDBOXD_QUEUE_DEPTH": "2"})
     try:
         with Client(f"unix://{d.sock}") as c:
             jobs = [c.start(RunRequest(cmd=["sleep", "1"])) for _ in range(3)]  # 1 running + 2 queued
@@ -207,7 +208,7 @@ def test_queue_full_is_rejected_with_retry_after() -> None:
 
 
 def test_priority_order_under_contention() -> None:
-    d = Daemon("pytest-prio", pool_size=1, env={"SANDBOXD_AGING": "0"})
+    d = Daemon(inst("-prio"), pool_size=1, env={"SANDBOXD_AGING": "0"})
 
     async def scenario() -> list[int]:
         done: list[int] = []
@@ -234,7 +235,7 @@ def test_priority_order_under_contention() -> None:
 
 
 def test_sigterm_drains_running_jobs_and_leaves_nothing() -> None:
-    d = Daemon("pytest-drain", pool_size=1)
+    d = Daemon(inst("-drain"), pool_size=1)
     with Client(f"unix://{d.sock}") as c:
         jid = c.start(RunRequest(cmd=["sh", "-c", "sleep 1; echo finished"]))
         time.sleep(0.3)
@@ -244,12 +245,12 @@ def test_sigterm_drains_running_jobs_and_leaves_nothing() -> None:
     assert d.stop() == 0
     be = cgroups.detect("pytest-probe", create=False)
     roots = list(be.base.values()) if isinstance(be, cgroups.V1) else [be.root]
-    assert not [r for r in roots if (r.parent / "pytest-drain").exists()]
+    assert not [r for r in roots if (r.parent / inst("-drain")).exists()]
     assert not Path(d.sock).exists()
 
 
 def test_bearer_token() -> None:
-    d = Daemon("pytest-token", pool_size=1, env={"SANDBOXD_HTTP_TOKEN": "s3cret"})
+    d = Daemon(inst("-token"), pool_size=1, env={"SANDBOXD_HTTP_TOKEN": "s3cret"})
     try:
         assert http(d, "POST", "/v1/runs", {"cmd": ["true"]})[0] == 401
         st, _, _ = http(d, "POST", "/v1/runs", {"cmd": ["true"]}, Authorization="Bearer s3cret")
@@ -327,7 +328,7 @@ def test_callback_to_private_targets_is_refused(daemon: Daemon, url: str) -> Non
 
 def test_callback_delivers_the_result_when_allowed() -> None:
     sink = CallbackSink()
-    d = Daemon("pytest-callback", pool_size=1, env={"SANDBOXD_CALLBACK_ALLOW_PRIVATE": "true"})
+    d = Daemon(inst("-callback"), pool_size=1, env={"SANDBOXD_CALLBACK_ALLOW_PRIVATE": "true"})
     try:
         q = urllib.parse.quote(sink.url, safe="")
         st, _, raw = http(d, "POST", f"/v1/runs?wait=false&callback_url={q}", {"cmd": ["echo", "cb"]})

@@ -20,6 +20,7 @@ import msgspec
 import pytest
 from daemon_util import CallbackSink, Daemon
 from fleet_util import Coordinator, Redis
+from instances import inst
 from sandboxd_client import AsyncClient, Client, RunRequest, Submission, SubmissionResult
 from sandboxd_client import TestCase as Case  # (not Test*: pytest would collect them)
 from sandboxd_client import TestResult as Result
@@ -60,7 +61,7 @@ class Fleet:
         env = {**HOST_ENV, "SANDBOXD_FLEET": self.redis.url, "SANDBOXD_FLEET_HOST_ID": name}
         if name in TAGS:
             env["SANDBOXD_FLEET_TAGS"] = TAGS[name]
-        self.hosts[name] = Daemon(f"fleet-{name}", pool_size=POOLS[name], env=env)
+        self.hosts[name] = Daemon(inst(f"-fleet-{name}"), pool_size=POOLS[name], env=env)
 
     def host_alive(self, name: str) -> bool:
         return self.hosts[name].proc.poll() is None
@@ -513,7 +514,7 @@ def test_reserved_host_takes_only_its_tag(fleet: Fleet) -> None:
         "SANDBOXD_FLEET_TAGS": '["contest"]',
         "SANDBOXD_FLEET_ONLY_TAGGED": "true",
     }
-    reserved = Daemon("fleet-r", pool_size=1, env=env)
+    reserved = Daemon(inst("-fleet-r"), pool_size=1, env=env)
     try:
         fleet.wait_hosts({*POOLS, "r"})
         fleet.drain(*POOLS)

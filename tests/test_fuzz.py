@@ -14,11 +14,12 @@ import pytest
 from daemon_util import Daemon
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from instances import inst
 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    d = Daemon("pytest-fuzz", pool_size=2)
+    d = Daemon(inst("-fuzz"), pool_size=2)
     yield d
     assert d.stop() == 0, d.output()
 

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 from conftest import SyncEngine
+from instances import inst
 
 from sandboxd import cgroups
 from sandboxd.engine import Engine, EngineConfig
@@ -53,7 +54,7 @@ def test_dead_idle_agent_is_retried_transparently(engine: SyncEngine) -> None:
 
 
 def test_box_recycled_after_max_runs() -> None:
-    eng = SyncEngine(EngineConfig(instance="pytest-recycle", pool_size=1, max_runs_per_box=3))
+    eng = SyncEngine(EngineConfig(instance=inst("-recycle"), pool_size=1, max_runs_per_box=3))
     try:
         pool = eng.engine.pools["host"]
         for _ in range(7):
@@ -98,24 +99,24 @@ def _crash_an_instance(instance: str) -> None:
 
 
 def test_restart_sweeps_what_a_killed_instance_left() -> None:
-    _crash_an_instance("pytest-crash")
+    _crash_an_instance(inst("-crash"))
     # The agents die with their parent (PDEATHSIG); the cgroup dirs stay.
-    assert _instance_dirs("pytest-crash")
-    eng = SyncEngine(EngineConfig(instance="pytest-crash", pool_size=1))
+    assert _instance_dirs(inst("-crash"))
+    eng = SyncEngine(EngineConfig(instance=inst("-crash"), pool_size=1))
     try:
         assert eng.run(["true"]).status == "ok"
     finally:
         eng.close()
-    assert not _instance_dirs("pytest-crash")
+    assert not _instance_dirs(inst("-crash"))
 
 
 def test_any_start_sweeps_dead_instances_but_not_live_ones(engine: SyncEngine) -> None:
-    _crash_an_instance("pytest-dead")
-    assert _instance_dirs("pytest-dead")
-    eng = SyncEngine(EngineConfig(instance="pytest-other", pool_size=1))
+    _crash_an_instance(inst("-dead"))
+    assert _instance_dirs(inst("-dead"))
+    eng = SyncEngine(EngineConfig(instance=inst("-other"), pool_size=1))
     try:
-        assert not _instance_dirs("pytest-dead")
-        assert _instance_dirs("pytest"), "the live session engine must be left alone"
+        assert not _instance_dirs(inst("-dead"))
+        assert _instance_dirs(inst()), "the live session engine must be left alone"
         assert engine.run(["true"]).status == "ok"
     finally:
         eng.close()
@@ -125,7 +126,7 @@ def test_second_engine_with_same_instance_is_refused(engine: SyncEngine) -> None
     loop = asyncio.new_event_loop()
     try:
         try:
-            loop.run_until_complete(Engine.start(EngineConfig(instance="pytest", pool_size=1)))
+            loop.run_until_complete(Engine.start(EngineConfig(instance=inst(), pool_size=1)))
         except RuntimeError as e:
             assert "already running" in str(e)
         else:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from daemon_util import Daemon
+from instances import inst
 from sandboxd_client import Client, Submission, TestCase
 
 from sandboxd import rootfsbuild
@@ -26,7 +27,7 @@ def test_python3_rootfs_built_and_hot_swapped(tmp_path: Path) -> None:
     state = tmp_path / "state"
     cfg = tmp_path / "sandboxd.toml"
     cfg.write_text(f'state_dir = "{state}"\n')
-    d = Daemon("pytest-rootfs", pool_size=2, config=cfg)
+    d = Daemon(inst("-rootfs"), pool_size=2, config=cfg)
     try:
         with Client(f"unix://{d.sock}") as c:
             sub = Submission(lang="python3", source=PROBE, tests=[TestCase(b"")])
