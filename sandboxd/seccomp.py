@@ -144,7 +144,11 @@ def rules(policy: dict[str, Any]) -> list[Rule]:
     out += [Rule(NOOP, n) for n in policy.get("noop", {}).get("syscalls", [])]
     for spec in arg_specs(policy):
         out += [Rule(spec.action, call, c) for call in spec.syscalls for c in spec.cmps()]
-    return [r for r in out if known(r.syscall)]
+    unknown = sorted({r.syscall for r in out if not known(r.syscall)})
+    if unknown:
+        # A typo would silently allow the call: refuse to start instead.
+        raise ValueError(f"seccomp policy: libseccomp does not know {unknown} on this arch (misspelt? too old?)")
+    return out
 
 
 def arg_specs(policy: dict[str, Any]) -> list[ArgSpec]:
@@ -177,7 +181,7 @@ def _value(v: object, bits: int) -> int:
 
 
 def known(name: str) -> bool:
-    """Whether this libseccomp knows the call on this arch (fcntl64 is 32-bit only)."""
+    """Whether this libseccomp knows the call on this arch."""
     return int(sc.resolve_syscall(sc.Arch.NATIVE, name)) >= 0
 
 
