@@ -152,7 +152,11 @@ def rules(policy: dict[str, Any]) -> list[Rule]:
 
 
 def arg_specs(policy: dict[str, Any]) -> list[ArgSpec]:
-    return [_spec(t) for t in policy.get("arg", [])]
+    specs = [_spec(t) for t in policy.get("arg", [])]
+    if specs and int(sc.system_arch()) != sc.Arch.X86_64:
+        # Another arch numbers arguments and constants differently (fadvise64_64, fcntl64, ...).
+        raise ValueError("seccomp policy: argument positions and constants are x86-64's; port data/seccomp.toml")
+    return specs
 
 
 def _spec(t: dict[str, Any]) -> ArgSpec:
