@@ -137,7 +137,13 @@ def action_of(name: str) -> int:
     return int(sc.ERRNO(code))
 
 
+SECTIONS = {"kill", "errno", "noop", "arg"}
+
+
 def rules(policy: dict[str, Any]) -> list[Rule]:
+    extra = sorted(set(policy) - SECTIONS)
+    if extra:  # a section nothing reads would look like a rule yet allow everything
+        raise ValueError(f"seccomp policy: unknown sections {extra}, known: {sorted(SECTIONS)}")
     out = [Rule(KILL, n) for n in policy.get("kill", {}).get("syscalls", [])]
     for ename, section in policy.get("errno", {}).items():
         out += [Rule(action_of(ename), n) for n in section.get("syscalls", [])]

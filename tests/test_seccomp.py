@@ -208,6 +208,8 @@ def test_a_policy_rule_of_the_wrong_width_is_refused() -> None:
     bad["arg"][0] |= {"bits": 32, "equal": [1 << 32]}
     with pytest.raises(ValueError, match="32-bit value"):
         seccomp.rules(bad)
+    with pytest.raises(ValueError, match="unknown sections"):  # e.g. main's old [locks] table
+        seccomp.rules({"locks": {"noop": True}})
     with pytest.raises(ValueError, match="does not know"):  # a typo must not leave the call allowed
         seccomp.rules({"errno": {"ENOSYS": {"syscalls": ["inotfy_init"]}}})
 
