@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .budget import default_memory_budget
 from .engine import default_pool_size
 from .schema import HostTag
 
@@ -150,8 +151,9 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"{key}: {addr!r} is not host:port")
         if not http_is_loopback(addr) and not cfg.http_token:
             raise ConfigError(f"http_token: required when {key} listens beyond loopback (who can connect can run code)")
-    if 0 < cfg.memory_budget < cfg.max_body:  # a request within max_body must be admissible
-        raise ConfigError("memory_budget: must be 0 (from the host's memory) or at least max_body")
+    budget = cfg.memory_budget or default_memory_budget()
+    if budget < cfg.max_body:  # a request within max_body must be admissible
+        raise ConfigError(f"memory_budget: {budget} bytes is less than max_body ({cfg.max_body}); raise it")
     if not cfg.socket and not cfg.http:
         raise ConfigError("socket, http: at least one must be enabled")
     if cfg.fleet:

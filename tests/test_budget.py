@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from sandboxd import schema
+from sandboxd import config, schema
 from sandboxd.budget import (
     DEFAULT_CAP,
     DEFAULT_FLOOR,
@@ -224,3 +224,10 @@ def test_default_budget_is_a_quarter_of_memory_within_floor_and_cap(tmp_path: Pa
     assert with_total(512 << 10) == DEFAULT_FLOOR  # 512 MiB host
     assert with_total(1 << 30) == DEFAULT_CAP  # 1 TiB host
     assert default_memory_budget(str(tmp_path / "missing")) == DEFAULT_FLOOR
+
+
+def test_a_budget_below_max_body_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="memory_budget"):
+        config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(MiB)}, default_path=tmp_path / "none.toml")
+    cfg = config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(64 * MiB)}, default_path=tmp_path / "none.toml")
+    assert cfg.memory_budget == 64 * MiB
