@@ -10,8 +10,9 @@ Each load runs twice: with `memory_budget` = 256 MiB, and with 8 GiB (in
 effect unbounded: what the daemon held before the budget).  Reported: jobs
 accepted / refused (429), the growth of the daemon's peak RSS (VmHWM) over
 its idle peak, and the slowest `/healthz` answer while the load ran (polled
-every 20 ms from a thread).  Bytes being received are bounded by the senders
-here (2 at a time), not by the budget (that is the HTTP layer's bound).
+every 20 ms by a process of its own, so the senders cannot delay it).  Bytes
+being received are bounded by the senders here (2 at a time), not by the
+budget (that is the HTTP layer's bound).
 
     .venv/bin/python benchmarks/memory_budget.py [--quick] [--json]
 """
@@ -25,7 +26,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -66,8 +66,7 @@ class Daemon:
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
             return r.status, r.read()
 
-    def post(self, path: str, body: Any) -> int:
-        data = msgspec.msgpack.encode(body)
+    def post(self, path: str, data: bytes) -> int:
         req = urllib.request.Request(
             self.url + path, data=data, method="POST", headers={"Content-Type": "application/msgpack"}
         )
@@ -100,25 +99,27 @@ def load(d: Daemon, what: str, n: int) -> list[int]:
     else:
         job = {"cmd": ["/usr/bin/head", "-c", str(2 * MiB), "/dev/zero"], "limits": {"output": 2 * MiB}}
         senders = 4
+    body = msgspec.msgpack.encode(job)
     with ThreadPoolExecutor(senders) as pool:
-        return list(pool.map(lambda _: d.post("/v1/runs?wait=false", job), range(n)))
+        return list(pool.map(lambda _: d.post("/v1/runs?wait=false", body), range(n)))
+
+
+POLLER = """
+import sys, time, urllib.request
+while True:
+    t = time.perf_counter()
+    urllib.request.urlopen(sys.argv[1] + "/healthz", timeout=30).read()
+    print(time.perf_counter() - t, flush=True)
+    time.sleep(0.02)
+"""
 
 
 def measure(what: str, budget: int, n: int) -> dict[str, Any]:
     d = Daemon(budget, what)
     try:
         idle = d.peak_rss()
-        worst, stop = [0.0], threading.Event()
-
-        def poll() -> None:
-            while not stop.is_set():
-                t = time.perf_counter()
-                d.get("/healthz")
-                worst[0] = max(worst[0], time.perf_counter() - t)
-                time.sleep(0.02)
-
-        poller = threading.Thread(target=poll)
-        poller.start()
+        polls = open(f"{d.dir}/healthz", "w+")  # noqa: SIM115
+        poller = subprocess.Popen([sys.executable, "-c", POLLER, d.url], stdout=polls)
         codes = load(d, what, n)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # until every accepted job is final
@@ -126,8 +127,10 @@ def measure(what: str, budget: int, n: int) -> dict[str, Any]:
             if not jobs.get("queued") and not jobs.get("running"):
                 break
             time.sleep(0.5)
-        stop.set()
-        poller.join()
+        poller.kill()
+        poller.wait()
+        polls.seek(0)
+        worst = max(float(x) for x in polls.read().split())
         status = json.loads(d.get("/v1/status")[1])
         return {
             "load": what,
@@ -136,7 +139,7 @@ def measure(what: str, budget: int, n: int) -> dict[str, Any]:
             "refused_429": codes.count(429),
             "other": len(codes) - codes.count(202) - codes.count(429),
             "peak_rss_growth_MiB": round((d.peak_rss() - idle) / MiB, 1),
-            "healthz_worst_ms": round(worst[0] * 1000, 1),
+            "healthz_worst_ms": round(worst * 1000, 1),
             "jobs": status["jobs"],
             "budget_used_MiB_after": round(status["memory_budget"]["used"] / MiB, 1),
         }
@@ -152,7 +155,7 @@ def main() -> None:
     sizes = {"stdin": 12 if a.quick else 24, "results": 40 if a.quick else 150}
     rows = [measure(what, budget, n) for what, n in sizes.items() for budget in (256 * MiB, 8 << 30)]
     if a.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows))
         return
     print("| load | memory_budget | accepted | 429 | peak RSS growth | worst /healthz |")
     print("|---|---|---|---|---|---|")
