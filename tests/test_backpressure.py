@@ -90,8 +90,10 @@ def test_a_burst_beyond_the_memory_budget_is_refused_at_submission() -> None:
         raw = http(d, "GET", "/v1/status")[2]
         mb = json.loads(raw)["memory_budget"]
         assert mb["limit"] == budget and mb["used"] <= budget and mb["refused"] == len(refused)
-        # 20 x 6 MiB were sent; what the daemon held at its peak stayed near the budget.
-        assert grown < budget + 4 * stdin, (grown, budget)
+        # 20 x 6 MiB were sent (on 9a299e5 all held at once: 120 MiB and more); the peak
+        # stayed near the budget plus one request being received and decoded (its body
+        # buffer grows by copies: a few times its size), not the 20 of them.
+        assert grown < budget + 6 * stdin, (grown, budget)
         with Client(f"unix://{d.sock}") as c:
             for jid in accepted:
                 info = c.wait(jid)
