@@ -115,6 +115,25 @@ def test_a_burst_beyond_the_memory_budget_is_refused_at_submission() -> None:
         d.stop()
 
 
+def test_results_beyond_the_budget_keep_their_verdict_and_lose_their_output() -> None:
+    budget = 8 * MiB
+    env = {"SANDBOXD_MEMORY_BUDGET": str(budget), "SANDBOXD_MAX_BODY": str(MiB)}
+    d = Daemon(inst("-results"), pool_size=2, env=env)
+    try:
+        with Client(f"unix://{d.sock}") as c:
+            req = RunRequest(cmd=["/usr/bin/head", "-c", str(MiB), "/dev/zero"])
+            results = [c.run(req) for _ in range(12)]  # 12 MiB of results, kept for results_ttl
+        assert all(r.status == "ok" for r in results)
+        kept = [r for r in results if len(r.stdout) == MiB]
+        dropped = [r for r in results if not r.stdout]
+        assert len(kept) + len(dropped) == 12 and 4 <= len(kept) < 8 and dropped, [len(r.stdout) for r in results]
+        assert all("output dropped" in r.message and "memory budget" in r.message for r in dropped)
+        mb = json.loads(http(d, "GET", "/v1/status")[2])["memory_budget"]
+        assert mb["used"] <= budget and mb["holders"]["requests"] == 0
+    finally:
+        d.stop()
+
+
 def c_program(data_bytes: int, tag: int) -> bytes:
     # An initialized (volatile: kept) array lands in .data: the binary is about data_bytes long.
     return f"volatile char pad[{data_bytes}] = {{{tag}}};\nint main(void) {{ return pad[0] - {tag}; }}\n".encode()
