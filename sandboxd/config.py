@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .budget import default_memory_budget
 from .engine import default_pool_size
 from .schema import HostTag
 
@@ -45,6 +46,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     aging: Annotated[float, Meta(ge=0)] = 1.0  # priority points a waiting run gains per second
     lang_capacity: dict[str, Annotated[int, Meta(ge=1)]] = msgspec.field(default_factory=dict)
     results_ttl: Annotated[float, Meta(gt=0)] = 600.0  # seconds a finished job's result stays readable
+    # Bytes the daemon may hold for jobs: queued and running requests, the compile
+    # cache, results in memory (sandboxd/budget.py).  Beyond it new jobs get
+    # queue_full (429).  0: a quarter of the host's memory, 256 MiB to 8 GiB.
+    memory_budget: Annotated[int, Meta(ge=0)] = 0
     # Result callbacks (HTTP ?callback_url=) to loopback/private/link-local
     # addresses are refused unless this is true (SSRF, CVE-2024-29021).
     callback_allow_private: bool = False
@@ -146,6 +151,9 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"{key}: {addr!r} is not host:port")
         if not http_is_loopback(addr) and not cfg.http_token:
             raise ConfigError(f"http_token: required when {key} listens beyond loopback (who can connect can run code)")
+    budget = cfg.memory_budget or default_memory_budget()
+    if budget < cfg.max_body:  # a request within max_body must be admissible
+        raise ConfigError(f"memory_budget: {budget} bytes is less than max_body ({cfg.max_body}); raise it")
     if not cfg.socket and not cfg.http:
         raise ConfigError("socket, http: at least one must be enabled")
     if cfg.fleet:

@@ -170,6 +170,7 @@ async def serve(cfg: Config) -> int:
         queue_depth=cfg.queue_depth,
         aging=cfg.aging,
         lang_capacity=cfg.lang_capacity,
+        memory_budget=cfg.memory_budget,
         languages_dir=Path(cfg.languages_dir) if cfg.languages_dir else None,
     )
     engine = await Engine.start(ecfg)

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +22,11 @@ import msgspec
 from . import agentbin, cgroups, rootfsbuild, seccomp
 from .box import AgentDied, Box, BoxSpec
 from .boxfiles import Refused
+from .budget import COMPILE_CACHE_SHARE, Admission, ByteLRU, MemoryBudget, default_memory_budget, nbytes
 from .languages import Language, load_dir
 from .pool import Pool, UidAllocator
 from .rootfs import Rootfs, from_tree, host_default
-from .scheduler import AdmissionQueue
+from .scheduler import AdmissionQueue, QueueFull, Ticket
 from .schema import FileIn, Limits, RunRequest, RunResult, SchemaError, validate_run
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 # 60000, subuid ranges usually start at 100000 and take 65536 per user).
 UID_FLOOR = 2_000_000
 UID_SLOTS = 64
-COMPILE_CACHE = 256  # compiled programs kept (artifacts are small; a judge rejudges often)
 
 
 def default_pool_size() -> int:
@@ -63,6 +62,7 @@ class EngineConfig:
     aging: float = 1.0  # priority points a waiting run gains per second
     lang_capacity: dict[str, int] = field(default_factory=dict)  # max concurrent runs per language
     rootfs_override: dict[str, Path] = field(default_factory=dict)  # language -> tree (verifying a build)
+    memory_budget: int = 0  # bytes (sandboxd.budget); 0: derived from the host's memory
 
 
 @dataclass
@@ -92,7 +92,9 @@ class Engine:
         self.pools: dict[str, Pool] = {}
         self.queues: dict[str, AdmissionQueue] = {}
         self.lang_queues: dict[str, AdmissionQueue] = {}
-        self._compiled: OrderedDict[bytes, Compiled] = OrderedDict()
+        self.budget = MemoryBudget(cfg.memory_budget or default_memory_budget())
+        # Compiled programs, evicted by bytes (a judge rejudges often: keep what fits).
+        self._compiled = ByteLRU[bytes, Compiled](self.budget, "compile_cache", COMPILE_CACHE_SHARE)
         self.versions: dict[str, str] = {}
         self.lang_pool: dict[str, str] = {}  # language -> pool (rootfs) name
         self._tree_locks: dict[str, int] = {}
@@ -245,6 +247,24 @@ class Engine:
     def pool_of(self, lang: Language) -> str:
         return self.lang_pool.get(lang.id, "host")
 
+    def admit(self, lang: str | None, runs: int, payload: object, what: str = "the job") -> Admission:
+        """A new job's admission, before it is acknowledged: `runs` places in
+        its queues (its language's pool, and its lang_capacity queue if any)
+        and its request's bytes in the memory budget.  Raises QueueFull (or
+        BudgetFull) when either is full: the job is refused, never failed later."""
+        ticket = Ticket()
+        try:
+            spec = self.languages.get(lang) if lang else None
+            lq = self.lang_queues.get(lang) if lang else None
+            if lq is not None:
+                lq.admit(ticket, runs)
+            self.queues[self.pool_of(spec) if spec else "host"].admit(ticket, runs)
+            hold = self.budget.reserve("requests", nbytes(payload), what)
+        except QueueFull:
+            ticket.close()
+            raise
+        return Admission(ticket, hold)
+
     async def run(
         self,
         req: RunRequest,
@@ -312,7 +332,6 @@ class Engine:
         key = h.digest()
         hit = self._compiled.get(key)
         if hit is not None:
-            self._compiled.move_to_end(key)
             return hit
         res = await self.run(
             RunRequest(
@@ -334,9 +353,7 @@ class Engine:
         res.files = []
         comp = Compiled(lang, res, artifacts)
         if comp.ok:
-            self._compiled[key] = comp
-            if len(self._compiled) > COMPILE_CACHE:
-                self._compiled.popitem(last=False)
+            self._compiled.put(key, comp, nbytes(artifacts) + nbytes(res))
         return comp
 
     async def run_compiled(

@@ -23,6 +23,15 @@ class Metrics:
         self.verdicts = Counter("sandboxd_verdicts", "Test and submission verdicts", ["scope", "verdict"], registry=r)
         self.rejections = Counter("sandboxd_rejections", "Jobs refused", ["reason"], registry=r)
         self.jobs = Gauge("sandboxd_jobs", "Jobs known by state", ["state"], registry=r)
+        self.budget_used = Gauge(
+            "sandboxd_memory_budget_bytes", "Bytes reserved from the memory budget", ["holder"], registry=r
+        )
+        self.budget_limit = Gauge("sandboxd_memory_budget_limit_bytes", "The memory budget (memory_budget)", registry=r)
+
+    def set_budget(self, limit: int, used: dict[str, int]) -> None:
+        self.budget_limit.set(limit)
+        for holder, n in used.items():
+            self.budget_used.labels(holder).set(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,23 +5,109 @@ Higher priority first, FIFO within a priority, and aging: a waiter gains
 With aging the order of two waiters never changes while they wait
 (p1 + a*(now-t1) > p2 + a*(now-t2)  <=>  p1 - a*t1 > p2 - a*t2), so a plain
 heap keyed on `priority - aging*enqueued_at` is exact and O(log n).
+
+Honest back-pressure: a job is admitted (its queues checked, places promised
+to it: `Ticket`) before it is acknowledged, so an accepted job is never failed
+later for a full queue; and Retry-After is the time the work ahead takes to
+drain at the measured rate (`DrainRate`, `retry_after`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
+import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Retry-After bounds (seconds), the daemon's and the fleet's: at least a
+# second (sooner is a busy loop for the client), at most a minute (a queue
+# that has not moved for a minute is better re-asked than promised an hour).
+RETRY_MIN, RETRY_MAX = 1.0, 60.0
+# Time constant of the drain-rate average: long enough to smooth one slow
+# run, short enough that a stalled or recovered queue shows within seconds.
+DRAIN_TAU = 10.0
+
+
+def retry_after(ahead: float, rate: float) -> float:
+    """Seconds until `ahead` units of work drain at `rate` units per second."""
+    if rate <= 0.0:
+        return RETRY_MAX
+    return min(RETRY_MAX, max(RETRY_MIN, ahead / rate))
+
+
+class DrainRate:
+    """Units completed per second: an exponentially decayed average (time
+    constant `tau`), O(1) per event, corrected for the first `tau` seconds
+    (otherwise it starts from 0 and promises far too long a wait).  `clock`
+    is injectable so tests control time."""
+
+    def __init__(self, tau: float = DRAIN_TAU, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tau, self.clock = tau, clock
+        self._level = 0.0  # decayed sum of units / tau
+        self._first = self._last = -1.0
+
+    def note(self, units: float = 1.0, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        if self._first < 0:
+            self._first = self._last = now
+        self._level = self._level * math.exp((self._last - now) / self.tau) + units / self.tau
+        self._last = now
+
+    def rate(self, now: float | None = None) -> float:
+        if self._first < 0:
+            return 0.0
+        now = self.clock() if now is None else now
+        level = self._level * math.exp((self._last - now) / self.tau)
+        # A constant rate r observed for `span` seconds leaves level = r(1 - e^-span/tau);
+        # span is taken as at least a second, so that one event is not an infinite rate.
+        span = max(now - self._first, 1.0)
+        return level / -math.expm1(-span / self.tau)
+
+
+_ADMITTED: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("sandboxd_admitted", default=None)
+
+
+class Ticket:
+    """An admitted job's places in its queues, promised before the job was
+    acknowledged.  The job's runs (tasks started by `spawn`, and every task
+    they start: the context is inherited) are never refused for depth; each
+    run entering a queue turns one promised place into a real one.  close()
+    when the job is final returns what was not used."""
+
+    __slots__ = ("_promised",)
+
+    def __init__(self) -> None:
+        self._promised: dict[AdmissionQueue, int] = {}
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        ctx = contextvars.copy_context()
+        ctx.run(_ADMITTED.set, self)
+        return asyncio.get_running_loop().create_task(coro, context=ctx)
+
+    def _enter(self, q: AdmissionQueue) -> None:
+        n = self._promised.get(q, 0)
+        if n:
+            self._promised[q] = n - 1
+            q.promised -= 1
+
+    def close(self) -> None:
+        for q, n in self._promised.items():
+            q.promised -= n
+        self._promised.clear()
 
 
 class QueueFull(Exception):
-    def __init__(self, name: str, depth: int, retry_after: float) -> None:
-        super().__init__(f"queue {name!r} is full ({depth} waiting); retry in {retry_after:.0f} s")
+    def __init__(self, name: str, depth: int, retry_after: float, message: str = "") -> None:
+        super().__init__(message or f"queue {name!r} is full ({depth} waiting); retry in {retry_after:.0f} s")
         self.retry_after = retry_after
 
 
@@ -49,11 +135,29 @@ class AdmissionQueue:
         self._seq = itertools.count()
         self._queued = Counter[int]()
         self.rejected = 0
-        self.admit_seconds = 0.0  # smoothed recent run time, for Retry-After
+        self.promised = 0  # places promised to admitted jobs whose runs have not entered yet
+        self.drained = DrainRate()  # runs released per second, for Retry-After
 
     @property
     def depth(self) -> int:
         return sum(self._queued.values())
+
+    def _full(self) -> QueueFull | None:
+        # Promised runs take the free slots first; the rest will wait.
+        ahead = max(0, self.depth + self.promised - max(0, self.capacity - self.running))
+        if ahead < self.max_depth:
+            return None
+        self.rejected += 1
+        return QueueFull(self.name, ahead, retry_after(ahead, self.drained.rate()))
+
+    def admit(self, ticket: Ticket, runs: int = 1) -> None:
+        """Promise `runs` places to an admitted job, or raise QueueFull (at
+        submission, before the job is acknowledged)."""
+        full = self._full()
+        if full is not None:
+            raise full
+        self.promised += runs
+        ticket._promised[self] = ticket._promised.get(self, 0) + runs
 
     def queued_by_priority(self) -> dict[int, int]:
         return {p: n for p, n in sorted(self._queued.items(), reverse=True) if n}
@@ -73,19 +177,20 @@ class AdmissionQueue:
         return time.monotonic()
 
     def release(self, admitted: float) -> None:
-        self.admit_seconds = 0.9 * self.admit_seconds + 0.1 * (time.monotonic() - admitted)
+        self.drained.note()
         self._release()
 
     async def _acquire(self, priority: int, deadline: float | None) -> None:
+        ticket = _ADMITTED.get()
+        if ticket is not None:
+            ticket._enter(self)
         if self.running < self.capacity and not self.depth:
             self.running += 1
             return
-        depth = self.depth
-        if depth >= self.max_depth:
-            self.rejected += 1
-            # Time for the queue ahead to drain at the recent pace, at least a second.
-            retry = max(1.0, depth * max(self.admit_seconds, 0.001) / max(self.capacity, 1))
-            raise QueueFull(self.name, depth, retry)
+        if ticket is None:  # a run outside any admitted job (self-test, CLI): checked here
+            full = self._full()
+            if full is not None:
+                raise full
         now = time.monotonic()
         # Min-heap: the smallest key is the highest effective priority.
         key = self.aging * now - priority

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import callbacks
+from .budget import Admission, Hold, fit_result, nbytes
 from .compat import Compiler, Load, Served
 from .compat import jobs as compat_jobs
 from .engine import Engine
@@ -59,6 +60,8 @@ class Job:
     finished_at: float | None = None
     spec: compat_jobs.Spec | None = None  # a Judge0/Piston job's request
     notify: bool = True  # deliver a compat job's callback here (not when a fleet host runs it)
+    admission: Admission | None = None  # budget: queue places and request bytes, until final
+    held: Hold | None = None  # budget: the result's bytes, until it expires
 
     def info(self) -> JobInfo:
         return JobInfo(
@@ -94,7 +97,10 @@ class Service:
 
     # --- job life cycle ---------------------------------------------------
 
-    def _new_job(self, kind: Literal["run", "submission"], lang: str = "", job_id: str | None = None) -> Job:
+    def _new_job(
+        self, kind: Literal["run", "submission"], lang: str, job_id: str | None, runs: int, payload: object
+    ) -> Job:
+        """runs, payload: what admission reserves (queue places, request bytes)."""
         if self.draining:
             self.metrics.rejections.labels("draining").inc()
             raise error("draining", "the daemon is shutting down; retry on another host", 1.0)
@@ -102,15 +108,48 @@ class Service:
         if job_id is not None and job_id in self.jobs:
             raise error("bad_request", f"job id {job_id!r} is in use")
         job = Job(job_id or secrets.token_urlsafe(12), kind, lang)
+        job.admission = self._admit(lang, runs, payload, f"the {kind}")  # budget hook
         self.jobs[job.id] = job
         return job
+
+    # --- budget hooks (sandboxd.budget): admission, a result's bytes -------
+
+    def _admit(self, lang: str, runs: int, payload: object, what: str) -> Admission:
+        """Refused here, before the job is acknowledged, when a queue or the
+        memory budget is full: an accepted job never fails for it later."""
+        try:
+            return self.engine.admit(lang or None, runs, payload, what)
+        except QueueFull as e:
+            self.metrics.rejections.labels("queue_full").inc()
+            raise error("queue_full", str(e), e.retry_after) from None
+
+    def _spawn(self, job: Job, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """The job's work runs under its admission (its runs use the promised places)."""
+        adm = job.admission
+        assert adm is not None
+        task = adm.spawn(work)
+        # (also if cancelled before it ever ran, when no finally of the work runs)
+        task.add_done_callback(lambda _: adm.close())
+        return task
+
+    def _hold_result(self, job: Job) -> None:
+        """A final job's request bytes are free; its result (and a compat job's
+        spec, kept with it) is held in the budget until it expires."""
+        if job.admission is not None:
+            job.admission.close()
+        extra = nbytes(job.spec) if job.spec is not None else 0
+        job.held, job.result = fit_result(self.engine.budget, job.result, extra)
 
     def _expire(self) -> None:
         now = time.monotonic()
         while self._expiry and now - self._expiry[0].finished > self.results_ttl:
-            self.jobs.pop(self._expiry.popleft().id, None)
+            job = self._expiry.popleft()
+            if job.held is not None:
+                job.held.release()  # budget hook
+            self.jobs.pop(job.id, None)
 
     def _finish(self, job: Job) -> None:
+        self._hold_result(job)  # budget hook
         job.finished, job.finished_at = time.monotonic(), time.time()
         self._expiry.append(job)
         job.done.set()
@@ -137,7 +176,7 @@ class Service:
         once Redis has taken it)."""
         if spec.lang not in self.engine.languages:
             raise error("bad_request", f"lang: {spec.lang!r} is not served here")
-        job = self._new_job("submission", spec.lang, job_id)
+        job = self._new_job("submission", spec.lang, job_id, 2, spec)
         job.spec, job.notify = spec, notify
         self.compat_pending += 1
 
@@ -152,14 +191,14 @@ class Service:
             self.metrics.submission_seconds.labels(spec.lang).observe(time.monotonic() - job.created)
             return res
 
-        job.task = asyncio.ensure_future(self._guard(job, work()))
+        job.task = self._spawn(job, self._guard(job, work()))  # budget hook
         return job
 
     def submit_run(self, req: RunRequest, callback_url: str | None = None) -> Job:
         validate_run(req)
-        job = self._new_job("run")
+        job = self._new_job("run", "", None, 1, req)
         job.callback_url = callback_url
-        job.task = asyncio.ensure_future(self._do_run(job, req))
+        job.task = self._spawn(job, self._do_run(job, req))  # budget hook
         return job
 
     def submit(
@@ -167,11 +206,11 @@ class Service:
     ) -> Job:
         validate_submission(sub)
         self.engine.language(sub.lang)
-        job = self._new_job("submission", sub.lang)
+        job = self._new_job("submission", sub.lang, None, 1 + len(sub.tests), sub)
         job.callback_url = callback_url
         if progress is not None:
             job.listeners.append(progress)
-        job.task = asyncio.ensure_future(self._do_submission(job, sub))
+        job.task = self._spawn(job, self._do_submission(job, sub))  # budget hook
         return job
 
     async def _guard(self, job: Job, work: Any) -> None:
@@ -287,6 +326,8 @@ class Service:
             return "pending"
         del self.jobs[job_id]
         job.spec = job.result = None  # (its expiry entry stays until due: free what it held now)
+        if job.held is not None:
+            job.held.release()  # budget hook
         return "ok"
 
     async def compat_languages(self) -> dict[str, Served]:
@@ -358,6 +399,7 @@ class Service:
             "languages": languages,
             "jobs": jobs,
             "draining": self.draining,
+            "memory_budget": self.engine.budget.snapshot(),  # budget hook
             "recent_wall_time": {
                 "count": len(recent),
                 "p50": recent[len(recent) // 2] if recent else None,
@@ -394,6 +436,7 @@ class Service:
             counts[j.state] += 1
         for state, n in counts.items():
             m.jobs.labels(state).set(n)
+        m.set_budget(self.engine.budget.limit, self.engine.budget.used)  # budget hook
 
     async def drain(self, grace: float) -> None:
         """Stop taking jobs; let running ones finish within `grace` seconds, then cancel the rest."""

@@ -30,6 +30,7 @@ from ..compat import jobs as compat_jobs
 from ..config import Config
 from ..errors import error
 from ..languages import Language
+from ..scheduler import DrainRate, retry_after
 from ..schema import (
     Error,
     JobInfo,
@@ -120,6 +121,7 @@ class Coordinator:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._redis_ok = False
         self._warn = OutageLog(log)
+        self._drained = DrainRate()  # results published per second, fleet-wide: Retry-After
         r = self.registry = CollectorRegistry()
         self._snapshot = _Snapshot()
         r.register(self._snapshot)
@@ -175,6 +177,7 @@ class Coordinator:
                     if msg is None or msg.get("type") != "message":
                         continue
                     jid, _, data = bytes(msg["data"]).partition(b"\n")
+                    self._drained.note()
                     futs = self._waiters.get(jid.decode())
                     if not futs:
                         continue
@@ -313,7 +316,8 @@ class Coordinator:
         )
         if res == "full":
             self._stop_relay(jid)
-            raise error("queue_full", f"fleet queue {queue} holds {n} jobs, its limit", 1.0)
+            retry = retry_after(n, self._drained.rate())
+            raise error("queue_full", f"fleet queue {queue} holds {n} jobs, its limit; retry in {retry:.0f} s", retry)
         if res != "ok":
             raise error("bad_request", f"job id {jid!r} is in use")
         return JobInfo(jid, "run" if kind == "run" else "submission", "queued")

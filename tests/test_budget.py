@@ -1,0 +1,233 @@
+"""The memory budget, the byte-bounded compile cache, admission tickets and the
+drain rate behind Retry-After: pure logic, on a controlled clock (no boxes)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from sandboxd import config, schema
+from sandboxd.budget import (
+    DEFAULT_CAP,
+    DEFAULT_FLOOR,
+    OVERHEAD,
+    BudgetFull,
+    ByteLRU,
+    MemoryBudget,
+    default_memory_budget,
+    fit_result,
+    nbytes,
+)
+from sandboxd.scheduler import RETRY_MAX, RETRY_MIN, AdmissionQueue, DrainRate, QueueFull, Ticket, retry_after
+from sandboxd.schema import FileOut, RunResult, Submission, SubmissionResult
+
+MiB = 1 << 20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_drain_rate_tracks_the_measured_rate_on_a_fake_clock() -> None:
+    clock = Clock()
+    d = DrainRate(tau=10.0, clock=clock)
+    assert d.rate() == 0.0 and retry_after(100, d.rate()) == RETRY_MAX  # nothing measured yet
+    for _ in range(600):  # 5 per second for 2 minutes
+        clock.t += 0.2
+        d.note()
+    assert d.rate() == pytest.approx(5.0, rel=0.05)
+    assert retry_after(100, d.rate()) == pytest.approx(20.0, rel=0.05)
+    for _ in range(120):  # the queue slows to 1 per second: the estimate follows
+        clock.t += 1.0
+        d.note()
+    assert d.rate() == pytest.approx(1.0, rel=0.1)
+    assert retry_after(30, d.rate()) == pytest.approx(30.0, rel=0.1)
+    clock.t += 300  # stalled: no completion for 5 minutes
+    assert retry_after(30, d.rate()) == RETRY_MAX
+
+
+def test_drain_rate_is_not_biased_low_at_start() -> None:
+    # 10 per second for only 3 s (less than tau): a plain EWMA would say ~2.6/s.
+    clock = Clock()
+    d = DrainRate(tau=10.0, clock=clock)
+    for _ in range(30):
+        clock.t += 0.1
+        d.note()
+    assert d.rate() == pytest.approx(10.0, rel=0.15)
+
+
+def test_retry_after_is_clamped() -> None:
+    assert retry_after(1, 1000.0) == RETRY_MIN
+    assert retry_after(10**6, 1.0) == RETRY_MAX
+    assert retry_after(5, 0.0) == RETRY_MAX
+
+
+def test_queue_full_retry_after_comes_from_the_drain_rate() -> None:
+    async def main() -> None:
+        clock = Clock()
+        q = AdmissionQueue("t", capacity=1, max_depth=4)
+        q.drained = DrainRate(clock=clock)
+        for _ in range(200):  # measured: 2 runs per second
+            clock.t += 0.5
+            q.drained.note()
+        t = Ticket()
+        for _ in range(5):  # 1 takes the free slot, 4 will wait
+            q.admit(t, 1)
+        with pytest.raises(QueueFull) as e:
+            q.admit(Ticket(), 1)
+        assert e.value.retry_after == pytest.approx(4 / 2.0, rel=0.05)  # 4 ahead at 2/s
+        t.close()
+        assert q.promised == 0
+
+    uvloop.run(main())
+
+
+def test_admitted_jobs_runs_are_never_refused_for_depth() -> None:
+    async def main() -> None:
+        q = AdmissionQueue("t", capacity=1, max_depth=2)
+        gate = asyncio.Event()
+
+        async def run() -> None:
+            async with q.slot():
+                await gate.wait()
+
+        t = Ticket()
+        q.admit(t, 5)  # one job of 5 runs, promised while the queue had room
+        with pytest.raises(QueueFull):
+            q.admit(Ticket(), 1)  # the places are taken: the next job is refused up front
+        tasks = [t.spawn(run()) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        assert q.running == 1 and q.depth == 4 and q.promised == 0  # beyond max_depth, none refused
+        with pytest.raises(QueueFull):
+            async with q.slot():  # a run outside any admitted job is checked as before
+                pass
+        gate.set()
+        await asyncio.gather(*tasks)
+        t.close()
+        assert q.running == 0 and q.depth == 0 and q.promised == 0
+
+    uvloop.run(main())
+
+
+def test_a_tickets_unused_places_are_returned() -> None:
+    q = AdmissionQueue("t", capacity=1, max_depth=3)
+    a, b = Ticket(), Ticket()
+    q.admit(a, 3)
+    q.admit(b, 1)
+    assert q.promised == 4
+    with pytest.raises(QueueFull):
+        q.admit(Ticket(), 1)
+    a.close()
+    a.close()  # idempotent
+    assert q.promised == 1
+    q.admit(Ticket(), 1)
+
+
+def test_budget_refuses_what_does_not_fit_with_a_clear_message() -> None:
+    clock = Clock()
+    b = MemoryBudget(100 * MiB, clock=clock)
+    holds = [b.reserve("requests", 30 * MiB) for _ in range(3)]
+    assert b.total == 90 * MiB and b.used["requests"] == 90 * MiB
+    with pytest.raises(BudgetFull) as e:
+        b.reserve("requests", 30 * MiB, "the run")
+    assert isinstance(e.value, QueueFull)
+    assert "memory budget is full" in str(e.value) and "the run" in str(e.value)
+    assert e.value.retry_after == RETRY_MAX  # nothing has been freed yet: no rate measured
+    for h in holds[:2]:  # 30 MiB freed per second
+        clock.t += 1.0
+        h.release()
+        h.release()  # idempotent
+    assert b.total == 30 * MiB
+    b.reserve("requests", 60 * MiB)
+    with pytest.raises(BudgetFull) as e:
+        b.reserve("requests", 40 * MiB)  # 30 MiB short
+    assert RETRY_MIN <= e.value.retry_after < 5
+    assert b.snapshot() == {
+        "limit": 100 * MiB,
+        "used": 90 * MiB,
+        "refused": 2,
+        "holders": {"requests": 90 * MiB, "compile_cache": 0, "results": 0},
+    }
+
+
+def test_compile_cache_evicts_by_bytes_lru() -> None:
+    b = MemoryBudget(40 * MiB)
+    cache = ByteLRU[str, str](b, "compile_cache", 0.25)  # 10 MiB
+    for k in "abc":
+        assert cache.put(k, k, 3 * MiB)
+    assert cache.get("a") == "a"  # a is now the most recent
+    assert cache.put("d", "d", 3 * MiB)  # 12 MiB > 10: the least recent (b) goes
+    assert cache.get("b") is None and [cache.get(k) for k in "acd"] == ["a", "c", "d"]
+    assert cache.bytes == 9 * MiB == b.used["compile_cache"]
+    assert not cache.put("huge", "x", 11 * MiB)  # larger than the cache: not kept
+    assert cache.bytes == 9 * MiB and len(cache) == 3
+
+
+def test_admission_reclaims_the_compile_cache_before_refusing() -> None:
+    b = MemoryBudget(40 * MiB)
+    cache = ByteLRU[str, str](b, "compile_cache", 0.25)
+    for k in "abc":
+        cache.put(k, k, 3 * MiB)
+    b.reserve("requests", 35 * MiB)  # fits only once 4 MiB of cache are evicted
+    assert cache.bytes == 3 * MiB and cache.get("c") == "c"
+    assert b.total == 38 * MiB
+    assert cache.put("d", "d", 3 * MiB)  # the budget is full: d replaces the cache's own c
+    assert cache.get("c") is None and cache.bytes == 3 * MiB and b.total == 38 * MiB
+    assert not cache.put("e", "e", 6 * MiB)  # 2 free + its 3 MiB are not enough: not cached
+    with pytest.raises(BudgetFull):
+        b.reserve("requests", 6 * MiB)  # likewise
+    assert cache.get("d") == "d"  # and nothing was evicted in vain
+    b.reserve("requests", 5 * MiB)  # just fits: the cache gives up d
+    assert b.total == 40 * MiB and len(cache) == 0
+
+
+def test_nbytes_counts_every_payload_of_a_submission() -> None:
+    sub = Submission(
+        lang="c", source=b"s" * 1000, tests=[schema.TestCase(input=b"i" * MiB, expected=b"e" * MiB) for _ in range(3)]
+    )
+    n = nbytes(sub)
+    assert 6 * MiB + 1000 <= n < 6 * MiB + 1000 + 100 * OVERHEAD
+
+
+def test_a_result_that_does_not_fit_loses_its_output_with_a_message() -> None:
+    b = MemoryBudget(10 * MiB)
+    small = RunResult("ok", stdout=b"x" * 100)
+    hold, res = fit_result(b, small)
+    assert res is small and res.stdout == b"x" * 100 and hold.n == nbytes(small)
+    b.reserve("requests", 8 * MiB)
+    big = RunResult("ok", stdout=b"y" * (3 * MiB), files=[FileOut("out.bin", b"z" * MiB)])
+    hold, res = fit_result(b, big)
+    assert isinstance(res, RunResult) and res.stdout == b"" and res.status == "ok"
+    assert "output dropped" in res.message and "memory budget" in res.message
+    assert res.files[0].content is None and "memory budget" in (res.files[0].error or "")
+    assert hold.n < 4096
+    sub = SubmissionResult("AC", compile=RunResult("ok", stderr=b"w" * (3 * MiB)), tests=[schema.TestResult(0, "AC")])
+    _, res = fit_result(b, sub)
+    assert isinstance(res, SubmissionResult) and res.verdict == "AC" and res.compile is not None
+    assert res.compile.stderr == b"" and "output dropped" in res.message
+
+
+def test_default_budget_is_a_quarter_of_memory_within_floor_and_cap(tmp_path: Path) -> None:
+    def with_total(kib: int) -> int:
+        p = tmp_path / "meminfo"
+        p.write_text(f"MemTotal:       {kib} kB\nMemFree:  1 kB\n")
+        return default_memory_budget(str(p))
+
+    assert with_total(16 << 20) == 4 << 30  # 16 GiB host: 4 GiB
+    assert with_total(512 << 10) == DEFAULT_FLOOR  # 512 MiB host
+    assert with_total(1 << 30) == DEFAULT_CAP  # 1 TiB host
+    assert default_memory_budget(str(tmp_path / "missing")) == DEFAULT_FLOOR
+
+
+def test_a_budget_below_max_body_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="memory_budget"):
+        config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(MiB)}, default_path=tmp_path / "none.toml")
+    cfg = config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(64 * MiB)}, default_path=tmp_path / "none.toml")
+    assert cfg.memory_budget == 64 * MiB
