@@ -33,6 +33,7 @@ import uvloop
 
 from sandboxd import cgroups
 from sandboxd.engine import Engine, EngineConfig
+from sandboxd.memstat import MemoryUse
 from sandboxd.schema import FileIn, Limits, RunRequest, RunResult
 
 INSTANCE = "vmtest"
@@ -81,7 +82,7 @@ def _kv(path: Path) -> dict[str, int]:
     return out
 
 
-def _finish_spy(self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup) -> tuple[int, bool]:
+def _finish_spy(self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup) -> MemoryUse:
     assert run.path is not None
     seen: dict[str, Any] = {"path": str(run.path)}
     for name in ("memory.max", "memory.swap.max", "memory.oom.group", "pids.max", "memory.peak"):
@@ -89,15 +90,15 @@ def _finish_spy(self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup
             seen[name] = (run.path / name).read_text().strip()
         except OSError as e:
             seen[name] = f"error: {e}"
-    for name in ("memory.events", "pids.events", "cpu.stat"):
+    for name in ("memory.events", "pids.events", "cpu.stat", "memory.stat"):
         try:
             seen[name] = _kv(run.path / name)
         except OSError as e:
             seen[name] = f"error: {e}"
-    peak, oom = _orig_finish(self, box, run)
-    seen["peak"], seen["oom"] = peak, oom
+    mem = _orig_finish(self, box, run)
+    seen["peak"], seen["oom"], seen["oom_event"] = mem.peak, mem.oom_kill, mem.oom
     finished.append(seen)
-    return peak, oom
+    return mem
 
 
 cgroups.V2.finish = _finish_spy  # type: ignore[method-assign]
