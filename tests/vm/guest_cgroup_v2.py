@@ -223,6 +223,35 @@ async def check_memory(eng: Engine, res: dict[str, Any]) -> None:
     res["c_20m_under_64m"] = await run(
         eng, ["./alloc", "20"], files_in=[exe2], memory=64 * MiB, cpu_time=20, wall_time=90
     )
+    # Page cache filling the limit is no memory limit (memory.peak counts it):
+    # read >= 96 MiB of rootfs files, evicted first, under 32 MiB, then fail.
+    files = cold_rootfs_files(96 * MiB)
+    res["page_cache_96m_under_32m_exit_1"] = await run(
+        eng, ["sh", "-c", 'cat "$@" > /dev/null; exit 1', "sh", *files], memory=32 * MiB, cpu_time=20, wall_time=90
+    )
+    # tmpfs (/box) is memory: counted.
+    res["tmpfs_40m_under_128m"] = await run(
+        eng, ["dd", "if=/dev/zero", "of=/box/big", "bs=1M", "count=40"], memory=128 * MiB, cpu_time=20, wall_time=90
+    )
+
+
+def cold_rootfs_files(total: int) -> list[str]:
+    """Regular files under /usr/lib adding up to `total` bytes, dropped from the page cache."""
+    out: list[str] = []
+    got = 0
+    for dp, _, names in os.walk("/usr/lib"):
+        for name in sorted(names):
+            p = Path(dp) / name
+            if p.is_symlink() or not p.is_file() or p.stat().st_size < 1 << 20:
+                continue
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+            out.append(str(p))
+            got += p.stat().st_size
+            if got >= total:
+                return out
+    raise AssertionError(f"only {got} bytes of files under /usr/lib")
 
 
 async def check_pids(eng: Engine, res: dict[str, Any]) -> None:
