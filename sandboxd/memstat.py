@@ -20,7 +20,9 @@ is a lower bound of the true peak of the rest.  With reclaim (the limit was
 reached), the file pages at the end are at least those left after the last
 reclaim, when usage was at the limit: still a lower bound.  It is exact
 unless the run charges file pages after its own memory peaked (short of the
-exit, which frees anonymous memory and reads nothing).  Measured on the CI
+exit, which frees anonymous memory and reads nothing); host memory pressure
+evicting the group's page cache after the peak can raise it by what was
+evicted (there is no way to tell from the counters).  Measured on the CI
 host (Linux 6.18, v1): Java and Node hello world, with the runtime's pages
 evicted first, cached in the box's group or cached by another group, give
 medians within 0.2 MB of each other (a JVM alone varies by +-0.4 MB).
