@@ -7,15 +7,13 @@ The agent's child joins the run cgroup by writing "0" to `join_fds` (files
 opened here, before the box existed), and the agent polls `cpu_fd` to enforce
 the CPU total across all processes of a run.
 
-The reported memory is peak usage minus the file pages still charged at the
-end: clean page cache never counts (sandboxd/memstat.py says why and how).
-
-v1: the box cgroup is reused; peak and CPU are reset per run.  Page cache a
-run pulled in stays charged to the box (the kernel reclaims it first when a
-later run needs room; dropping it made every Java or Node run re-read its
-runtime from disk); leftover kernel memory is dropped (force_empty) when
-there is enough of it to matter.  v2: a leaf per run under the box
-(memory.peak cannot be reset before Linux 6.12); mkdir/rmdir are cheap.
+Reported memory never counts clean page cache (sandboxd/memstat.py).  v1: the
+box cgroup is reused; peak and CPU are reset per run.  Page cache a run pulled
+in stays charged to the box (the kernel reclaims it first when a later run
+needs room; dropping it made every Java or Node run re-read its runtime from
+disk); leftover kernel memory is dropped (force_empty) when there is enough
+of it to matter.  v2: a leaf per run under the box (memory.peak cannot be
+reset before Linux 6.12); mkdir/rmdir are cheap.
 """
 
 from __future__ import annotations
@@ -83,6 +81,7 @@ class BoxCgroup:
     _limits: tuple[int, int] = (0, 0)
     _runs: int = 0
     _fds: dict[str, int] = field(default_factory=dict)
+    _residue: int = 0  # v1: kernel memory an earlier run left that force_empty could not drop
 
     def prepare(self, memory: int, procs: int) -> RunCgroup:
         return self.backend.prepare(self, memory, procs)
@@ -256,9 +255,8 @@ class V1(Backend):
 
     def finish(self, box: BoxCgroup, run: RunCgroup) -> MemoryUse:
         fds = box._fds
-        peak = measured(int(os.pread(fds["peak"], 64, 0)), _v1_file(fds))
-        # v1 has no count of failed charges (failcnt counts reclaim too): an
-        # OOM there always kills (oom_kill_disable is 0).
+        peak = measured(int(os.pread(fds["peak"], 64, 0)), v1_file_bytes(fds["numa"]) + box._residue)
+        # No v1 count of refused charges (failcnt counts reclaim): OOM kills (oom_kill_disable=0).
         oom = keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill") > run.oom_before
         return MemoryUse(peak, oom, oom)
 
@@ -267,13 +265,20 @@ class V1(Backend):
         # in the next run's figure.  Below the threshold (a few hundred KiB
         # after a typical run, mostly dentries the next run reuses)
         # force_empty costs 0.2-0.6 ms of the daemon's CPU for nothing.
-        mem = box.dirs["memory"]
-        fds = box._fds
+        mem, fds = box.dirs["memory"], box._fds
+        if not fds:
+            return  # no run yet
         try:
-            usage = int(os.pread(fds["usage"], 64, 0)) if fds else int(_read(mem / "memory.usage_in_bytes"))
-            # The stat read (~10 us) only when the cheap one cannot decide.
-            if usage > FORCE_EMPTY_ABOVE and (not fds or usage - _v1_file(fds) > FORCE_EMPTY_ABOVE):
+            usage = int(os.pread(fds["usage"], 64, 0))
+            left = usage - v1_file_bytes(fds["numa"]) if usage > FORCE_EMPTY_ABOVE else 0  # stat read: ~10 us
+            if left > box._residue + FORCE_EMPTY_ABOVE:
                 _write(mem / "memory.force_empty", "0")
+                # It leaves some (dentries its shrinker pass did not reach: ~4
+                # MB of 40), not the next runs' doing, so not in their figure;
+                # kept until it shrinks, not dropped again after every run.
+                box._residue = max(0, int(os.pread(fds["usage"], 64, 0)) - v1_file_bytes(fds["numa"]))
+            else:
+                box._residue = min(box._residue, left)
         except OSError as e:
             log.warning("force_empty %s: %s", mem, e)
 
@@ -286,10 +291,6 @@ class V1(Backend):
 
     def kill_all(self, path: Path) -> None:
         _kill_listed(path)
-
-
-def _v1_file(fds: dict[str, int]) -> int:
-    return v1_file_bytes(os.pread(fds["numa"], 4096, 0))
 
 
 class V2(Backend):

@@ -183,8 +183,10 @@ def test_tmpfs_files_count_as_memory(engine: SyncEngine) -> None:
 def test_kernel_memory_a_run_leaves_is_not_in_the_next_runs_figure(engine: SyncEngine) -> None:
     # Negative dentries outlive the run, charged to its box's cgroup; the box
     # keeps its page cache between runs (v1), but not that.
-    src = "import os\nfor i in range(200000):\n    try: os.stat(f'/usr/no-such-{i}')\n    except OSError: pass"
-    r = engine.run(["python3", "-c", src], limits=Limits(memory=256 * MiB, cpu_time=10.0, wall_time=30.0))
+    # Names new to the host's dcache (shared by every box): each makes a dentry.
+    src = "import os, sys\np = '/usr/' + sys.argv[1]\nfor i in range(200000):\n    os.path.exists(f'{p}{i}')\n"
+    argv = ["python3", "-c", src, f"no-such-{os.urandom(8).hex()}"]
+    r = engine.run(argv, limits=Limits(memory=256 * MiB, cpu_time=10.0, wall_time=30.0))
     assert r.status == "ok", r
     assert r.memory > 24 * MiB, r.memory  # kernel memory it caused: counted
     # The pool hands out its boxes in turn: one of these runs is on the same box.
