@@ -22,6 +22,7 @@ from pathlib import Path
 from . import agentproto as proto
 from . import boxfiles
 from .cgroups import BoxCgroup
+from .memstat import MemoryUse
 from .rootfs import Rootfs
 from .schema import FileOut, RunRequest, RunResult, Status
 
@@ -372,10 +373,10 @@ class Box:
             if not out.done.done() or not err.done.done():
                 out.close()
                 err.close()
-        peak, oom = self.cg.finish(rc)
+        mem = self.cg.finish(rc)
         if res.flags & proto.R_LEFTOVERS:
             self.broken = "processes survived SIGKILL"
-        result = _classify(res, peak, oom, out, err, req, killed)
+        result = _classify(res, mem, out, err, req, killed)
         for p in req.files_out:
             try:
                 result.files.append(FileOut(p, content=boxfiles.read_out(self.boxfd, p, lim.file_size)))
@@ -401,8 +402,7 @@ class Box:
 
 def _classify(
     res: proto.AgentResult,
-    peak: int,
-    oom: bool,
+    mem: MemoryUse,
     out: _Capture,
     err: _Capture,
     req: RunRequest,
@@ -422,7 +422,7 @@ def _classify(
         exit_code = sig = None
     elif out.truncated or err.truncated:
         status = "output_limit"
-    elif oom:
+    elif mem.oom_kill:
         status = "memory_limit"
     elif res.flags & proto.R_CPU_LIMIT or cpu >= lim.cpu_time or sig == signal.SIGXCPU:
         status = "time_limit"
@@ -442,8 +442,10 @@ def _classify(
     elif sig == signal.SIGXFSZ:
         status = "output_limit"
         message = "file size limit"
-    elif (sig is not None or exit_code) and peak >= lim.memory:
-        # Hit the ceiling and failed (e.g. malloc returned NULL): a judge's MLE.
+    elif (sig is not None or exit_code) and (mem.oom or mem.peak >= lim.memory):
+        # Hit the ceiling and failed (a charge the kernel refused): a judge's
+        # MLE.  Page cache is not in mem.peak: a limit full of it is no
+        # failure, the kernel reclaims it (sandboxd/memstat.py).
         status = "memory_limit"
     elif sig is not None:
         status = "signaled"
@@ -457,7 +459,7 @@ def _classify(
         signal=sig,
         cpu_time=round(cpu, 6),
         wall_time=round(res.wall_ns / 1e9, 6),
-        memory=peak or res.maxrss_kb * 1024,
+        memory=mem.peak or res.maxrss_kb * 1024,
         stdout=out.data,
         stderr=stderr,
         stdout_truncated=out.truncated,

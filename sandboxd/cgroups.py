@@ -2,15 +2,18 @@
 
 A box owns one cgroup (one per controller on v1).  Each run:
   prepare(limits) -> RunCgroup   # limits set, accounting reset, fds to hand to the agent
-  finish(run)     -> (peak, oom) # read after every process of the run is gone
+  finish(run)     -> MemoryUse   # read after every process of the run is gone
 The agent's child joins the run cgroup by writing "0" to `join_fds` (files
 opened here, before the box existed), and the agent polls `cpu_fd` to enforce
 the CPU total across all processes of a run.
 
-v1: the box cgroup is reused; peak and CPU are reset per run, and charged page
-cache is dropped (force_empty) between runs so it never inflates the next
-run's peak.  v2: a leaf per run under the box (memory.peak cannot be reset
-before Linux 6.12); mkdir/rmdir are cheap on v2.
+Reported memory never counts clean page cache (sandboxd/memstat.py).  v1: the
+box cgroup is reused; peak and CPU are reset per run.  Page cache a run pulled
+in stays charged to the box (the kernel reclaims it first when a later run
+needs room; dropping it made every Java or Node run re-read its runtime from
+disk); leftover kernel memory is dropped (force_empty) when there is enough
+of it to matter.  v2: a leaf per run under the box (memory.peak cannot be
+reset before Linux 6.12); mkdir/rmdir are cheap.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .memstat import MemoryUse, keyed, measured, v1_file_bytes, v2_events, v2_file_bytes
+
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -31,7 +36,7 @@ V1_CONTROLLERS = ("memory", "pids", "cpuacct")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 
 
-FORCE_EMPTY_ABOVE = 1 << 20  # v1: bytes left charged after a run before it is reclaimed
+FORCE_EMPTY_ABOVE = 1 << 20  # v1: bytes of non-file memory left charged after a run before it is reclaimed
 
 
 class CgroupError(RuntimeError):
@@ -49,14 +54,6 @@ def _write(path: Path, value: str) -> None:
 def _read(path: Path) -> str:
     with open(path) as f:
         return f.read()
-
-
-def _keyed(text: str, key: str) -> int:
-    for line in text.splitlines():
-        k, _, v = line.partition(" ")
-        if k == key:
-            return int(v)
-    return 0
 
 
 @dataclass
@@ -84,12 +81,13 @@ class BoxCgroup:
     _limits: tuple[int, int] = (0, 0)
     _runs: int = 0
     _fds: dict[str, int] = field(default_factory=dict)
+    _residue: int = 0  # v1: kernel memory an earlier run left that force_empty could not drop
 
     def prepare(self, memory: int, procs: int) -> RunCgroup:
         return self.backend.prepare(self, memory, procs)
 
-    def finish(self, run: RunCgroup) -> tuple[int, bool]:
-        """(peak memory bytes, oom-killed) of the run that just ended."""
+    def finish(self, run: RunCgroup) -> MemoryUse:
+        """Memory of the run that just ended."""
         return self.backend.finish(self, run)
 
     def between_runs(self) -> None:
@@ -112,7 +110,7 @@ class Backend:
     def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
         raise NotImplementedError
 
-    def finish(self, box: BoxCgroup, run: RunCgroup) -> tuple[int, bool]:
+    def finish(self, box: BoxCgroup, run: RunCgroup) -> MemoryUse:
         raise NotImplementedError
 
     def between_runs(self, box: BoxCgroup) -> None:
@@ -246,30 +244,41 @@ class V1(Backend):
             fds["peak"] = os.open(mem / "memory.max_usage_in_bytes", os.O_RDWR | os.O_CLOEXEC)
             fds["oom"] = os.open(mem / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
             fds["usage"] = os.open(mem / "memory.usage_in_bytes", os.O_RDONLY | os.O_CLOEXEC)
+            fds["numa"] = os.open(mem / "memory.numa_stat", os.O_RDONLY | os.O_CLOEXEC)
             fds["cpu"] = os.open(box.dirs["cpuacct"] / "cpuacct.usage", os.O_RDONLY | os.O_CLOEXEC)
             for c, d in box.dirs.items():
                 fds[f"join-{c}"] = os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
         os.pwrite(fds["peak"], b"0", 0)
-        oom = _keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill")
+        oom = keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill")
         join = [fds[f"join-{c}"] for c in box.dirs]
         return RunCgroup(join, fds["cpu"], memory, oom_before=oom, owned=False)
 
-    def finish(self, box: BoxCgroup, run: RunCgroup) -> tuple[int, bool]:
-        peak = int(os.pread(box._fds["peak"], 64, 0))
-        oom = _keyed(os.pread(box._fds["oom"], 256, 0).decode(), "oom_kill") > run.oom_before
-        return peak, oom
+    def finish(self, box: BoxCgroup, run: RunCgroup) -> MemoryUse:
+        fds = box._fds
+        peak = measured(int(os.pread(fds["peak"], 64, 0)), v1_file_bytes(fds["numa"]) + box._residue)
+        # No v1 count of refused charges (failcnt counts reclaim): OOM kills (oom_kill_disable=0).
+        oom = keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill") > run.oom_before
+        return MemoryUse(peak, oom, oom)
 
     def between_runs(self, box: BoxCgroup) -> None:
-        # Page cache the run pulled in stays charged to the group and would
-        # count in the next run's peak: drop it when it matters.  Below the
-        # threshold (a few hundred KiB of kernel memory after a typical run)
+        # Page cache stays (module docstring); kernel memory left would count
+        # in the next run's figure.  Below the threshold (a few hundred KiB
+        # after a typical run, mostly dentries the next run reuses)
         # force_empty costs 0.2-0.6 ms of the daemon's CPU for nothing.
-        mem = box.dirs["memory"]
-        fd = box._fds.get("usage")
+        mem, fds = box.dirs["memory"], box._fds
+        if not fds:
+            return  # no run yet
         try:
-            usage = int(os.pread(fd, 64, 0)) if fd is not None else int(_read(mem / "memory.usage_in_bytes"))
-            if usage > FORCE_EMPTY_ABOVE:
+            usage = int(os.pread(fds["usage"], 64, 0))
+            left = usage - v1_file_bytes(fds["numa"]) if usage > FORCE_EMPTY_ABOVE else 0  # stat read: ~10 us
+            if left > box._residue + FORCE_EMPTY_ABOVE:
                 _write(mem / "memory.force_empty", "0")
+                # It leaves some (dentries its shrinker pass did not reach: ~4
+                # MB of 40), not the next runs' doing, so not in their figure;
+                # kept until it shrinks, not dropped again after every run.
+                box._residue = max(0, int(os.pread(fds["usage"], 64, 0)) - v1_file_bytes(fds["numa"]))
+            else:
+                box._residue = min(box._residue, left)
         except OSError as e:
             log.warning("force_empty %s: %s", mem, e)
 
@@ -349,18 +358,20 @@ class V2(Backend):
         cpu = os.open(leaf / "cpu.stat", os.O_RDONLY | os.O_CLOEXEC)
         return RunCgroup(join, cpu, memory, path=leaf)
 
-    def finish(self, box: BoxCgroup, run: RunCgroup) -> tuple[int, bool]:
+    def finish(self, box: BoxCgroup, run: RunCgroup) -> MemoryUse:
         assert run.path is not None
+        stat = _read(run.path / "memory.stat")
         try:
-            peak = int(_read(run.path / "memory.peak"))
-        except FileNotFoundError:  # before Linux 5.19
-            peak = _keyed(_read(run.path / "memory.stat"), "anon") + _keyed(_read(run.path / "memory.stat"), "file")
-        oom = _keyed(_read(run.path / "memory.events"), "oom_kill") > 0
+            raw = int(_read(run.path / "memory.peak"))
+        except FileNotFoundError:  # before Linux 5.19: no peak, what is left at the end
+            raw = keyed(stat, "anon") + keyed(stat, "file")
+        # The leaf is this run's alone: its counters need no baseline.
+        oom_kill, oom = v2_events(_read(run.path / "memory.events"))
         try:
             run.path.rmdir()
         except OSError:
             _rmdir_retry_sync(run.path)
-        return peak, oom
+        return MemoryUse(measured(raw, v2_file_bytes(stat)), oom_kill, oom)
 
     def groups(self) -> list[Path]:
         if not self.root.exists():

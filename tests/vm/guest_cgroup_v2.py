@@ -33,6 +33,7 @@ import uvloop
 
 from sandboxd import cgroups
 from sandboxd.engine import Engine, EngineConfig
+from sandboxd.memstat import MemoryUse
 from sandboxd.schema import FileIn, Limits, RunRequest, RunResult
 
 INSTANCE = "vmtest"
@@ -81,7 +82,7 @@ def _kv(path: Path) -> dict[str, int]:
     return out
 
 
-def _finish_spy(self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup) -> tuple[int, bool]:
+def _finish_spy(self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup) -> MemoryUse:
     assert run.path is not None
     seen: dict[str, Any] = {"path": str(run.path)}
     for name in ("memory.max", "memory.swap.max", "memory.oom.group", "pids.max", "memory.peak"):
@@ -89,15 +90,15 @@ def _finish_spy(self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup
             seen[name] = (run.path / name).read_text().strip()
         except OSError as e:
             seen[name] = f"error: {e}"
-    for name in ("memory.events", "pids.events", "cpu.stat"):
+    for name in ("memory.events", "pids.events", "cpu.stat", "memory.stat"):
         try:
             seen[name] = _kv(run.path / name)
         except OSError as e:
             seen[name] = f"error: {e}"
-    peak, oom = _orig_finish(self, box, run)
-    seen["peak"], seen["oom"] = peak, oom
+    mem = _orig_finish(self, box, run)
+    seen["peak"], seen["oom"], seen["oom_event"] = mem.peak, mem.oom_kill, mem.oom
     finished.append(seen)
-    return peak, oom
+    return mem
 
 
 cgroups.V2.finish = _finish_spy  # type: ignore[method-assign]
@@ -222,6 +223,36 @@ async def check_memory(eng: Engine, res: dict[str, Any]) -> None:
     res["c_20m_under_64m"] = await run(
         eng, ["./alloc", "20"], files_in=[exe2], memory=64 * MiB, cpu_time=20, wall_time=90
     )
+    # Page cache filling the limit is no memory limit (memory.peak counts it):
+    # read >= 48 MiB of rootfs files, evicted first, under 16 MiB, then fail.
+    # (96 MiB under 32 MiB took over 20 s of CPU under TCG: reclaim is slow there.)
+    files = cold_rootfs_files(48 * MiB)
+    res["page_cache_48m_under_16m_exit_1"] = await run(
+        eng, ["sh", "-c", 'cat "$@" > /dev/null; exit 1', "sh", *files], memory=16 * MiB, cpu_time=60, wall_time=120
+    )
+    # tmpfs (/box) is memory: counted.
+    res["tmpfs_40m_under_128m"] = await run(
+        eng, ["dd", "if=/dev/zero", "of=/box/big", "bs=1M", "count=40"], memory=128 * MiB, cpu_time=20, wall_time=90
+    )
+
+
+def cold_rootfs_files(total: int) -> list[str]:
+    """Regular files under /usr/lib adding up to `total` bytes, dropped from the page cache."""
+    out: list[str] = []
+    got = 0
+    for dp, _, names in os.walk("/usr/lib"):
+        for name in sorted(names):
+            p = Path(dp) / name
+            if p.is_symlink() or not p.is_file() or p.stat().st_size < 1 << 20:
+                continue
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+            out.append(str(p))
+            got += p.stat().st_size
+            if got >= total:
+                return out
+    raise AssertionError(f"only {got} bytes of files under /usr/lib")
 
 
 async def check_pids(eng: Engine, res: dict[str, Any]) -> None:

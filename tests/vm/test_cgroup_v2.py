@@ -129,6 +129,13 @@ def check_results(res: dict[str, Any], mode: str) -> None:
     assert small["status"] == "ok" and small["stdout"] == "touched 20 MiB\n", small
     assert small["cgroup"]["memory.events"]["oom_kill"] == 0 and small["cgroup"]["oom"] is False, small
     assert 20 * MiB <= small["memory"] < 64 * MiB, small
+    # page cache filled the leaf (memory.peak at the limit) yet no memory_limit
+    pc = res["page_cache_48m_under_16m_exit_1"]
+    assert (pc["status"], pc["exit_code"]) == ("nonzero_exit", 1), pc
+    assert int(pc["cgroup"]["memory.peak"]) > 12 * MiB and pc["memory"] < 4 * MiB, pc
+    assert pc["cgroup"]["oom"] is False and pc["cgroup"]["oom_event"] is False, pc
+    tmpfs = res["tmpfs_40m_under_128m"]
+    assert tmpfs["status"] == "ok" and 40 * MiB <= tmpfs["memory"] < 64 * MiB, tmpfs
 
     # (d) pids limit: forks stop at the limit, and the pool stays usable
     fc = res["fork_counter_procs16"]
