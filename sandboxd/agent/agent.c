@@ -51,6 +51,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
+#include <linux/limits.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -272,16 +274,22 @@ static const unsigned long TMPFS_FLAGS = MS_NOSUID | MS_NODEV;
 static const char *WORK_DIRS[] = {"/box", "/tmp", "/dev/shm", "/dev/mqueue"};
 #define N_WORK 4
 
-static void mount_work_areas(void) {
+static void mount_work_area(int i) {
+    static const unsigned modes[] = {0755, 01777, 01777};
     uint64_t sizes[] = {box_bytes, tmp_bytes, shm_bytes};
-    unsigned modes[] = {0755, 01777, 01777};
-    for (int i = 0; i < 3; i++)
+    if (i < 3) {
         mount_tmpfs(WORK_DIRS[i], sizes[i], modes[i], i == 0 ? box_uid : 0, i == 0 ? box_gid : 0,
                     TMPFS_FLAGS);
+        return;
+    }
     /* POSIX message queues of this IPC namespace, visible so we can remove them. */
-    if (mkdir("/dev/mqueue", 01777) < 0) die("mkdir /dev/mqueue");
     if (mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         die("mount mqueue");
+}
+
+static void mount_work_areas(void) {
+    if (mkdir("/dev/mqueue", 01777) < 0) die("mkdir /dev/mqueue");
+    for (int i = 0; i < N_WORK; i++) mount_work_area(i);
 }
 
 /* Empty a directory in place without recursion and without ever following a
@@ -368,16 +376,20 @@ static void remove_sysv(void) {
 }
 
 /* A run may have changed a work area's root itself (it owns /box): mode,
-   owner, xattrs, ACLs (which are xattrs).  Put them back, through an fd. */
+   owner, xattrs, ACLs (which are xattrs).  Put them back, through an fd.
+   The kernel never lists more than XATTR_LIST_MAX (64 KiB) of names at once;
+   a job can set more (tmpfs takes them until its inode space is full), and
+   then listing fails with E2BIG: the caller replaces the whole work area. */
+static char xattr_names[XATTR_LIST_MAX];
+
 static int restore_root(const char *path, unsigned mode, uid_t uid, gid_t gid) {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return -1;
     int rc = 0;
     if (fchown(fd, uid, gid) < 0 || fchmod(fd, mode) < 0) rc = -1;
-    char names[8192];
     ssize_t n = 0;
-    while (rc == 0 && (n = flistxattr(fd, names, sizeof names)) > 0) {
-        for (char *name = names; name < names + n; name += strlen(name) + 1)
+    while (rc == 0 && (n = flistxattr(fd, xattr_names, sizeof xattr_names)) > 0) {
+        for (char *name = xattr_names; name < xattr_names + n; name += strlen(name) + 1)
             if (fremovexattr(fd, name) < 0 && errno != ENODATA) rc = -1;
     }
     if (n < 0 && errno != ENOTSUP) rc = -1;
@@ -385,27 +397,75 @@ static int restore_root(const char *path, unsigned mode, uid_t uid, gid_t gid) {
     return rc;
 }
 
+static int priv_call(unsigned char cmd, unsigned char arg);
+enum { PRIV_WORKER = 1, PRIV_REMOUNT = 2 };
+static int pending_boxfd = -1; /* a new /box fd for the daemon, sent with the next READY */
+
+/* Empty each work area in place (cheap, the common case).  Whatever a job
+   left that cannot be undone in place (more xattr names on a root than the
+   kernel will list, anything else that fails) costs that area a fresh tmpfs
+   instead: a job can make its own next reset slower, never fail. */
 static int reset_box(void) {
     int rc = 0;
     for (int i = 0; i < N_WORK; i++) {
-        if (empty_dir(WORK_DIRS[i]) < 0) rc = -1;
         int is_box = i == 0;
-        if (restore_root(WORK_DIRS[i], is_box ? 0755 : 01777, is_box ? box_uid : 0, is_box ? box_gid : 0) < 0) rc = -1;
+        if (empty_dir(WORK_DIRS[i]) == 0 &&
+            restore_root(WORK_DIRS[i], is_box ? 0755 : 01777, is_box ? box_uid : 0, is_box ? box_gid : 0) == 0)
+            continue;
+        int err = priv_call(PRIV_REMOUNT, (unsigned char)i);
+        if (err) {
+            errno = err;
+            rc = -1;
+            continue;
+        }
+        if (is_box) {
+            if (pending_boxfd >= 0) close(pending_boxfd);
+            pending_boxfd = open("/box", O_PATH | O_DIRECTORY | O_CLOEXEC);
+            if (pending_boxfd < 0) rc = -1;
+        }
     }
     remove_sysv();
     return rc;
 }
 
+/* Kept from before /proc/sys is made read-only (see mask_proc): the run
+   path resets the pid counter through one, and each fresh network namespace
+   gets its sysctls through the other.  Never inherited by a run. */
+static int last_pid_fd = -1, sysctl_net_fd = -1;
+
+/* What a program has no need for and the host would give away: kernel
+   addresses and internals, other tenants' activity (locks, pressure, disk
+   and interrupt counters), the host's boot (cmdline, boot_id), its devices.
+   Files are covered with /dev/null, directories with an empty read-only
+   tmpfs.  What stays readable is what runtimes read: cpuinfo, meminfo, stat
+   (glibc's CPU count falls back to it), loadavg, uptime, version, self/. */
 static void mask_proc(void) {
     const char *masked[] = {"/proc/kcore", "/proc/keys", "/proc/key-users", "/proc/timer_list",
                             "/proc/sched_debug", "/proc/latency_stats", "/proc/kpagecount",
                             "/proc/kpageflags", "/proc/kpagecgroup", "/proc/sysrq-trigger",
-                            "/proc/kallsyms", "/proc/kmsg", "/proc/config.gz", NULL};
+                            "/proc/kallsyms", "/proc/kmsg", "/proc/config.gz", "/proc/cmdline",
+                            "/proc/locks", "/proc/diskstats", "/proc/partitions", "/proc/swaps",
+                            "/proc/modules", "/proc/interrupts", "/proc/softirqs", "/proc/vmallocinfo",
+                            "/proc/zoneinfo", "/proc/slabinfo", "/proc/buddyinfo", "/proc/pagetypeinfo",
+                            "/proc/iomem", "/proc/ioports", "/proc/dma", "/proc/mtrr", "/proc/devices",
+                            "/proc/misc", "/proc/schedstat", "/proc/vmstat", "/proc/crypto",
+                            "/proc/execdomains", "/proc/fb", "/proc/consoles", "/proc/cgroups",
+                            "/proc/allocinfo", "/proc/bootconfig", "/proc/mdstat", "/proc/sys/kernel/random/boot_id",
+                            "/proc/sys/kernel/tainted", NULL};
+    const char *empty_dirs[] = {"/proc/pressure", "/proc/tty", NULL};
     const char *ro[] = {"/proc/sys", "/proc/bus", "/proc/irq", "/proc/fs", "/proc/acpi",
                         "/proc/scsi", "/proc/asound", "/proc/driver", NULL};
+    last_pid_fd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
+    sysctl_net_fd = open("/proc/sys/net", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (last_pid_fd < 0 || sysctl_net_fd < 0) die("open /proc/sys");
     for (int i = 0; masked[i]; i++) {
         if (access(masked[i], F_OK) == 0 && mount("/.oldroot/dev/null", masked[i], NULL, MS_BIND, NULL) < 0)
             die("mask %s", masked[i]);
+    }
+    for (int i = 0; empty_dirs[i]; i++) {
+        if (access(empty_dirs[i], F_OK) == 0 &&
+            mount("tmpfs", empty_dirs[i], "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=555") < 0)
+            die("mask %s", empty_dirs[i]);
     }
     for (int i = 0; ro[i]; i++) {
         if (access(ro[i], F_OK) != 0) continue;
@@ -549,16 +609,74 @@ static int setup_box(ssize_t len) {
     if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
         die("remount / ro");
 
+    /* The UTS namespace is the box's for its whole life: a run cannot change
+       the name back (sethostname is denied, /proc/sys is read-only). */
     if (sethostname(hostname, strlen(hostname)) < 0) die("sethostname");
-    lo_up();
     drop_bounding_set();
-    /* The run policy binds the agent too, from here on: it is loaded once
-       (loading costs ~0.4 ms of BPF JIT, too much per run), every run
-       inherits it, and a compromised agent gains nothing the program lacks.
-       Nothing below needs a denied call: resets empty the tmpfs in place. */
-    if (seccomp_prog.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &seccomp_prog) < 0)
-        die("seccomp");
     return boxfd;
+}
+
+/* ---- a fresh network namespace ------------------------------------------
+   Network state lives in the namespace and outlives the processes that made
+   it: TIME_WAIT sockets, lo's counters, SNMP counters, sockets in flight.  A
+   namespace costs ~0.8 ms to create (IPv4+IPv6 init), more than a whole run,
+   so a run gets a fresh one only when the last one left a trace: the reset
+   compares the namespace's /proc/net files with how they read when it was
+   new (a run that never used the network, the common case, changes none). */
+
+/* Per-namespace sysctls: TCP buffer autotuning bounded (cgroup v1 does not
+   charge socket buffers to the box's memory limit unless kmem.tcp accounting
+   is on).  Missing files (no IPv6, older kernels) are skipped. */
+static const char *NET_SYSCTLS[][2] = {
+    {"ipv4/tcp_rmem", "4096 131072 1048576"},
+    {"ipv4/tcp_wmem", "4096 16384 1048576"},
+    {NULL, NULL},
+};
+static const char *NET_STATE[] = {"dev", "snmp", "snmp6", "netstat", "sockstat", "sockstat6", "unix", NULL};
+static char net_clean[1 << 16], net_now[1 << 16];
+static size_t net_clean_len;
+
+static size_t read_net_state(char *buf, size_t cap) {
+    size_t len = 0;
+    char path[64];
+    for (int i = 0; NET_STATE[i]; i++) {
+        snprintf(path, sizeof path, "/proc/thread-self/net/%s", NET_STATE[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t n;
+        while (len < cap && (n = read(fd, buf + len, cap - len)) > 0) len += (size_t)n;
+        close(fd);
+    }
+    return len;
+}
+
+static int net_dirty(void) {
+    size_t n = read_net_state(net_now, sizeof net_now);
+    return n != net_clean_len || memcmp(net_now, net_clean, n) != 0;
+}
+
+static void fresh_netns(void) {
+    if (unshare(CLONE_NEWNET) < 0) die("unshare net");
+    lo_up();
+    for (int i = 0; NET_SYSCTLS[i][0]; i++) {
+        int fd = openat(sysctl_net_fd, NET_SYSCTLS[i][0], O_WRONLY | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) continue;
+        if (fd < 0) die("open sysctl %s", NET_SYSCTLS[i][0]);
+        size_t len = strlen(NET_SYSCTLS[i][1]);
+        if (write(fd, NET_SYSCTLS[i][1], len) != (ssize_t)len) die("write sysctl %s", NET_SYSCTLS[i][0]);
+        close(fd);
+    }
+}
+
+/* PID numbering is the pid namespace's: left alone, a job would learn how
+   many processes the jobs before it started.  Every run starts at the same
+   number; the agent's own threads take the numbers below it. */
+#define RUN_FIRST_PID 10
+
+static void set_last_pid(int pid) {
+    char buf[16];
+    int n = snprintf(buf, sizeof buf, "%d", pid);
+    if (pwrite(last_pid_fd, buf, (size_t)n, 0) != n) die("write ns_last_pid");
 }
 
 /* ---- runs ---------------------------------------------------------------- */
@@ -856,9 +974,41 @@ out:
     for (int i = 0; i < nfds; i++) close(fds[i]);
 }
 
+/* ---- threads ----------------------------------------------------------------
+   Inner's main thread (PID 1) never serves the daemon: it builds the box, then
+   only does for its worker thread what the run policy denies (a new network
+   namespace, a fresh tmpfs).  The worker serves the daemon under the run
+   policy (loaded once per worker, it costs ~0.4 ms of BPF JIT); every run
+   inherits the worker's policy and network namespace, and a compromised
+   worker can only ask for those two things.  A worker whose namespace a run
+   has touched hands over to a new worker in a new namespace and ends. */
+static int priv_fd[2] = {-1, -1}; /* [0] main thread, [1] worker */
+
+static int priv_call(unsigned char cmd, unsigned char arg) {
+    unsigned char req[2] = {cmd, arg};
+    if (send(priv_fd[1], req, sizeof req, MSG_NOSIGNAL) != (ssize_t)sizeof req) return errno;
+    if (cmd == PRIV_WORKER) return 0; /* the new worker answers the daemon */
+    int err = EIO;
+    ssize_t n;
+    do {
+        n = recv(priv_fd[1], &err, sizeof err, 0);
+    } while (n < 0 && errno == EINTR);
+    return n == (ssize_t)sizeof err ? err : EIO;
+}
+
+static void send_ready(void) {
+    uint32_t t = MSG_READY;
+    send_with_fd(&t, 4, pending_boxfd);
+    if (pending_boxfd >= 0) close(pending_boxfd);
+    pending_boxfd = -1;
+}
+
+static void close_fds(int *fds, int nfds) {
+    for (int i = 0; i < nfds; i++) close(fds[i]);
+}
+
+/* Returns when this worker hands the box over to a new one. */
 static void serve(void) {
-    int boxfd = -1;
-    int configured = 0;
     for (;;) {
         int fds[MAX_FDS], nfds;
         ssize_t n = recv_msg(fds, &nfds);
@@ -870,16 +1020,12 @@ static void serve(void) {
         if (n < 0) _exit(113);
         uint32_t type = 0;
         if (n >= 4) memcpy(&type, msgbuf, 4);
-        if (type == MSG_CONFIG && !configured) {
-            for (int i = 0; i < nfds; i++) close(fds[i]);
-            boxfd = setup_box(n);
-            configured = 1;
-            uint32_t t = MSG_READY;
-            send_with_fd(&t, 4, boxfd);
-        } else if (type == MSG_RUN && configured) {
+        if (type == MSG_RUN) {
             do_run(n, fds, nfds);
-        } else if (type == MSG_RESET && configured) {
-            for (int i = 0; i < nfds; i++) close(fds[i]);
+            continue;
+        }
+        close_fds(fds, nfds);
+        if (type == MSG_RESET) {
             if (kill_all_and_reap(2000000000ull) < 0) {
                 send_error("processes survive SIGKILL", EBUSY);
                 continue;
@@ -888,17 +1034,86 @@ static void serve(void) {
                 send_error("emptying the work areas failed", errno);
                 continue;
             }
-            uint32_t t = MSG_READY;
-            send_with_fd(&t, 4, -1);
+            if (net_dirty()) {
+                priv_call(PRIV_WORKER, 0);
+                return;
+            }
+            set_last_pid(RUN_FIRST_PID - 1);
+            send_ready();
         } else if (type == MSG_KILL) {
-            for (int i = 0; i < nfds; i++) close(fds[i]);
-            /* no run in progress: nothing to do, but answer so the daemon
-               never waits on a lost reply */
+            /* no run in progress: nothing to do */
             kill_all_and_reap(2000000000ull);
         } else {
-            for (int i = 0; i < nfds; i++) close(fds[i]);
             send_error("unexpected message", EPROTO);
         }
+    }
+}
+
+static void *worker_main(void *arg) {
+    (void)arg;
+    fresh_netns();
+    if (seccomp_prog.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &seccomp_prog) < 0)
+        die("seccomp");
+    net_clean_len = read_net_state(net_clean, sizeof net_clean);
+    set_last_pid(RUN_FIRST_PID - 1);
+    send_ready();
+    serve();
+    return NULL; /* returning, not pthread_exit: no unwinder in a static binary */
+}
+
+static void start_worker(void) {
+    set_last_pid(1); /* thread ids stay below RUN_FIRST_PID */
+    pthread_attr_t attr;
+    pthread_t t;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int e = pthread_create(&t, &attr, worker_main, NULL);
+    pthread_attr_destroy(&attr);
+    if (e) {
+        errno = e;
+        die("pthread_create");
+    }
+}
+
+static void priv_loop(void) {
+    for (;;) {
+        unsigned char req[2];
+        ssize_t n = recv(priv_fd[0], req, sizeof req, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n != (ssize_t)sizeof req) _exit(114);
+        if (req[0] == PRIV_WORKER) {
+            start_worker();
+            continue;
+        }
+        int err = EINVAL;
+        if (req[0] == PRIV_REMOUNT && req[1] < N_WORK) {
+            /* The old tmpfs lives on while the daemon holds its /box fd. */
+            err = umount2(WORK_DIRS[req[1]], MNT_DETACH) < 0 ? errno : 0;
+            if (!err) mount_work_area(req[1]);
+        }
+        send(priv_fd[0], &err, sizeof err, MSG_NOSIGNAL);
+    }
+}
+
+/* Wait for the daemon's CONFIG and build the box from it. */
+static void configure(void) {
+    for (;;) {
+        int fds[MAX_FDS], nfds;
+        ssize_t n = recv_msg(fds, &nfds);
+        if (n == 0) _exit(0);
+        close_fds(fds, nfds);
+        if (n == -2) {
+            send_error("message too large", EMSGSIZE);
+            continue;
+        }
+        if (n < 0) _exit(113);
+        uint32_t type = 0;
+        if (n >= 4) memcpy(&type, msgbuf, 4);
+        if (type == MSG_CONFIG) {
+            pending_boxfd = setup_box(n);
+            return;
+        }
+        send_error("unexpected message", EPROTO);
     }
 }
 
@@ -931,6 +1146,9 @@ int main(int argc, char **argv) {
     sigprocmask(SIG_BLOCK, &set, NULL);
     sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sigfd < 0) die("signalfd");
-    serve();
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, priv_fd) < 0) die("socketpair");
+    configure();
+    start_worker();
+    priv_loop();
     return 0;
 }
