@@ -48,6 +48,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -459,7 +460,7 @@ static void mask_proc(void) {
     sysctl_net_fd = open("/proc/sys/net", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (last_pid_fd < 0 || sysctl_net_fd < 0) die("open /proc/sys");
     for (int i = 0; masked[i]; i++) {
-        if (access(masked[i], F_OK) == 0 && mount("/.oldroot/dev/null", masked[i], NULL, MS_BIND, NULL) < 0)
+        if (access(masked[i], F_OK) == 0 && mount("/dev/null", masked[i], NULL, MS_BIND, NULL) < 0)
             die("mask %s", masked[i]);
     }
     for (int i = 0; empty_dirs[i]; i++) {
@@ -475,16 +476,18 @@ static void mask_proc(void) {
     }
 }
 
+/* Device nodes of the box's own tmpfs, not binds of the host's devtmpfs
+   nodes: the box's mountinfo then names no host mount (devtmpfs' size
+   option is half the host's RAM). */
 static void setup_dev(void) {
     mount_tmpfs("/dev", 1 << 20, 0755, 0, 0, MS_NOSUID | MS_NOEXEC);
     const char *nodes[] = {"null", "zero", "full", "random", "urandom", NULL};
-    char src[64], dst[64];
+    const unsigned minors[] = {3, 5, 7, 8, 9};
+    char dst[64];
     for (int i = 0; nodes[i]; i++) {
-        snprintf(src, sizeof src, "/.oldroot/dev/%s", nodes[i]);
         snprintf(dst, sizeof dst, "/dev/%s", nodes[i]);
-        make_target(src, dst);
-        if (mount(src, dst, NULL, MS_BIND, NULL) < 0) die("bind %s", src);
-        set_attr_recursive(dst, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+        if (mknod(dst, S_IFCHR | 0666, makedev(1, minors[i])) < 0 || chmod(dst, 0666) < 0)
+            die("mknod %s", dst);
     }
     if (mkdir("/dev/shm", 01777) < 0) die("mkdir /dev/shm");
     symlink("/proc/self/fd", "/dev/fd");
@@ -598,8 +601,8 @@ static int setup_box(ssize_t len) {
     if (chdir("/") < 0) die("chdir /");
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") < 0)
         die("mount proc");
-    mask_proc();
     setup_dev();
+    mask_proc();
     if (umount2("/.oldroot", MNT_DETACH) < 0) die("umount oldroot");
     rmdir("/.oldroot");
     mount_work_areas();
