@@ -635,7 +635,10 @@ static const char *NET_SYSCTLS[][2] = {
     {"ipv4/tcp_wmem", "4096 16384 1048576"},
     {NULL, NULL},
 };
-static const char *NET_STATE[] = {"dev", "snmp", "snmp6", "netstat", "sockstat", "sockstat6", "unix", NULL};
+/* Every packet is counted on lo (the only device); snmp, snmp6 and netstat
+   also count what fails without a packet (no route, full buffers); sockstat
+   counts TIME_WAIT and orphans, unix the sockets that live on in flight. */
+static const char *NET_STATE[] = {"dev", "snmp", "snmp6", "netstat", "sockstat", "unix", NULL};
 static char net_clean[1 << 16], net_now[1 << 16];
 static size_t net_clean_len;
 
@@ -807,9 +810,12 @@ static void child_exec(struct run_hdr *h, char **argv, char **envp, const char *
         rl.rlim_max = rl.rlim_cur + 1;
         setrlimit(RLIMIT_CPU, &rl);
     }
-    if (setgroups(0, NULL) < 0) child_fail(errno);
-    if (setresgid(box_gid, box_gid, box_gid) < 0) child_fail(errno);
-    if (setresuid(box_uid, box_uid, box_uid) < 0) child_fail(errno);
+    /* Raw syscalls: the agent has threads, and glibc's wrappers would signal
+       each of them to change its ids too (the kernel changes only the
+       caller's, which in this child is all there is). */
+    if (syscall(SYS_setgroups, 0, NULL) < 0) child_fail(errno);
+    if (syscall(SYS_setresgid, box_gid, box_gid, box_gid) < 0) child_fail(errno);
+    if (syscall(SYS_setresuid, box_uid, box_uid, box_uid) < 0) child_fail(errno);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) child_fail(errno);
     exec_with_path(argv, envp);
     child_fail_stage(2, errno);
