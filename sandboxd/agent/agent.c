@@ -429,10 +429,9 @@ static int reset_box(void) {
     return rc;
 }
 
-/* Kept from before /proc/sys is made read-only (see mask_proc): the run
-   path resets the pid counter through one, and each fresh network namespace
-   gets its sysctls through the other.  Never inherited by a run. */
-static int last_pid_fd = -1, sysctl_net_fd = -1;
+/* Kept from before /proc/sys is made read-only (see mask_proc): resets set
+   the pid counter through it.  Never inherited by a run. */
+static int last_pid_fd = -1;
 
 /* What a program has no need for and the host would give away: kernel
    addresses and internals, other tenants' activity (locks, pressure, disk
@@ -457,8 +456,7 @@ static void mask_proc(void) {
     const char *ro[] = {"/proc/sys", "/proc/bus", "/proc/irq", "/proc/fs", "/proc/acpi",
                         "/proc/scsi", "/proc/asound", "/proc/driver", NULL};
     last_pid_fd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
-    sysctl_net_fd = open("/proc/sys/net", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (last_pid_fd < 0 || sysctl_net_fd < 0) die("open /proc/sys");
+    if (last_pid_fd < 0) die("open ns_last_pid");
     for (int i = 0; masked[i]; i++) {
         if (access(masked[i], F_OK) == 0 && mount("/dev/null", masked[i], NULL, MS_BIND, NULL) < 0)
             die("mask %s", masked[i]);
@@ -627,14 +625,6 @@ static int setup_box(ssize_t len) {
    compares the namespace's /proc/net files with how they read when it was
    new (a run that never used the network, the common case, changes none). */
 
-/* Per-namespace sysctls: TCP buffer autotuning bounded (cgroup v1 does not
-   charge socket buffers to the box's memory limit unless kmem.tcp accounting
-   is on).  Missing files (no IPv6, older kernels) are skipped. */
-static const char *NET_SYSCTLS[][2] = {
-    {"ipv4/tcp_rmem", "4096 131072 1048576"},
-    {"ipv4/tcp_wmem", "4096 16384 1048576"},
-    {NULL, NULL},
-};
 /* Every packet is counted on lo (the only device); snmp, snmp6 and netstat
    also count what fails without a packet (no route, full buffers); sockstat
    counts TIME_WAIT and orphans, unix the sockets that live on in flight. */
@@ -664,14 +654,6 @@ static int net_dirty(void) {
 static void fresh_netns(void) {
     if (unshare(CLONE_NEWNET) < 0) die("unshare net");
     lo_up();
-    for (int i = 0; NET_SYSCTLS[i][0]; i++) {
-        int fd = openat(sysctl_net_fd, NET_SYSCTLS[i][0], O_WRONLY | O_CLOEXEC);
-        if (fd < 0 && errno == ENOENT) continue;
-        if (fd < 0) die("open sysctl %s", NET_SYSCTLS[i][0]);
-        size_t len = strlen(NET_SYSCTLS[i][1]);
-        if (write(fd, NET_SYSCTLS[i][1], len) != (ssize_t)len) die("write sysctl %s", NET_SYSCTLS[i][0]);
-        close(fd);
-    }
 }
 
 /* PID numbering is the pid namespace's: left alone, a job would learn how
