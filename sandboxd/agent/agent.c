@@ -53,7 +53,6 @@
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <linux/limits.h>
-#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -988,24 +987,27 @@ out:
     for (int i = 0; i < nfds; i++) close(fds[i]);
 }
 
-/* ---- threads ----------------------------------------------------------------
-   Inner's main thread (PID 1) never serves the daemon: it builds the box, then
-   only does for its worker thread what the run policy denies (a new network
-   namespace, a fresh tmpfs).  The worker serves the daemon under the run
-   policy (loaded once per worker, it costs ~0.4 ms of BPF JIT); every run
-   inherits the worker's policy and network namespace, and a compromised
-   worker can only ask for those two things.  A worker whose namespace a run
-   has touched hands over to a new worker in a new namespace and ends. */
-static int priv_fd[2] = {-1, -1}; /* [0] main thread, [1] worker */
+/* ---- workers ----------------------------------------------------------------
+   Inner (PID 1) never serves the daemon: it builds the box, then only does for
+   its worker what the run policy denies (a new network namespace, a fresh
+   tmpfs).  The worker, a child process and the subreaper of every run, serves
+   the daemon under the run policy (loaded once per worker, it costs ~0.4 ms
+   of BPF JIT); every run inherits the worker's policy and network namespace,
+   and a compromised worker can only ask for those two things.  A worker
+   whose namespace a run has touched hands over to a new worker in a new
+   namespace and exits.  kill(-1) from the worker spares only PID 1 and
+   itself.  A process, not a thread: a single-threaded worker keeps glibc
+   and the kernel on their single-threaded paths for every vfork and exec. */
+static int priv_fd = -1; /* the worker's end of its socket to PID 1 */
 
 static int priv_call(unsigned char cmd, unsigned char arg) {
     unsigned char req[2] = {cmd, arg};
-    if (send(priv_fd[1], req, sizeof req, MSG_NOSIGNAL) != (ssize_t)sizeof req) return errno;
+    if (send(priv_fd, req, sizeof req, MSG_NOSIGNAL) != (ssize_t)sizeof req) return errno;
     if (cmd == PRIV_WORKER) return 0; /* the new worker answers the daemon */
     int err = EIO;
     ssize_t n;
     do {
-        n = recv(priv_fd[1], &err, sizeof err, 0);
+        n = recv(priv_fd, &err, sizeof err, 0);
     } while (n < 0 && errno == EINTR);
     return n == (ssize_t)sizeof err ? err : EIO;
 }
@@ -1063,40 +1065,54 @@ static void serve(void) {
     }
 }
 
-static void *worker_main(void *arg) {
-    (void)arg;
+static void worker_main(void) {
+    /* Orphans of a run are ours to reap and kill, not PID 1's. */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) die("subreaper");
     fresh_netns();
     if (seccomp_prog.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &seccomp_prog) < 0)
         die("seccomp");
     open_net_state();
+    /* Every worker's first READY carries /box: a worker a reset handed over
+       to has not seen the /box fd its predecessor may have opened. */
+    if (pending_boxfd >= 0) close(pending_boxfd);
+    pending_boxfd = open("/box", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (pending_boxfd < 0) die("open /box");
     set_last_pid(RUN_FIRST_PID - 1);
     send_ready();
     serve();
-    return NULL; /* returning, not pthread_exit: no unwinder in a static binary */
 }
 
-static void start_worker(void) {
-    set_last_pid(1); /* thread ids stay below RUN_FIRST_PID */
-    pthread_attr_t attr;
-    pthread_t t;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int e = pthread_create(&t, &attr, worker_main, NULL);
-    pthread_attr_destroy(&attr);
-    if (e) {
-        errno = e;
-        die("pthread_create");
+/* Returns PID 1's end of the new worker's socket. */
+static int start_worker(pid_t *pid) {
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) die("socketpair");
+    set_last_pid(1); /* workers take the pids below RUN_FIRST_PID */
+    *pid = fork();
+    if (*pid < 0) die("fork worker");
+    if (*pid == 0) {
+        close(sp[0]);
+        priv_fd = sp[1];
+        worker_main();
+        _exit(0);
     }
+    close(sp[1]);
+    return sp[0];
 }
 
 static void priv_loop(void) {
+    pid_t worker;
+    int cur = start_worker(&worker);
     for (;;) {
         unsigned char req[2];
-        ssize_t n = recv(priv_fd[0], req, sizeof req, 0);
+        ssize_t n = recv(cur, req, sizeof req, 0);
         if (n < 0 && errno == EINTR) continue;
-        if (n != (ssize_t)sizeof req) _exit(114);
+        if (n != (ssize_t)sizeof req) _exit(114); /* the worker died: the box dies with it */
         if (req[0] == PRIV_WORKER) {
-            start_worker();
+            pid_t old = worker;
+            close(cur);
+            cur = start_worker(&worker);
+            while (waitpid(old, NULL, 0) < 0 && errno == EINTR) {
+            }
             continue;
         }
         int err = EINVAL;
@@ -1105,7 +1121,7 @@ static void priv_loop(void) {
             err = umount2(WORK_DIRS[req[1]], MNT_DETACH) < 0 ? errno : 0;
             if (!err) mount_work_area(req[1]);
         }
-        send(priv_fd[0], &err, sizeof err, MSG_NOSIGNAL);
+        send(cur, &err, sizeof err, MSG_NOSIGNAL);
     }
 }
 
@@ -1124,7 +1140,7 @@ static void configure(void) {
         uint32_t type = 0;
         if (n >= 4) memcpy(&type, msgbuf, 4);
         if (type == MSG_CONFIG) {
-            pending_boxfd = setup_box(n);
+            close(setup_box(n)); /* each worker opens /box for itself */
             return;
         }
         send_error("unexpected message", EPROTO);
@@ -1160,9 +1176,7 @@ int main(int argc, char **argv) {
     sigprocmask(SIG_BLOCK, &set, NULL);
     sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sigfd < 0) die("signalfd");
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, priv_fd) < 0) die("socketpair");
     configure();
-    start_worker();
     priv_loop();
     return 0;
 }
