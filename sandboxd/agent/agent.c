@@ -15,7 +15,8 @@
  *
  * Process layout: the daemon execs this binary ("outer"); outer unshares the
  * namespaces and forks "inner", which is PID 1 of the new pid namespace and
- * does all the work.  Outer only waits for inner and mirrors its exit, so the
+ * builds the box; inner forks the "worker", which serves the daemon (see
+ * "workers" below).  Outer only waits for inner and mirrors its exit, so the
  * daemon can reap it; both die with their parent (PR_SET_PDEATHSIG), and when
  * inner dies the kernel kills everything in the box.
  */
@@ -814,12 +815,9 @@ static void child_exec(struct run_hdr *h, char **argv, char **envp, const char *
         rl.rlim_max = rl.rlim_cur + 1;
         setrlimit(RLIMIT_CPU, &rl);
     }
-    /* Raw syscalls: the agent has threads, and glibc's wrappers would signal
-       each of them to change its ids too (the kernel changes only the
-       caller's, which in this child is all there is). */
-    if (syscall(SYS_setgroups, 0, NULL) < 0) child_fail(errno);
-    if (syscall(SYS_setresgid, box_gid, box_gid, box_gid) < 0) child_fail(errno);
-    if (syscall(SYS_setresuid, box_uid, box_uid, box_uid) < 0) child_fail(errno);
+    if (setgroups(0, NULL) < 0) child_fail(errno);
+    if (setresgid(box_gid, box_gid, box_gid) < 0) child_fail(errno);
+    if (setresuid(box_uid, box_uid, box_uid) < 0) child_fail(errno);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) child_fail(errno);
     exec_with_path(argv, envp);
     child_fail_stage(2, errno);
