@@ -321,26 +321,33 @@ def test_network_namespace_is_replaced_only_after_the_network_was_used(engine: S
     quiet = RunRequest(cmd=["sh", "-c", "true; true"])
     tcp = "import socket\nl = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()\n"
     tcp += "socket.create_connection(l.getsockname())"
-    noisy = RunRequest(cmd=["python3", "-S", "-c", tcp])
+    # No packet at all, yet the namespace counts it (Ip OutNoRoutes): only
+    # the worker's watch on IP sockets tells the reset about this run.
+    unroutable = "import socket\ntry:\n    socket.socket().connect(('198.18.0.1', 80))\nexcept OSError:\n    pass"
+    runs = [quiet, quiet, RunRequest(cmd=["python3", "-S", "-c", tcp]), quiet]
+    runs += [RunRequest(cmd=["python3", "-S", "-c", unroutable]), quiet]
+    noroutes = RunRequest(cmd=["sh", "-c", "grep Ip: /proc/net/snmp | tail -1 | cut -d' ' -f13"])
 
-    async def scenario() -> list[tuple[str, str]]:
+    async def scenario() -> list[tuple[str, str, str]]:
         box = await eng.box()
         try:
             seen = []
-            for req in (quiet, quiet, noisy, quiet):
+            for req in runs:
                 r = await box.run(req)
                 assert r.status == "ok", r
                 await box.reset()
                 p = await box.run(probe)
+                n = await box.run(noroutes)
                 await box.reset()
                 ns, pid = p.stdout.decode().split()
-                seen.append((ns, pid))
+                seen.append((ns, pid, n.stdout.decode().strip()))
             return seen
         finally:
             eng.release(box)
 
     seen = engine.call(scenario())
-    assert [pid for _, pid in seen] == ["10"] * 4, seen  # every run starts at the same pid
-    nss = [ns for ns, _ in seen]
+    assert [pid for _, pid, _ in seen] == ["10"] * len(runs), seen  # every run starts at the same pid
+    assert [n for _, _, n in seen] == ["0"] * len(runs), seen  # OutNoRoutes: nothing of the run before
+    nss = [ns for ns, _, _ in seen]
     # A run that never used the network keeps the namespace (it costs ~0.8 ms to make one).
-    assert nss[0] == nss[1] and nss[2] != nss[1] and nss[3] == nss[2], seen
+    assert nss[0] == nss[1] and nss[2] != nss[1] and nss[3] == nss[2] and nss[4] != nss[3] and nss[5] == nss[4], seen

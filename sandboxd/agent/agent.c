@@ -26,7 +26,9 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/mount.h>
+#include <linux/audit.h>
 #include <linux/seccomp.h>
+#include <stddef.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
@@ -632,23 +634,21 @@ static int setup_box(ssize_t len) {
 
 /* ---- a fresh network namespace ------------------------------------------
    Network state lives in the namespace and outlives the processes that made
-   it: TIME_WAIT sockets, lo's counters, SNMP counters, sockets in flight.  A
+   it: TIME_WAIT sockets, lo's and the SNMP counters (some count failures
+   that send no packet: no route, a full send buffer), sockets in flight.  A
    namespace costs ~0.8 ms to create (IPv4+IPv6 init), more than a whole run,
-   so a run gets a fresh one only when the last one left a trace: the reset
-   compares the namespace's /proc/net files with how they read when it was
-   new (a run that never used the network, the common case, changes none). */
-
-/* Every packet is counted on lo (the only device); snmp, snmp6 and netstat
-   also count what fails without a packet (no route, full buffers); unix
-   lists the sockets that live on in flight (SCM_RIGHTS cycles, until the
-   kernel's unix GC frees them), with the TCP and UDP sockets they carry.
-   Kept open for the worker's life: each check is one pread per file (the
-   file stays bound to the namespace it was opened in), ~0.1 ms in all. */
-static const char *NET_STATE[] = {"dev", "snmp", "snmp6", "netstat", "unix"};
-#define N_NET_STATE 5
-static int net_fds[N_NET_STATE] = {-1, -1, -1, -1, -1};
-static char net_clean[1 << 16], net_now[1 << 16];
+   so a run gets a fresh one only when the last one may have left a trace:
+   it created an IPv4 or IPv6 socket (the worker hears of each one, see
+   watch_sockets), or lo's counters or the namespace's unix sockets (in
+   flight until the kernel's unix GC frees them) differ from when it was new.
+   A run that never opens an IP socket, the common case, pays two preads. */
+static const char *NET_STATE[] = {"dev", "unix"};
+#define N_NET_STATE 2
+static int net_fds[N_NET_STATE] = {-1, -1};
+static char net_clean[1 << 14], net_now[1 << 14];
 static size_t net_clean_len;
+static int notify_fd = -1;   /* seccomp listener: socket(AF_INET/AF_INET6) calls */
+static int net_touched;       /* a run of this worker opened an IP socket */
 
 static size_t read_net_state(char *buf, size_t cap) {
     size_t len = 0;
@@ -660,18 +660,63 @@ static size_t read_net_state(char *buf, size_t cap) {
 }
 
 static int net_dirty(void) {
+    if (net_touched) return 1;
     size_t n = read_net_state(net_now, sizeof net_now);
     return n != net_clean_len || memcmp(net_now, net_clean, n) != 0;
 }
 
+/* Kept open for the worker's life: a file stays bound to the namespace it
+   was opened in, and each check is one pread. */
 static void open_net_state(void) {
     char path[64];
     for (int i = 0; i < N_NET_STATE; i++) {
-        if (net_fds[i] >= 0) close(net_fds[i]);
         snprintf(path, sizeof path, "/proc/thread-self/net/%s", NET_STATE[i]);
-        net_fds[i] = open(path, O_RDONLY | O_CLOEXEC); /* -1: absent (no IPv6) */
+        net_fds[i] = open(path, O_RDONLY | O_CLOEXEC);
+        if (net_fds[i] < 0) die("open %s", path);
     }
     net_clean_len = read_net_state(net_clean, sizeof net_clean);
+}
+
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#define X32_BIT 0x40000000u
+#elif defined(__aarch64__)
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#define X32_BIT 0xffffffffu
+#endif
+
+/* A filter of the worker's own, under the run policy: socket(AF_INET or
+   AF_INET6) (family is an int: the low 32 bits are compared, as the kernel
+   reads them), any call of another ABI, and x32 calls make the caller wait
+   for the worker, which notes it and lets the call go on (the policy has
+   already passed it: a stricter verdict of the policy wins over this one).
+   Runs that never open an IP socket never wait; one that does pays a round
+   trip to the worker (~10 us) per such socket. */
+static void watch_sockets(void) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 0, 6),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_BIT, 4, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+    notify_fd = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+    if (notify_fd < 0) die("seccomp listener");
+}
+
+static void answer_socket_calls(void) {
+    struct seccomp_notif req;
+    memset(&req, 0, sizeof req);
+    if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0) return; /* caller died meanwhile */
+    net_touched = 1;
+    struct seccomp_notif_resp resp = {.id = req.id, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
+    ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 }
 
 static void fresh_netns(void) {
@@ -926,8 +971,9 @@ static void do_run(ssize_t len, int *fds, int nfds) {
             int next = (int)((h.cpu_ns - used) / (uint64_t)ncpu / 1000000ull) + 1;
             if (timeout < 0 || next < timeout) timeout = next;
         }
-        struct pollfd pf[2] = {{sigfd, POLLIN, 0}, {SOCK_FD, POLLIN, 0}};
-        int n = poll(pf, 2, timeout);
+        struct pollfd pf[3] = {{sigfd, POLLIN, 0}, {SOCK_FD, POLLIN, 0}, {notify_fd, POLLIN, 0}};
+        int n = poll(pf, 3, timeout);
+        if (pf[2].revents & POLLIN) answer_socket_calls();
         if (n < 0 && errno != EINTR) break;
         if (pf[1].revents & (POLLHUP | POLLERR)) _exit(0); /* daemon gone: the box dies with us */
         if (pf[1].revents & POLLIN) {
@@ -1067,9 +1113,10 @@ static void worker_main(void) {
     /* Orphans of a run are ours to reap and kill, not PID 1's. */
     if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) die("subreaper");
     fresh_netns();
+    open_net_state();
+    watch_sockets();
     if (seccomp_prog.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &seccomp_prog) < 0)
         die("seccomp");
-    open_net_state();
     /* Every worker's first READY carries /box: a worker a reset handed over
        to has not seen the /box fd its predecessor may have opened. */
     if (pending_boxfd >= 0) close(pending_boxfd);
