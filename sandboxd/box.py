@@ -276,6 +276,13 @@ class Box:
         assert self.chan is not None
         data, fds = await self.chan.request(proto.KIND.pack(proto.MSG_RESET))
         _check_reply(data, fds, proto.MSG_READY)
+        if fds:
+            # The agent replaced /box with a fresh tmpfs (what the job left
+            # could not be emptied in place): files go through the new root.
+            os.close(self.boxfd)
+            self.boxfd = fds[0]
+            for fd in fds[1:]:
+                os.close(fd)
         # After the tmpfs is emptied: its pages were charged to the box's cgroup.
         self.cg.between_runs()
 

@@ -6,7 +6,7 @@ import os
 
 from conftest import SyncEngine
 
-from sandboxd.schema import FileIn, Limits, MiB
+from sandboxd.schema import FileIn, Limits, MiB, RunRequest, RunResult
 
 
 def sh(engine: SyncEngine, script: str, **kw: object) -> tuple[str, str, str]:
@@ -250,3 +250,104 @@ def test_files_in_never_follow_what_a_program_planted(engine: SyncEngine, tmp_pa
     refused = engine.call(scenario())
     assert len(refused) == 3, refused
     assert not os.path.exists(target) and not os.path.exists(os.path.join(tmp_path, "y"))
+
+
+def _on_one_box(engine: SyncEngine, plant: str, probe: str) -> tuple[RunResult, RunResult, int, int]:
+    """Runs `plant`, resets that very box, runs `probe` on it: both results and
+    /box's device before and after (a new device = a fresh tmpfs)."""
+    eng = engine.engine
+
+    async def scenario() -> tuple[RunResult, RunResult, int, int]:
+        box = await eng.box()
+        try:
+            dev = os.fstat(box.boxfd).st_dev
+            limits = Limits(cpu_time=10, wall_time=20)
+            r = await box.run(RunRequest(cmd=["python3", "-S", "-c", plant], limits=limits))
+            await box.reset()
+            files = [FileIn("probe.sh", probe.encode())]
+            p = await box.run(RunRequest(cmd=["sh", "/box/probe.sh"], files_in=files))
+            return r, p, dev, os.fstat(box.boxfd).st_dev
+        finally:
+            eng.release(box)
+
+    return engine.call(scenario())
+
+
+_CLEAN = (
+    "find /box /tmp /dev/shm -mindepth 1 -not -name probe.sh | wc -l;"
+    " python3 -S -c \"import os; print(os.listxattr('/box'))\""
+)
+_MESS = """
+import os, socket
+os.chdir('/box')
+for i in range(2000):
+    os.mkdir('d'); os.chdir('d')
+os.chdir('/box')
+os.makedirs('locked/inner'); open('locked/inner/f', 'w').close(); os.chmod('locked/inner', 0); os.chmod('locked', 0)
+os.mkfifo('fifo'); socket.socket(socket.AF_UNIX).bind('sock')
+"""
+
+
+def test_reset_empties_in_place_whatever_a_job_leaves(engine: SyncEngine) -> None:
+    # 1000 xattr names (~26 KiB): more than the agent's old 8 KiB buffer held
+    # (its reset failed with ERANGE and the box was rebuilt after every run).
+    plant = "import os\nfor i in range(1000): os.setxattr('/box', 'user.%020d' % i, b'')\n" + _MESS
+    pool = engine.engine.pools["host"]
+    recycled = pool.stats.recycled
+    r, p, dev, dev_after = _on_one_box(engine, plant, _CLEAN)
+    assert r.status == "ok", r
+    assert (p.status, p.stdout) == ("ok", b"0\n[]\n"), p
+    assert dev_after == dev  # emptied in place: the common, cheap path
+    assert pool.stats.recycled == recycled
+
+
+def test_reset_replaces_box_tmpfs_when_its_xattrs_cannot_be_listed(engine: SyncEngine) -> None:
+    # Past 64 KiB of names the kernel lists none (E2BIG): they cannot be
+    # removed by name, so /box gets a fresh tmpfs, and the daemon its new fd.
+    plant = "import os\nfor i in range(12000): os.setxattr('/box', 'user.%0100d' % i, b'')\n"
+    plant += "try:\n    os.listxattr('/box')\nexcept OSError as e:\n    print(e.strerror)\n"
+    pool = engine.engine.pools["host"]
+    recycled = pool.stats.recycled
+    r, p, dev, dev_after = _on_one_box(engine, plant, _CLEAN + "; stat -c %a /box")
+    assert (r.status, r.stdout) == ("ok", b"Argument list too long\n"), r
+    assert (p.status, p.stdout) == ("ok", b"0\n[]\n755\n"), p  # probe.sh came in through the new fd
+    assert dev_after != dev
+    assert pool.stats.recycled == recycled
+
+
+def test_network_namespace_is_replaced_only_after_the_network_was_used(engine: SyncEngine) -> None:
+    eng = engine.engine
+    probe = RunRequest(cmd=["sh", "-c", "readlink /proc/self/ns/net; echo $$"])
+    quiet = RunRequest(cmd=["sh", "-c", "true; true"])
+    tcp = "import socket\nl = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()\n"
+    tcp += "socket.create_connection(l.getsockname())"
+    # No packet at all, yet the namespace counts it (Ip OutNoRoutes): only
+    # the worker's watch on IP sockets tells the reset about this run.
+    unroutable = "import socket\ntry:\n    socket.socket().connect(('198.18.0.1', 80))\nexcept OSError:\n    pass"
+    runs = [quiet, quiet, RunRequest(cmd=["python3", "-S", "-c", tcp]), quiet]
+    runs += [RunRequest(cmd=["python3", "-S", "-c", unroutable]), quiet]
+    noroutes = RunRequest(cmd=["sh", "-c", "grep Ip: /proc/net/snmp | tail -1 | cut -d' ' -f13"])
+
+    async def scenario() -> list[tuple[str, str, str]]:
+        box = await eng.box()
+        try:
+            seen = []
+            for req in runs:
+                r = await box.run(req)
+                assert r.status == "ok", r
+                await box.reset()
+                p = await box.run(probe)
+                n = await box.run(noroutes)
+                await box.reset()
+                ns, pid = p.stdout.decode().split()
+                seen.append((ns, pid, n.stdout.decode().strip()))
+            return seen
+        finally:
+            eng.release(box)
+
+    seen = engine.call(scenario())
+    assert [pid for _, pid, _ in seen] == ["10"] * len(runs), seen  # every run starts at the same pid
+    assert [n for _, _, n in seen] == ["0"] * len(runs), seen  # OutNoRoutes: nothing of the run before
+    nss = [ns for ns, _, _ in seen]
+    # A run that never used the network keeps the namespace (it costs ~0.8 ms to make one).
+    assert nss[0] == nss[1] and nss[2] != nss[1] and nss[3] == nss[2] and nss[4] != nss[3] and nss[5] == nss[4], seen

@@ -336,9 +336,13 @@ def test_hostile(engine: SyncEngine, path: Path) -> None:
             assert box.runs == want, f"{path.name}: the check was meant for box {box.name}: {box.runs} runs, not {want}"
 
         try:
+            recycled = engine.engine.pools[pool].stats.recycled
             r, elapsed = run_once(engine, plant, compile_case(engine, plant))
             check(plant, r, elapsed, "plant")
             assert on_every_box(engine, pool, check_on) >= 1
+            # A box whose reset failed is rebuilt, and the check would then
+            # prove nothing about what a reset leaves: every box must survive.
+            assert engine.engine.pools[pool].stats.recycled == recycled, f"{path.name}: a reset failed, box rebuilt"
         finally:
             fresh_boxes(engine, pool)
     # Whatever the case did, the pool still serves a normal run.

@@ -15,7 +15,8 @@
  *
  * Process layout: the daemon execs this binary ("outer"); outer unshares the
  * namespaces and forks "inner", which is PID 1 of the new pid namespace and
- * does all the work.  Outer only waits for inner and mirrors its exit, so the
+ * builds the box; inner forks the "worker", which serves the daemon (see
+ * "workers" below).  Outer only waits for inner and mirrors its exit, so the
  * daemon can reap it; both die with their parent (PR_SET_PDEATHSIG), and when
  * inner dies the kernel kills everything in the box.
  */
@@ -25,7 +26,9 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/mount.h>
+#include <linux/audit.h>
 #include <linux/seccomp.h>
+#include <stddef.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
@@ -48,9 +51,11 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
+#include <linux/limits.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -272,16 +277,22 @@ static const unsigned long TMPFS_FLAGS = MS_NOSUID | MS_NODEV;
 static const char *WORK_DIRS[] = {"/box", "/tmp", "/dev/shm", "/dev/mqueue"};
 #define N_WORK 4
 
-static void mount_work_areas(void) {
+static void mount_work_area(int i) {
+    static const unsigned modes[] = {0755, 01777, 01777};
     uint64_t sizes[] = {box_bytes, tmp_bytes, shm_bytes};
-    unsigned modes[] = {0755, 01777, 01777};
-    for (int i = 0; i < 3; i++)
+    if (i < 3) {
         mount_tmpfs(WORK_DIRS[i], sizes[i], modes[i], i == 0 ? box_uid : 0, i == 0 ? box_gid : 0,
                     TMPFS_FLAGS);
+        return;
+    }
     /* POSIX message queues of this IPC namespace, visible so we can remove them. */
-    if (mkdir("/dev/mqueue", 01777) < 0) die("mkdir /dev/mqueue");
     if (mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         die("mount mqueue");
+}
+
+static void mount_work_areas(void) {
+    if (mkdir("/dev/mqueue", 01777) < 0) die("mkdir /dev/mqueue");
+    for (int i = 0; i < N_WORK; i++) mount_work_area(i);
 }
 
 /* Empty a directory in place without recursion and without ever following a
@@ -344,8 +355,21 @@ static int empty_dir(const char *path) {
     return rc;
 }
 
-/* SysV IPC objects of the box's IPC namespace (listed in its /proc). */
+/* SysV IPC objects of the box's IPC namespace (listed in its /proc).  The
+   *_INFO calls count them for a syscall each: most runs leave none, and the
+   listings cost ~15 us apiece. */
+static int sysv_in_use(void) {
+    struct shm_info shm;
+    struct msginfo msg;
+    struct seminfo sem;
+    if (shmctl(0, SHM_INFO, (struct shmid_ds *)&shm) < 0 || msgctl(0, MSG_INFO, (struct msqid_ds *)&msg) < 0 ||
+        semctl(0, 0, SEM_INFO, &sem) < 0)
+        return 1; /* cannot tell: look */
+    return shm.used_ids || msg.msgpool || sem.semusz;
+}
+
 static void remove_sysv(void) {
+    if (!sysv_in_use()) return;
     const char *files[] = {"/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem"};
     for (int k = 0; k < 3; k++) {
         FILE *f = fopen(files[k], "re");
@@ -368,16 +392,20 @@ static void remove_sysv(void) {
 }
 
 /* A run may have changed a work area's root itself (it owns /box): mode,
-   owner, xattrs, ACLs (which are xattrs).  Put them back, through an fd. */
+   owner, xattrs, ACLs (which are xattrs).  Put them back, through an fd.
+   The kernel never lists more than XATTR_LIST_MAX (64 KiB) of names at once;
+   a job can set more (tmpfs takes them until its inode space is full), and
+   then listing fails with E2BIG: the caller replaces the whole work area. */
+static char xattr_names[XATTR_LIST_MAX];
+
 static int restore_root(const char *path, unsigned mode, uid_t uid, gid_t gid) {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return -1;
     int rc = 0;
     if (fchown(fd, uid, gid) < 0 || fchmod(fd, mode) < 0) rc = -1;
-    char names[8192];
     ssize_t n = 0;
-    while (rc == 0 && (n = flistxattr(fd, names, sizeof names)) > 0) {
-        for (char *name = names; name < names + n; name += strlen(name) + 1)
+    while (rc == 0 && (n = flistxattr(fd, xattr_names, sizeof xattr_names)) > 0) {
+        for (char *name = xattr_names; name < xattr_names + n; name += strlen(name) + 1)
             if (fremovexattr(fd, name) < 0 && errno != ENODATA) rc = -1;
     }
     if (n < 0 && errno != ENOTSUP) rc = -1;
@@ -385,27 +413,73 @@ static int restore_root(const char *path, unsigned mode, uid_t uid, gid_t gid) {
     return rc;
 }
 
+static int priv_call(unsigned char cmd, unsigned char arg);
+enum { PRIV_WORKER = 1, PRIV_REMOUNT = 2 };
+static int pending_boxfd = -1; /* a new /box fd for the daemon, sent with the next READY */
+
+/* Empty each work area in place (cheap, the common case).  Whatever a job
+   left that cannot be undone in place (more xattr names on a root than the
+   kernel will list, anything else that fails) costs that area a fresh tmpfs
+   instead: a job can make its own next reset slower, never fail. */
 static int reset_box(void) {
     int rc = 0;
     for (int i = 0; i < N_WORK; i++) {
-        if (empty_dir(WORK_DIRS[i]) < 0) rc = -1;
         int is_box = i == 0;
-        if (restore_root(WORK_DIRS[i], is_box ? 0755 : 01777, is_box ? box_uid : 0, is_box ? box_gid : 0) < 0) rc = -1;
+        if (empty_dir(WORK_DIRS[i]) == 0 &&
+            restore_root(WORK_DIRS[i], is_box ? 0755 : 01777, is_box ? box_uid : 0, is_box ? box_gid : 0) == 0)
+            continue;
+        int err = priv_call(PRIV_REMOUNT, (unsigned char)i);
+        if (err) {
+            errno = err;
+            rc = -1;
+            continue;
+        }
+        if (is_box) {
+            if (pending_boxfd >= 0) close(pending_boxfd);
+            pending_boxfd = open("/box", O_PATH | O_DIRECTORY | O_CLOEXEC);
+            if (pending_boxfd < 0) rc = -1;
+        }
     }
     remove_sysv();
     return rc;
 }
 
+/* Kept from before /proc/sys is made read-only (see mask_proc): resets set
+   the pid counter through it.  Never inherited by a run. */
+static int last_pid_fd = -1;
+
+/* What a program has no need for and the host would give away: kernel
+   addresses and internals, other tenants' activity (locks, pressure, disk
+   and interrupt counters), the host's boot (cmdline, boot_id), its devices.
+   Files are covered with /dev/null, directories with an empty read-only
+   tmpfs.  What stays readable is what runtimes read: cpuinfo, meminfo, stat
+   (glibc's CPU count falls back to it), loadavg, uptime, version, self/. */
 static void mask_proc(void) {
     const char *masked[] = {"/proc/kcore", "/proc/keys", "/proc/key-users", "/proc/timer_list",
                             "/proc/sched_debug", "/proc/latency_stats", "/proc/kpagecount",
                             "/proc/kpageflags", "/proc/kpagecgroup", "/proc/sysrq-trigger",
-                            "/proc/kallsyms", "/proc/kmsg", "/proc/config.gz", NULL};
+                            "/proc/kallsyms", "/proc/kmsg", "/proc/config.gz", "/proc/cmdline",
+                            "/proc/locks", "/proc/diskstats", "/proc/partitions", "/proc/swaps",
+                            "/proc/modules", "/proc/interrupts", "/proc/softirqs", "/proc/vmallocinfo",
+                            "/proc/zoneinfo", "/proc/slabinfo", "/proc/buddyinfo", "/proc/pagetypeinfo",
+                            "/proc/iomem", "/proc/ioports", "/proc/dma", "/proc/mtrr", "/proc/devices",
+                            "/proc/misc", "/proc/schedstat", "/proc/vmstat", "/proc/crypto",
+                            "/proc/execdomains", "/proc/fb", "/proc/consoles", "/proc/cgroups",
+                            "/proc/allocinfo", "/proc/bootconfig", "/proc/mdstat", "/proc/sys/kernel/random/boot_id",
+                            "/proc/sys/kernel/tainted", NULL};
+    const char *empty_dirs[] = {"/proc/pressure", "/proc/tty", NULL};
     const char *ro[] = {"/proc/sys", "/proc/bus", "/proc/irq", "/proc/fs", "/proc/acpi",
                         "/proc/scsi", "/proc/asound", "/proc/driver", NULL};
+    last_pid_fd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
+    if (last_pid_fd < 0) die("open ns_last_pid");
     for (int i = 0; masked[i]; i++) {
-        if (access(masked[i], F_OK) == 0 && mount("/.oldroot/dev/null", masked[i], NULL, MS_BIND, NULL) < 0)
+        if (access(masked[i], F_OK) == 0 && mount("/dev/null", masked[i], NULL, MS_BIND, NULL) < 0)
             die("mask %s", masked[i]);
+    }
+    for (int i = 0; empty_dirs[i]; i++) {
+        if (access(empty_dirs[i], F_OK) == 0 &&
+            mount("tmpfs", empty_dirs[i], "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=555") < 0)
+            die("mask %s", empty_dirs[i]);
     }
     for (int i = 0; ro[i]; i++) {
         if (access(ro[i], F_OK) != 0) continue;
@@ -415,16 +489,18 @@ static void mask_proc(void) {
     }
 }
 
+/* Device nodes of the box's own tmpfs, not binds of the host's devtmpfs
+   nodes: the box's mountinfo then names no host mount (devtmpfs' size
+   option is half the host's RAM). */
 static void setup_dev(void) {
     mount_tmpfs("/dev", 1 << 20, 0755, 0, 0, MS_NOSUID | MS_NOEXEC);
     const char *nodes[] = {"null", "zero", "full", "random", "urandom", NULL};
-    char src[64], dst[64];
+    const unsigned minors[] = {3, 5, 7, 8, 9};
+    char dst[64];
     for (int i = 0; nodes[i]; i++) {
-        snprintf(src, sizeof src, "/.oldroot/dev/%s", nodes[i]);
         snprintf(dst, sizeof dst, "/dev/%s", nodes[i]);
-        make_target(src, dst);
-        if (mount(src, dst, NULL, MS_BIND, NULL) < 0) die("bind %s", src);
-        set_attr_recursive(dst, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+        if (mknod(dst, S_IFCHR | 0666, makedev(1, minors[i])) < 0 || chmod(dst, 0666) < 0)
+            die("mknod %s", dst);
     }
     if (mkdir("/dev/shm", 01777) < 0) die("mkdir /dev/shm");
     symlink("/proc/self/fd", "/dev/fd");
@@ -538,8 +614,8 @@ static int setup_box(ssize_t len) {
     if (chdir("/") < 0) die("chdir /");
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") < 0)
         die("mount proc");
-    mask_proc();
     setup_dev();
+    mask_proc();
     if (umount2("/.oldroot", MNT_DETACH) < 0) die("umount oldroot");
     rmdir("/.oldroot");
     mount_work_areas();
@@ -549,16 +625,114 @@ static int setup_box(ssize_t len) {
     if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
         die("remount / ro");
 
+    /* The UTS namespace is the box's for its whole life: a run cannot change
+       the name back (sethostname is denied, /proc/sys is read-only). */
     if (sethostname(hostname, strlen(hostname)) < 0) die("sethostname");
-    lo_up();
     drop_bounding_set();
-    /* The run policy binds the agent too, from here on: it is loaded once
-       (loading costs ~0.4 ms of BPF JIT, too much per run), every run
-       inherits it, and a compromised agent gains nothing the program lacks.
-       Nothing below needs a denied call: resets empty the tmpfs in place. */
-    if (seccomp_prog.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &seccomp_prog) < 0)
-        die("seccomp");
     return boxfd;
+}
+
+/* ---- a fresh network namespace ------------------------------------------
+   Network state lives in the namespace and outlives the processes that made
+   it: TIME_WAIT sockets, lo's and the SNMP counters (some count failures
+   that send no packet: no route, a full send buffer), sockets in flight.  A
+   namespace costs ~0.8 ms to create (IPv4+IPv6 init), more than a whole run,
+   so a run gets a fresh one only when the last one may have left a trace:
+   it created an IPv4 or IPv6 socket (the worker hears of each one, see
+   watch_sockets), or lo's counters or the namespace's unix sockets (in
+   flight until the kernel's unix GC frees them) differ from when it was new.
+   A run that never opens an IP socket, the common case, pays two preads. */
+static const char *NET_STATE[] = {"dev", "unix"};
+#define N_NET_STATE 2
+static int net_fds[N_NET_STATE] = {-1, -1};
+static char net_clean[1 << 14], net_now[1 << 14];
+static size_t net_clean_len;
+static int notify_fd = -1;   /* seccomp listener: socket(AF_INET/AF_INET6) calls */
+static int net_touched;       /* a run of this worker opened an IP socket */
+
+static size_t read_net_state(char *buf, size_t cap) {
+    size_t len = 0;
+    for (int i = 0; i < N_NET_STATE && len < cap; i++) {
+        ssize_t n = net_fds[i] < 0 ? 0 : pread(net_fds[i], buf + len, cap - len, 0);
+        if (n > 0) len += (size_t)n;
+    }
+    return len;
+}
+
+static int net_dirty(void) {
+    if (net_touched) return 1;
+    size_t n = read_net_state(net_now, sizeof net_now);
+    return n != net_clean_len || memcmp(net_now, net_clean, n) != 0;
+}
+
+/* Kept open for the worker's life: a file stays bound to the namespace it
+   was opened in, and each check is one pread. */
+static void open_net_state(void) {
+    char path[64];
+    for (int i = 0; i < N_NET_STATE; i++) {
+        snprintf(path, sizeof path, "/proc/thread-self/net/%s", NET_STATE[i]);
+        net_fds[i] = open(path, O_RDONLY | O_CLOEXEC);
+        if (net_fds[i] < 0) die("open %s", path);
+    }
+    net_clean_len = read_net_state(net_clean, sizeof net_clean);
+}
+
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#define X32_BIT 0x40000000u
+#elif defined(__aarch64__)
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#define X32_BIT 0xffffffffu
+#endif
+
+/* A filter of the worker's own, under the run policy: socket(AF_INET or
+   AF_INET6) (family is an int: the low 32 bits are compared, as the kernel
+   reads them), any call of another ABI, and x32 calls make the caller wait
+   for the worker, which notes it and lets the call go on (the policy has
+   already passed it: a stricter verdict of the policy wins over this one).
+   Runs that never open an IP socket never wait; one that does pays a round
+   trip to the worker (~10 us) per such socket. */
+static void watch_sockets(void) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 0, 6),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_BIT, 4, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+    notify_fd = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+    if (notify_fd < 0) die("seccomp listener");
+}
+
+static void answer_socket_calls(void) {
+    struct seccomp_notif req;
+    memset(&req, 0, sizeof req);
+    if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0) return; /* caller died meanwhile */
+    net_touched = 1;
+    struct seccomp_notif_resp resp = {.id = req.id, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
+    ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+static void fresh_netns(void) {
+    if (unshare(CLONE_NEWNET) < 0) die("unshare net");
+    lo_up();
+}
+
+/* PID numbering is the pid namespace's: left alone, a job would learn how
+   many processes the jobs before it started.  Every run starts at the same
+   number; the agent's own threads take the numbers below it. */
+#define RUN_FIRST_PID 10
+
+static void set_last_pid(int pid) {
+    char buf[16];
+    int n = snprintf(buf, sizeof buf, "%d", pid);
+    if (pwrite(last_pid_fd, buf, (size_t)n, 0) != n) die("write ns_last_pid");
 }
 
 /* ---- runs ---------------------------------------------------------------- */
@@ -797,8 +971,9 @@ static void do_run(ssize_t len, int *fds, int nfds) {
             int next = (int)((h.cpu_ns - used) / (uint64_t)ncpu / 1000000ull) + 1;
             if (timeout < 0 || next < timeout) timeout = next;
         }
-        struct pollfd pf[2] = {{sigfd, POLLIN, 0}, {SOCK_FD, POLLIN, 0}};
-        int n = poll(pf, 2, timeout);
+        struct pollfd pf[3] = {{sigfd, POLLIN, 0}, {SOCK_FD, POLLIN, 0}, {notify_fd, POLLIN, 0}};
+        int n = poll(pf, 3, timeout);
+        if (pf[2].revents & POLLIN) answer_socket_calls();
         if (n < 0 && errno != EINTR) break;
         if (pf[1].revents & (POLLHUP | POLLERR)) _exit(0); /* daemon gone: the box dies with us */
         if (pf[1].revents & POLLIN) {
@@ -856,9 +1031,44 @@ out:
     for (int i = 0; i < nfds; i++) close(fds[i]);
 }
 
+/* ---- workers ----------------------------------------------------------------
+   Inner (PID 1) never serves the daemon: it builds the box, then only does for
+   its worker what the run policy denies (a new network namespace, a fresh
+   tmpfs).  The worker, a child process and the subreaper of every run, serves
+   the daemon under the run policy (loaded once per worker, it costs ~0.4 ms
+   of BPF JIT); every run inherits the worker's policy and network namespace,
+   and a compromised worker can only ask for those two things.  A worker
+   whose namespace a run has touched hands over to a new worker in a new
+   namespace and exits.  kill(-1) from the worker spares only PID 1 and
+   itself.  A process, not a thread: a single-threaded worker keeps glibc
+   and the kernel on their single-threaded paths for every vfork and exec. */
+static int priv_fd = -1; /* the worker's end of its socket to PID 1 */
+
+static int priv_call(unsigned char cmd, unsigned char arg) {
+    unsigned char req[2] = {cmd, arg};
+    if (send(priv_fd, req, sizeof req, MSG_NOSIGNAL) != (ssize_t)sizeof req) return errno;
+    if (cmd == PRIV_WORKER) return 0; /* the new worker answers the daemon */
+    int err = EIO;
+    ssize_t n;
+    do {
+        n = recv(priv_fd, &err, sizeof err, 0);
+    } while (n < 0 && errno == EINTR);
+    return n == (ssize_t)sizeof err ? err : EIO;
+}
+
+static void send_ready(void) {
+    uint32_t t = MSG_READY;
+    send_with_fd(&t, 4, pending_boxfd);
+    if (pending_boxfd >= 0) close(pending_boxfd);
+    pending_boxfd = -1;
+}
+
+static void close_fds(int *fds, int nfds) {
+    for (int i = 0; i < nfds; i++) close(fds[i]);
+}
+
+/* Returns when this worker hands the box over to a new one. */
 static void serve(void) {
-    int boxfd = -1;
-    int configured = 0;
     for (;;) {
         int fds[MAX_FDS], nfds;
         ssize_t n = recv_msg(fds, &nfds);
@@ -870,16 +1080,12 @@ static void serve(void) {
         if (n < 0) _exit(113);
         uint32_t type = 0;
         if (n >= 4) memcpy(&type, msgbuf, 4);
-        if (type == MSG_CONFIG && !configured) {
-            for (int i = 0; i < nfds; i++) close(fds[i]);
-            boxfd = setup_box(n);
-            configured = 1;
-            uint32_t t = MSG_READY;
-            send_with_fd(&t, 4, boxfd);
-        } else if (type == MSG_RUN && configured) {
+        if (type == MSG_RUN) {
             do_run(n, fds, nfds);
-        } else if (type == MSG_RESET && configured) {
-            for (int i = 0; i < nfds; i++) close(fds[i]);
+            continue;
+        }
+        close_fds(fds, nfds);
+        if (type == MSG_RESET) {
             if (kill_all_and_reap(2000000000ull) < 0) {
                 send_error("processes survive SIGKILL", EBUSY);
                 continue;
@@ -888,17 +1094,101 @@ static void serve(void) {
                 send_error("emptying the work areas failed", errno);
                 continue;
             }
-            uint32_t t = MSG_READY;
-            send_with_fd(&t, 4, -1);
+            if (net_dirty()) {
+                priv_call(PRIV_WORKER, 0);
+                return;
+            }
+            set_last_pid(RUN_FIRST_PID - 1);
+            send_ready();
         } else if (type == MSG_KILL) {
-            for (int i = 0; i < nfds; i++) close(fds[i]);
-            /* no run in progress: nothing to do, but answer so the daemon
-               never waits on a lost reply */
+            /* no run in progress: nothing to do */
             kill_all_and_reap(2000000000ull);
         } else {
-            for (int i = 0; i < nfds; i++) close(fds[i]);
             send_error("unexpected message", EPROTO);
         }
+    }
+}
+
+static void worker_main(void) {
+    /* Orphans of a run are ours to reap and kill, not PID 1's. */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) die("subreaper");
+    fresh_netns();
+    open_net_state();
+    watch_sockets();
+    if (seccomp_prog.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &seccomp_prog) < 0)
+        die("seccomp");
+    /* Every worker's first READY carries /box: a worker a reset handed over
+       to has not seen the /box fd its predecessor may have opened. */
+    if (pending_boxfd >= 0) close(pending_boxfd);
+    pending_boxfd = open("/box", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (pending_boxfd < 0) die("open /box");
+    set_last_pid(RUN_FIRST_PID - 1);
+    send_ready();
+    serve();
+}
+
+/* Returns PID 1's end of the new worker's socket. */
+static int start_worker(pid_t *pid) {
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) die("socketpair");
+    set_last_pid(1); /* workers take the pids below RUN_FIRST_PID */
+    *pid = fork();
+    if (*pid < 0) die("fork worker");
+    if (*pid == 0) {
+        close(sp[0]);
+        priv_fd = sp[1];
+        worker_main();
+        _exit(0);
+    }
+    close(sp[1]);
+    return sp[0];
+}
+
+static void priv_loop(void) {
+    pid_t worker;
+    int cur = start_worker(&worker);
+    for (;;) {
+        unsigned char req[2];
+        ssize_t n = recv(cur, req, sizeof req, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n != (ssize_t)sizeof req) _exit(114); /* the worker died: the box dies with it */
+        if (req[0] == PRIV_WORKER) {
+            pid_t old = worker;
+            close(cur);
+            cur = start_worker(&worker);
+            while (waitpid(old, NULL, 0) < 0 && errno == EINTR) {
+            }
+            continue;
+        }
+        int err = EINVAL;
+        if (req[0] == PRIV_REMOUNT && req[1] < N_WORK) {
+            /* The old tmpfs lives on while the daemon holds its /box fd. */
+            err = umount2(WORK_DIRS[req[1]], MNT_DETACH) < 0 ? errno : 0;
+            if (!err) mount_work_area(req[1]);
+        }
+        send(cur, &err, sizeof err, MSG_NOSIGNAL);
+    }
+}
+
+/* Wait for the daemon's CONFIG and build the box from it. */
+static void configure(void) {
+    for (;;) {
+        int fds[MAX_FDS], nfds;
+        ssize_t n = recv_msg(fds, &nfds);
+        if (n == 0) _exit(0);
+        close_fds(fds, nfds);
+        if (n == -2) {
+            send_error("message too large", EMSGSIZE);
+            continue;
+        }
+        if (n < 0) _exit(113);
+        uint32_t type = 0;
+        if (n >= 4) memcpy(&type, msgbuf, 4);
+        if (type == MSG_CONFIG) {
+            close(setup_box(n)); /* each worker opens /box for itself */
+            return;
+        }
+        send_error("unexpected message", EPROTO);
     }
 }
 
@@ -931,6 +1221,7 @@ int main(int argc, char **argv) {
     sigprocmask(SIG_BLOCK, &set, NULL);
     sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sigfd < 0) die("signalfd");
-    serve();
+    configure();
+    priv_loop();
     return 0;
 }
