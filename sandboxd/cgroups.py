@@ -456,12 +456,15 @@ def detect(instance: str = "default", create: bool = True) -> Backend:
 
 
 def other_instances(backend: Backend) -> list[str]:
-    """Names of the other instances that have cgroups on this host."""
-    parent = backend.root.parent
-    if not parent.exists():
-        return []
+    """Names of the other instances that have cgroups on this host (under any
+    controller on v1: a crash may leave one controller's directory alone)."""
+    parents = {r.parent for r in backend.base.values()} if isinstance(backend, V1) else {backend.root.parent}
     mine = backend.root.name
-    return sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name != mine and p.name not in ("daemon",))
+    names: set[str] = set()
+    for parent in parents:
+        with contextlib.suppress(FileNotFoundError):
+            names.update(p.name for p in parent.iterdir() if p.is_dir() and p.name not in (mine, "daemon"))
+    return sorted(names)
 
 
 def for_instance(backend: Backend, instance: str) -> Backend:

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import uvloop
 
-from . import cgroups, config, daemon
+from . import __version__, cgroups, config, daemon
 from .config import COORDINATOR_PATH as COORDINATOR_CONFIG
 from .config import DEFAULT_PATH as DEFAULT_CONFIG
 from .engine import Engine, EngineConfig, InstanceBusy, SourceResult
@@ -33,6 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sandboxd", description="Run untrusted code in warm Linux sandboxes.")
+    p.add_argument("--version", action="version", version=f"sandboxd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser(
         "run",
