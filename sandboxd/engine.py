@@ -23,6 +23,7 @@ import msgspec
 from . import agentbin, cgroups, hostlock, rootfsbuild, seccomp
 from .box import AgentDied, Box, BoxSpec
 from .boxfiles import Refused
+from .health import Health
 from .hostlock import HostLock
 from .languages import Language, load_dir
 from .pool import Pool, UidAllocator
@@ -102,6 +103,7 @@ class Engine:
         self.backend: cgroups.Backend | None = None
         self._instance_lock: HostLock | None = None
         self._uid_lock: HostLock | None = None
+        self.health = Health(lambda: self.backend, lambda: list(self.pools.values()))
 
     @classmethod
     async def start(cls, cfg: EngineConfig | None = None) -> Engine:
@@ -191,6 +193,7 @@ class Engine:
             if lang_id not in self.languages:
                 raise ValueError(f"lang_capacity: unknown language {lang_id!r}")
             self.lang_queues[lang_id] = AdmissionQueue(lang_id, cap, cfg.queue_depth, cfg.aging)
+        self.health.start()
 
     def _resolve_rootfs(self, lang: Language) -> tuple[str, Path | None]:
         """(pool name, tree): the language's built tree if one is live, else the host."""
@@ -283,6 +286,11 @@ class Engine:
                         return RunResult(status="internal_error", message=f"the box failed: {e}")
                 except Refused as e:
                     raise SchemaError(f"files_in: {e}") from None
+                except OSError as e:
+                    # Its cgroup files gone (ENODEV): destroyed underneath us.
+                    box.broken = f"run failed: {e}"
+                    why = self.health.check() or "the box is replaced"
+                    return RunResult(status="internal_error", message=f"the box failed: {e}; {why}")
                 finally:
                     pool.release(box)
         finally:
@@ -432,6 +440,7 @@ class Engine:
         self.pools[rootfs].release(box)
 
     async def close(self) -> None:
+        await self.health.stop()
         await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
         self.pools.clear()
         for fd in self._tree_locks.values():

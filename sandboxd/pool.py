@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -165,6 +166,46 @@ class Pool:
             await box.close()
         finally:
             self.uids.give(box.uid)
+
+    @staticmethod
+    def intact(box: Box) -> bool:
+        """Its agent alive and its cgroups still there (another process may
+        have killed or removed them underneath us)."""
+        return box.alive and all(os.path.isdir(d) for d in box.cg.dirs.values())
+
+    def damage(self) -> str | None:
+        """What is wrong with this pool, in words; None if nothing is."""
+        lost = [b for b in self._live if not self.intact(b)]
+        if lost:
+            return f"pool {self.name}: {len(lost)} of {len(self._live)} boxes lost their agent or cgroup"
+        if len(self._live) + self.stats.building < self.size and self._fails and not self.stats.building:
+            return f"pool {self.name}: cannot build boxes: {self.stats.last_error}"
+        return None
+
+    async def heal(self) -> None:
+        """Replace every box that is not intact and build up to `size` again;
+        returns once the builds are done (or keep failing)."""
+        if self._closed:
+            return
+        self._fails = 0
+        keep: list[Box] = []
+        lost: list[Box] = []
+        while not self._idle.empty():
+            box = self._idle.get_nowait()
+            self.stats.warm -= 1
+            (keep if self.intact(box) else lost).append(box)
+        for box in keep:
+            self._put(box)
+        for box in self._live:
+            if not self.intact(box):
+                box.broken = "its agent or cgroup was destroyed underneath the daemon"  # busy: replaced on release
+        for box in lost:
+            self.stats.recycled += 1
+            await self._destroy(box)
+        for _ in range(self.size - len(self._live) - self.stats.building):
+            self._spawn_build()
+        while self.stats.building and not self._fails:
+            await asyncio.sleep(0.005)
 
     async def close(self) -> None:
         self._closed = True
