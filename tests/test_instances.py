@@ -24,14 +24,15 @@ from daemon_util import Daemon, free_port
 from instances import inst
 from sandboxd_client import Client, RunRequest
 
-from sandboxd import cgroups, config, engine, hostlock
+from sandboxd import cgroups, config, hostlock
+from sandboxd.engine import UID_FLOOR, EngineConfig
 
 SANDBOXD = [sys.executable, "-m", "sandboxd.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def uid_range(uid: int) -> int:
-    return (uid - engine.UID_FLOOR) // engine.EngineConfig().uid_count
+    return (uid - UID_FLOOR) // EngineConfig().uid_count
 
 
 def box_uid(c: Client) -> int:
@@ -270,6 +271,29 @@ def test_start_script_notices_a_daemon_that_died_at_once(tmp_path: Path) -> None
     p = subprocess.run([str(ROOT / "scripts/start.sh")], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 1 and "the daemon exited at once (status 2)" in p.stderr, p.stderr
     assert "pool_size" in p.stderr
+
+
+def test_a_start_leaves_an_instance_alone_while_its_lock_is_held(tmp_path: Path) -> None:
+    """Whatever run_dir either one has: the lock is host-wide."""
+    held = inst("-held")
+    lock = hostlock.HostLock.try_take(held)
+    assert lock is not None
+    try:
+        cgroups.detect(held)  # its cgroups, as a live instance has them
+        assert own_dirs(held)
+        cfg = EngineConfig(instance=inst("-sweeper"), pool_size=1, run_dir=tmp_path / "run")
+        eng = SyncEngine(cfg)
+        try:
+            assert eng.run(["true"]).status == "ok"
+            assert len(own_dirs(held)) == len(_hierarchy(held))
+        finally:
+            eng.close()
+    finally:
+        # Dead now: the next start sweeps it.
+        lock.release()
+    eng = SyncEngine(EngineConfig(instance=inst("-sweeper"), pool_size=1, run_dir=tmp_path / "run"))
+    eng.close()
+    assert not own_dirs(held)
 
 
 def test_a_lock_is_exclusive_and_its_holder_removes_its_file() -> None:
