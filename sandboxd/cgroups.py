@@ -478,6 +478,13 @@ def for_instance(backend: Backend, instance: str) -> Backend:
     return other
 
 
+def has_tasks(backend: Backend) -> bool:
+    """Whether any process is in the instance's cgroups (those of a dead
+    instance empty by themselves: its agents die with it, PDEATHSIG)."""
+    roots = list(backend.base.values()) if isinstance(backend, V1) else [backend.root]
+    return any(_procs(p) for p in [*backend.groups(), *roots])
+
+
 def remove_instance(backend: Backend) -> None:
     """Sweep an instance and remove its own directories too; then the shared
     `sandboxd` parent if no other instance uses it (rmdir is atomic: it fails

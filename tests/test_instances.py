@@ -296,6 +296,26 @@ def test_a_start_leaves_an_instance_alone_while_its_lock_is_held(tmp_path: Path)
     assert not own_dirs(held)
 
 
+def test_a_start_leaves_alone_a_lockless_instance_whose_processes_run(tmp_path: Path) -> None:
+    """A live daemon of an older version (its locks in a run_dir of its own)
+    holds no host-wide lock, but its agents run in its cgroups."""
+    old = inst("-older")
+    be = cgroups.detect(old)
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        for d in _hierarchy(old):
+            (d / "cgroup.procs").write_text(str(proc.pid))
+        eng = SyncEngine(EngineConfig(instance=inst("-sweeper2"), pool_size=1, run_dir=tmp_path / "run"))
+        eng.close()
+        assert len(own_dirs(old)) == len(_hierarchy(old))
+    finally:
+        proc.kill()
+        proc.wait()
+    eng = SyncEngine(EngineConfig(instance=inst("-sweeper2"), pool_size=1, run_dir=tmp_path / "run"))
+    eng.close()
+    assert not own_dirs(old) and not cgroups.has_tasks(be)
+
+
 def test_a_lock_is_exclusive_and_its_holder_removes_its_file() -> None:
     name = inst("-lockfile")
     path = hostlock.LOCK_DIR / f"{name}.lock"
