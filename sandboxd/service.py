@@ -369,6 +369,7 @@ class Service:
             "languages": languages,
             "jobs": jobs,
             "draining": self.draining,
+            "health": {"problem": eng.health.problem, "heals": eng.health.heals},
             "recent_wall_time": {
                 "count": len(recent),
                 "p50": recent[len(recent) // 2] if recent else None,

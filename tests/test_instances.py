@@ -235,6 +235,8 @@ def test_heals_when_its_cgroups_and_agents_are_destroyed_underneath() -> None:
             time.sleep(0.1)
         assert c.run(RunRequest(cmd=["sh", "-c", "echo back"])).stdout == b"back\n"
         assert metric(d, "sandboxd_heals_total") >= 1 and metric(d, "sandboxd_healthy") == 1
+        health = c.status()["health"]
+        assert health["problem"] is None and health["heals"] >= 1, health
         assert own_dirs(inst("-heal"))
         c.close()
         log = d.output()
