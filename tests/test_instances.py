@@ -275,6 +275,47 @@ def test_start_script_notices_a_daemon_that_died_at_once(tmp_path: Path) -> None
     assert "pool_size" in p.stderr
 
 
+def wait_gone(pid: int, timeout: float = 120) -> None:
+    """Until `pid` (not our child: start.sh detached it) has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} still running")
+
+
+def test_start_script_starts_a_daemon_with_client_and_script_variables_set(tmp_path: Path) -> None:
+    sock, pid_file, log = tmp_path / "s.sock", tmp_path / "sandboxd.pid", tmp_path / "log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SANDBOXD_INSTANCE": inst("-startsh"),
+        "SANDBOXD_HTTP": f"127.0.0.1:{free_port()}",
+        "SANDBOXD_SOCKET": str(sock),
+        "SANDBOXD_PID_FILE": str(pid_file),
+        "SANDBOXD_POOL_SIZE": "1",
+        "SANDBOXD_SELFTEST": "false",
+        "SANDBOXD_LOG": str(log),  # start.sh's
+        "SANDBOXD_ADDRESS": f"unix://{sock}",  # the client's
+        "SANDBOXD_TOKEN": "unused-on-the-socket",
+    }
+    p = subprocess.run([str(ROOT / "scripts/start.sh")], capture_output=True, text=True, timeout=300, env=env)
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    try:
+        assert p.returncode == 0, p.stdout + p.stderr + (log.read_text() if log.exists() else "")
+        assert pid is not None and f"(pid {pid}, log {log})" in p.stdout, p.stdout
+        assert "AC" in p.stdout, p.stdout
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            wait_gone(pid)
+    assert not pid_file.exists() and not sock.exists()
+
+
 def test_a_start_leaves_an_instance_alone_while_its_lock_is_held(tmp_path: Path) -> None:
     """Whatever run_dir either one has: the lock is host-wide."""
     held = inst("-held")
