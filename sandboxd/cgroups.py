@@ -455,18 +455,6 @@ def detect(instance: str = "default", create: bool = True) -> Backend:
     return v1
 
 
-def other_instances(backend: Backend) -> list[str]:
-    """Names of the other instances that have cgroups on this host (under any
-    controller on v1: a crash may leave one controller's directory alone)."""
-    parents = {r.parent for r in backend.base.values()} if isinstance(backend, V1) else {backend.root.parent}
-    mine = backend.root.name
-    names: set[str] = set()
-    for parent in parents:
-        with contextlib.suppress(FileNotFoundError):
-            names.update(p.name for p in parent.iterdir() if p.is_dir() and p.name not in (mine, "daemon"))
-    return sorted(names)
-
-
 def for_instance(backend: Backend, instance: str) -> Backend:
     if isinstance(backend, V1):
         return V1(instance, backend.mounts)
@@ -476,13 +464,6 @@ def for_instance(backend: Backend, instance: str) -> Backend:
     other.foreign = backend.foreign
     other.root = backend.parent / instance
     return other
-
-
-def has_tasks(backend: Backend) -> bool:
-    """Whether any process is in the instance's cgroups (those of a dead
-    instance empty by themselves: its agents die with it, PDEATHSIG)."""
-    roots = list(backend.base.values()) if isinstance(backend, V1) else [backend.root]
-    return any(_procs(p) for p in [*backend.groups(), *roots])
 
 
 def remove_instance(backend: Backend) -> None:

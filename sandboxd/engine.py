@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import agentbin, cgroups, hostlock, rootfsbuild, seccomp
+from . import agentbin, cgroups, hostlock, rootfsbuild, seccomp, sweep
 from .box import AgentDied, Box, BoxSpec
 from .boxfiles import Refused
 from .health import Health
@@ -89,34 +89,6 @@ class InstanceBusy(RuntimeError):
     pass
 
 
-async def _sweep_dead(backend: cgroups.Backend) -> None:
-    """Remove the cgroups of instances that died; never those of a live one."""
-    for other in cgroups.other_instances(backend):
-        # Held while sweeping: the instance cannot start (or be alive) meanwhile.
-        lock = HostLock.try_take(other)
-        if lock is None:
-            continue  # alive
-        try:
-            dead = cgroups.for_instance(backend, other)
-            for _ in range(20):  # a crash a moment ago: its agents may still be dying
-                if not cgroups.has_tasks(dead):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                log.warning(
-                    "instance %r holds no lock, yet processes run in its cgroups (a live sandboxd of an older "
-                    "version with a run_dir of its own?): left alone",
-                    other,
-                )
-                continue
-            cgroups.remove_instance(dead)
-            log.warning("removed leftovers of dead instance %r", other)
-        except OSError as e:
-            log.warning("cannot remove leftovers of instance %r: %s", other, e)
-        finally:
-            lock.release()
-
-
 class Engine:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
@@ -180,7 +152,7 @@ class Engine:
         swept = backend.sweep()
         if swept:
             log.warning("removed %d cgroups left by a crashed instance %r", swept, cfg.instance)
-        await _sweep_dead(backend)
+        await sweep.dead_instances(backend)
         hostlock.remove_stale()
         self.languages = load_dir(cfg.languages_dir)
         newroot = cfg.run_dir / "newroot"

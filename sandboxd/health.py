@@ -13,20 +13,14 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 
-from . import cgroups
+from . import cgroups, sweep
 from .pool import Pool
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 1.0  # seconds between checks
 RETRY = 1.0  # seconds between attempts of a heal that failed
-
-
-def hierarchy(backend: cgroups.Backend) -> list[Path]:
-    """The instance's own cgroup directories: every box lives below them."""
-    return list(backend.base.values()) if isinstance(backend, cgroups.V1) else [backend.root]
 
 
 class Health:
@@ -53,7 +47,7 @@ class Health:
         backend = self._backend()
         if backend is None:
             return None
-        for d in hierarchy(backend):
+        for d in sweep.instance_dirs(backend):
             if not os.path.isdir(d):
                 return f"cgroup {d} was removed underneath this daemon"
         for pool in self._pools():

@@ -24,7 +24,7 @@ from daemon_util import Daemon, free_port
 from instances import inst
 from sandboxd_client import Client, RunRequest
 
-from sandboxd import cgroups, config, hostlock
+from sandboxd import cgroups, config, hostlock, sweep
 from sandboxd.engine import UID_FLOOR, EngineConfig
 
 SANDBOXD = [sys.executable, "-m", "sandboxd.cli"]
@@ -53,8 +53,7 @@ def own_dirs(instance: str) -> list[Path]:
 
 
 def _hierarchy(instance: str) -> list[Path]:
-    be = cgroups.for_instance(cgroups.detect("pytest-probe", create=False), instance)
-    return list(be.base.values()) if isinstance(be, cgroups.V1) else [be.root]
+    return sweep.instance_dirs(cgroups.for_instance(cgroups.detect("pytest-probe", create=False), instance))
 
 
 class Load:
@@ -356,7 +355,7 @@ def test_a_start_leaves_alone_a_lockless_instance_whose_processes_run(tmp_path: 
         proc.wait()
     eng = SyncEngine(EngineConfig(instance=inst("-sweeper2"), pool_size=1, run_dir=tmp_path / "run"))
     eng.close()
-    assert not own_dirs(old) and not cgroups.has_tasks(be)
+    assert not own_dirs(old) and not sweep.has_tasks(be)
 
 
 def test_a_lock_is_exclusive_and_its_holder_removes_its_file() -> None:
