@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
-import hashlib
 import logging
 import os
 import socket
 import stat
 import struct
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -194,10 +194,11 @@ def check_free(path: str) -> None:
 
 
 def _bind(path: str) -> socket.socket:
-    # Under a host lock on the path: two daemons starting on one stale socket
-    # never unlink the one the other just bound.
-    name = "socket-" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
-    lock = HostLock.try_take(name)
+    # Under a lock on the path: two daemons starting on one stale socket never
+    # unlink the one the other just bound.  Next to the socket, not in the
+    # host-wide lock directory: the coordinator (an unprivileged dynamic user)
+    # may write only its own runtime directory.
+    lock = HostLock.try_path(Path(path + ".lock"))
     if lock is None:
         raise SocketInUse(f"socket {path}: another process is binding it right now")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

@@ -196,6 +196,7 @@ def test_a_stale_socket_is_replaced_and_only_our_own_is_removed(tmp_path: Path) 
     finally:
         assert d.stop() == 0, d.output()
     assert os.stat(sock).st_ino == theirs
+    assert not list(tmp_path.glob("*.lock"))  # the claim's lock went with the claim
 
 
 def test_heals_when_its_cgroups_and_agents_are_destroyed_underneath() -> None:
