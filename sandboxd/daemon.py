@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import __version__, httpserver, unixserver
+from . import __version__, httpserver, unixserver, unixsocket
 from .config import Config
 from .engine import Engine, EngineConfig
 from .fleet.host import HostSettings, HostWorker, ServiceExecutor
@@ -157,7 +157,7 @@ async def serve_frontend(
         for s in servers:
             s.close()
         if cfg.socket:
-            unixserver.unlink_own(cfg.socket)
+            unixsocket.unlink_own(cfg.socket)
         if pid_lock is not None:
             release_pid_file(pid_lock)
         if watchdog is not None:
@@ -190,7 +190,7 @@ def fleet_host_id(cfg: Config) -> str:
 async def serve(cfg: Config) -> int:
     t0 = time.monotonic()
     if cfg.socket:
-        unixserver.check_free(cfg.socket)  # before the pool is built: refuse at once
+        unixsocket.check_free(cfg.socket)  # before the pool is built: refuse at once
     ecfg = EngineConfig(
         instance=cfg.instance,
         state_dir=Path(cfg.state_dir),
