@@ -33,6 +33,7 @@ def start_daemon(pool: int) -> tuple[subprocess.Popen[bytes], str]:
     sock = f"{d}/sandboxd.sock"
     cmd = [sys.executable, "-m", "sandboxd.cli", "serve", "--config", "/dev/null", "--instance", "bench-daemon"]
     cmd += ["--socket", sock, "--http", "", "--pool-size", str(pool), "--log-format", "json"]
+    cmd += ["--pid-file", f"{d}/sandboxd.pid"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "wb"))  # noqa: SIM115
     for _ in range(300):
         if os.path.exists(sock):

@@ -100,6 +100,7 @@ def start_host(url: str, http: str) -> str:
     sock = str(TMP / "host.sock")
     cmd = [sys.executable, "-m", "sandboxd.cli", "serve", "--config", "/dev/null", "--instance", "bench-fleet"]
     cmd += ["--socket", sock, "--http", http, "--pool-size", "2", "--fleet", url, "--fleet-host-id", "bench"]
+    cmd += ["--pid-file", str(TMP / "host.pid")]
     p = spawn("host", cmd, {"SANDBOXD_SELFTEST": "false"})
     wait_for(sock, p, "host daemon")
     return sock

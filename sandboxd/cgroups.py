@@ -477,15 +477,6 @@ def detect(instance: str = "default", create: bool = True) -> Backend:
     return v1
 
 
-def other_instances(backend: Backend) -> list[str]:
-    """Names of the other instances that have cgroups on this host."""
-    parent = backend.root.parent
-    if not parent.exists():
-        return []
-    mine = backend.root.name
-    return sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name != mine and p.name not in ("daemon",))
-
-
 def for_instance(backend: Backend, instance: str) -> Backend:
     if isinstance(backend, V1):
         return V1(instance, backend.mounts)

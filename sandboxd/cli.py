@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import uvloop
 
-from . import cgroups, config, daemon
+from . import __version__, cgroups, config, daemon
 from .config import COORDINATOR_PATH as COORDINATOR_CONFIG
 from .config import DEFAULT_PATH as DEFAULT_CONFIG
 from .engine import Engine, EngineConfig, InstanceBusy, SourceResult
@@ -33,6 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sandboxd", description="Run untrusted code in warm Linux sandboxes.")
+    p.add_argument("--version", action="version", version=f"sandboxd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser(
         "run",
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--socket", help="Unix socket path ('' disables)")
     s.add_argument("--http", help="HTTP host:port ('' disables)")
     s.add_argument("--pool-size", type=int, dest="pool_size", help="warm boxes per rootfs")
+    s.add_argument("--run-dir", dest="run_dir", help="runtime directory (boxes' mount point, pid file)")
+    s.add_argument("--pid-file", dest="pid_file", help="pid file (default run_dir/sandboxd.pid)")
     s.add_argument("--log-format", choices=["text", "json"], dest="log_format")
     s.add_argument("--fleet", help="join the fleet at this Redis URL (claim jobs while boxes are free)")
     s.add_argument("--fleet-host-id", dest="fleet_host_id", help="this host's id in the fleet (default: hostname)")
@@ -119,7 +122,7 @@ def _start(
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    keys = ("instance", "socket", "http", "pool_size", "log_format", "fleet", "fleet_host_id")
+    keys = ("instance", "socket", "http", "pool_size", "run_dir", "pid_file", "log_format", "fleet", "fleet_host_id")
     return _start(ns, keys, daemon.serve)
 
 

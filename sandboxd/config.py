@@ -82,9 +82,29 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     state_dir: str = "/var/lib/sandboxd"
     run_dir: str = "/run/sandboxd"
+    # `serve` writes its pid here once its socket is bound, and removes it on exit; "" = run_dir/sandboxd.pid.
+    pid_file: str = ""
 
 
 FIELDS = Config.__struct_fields__
+
+
+# SANDBOXD_* variables that are not daemon settings: the client's (`sandboxd
+# submit`), scripts/start.sh's, the test harness's and internal ones.  The
+# daemon ignores them; any other SANDBOXD_<KEY> must name a setting.
+RESERVED_ENV = ("SANDBOXD_ADDRESS", "SANDBOXD_TOKEN", "SANDBOXD_LOG", "SANDBOXD_IN_SCOPE", "SANDBOXD_CGROUP_DELEGATED")
+RESERVED_ENV_PREFIXES = ("SANDBOXD_CLIENT_", "SANDBOXD_SCRIPT_", "SANDBOXD_VM_", "SANDBOXD_TEST_")
+
+
+def env_setting(key: str) -> str | None:
+    """The setting an environment variable sets, None if it is not one of ours;
+    raises ConfigError for a SANDBOXD_ name that is neither (a typo)."""
+    if not key.startswith("SANDBOXD_") or key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
+        return None
+    name = key.removeprefix("SANDBOXD_").lower()
+    if name not in FIELDS:
+        raise ConfigError(f"{key}: unknown setting {name!r} (see `sandboxd config --defaults`)")
+    return name
 
 
 def _coerce_env(raw: str) -> Any:
@@ -113,10 +133,8 @@ def load(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: {e}") from None
     for key, raw in (env if env is not None else os.environ).items():
-        if key.startswith("SANDBOXD_") and key not in ("SANDBOXD_STATE_DIR",):
-            name = key.removeprefix("SANDBOXD_").lower()
-            if name not in FIELDS:
-                raise ConfigError(f"{key}: unknown setting {name!r}")
+        name = env_setting(key)
+        if name is not None:
             data[name] = raw if isinstance(getattr(Config, name, None), str) else _coerce_env(raw)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -16,11 +17,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import __version__, httpserver, unixserver
+from . import __version__, httpserver, unixserver, unixsocket
 from .config import Config
 from .engine import Engine, EngineConfig
 from .fleet.host import HostSettings, HostWorker, ServiceExecutor
 from .fleet.store import FleetStore
+from .hostlock import HostLock
 from .service import Service
 from .wire import Frontend
 
@@ -79,9 +81,11 @@ async def serve_frontend(
     extra_routes: Callable[[web.Application], None] | None = None,
     reload: Callable[[], None] | None = None,
     t0: float | None = None,
+    pid_file: Path | None = None,
 ) -> None:
     """Serve `frontend` on the Unix socket and HTTP until SIGTERM/SIGINT, with
-    systemd's notify protocol; then close the listeners and await `stopping()`."""
+    systemd's notify protocol; then close the listeners and await `stopping()`.
+    pid_file: written once the socket is bound, removed on exit if still ours."""
     t0 = time.monotonic() if t0 is None else t0
     servers: list[asyncio.AbstractServer] = []
     runners: list[web.AppRunner] = []
@@ -92,11 +96,14 @@ async def serve_frontend(
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, reload)
     watchdog: asyncio.Task[None] | None = None
+    pid_lock: HostLock | None = None
     try:
         if cfg.socket:
             servers.append(
                 await unixserver.start(frontend, cfg.socket, int(cfg.socket_mode, 8), cfg.socket_group, cfg.max_body)
             )
+        if pid_file is not None:
+            pid_lock = write_pid_file(pid_file)
         apps: list[tuple[str, web.Application]] = []
         if cfg.http:
             apps.append(
@@ -115,7 +122,11 @@ async def serve_frontend(
             runner = web.AppRunner(app, access_log=None)
             runners.append(runner)
             await runner.setup()
-            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            try:
+                await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            except OSError as e:
+                reason = "in use (another sandboxd?)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+                raise RuntimeError(f"cannot listen on {addr}: {reason}; choose another address") from None
         # One line with everything an operator checks first (tests/vm parse it).
         elapsed = time.monotonic() - t0
         own = "".join(
@@ -146,10 +157,27 @@ async def serve_frontend(
         for s in servers:
             s.close()
         if cfg.socket:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(cfg.socket)
+            unixsocket.unlink_own(cfg.socket)
+        if pid_lock is not None:
+            release_pid_file(pid_lock)
         if watchdog is not None:
             watchdog.cancel()
+
+
+def write_pid_file(path: Path) -> HostLock:
+    """Our pid in `path`, under an flock held for our lifetime: a pid file
+    whose lock is held belongs to a live daemon (a pid alone may be reused)."""
+    lock = HostLock.try_path(path)
+    if lock is None:
+        held = path.read_text(errors="replace").strip() if path.exists() else "?"
+        raise RuntimeError(f"pid file {path}: held by live process {held}; choose another `pid_file` or `run_dir`")
+    lock.write(f"{os.getpid()}\n")
+    return lock
+
+
+def release_pid_file(lock: HostLock) -> None:
+    # Removed only if it still holds our pid (the lock makes that certain; the check keeps it obvious).
+    lock.release(remove=lock.read().strip() == str(os.getpid()))
 
 
 def fleet_host_id(cfg: Config) -> str:
@@ -161,6 +189,8 @@ def fleet_host_id(cfg: Config) -> str:
 
 async def serve(cfg: Config) -> int:
     t0 = time.monotonic()
+    if cfg.socket:
+        unixsocket.check_free(cfg.socket)  # before the pool is built: refuse at once
     ecfg = EngineConfig(
         instance=cfg.instance,
         state_dir=Path(cfg.state_dir),
@@ -220,7 +250,8 @@ async def serve(cfg: Config) -> int:
             cfg.pool_size,
             f", fleet {cfg.fleet} as host {fleet_host_id(cfg)}" if cfg.fleet else "",
         )
-        await serve_frontend(cfg, svc, what=what, stopping=stopping, reload=reload, t0=t0)
+        pid_file = Path(cfg.pid_file or Path(cfg.run_dir) / "sandboxd.pid")
+        await serve_frontend(cfg, svc, what=what, stopping=stopping, reload=reload, t0=t0, pid_file=pid_file)
     finally:
         await engine.close()
         log.info("stopped")

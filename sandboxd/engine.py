@@ -19,10 +19,12 @@ from pathlib import Path
 
 import msgspec
 
-from . import agentbin, cgroups, rootfsbuild, seccomp
+from . import agentbin, cgroups, hostlock, rootfsbuild, seccomp, sweep
 from .box import AgentDied, Box, BoxSpec
 from .boxfiles import Refused
 from .budget import COMPILE_CACHE_SHARE, Admission, ByteLRU, MemoryBudget, default_memory_budget, nbytes
+from .health import Health
+from .hostlock import HostLock
 from .languages import Language, load_dir
 from .pool import Pool, UidAllocator
 from .rootfs import Rootfs, from_tree, host_default
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 # 60000, subuid ranges usually start at 100000 and take 65536 per user).
 UID_FLOOR = 2_000_000
 UID_SLOTS = 64
+INSTANCE_LOCK_WAIT = 3.0  # seconds: longer than another instance's crash sweep of this name
 
 
 def default_pool_size() -> int:
@@ -100,8 +103,9 @@ class Engine:
         self._tree_locks: dict[str, int] = {}
         self.languages: dict[str, Language] = {}
         self.backend: cgroups.Backend | None = None
-        self._lock_fd = -1
-        self._uid_fd = -1
+        self._instance_lock: HostLock | None = None
+        self._uid_lock: HostLock | None = None
+        self.health = Health(lambda: self.backend, lambda: list(self.pools.values()))
 
     @classmethod
     async def start(cls, cfg: EngineConfig | None = None) -> Engine:
@@ -119,47 +123,39 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _lock(self, name: str, blocking: bool) -> int:
-        d = self.cfg.run_dir / "locks"
-        d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(d / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return -1
-        return fd
+    async def _lock(self, name: str) -> HostLock | None:
+        """This instance's host-wide liveness lock.  A crash sweep of another
+        instance holds it for a moment while it removes what a dead `name`
+        left: wait that out before calling the name taken."""
+        deadline = time.monotonic() + INSTANCE_LOCK_WAIT
+        while True:
+            lock = HostLock.try_take(name)
+            if lock is not None or time.monotonic() > deadline:
+                return lock
+            await asyncio.sleep(0.05)
 
     def _lease_uids(self) -> int:
-        """The first free slot of UID_SLOTS ranges above UID_FLOOR; held by a lock
-        for the engine's lifetime, released by the kernel if the process dies."""
+        """The first free slot of UID_SLOTS ranges above UID_FLOOR; held by a
+        host-wide lock for the engine's lifetime, released by the kernel if the
+        process dies."""
         for slot in range(UID_SLOTS):
-            fd = self._lock(f"uids-{slot}", blocking=False)
-            if fd >= 0:
-                self._uid_fd = fd
+            lock = HostLock.try_take(f"uids-{slot}")
+            if lock is not None:
+                self._uid_lock = lock
                 return UID_FLOOR + slot * self.cfg.uid_count
         raise InstanceBusy(f"all {UID_SLOTS} box uid ranges are in use on this host")
 
     async def _start(self) -> None:
         cfg = self.cfg
-        self._lock_fd = self._lock(cfg.instance, blocking=False)
-        if self._lock_fd < 0:
+        self._instance_lock = await self._lock(cfg.instance)
+        if self._instance_lock is None:
             raise InstanceBusy(f"sandboxd instance {cfg.instance!r} is already running on this host")
         self.backend = backend = cgroups.detect(cfg.instance)
         swept = backend.sweep()
         if swept:
             log.warning("removed %d cgroups left by a crashed instance %r", swept, cfg.instance)
-        for other in cgroups.other_instances(backend):
-            fd = self._lock(other, blocking=False)
-            if fd < 0:
-                continue  # alive
-            try:
-                cgroups.remove_instance(cgroups.for_instance(backend, other))
-                log.warning("removed leftovers of dead instance %r", other)
-            except OSError as e:
-                log.warning("cannot remove leftovers of instance %r: %s", other, e)
-            finally:
-                os.close(fd)
+        await sweep.dead_instances(backend)
+        hostlock.remove_stale()
         self.languages = load_dir(cfg.languages_dir)
         newroot = cfg.run_dir / "newroot"
         newroot.mkdir(parents=True, exist_ok=True)
@@ -188,6 +184,7 @@ class Engine:
             if lang_id not in self.languages:
                 raise ValueError(f"lang_capacity: unknown language {lang_id!r}")
             self.lang_queues[lang_id] = AdmissionQueue(lang_id, cap, cfg.queue_depth, cfg.aging)
+        self.health.start()
 
     def _resolve_rootfs(self, lang: Language) -> tuple[str, Path | None]:
         """(pool name, tree): the language's built tree if one is live, else the host."""
@@ -298,6 +295,11 @@ class Engine:
                         return RunResult(status="internal_error", message=f"the box failed: {e}")
                 except Refused as e:
                     raise SchemaError(f"files_in: {e}") from None
+                except OSError as e:
+                    # Its cgroup files gone (ENODEV): destroyed underneath us.
+                    box.broken = f"run failed: {e}"
+                    why = self.health.check() or "the box is replaced"
+                    return RunResult(status="internal_error", message=f"the box failed: {e}; {why}")
                 finally:
                     pool.release(box)
         finally:
@@ -444,18 +446,20 @@ class Engine:
         self.pools[rootfs].release(box)
 
     async def close(self) -> None:
+        await self.health.stop()
         await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
         self.pools.clear()
         for fd in self._tree_locks.values():
             os.close(fd)
         self._tree_locks.clear()
-        if self.backend is not None and self._lock_fd >= 0:
+        if self.backend is not None and self._instance_lock is not None:
             try:
                 cgroups.remove_instance(self.backend)
             except OSError as e:
                 log.warning("cannot remove this instance's cgroups: %s", e)
             self.backend = None
-        for fd in (self._lock_fd, self._uid_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._lock_fd = self._uid_fd = -1
+        # The uid range first: once the instance lock goes, the name is free.
+        for lock in (self._uid_lock, self._instance_lock):
+            if lock is not None:
+                lock.release()
+        self._uid_lock = self._instance_lock = None

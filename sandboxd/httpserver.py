@@ -143,8 +143,13 @@ async def healthz(req: web.Request) -> web.Response:
 
 
 async def readyz(req: web.Request) -> web.Response:
-    ready = req.app[SVC].ready()
-    return web.json_response({"ready": ready}, status=200 if ready else 503)
+    svc = req.app[SVC]
+    ready = svc.ready()
+    body: dict[str, object] = {"ready": ready}
+    reason = getattr(svc, "unready_reason", None)  # a daemon says why; the coordinator has no such method
+    if not ready and reason is not None:
+        body["reason"] = reason()
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def openapi(req: web.Request) -> web.Response:

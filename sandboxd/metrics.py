@@ -23,6 +23,8 @@ class Metrics:
         self.verdicts = Counter("sandboxd_verdicts", "Test and submission verdicts", ["scope", "verdict"], registry=r)
         self.rejections = Counter("sandboxd_rejections", "Jobs refused", ["reason"], registry=r)
         self.jobs = Gauge("sandboxd_jobs", "Jobs known by state", ["state"], registry=r)
+        self.healthy = Gauge("sandboxd_healthy", "1 unless cgroups or boxes were destroyed underneath", registry=r)
+        self.heals = Counter("sandboxd_heals", "Times cgroups and boxes were rebuilt after damage", registry=r)
         self.budget_used = Gauge(
             "sandboxd_memory_budget_bytes", "Bytes reserved from the memory budget", ["holder"], registry=r
         )

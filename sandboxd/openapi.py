@@ -115,9 +115,12 @@ def document() -> dict[str, Any]:
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "OK"}}}},
             "/readyz": {
                 "get": {
-                    "summary": "Readiness (warm boxes, not draining)",
+                    "summary": "Readiness (warm boxes, not draining, not healing)",
                     "security": [],
-                    "responses": {"200": {"description": "OK"}, "503": {"description": "not ready"}},
+                    "responses": {
+                        "200": {"description": "OK"},
+                        "503": {"description": "not ready: {ready: false, reason}"},
+                    },
                 }
             },
         },

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from .box import Box, BoxSpec
 from .cgroups import Backend
 
 log = logging.getLogger(__name__)
+
+MAX_BUILD_FAILS = 5  # builds failing in a row before the pool gives up (until healed)
 
 
 class UidAllocator:
@@ -64,6 +67,7 @@ class Pool:
         self._seq = 0
         self._closed = False
         self._live: set[Box] = set()
+        self._waiting: set[Box] = set()  # the idle ones (the queue cannot be looked into)
         self._fails = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -104,9 +108,10 @@ class Pool:
             self.stats.last_error = str(e)
             self._fails += 1
             log.error("pool %s: building a box failed: %s", self.name, e)
-            if not self._closed and self._fails < 5:
+            if not self._closed and self._fails < MAX_BUILD_FAILS:
                 await asyncio.sleep(0.1 * self._fails)
-                self._spawn_build()
+                if len(self._live) + self.stats.building < self.size:  # a heal may have rebuilt meanwhile
+                    self._spawn_build()
             return
         self._fails = 0
         self.stats.building -= 1
@@ -119,6 +124,7 @@ class Pool:
 
     def _put(self, box: Box) -> None:
         self.stats.warm += 1
+        self._waiting.add(box)
         self._idle.put_nowait(box)
 
     async def acquire(self) -> Box:
@@ -128,6 +134,7 @@ class Pool:
             raise RuntimeError(f"pool {self.name}: no box can be built: {self.stats.last_error}")
         while True:
             box = await self._idle.get()
+            self._waiting.discard(box)
             self.stats.warm -= 1
             self.stats.busy += 1
             if box.alive:
@@ -166,10 +173,57 @@ class Pool:
         finally:
             self.uids.give(box.uid)
 
+    @staticmethod
+    def _cgroups_there(box: Box) -> bool:
+        return all(os.path.isdir(d) for d in box.cg.dirs.values())
+
+    def intact(self, box: Box) -> bool:
+        """Its agent alive and its cgroups still there (another process may
+        have killed or removed them underneath us)."""
+        return box.alive and self._cgroups_there(box)
+
+    def damage(self) -> str | None:
+        """What is wrong with this pool, in words; None if nothing is."""
+        # Agents: only idle boxes count (a busy box's agent may die of its run,
+        # handled there); cgroups: every box (they never go away on their own).
+        lost = [b for b in self._live if not (self.intact(b) if b in self._waiting else self._cgroups_there(b))]
+        if lost:
+            return f"pool {self.name}: {len(lost)} of {len(self._live)} boxes lost their agent or cgroup"
+        if self._fails >= MAX_BUILD_FAILS and not self.stats.building:
+            return f"pool {self.name}: cannot build boxes: {self.stats.last_error}"
+        return None
+
+    async def heal(self) -> None:
+        """Replace every box that is not intact and build up to `size` again;
+        returns once the builds are done (or keep failing)."""
+        if self._closed:
+            return
+        self._fails = 0
+        keep: list[Box] = []
+        lost: list[Box] = []
+        while not self._idle.empty():
+            box = self._idle.get_nowait()
+            self._waiting.discard(box)
+            self.stats.warm -= 1
+            (keep if self.intact(box) else lost).append(box)
+        for box in keep:
+            self._put(box)
+        for box in self._live:
+            if not self.intact(box):
+                box.broken = "its agent or cgroup was destroyed underneath the daemon"  # busy: replaced on release
+        for box in lost:
+            self.stats.recycled += 1
+            await self._destroy(box)
+        for _ in range(self.size - len(self._live) - self.stats.building):
+            self._spawn_build()
+        while self.stats.building and not self._fails:
+            await asyncio.sleep(0.005)
+
     async def close(self) -> None:
         self._closed = True
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         while not self._idle.empty():
             self._idle.get_nowait()
+        self._waiting.clear()
         await asyncio.gather(*(self._destroy(b) for b in list(self._live)), return_exceptions=True)

@@ -93,6 +93,7 @@ class Service:
         self.jobs: dict[str, Job] = {}
         self._expiry: deque[Job] = deque()
         self.draining = False
+        self._heals_counted = 0  # engine heals already added to the metrics counter
         self.recent: deque[float] = deque(maxlen=200)  # recent run wall times, for status
 
     # --- job life cycle ---------------------------------------------------
@@ -364,7 +365,17 @@ class Service:
         return self.metrics.render()
 
     def ready(self) -> bool:
-        return not self.draining and any(p.stats.warm or p.stats.busy for p in self.engine.pools.values())
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        if self.draining:
+            return "draining"
+        problem = self.engine.health.check()
+        if problem is not None:
+            return problem
+        if not any(p.stats.warm or p.stats.busy for p in self.engine.pools.values()):
+            return "no warm box yet"
+        return None
 
     # --- state ------------------------------------------------------------
 
@@ -400,6 +411,7 @@ class Service:
             "jobs": jobs,
             "draining": self.draining,
             "memory_budget": self.engine.budget.snapshot(),  # budget hook
+            "health": {"problem": eng.health.problem, "heals": eng.health.heals},
             "recent_wall_time": {
                 "count": len(recent),
                 "p50": recent[len(recent) // 2] if recent else None,
@@ -437,6 +449,10 @@ class Service:
         for state, n in counts.items():
             m.jobs.labels(state).set(n)
         m.set_budget(self.engine.budget.limit, self.engine.budget.used)  # budget hook
+        health = self.engine.health
+        m.healthy.set(0 if health.check() else 1)
+        m.heals.inc(health.heals - self._heals_counted)
+        self._heals_counted = health.heals
 
     async def drain(self, grace: float) -> None:
         """Stop taking jobs; let running ones finish within `grace` seconds, then cancel the rest."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from . import unixsocket
 from .errors import ServiceError
 from .schema import Error, Request, TestResult
 from .wire import Frontend, dispatch
@@ -162,20 +163,18 @@ class _Conn:
 
 async def start(svc: Frontend, path: str, mode: int, group: str, max_frame: int) -> asyncio.AbstractServer:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a stale socket from a crashed run; the instance lock says we own it
+    sock = unixsocket.bind(path)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _Conn(svc, reader, writer, max_frame).serve()
 
-    # Created with no permissions; opened up only after chmod/chown, so there
-    # is no window where anyone else can connect.
-    old = os.umask(0o777)
     try:
-        server = await asyncio.start_unix_server(on_client, path, limit=1 << 20)
-    finally:
-        os.umask(old)
-    if group:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
-    os.chmod(path, mode)
+        server = await asyncio.start_unix_server(on_client, sock=sock, limit=1 << 20)
+        if group:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path, mode)
+    except BaseException:
+        sock.close()
+        unixsocket.unlink_own(path)
+        raise
     return server

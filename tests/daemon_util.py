@@ -78,7 +78,7 @@ class Daemon(Served):
         args = [
             sys.executable, "-m", "sandboxd.cli", "serve", "--config", str(config or "/dev/null"),
             "--instance", instance, "--socket", self.sock, "--http", f"127.0.0.1:{self.port}",
-            "--pool-size", str(pool_size),
+            "--pool-size", str(pool_size), "--pid-file", str(self.dir / "sandboxd.pid"),
         ]  # fmt: skip
         for k, v in flags.items():
             args += [f"--{k.replace('_', '-')}", str(v)]

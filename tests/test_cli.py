@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,18 @@ def test_bad_usage_exits_2_with_a_message(args: list[str], message: str) -> None
     assert p.returncode == 2
     assert message in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_version() -> None:
+    p = cli("--version")
+    assert p.returncode == 0 and re.fullmatch(r"sandboxd \S+\n", p.stdout), p.stdout
+
+
+def test_a_one_shot_run_leaves_no_lock_file() -> None:
+    from sandboxd import hostlock
+
+    p = subprocess.Popen([*SANDBOXD, "run", "--", "true"], stderr=subprocess.PIPE, text=True)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    # Its instance lock (the instance is named after its pid) went with it.
+    assert not (hostlock.LOCK_DIR / f"cli-{p.pid}.lock").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from sandboxd import config
+from sandboxd import config, hostlock
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "systemd/sandboxd.toml.example"
@@ -49,6 +49,9 @@ def test_unit_matches_the_config_defaults() -> None:
     defaults = config.Config()
     assert svc["ExecStart"] == "/opt/sandboxd/venv/bin/sandboxd serve --config /etc/sandboxd/sandboxd.toml"
     assert f"/run/{svc['RuntimeDirectory']}" == defaults.run_dir == str(Path(defaults.socket).parent)
+    # The host-wide locks must be writable under ProtectSystem=strict, whatever run_dir is.
+    assert svc["ProtectSystem"] == "strict" and svc["RuntimeDirectoryPreserve"] == "yes"
+    assert hostlock.LOCK_DIR.is_relative_to(f"/run/{svc['RuntimeDirectory']}")
     assert f"/var/lib/{svc['StateDirectory']}" == defaults.state_dir
     # systemd must not SIGKILL the daemon while it drains.
     assert int(svc["TimeoutStopSec"].removesuffix("s")) >= defaults.drain_timeout + 30
