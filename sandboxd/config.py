@@ -45,6 +45,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     aging: Annotated[float, Meta(ge=0)] = 1.0  # priority points a waiting run gains per second
     lang_capacity: dict[str, Annotated[int, Meta(ge=1)]] = msgspec.field(default_factory=dict)
     results_ttl: Annotated[float, Meta(gt=0)] = 600.0  # seconds a finished job's result stays readable
+    # The durable job store (SQLite): accepted jobs and their results survive a
+    # restart.  "" = STATE_DIR/jobs/INSTANCE.sqlite3 (one file per instance).
+    job_store: str = ""
     # Result callbacks (HTTP ?callback_url=) to loopback/private/link-local
     # addresses are refused unless this is true (SSRF, CVE-2024-29021).
     callback_allow_private: bool = False
