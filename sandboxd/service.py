@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
-from . import callbacks
+from . import callbacks, servicestatus
 from .compat import Compiler, Load, Served
 from .compat import jobs as compat_jobs
 from .engine import Engine
@@ -151,8 +151,10 @@ class Service:
                     raise conflict(key)
                 if progress is not None:
                     other.listeners.append(progress)
-                assert other.accepted is not None
-                return await asyncio.shield(other.accepted)
+                if other.accepted is None:  # (restored at start: committed long ago)
+                    return other.info()
+                info = await asyncio.shield(other.accepted)
+                return other.info() if info.job == other.id else info
             job.key, job.fingerprint = key, fp
         if progress is not None:
             job.listeners.append(progress)
@@ -392,20 +394,7 @@ class Service:
         return {lid: Served(lang, eng.versions.get(lid, "")) for lid, lang in eng.languages.items()}
 
     async def compat_load(self) -> Load:
-        st = self.status()
-        workers = [
-            {
-                "queue": name,
-                "size": sum(p["queued"].values()),
-                "available": p["capacity"],
-                "idle": p["warm"],
-                "working": p["busy"],
-                "paused": 0,
-                "failed": p["agent_crashes"],
-            }
-            for name, p in st["pools"].items()
-        ]
-        return Load(self.compat_pending, self.engine.cfg.queue_depth, workers)
+        return servicestatus.compat_load(self)
 
     async def cancel_job(self, job_id: str) -> JobInfo:
         found = await self.table.find(job_id)
@@ -424,70 +413,16 @@ class Service:
     def ready(self) -> bool:
         return not self.draining and any(p.stats.warm or p.stats.busy for p in self.engine.pools.values())
 
-    # --- state ------------------------------------------------------------
+    # --- state (sandboxd.servicestatus) -------------------------------------
 
     def status(self) -> dict[str, Any]:
-        eng = self.engine
-        pools = {}
-        for name, pool in eng.pools.items():
-            q = eng.queues[name]
-            st = pool.stats
-            pools[name] = {
-                "warm": st.warm,
-                "busy": st.busy,
-                "building": st.building,
-                "recycled": st.recycled,
-                "agent_crashes": st.agent_crashes,
-                "capacity": q.capacity,
-                "running": q.running,
-                "queued": q.queued_by_priority(),
-                "rejected": q.rejected,
-            }
-        languages = {
-            lid: {"pool": lang.rootfs, **({"queued": q.queued_by_priority(), "running": q.running} if q else {})}
-            for lid, lang in eng.languages.items()
-            for q in [eng.lang_queues.get(lid)]
-        }
-        recent = sorted(self.recent)
-        jobs = {state: n for state, n in self.table.counts().items() if n}
-        return {
-            "pools": pools,
-            "languages": languages,
-            "jobs": jobs,
-            "draining": self.draining,
-            "recent_wall_time": {
-                "count": len(recent),
-                "p50": recent[len(recent) // 2] if recent else None,
-                "p99": recent[min(len(recent) - 1, int(len(recent) * 0.99))] if recent else None,
-            },
-        }
+        return servicestatus.status(self)
 
     def languages(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": lang.id,
-                "name": lang.name,
-                "version": self.engine.versions.get(lang.id),
-                "compiled": bool(lang.compile),
-                "source": lang.source,
-            }
-            for lang in sorted(self.engine.languages.values(), key=lambda x: x.id)
-        ]
+        return servicestatus.languages(self)
 
     def refresh_metrics(self) -> None:
-        m = self.metrics
-        m.queue_depth.clear()
-        for name, pool in self.engine.pools.items():
-            st = pool.stats
-            m.boxes.labels(name, "warm").set(st.warm)
-            m.boxes.labels(name, "busy").set(st.busy)
-            m.boxes.labels(name, "building").set(st.building)
-            m.recycled.labels(name).set(st.recycled)
-            m.agent_crashes.labels(name).set(st.agent_crashes)
-            for prio, n in self.engine.queues[name].queued_by_priority().items():
-                m.queue_depth.labels(name, str(prio)).set(n)
-        for state, n in self.table.counts().items():
-            m.jobs.labels(state).set(n)
+        servicestatus.refresh_metrics(self)
 
     async def drain(self, grace: float) -> None:
         """Stop taking jobs; let running ones finish within `grace` seconds, then cancel the rest."""
