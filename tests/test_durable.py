@@ -178,6 +178,14 @@ def test_idempotency_keys() -> None:
         ids = {http(d, "POST", "/v1/runs?wait=false", {"cmd": UUID_CMD})[1]["job"] for _ in range(2)}
         assert len(ids) == 2
 
+        # Judge0's POST /submissions: the same key gives the same token.
+        j0 = {"source_code": "cat /proc/sys/kernel/random/uuid", "language_id": 46}
+        st, t1 = http(d, "POST", "/judge0/submissions", j0, **key_header("j0-key"))
+        st2, t2 = http(d, "POST", "/judge0/submissions?wait=true", j0, **key_header("j0-key"))
+        assert st == st2 == 201 and t1["token"] == t2["token"] and t2["stdout"], (t1, t2)
+        st, err = http(d, "POST", "/judge0/submissions", {**j0, "stdin": "x"}, **key_header("j0-key"))
+        assert st == 422 and "Idempotency-Key" in err["error"], err
+
         # The socket: the same key names the same job, a bad key is named...
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(d.sock)
