@@ -66,6 +66,7 @@ class Job:
     accepted: asyncio.Future[JobInfo] | None = None  # resolves when the store has it
     requeue: bool = False  # stopped by a clean stop: the next start runs it again
     forgotten: bool = False  # deleted on request (Judge0's DELETE) before its result was saved
+    spec_size: int = 0  # its encoded request: a compat job's spec stays with a cached result
 
     def info(self) -> JobInfo:
         return JobInfo(
@@ -146,10 +147,13 @@ class JobTable:
         `jobs`, so a lookup never falls between memory and store."""
         blob = _enc.encode(job.info())
         fut = self.store.finish(job.id, job.state, blob, job.finished_at or time.time())
-        fut.add_done_callback(lambda _f: self._saved(job, len(blob)))
+        size = len(blob) + (job.spec_size if job.spec is not None else 0)
+        fut.add_done_callback(lambda _f: self._saved(job, size))
 
     def _saved(self, job: Job, size: int) -> None:
         self.drop(job)
+        job.listeners.clear()  # (closures over connections that may be gone)
+        job.task = None
         if size <= HOT_BYTES and not job.forgotten:
             self.hot[job.id] = job
             while len(self.hot) > HOT:

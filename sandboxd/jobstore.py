@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     idem_key TEXT UNIQUE,         -- NULL: none, or freed at expiry
     fingerprint BLOB,
     state TEXT NOT NULL,
-    restarts INTEGER NOT NULL DEFAULT 0,  -- daemon starts that found it unfinished
+    restarts INTEGER NOT NULL DEFAULT 0,  -- daemons that died with it unfinished (-1: stopped cleanly)
     created_at REAL NOT NULL,
     finished_at REAL,
     info BLOB                     -- the final JobInfo, msgpack
@@ -142,7 +142,8 @@ class JobStore:
         """The jobs a previous daemon accepted and did not finish, in acceptance
         order, counted as restarted once more; those it had already restarted
         once (so two daemons died with them) become final as lost instead:
-        returns (to re-queue, lost ids)."""
+        returns (to re-queue, lost ids).  A clean stop that kept a job
+        (`release`) does not count."""
         rows = [
             s
             for r in self.db.execute(f"SELECT {_COLS} FROM jobs WHERE finished_at IS NULL ORDER BY seq")
@@ -254,7 +255,7 @@ class JobStore:
         """Left unfinished by a clean stop: runs again at the next start, and
         the stop does not count against it as a crash would."""
         return self._background(
-            "keeping a job", lambda db: db.execute("UPDATE jobs SET restarts=0 WHERE id=?", (job_id,))
+            "keeping a job", lambda db: db.execute("UPDATE jobs SET restarts=-1 WHERE id=?", (job_id,))
         )
 
     async def get(self, job_id: str) -> Stored | None:

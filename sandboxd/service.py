@@ -94,6 +94,7 @@ class Service:
         age = max(0.0, time.time() - s.created_at)
         job = Job(s.id, kind_of(op), created=time.monotonic() - age, created_at=s.created_at)
         job.durable, job.callback_url, job.key, job.fingerprint = True, s.callback_url, s.key, s.fingerprint
+        job.spec_size = len(s.spec or b"")
         self.table.add(job)
         if spec is None:
             job.state, job.error = "failed", Error("internal", "its request could not be read back after a restart")
@@ -161,7 +162,9 @@ class Service:
         self.table.add(job)
         acc = job.accepted = asyncio.get_running_loop().create_future()
         acc.add_done_callback(lambda f: f.cancelled() or f.exception())  # (retrieved: its sender may be gone)
-        row = NewJob(job.id, op, encode_spec(spec), job.created_at, job.callback_url, job.key, job.fingerprint)
+        data = encode_spec(spec)
+        job.spec_size = len(data)
+        row = NewJob(job.id, op, data, job.created_at, job.callback_url, job.key, job.fingerprint)
         self.store.add(row).add_done_callback(lambda f: self._committed(job, op, spec, f))
         return await asyncio.shield(acc)
 
@@ -183,6 +186,10 @@ class Service:
                     job.accepted.set_result(self.table.held_info(held))
                 except ServiceError as e:
                     job.accepted.set_exception(e)
+        elif self.draining:  # (accepted as the stop began: the next start runs it)
+            job.accepted.set_result(job.info())
+            job.requeue, job.state = True, "cancelled"
+            self._finish(job)
         else:
             job.accepted.set_result(job.info())
             self._start(job, op, spec)
