@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,6 +78,7 @@ class Daemon:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
+        shutil.rmtree(self.dir, ignore_errors=True)  # (100k results: ~40 MB of store)
 
 
 async def wave(sock: str, n: int) -> tuple[float, float]:
@@ -168,6 +170,7 @@ def main() -> None:
     p.add_argument("--rss-small", type=int, default=1000)
     p.add_argument("--rss-jobs", type=int, default=100_000)
     p.add_argument("--rss-baseline", action="store_true", help="the baseline's RSS too (it grows)")
+    p.add_argument("--rss-only-baseline", action="store_true", help="only the baseline's RSS")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-rss", action="store_true")
     p.add_argument("--quick", action="store_true", help="2 waves of 500, RSS at 1k and 5k")
@@ -176,13 +179,17 @@ def main() -> None:
         args.wave, args.waves, args.rss_jobs = 500, 2, 5000
     base = baseline_tree(args.baseline)
     uvloop.install()
-    if not args.skip_throughput:
-        asyncio.run(throughput(args, base))
-    if not args.skip_rss:
-        print(f"daemon RSS at the default results_ttl, /bin/true runs in waves of {args.wave}")
-        asyncio.run(rss(REPO, "durable", args))
-        if args.rss_baseline:
-            asyncio.run(rss(base, "baseline", args))
+    try:
+        if not args.skip_throughput:
+            asyncio.run(throughput(args, base))
+        if not args.skip_rss:
+            print(f"daemon RSS at the default results_ttl, /bin/true runs in waves of {args.wave}")
+            if not args.rss_only_baseline:
+                asyncio.run(rss(REPO, "durable", args))
+            if args.rss_baseline or args.rss_only_baseline:
+                asyncio.run(rss(base, "baseline", args))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ class Service:
 
     def _committed(self, job: Job, op: Op, spec: Spec, f: asyncio.Future[Stored | None]) -> None:
         assert job.accepted is not None
-        exc = f.exception()
+        exc: BaseException | None = asyncio.CancelledError() if f.cancelled() else f.exception()
         held = None if exc is not None else f.result()
         if exc is not None or held is not None:
             self.table.drop(job)
