@@ -34,6 +34,7 @@ import uvloop
 from sandboxd_client import AsyncClient, RunRequest
 
 REPO = Path(__file__).resolve().parent.parent
+STATE = Path("/var/lib/sandboxd")  # the default state_dir
 CLIENTS = 8
 
 
@@ -48,7 +49,9 @@ class Daemon:
     def __init__(self, tree: Path, name: str, pool: int) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"sandboxd-bench-{name}-"))
         self.sock = str(self.dir / "sandboxd.sock")
-        cmd = [sys.executable, "-m", "sandboxd.cli", "serve", "--config", "/dev/null", "--instance", f"bench-{name}"]
+        self.instance = f"bench-{name}"
+        cmd = [sys.executable, "-P", "-m", "sandboxd.cli", "serve", "--config", "/dev/null"]
+        cmd += ["--instance", self.instance]
         cmd += ["--socket", self.sock, "--http", "", "--pool-size", str(pool)]
         env = {
             **os.environ,
@@ -58,16 +61,31 @@ class Daemon:
         }
         if tree != REPO:
             env.pop("SANDBOXD_JOB_STORE")  # (main has no such setting)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "wb"), env=env)  # noqa: SIM115
+        # -P: the cwd does not go first on sys.path (PYTHONPATH says which sandboxd runs).
+        log = open(self.dir / "log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=tree)
         for _ in range(600):
             if os.path.exists(self.sock):
                 time.sleep(0.5)  # (the pool warms up)
+                self.check(tree)
                 return
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
         self.proc.kill()
         raise SystemExit(f"daemon did not start; see {self.dir}/log")
+
+    def check(self, tree: Path) -> None:
+        """The daemon runs the code of `tree`: this checkout's writes its store, main's has none."""
+        durable = (self.dir / "jobs.sqlite3").exists() or (STATE / "jobs" / f"{self.instance}.sqlite3").exists()
+        if durable != (tree == REPO):
+            self.proc.kill()
+            raise SystemExit(f"the daemon from {tree} {'has' if durable else 'has no'} job store")
+
+    def cpu(self) -> float:
+        """The daemon's CPU seconds (user + system, all its threads; not its boxes)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -122,24 +140,28 @@ async def wave(sock: str, n: int) -> tuple[float, float]:
 
 async def throughput(args: argparse.Namespace, base: Path) -> None:
     daemons = {"baseline": Daemon(base, "base", args.pool), "durable": Daemon(REPO, "durable", args.pool)}
-    res: dict[str, list[tuple[float, float]]] = {k: [] for k in daemons}
+    res: dict[str, list[tuple[float, float, float]]] = {k: [] for k in daemons}
     try:
         for d in daemons.values():
             await wave(d.sock, min(500, args.wave))  # warm-up
         for _ in range(args.waves):
             for name, d in daemons.items():
-                res[name].append(await wave(d.sock, args.wave))
+                cpu0 = d.cpu()
+                acks, done = await wave(d.sock, args.wave)
+                res[name].append((acks, done, (d.cpu() - cpu0) / args.wave * 1e6))
     finally:
         for d in daemons.values():
             d.stop()
-    med = {k: (statistics.median(a for a, _ in v), statistics.median(c for _, c in v)) for k, v in res.items()}
+    med = {k: [statistics.median(w[i] for w in v) for i in range(3)] for k, v in res.items()}
     print(f"async submission, {args.waves} waves x {args.wave} /bin/true runs, {CLIENTS} clients, pool {args.pool}")
     for k, v in res.items():
-        print(f"  {k:9s} acks/s median {med[k][0]:8.0f}  done/s median {med[k][1]:8.0f}   waves: {v}")
-    print(
-        f"  durable/baseline: acks {med['durable'][0] / med['baseline'][0]:.3f}"
-        f"  done {med['durable'][1] / med['baseline'][1]:.3f}"
-    )
+        print(
+            f"  {k:9s} medians: acks/s {med[k][0]:7.0f}  done/s {med[k][1]:6.0f}  daemon CPU/job {med[k][2]:5.0f} us"
+            f"   waves (acks/s, done/s, us): {[tuple(round(x) for x in w) for w in v]}"
+        )
+    b, d = med["baseline"], med["durable"]
+    ratios = f"acks/s {d[0] / b[0]:.3f}  done/s {d[1] / b[1]:.3f}  daemon CPU per job {d[2] / b[2]:.3f}"
+    print(f"  durable/baseline: {ratios}")
 
 
 async def rss(tree: Path, name: str, args: argparse.Namespace) -> None:
