@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -28,6 +29,7 @@ from .errors import ServiceError, error
 from .jobstore import EXPIRED, JobStore, Stored
 from .schema import Error, JobInfo, RunRequest, RunResult, Submission, SubmissionResult, TestResult
 
+log = logging.getLogger(__name__)
 State = Literal["queued", "running", "done", "cancelled", "failed", "lost"]
 STATES: tuple[str, ...] = State.__args__  # type: ignore[attr-defined]
 Op = Literal["run", "submit", "compat"]  # what a job runs: the store's `kind`
@@ -146,11 +148,14 @@ class JobTable:
         result stays in the cache).  Until its row is written it stays in
         `jobs`, so a lookup never falls between memory and store."""
         blob = _enc.encode(job.info())
-        fut = self.store.finish(job.id, job.state, blob, job.finished_at or time.time())
         size = len(blob) + (job.spec_size if job.spec is not None else 0)
-        fut.add_done_callback(lambda _f: self._saved(job, size))
+        self.store.finish(
+            job.id, job.state, blob, job.finished_at or time.time(), lambda ok, e: self._saved(job, size, ok, e)
+        )
 
-    def _saved(self, job: Job, size: int) -> None:
+    def _saved(self, job: Job, size: int, ok: bool, err: Any) -> None:
+        if not ok:
+            log.error("job store: the result of job %s was not saved: %s", job.id, err)
         self.drop(job)
         job.listeners.clear()  # (closures over connections that may be gone)
         job.task = None

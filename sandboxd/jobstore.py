@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Done = Callable[[bool, Any], None]  # after a batch: (ok, the operation's result or exception)
 
 OPEN = "accepted"  # the state of a job not yet final
 EXPIRED = "expired"
@@ -140,8 +141,8 @@ class JobStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (the fsyncs) are the thread's
         self.db.executescript(_SCHEMA)
-        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], Done | None]] = []
+        self._scheduled = False  # a flush is due in the next loop iteration
         self._timer: asyncio.TimerHandle | None = None
         # The checkpointer: its own connection, used by its own thread only.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="jobstore")
@@ -184,42 +185,56 @@ class JobStore:
 
     # --- the writer ---------------------------------------------------------
 
-    def _queue(self, fn: Callable[[sqlite3.Connection], T], delay: float = 0.0) -> asyncio.Future[T]:
-        """delay: what nobody waits for (a result, once its job has answered)
-        may wait that long for company, so one transaction carries many."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._pending.append((fn, fut))
-        if self._writer is None:
-            if not delay:
-                self._kick()
-            elif self._timer is None:
-                self._timer = loop.call_later(delay, self._kick)
+    def _queue(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def done(ok: bool, val: Any) -> None:
+            if not fut.done():
+                fut.set_result(val) if ok else fut.set_exception(val)
+
+        self._then(fn, done)
         return fut
+
+    def _then(self, fn: Callable[[sqlite3.Connection], Any], done: Done | None, delay: float = 0.0) -> None:
+        """fn in the next batch, then done(ok, its result or exception).
+        delay: what nobody waits for (a result, once its job has answered)
+        may wait that long for company, so one transaction carries many."""
+        self._pending.append((fn, done))
+        if self._scheduled:
+            return
+        if not delay:
+            self._kick()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._kick)
 
     def _kick(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._writer is None and self._pending:
-            self._writer = asyncio.ensure_future(self._write())
+        if not self._scheduled and self._pending:
+            # The next loop iteration: what the rest of this one queues joins the batch.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _write(self) -> None:
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
         try:
-            while self._pending:
-                await asyncio.sleep(0)  # what the rest of this loop iteration queues joins the batch
-                batch, self._pending = self._pending, []
+            results = self._apply([fn for fn, _ in batch])
+        except Exception as e:  # the COMMIT failed (disk full, I/O error): nothing of the batch is in
+            log.error("job store: a batch of %d failed: %s", len(batch), e)
+            results = [(False, e)] * len(batch)
+        for (_, done), (ok, val) in zip(batch, results, strict=True):
+            if done is not None:
                 try:
-                    results = self._apply([fn for fn, _ in batch])
-                except Exception as e:  # the COMMIT failed (disk full, I/O error): nothing of the batch is in
-                    log.error("job store: a batch of %d failed: %s", len(batch), e)
-                    results = [(False, e)] * len(batch)
-                for (_, fut), (ok, val) in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(val) if ok else fut.set_exception(val)
-                self._checkpoint()
-        finally:
-            self._writer = None
+                    done(ok, val)
+                except Exception:
+                    log.exception("job store: after a batch")
+            elif not ok:
+                log.error("job store: %s", val)
+        self._checkpoint()
 
     def _apply(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
         """One transaction, on the loop's thread: with synchronous=NORMAL a WAL
@@ -267,22 +282,12 @@ class JobStore:
 
         fut.add_done_callback(done)
 
-    def _background(self, what: str, fn: Callable[[sqlite3.Connection], Any], delay: float) -> asyncio.Future[Any]:
-        fut = self._queue(fn, delay)
-
-        def logged(f: asyncio.Future[Any]) -> None:
-            if not f.cancelled() and f.exception() is not None:
-                log.error("job store: %s failed: %s", what, f.exception())
-
-        fut.add_done_callback(logged)
-        return fut
-
     # --- operations ---------------------------------------------------------
 
-    def add(self, job: NewJob) -> asyncio.Future[Stored | None]:
-        """Insert an accepted job; resolves once committed.  None: inserted;
-        a Stored: the job that already holds `job.key` (nothing inserted).
-        Raises JobIdInUse for an id taken by another job."""
+    def add(self, job: NewJob, done: Callable[[bool, Stored | Exception | None], None]) -> None:
+        """Insert an accepted job; done(True, None) once committed, done(True,
+        Stored) if `job.key` already names that job (nothing inserted),
+        done(False, JobIdInUse) for an id taken by another job."""
 
         def insert(db: sqlite3.Connection) -> Stored | None:
             try:
@@ -299,23 +304,18 @@ class JobStore:
                 raise JobIdInUse(job.id) from None
             return None
 
-        return self._queue(insert)
+        self._then(insert, done)
 
-    def finish(self, job_id: str, state: str, info: bytes, finished_at: float) -> asyncio.Future[Any]:
-        return self._background(
-            "saving a result",
-            lambda db: db.execute(
-                "UPDATE jobs SET state=?, info=?, finished_at=? WHERE id=?", (state, info, finished_at, job_id)
-            ),
-            delay=LATER,
+    def finish(self, job_id: str, state: str, info: bytes, finished_at: float, done: Done | None = None) -> None:
+        params = (state, info, finished_at, job_id)
+        self._then(
+            lambda db: db.execute("UPDATE jobs SET state=?, info=?, finished_at=? WHERE id=?", params), done, LATER
         )
 
-    def release(self, job_id: str) -> asyncio.Future[Any]:
+    def release(self, job_id: str) -> None:
         """Left unfinished by a clean stop: runs again at the next start, and
         the stop does not count against it as a crash would."""
-        return self._background(
-            "keeping a job", lambda db: db.execute("UPDATE jobs SET restarts=-1 WHERE id=?", (job_id,)), delay=LATER
-        )
+        self._then(lambda db: db.execute("UPDATE jobs SET restarts=-1 WHERE id=?", (job_id,)), None, LATER)
 
     async def get(self, job_id: str) -> Stored | None:
         # (Between batches: never inside a transaction, so it sees only committed rows.)
@@ -360,9 +360,9 @@ class JobStore:
         return {state: n for state, n in rows}
 
     async def close(self) -> None:
-        self._kick()
-        while self._writer is not None:
-            await asyncio.shield(self._writer)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._flush()
         if self._checkpointing is not None:
             await self._checkpointing
         self._pool.shutdown(wait=True)

@@ -165,13 +165,13 @@ class Service:
         data = encode_spec(spec)
         job.spec_size = len(data)
         row = NewJob(job.id, op, data, job.created_at, job.callback_url, job.key, job.fingerprint)
-        self.store.add(row).add_done_callback(lambda f: self._committed(job, op, spec, f))
+        self.store.add(row, lambda ok, val: self._committed(job, op, spec, ok, val))
         return await asyncio.shield(acc)
 
-    def _committed(self, job: Job, op: Op, spec: Spec, f: asyncio.Future[Stored | None]) -> None:
+    def _committed(self, job: Job, op: Op, spec: Spec, ok: bool, val: Stored | Exception | None) -> None:
         assert job.accepted is not None
-        exc: BaseException | None = asyncio.CancelledError() if f.cancelled() else f.exception()
-        held = None if exc is not None else f.result()
+        exc = None if ok else val
+        held = val if isinstance(val, Stored) else None
         if exc is not None or held is not None:
             self.table.drop(job)
         if isinstance(exc, JobIdInUse):

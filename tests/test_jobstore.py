@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.jobstore import EXPIRED, JobIdInUse, JobStore, NewJob
+from sandboxd.jobstore import EXPIRED, JobIdInUse, JobStore, NewJob, Stored
+
+
+def added(s: JobStore, r: NewJob) -> asyncio.Future[Stored | None]:
+    """store.add as an awaitable: None once committed, the Stored job holding its key."""
+    fut: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
+    s.add(r, lambda ok, val: fut.set_result(val) if ok else fut.set_exception(val))
+    return fut
 
 
 def row(i: int, key: str | None = None, fp: bytes | None = None) -> NewJob:
@@ -19,7 +26,7 @@ def test_group_commit_batches_what_one_loop_iteration_queues(tmp_path: Path) -> 
     async def scenario() -> None:
         s = JobStore(tmp_path / "j.sqlite3", 600)
         # 500 acknowledgements waiting at once: one or two transactions, not 500.
-        assert await asyncio.gather(*(s.add(row(i)) for i in range(500))) == [None] * 500
+        assert await asyncio.gather(*(added(s, row(i)) for i in range(500))) == [None] * 500
         assert s.ops == 500 and s.batches <= 2
         assert (await s.count()) == {"accepted": 500}
         await s.close()
@@ -35,14 +42,14 @@ def test_group_commit_batches_what_one_loop_iteration_queues(tmp_path: Path) -> 
 def test_keys_and_ids_are_unique(tmp_path: Path) -> None:
     async def scenario() -> None:
         s = JobStore(tmp_path / "j.sqlite3", 600)
-        assert await s.add(row(1, "k", b"fp1")) is None
-        held = await s.add(row(2, "k", b"fp2"))  # the key names job-1: nothing inserted
+        assert await added(s, row(1, "k", b"fp1")) is None
+        held = await added(s, row(2, "k", b"fp2"))  # the key names job-1: nothing inserted
         assert held is not None and held.id == "job-1" and held.fingerprint == b"fp1"
         assert await s.get("job-2") is None
         with pytest.raises(JobIdInUse):
-            await s.add(row(1))
+            await added(s, row(1))
         # A failing operation does not spoil the others of its batch.
-        results = await asyncio.gather(s.add(row(1)), s.add(row(3)), return_exceptions=True)
+        results = await asyncio.gather(added(s, row(1)), added(s, row(3)), return_exceptions=True)
         assert isinstance(results[0], JobIdInUse) and results[1] is None
         await s.close()
 
@@ -55,7 +62,7 @@ def test_recovery_reruns_once_then_says_lost_and_a_clean_stop_does_not_count(tmp
     async def add(*rows: NewJob) -> None:
         s = JobStore(path, 600)
         for r in rows:
-            await s.add(r)
+            await added(s, r)
         await s.close()
 
     asyncio.run(add(row(1), row(2)))
@@ -64,7 +71,7 @@ def test_recovery_reruns_once_then_says_lost_and_a_clean_stop_does_not_count(tmp
     assert [j.id for j in again] == ["job-1", "job-2"] and lost == []
 
     async def release() -> None:
-        await s.release("job-2")  # job-2 was kept by a clean stop
+        s.release("job-2")  # job-2 was kept by a clean stop
         await s.close()
 
     asyncio.run(release())
@@ -83,13 +90,13 @@ def test_recovery_reruns_once_then_says_lost_and_a_clean_stop_does_not_count(tmp
 def test_sweep_leaves_a_tombstone_then_deletes(tmp_path: Path) -> None:
     async def scenario() -> None:
         s = JobStore(tmp_path / "j.sqlite3", 10)
-        await s.add(row(1, "k", b"fp"))
-        await s.finish("job-1", "done", b"info", 1000.0)
+        await added(s, row(1, "k", b"fp"))
+        s.finish("job-1", "done", b"info", 1000.0)
         assert await s.sweep(now=1005.0) == 0
         assert await s.sweep(now=1011.0) == 1
         got = await s.get("job-1")
         assert got is not None and got.state == EXPIRED and got.spec is None and got.info is None
-        assert await s.add(row(2, "k", b"other")) is None  # its key is free again
+        assert await added(s, row(2, "k", b"other")) is None  # its key is free again
         assert await s.sweep(now=1021.0) == 1
         assert await s.get("job-1") is None
         await s.close()
