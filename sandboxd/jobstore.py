@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     kind TEXT NOT NULL,           -- run, submission, compat
     spec BLOB,                    -- the request, msgpack; NULL once expired
     callback_url TEXT,
-    idem_key TEXT UNIQUE,         -- NULL: none, or freed at expiry
+    idem_key TEXT,                -- NULL: none, or freed at expiry (unique: jobs_key)
     fingerprint BLOB,
     state TEXT NOT NULL,
     restarts INTEGER NOT NULL DEFAULT 0,  -- daemons that died with it unfinished (-1: stopped cleanly)
@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     info BLOB                     -- the final JobInfo, msgpack
 );
+-- Partial: a job without a key costs no entry in it.
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(seq) WHERE finished_at IS NULL;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
 """
@@ -298,7 +300,11 @@ class JobStore:
                 )
             except sqlite3.IntegrityError:
                 if job.key is not None:
-                    held = _stored(db.execute(f"SELECT {_COLS} FROM jobs WHERE idem_key=?", (job.key,)).fetchone())
+                    held = _stored(
+                        db.execute(
+                            f"SELECT {_COLS} FROM jobs WHERE idem_key=? AND idem_key IS NOT NULL", (job.key,)
+                        ).fetchone()
+                    )
                     if held is not None:
                         return held
                 raise JobIdInUse(job.id) from None

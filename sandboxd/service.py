@@ -160,38 +160,52 @@ class Service:
         if progress is not None:
             job.listeners.append(progress)
         self.table.add(job)
-        acc = job.accepted = asyncio.get_running_loop().create_future()
-        acc.add_done_callback(lambda f: f.cancelled() or f.exception())  # (retrieved: its sender may be gone)
+        acc: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
+        job.accepted = acc
+        if key is not None:  # (others may wait for it: retrieved even if its sender has gone)
+            acc.add_done_callback(lambda f: f.cancelled() or f.exception())
         data = encode_spec(spec)
         job.spec_size = len(data)
         row = NewJob(job.id, op, data, job.created_at, job.callback_url, job.key, job.fingerprint)
         self.store.add(row, lambda ok, val: self._committed(job, op, spec, ok, val))
-        return await asyncio.shield(acc)
+        # Unkeyed, not shielded (it costs): if its sender goes, `acc` is cancelled, and the
+        # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
+        return await (asyncio.shield(acc) if key is not None else acc)
 
     def _committed(self, job: Job, op: Op, spec: Spec, ok: bool, val: Stored | Exception | None) -> None:
-        assert job.accepted is not None
+        acc = job.accepted
+        assert acc is not None
+
+        def settle(info: JobInfo | None = None, exc: BaseException | None = None) -> None:
+            if acc.done():  # (cancelled: its sender has gone)
+                return
+            if exc is not None:
+                acc.set_exception(exc)
+            elif info is not None:
+                acc.set_result(info)
+
         exc = None if ok else val
         held = val if isinstance(val, Stored) else None
         if exc is not None or held is not None:
             self.table.drop(job)
         if isinstance(exc, JobIdInUse):
-            job.accepted.set_exception(error("bad_request", f"job id {job.id!r} is in use"))
+            settle(exc=error("bad_request", f"job id {job.id!r} is in use"))
         elif exc is not None:
-            job.accepted.set_exception(error("internal", f"the job store refused the job: {exc}"))
+            settle(exc=error("internal", f"the job store refused the job: {exc}"))
         elif held is not None:
             if held.fingerprint != job.fingerprint:
-                job.accepted.set_exception(conflict(job.key or ""))
+                settle(exc=conflict(job.key or ""))
             else:
                 try:
-                    job.accepted.set_result(self.table.held_info(held))
+                    settle(self.table.held_info(held))
                 except ServiceError as e:
-                    job.accepted.set_exception(e)
+                    settle(exc=e)
         elif self.draining:  # (accepted as the stop began: the next start runs it)
-            job.accepted.set_result(job.info())
+            settle(job.info())
             job.requeue, job.state = True, "cancelled"
             self._finish(job)
         else:
-            job.accepted.set_result(job.info())
+            settle(job.info())
             self._start(job, op, spec)
 
     def _finish(self, job: Job) -> None:
