@@ -25,10 +25,11 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 import msgspec
 
 from .scheduler import DrainRate, QueueFull, Ticket, retry_after
-from .schema import FileOut, RunResult, SubmissionResult
 
 MiB = 1 << 20
-HOLDERS: Final = ("requests", "compile_cache", "results")
+# (Results are not held: they live in the job store, and memory keeps a bounded
+# cache of small ones: sandboxd.jobs.HOT x HOT_BYTES.)
+HOLDERS: Final = ("requests", "compile_cache")
 # Default budget: a quarter of the host's memory, at least 256 MiB and at most
 # 8 GiB.  The rest belongs to the boxes (pool_size runs of up to their memory
 # limit each) and the page cache the runtimes are read from.  The floor lets
@@ -153,34 +154,6 @@ class MemoryBudget:
 
     def snapshot(self) -> dict[str, Any]:
         return {"limit": self.limit, "used": self.total, "refused": self.refused, "holders": dict(self.used)}
-
-
-def _strip_run(r: RunResult) -> None:
-    r.stdout = r.stderr = b""
-    r.files = [FileOut(f.path, None, "dropped: the daemon's memory budget was full") for f in r.files]
-
-
-def fit_result(
-    budget: MemoryBudget, result: RunResult | SubmissionResult | None, extra: int = 0
-) -> tuple[Hold, RunResult | SubmissionResult | None]:
-    """Reserve a finished job's result (plus `extra` bytes kept with it) under
-    "results"; one that does not fit loses its output (stdout, stderr, files),
-    with a message saying why, and is kept at that size."""
-    n = nbytes(result) + extra
-    hold = budget.try_reserve("results", n)
-    if hold is not None or result is None:
-        return hold or budget.force("results", n), result
-    note = f"output dropped: the result ({n} bytes) did not fit in the daemon's memory budget ({budget.limit} bytes)"
-    if isinstance(result, RunResult):
-        _strip_run(result)
-    else:
-        for r in (result.compile, *result.runs):
-            if r is not None:
-                _strip_run(r)
-        for t in result.tests:
-            t.stdout = t.stderr = b""
-    result.message = f"{result.message}; {note}" if result.message else note
-    return budget.force("results", nbytes(result) + extra), result
 
 
 K = TypeVar("K", bound=Hashable)

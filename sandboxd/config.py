@@ -50,6 +50,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # cache, results in memory (sandboxd/budget.py).  Beyond it new jobs get
     # queue_full (429).  0: a quarter of the host's memory, 256 MiB to 8 GiB.
     memory_budget: Annotated[int, Meta(ge=0)] = 0
+    # The durable job store (SQLite): accepted jobs and their results survive a
+    # restart.  "" = STATE_DIR/jobs/INSTANCE.sqlite3 (one file per instance).
+    job_store: str = ""
     # Result callbacks (HTTP ?callback_url=) to loopback/private/link-local
     # addresses are refused unless this is true (SSRF, CVE-2024-29021).
     callback_allow_private: bool = False

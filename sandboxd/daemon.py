@@ -23,6 +23,7 @@ from .engine import Engine, EngineConfig
 from .fleet.host import HostSettings, HostWorker, ServiceExecutor
 from .fleet.store import FleetStore
 from .hostlock import HostLock
+from .jobstore import JobStore, default_path
 from .service import Service
 from .wire import Frontend
 
@@ -210,7 +211,11 @@ async def serve(cfg: Config) -> int:
             failed = await engine.selftest()
             if not engine.languages:
                 raise RuntimeError(f"no language passed its self-test: {failed}")
-        svc = Service(engine, results_ttl=cfg.results_ttl, callback_allow_private=cfg.callback_allow_private)
+        jobs = JobStore(cfg.job_store or default_path(Path(cfg.state_dir), cfg.instance), cfg.results_ttl)
+        svc = Service(
+            engine, results_ttl=cfg.results_ttl, callback_allow_private=cfg.callback_allow_private, store=jobs
+        )
+        svc.open()
         reloads: set[asyncio.Task[list[str]]] = set()
 
         def reload() -> None:
@@ -243,6 +248,7 @@ async def serve(cfg: Config) -> int:
                 await worker.leave(cfg.drain_timeout)
                 await worker.store.close()
             await svc.drain(cfg.drain_timeout)
+            await svc.close()
 
         what = "instance {}, {} cgroups, pool {}{}".format(
             cfg.instance,

@@ -244,19 +244,24 @@ class Engine:
     def pool_of(self, lang: Language) -> str:
         return self.lang_pool.get(lang.id, "host")
 
-    def admit(self, lang: str | None, runs: int, payload: object, what: str = "the job") -> Admission:
+    def admit(
+        self, lang: str | None, runs: int, payload: object, what: str = "the job", force: bool = False
+    ) -> Admission:
         """A new job's admission, before it is acknowledged: `runs` places in
         its queues (its language's pool, and its lang_capacity queue if any)
         and its request's bytes in the memory budget.  Raises QueueFull (or
-        BudgetFull) when either is full: the job is refused, never failed later."""
+        BudgetFull) when either is full: the job is refused, never failed later.
+        force: a job the daemon acknowledged before a restart is admitted whatever
+        the queues and the budget hold (it was promised a result)."""
         ticket = Ticket()
         try:
             spec = self.languages.get(lang) if lang else None
             lq = self.lang_queues.get(lang) if lang else None
             if lq is not None:
-                lq.admit(ticket, runs)
-            self.queues[self.pool_of(spec) if spec else "host"].admit(ticket, runs)
-            hold = self.budget.reserve("requests", nbytes(payload), what)
+                lq.admit(ticket, runs, force)
+            self.queues[self.pool_of(spec) if spec else "host"].admit(ticket, runs, force)
+            n = nbytes(payload)
+            hold = self.budget.force("requests", n) if force else self.budget.reserve("requests", n, what)
         except QueueFull:
             ticket.close()
             raise

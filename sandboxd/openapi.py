@@ -32,9 +32,16 @@ _ERRORS = {
         (400, "invalid input: the message names the field"),
         (401, "missing or wrong bearer token"),
         (413, "body too large"),
+        (422, "conflict: the Idempotency-Key was used for a different request"),
         (429, "queue full; see Retry-After"),
         (503, "draining; see Retry-After"),
     )
+}
+_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "description": "1..255 printable ASCII characters: the same key and request name the same job for results_ttl",
+    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
 }
 _CALLBACK = {
     "name": "callback_url",
@@ -77,7 +84,7 @@ def document() -> dict[str, Any]:
             "/v1/runs": {
                 "post": {
                     "summary": "Run one program",
-                    "parameters": [_WAIT, _CALLBACK],
+                    "parameters": [_WAIT, _CALLBACK, _KEY],
                     "requestBody": {"required": True, **_body("RunRequest")},
                     "responses": {"200": _resp("RunResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
                 }
@@ -85,7 +92,7 @@ def document() -> dict[str, Any]:
             "/v1/submissions": {
                 "post": {
                     "summary": "Judge a submission: compile, run tests in parallel, check",
-                    "parameters": [_WAIT, _CALLBACK],
+                    "parameters": [_WAIT, _CALLBACK, _KEY],
                     "requestBody": {"required": True, **_body("Submission")},
                     "responses": {"200": _resp("SubmissionResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
                 }

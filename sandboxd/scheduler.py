@@ -150,10 +150,11 @@ class AdmissionQueue:
         self.rejected += 1
         return QueueFull(self.name, ahead, retry_after(ahead, self.drained.rate()))
 
-    def admit(self, ticket: Ticket, runs: int = 1) -> None:
+    def admit(self, ticket: Ticket, runs: int = 1, force: bool = False) -> None:
         """Promise `runs` places to an admitted job, or raise QueueFull (at
-        submission, before the job is acknowledged)."""
-        full = self._full()
+        submission, before the job is acknowledged).  force: a job acknowledged
+        before a restart, which may not be refused now."""
+        full = None if force else self._full()
         if full is not None:
             raise full
         self.promised += runs

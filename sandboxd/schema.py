@@ -281,7 +281,15 @@ def validate_submission(sub: Submission) -> Submission:
 
 Op = Literal["run", "submit", "get", "wait", "cancel", "status", "languages", "ping"]
 ErrorCode = Literal[
-    "bad_request", "not_found", "queue_full", "queue_deadline", "cancelled", "draining", "unauthorized", "internal"
+    "bad_request",
+    "not_found",
+    "queue_full",
+    "queue_deadline",
+    "cancelled",
+    "draining",
+    "unauthorized",
+    "conflict",  # an idempotency key sent again with a different request
+    "internal",
 ]
 
 
@@ -291,6 +299,8 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     body: msgspec.Raw = msgspec.Raw()  # decoded per op: RunRequest, Submission, JobRef; empty if absent
     wait: bool = True  # False: reply at once with the job id; poll with "get"
     progress: bool = False  # stream a "test" event per finished test of a submission
+    # run/submit: the same key with the same request names the same job (wire.check_idempotency_key)
+    idempotency_key: str | None = None
 
 
 class JobRef(msgspec.Struct, forbid_unknown_fields=True):
@@ -306,7 +316,8 @@ class Error(msgspec.Struct):
 class JobInfo(msgspec.Struct, omit_defaults=True):
     job: str
     kind: Literal["run", "submission"]
-    state: Literal["queued", "running", "done", "cancelled", "failed"]
+    # lost: accepted, and the daemon died with it unfinished more than once (not run again)
+    state: Literal["queued", "running", "done", "cancelled", "failed", "lost"]
     result: RunResult | SubmissionResult | None = None
     error: Error | None = None
     host: str | None = None  # fleet: the host that ran the job

@@ -1,7 +1,12 @@
 """The operations every transport offers: run, submit, get, cancel, status, languages.
 
-Jobs get an id, live in memory until `results_ttl` after they finish, and can
-be waited for, polled or cancelled from any connection or transport.
+Jobs get an id and can be waited for, polled or cancelled from any connection
+or transport.  A job accepted through a transport is in the durable store
+(sandboxd.jobstore) before it is acknowledged, runs again if the daemon dies
+before it finishes, and its result stays readable from the store until
+`results_ttl` after it finished (sandboxd.jobs: what stays in memory).
+An idempotency key names one job: the same key with the same request gets
+that job again, with another request a `conflict`.
 """
 
 from __future__ import annotations
@@ -13,15 +18,16 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import callbacks
-from .budget import Admission, Hold, fit_result, nbytes
+from . import callbacks, servicestatus
+from .budget import Admission
 from .compat import Compiler, Load, Served
 from .compat import jobs as compat_jobs
 from .engine import Engine
-from .errors import error
+from .errors import ServiceError, error
+from .jobs import Job, JobTable, Op, Spec, conflict, decode_spec, encode_spec, fingerprint, kind_of, lost_info
+from .jobstore import JobIdInUse, JobStore, NewJob, Stored
 from .judge import judge
 from .metrics import Metrics
 from .scheduler import QueueDeadline, QueueFull
@@ -39,40 +45,9 @@ from .schema import (
     validate_submission,
 )
 
+__all__ = ["Job", "Service"]
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class Job:
-    id: str
-    kind: Literal["run", "submission"]
-    lang: str = ""
-    state: Literal["queued", "running", "done", "cancelled", "failed"] = "queued"
-    result: RunResult | SubmissionResult | None = None
-    error: Error | None = None
-    created: float = field(default_factory=time.monotonic)
-    finished: float = 0.0
-    task: asyncio.Task[None] | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    listeners: list[Callable[[TestResult], None]] = field(default_factory=list)
-    callback_url: str | None = None
-    created_at: float = field(default_factory=time.time)
-    finished_at: float | None = None
-    spec: compat_jobs.Spec | None = None  # a Judge0/Piston job's request
-    notify: bool = True  # deliver a compat job's callback here (not when a fleet host runs it)
-    admission: Admission | None = None  # budget: queue places and request bytes, until final
-    held: Hold | None = None  # budget: the result's bytes, until it expires
-
-    def info(self) -> JobInfo:
-        return JobInfo(
-            self.id,
-            self.kind,
-            self.state,
-            self.result,
-            self.error,
-            created_at=self.created_at,
-            finished_at=self.finished_at,
-        )
+REQUEUED = "the daemon stopped before the job finished; it runs again when the daemon starts"
 
 
 class Service:
@@ -82,6 +57,7 @@ class Service:
         metrics: Metrics | None = None,
         results_ttl: float = 600.0,
         callback_allow_private: bool = False,
+        store: JobStore | None = None,
     ) -> None:
         self.engine = engine
         self.callback_allow_private = callback_allow_private
@@ -90,76 +66,191 @@ class Service:
         self.compat_pending = 0  # compat jobs not finished: Judge0's queue count
         self.metrics = metrics or Metrics()
         self.results_ttl = results_ttl
-        self.jobs: dict[str, Job] = {}
-        self._expiry: deque[Job] = deque()
+        self.store = store or JobStore(":memory:", results_ttl)
+        self.table = JobTable(self.store, results_ttl)
+        self.jobs = self.table.jobs  # unfinished (and final, not yet saved) jobs by id
         self.draining = False
-        self._heals_counted = 0  # engine heals already added to the metrics counter
         self.recent: deque[float] = deque(maxlen=200)  # recent run wall times, for status
+        self._sweeper: asyncio.Task[None] | None = None
+        self._heals_counted = 0  # engine heals already added to the metrics counter
+
+    # --- start and stop ---------------------------------------------------
+
+    def open(self) -> None:
+        """At start, before serving: what a previous daemon acknowledged and did
+        not finish runs again, in the order it was accepted."""
+        again, lost = self.store.recover(lost_info)
+        for s in again:
+            self._restore(s)
+        if again or lost:
+            log.warning("job store: %d unfinished jobs run again, %d lost", len(again), len(lost))
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def _restore(self, s: Stored) -> None:
+        op: Op = "run" if s.kind == "run" else "submit" if s.kind == "submit" else "compat"
+        try:
+            spec = decode_spec(op, s.spec or b"")
+        except Exception as e:  # written by another version this one cannot read
+            log.error("job %s: cannot read its spec (%s); it fails", s.id, e)
+            spec = None
+        age = max(0.0, time.time() - s.created_at)
+        lang = spec.lang if spec is not None and not isinstance(spec, RunRequest) else ""
+        job = Job(s.id, kind_of(op), lang, created=time.monotonic() - age, created_at=s.created_at)
+        job.durable, job.callback_url, job.key, job.fingerprint = True, s.callback_url, s.key, s.fingerprint
+        job.spec_size = len(s.spec or b"")
+        self.table.add(job)
+        if spec is None:
+            job.state, job.error = "failed", Error("internal", "its request could not be read back after a restart")
+            self._finish(job)
+            return
+        # Acknowledged by an earlier daemon: admitted whatever the queues and budget hold.
+        job.admission = self._admit(job.lang, spec, force=True)
+        self._start(job, op, spec)
+
+    async def _sweep(self) -> None:
+        every = max(0.5, min(60.0, self.results_ttl / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.store.sweep()
+            except Exception as e:
+                log.error("job store: sweep failed: %s", e)
+
+    async def close(self) -> None:
+        """After drain: the store has every result and every kept job."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.store.close()
 
     # --- job life cycle ---------------------------------------------------
 
-    def _new_job(
-        self, kind: Literal["run", "submission"], lang: str, job_id: str | None, runs: int, payload: object
-    ) -> Job:
-        """runs, payload: what admission reserves (queue places, request bytes)."""
+    def _new_job(self, kind: Literal["run", "submission"], lang: str = "", job_id: str | None = None) -> Job:
         if self.draining:
             self.metrics.rejections.labels("draining").inc()
             raise error("draining", "the daemon is shutting down; retry on another host", 1.0)
-        self._expire()
-        if job_id is not None and job_id in self.jobs:
+        if job_id is not None and self.table.in_use(job_id):
             raise error("bad_request", f"job id {job_id!r} is in use")
-        job = Job(job_id or secrets.token_urlsafe(12), kind, lang)
-        job.admission = self._admit(lang, runs, payload, f"the {kind}")  # budget hook
-        self.jobs[job.id] = job
-        return job
+        return Job(job_id or secrets.token_urlsafe(12), kind, lang)
 
-    # --- budget hooks (sandboxd.budget): admission, a result's bytes -------
+    def _start(self, job: Job, op: Op, spec: Spec) -> None:
+        if isinstance(spec, RunRequest):
+            work: Coroutine[Any, Any, None] = self._do_run(job, spec)
+        elif isinstance(spec, Submission):
+            work = self._do_submission(job, spec)
+        else:
+            job.spec, job.lang = spec, spec.lang
+            self.compat_pending += 1
+            work = self._do_compat(job, spec)
+        adm = job.admission
+        if adm is None:
+            job.task = asyncio.ensure_future(work)
+            return
+        job.task = adm.spawn(work)  # (its runs use the queue places promised at admission)
+        # (also if cancelled before it ever ran, when no finally of the work runs)
+        job.task.add_done_callback(lambda _: adm.close())
 
-    def _admit(self, lang: str, runs: int, payload: object, what: str) -> Admission:
+    def _admit(self, lang: str, spec: Spec, force: bool = False) -> Admission:
         """Refused here, before the job is acknowledged, when a queue or the
         memory budget is full: an accepted job never fails for it later."""
+        runs = 1 if isinstance(spec, RunRequest) else 1 + len(spec.tests) if isinstance(spec, Submission) else 2
         try:
-            return self.engine.admit(lang or None, runs, payload, what)
+            return self.engine.admit(lang or None, runs, spec, "the run" if runs == 1 else "the submission", force)
         except QueueFull as e:
             self.metrics.rejections.labels("queue_full").inc()
             raise error("queue_full", str(e), e.retry_after) from None
 
-    def _spawn(self, job: Job, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """The job's work runs under its admission (its runs use the promised places)."""
-        adm = job.admission
-        assert adm is not None
-        task = adm.spawn(work)
-        # (also if cancelled before it ever ran, when no finally of the work runs)
-        task.add_done_callback(lambda _: adm.close())
-        return task
+    async def _accept(
+        self, job: Job, op: Op, spec: Spec, key: str | None, progress: Callable[[TestResult], None] | None = None
+    ) -> JobInfo:
+        """Commit the job to the store, then start it; returns what its sender
+        is told (another job's, if its idempotency key already names one)."""
+        job.durable = True
+        if key is not None:
+            fp = fingerprint(op, spec, job.callback_url)
+            other = self.table.keys.get(key)
+            if other is not None:
+                if other.fingerprint != fp:
+                    raise conflict(key)
+                if progress is not None:
+                    other.listeners.append(progress)
+                if other.accepted is None:  # (restored at start: committed long ago)
+                    return other.info()
+                info = await asyncio.shield(other.accepted)
+                return other.info() if info.job == other.id else info
+            job.key, job.fingerprint = key, fp
+        job.admission = self._admit(job.lang, spec)
+        if progress is not None:
+            job.listeners.append(progress)
+        self.table.add(job)
+        acc: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
+        job.accepted = acc
+        if key is not None:  # (others may wait for it: retrieved even if its sender has gone)
+            acc.add_done_callback(lambda f: f.cancelled() or f.exception())
+        data = encode_spec(spec)
+        job.spec_size = len(data)
+        row = NewJob(job.id, op, data, job.created_at, job.callback_url, job.key, job.fingerprint)
+        self.store.add(row, lambda ok, val: self._committed(job, op, spec, ok, val))
+        # Unkeyed, not shielded (it costs): if its sender goes, `acc` is cancelled, and the
+        # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
+        return await (asyncio.shield(acc) if key is not None else acc)
 
-    def _hold_result(self, job: Job) -> None:
-        """A final job's request bytes are free; its result (and a compat job's
-        spec, kept with it) is held in the budget until it expires."""
-        if job.admission is not None:
-            job.admission.close()
-        extra = nbytes(job.spec) if job.spec is not None else 0
-        job.held, job.result = fit_result(self.engine.budget, job.result, extra)
+    def _committed(self, job: Job, op: Op, spec: Spec, ok: bool, val: Stored | Exception | None) -> None:
+        acc = job.accepted
+        assert acc is not None
 
-    def _expire(self) -> None:
-        now = time.monotonic()
-        while self._expiry and now - self._expiry[0].finished > self.results_ttl:
-            job = self._expiry.popleft()
-            if job.held is not None:
-                job.held.release()  # budget hook
-            self.jobs.pop(job.id, None)
+        def settle(info: JobInfo | None = None, exc: BaseException | None = None) -> None:
+            if acc.done():  # (cancelled: its sender has gone)
+                return
+            if exc is not None:
+                acc.set_exception(exc)
+            elif info is not None:
+                acc.set_result(info)
+
+        exc = None if ok else val
+        held = val if isinstance(val, Stored) else None
+        if exc is not None or held is not None:
+            self.table.drop(job)
+            if job.admission is not None:
+                job.admission.close()
+        if isinstance(exc, JobIdInUse):
+            settle(exc=error("bad_request", f"job id {job.id!r} is in use"))
+        elif exc is not None:
+            settle(exc=error("internal", f"the job store refused the job: {exc}"))
+        elif held is not None:
+            if held.fingerprint != job.fingerprint:
+                settle(exc=conflict(job.key or ""))
+            else:
+                try:
+                    settle(self.table.held_info(held))
+                except ServiceError as e:
+                    settle(exc=e)
+        elif self.draining:  # (accepted as the stop began: the next start runs it)
+            settle(job.info())
+            job.requeue, job.state = True, "cancelled"
+            self._finish(job)
+        else:
+            settle(job.info())
+            self._start(job, op, spec)
 
     def _finish(self, job: Job) -> None:
-        self._hold_result(job)  # budget hook
+        if job.admission is not None:
+            job.admission.close()  # (idempotent: the task's done callback closes it too)
         job.finished, job.finished_at = time.monotonic(), time.time()
-        self._expiry.append(job)
+        if job.requeue:
+            job.error = Error("cancelled", REQUEUED)
         job.done.set()
-        if job.callback_url:
+        if job.callback_url and not job.requeue:
             self._background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
         if job.spec is not None:
             self.compat_pending -= 1
-            if job.notify:
+            if job.notify and not job.requeue:
                 self._background(compat_jobs.finished(job.id, job.spec, job.info(), self.callback_allow_private))
+        if not job.durable:
+            self.table.drop(job)  # (a fleet job: its HostWorker holds it until Redis has the result)
+        elif job.requeue:
+            self.store.release(job.id)
+        else:
+            self.table.save(job)
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         t = asyncio.ensure_future(coro)
@@ -169,37 +260,33 @@ class Service:
     async def check_callback(self, url: str) -> None:
         await callbacks.check(url, self.callback_allow_private)
 
+    def _check_compat(self, spec: compat_jobs.Spec) -> None:
+        if spec.lang not in self.engine.languages:
+            raise error("bad_request", f"lang: {spec.lang!r} is not served here")
+
+    # Jobs of a fleet host (sandboxd.fleet.host): started at once, not durable here.
+
     def submit_compat(self, spec: compat_jobs.Spec, job_id: str | None = None, notify: bool = True) -> Job:
         """A Judge0/Piston job (sandboxd.compat): a native job of kind "submission"
         (ids, draining refusal, state, errors, cancellation, expiry, metrics as
         for every job) whose work is the API's own translation onto the engine.
         notify=False: the caller delivers what follows the result (a fleet host,
         once Redis has taken it)."""
-        if spec.lang not in self.engine.languages:
-            raise error("bad_request", f"lang: {spec.lang!r} is not served here")
-        job = self._new_job("submission", spec.lang, job_id, 2, spec)
-        job.spec, job.notify = spec, notify
-        self.compat_pending += 1
-
-        def on_run(verdict: Verdict, r: RunResult) -> None:
-            self.metrics.verdicts.labels("test", verdict).inc()
-            self.recent.append(r.wall_time)
-
-        async def work() -> SubmissionResult:
-            job.state = "running"
-            res = await compat_jobs.execute(self.engine, self.compiler, spec, on_run)
-            self.metrics.verdicts.labels("submission", res.verdict).inc()
-            self.metrics.submission_seconds.labels(spec.lang).observe(time.monotonic() - job.created)
-            return res
-
-        job.task = self._spawn(job, self._guard(job, work()))  # budget hook
+        self._check_compat(spec)
+        job = self._new_job("submission", spec.lang, job_id)
+        job.notify = notify
+        job.admission = self._admit(spec.lang, spec)
+        self.table.add(job)
+        self._start(job, "compat", spec)
         return job
 
     def submit_run(self, req: RunRequest, callback_url: str | None = None) -> Job:
         validate_run(req)
-        job = self._new_job("run", "", None, 1, req)
+        job = self._new_job("run")
         job.callback_url = callback_url
-        job.task = self._spawn(job, self._do_run(job, req))  # budget hook
+        job.admission = self._admit("", req)
+        self.table.add(job)
+        self._start(job, "run", req)
         return job
 
     def submit(
@@ -207,11 +294,13 @@ class Service:
     ) -> Job:
         validate_submission(sub)
         self.engine.language(sub.lang)
-        job = self._new_job("submission", sub.lang, None, 1 + len(sub.tests), sub)
+        job = self._new_job("submission", sub.lang)
         job.callback_url = callback_url
         if progress is not None:
             job.listeners.append(progress)
-        job.task = self._spawn(job, self._do_submission(job, sub))  # budget hook
+        job.admission = self._admit(sub.lang, sub)
+        self.table.add(job)
+        self._start(job, "submit", sub)
         return job
 
     async def _guard(self, job: Job, work: Any) -> None:
@@ -234,6 +323,20 @@ class Service:
             job.state, job.error = "failed", Error("internal", f"internal error: {e}")
         finally:
             self._finish(job)
+
+    async def _do_compat(self, job: Job, spec: compat_jobs.Spec) -> None:
+        def on_run(verdict: Verdict, r: RunResult) -> None:
+            self.metrics.verdicts.labels("test", verdict).inc()
+            self.recent.append(r.wall_time)
+
+        async def work() -> SubmissionResult:
+            job.state = "running"
+            res = await compat_jobs.execute(self.engine, self.compiler, spec, on_run)
+            self.metrics.verdicts.labels("submission", res.verdict).inc()
+            self.metrics.submission_seconds.labels(spec.lang).observe(time.monotonic() - job.created)
+            return res
+
+        await self._guard(job, work())
 
     async def _do_run(self, job: Job, req: RunRequest) -> None:
         async def work() -> RunResult:
@@ -265,9 +368,10 @@ class Service:
         await self._guard(job, work())
 
     def get(self, job_id: str) -> Job:
-        job = self.jobs.get(job_id)
+        """A job in memory (unfinished, or a recent result)."""
+        job = self.table.cached(job_id)
         if job is None:
-            raise error("not_found", f"no job {job_id!r} (unknown, or its result expired)")
+            raise error("not_found", f"no job {job_id!r} in memory")
         return job
 
     async def wait(self, job: Job, timeout: float | None = None) -> JobInfo:
@@ -279,80 +383,72 @@ class Service:
         return job.info()
 
     def cancel(self, job_id: str) -> JobInfo:
-        job = self.get(job_id)
+        return self._cancel(self.get(job_id))
+
+    @staticmethod
+    def _cancel(job: Job) -> JobInfo:
         if job.task is not None and not job.task.done():
             job.task.cancel()
         return job.info()
 
     # --- the transports' view (wire.Frontend) ------------------------------
 
-    async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo:
+    async def start_run(
+        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
+    ) -> JobInfo:
         if callback_url is not None:
             await self.check_callback(callback_url)
-        return self.submit_run(req, callback_url).info()
+        validate_run(req)
+        job = self._new_job("run")
+        job.callback_url = callback_url
+        return await self._accept(job, "run", req, idempotency_key)
 
     async def start_submission(
         self,
         sub: Submission,
         progress: Callable[[TestResult], None] | None = None,
         callback_url: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> JobInfo:
         if callback_url is not None:
             await self.check_callback(callback_url)
-        return self.submit(sub, progress, callback_url).info()
+        validate_submission(sub)
+        self.engine.language(sub.lang)
+        job = self._new_job("submission", sub.lang)
+        job.callback_url = callback_url
+        return await self._accept(job, "submit", sub, idempotency_key, progress)
 
     async def job_info(self, job_id: str) -> JobInfo:
-        return self.get(job_id).info()
+        found = await self.table.find(job_id)
+        return found.info() if isinstance(found, Job) else found
 
     async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo:
-        return await self.wait(self.get(job_id), timeout)
+        found = await self.table.find(job_id)
+        return await self.wait(found, timeout) if isinstance(found, Job) else found
 
     # --- the compat APIs' view (sandboxd.compat.Backend) --------------------
 
-    async def start_compat(self, spec: compat_jobs.Spec, job_id: str) -> JobInfo:
-        return self.submit_compat(spec, job_id).info()
+    async def start_compat(self, spec: compat_jobs.Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
+        self._check_compat(spec)
+        return await self._accept(self._new_job("submission", spec.lang, job_id), "compat", spec, idempotency_key)
 
     async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
-        self._expire()
-        job = self.jobs.get(job_id)
-        if job is None or job.spec is None:
-            return None
-        return job.spec, job.info()
+        return await self.table.compat(job_id)
 
     async def forget_job(self, job_id: str) -> Literal["ok", "missing", "pending"]:
-        job = self.jobs.get(job_id)
-        if job is None:
-            return "missing"
-        if not job.done.is_set():
-            return "pending"
-        del self.jobs[job_id]
-        job.spec = job.result = None  # (its expiry entry stays until due: free what it held now)
-        if job.held is not None:
-            job.held.release()  # budget hook
-        return "ok"
+        return await self.table.forget(job_id)
 
     async def compat_languages(self) -> dict[str, Served]:
         eng = self.engine
         return {lid: Served(lang, eng.versions.get(lid, "")) for lid, lang in eng.languages.items()}
 
     async def compat_load(self) -> Load:
-        st = self.status()
-        workers = [
-            {
-                "queue": name,
-                "size": sum(p["queued"].values()),
-                "available": p["capacity"],
-                "idle": p["warm"],
-                "working": p["busy"],
-                "paused": 0,
-                "failed": p["agent_crashes"],
-            }
-            for name, p in st["pools"].items()
-        ]
-        return Load(self.compat_pending, self.engine.cfg.queue_depth, workers)
+        return servicestatus.compat_load(self)
 
     async def cancel_job(self, job_id: str) -> JobInfo:
-        return self.cancel(job_id)
+        found = await self.table.find(job_id)
+        return self._cancel(found) if isinstance(found, Job) else found
 
     async def status_info(self) -> dict[str, Any]:
         return self.status()
@@ -377,92 +473,30 @@ class Service:
             return "no warm box yet"
         return None
 
-    # --- state ------------------------------------------------------------
+    # --- state (sandboxd.servicestatus) -------------------------------------
 
     def status(self) -> dict[str, Any]:
-        eng = self.engine
-        pools = {}
-        for name, pool in eng.pools.items():
-            q = eng.queues[name]
-            st = pool.stats
-            pools[name] = {
-                "warm": st.warm,
-                "busy": st.busy,
-                "building": st.building,
-                "recycled": st.recycled,
-                "agent_crashes": st.agent_crashes,
-                "capacity": q.capacity,
-                "running": q.running,
-                "queued": q.queued_by_priority(),
-                "rejected": q.rejected,
-            }
-        languages = {
-            lid: {"pool": lang.rootfs, **({"queued": q.queued_by_priority(), "running": q.running} if q else {})}
-            for lid, lang in eng.languages.items()
-            for q in [eng.lang_queues.get(lid)]
-        }
-        recent = sorted(self.recent)
-        jobs: dict[str, int] = {}
-        for j in self.jobs.values():
-            jobs[j.state] = jobs.get(j.state, 0) + 1
-        return {
-            "pools": pools,
-            "languages": languages,
-            "jobs": jobs,
-            "draining": self.draining,
-            "memory_budget": self.engine.budget.snapshot(),  # budget hook
-            "health": {"problem": eng.health.problem, "heals": eng.health.heals},
-            "recent_wall_time": {
-                "count": len(recent),
-                "p50": recent[len(recent) // 2] if recent else None,
-                "p99": recent[min(len(recent) - 1, int(len(recent) * 0.99))] if recent else None,
-            },
-        }
+        return servicestatus.status(self)
 
     def languages(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": lang.id,
-                "name": lang.name,
-                "version": self.engine.versions.get(lang.id),
-                "compiled": bool(lang.compile),
-                "source": lang.source,
-            }
-            for lang in sorted(self.engine.languages.values(), key=lambda x: x.id)
-        ]
+        return servicestatus.languages(self)
 
     def refresh_metrics(self) -> None:
-        m = self.metrics
-        m.queue_depth.clear()
-        for name, pool in self.engine.pools.items():
-            st = pool.stats
-            m.boxes.labels(name, "warm").set(st.warm)
-            m.boxes.labels(name, "busy").set(st.busy)
-            m.boxes.labels(name, "building").set(st.building)
-            m.recycled.labels(name).set(st.recycled)
-            m.agent_crashes.labels(name).set(st.agent_crashes)
-            for prio, n in self.engine.queues[name].queued_by_priority().items():
-                m.queue_depth.labels(name, str(prio)).set(n)
-        counts: dict[str, int] = {"queued": 0, "running": 0, "done": 0, "cancelled": 0, "failed": 0}
-        for j in self.jobs.values():
-            counts[j.state] += 1
-        for state, n in counts.items():
-            m.jobs.labels(state).set(n)
-        m.set_budget(self.engine.budget.limit, self.engine.budget.used)  # budget hook
-        health = self.engine.health
-        m.healthy.set(0 if health.check() else 1)
-        m.heals.inc(health.heals - self._heals_counted)
-        self._heals_counted = health.heals
+        servicestatus.refresh_metrics(self)
 
     async def drain(self, grace: float) -> None:
         """Stop taking jobs; let running ones finish within `grace` seconds, then cancel the rest."""
         self.draining = True
-        pending = [j.task for j in self.jobs.values() if j.task is not None and not j.task.done()]
+        unfinished = self.table.unfinished()
+        pending = [j.task for j in unfinished if j.task is not None]
         if pending:
             log.info("draining: waiting up to %.0f s for %d jobs", grace, len(pending))
             _, late = await asyncio.wait(pending, timeout=grace)
-            for t in late:
-                t.cancel()
+            for j in unfinished:
+                if j.task in late:
+                    # Acknowledged, so kept: it runs again at the next start.
+                    j.requeue = j.durable
+                    j.task.cancel()
             if late:
                 log.warning("draining: cancelled %d jobs after the grace period", len(late))
                 await asyncio.wait(late, timeout=5)

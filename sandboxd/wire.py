@@ -7,6 +7,7 @@ same precise error on every transport.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -39,6 +40,17 @@ def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
         raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
 
 
+MAX_KEY = 255
+_KEY = re.compile(r"[\x21-\x7e]{1,%d}" % MAX_KEY)  # noqa: UP031 - {} is the regex's
+
+
+def check_idempotency_key(key: str | None, what: str = "idempotency_key") -> str | None:
+    """An idempotency key: 1..255 printable ASCII characters, no spaces."""
+    if key is not None and not _KEY.fullmatch(key):
+        raise error("bad_request", f"{what}: must be 1..{MAX_KEY} printable ASCII characters (0x21-0x7e), e.g. a UUID")
+    return key
+
+
 class Frontend(Backend, Protocol):
     """What the transports (Unix socket, HTTP) serve: a host daemon's Service,
     or the fleet's Coordinator; the Judge0/Piston APIs use the Backend part.
@@ -47,13 +59,17 @@ class Frontend(Backend, Protocol):
     @property
     def draining(self) -> bool: ...
 
-    async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo: ...
+    async def start_run(
+        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
+    ) -> JobInfo: ...
 
     async def start_submission(
         self,
         sub: Submission,
         progress: Callable[[TestResult], None] | None = None,
         callback_url: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> JobInfo: ...
 
     async def job_info(self, job_id: str) -> JobInfo: ...
@@ -80,8 +96,11 @@ async def dispatch(
     progress: Callable[[TestResult], None] | None = None,
     on_job: Callable[[str], None] | None = None,
     callback_url: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Any:
-    """Run one op; returns the reply payload (a schema object or plain data)."""
+    """Run one op; returns the reply payload (a schema object or plain data).
+    idempotency_key (run, submit): the same key and request name the same job;
+    with `wait`, the reply is that job's result."""
     try:
         if op == "ping":
             return {"pong": True}
@@ -96,10 +115,13 @@ async def dispatch(
             if op == "wait":
                 return await svc.wait_job(ref.job, timeout)
             return await svc.job_info(ref.job)
+        key = check_idempotency_key(idempotency_key)
         if op == "run":
-            info = await svc.start_run(decode(body, RunRequest, fmt), callback_url)
+            info = await svc.start_run(decode(body, RunRequest, fmt), callback_url, idempotency_key=key)
         elif op == "submit":
-            info = await svc.start_submission(decode(body, Submission, fmt), progress, callback_url)
+            info = await svc.start_submission(
+                decode(body, Submission, fmt), progress, callback_url, idempotency_key=key
+            )
         else:
             raise error("bad_request", f"op: unknown {op!r}")
     except SchemaError as e:

@@ -83,7 +83,9 @@ class Daemon(Served):
         for k, v in flags.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
         # Language self-tests cost seconds per start-up; one test daemon checks them.
-        env = {**os.environ, "SANDBOXD_SELFTEST": "true" if selftest else "false", **(env or {})}
+        # The job store in the daemon's own directory, unless a test keeps one across daemons.
+        store = {"SANDBOXD_JOB_STORE": str(self.dir / "jobs.sqlite3")}
+        env = {**store, **os.environ, "SANDBOXD_SELFTEST": "true" if selftest else "false", **(env or {})}
         self._launch(args, env, "daemon", 120)
 
 

@@ -67,8 +67,9 @@ class Backend(Protocol):
 
     async def check_callback(self, url: str) -> None: ...
 
-    async def start_compat(self, spec: Spec, job_id: str) -> JobInfo:
-        """Start a compat job under the id the API chose (a Judge0 token is a UUID)."""
+    async def start_compat(self, spec: Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
+        """Start a compat job under the id the API chose (a Judge0 token is a UUID);
+        with an idempotency key already used for this spec: that job (its id)."""
         ...
 
     async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo: ...

@@ -89,6 +89,7 @@ from ..schema import (
     Verdict,
     check_box_path,
 )
+from ..wire import check_idempotency_key
 from . import Backend, Compiler, Served, put_json, run_program
 
 VERSION = "1.13.1"
@@ -692,10 +693,10 @@ class Judge0:
 
     # --- records: the backend's jobs ---
 
-    async def create(self, req: Request) -> str:
-        token = str(uuid.uuid4())
-        await self.backend.start_compat(req, token)
-        return token
+    async def create(self, req: Request, idempotency_key: str | None = None) -> str:
+        """The new submission's token; with a key already used for this request, that one's."""
+        info = await self.backend.start_compat(req, str(uuid.uuid4()), idempotency_key=idempotency_key)
+        return info.job
 
     async def get(self, token: str) -> tuple[Request, JobInfo] | None:
         found = await self.backend.compat_job(token)
@@ -907,7 +908,7 @@ def handler(fn: Handler) -> Handler:
         except J0Error as e:
             return reply(e.body, e.status)
         except ServiceError as e:
-            status = {"draining": 503, "queue_full": 503}.get(e.err.code, 400)
+            status = {"draining": 503, "queue_full": 503, "conflict": 422}.get(e.err.code, 400)
             return reply({"error": e.err.message}, status)
 
     return wrapped
@@ -923,13 +924,14 @@ async def _queue_check(j0: Judge0, n: int) -> None:
 async def create_submission(req: web.Request) -> web.Response:
     j0 = req.app[J0]
     wait = req.query.get("wait") == "true"
+    key = check_idempotency_key(req.headers.get("Idempotency-Key"), "Idempotency-Key header")
     await _queue_check(j0, 1)
     fields = _fields(req)
     b64 = _b64(req)
     built = await j0.build(await _params(req), b64)
     if not isinstance(built, Request):
         return reply(built, 422)
-    token = await j0.create(built)
+    token = await j0.create(built, key)
     if not wait:
         return reply({"token": token}, 201)
     info = await j0.backend.wait_job(token)

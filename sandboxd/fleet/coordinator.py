@@ -359,7 +359,9 @@ class Coordinator:
     async def check_callback(self, url: str) -> None:
         await callbacks.check(url, self.callback_allow_private)
 
-    async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo:
+    async def start_run(
+        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
+    ) -> JobInfo:
         if callback_url is not None:
             await self.check_callback(callback_url)
         try:
@@ -376,6 +378,8 @@ class Coordinator:
         sub: Submission,
         progress: Callable[[TestResult], None] | None = None,
         callback_url: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> JobInfo:
         if callback_url is not None:
             await self.check_callback(callback_url)
@@ -472,7 +476,7 @@ class Coordinator:
 
     # --- Judge0 / Piston (sandboxd.compat.Backend) ------------------------------
 
-    async def start_compat(self, spec: compat_jobs.Spec, job_id: str) -> JobInfo:
+    async def start_compat(self, spec: compat_jobs.Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
         notify = compat_jobs.notifies(spec)
         return await self._enqueue(
             compat_jobs.KIND, spec.lang, compat_jobs.encode(spec), None, jid=job_id, notify=notify
