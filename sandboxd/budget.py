@@ -2,13 +2,13 @@
 
 Per-request limits bound one request; this bounds them all together.  The
 holders (`HOLDERS`): request bodies of queued and running jobs (stdin, files,
-tests' input and expected output, sources), the compile cache, and results
-held in memory until they expire or are stored.  New work that would not fit
+tests' input and expected output, sources) and the compile cache; results
+are not held here (they live in the job store, and memory keeps a bounded
+cache of small ones).  New work that would not fit
 is refused at admission (`BudgetFull`, a `QueueFull`: HTTP 429 with a
 Retry-After from the rate at which the budget is being freed), never accepted
 and failed later.  The compile cache is reclaimable: admission evicts from it
-before refusing.  A result that does not fit (its job was already accepted)
-is kept without its output, with a message saying so.
+before refusing.
 
 Sizes are estimates (`nbytes`): the payload bytes plus a fixed overhead per
 object, not a byte-exact measure of the Python heap.

@@ -47,7 +47,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     lang_capacity: dict[str, Annotated[int, Meta(ge=1)]] = msgspec.field(default_factory=dict)
     results_ttl: Annotated[float, Meta(gt=0)] = 600.0  # seconds a finished job's result stays readable
     # Bytes the daemon may hold for jobs: queued and running requests, the compile
-    # cache, results in memory (sandboxd/budget.py).  Beyond it new jobs get
+    # cache (sandboxd/budget.py; results live in the job store).  Beyond it new jobs get
     # queue_full (429).  0: a quarter of the host's memory, 256 MiB to 8 GiB.
     memory_budget: Annotated[int, Meta(ge=0)] = 0
     # The durable job store (SQLite): accepted jobs and their results survive a

@@ -101,14 +101,13 @@ def test_a_burst_beyond_the_memory_budget_is_refused_at_submission() -> None:
                 assert info.result.stdout.strip() == str(stdin).encode()
         raw = http(d, "GET", "/v1/status")[2]
         holders = json.loads(raw)["memory_budget"]["holders"]
-        assert holders["requests"] == 0 and 0 < holders["results"] < MiB  # request bytes all given back
+        assert holders["requests"] == 0  # request bytes all given back
         samples = {
             (s.name, s.labels.get("holder")): s.value
             for fam in text_string_to_metric_families(http(d, "GET", "/metrics")[2].decode())
             for s in fam.samples
         }
         assert samples[("sandboxd_memory_budget_bytes", "requests")] == 0
-        assert samples[("sandboxd_memory_budget_bytes", "results")] == holders["results"]
         assert samples[("sandboxd_memory_budget_limit_bytes", None)] == budget
         print(f"accepted {len(accepted)}, refused {len(refused)}, peak RSS grew {grown / MiB:.1f} MiB")
     finally:

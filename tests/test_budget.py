@@ -152,7 +152,7 @@ def test_budget_refuses_what_does_not_fit_with_a_clear_message() -> None:
         "limit": 100 * MiB,
         "used": 90 * MiB,
         "refused": 2,
-        "holders": {"requests": 90 * MiB, "compile_cache": 0, "results": 0},
+        "holders": {"requests": 90 * MiB, "compile_cache": 0},
     }
 
 
