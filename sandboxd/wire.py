@@ -7,6 +7,7 @@ same precise error on every transport.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -14,6 +15,7 @@ import msgspec
 
 from .compat import Backend
 from .errors import error
+from .inbound import offload
 from .schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
 
 Format = Literal["json", "msgpack"]
@@ -37,6 +39,8 @@ def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         # (msgspec reports invalid UTF-8 in a msgpack str as UnicodeDecodeError.)
         raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
+    except RecursionError:
+        raise error("bad_request", f"{what}: nested deeper than {sys.getrecursionlimit()} levels") from None
 
 
 class Frontend(Backend, Protocol):
@@ -97,9 +101,11 @@ async def dispatch(
                 return await svc.wait_job(ref.job, timeout)
             return await svc.job_info(ref.job)
         if op == "run":
-            info = await svc.start_run(decode(body, RunRequest, fmt), callback_url)
+            # (Large bodies are decoded off the event loop: sandboxd.inbound.)
+            info = await svc.start_run(await offload(len(body), decode, body, RunRequest, fmt), callback_url)
         elif op == "submit":
-            info = await svc.start_submission(decode(body, Submission, fmt), progress, callback_url)
+            sub = await offload(len(body), decode, body, Submission, fmt)
+            info = await svc.start_submission(sub, progress, callback_url)
         else:
             raise error("bad_request", f"op: unknown {op!r}")
     except SchemaError as e:
