@@ -21,6 +21,8 @@ from .config import Config
 from .engine import Engine, EngineConfig
 from .fleet.host import HostSettings, HostWorker, ServiceExecutor
 from .fleet.store import FleetStore
+from .httpguard import GuardedSite
+from .inbound import Inbound
 from .service import Service
 from .wire import Frontend
 
@@ -92,10 +94,12 @@ async def serve_frontend(
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, reload)
     watchdog: asyncio.Task[None] | None = None
+    inbound = Inbound.from_config(cfg)  # connections and bytes being received, daemon-wide
     try:
         if cfg.socket:
+            mode = int(cfg.socket_mode, 8)
             servers.append(
-                await unixserver.start(frontend, cfg.socket, int(cfg.socket_mode, 8), cfg.socket_group, cfg.max_body)
+                await unixserver.start(frontend, cfg.socket, mode, cfg.socket_group, cfg.max_body, inbound=inbound)
             )
         apps: list[tuple[str, web.Application]] = []
         if cfg.http:
@@ -103,19 +107,29 @@ async def serve_frontend(
                 (
                     cfg.http,
                     httpserver.make_app(
-                        frontend, cfg.http_token, cfg.max_body, cfg.judge0_prefix, cfg.piston_prefix, extra_routes
+                        frontend,
+                        cfg.http_token,
+                        cfg.max_body,
+                        cfg.judge0_prefix,
+                        cfg.piston_prefix,
+                        extra_routes,
+                        inbound=inbound,
                     ),
                 )
             )
         for addr, api in ((cfg.judge0_http, "judge0"), (cfg.piston_http, "piston")):
             if addr:
-                apps.append((addr, httpserver.make_compat_app(frontend, api, cfg.http_token, cfg.max_body)))
+                apps.append(
+                    (addr, httpserver.make_compat_app(frontend, api, cfg.http_token, cfg.max_body, inbound=inbound))
+                )
         for addr, app in apps:
             host, _, port = addr.rpartition(":")
-            runner = web.AppRunner(app, access_log=None)
+            # keepalive_timeout is aiohttp's own idle knob; GuardedSite adds header
+            # deadlines and connection caps (sandboxd.httpguard).
+            runner = web.AppRunner(app, access_log=None, keepalive_timeout=cfg.http_idle_timeout)
             runners.append(runner)
             await runner.setup()
-            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            await GuardedSite(runner, host.strip("[]"), int(port), inbound).start()
         # One line with everything an operator checks first (tests/vm parse it).
         elapsed = time.monotonic() - t0
         own = "".join(

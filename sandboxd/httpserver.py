@@ -7,6 +7,7 @@ In JSON, bytes fields (stdin, source, stdout...) are base64 strings.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,9 @@ from aiohttp import web
 
 from .compat import judge0, piston
 from .errors import ServiceError
+from .httpguard import GUARDS, RETRY_AFTER
+from .inbound import Inbound
+from .inbound import default as default_inbound
 from .openapi import document
 from .schema import Error
 from .wire import Format, Frontend, dispatch
@@ -37,6 +41,7 @@ MSGPACK = ("application/msgpack", "application/x-msgpack", "application/vnd.msgp
 SVC: web.AppKey[Frontend] = web.AppKey("service")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 SVC_MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+INBOUND: web.AppKey[Inbound] = web.AppKey("inbound", Inbound)
 
 
 def _fmt_in(req: web.Request) -> Format:
@@ -69,12 +74,28 @@ def error_reply(req: web.Request, err: Error, status: int | None = None) -> web.
 async def errors_and_auth(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    guard = GUARDS.get(request.transport)
+    if guard is not None:
+        guard.busy()  # handled now: no header or idle deadline until the reply is out
+    try:
+        return await _handle(request, handler)
+    finally:
+        if guard is not None:
+            guard.idle()
+
+
+async def _handle(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     token = request.app[TOKEN]
     if token and request.path not in ("/healthz", "/readyz"):
         got = request.headers.get("Authorization", "")
         if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
             return error_reply(request, Error("unauthorized", "missing or wrong bearer token"))
     try:
+        refused = await receive_body(request)
+        if refused is not None:
+            return refused
         return await handler(request)
     except ServiceError as e:
         return error_reply(request, e.err)
@@ -85,6 +106,45 @@ async def errors_and_auth(
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return error_reply(request, Error("internal", f"internal error: {e}"))
+
+
+async def receive_body(request: web.Request) -> web.Response | None:
+    """Read the body before any handler, within http_body_timeout and the
+    daemon-wide max_receiving_bytes (reserved from Content-Length before a byte
+    is read, max_body for a chunked body); handlers then get it from memory.
+    A body declared larger than max_body is left to the handler's read, which
+    refuses it in the API's own format after at most max_body bytes."""
+    if not request.body_exists:
+        return None
+    inbound, max_body = request.app[INBOUND], request.app[SVC_MAX_BODY]
+    declared = request.content_length
+    cost = max_body if declared is None else min(declared, max_body)
+    if not inbound.receiving.try_acquire(cost):
+        resp = error_reply(
+            request,
+            Error(
+                "queue_full",
+                f"the daemon is receiving {inbound.receiving.used} bytes of request bodies "
+                f"(max_receiving_bytes {inbound.max_receiving_bytes}): retry later",
+                RETRY_AFTER,
+            ),
+            503,
+        )
+        resp.force_close()  # the body stays unread: the connection cannot carry another request
+        return resp
+    try:
+        if declared is not None and declared > max_body:
+            return None
+        async with asyncio.timeout(inbound.body_timeout):
+            await request.read()
+    except TimeoutError:
+        why = f"body: not received within http_body_timeout ({inbound.body_timeout} s)"
+        resp = error_reply(request, Error("bad_request", why), 408)
+        resp.force_close()
+        return resp
+    finally:
+        inbound.receiving.release(cost)
+    return None
 
 
 def _wait_flag(request: web.Request) -> bool:
@@ -158,11 +218,13 @@ def make_app(
     judge0_prefix: str = "",
     piston_prefix: str = "",
     extra_routes: Callable[[web.Application], None] | None = None,
+    inbound: Inbound | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=max_body)
     app[SVC] = svc
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body
+    app[INBOUND] = inbound or default_inbound()
     app.router.add_post("/v1/runs", post_run)
     app.router.add_post("/v1/submissions", post_submission)
     app.router.add_get("/v1/jobs/{job}", get_job)
@@ -183,11 +245,14 @@ def make_app(
     return app
 
 
-def make_compat_app(svc: Frontend, api: str, token: str = "", max_body: int = 64 << 20) -> web.Application:
+def make_compat_app(
+    svc: Frontend, api: str, token: str = "", max_body: int = 64 << 20, inbound: Inbound | None = None
+) -> web.Application:
     """One compatibility API at the root of a listener of its own (`judge0_http`,
     `piston_http`): the same bearer token and body limit as the main listener."""
     make = judge0.make_app if api == "judge0" else piston.make_app
     app = make(svc, middlewares=[errors_and_auth], client_max_size=max_body)
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body
+    app[INBOUND] = inbound or default_inbound()
     return app
