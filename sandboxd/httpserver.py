@@ -19,10 +19,10 @@ from aiohttp import web
 from .compat import judge0, piston
 from .errors import ServiceError
 from .httpguard import GUARDS, RETRY_AFTER
-from .inbound import Inbound
+from .inbound import Inbound, offload
 from .inbound import default as default_inbound
 from .openapi import document
-from .schema import Error
+from .schema import Error, JobInfo, RunResult, SubmissionResult
 from .wire import Format, Frontend, dispatch
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,33 @@ def _fmt_out(req: web.Request) -> Format:
     return _fmt_in(req) if req.body_exists else "json"
 
 
+def _encode(fmt: Format, payload: Any) -> tuple[bytes, str]:
+    if fmt == "msgpack":
+        return msgspec.msgpack.encode(payload), MSGPACK[0]
+    return msgspec.json.encode(payload), "application/json"
+
+
 def reply(req: web.Request, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    if _fmt_out(req) == "msgpack":
-        body, ctype = msgspec.msgpack.encode(payload), MSGPACK[0]
-    else:
-        body, ctype = msgspec.json.encode(payload), "application/json"
+    body, ctype = _encode(_fmt_out(req), payload)
     return web.Response(body=body, status=status, content_type=ctype, headers=headers)
+
+
+def _bytes_in(payload: Any) -> int:
+    """The bytes a result carries (stdout, stderr, files): what encoding it costs."""
+    if isinstance(payload, JobInfo):
+        return _bytes_in(payload.result)
+    if isinstance(payload, RunResult):
+        return len(payload.stdout) + len(payload.stderr) + sum(len(f.content or b"") for f in payload.files)
+    if isinstance(payload, SubmissionResult):
+        return sum(_bytes_in(r) for r in payload.runs) + sum(len(t.stdout) + len(t.stderr) for t in payload.tests)
+    return 0
+
+
+async def big_reply(req: web.Request, payload: Any, status: int = 200) -> web.Response:
+    """reply(), encoded off the event loop when the result is large (a run's
+    files out in base64 JSON: 24 MiB took the loop for a second)."""
+    body, ctype = await offload(_bytes_in(payload), _encode, _fmt_out(req), payload)
+    return web.Response(body=body, status=status, content_type=ctype)
 
 
 def error_reply(req: web.Request, err: Error, status: int | None = None) -> web.Response:
@@ -158,7 +179,7 @@ async def _post(req: web.Request, op: str) -> web.Response:
     wait = _wait_flag(req)
     cb = req.query.get("callback_url")
     res = await dispatch(req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb)
-    return reply(req, res, 200 if wait else 202)
+    return await big_reply(req, res, 200 if wait else 202)
 
 
 async def post_run(req: web.Request) -> web.Response:
@@ -173,12 +194,12 @@ async def get_job(req: web.Request) -> web.Response:
     ref = msgspec.json.encode({"job": req.match_info["job"]})
     timeout = req.query.get("wait")
     if timeout is None:
-        return reply(req, await dispatch(req.app[SVC], "get", ref, "json"))
+        return await big_reply(req, await dispatch(req.app[SVC], "get", ref, "json"))
     try:
         secs = min(float(timeout), 300.0)
     except ValueError:
         raise ServiceError(Error("bad_request", "wait: seconds to wait for the job, a number")) from None
-    return reply(req, await dispatch(req.app[SVC], "wait", ref, "json", timeout=secs))
+    return await big_reply(req, await dispatch(req.app[SVC], "wait", ref, "json", timeout=secs))
 
 
 async def delete_job(req: web.Request) -> web.Response:
