@@ -7,7 +7,7 @@ socket and port), then applies one load after another:
              ~a million records (the EOCD count lies), as large as max_body allows
   files-out  one run asking for the same 16 MiB file 24 times, then for 24
              distinct 16 MiB files
-  uploads    20 uploads declaring 50 MiB that stall after 1 MiB, plus 500
+  uploads    20 uploads declaring 50 MiB that stall 1 MiB short, plus 500
              connections that never send a byte
   stdin      24 queued runs with 40 MiB of stdin each
   results    150 Judge0 submissions whose results (2 MiB of stdout each) are kept
@@ -224,30 +224,40 @@ def load_files_out(d: Daemon, s: Sizes) -> str:
 
 
 def load_uploads(d: Daemon, s: Sizes) -> str:
+    """Uploads that send all but the last MiB of what they declare, then stall."""
     conns: list[socket.socket] = []
     refused = 0
     head = b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+
+    def upload(c: socket.socket) -> None:
+        nonlocal refused
+        with contextlib.suppress(OSError):
+            c.sendall(head % s.upload_declared)
+            chunk = b" " * MiB
+            for _ in range(s.upload_declared // MiB - 1):
+                c.sendall(chunk)
+        with contextlib.suppress(OSError):
+            if c.recv(100, socket.MSG_DONTWAIT).startswith(b"HTTP/1.1 503"):
+                refused += 1
+
     try:
         for _ in range(s.uploads):
-            c = socket.create_connection(("127.0.0.1", d.port), timeout=10)
-            c.sendall(head % s.upload_declared)
-            c.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                c.sendall(b"[" + b" " * (MiB - 1))
-            conns.append(c)
+            conns.append(socket.create_connection(("127.0.0.1", d.port), timeout=30))
+        threads = [threading.Thread(target=upload, args=(c,)) for c in conns]
+        for t in threads:
+            t.start()
         for _ in range(s.half_open):
             conns.append(socket.create_connection(("127.0.0.1", d.port), timeout=10))
+        for t in threads:
+            t.join()
         time.sleep(s.hold)
-        for c in conns[: s.uploads]:
-            try:
-                if c.recv(100, socket.MSG_DONTWAIT).startswith(b"HTTP/1.1 503"):
-                    refused += 1
-            except OSError:
-                pass
     finally:
         for c in conns:
             c.close()
-    return f"{s.uploads} x {s.upload_declared >> 20} MiB stalled ({refused} refused at once) + {s.half_open} half-open"
+    return (
+        f"{s.uploads} x {s.upload_declared >> 20} MiB stalled 1 MiB short ({refused} refused at once)"
+        f" + {s.half_open} half-open"
+    )
 
 
 def load_stdin(d: Daemon, s: Sizes) -> str:

@@ -52,7 +52,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_connections_per_listener: Annotated[int, Meta(ge=1)] = 1024
     # Bytes of request bodies and frames being received at once, daemon-wide
     # (reserved before reading); beyond: 503 + Retry-After (socket: waits).
-    max_receiving_bytes: Annotated[int, Meta(ge=1024)] = 512 << 20
+    max_receiving_bytes: Annotated[int, Meta(ge=1024)] = 256 << 20
     pool_size: Annotated[int, Meta(ge=1, le=1024)] = msgspec.field(default_factory=default_pool_size)
     max_runs_per_box: Annotated[int, Meta(ge=1)] = 1000
     queue_depth: Annotated[int, Meta(ge=1)] = 10_000  # waiting runs per pool; beyond: rejected (429)
