@@ -11,12 +11,16 @@ out-of-range number were internal errors (HTTP 500 / Judge0 status 13).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -280,7 +284,9 @@ def test_native_deep_nesting_is_a_bad_request(tight: Daemon, fmt: str) -> None:
 def _recv_n(s: socket.socket, n: int) -> bytes:
     data = b""
     while len(_frames(data)) < n:
-        data += s.recv(65536)
+        b = s.recv(65536)
+        assert b, "the daemon closed the connection"
+        data += b
     return data
 
 
@@ -300,3 +306,22 @@ def test_files_out_total_is_bounded(engine: Any) -> None:
 def test_files_out_duplicates_refused_by_schema() -> None:
     with pytest.raises(SchemaError, match=r"files_out\[1\].*given twice"):
         validate_run(RunRequest(cmd=["true"], files_out=["a/b", "a//b"]))
+
+
+def test_hostile_load_benchmark_quick() -> None:
+    """benchmarks/hostile_load.py --quick runs end to end (~15 s); its loads are refused as they should be."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'benchmarks'}"}
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks/hostile_load.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HTTP 422" in out.stdout  # the zip: refused before parsing
+    assert "same file x6: HTTP 400" in out.stdout  # duplicated files out
+    for load in ("idle", "zip", "files-out", "uploads", "stdin", "results"):
+        assert f"| {load} |" in out.stdout
