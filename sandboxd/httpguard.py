@@ -36,6 +36,7 @@ PROBE_SLOTS = 64
 PROBE_TIMEOUT = 2.0
 HEALTH = (b"GET /healthz ", b"GET /readyz ", b"HEAD /healthz ", b"HEAD /readyz ")
 RETRY_AFTER = 1
+BACKLOG = 4096
 
 
 def refusal(message: str, status: bytes = b"503 Service Unavailable") -> bytes:
@@ -206,7 +207,10 @@ class GuardedSite(web.TCPSite):
     with the protocol factory wrapped)."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, inbound: Inbound) -> None:
-        super().__init__(runner, host, port)
+        # A burst of connections (500 opened at once) overflowed aiohttp's
+        # backlog of 128: the kernel then drops SYNs, and a /healthz probe
+        # waited a second for its retransmission.  (The kernel caps it at somaxconn.)
+        super().__init__(runner, host, port, backlog=BACKLOG)
         self.inbound = inbound
         self.listener = Listener(inbound.max_connections_per_listener)
 

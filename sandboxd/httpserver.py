@@ -16,13 +16,14 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from . import replies
 from .compat import judge0, piston
 from .errors import ServiceError
 from .httpguard import GUARDS, RETRY_AFTER
 from .inbound import Inbound, offload
 from .inbound import default as default_inbound
 from .openapi import document
-from .schema import Error, JobInfo, RunResult, SubmissionResult
+from .schema import Error
 from .wire import Format, Frontend, dispatch
 
 log = logging.getLogger(__name__)
@@ -68,22 +69,12 @@ def reply(req: web.Request, payload: Any, status: int = 200, headers: dict[str, 
     return web.Response(body=body, status=status, content_type=ctype, headers=headers)
 
 
-def _bytes_in(payload: Any) -> int:
-    """The bytes a result carries (stdout, stderr, files): what encoding it costs."""
-    if isinstance(payload, JobInfo):
-        return _bytes_in(payload.result)
-    if isinstance(payload, RunResult):
-        return len(payload.stdout) + len(payload.stderr) + sum(len(f.content or b"") for f in payload.files)
-    if isinstance(payload, SubmissionResult):
-        return sum(_bytes_in(r) for r in payload.runs) + sum(len(t.stdout) + len(t.stderr) for t in payload.tests)
-    return 0
-
-
 async def big_reply(req: web.Request, payload: Any, status: int = 200) -> web.Response:
     """reply(), encoded off the event loop when the result is large (a run's
-    files out in base64 JSON: 24 MiB took the loop for a second)."""
-    body, ctype = await offload(_bytes_in(payload), _encode, _fmt_out(req), payload)
-    return web.Response(body=body, status=status, content_type=ctype)
+    files out in base64 JSON: 24 MiB took the loop for a second; sandboxd.replies)."""
+    fmt = _fmt_out(req)
+    body = await offload(replies.payload_bytes(payload), replies.encode, fmt, payload)
+    return web.Response(body=body, status=status, content_type=MSGPACK[0] if fmt == "msgpack" else "application/json")
 
 
 def error_reply(req: web.Request, err: Error, status: int | None = None) -> web.Response:
