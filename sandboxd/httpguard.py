@@ -18,7 +18,7 @@ connections pass through `_Guard`, a protocol wrapped around aiohttp's own:
   Retry-After and the connection is closed; past those, 503 at once.
 
 The body deadline and the daemon-wide cap on bytes being received are the
-middleware's (httpserver.receive_body): it knows Content-Length before reading.
+middleware's (httpserver.with_body): it knows Content-Length before reading.
 """
 
 from __future__ import annotations

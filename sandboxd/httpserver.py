@@ -105,10 +105,7 @@ async def _handle(
         if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
             return error_reply(request, Error("unauthorized", "missing or wrong bearer token"))
     try:
-        refused = await receive_body(request)
-        if refused is not None:
-            return refused
-        return await handler(request)
+        return await with_body(request, handler)
     except ServiceError as e:
         return error_reply(request, e.err)
     except web.HTTPRequestEntityTooLarge:
@@ -120,34 +117,32 @@ async def _handle(
         return error_reply(request, Error("internal", f"internal error: {e}"))
 
 
-async def receive_body(request: web.Request) -> web.Response | None:
-    """Read the body before any handler, within http_body_timeout and the
-    daemon-wide max_receiving_bytes (reserved from Content-Length before a byte
-    is read, max_body for a chunked body); handlers then get it from memory.
-    A body declared larger than max_body is left to the handler's read, which
-    refuses it in the API's own format after at most max_body bytes."""
+async def with_body(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The handler, once the body is in: read first, within http_body_timeout
+    and the daemon-wide max_receiving_bytes (reserved from Content-Length before
+    a byte is read, max_body for a chunked body); handlers then get it from
+    memory.  A body declared larger than max_body is left to the handler's own
+    read, which refuses it in its API's format after max_body bytes, under the
+    same deadline and reservation."""
     if not request.body_exists:
-        return None
+        return await handler(request)
     inbound, max_body = request.app[INBOUND], request.app[SVC_MAX_BODY]
     declared = request.content_length
     cost = max_body if declared is None else min(declared, max_body)
     if not inbound.receiving.try_acquire(cost):
-        resp = error_reply(
-            request,
-            Error(
-                "queue_full",
-                f"the daemon is receiving {inbound.receiving.used} bytes of request bodies "
-                f"(max_receiving_bytes {inbound.max_receiving_bytes}): retry later",
-                RETRY_AFTER,
-            ),
-            503,
+        why = (
+            f"the daemon is receiving {inbound.receiving.used} bytes of request bodies "
+            f"(max_receiving_bytes {inbound.max_receiving_bytes}): retry later"
         )
+        resp = error_reply(request, Error("queue_full", why, RETRY_AFTER), 503)
         resp.force_close()  # the body stays unread: the connection cannot carry another request
         return resp
     try:
-        if declared is not None and declared > max_body:
-            return None
         async with asyncio.timeout(inbound.body_timeout):
+            if declared is not None and declared > max_body:
+                return await handler(request)
             await request.read()
     except TimeoutError:
         why = f"body: not received within http_body_timeout ({inbound.body_timeout} s)"
@@ -156,7 +151,7 @@ async def receive_body(request: web.Request) -> web.Response | None:
         return resp
     finally:
         inbound.receiving.release(cost)
-    return None
+    return await handler(request)
 
 
 def _wait_flag(request: web.Request) -> bool:
