@@ -24,7 +24,7 @@ from . import boxfiles
 from .cgroups import BoxCgroup
 from .memstat import MemoryUse
 from .rootfs import Rootfs
-from .schema import FileOut, RunRequest, RunResult, Status
+from .schema import MAX_FILES_OUT_BYTES, RunRequest, RunResult, Status
 
 log = logging.getLogger(__name__)
 
@@ -384,11 +384,8 @@ class Box:
         if res.flags & proto.R_LEFTOVERS:
             self.broken = "processes survived SIGKILL"
         result = _classify(res, mem, out, err, req, killed)
-        for p in req.files_out:
-            try:
-                result.files.append(FileOut(p, content=boxfiles.read_out(self.boxfd, p, lim.file_size)))
-            except boxfiles.Refused as e:
-                result.files.append(FileOut(p, error=str(e)))
+        if req.files_out:
+            result.files = boxfiles.read_files_out(self.boxfd, req.files_out, lim.file_size, MAX_FILES_OUT_BYTES)
         return result
 
     async def close(self) -> None:

@@ -15,6 +15,8 @@ import errno
 import os
 import stat
 
+from .schema import FileOut
+
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -117,3 +119,24 @@ def read_out(boxfd: int, path: str, max_size: int) -> bytes:
         return data
     finally:
         os.close(fd)
+
+
+def read_files_out(boxfd: int, paths: list[str], max_size: int, max_total: int) -> list[FileOut]:
+    """Each of `paths` (distinct: the schema refuses duplicates), at most
+    `max_size` bytes each and `max_total` together: a file that would take the
+    run past the total is refused by its size before a byte of it is read."""
+    out: list[FileOut] = []
+    left = max_total
+    for p in paths:
+        limit = min(max_size, left)
+        try:
+            data = read_out(boxfd, p, limit)
+        except Refused as e:
+            msg = str(e)
+            if limit < max_size and "limit" in msg:
+                msg += f" (files out of one run: at most {max_total} bytes together)"
+            out.append(FileOut(p, error=msg))
+            continue
+        left -= len(data)
+        out.append(FileOut(p, content=data))
+    return out

@@ -40,6 +40,20 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Bearer token for HTTP; required when `http` is not a loopback address.
     http_token: str = ""
     max_body: Annotated[int, Meta(ge=1024)] = 64 << 20  # bytes, per HTTP body or socket frame
+    # --- limits on input (sandboxd/inbound.py, httpguard.py; README "Limits on input").
+    # Seconds a connection has to deliver a request's headers (HTTP) or its
+    # first frame (socket), from connecting or from its first byte after idling.
+    http_header_timeout: Annotated[float, Meta(gt=0)] = 10.0
+    # Seconds to receive one request body or socket frame, whatever the rate;
+    # also how long a client may leave its reply unread.
+    http_body_timeout: Annotated[float, Meta(gt=0)] = 60.0
+    http_idle_timeout: Annotated[float, Meta(gt=0)] = 75.0  # keep-alive connection with no request
+    socket_idle_timeout: Annotated[float, Meta(gt=0)] = 600.0  # socket connection with nothing in flight
+    max_connections: Annotated[int, Meta(ge=1)] = 4096  # all listeners and the socket; beyond: 503
+    max_connections_per_listener: Annotated[int, Meta(ge=1)] = 1024
+    # Bytes of request bodies and frames being received at once, daemon-wide
+    # (reserved before reading); beyond: 503 + Retry-After (socket: waits).
+    max_receiving_bytes: Annotated[int, Meta(ge=1024)] = 256 << 20
     pool_size: Annotated[int, Meta(ge=1, le=1024)] = msgspec.field(default_factory=default_pool_size)
     max_runs_per_box: Annotated[int, Meta(ge=1)] = 1000
     queue_depth: Annotated[int, Meta(ge=1)] = 10_000  # waiting runs per pool; beyond: rejected (429)

@@ -23,6 +23,8 @@ from .engine import Engine, EngineConfig
 from .fleet.host import HostSettings, HostWorker, ServiceExecutor
 from .fleet.store import FleetStore
 from .hostlock import HostLock
+from .httpguard import GuardedSite
+from .inbound import Inbound
 from .jobstore import JobStore, default_path
 from .service import Service
 from .wire import Frontend
@@ -98,10 +100,12 @@ async def serve_frontend(
         loop.add_signal_handler(signal.SIGHUP, reload)
     watchdog: asyncio.Task[None] | None = None
     pid_lock: HostLock | None = None
+    inbound = Inbound.from_config(cfg)  # connections and bytes being received, daemon-wide
     try:
         if cfg.socket:
+            mode = int(cfg.socket_mode, 8)
             servers.append(
-                await unixserver.start(frontend, cfg.socket, int(cfg.socket_mode, 8), cfg.socket_group, cfg.max_body)
+                await unixserver.start(frontend, cfg.socket, mode, cfg.socket_group, cfg.max_body, inbound=inbound)
             )
         if pid_file is not None:
             pid_lock = write_pid_file(pid_file)
@@ -111,20 +115,30 @@ async def serve_frontend(
                 (
                     cfg.http,
                     httpserver.make_app(
-                        frontend, cfg.http_token, cfg.max_body, cfg.judge0_prefix, cfg.piston_prefix, extra_routes
+                        frontend,
+                        cfg.http_token,
+                        cfg.max_body,
+                        cfg.judge0_prefix,
+                        cfg.piston_prefix,
+                        extra_routes,
+                        inbound=inbound,
                     ),
                 )
             )
         for addr, api in ((cfg.judge0_http, "judge0"), (cfg.piston_http, "piston")):
             if addr:
-                apps.append((addr, httpserver.make_compat_app(frontend, api, cfg.http_token, cfg.max_body)))
+                apps.append(
+                    (addr, httpserver.make_compat_app(frontend, api, cfg.http_token, cfg.max_body, inbound=inbound))
+                )
         for addr, app in apps:
             host, _, port = addr.rpartition(":")
-            runner = web.AppRunner(app, access_log=None)
+            # keepalive_timeout is aiohttp's own idle knob; GuardedSite adds header
+            # deadlines and connection caps (sandboxd.httpguard).
+            runner = web.AppRunner(app, access_log=None, keepalive_timeout=cfg.http_idle_timeout)
             runners.append(runner)
             await runner.setup()
             try:
-                await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+                await GuardedSite(runner, host.strip("[]"), int(port), inbound).start()
             except OSError as e:
                 reason = "in use (another sandboxd?)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
                 raise RuntimeError(f"cannot listen on {addr}: {reason}; choose another address") from None

@@ -7,6 +7,7 @@ In JSON, bytes fields (stdin, source, stdout...) are base64 strings.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -15,8 +16,12 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from . import replies
 from .compat import judge0, piston
 from .errors import ServiceError
+from .httpguard import GUARDS, RETRY_AFTER
+from .inbound import Inbound, offload
+from .inbound import default as default_inbound
 from .openapi import document
 from .schema import Error
 from .wire import Format, Frontend, check_idempotency_key, dispatch
@@ -38,6 +43,7 @@ MSGPACK = ("application/msgpack", "application/x-msgpack", "application/vnd.msgp
 SVC: web.AppKey[Frontend] = web.AppKey("service")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 SVC_MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+INBOUND: web.AppKey[Inbound] = web.AppKey("inbound", Inbound)
 
 
 def _fmt_in(req: web.Request) -> Format:
@@ -53,12 +59,23 @@ def _fmt_out(req: web.Request) -> Format:
     return _fmt_in(req) if req.body_exists else "json"
 
 
+def _encode(fmt: Format, payload: Any) -> tuple[bytes, str]:
+    if fmt == "msgpack":
+        return msgspec.msgpack.encode(payload), MSGPACK[0]
+    return msgspec.json.encode(payload), "application/json"
+
+
 def reply(req: web.Request, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    if _fmt_out(req) == "msgpack":
-        body, ctype = msgspec.msgpack.encode(payload), MSGPACK[0]
-    else:
-        body, ctype = msgspec.json.encode(payload), "application/json"
+    body, ctype = _encode(_fmt_out(req), payload)
     return web.Response(body=body, status=status, content_type=ctype, headers=headers)
+
+
+async def big_reply(req: web.Request, payload: Any, status: int = 200) -> web.Response:
+    """reply(), encoded off the event loop when the result is large (a run's
+    files out in base64 JSON: 24 MiB took the loop for a second; sandboxd.replies)."""
+    fmt = _fmt_out(req)
+    body = await offload(replies.payload_bytes(payload), replies.encode, fmt, payload)
+    return web.Response(body=body, status=status, content_type=MSGPACK[0] if fmt == "msgpack" else "application/json")
 
 
 def error_reply(req: web.Request, err: Error, status: int | None = None) -> web.Response:
@@ -70,13 +87,26 @@ def error_reply(req: web.Request, err: Error, status: int | None = None) -> web.
 async def errors_and_auth(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    guard = GUARDS.get(request.transport)
+    if guard is not None:
+        guard.busy()  # handled now: no header or idle deadline until the reply is out
+    try:
+        return await _handle(request, handler)
+    finally:
+        if guard is not None:
+            guard.idle()
+
+
+async def _handle(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     token = request.app[TOKEN]
     if token and request.path not in ("/healthz", "/readyz"):
         got = request.headers.get("Authorization", "")
         if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
             return error_reply(request, Error("unauthorized", "missing or wrong bearer token"))
     try:
-        return await handler(request)
+        return await with_body(request, handler)
     except ServiceError as e:
         return error_reply(request, e.err)
     except web.HTTPRequestEntityTooLarge:
@@ -86,6 +116,43 @@ async def errors_and_auth(
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return error_reply(request, Error("internal", f"internal error: {e}"))
+
+
+async def with_body(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The handler, once the body is in: read first, within http_body_timeout
+    and the daemon-wide max_receiving_bytes (reserved from Content-Length before
+    a byte is read, max_body for a chunked body); handlers then get it from
+    memory.  A body declared larger than max_body is left to the handler's own
+    read, which refuses it in its API's format after max_body bytes, under the
+    same deadline and reservation."""
+    if not request.body_exists:
+        return await handler(request)
+    inbound, max_body = request.app[INBOUND], request.app[SVC_MAX_BODY]
+    declared = request.content_length
+    cost = max_body if declared is None else min(declared, max_body)
+    if not inbound.receiving.try_acquire(cost):
+        why = (
+            f"the daemon is receiving {inbound.receiving.used} bytes of request bodies "
+            f"(max_receiving_bytes {inbound.max_receiving_bytes}): retry later"
+        )
+        resp = error_reply(request, Error("queue_full", why, RETRY_AFTER), 503)
+        resp.force_close()  # the body stays unread: the connection cannot carry another request
+        return resp
+    try:
+        async with asyncio.timeout(inbound.body_timeout):
+            if declared is not None and declared > max_body:
+                return await handler(request)
+            await request.read()
+    except TimeoutError:
+        why = f"body: not received within http_body_timeout ({inbound.body_timeout} s)"
+        resp = error_reply(request, Error("bad_request", why), 408)
+        resp.force_close()
+        return resp
+    finally:
+        inbound.receiving.release(cost)
+    return await handler(request)
 
 
 def _wait_flag(request: web.Request) -> bool:
@@ -107,7 +174,7 @@ async def _post(req: web.Request, op: str) -> web.Response:
     res = await dispatch(
         req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
     )
-    return reply(req, res, 200 if wait else 202)
+    return await big_reply(req, res, 200 if wait else 202)
 
 
 async def post_run(req: web.Request) -> web.Response:
@@ -122,12 +189,12 @@ async def get_job(req: web.Request) -> web.Response:
     ref = msgspec.json.encode({"job": req.match_info["job"]})
     timeout = req.query.get("wait")
     if timeout is None:
-        return reply(req, await dispatch(req.app[SVC], "get", ref, "json"))
+        return await big_reply(req, await dispatch(req.app[SVC], "get", ref, "json"))
     try:
         secs = min(float(timeout), 300.0)
     except ValueError:
         raise ServiceError(Error("bad_request", "wait: seconds to wait for the job, a number")) from None
-    return reply(req, await dispatch(req.app[SVC], "wait", ref, "json", timeout=secs))
+    return await big_reply(req, await dispatch(req.app[SVC], "wait", ref, "json", timeout=secs))
 
 
 async def delete_job(req: web.Request) -> web.Response:
@@ -172,11 +239,13 @@ def make_app(
     judge0_prefix: str = "",
     piston_prefix: str = "",
     extra_routes: Callable[[web.Application], None] | None = None,
+    inbound: Inbound | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=max_body)
     app[SVC] = svc
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body
+    app[INBOUND] = inbound or default_inbound()
     app.router.add_post("/v1/runs", post_run)
     app.router.add_post("/v1/submissions", post_submission)
     app.router.add_get("/v1/jobs/{job}", get_job)
@@ -197,11 +266,14 @@ def make_app(
     return app
 
 
-def make_compat_app(svc: Frontend, api: str, token: str = "", max_body: int = 64 << 20) -> web.Application:
+def make_compat_app(
+    svc: Frontend, api: str, token: str = "", max_body: int = 64 << 20, inbound: Inbound | None = None
+) -> web.Application:
     """One compatibility API at the root of a listener of its own (`judge0_http`,
     `piston_http`): the same bearer token and body limit as the main listener."""
     make = judge0.make_app if api == "judge0" else piston.make_app
     app = make(svc, middlewares=[errors_and_auth], client_max_size=max_body)
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body
+    app[INBOUND] = inbound or default_inbound()
     return app

@@ -38,7 +38,13 @@ MAX_PROCS = 4096
 MAX_OUTPUT = 1 * GiB
 MAX_FILE_SIZE = 4 * GiB
 MAX_ARGV_BYTES = 256 * KiB  # argv + env, well under ARG_MAX
-MAX_PATH = 1024
+MAX_PATH = 1024  # bytes (UTF-8) of a path inside the box
+MAX_NAME = 255  # bytes of one path component (the kernel's NAME_MAX)
+# Files copied out of one run: their bytes sit in the result (memory) until it
+# is read or expires, so they are bounded per run in count and in total, on top
+# of each file's limits.file_size.
+MAX_FILES_OUT = 64
+MAX_FILES_OUT_BYTES = 64 * MiB
 MAX_PRIORITY = 1000
 
 Seconds = Annotated[float, Meta(gt=0)]
@@ -84,7 +90,7 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     env: dict[str, str] | None = None  # None: the language's/box's default
     stdin: bytes = b""
     files_in: list[FileIn] = field(default_factory=list)
-    files_out: list[str] = field(default_factory=list)
+    files_out: Annotated[list[str], Meta(max_length=MAX_FILES_OUT)] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     cwd: str = "/box"
     priority: Annotated[int, Meta(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = 0
@@ -117,15 +123,61 @@ class RunResult(msgspec.Struct, omit_defaults=False, tag_field="kind", tag="run"
 
 
 def check_box_path(path: str, what: str) -> str:
-    """A path relative to /box that cannot climb out of it; returns it normalized."""
-    if not path or "\0" in path or len(path) > MAX_PATH:
-        raise SchemaError(f"{what}: path must be 1..{MAX_PATH} characters without NUL")
+    """A path relative to /box that cannot climb out of it; returns it normalized.
+    Refused here, not by the kernel later: NUL, non-UTF-8 (lone surrogates), a
+    component over NAME_MAX or a path over MAX_PATH bytes."""
+    if not path or "\0" in path:
+        raise SchemaError(f"{what}: path must be non-empty without NUL")
+    try:
+        size = len(path.encode())
+    except UnicodeEncodeError:
+        raise SchemaError(f"{what}: path is not valid UTF-8") from None
+    if size > MAX_PATH:
+        raise SchemaError(f"{what}: path of {size} bytes, more than {MAX_PATH}")
     if path.startswith("/"):
         raise SchemaError(f"{what}: {path!r} must be relative to /box")
     norm = posixpath.normpath(path)
-    if norm in (".", "..") or norm.startswith("../") or ".." in norm.split("/"):
+    parts = norm.split("/")
+    if norm in (".", "..") or ".." in parts:
         raise SchemaError(f"{what}: {path!r} must stay inside /box")
+    long = next((p for p in parts if len(p.encode()) > MAX_NAME), None)
+    if long is not None:
+        raise SchemaError(f"{what}: a path component of {len(long.encode())} bytes, more than {MAX_NAME}")
     return norm
+
+
+def _check_cwd(cwd: str) -> None:
+    # Absolute in the box's own root (climbing is harmless there), but held to
+    # the same sizes as any path, so the agent's chdir cannot fail on them.
+    if not cwd.startswith("/") or "\0" in cwd:
+        raise SchemaError("cwd: must be an absolute path inside the box")
+    try:
+        size = len(cwd.encode())
+    except UnicodeEncodeError:
+        raise SchemaError("cwd: path is not valid UTF-8") from None
+    long = max((len(p.encode()) for p in cwd.split("/")), default=0)
+    if size > MAX_PATH or long > MAX_NAME:
+        raise SchemaError(f"cwd: at most {MAX_PATH} bytes, {MAX_NAME} per component")
+
+
+def _check_files_out(paths: list[str]) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, p in enumerate(paths):
+        norm = check_box_path(p, f"files_out[{i}]")
+        if norm in seen:
+            # Each copy would hold the file's bytes again (24 x 16 MiB from one 200-byte request).
+            raise SchemaError(f"files_out[{i}]: {norm!r} given twice")
+        seen.add(norm)
+        out.append(norm)
+    return out
+
+
+def _utf8_len(s: str, what: str) -> int:
+    try:
+        return len(s.encode())
+    except UnicodeEncodeError:
+        raise SchemaError(f"{what}: not valid UTF-8") from None
 
 
 def validate_run(req: RunRequest) -> RunRequest:
@@ -134,22 +186,21 @@ def validate_run(req: RunRequest) -> RunRequest:
     for i, arg in enumerate(req.cmd):
         if "\0" in arg:
             raise SchemaError(f"cmd[{i}]: contains NUL")
-        size += len(arg.encode()) + 1
+        size += _utf8_len(arg, f"cmd[{i}]") + 1
     for k, v in (req.env or {}).items():
         if not k or "=" in k or "\0" in k or "\0" in v:
             raise SchemaError(f"env[{k!r}]: names must be non-empty without '=' or NUL")
-        size += len(k.encode()) + len(v.encode()) + 2
+        size += _utf8_len(k, f"env[{k!r}]") + _utf8_len(v, f"env[{k!r}]") + 2
     if size > MAX_ARGV_BYTES:
         raise SchemaError(f"cmd+env: {size} bytes, more than {MAX_ARGV_BYTES}")
-    if not req.cwd.startswith("/") or "\0" in req.cwd:
-        raise SchemaError("cwd: must be an absolute path inside the box")
+    _check_cwd(req.cwd)
     seen: set[str] = set()
     for i, f in enumerate(req.files_in):
         f.path = check_box_path(f.path, f"files_in[{i}].path")
         if f.path in seen:
             raise SchemaError(f"files_in[{i}].path: {f.path!r} given twice")
         seen.add(f.path)
-    req.files_out = [check_box_path(p, f"files_out[{i}]") for i, p in enumerate(req.files_out)]
+    req.files_out = _check_files_out(req.files_out)
     return req
 
 

@@ -19,6 +19,8 @@ import msgspec
 
 from . import unixsocket
 from .errors import ServiceError
+from .inbound import Inbound, Listener
+from .inbound import default as default_inbound
 from .schema import Error, Request, TestResult
 from .wire import Frontend, dispatch
 
@@ -30,9 +32,17 @@ _req_dec = msgspec.msgpack.Decoder(Request)
 
 class _Conn:
     def __init__(
-        self, svc: Frontend, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int
+        self,
+        svc: Frontend,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        max_frame: int,
+        inbound: Inbound,
+        listener: Listener,
     ) -> None:
         self.svc = svc
+        self.inbound = inbound
+        self.listener = listener
         self.reader = reader
         self.writer = writer
         self.max_frame = max_frame
@@ -51,25 +61,19 @@ class _Conn:
         self.send({"id": rid, "ok": False, "error": err})
 
     async def serve(self) -> None:
+        inb, lst = self.inbound, self.listener
+        if lst.open >= lst.cap or inb.connections >= inb.max_connections:
+            why = f"too many connections (at most {lst.cap} on the socket, {inb.max_connections} in all): retry"
+            self.send({"id": None, "ok": False, "error": Error("queue_full", why, 1.0)})
+            self.writer.close()
+            return
+        lst.open += 1
+        inb.connections += 1
         try:
-            while True:
-                try:
-                    head = await self.reader.readexactly(4)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                (n,) = LEN.unpack(head)
-                if n > self.max_frame:
-                    # Cannot skip a frame we will not read: say why and hang up.
-                    self.send_error(None, Error("bad_request", f"frame of {n} bytes, more than {self.max_frame}"))
-                    await self.writer.drain()
-                    return
-                try:
-                    data = await self.reader.readexactly(n)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                self.handle(data)
-                await self.writer.drain()
+            await self._frames()
         finally:
+            lst.open -= 1
+            inb.connections -= 1
             # A vanished client cannot read its results: stop what it was waiting for.
             for t in self.inflight.values():
                 t.cancel()
@@ -79,6 +83,81 @@ class _Conn:
                 for jid in {j for rid, j in self.jobs.items() if rid not in self.kept}:
                     self._spawn(self._cancel_quietly(jid))
             self.writer.close()
+
+    async def _head(self, first: bool) -> bytes | None:
+        """The next frame's length prefix; None when the client went away or idled
+        out: a first frame must come within http_header_timeout, later ones (with
+        nothing in flight) within socket_idle_timeout."""
+        timeout = self.inbound.header_timeout if first else self.inbound.socket_idle_timeout
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self.reader.readexactly(4)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return None
+            except TimeoutError:
+                if self.inflight:
+                    continue  # waiting for its results is not idling
+                if not first:
+                    why = f"connection idle for {timeout:g} s (socket_idle_timeout): closed, reconnect"
+                    self.send_error(None, Error("bad_request", why))
+                return None
+
+    async def _body(self, n: int) -> bytes | None:
+        """The frame's n bytes, within http_body_timeout and the daemon-wide
+        max_receiving_bytes (waited for, up to the same timeout: the socket's
+        reader stops reading meanwhile, so the client is held back, not buffered)."""
+        gate, timeout = self.inbound.receiving, self.inbound.body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await gate.acquire(n)
+        except TimeoutError:
+            why = f"the daemon is receiving {gate.used} bytes (max_receiving_bytes {gate.capacity}): retry"
+            self.send_error(None, Error("queue_full", why, 1.0))
+            return None
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.reader.readexactly(n)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        except TimeoutError:
+            self.send_error(None, Error("bad_request", f"frame of {n} bytes not received within {timeout:g} s"))
+            return None
+        finally:
+            gate.release(n)
+
+    async def _frames(self) -> None:
+        first = True
+        while True:
+            head = await self._head(first)
+            if head is None:
+                return
+            first = False
+            (n,) = LEN.unpack(head)
+            if n > self.max_frame:
+                # Cannot skip a frame we will not read: say why and hang up.
+                self.send_error(None, Error("bad_request", f"frame of {n} bytes, more than {self.max_frame}"))
+                await self._drain()
+                return
+            data = await self._body(n)
+            if data is None:
+                await self._drain()
+                return
+            self.handle(data)
+            if not await self._drain():
+                return
+
+    async def _drain(self) -> bool:
+        """False when the client has not read its replies for http_body_timeout."""
+        try:
+            async with asyncio.timeout(self.inbound.body_timeout):
+                await self.writer.drain()
+            return True
+        except TimeoutError:
+            self.writer.transport.abort()
+            return False
+        except ConnectionError:
+            return False
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.ensure_future(coro)
@@ -92,8 +171,9 @@ class _Conn:
     def handle(self, data: bytes) -> None:
         try:
             req = _req_dec.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
-            # (msgspec reports invalid UTF-8 in a msgpack str as UnicodeDecodeError.)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+            # (msgspec reports invalid UTF-8 in a msgpack str as UnicodeDecodeError,
+            # nesting deeper than the interpreter's recursion limit as RecursionError.)
             rid = None
             with contextlib.suppress(Exception):
                 raw = msgspec.msgpack.decode(data)
@@ -166,12 +246,16 @@ class _Conn:
             self.kept.discard(req.id)
 
 
-async def start(svc: Frontend, path: str, mode: int, group: str, max_frame: int) -> asyncio.AbstractServer:
+async def start(
+    svc: Frontend, path: str, mode: int, group: str, max_frame: int, inbound: Inbound | None = None
+) -> asyncio.AbstractServer:
+    limits = inbound or default_inbound()
+    listener = Listener(limits.max_connections_per_listener)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     sock = unixsocket.bind(path)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _Conn(svc, reader, writer, max_frame).serve()
+        await _Conn(svc, reader, writer, max_frame, limits, listener).serve()
 
     try:
         server = await asyncio.start_unix_server(on_client, sock=sock, limit=1 << 20)

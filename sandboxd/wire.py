@@ -8,6 +8,7 @@ same precise error on every transport.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -15,6 +16,7 @@ import msgspec
 
 from .compat import Backend
 from .errors import error
+from .inbound import offload
 from .schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
 
 Format = Literal["json", "msgpack"]
@@ -38,6 +40,8 @@ def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         # (msgspec reports invalid UTF-8 in a msgpack str as UnicodeDecodeError.)
         raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
+    except RecursionError:
+        raise error("bad_request", f"{what}: nested deeper than {sys.getrecursionlimit()} levels") from None
 
 
 MAX_KEY = 255
@@ -117,11 +121,12 @@ async def dispatch(
             return await svc.job_info(ref.job)
         key = check_idempotency_key(idempotency_key)
         if op == "run":
-            info = await svc.start_run(decode(body, RunRequest, fmt), callback_url, idempotency_key=key)
+            # (Large bodies are decoded off the event loop: sandboxd.inbound.)
+            req = await offload(len(body), decode, body, RunRequest, fmt)
+            info = await svc.start_run(req, callback_url, idempotency_key=key)
         elif op == "submit":
-            info = await svc.start_submission(
-                decode(body, Submission, fmt), progress, callback_url, idempotency_key=key
-            )
+            sub = await offload(len(body), decode, body, Submission, fmt)
+            info = await svc.start_submission(sub, progress, callback_url, idempotency_key=key)
         else:
             raise error("bad_request", f"op: unknown {op!r}")
     except SchemaError as e:

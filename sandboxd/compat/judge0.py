@@ -55,17 +55,12 @@ check of the callbacks module), `additional_files` must be a safe zip
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import contextlib
-import io
 import math
 import os
 import platform
 import shlex
-import stat
+import sys
 import uuid
-import zipfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +71,7 @@ from aiohttp import web
 
 from ..engine import Engine
 from ..errors import ServiceError
+from ..inbound import offload
 from ..judge import STATUS_VERDICT, test_result
 from ..languages import Language
 from ..schema import (
@@ -87,15 +83,14 @@ from ..schema import (
     SubmissionResult,
     TestResult,
     Verdict,
-    check_box_path,
 )
 from ..wire import check_idempotency_key
 from . import Backend, Compiler, Served, put_json, run_program
+from .archive import decode64, encode64, extract_zip
 
 VERSION = "1.13.1"
 KiB = 1024
 MIN_MEMORY = 4 << 20  # the engine's floor; Judge0 allows 2048 KB
-MAX_EXTRACT_FILES = 1000
 
 # Judge0 language id -> (our language, display name, tool, the Judge0 compiler this id stood for).
 # 48/49 and 52/53 are Judge0's older GCC ids (the SDK's CPP alias is 52): served by the same gcc.
@@ -257,33 +252,6 @@ UNSAFE_SHELL = str.maketrans("", "", "$&;<>|`")  # what Judge0 strips from optio
 
 
 # --- encodings ---------------------------------------------------------------
-
-_B64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-
-
-def encode64(data: bytes) -> str:
-    """Ruby's Base64.encode64: lines of 60 characters, each ending in a newline."""
-    s = base64.b64encode(data).decode()
-    return "".join(s[i : i + 60] + "\n" for i in range(0, len(s), 60))
-
-
-def decode64(text: str) -> bytes:
-    """Ruby's Base64.decode64: characters outside the alphabet are skipped, '=' ends
-    the data, a partial last group still yields its bytes.  Never fails (as Judge0)."""
-    chars: list[str] = []
-    for ch in text:
-        if ch == "=":
-            break
-        if ch in _B64:
-            chars.append(ch)
-    whole = len(chars) - len(chars) % 4
-    out = base64.b64decode("".join(chars[:whole])) if whole else b""
-    rest = "".join(chars[whole:])
-    if len(rest) >= 2:
-        with_pad = rest + "=" * (4 - len(rest))
-        with contextlib.suppress(binascii.Error):
-            out += base64.b64decode(with_pad)
-    return out
 
 
 def decimal(x: float | None) -> str | None:
@@ -590,17 +558,9 @@ class Judge0:
         def add(name: str, msg: str) -> None:
             errors.setdefault(name, []).append(msg)
 
-        def text(name: str, decode: bool) -> bytes | None:
-            v = raw[name]
-            if v is None:
-                return None
-            s = v if isinstance(v, str) else _scalar_str(v)
-            return decode64(s) if decode else s.encode()
-
-        source = text("source_code", b64)
-        stdin = text("stdin", b64)
-        expected = text("expected_output", b64)
-        additional = text("additional_files", True)  # always base64, whatever base64_encoded says
+        # Decoded off the event loop when large (up to max_body of base64).
+        texts = await offload(sum(len(v) for v in raw.values() if isinstance(v, str)), _texts, raw, b64)
+        source, stdin, expected, additional = (texts[k] for k in _TEXTS)
 
         if source is None or not source.strip():
             add("source_code", "can't be blank")
@@ -665,7 +625,8 @@ class Judge0:
         extras: list[FileIn] = []
         if additional:
             try:
-                extras = extract_zip(additional, CONFIG["max_extract_size"] * KiB, lang.source if lang else "")
+                max_bytes, source_file = CONFIG["max_extract_size"] * KiB, lang.source if lang else ""
+                extras = await offload(len(additional), extract_zip, additional, max_bytes, source_file)
             except SchemaError as e:
                 add("additional_files", str(e))
         enable_network = _bool(raw["enable_network"], CONFIG["enable_network"])
@@ -703,6 +664,23 @@ class Judge0:
         if found is None or not isinstance(found[0], Request):
             return None
         return found[0], found[1]
+
+
+_TEXTS = ("source_code", "stdin", "expected_output", "additional_files")
+
+
+def _texts(raw: Mapping[str, Any], b64: bool) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    for name in _TEXTS:
+        v = raw[name]
+        if v is None:
+            out[name] = None
+            continue
+        s = v if isinstance(v, str) else _scalar_str(v)
+        decode = b64 or name == "additional_files"  # always base64, whatever base64_encoded says
+        # (A str from a form or from msgspec is valid UTF-8; surrogatepass keeps any other safe.)
+        out[name] = decode64(s) if decode else s.encode("utf-8", "surrogatepass")
+    return out
 
 
 def _words(s: str | None) -> list[str]:
@@ -760,53 +738,6 @@ def _bool(v: Any, default: bool) -> bool:
     if isinstance(v, (int, float)):
         return v != 0
     return str(v) not in _FALSE
-
-
-def extract_zip(data: bytes, max_bytes: int, source_name: str) -> list[FileIn]:
-    """additional_files, unzipped on the host without trusting the archive.
-
-    Refused: not a zip, absolute or climbing paths, symlinks and other special
-    entries, a file where another entry needs a directory, more than
-    MAX_EXTRACT_FILES entries or `max_bytes` uncompressed (counted while
-    inflating, not taken from the headers).  Like `unzip -n`, an existing file
-    wins: the source file, then the first of duplicate entries."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise SchemaError("is not a valid zip archive") from None
-    if len(infos) > MAX_EXTRACT_FILES:
-        raise SchemaError(f"has more than {MAX_EXTRACT_FILES} entries")
-    files: dict[str, FileIn] = {}
-    dirs: set[str] = set()
-    total = 0
-    for info in infos:
-        name = info.filename
-        mode = info.external_attr >> 16
-        if info.is_dir():
-            dirs.add(check_box_path(name.rstrip("/"), f"additional_files: {name!r}"))
-            continue
-        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # no type bits (as Python writes them): a file
-            raise SchemaError(f"{name!r} is not a regular file (symlinks and special files are refused)")
-        path = check_box_path(name, f"additional_files: {name!r}")
-        if path == source_name or path in files:
-            continue
-        try:
-            with zf.open(info) as f:
-                content = f.read(max_bytes - total + 1)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError) as e:
-            raise SchemaError(f"{name!r} cannot be extracted: {e}") from None
-        total += len(content)
-        if total > max_bytes:
-            raise SchemaError(f"extracts to more than {max_bytes // KiB} KB")
-        files[path] = FileIn(path, content, executable=bool(mode & 0o111))
-    parents = {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)} | {
-        "/".join(d.split("/")[:i]) for d in dirs for i in range(1, d.count("/") + 2)
-    }
-    clash = sorted(parents & (set(files) | {source_name}))
-    if clash:
-        raise SchemaError(f"{clash[0]!r} is both a file and a directory")
-    return list(files.values())
 
 
 def judge_run(r: RunResult, req: Request) -> tuple[int, int | None, int | None, str | None]:
@@ -889,9 +820,12 @@ async def _params(req: web.Request) -> dict[str, Any]:
         params.update((await req.post()).items())
         return params
     try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as e:
+        data = await offload(len(body), msgspec.json.decode, body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:  # (ValidationError: a number out of range)
         raise J0Error(400, {"error": f"invalid JSON body: {e}"}) from None
+    except RecursionError:
+        depth = sys.getrecursionlimit()
+        raise J0Error(400, {"error": f"invalid JSON body: nested deeper than {depth} levels"}) from None
     if not isinstance(data, dict):
         raise J0Error(400, {"error": "the body must be a JSON object"})
     params.update(data)

@@ -39,8 +39,10 @@ Main.java); version "0.0.0" stands for a version not detected (self-test off).
 
 from __future__ import annotations
 
+import posixpath
 import re
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,6 +52,7 @@ from aiohttp import web
 
 from ..engine import Engine
 from ..errors import ServiceError
+from ..inbound import offload
 from ..judge import STATUS_VERDICT, test_result
 from ..languages import Language
 from ..schema import (
@@ -64,7 +67,7 @@ from ..schema import (
     check_box_path,
 )
 from . import Backend, Compiler, Served, run_program
-from .judge0 import decode64
+from .archive import decode64
 
 MiB = 1 << 20
 RUN_CPU_MS = 3000
@@ -276,9 +279,11 @@ def files_of(lang: Language, files: list[Any]) -> tuple[FileIn, list[FileIn]]:
             continue
         rel = name.lstrip("/")  # path.join(submission_dir, name): absolute names land inside
         try:
-            path = check_box_path(rel, "name")
-        except SchemaError:
-            raise PistonError(400, f'File path "{name}" tries to escape parent directory: {rel}') from None
+            path = check_box_path(rel, f"files[{i}].name")
+        except SchemaError as e:
+            if ".." in posixpath.normpath(rel).split("/"):
+                raise PistonError(400, f'File path "{name}" tries to escape parent directory: {rel}') from None
+            raise PistonError(400, str(e)) from None  # empty, NUL, too long: named by the schema
         if path == lang.source:
             raise PistonError(400, f"files[{i}].name: {name!r} is where the entry file is saved for {lang.id}")
         others[path] = FileIn(path, data)  # a later file of the same name wins, as it overwrites
@@ -431,9 +436,12 @@ async def _body(req: web.Request) -> dict[str, Any]:
         msg = "request entity too large"
         raise PistonError(400, msg, stack=f"PayloadTooLargeError: {msg}") from None
     try:
-        data = msgspec.json.decode(raw) if raw else {}
-    except msgspec.DecodeError as e:
+        data = await offload(len(raw), msgspec.json.decode, raw) if raw else {}
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:  # (ValidationError: a number out of range)
         raise PistonError(400, str(e), stack=f"SyntaxError: {e}") from None
+    except RecursionError:
+        msg = f"nested deeper than {sys.getrecursionlimit()} levels"
+        raise PistonError(400, msg, stack=f"SyntaxError: {msg}") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -464,7 +472,7 @@ async def execute(req: web.Request) -> web.Response:
     stdin = "" if stdin is None else stdin if isinstance(stdin, str) else str(stdin)
     if not stdin.endswith("\n"):
         stdin += "\n"  # Piston adds a trailing newline
-    entry, others = files_of(rt.lang, files)
+    entry, others = await offload(sum(len(f["content"]) for f in files), files_of, rt.lang, files)
     job = Job(
         rt.lang.id,
         rt.language,

@@ -1,0 +1,384 @@
+"""Hostile loads within every per-request limit (issue 13): the daemon's RSS and /healthz latency.
+
+Starts its own `sandboxd serve` (instance "bench-hostile-<pid>", its own
+socket and port), then applies one load after another:
+
+  zip        a Judge0 additional_files zip whose central directory holds
+             ~a million records (the EOCD count lies), as large as max_body allows
+  files-out  one run asking for the same 16 MiB file 24 times, then for 24
+             distinct 16 MiB files
+  uploads    20 uploads declaring 50 MiB that stall 1 MiB short, plus 500
+             connections that never send a byte
+  stdin      24 queued runs with 40 MiB of stdin each
+  results    150 Judge0 submissions whose results (2 MiB of stdout each) are kept
+
+Throughout, a thread asks /healthz every ~20 ms on a fresh connection and reads
+the daemon's VmRSS/VmHWM from /proc.  Prints one row per load: /healthz
+p50/p99/max and failures, the peak sampled RSS, VmHWM after the load, and
+the configured memory budget (GET /v1/status "memory_budget") when the
+daemon has one.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/hostile_load.py            # full (minutes)
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/hostile_load.py --quick    # smaller loads, ~30 s
+
+It uses no configuration key of its own, so the same script measures an
+older checkout (PYTHONPATH=/path/to/it) for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchlib import markdown_table, percentile
+
+MiB = 1 << 20
+
+
+@dataclass
+class Sizes:
+    zip_bytes: int  # the zip before base64 (the body is 4/3 of it)
+    out_file: int
+    out_count: int
+    uploads: int
+    upload_declared: int
+    half_open: int
+    stdin_jobs: int
+    stdin_bytes: int
+    results: int
+    result_bytes: int
+    hold: float  # seconds each connection load is held
+
+
+FULL = Sizes(45 * MiB, 16 * MiB, 24, 20, 50 * MiB, 500, 24, 40 * MiB, 150, 2 * MiB, 8.0)
+QUICK = Sizes(6 * MiB, 4 * MiB, 6, 5, 8 * MiB, 50, 4, 4 * MiB, 10, 256 << 10, 2.0)
+
+
+@dataclass
+class Phase:
+    name: str
+    lat_ms: list[float] = field(default_factory=list)
+    fails: int = 0
+    rss: list[int] = field(default_factory=list)
+    hwm: int = 0
+    note: str = ""
+
+
+class Daemon:
+    def __init__(self, pool: int) -> None:
+        self.dir = tempfile.mkdtemp(prefix="sandboxd-hostile-")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.sock = f"{self.dir}/sandboxd.sock"
+        cmd = [sys.executable, "-m", "sandboxd.cli", "serve", "--config", "/dev/null"]
+        cmd += ["--instance", f"bench-hostile-{os.getpid()}", "--socket", self.sock]
+        cmd += ["--http", f"127.0.0.1:{self.port}", "--pool-size", str(pool)]
+        env = {**os.environ, "SANDBOXD_SELFTEST": "false"}
+        self.log = open(f"{self.dir}/log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if self.get("/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"daemon did not start; see {self.dir}/log")
+            time.sleep(0.1)
+
+    def conn(self, timeout: float = 120) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json") -> Any:
+        c = self.conn()
+        try:
+            c.request(method, path, body=body, headers={"Content-Type": ctype} if body is not None else {})
+            r = c.getresponse()
+            data = r.read()
+            return r.status, data
+        finally:
+            c.close()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        c = self.conn(timeout=5)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    def proc_status(self) -> dict[str, int]:
+        out = {}
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "VmHWM"):
+                    out[k] = int(v.split()[0]) * 1024
+        return out
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def sample(port: int, pid: int, stop: Any, out: Any) -> None:
+    """In a process of its own (the load generator's GIL must not delay it):
+    (time, /healthz ms or None for a failure, VmRSS) every ~20 ms."""
+    samples: list[tuple[float, float | None, int]] = []
+    while not stop.is_set():
+        t = time.perf_counter()
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/healthz")
+            ok = c.getresponse().status == 200
+            c.close()
+        except OSError:
+            ok = False
+        dt = (time.perf_counter() - t) * 1000
+        rss = 0
+        with contextlib.suppress(OSError, KeyError, ValueError), open(f"/proc/{pid}/status") as f:
+            rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        samples.append((time.monotonic(), dt if ok else None, rss))
+        time.sleep(max(0.0, 0.02 - dt / 1000))
+    out.send(samples)
+
+
+def assign(phases: list[Phase], windows: list[tuple[float, float]], samples: list[Any]) -> None:
+    for t, dt, rss in samples:
+        for ph, (a, b) in zip(phases, windows, strict=True):
+            if a <= t < b:
+                if dt is None:
+                    ph.fails += 1
+                else:
+                    ph.lat_ms.append(dt)
+                if rss:
+                    ph.rss.append(rss)
+
+
+# --- the loads ------------------------------------------------------------------
+
+
+def million_record_zip(size: int) -> tuple[bytes, int]:
+    """A central directory of ~size bytes of 56-byte records behind an EOCD that says 1000."""
+    rec = struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0) + b"f" * 10
+    n = size // len(rec)
+    cd = rec * n
+    eocd = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1000, 1000, len(cd), 0, 0)
+    return cd + eocd, n
+
+
+def load_zip(d: Daemon, s: Sizes) -> str:
+    data, n = million_record_zip(s.zip_bytes)
+    body = json.dumps(
+        {"source_code": "print(1)", "language_id": 71, "additional_files": base64.b64encode(data).decode()}
+    ).encode()
+    t = time.perf_counter()
+    status, _reply = d.request("POST", "/judge0/submissions", body)
+    return f"{n} records, {len(body) >> 20} MiB body: HTTP {status} in {time.perf_counter() - t:.2f} s"
+
+
+def _run(d: Daemon, req: dict[str, Any]) -> tuple[int, Any]:
+    status, reply = d.request("POST", "/v1/runs", json.dumps(req).encode())
+    try:
+        return status, json.loads(reply)
+    except ValueError:
+        return status, reply[:200]
+
+
+def load_files_out(d: Daemon, s: Sizes) -> str:
+    make = f"head -c {s.out_file} /dev/zero > f"
+    limits = {"memory": 2 * s.out_file * s.out_count + 64 * MiB, "file_size": s.out_file, "cpu_time": 20}
+    status, _ = _run(d, {"cmd": ["sh", "-c", make], "files_out": ["f"] * s.out_count, "limits": limits})
+    notes = [f"same file x{s.out_count}: HTTP {status}"]
+    make_all = f"for i in $(seq {s.out_count}); do head -c {s.out_file} /dev/zero > f$i; done"
+    paths = [f"f{i}" for i in range(1, s.out_count + 1)]
+    status, reply = _run(d, {"cmd": ["sh", "-c", make_all], "files_out": paths, "limits": limits})
+    if isinstance(reply, dict):
+        kept = sum(len(base64.b64decode(f["content"])) for f in reply.get("files", []) if f.get("content"))
+        notes.append(f"{s.out_count} distinct: HTTP {status}, {kept >> 20} MiB returned")
+    return "; ".join(notes)
+
+
+def load_uploads(d: Daemon, s: Sizes) -> str:
+    """Uploads that send all but the last MiB of what they declare, then stall."""
+    conns: list[socket.socket] = []
+    refused = 0
+    head = b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+
+    def upload(c: socket.socket) -> None:
+        nonlocal refused
+        with contextlib.suppress(OSError):
+            c.sendall(head % s.upload_declared)
+            chunk = b" " * MiB
+            for _ in range(s.upload_declared // MiB - 1):
+                c.sendall(chunk)
+        c.settimeout(0)  # (with a timeout, recv would poll for it whatever its flags)
+        with contextlib.suppress(OSError):
+            if c.recv(100).startswith(b"HTTP/1.1 503"):
+                refused += 1
+
+    try:
+        for _ in range(s.uploads):
+            conns.append(socket.create_connection(("127.0.0.1", d.port), timeout=30))
+        threads = [threading.Thread(target=upload, args=(c,)) for c in conns]
+        for t in threads:
+            t.start()
+        for _ in range(s.half_open):
+            conns.append(socket.create_connection(("127.0.0.1", d.port), timeout=10))
+        for t in threads:
+            t.join()
+        time.sleep(s.hold)
+    finally:
+        for c in conns:
+            c.close()
+    return (
+        f"{s.uploads} x {s.upload_declared >> 20} MiB stalled 1 MiB short ({refused} refused at once)"
+        f" + {s.half_open} half-open"
+    )
+
+
+def load_stdin(d: Daemon, s: Sizes) -> str:
+    import msgspec  # (the daemon's dependency; present wherever it runs)
+
+    statuses: list[int] = []
+
+    def one() -> None:
+        body = msgspec.msgpack.encode({"cmd": ["sh", "-c", "sleep 1; cat > /dev/null"], "stdin": b"x" * s.stdin_bytes})
+        statuses.append(d.request("POST", "/v1/runs?wait=false", body, "application/msgpack")[0])
+
+    threads = [threading.Thread(target=one) for _ in range(s.stdin_jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(s.hold)
+    return f"{s.stdin_jobs} x {s.stdin_bytes >> 20} MiB: " + ", ".join(
+        f"{st}x{statuses.count(st)}" for st in sorted(set(statuses))
+    )
+
+
+def load_results(d: Daemon, s: Sizes) -> str:
+    src = f"import sys\nsys.stdout.write('x' * {s.result_bytes})\n"
+    body = json.dumps({"source_code": src, "language_id": 71, "cpu_time_limit": 5}).encode()
+    tokens, statuses = [], []
+    for _ in range(s.results):
+        st, reply = d.request("POST", "/judge0/submissions", body)
+        statuses.append(st)
+        if st == 201:
+            tokens.append(json.loads(reply)["token"])
+    deadline = time.monotonic() + 600
+    for tok in tokens:
+        while time.monotonic() < deadline:
+            st, reply = d.request("GET", f"/judge0/submissions/{tok}?fields=status_id")
+            if st == 200 and json.loads(reply)["status_id"] > 2:
+                break
+            time.sleep(0.2)
+    return f"{len(tokens)}/{s.results} accepted, {s.result_bytes >> 10} KiB stdout each, kept"
+
+
+LOADS: list[tuple[str, Callable[[Daemon, Sizes], str]]] = [
+    ("zip", load_zip),
+    ("files-out", load_files_out),
+    ("uploads", load_uploads),
+    ("stdin", load_stdin),
+    ("results", load_results),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small loads: a smoke test")
+    ap.add_argument("--only", default="", help="comma-separated loads to run (default: all)")
+    args = ap.parse_args()
+    sizes = QUICK if args.quick else FULL
+    d = Daemon(pool=2)
+    stop = multiprocessing.Event()
+    recv, send = multiprocessing.Pipe(duplex=False)
+    sampler = multiprocessing.Process(target=sample, args=(d.port, d.proc.pid, stop, send), daemon=True)
+    phases: list[Phase] = []
+    windows: list[tuple[float, float]] = []
+    try:
+        status = json.loads(d.request("GET", "/v1/status")[1])
+        budget = status.get("memory_budget")
+        sampler.start()
+        t0 = time.monotonic()
+        time.sleep(1.0)
+        phases.append(Phase("idle", hwm=d.proc_status()["VmHWM"]))
+        windows.append((t0, time.monotonic()))
+        wanted = {x for x in args.only.split(",") if x}
+        for name, load in LOADS:
+            if wanted and name not in wanted:
+                continue
+            ph = Phase(name)
+            t0 = time.monotonic()
+            ph.note = load(d, sizes)
+            time.sleep(0.5)
+            ph.hwm = d.proc_status()["VmHWM"]
+            phases.append(ph)
+            windows.append((t0, time.monotonic()))
+            print(f"{name}: {ph.note}", file=sys.stderr)
+        stop.set()
+        assign(phases, windows, recv.recv())
+        sampler.join()
+    finally:
+        stop.set()
+        d.stop()
+    print(table(phases, budget))
+    worst = max((max(p.lat_ms, default=0.0) for p in phases), default=0.0)
+    print(f"\n/healthz max {worst:.1f} ms over all loads; failures {sum(p.fails for p in phases)}")
+    if budget:
+        peak = max(p.hwm for p in phases)
+        print(
+            f"peak RSS {peak >> 20} MiB vs memory_budget {budget >> 20} MiB ({'within' if peak <= budget else 'OVER'})"
+        )
+    else:
+        print("memory_budget: not reported by /v1/status (no budget configured in this daemon)")
+
+
+def table(phases: list[Phase], budget: int | None) -> str:
+    rows = []
+    for p in phases:
+        xs = sorted(p.lat_ms)
+        rows.append(
+            [
+                p.name,
+                str(len(xs)),
+                f"{percentile(xs, 50):.1f}",
+                f"{percentile(xs, 99):.1f}",
+                f"{xs[-1]:.1f}" if xs else "-",
+                str(p.fails),
+                f"{max(p.rss, default=0) >> 20}",
+                f"{p.hwm >> 20}",
+                p.note,
+            ]
+        )
+    head = ["load", "healthz n", "p50 ms", "p99 ms", "max ms", "fail", "peak RSS MiB", "VmHWM MiB", "what"]
+    return markdown_table(head, rows)
+
+
+if __name__ == "__main__":
+    main()

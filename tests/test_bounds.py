@@ -1,0 +1,336 @@
+"""Limits on input (issue 13, "the daemon: every resource bounded"): against real daemons.
+
+Each test here failed on 9a299e5: connections that never send a request (or
+send it a byte at a time) were kept for an hour, a stalled upload for ever,
+connections and bytes being received had no cap, a zip's central directory was
+parsed whatever its size, files out could repeat one path without bound, and
+a long path component, a NUL zip entry name, deep JSON nesting or an
+out-of-range number were internal errors (HTTP 500 / Judge0 status 13).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from daemon_util import Daemon
+from instances import inst
+
+from sandboxd.schema import MAX_FILES_OUT, MAX_FILES_OUT_BYTES, Limits, MiB, RunRequest, SchemaError, validate_run
+
+TIGHT = {
+    "SANDBOXD_HTTP_HEADER_TIMEOUT": "1",
+    "SANDBOXD_HTTP_BODY_TIMEOUT": "2",
+    "SANDBOXD_HTTP_IDLE_TIMEOUT": "2",
+    "SANDBOXD_SOCKET_IDLE_TIMEOUT": "2",
+    "SANDBOXD_MAX_BODY": str(1 << 20),
+    "SANDBOXD_MAX_RECEIVING_BYTES": str(2 << 20),
+}
+CAPPED = {"SANDBOXD_MAX_CONNECTIONS_PER_LISTENER": "4", "SANDBOXD_MAX_CONNECTIONS": "6"}
+
+
+@pytest.fixture(scope="module")
+def tight() -> Iterator[Daemon]:
+    d = Daemon(inst("-bounds"), pool_size=2, env=TIGHT)
+    yield d
+    assert d.stop() == 0, d.output()
+
+
+@pytest.fixture(scope="module")
+def capped() -> Iterator[Daemon]:
+    d = Daemon(inst("-bounds-cap"), pool_size=1, env=CAPPED)
+    yield d
+    assert d.stop() == 0, d.output()
+
+
+def _tcp(d: Daemon) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=15)
+    return s
+
+
+def _closed_by_peer(s: socket.socket) -> bytes:
+    """Everything the daemon sends until it closes the connection (fails on the socket's timeout)."""
+    got = b""
+    while True:
+        try:
+            b = s.recv(65536)
+        except ConnectionResetError:
+            return got
+        if not b:
+            return got
+        got += b
+
+
+def _http(d: Daemon, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(d.http + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+# --- HTTP transport -----------------------------------------------------------
+
+
+def test_half_open_http_connection_is_closed(tight: Daemon) -> None:
+    with _tcp(tight) as s:
+        assert _closed_by_peer(s) == b""  # main: kept for keepalive_timeout (3630 s)
+
+
+def test_headers_trickling_in_are_cut_at_the_header_timeout(tight: Daemon) -> None:
+    with _tcp(tight) as s:
+        start = time.monotonic()
+        s.sendall(b"GET /v1/status HTTP/1.1\r\n")
+        # A byte every 0.2 s keeps the connection busy but never finishes the headers.
+        with pytest.raises(OSError):
+            while time.monotonic() - start < 15:
+                s.sendall(b"X")
+                time.sleep(0.2)
+        assert time.monotonic() - start < 15
+
+
+def test_stalled_upload_gets_408_and_is_closed(tight: Daemon) -> None:
+    with _tcp(tight) as s:
+        s.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+        reply = _closed_by_peer(s)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"http_body_timeout" in reply
+
+
+@pytest.mark.parametrize("path", ["/v1/runs", "/judge0/submissions"])
+def test_oversize_body_trickling_in_is_cut_too(tight: Daemon, path: str) -> None:
+    # Declared beyond max_body (1 MiB): left to the API's own 413, but not for ever.
+    with _tcp(tight) as s:
+        s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n{" % (path.encode(), 2 << 20))
+        reply = _closed_by_peer(s)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+
+
+def test_bytes_being_received_are_capped_daemon_wide(tight: Daemon) -> None:
+    head = b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{"
+    held = [_tcp(tight) for _ in range(2)]
+    try:
+        for s in held:  # 2 x 1 MiB declared: all of max_receiving_bytes
+            s.sendall(head % (1 << 20))
+        time.sleep(0.3)
+        with _tcp(tight) as s:
+            s.sendall(head % 1000)
+            reply = _closed_by_peer(s)
+        assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
+        assert b"Retry-After: 1" in reply and b"max_receiving_bytes" in reply
+    finally:
+        for s in held:
+            s.close()
+    # Released once those uploads ended: the daemon takes bodies again.
+    deadline = time.monotonic() + 20
+    while _http(tight, "POST", "/v1/runs", {"cmd": ["true"]})[0] == 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_idle_keepalive_connection_is_closed(tight: Daemon) -> None:
+    with _tcp(tight) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = _closed_by_peer(s)
+    assert got.startswith(b"HTTP/1.1 200") and b'"ok"' in got
+
+
+def test_connection_cap_refuses_fast_and_health_stays_reachable(capped: Daemon) -> None:
+    held = [_tcp(capped) for _ in range(4)]  # the listener's cap (each has the default 10 s for its headers)
+    try:
+        for s in held:
+            s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")  # headers not finished: each holds a slot
+        time.sleep(0.3)
+        with _tcp(capped) as s:
+            s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = _closed_by_peer(s)
+        assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
+        assert b"Retry-After: 1" in reply and b"too many connections" in reply
+        with urllib.request.urlopen(capped.http + "/healthz", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 20
+    while _http(capped, "GET", "/v1/status")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+# --- Unix socket transport ----------------------------------------------------
+
+
+def _unix(d: Daemon) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(15)
+    s.connect(d.sock)
+    return s
+
+
+def _frames(data: bytes) -> list[Any]:
+    out = []
+    while len(data) >= 4:
+        (n,) = struct.unpack(">I", data[:4])
+        out.append(msgspec.msgpack.decode(data[4 : 4 + n]))
+        data = data[4 + n :]
+    return out
+
+
+def _frame(msg: Any) -> bytes:
+    b = msgspec.msgpack.encode(msg)
+    return struct.pack(">I", len(b)) + b
+
+
+def test_half_open_socket_connection_is_closed(tight: Daemon) -> None:
+    with _unix(tight) as s:
+        assert _closed_by_peer(s) == b""
+
+
+def test_trickling_frame_is_cut_with_a_reason(tight: Daemon) -> None:
+    with _unix(tight) as s:
+        s.sendall(struct.pack(">I", 1000) + b"\x82")
+        (err,) = _frames(_closed_by_peer(s))
+    assert err["ok"] is False and "not received within" in err["error"]["message"]
+
+
+def test_idle_socket_connection_is_closed_with_a_reason(tight: Daemon) -> None:
+    with _unix(tight) as s:
+        s.sendall(_frame({"id": 1, "op": "ping"}))
+        pong, err = _frames(_closed_by_peer(s))
+    assert pong["ok"] is True
+    assert err["id"] is None and "socket_idle_timeout" in err["error"]["message"]
+
+
+def test_socket_frames_wait_for_bytes_being_received(tight: Daemon) -> None:
+    held = [_unix(tight) for _ in range(2)]
+    try:
+        for s in held:  # 2 x 1 MiB frames announced and stalled: all of max_receiving_bytes
+            s.sendall(struct.pack(">I", 1 << 20) + b"\x82")
+        time.sleep(0.3)
+        with _unix(tight) as s:
+            s.sendall(_frame({"id": 9, "op": "ping"}))
+            # Held back (not read into memory) while the stalled frames hold the bytes...
+            s.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                s.recv(100)
+            # ...and answered once their http_body_timeout (2 s) freed them.
+            s.settimeout(15)
+            (pong,) = _frames(_recv_n(s, 1))
+            assert pong["id"] == 9 and pong["ok"] is True
+        for s in held:
+            (err,) = _frames(_closed_by_peer(s))
+            assert "not received within" in err["error"]["message"]
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_socket_connection_cap(capped: Daemon) -> None:
+    held = [_unix(capped) for _ in range(4)]
+    try:
+        for s in held:
+            s.sendall(_frame({"id": 1, "op": "ping"}))
+            assert _frames(s.recv(1000))[0]["ok"] is True
+        with _unix(capped) as s:
+            (err,) = _frames(_closed_by_peer(s))
+        assert err["error"]["code"] == "queue_full" and "too many connections" in err["error"]["message"]
+    finally:
+        for s in held:
+            s.close()
+
+
+# --- the native API: bad input is 4xx, naming the field -------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"cmd": ["true"], "files_in": [{"path": "a" * 300, "content": ""}]}, "files_in[0].path"),
+        ({"cmd": ["true"], "files_out": ["d/" + "b" * 256]}, "files_out[0]"),
+        ({"cmd": ["true"], "files_out": ["x" * 600 + "/" + "y" * 600]}, "files_out[0]"),
+        ({"cmd": ["true"], "cwd": "/" + "c" * 300}, "cwd"),
+        ({"cmd": ["true"], "files_out": ["out", "./out"]}, "files_out[1]"),
+        ({"cmd": ["true"], "files_out": [f"f{i}" for i in range(MAX_FILES_OUT + 1)]}, "files_out"),
+    ],
+)
+def test_native_paths_are_bad_requests(tight: Daemon, body: dict[str, Any], field: str) -> None:
+    status, reply = _http(tight, "POST", "/v1/runs", body)
+    assert status == 400, reply
+    assert field in reply["error"]["message"], reply
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_native_deep_nesting_is_a_bad_request(tight: Daemon, fmt: str) -> None:
+    if fmt == "json":
+        raw, ctype = b'{"cmd": ["true"], "env": ' + b"[" * 5000 + b"]" * 5000 + b"}", "application/json"
+    else:
+        raw, ctype = b"\x81\xa3cmd" + b"\x91" * 5000 + b"\xc0", "application/msgpack"
+    req = urllib.request.Request(tight.http + "/v1/runs", data=raw, method="POST", headers={"Content-Type": ctype})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 400
+    with _unix(tight) as s:  # and the socket answers the frame (main: dropped the connection)
+        s.sendall(_frame({"id": 7, "op": "run", "body": msgspec.Raw(b"\x91" * 5000 + b"\xc0")}))
+        s.sendall(_frame({"id": 8, "op": "ping"}))
+        got = _frames(_recv_n(s, 2))
+    assert got[0]["error"]["code"] == "bad_request" and got[1]["ok"] is True
+
+
+def _recv_n(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(_frames(data)) < n:
+        b = s.recv(65536)
+        assert b, "the daemon closed the connection"
+        data += b
+    return data
+
+
+def test_files_out_total_is_bounded(engine: Any) -> None:
+    big = MAX_FILES_OUT_BYTES // 2 + MiB  # two of these are more than the total
+    res = engine.run(
+        cmd=["sh", "-c", f"head -c {big} /dev/zero > a && cp a b && echo hi > c"],
+        files_out=["a", "b", "c"],
+        limits=Limits(memory=512 * MiB, file_size=2 * big),
+    )
+    a, b, c = res.files
+    assert a.content is not None and len(a.content) == big
+    assert b.content is None and b.error and "together" in b.error
+    assert c.content == b"hi\n"  # small files still fit in what is left
+
+
+def test_files_out_duplicates_refused_by_schema() -> None:
+    with pytest.raises(SchemaError, match=r"files_out\[1\].*given twice"):
+        validate_run(RunRequest(cmd=["true"], files_out=["a/b", "a//b"]))
+
+
+def test_hostile_load_benchmark_quick() -> None:
+    """benchmarks/hostile_load.py --quick runs end to end (~15 s); its loads are refused as they should be."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'benchmarks'}"}
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks/hostile_load.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HTTP 422" in out.stdout  # the zip: refused before parsing
+    assert "same file x6: HTTP 400" in out.stdout  # duplicated files out
+    for load in ("idle", "zip", "files-out", "uploads", "stdin", "results"):
+        assert f"| {load} |" in out.stdout
