@@ -19,7 +19,7 @@ from .compat import judge0, piston
 from .errors import ServiceError
 from .openapi import document
 from .schema import Error
-from .wire import Format, Frontend, dispatch
+from .wire import Format, Frontend, check_idempotency_key, dispatch
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ STATUS = {
     "not_found": 404,
     "queue_full": 429,
     "cancelled": 409,
+    "conflict": 422,  # an idempotency key reused for a different request
     "internal": 500,
     "draining": 503,
     "queue_deadline": 504,
@@ -97,7 +98,10 @@ def _wait_flag(request: web.Request) -> bool:
 async def _post(req: web.Request, op: str) -> web.Response:
     wait = _wait_flag(req)
     cb = req.query.get("callback_url")
-    res = await dispatch(req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb)
+    key = check_idempotency_key(req.headers.get("Idempotency-Key"), "Idempotency-Key (header)")
+    res = await dispatch(
+        req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
+    )
     return reply(req, res, 200 if wait else 202)
 
 

@@ -281,7 +281,15 @@ def validate_submission(sub: Submission) -> Submission:
 
 Op = Literal["run", "submit", "get", "wait", "cancel", "status", "languages", "ping"]
 ErrorCode = Literal[
-    "bad_request", "not_found", "queue_full", "queue_deadline", "cancelled", "draining", "unauthorized", "internal"
+    "bad_request",
+    "not_found",
+    "queue_full",
+    "queue_deadline",
+    "cancelled",
+    "draining",
+    "unauthorized",
+    "conflict",
+    "internal",
 ]
 
 
@@ -291,6 +299,7 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     body: msgspec.Raw = msgspec.Raw()  # decoded per op: RunRequest, Submission, JobRef; empty if absent
     wait: bool = True  # False: reply at once with the job id; poll with "get"
     progress: bool = False  # stream a "test" event per finished test of a submission
+    idempotency_key: str | None = None  # run/submit: the same key within results_ttl is the same job
 
 
 class JobRef(msgspec.Struct, forbid_unknown_fields=True):

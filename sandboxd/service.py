@@ -246,7 +246,10 @@ class Service:
 
     # --- the transports' view (wire.Frontend) ------------------------------
 
-    async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo:
+    async def start_run(
+        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
+    ) -> JobInfo:
+        # (A placeholder: a daemon's own key table is branch `durable`'s; until then a key is ignored here.)
         if callback_url is not None:
             await self.check_callback(callback_url)
         return self.submit_run(req, callback_url).info()
@@ -256,6 +259,8 @@ class Service:
         sub: Submission,
         progress: Callable[[TestResult], None] | None = None,
         callback_url: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> JobInfo:
         if callback_url is not None:
             await self.check_callback(callback_url)

@@ -7,6 +7,8 @@ same precise error on every transport.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -18,6 +20,24 @@ from .schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestRe
 
 Format = Literal["json", "msgpack"]
 T = TypeVar("T")
+
+# An idempotency key: printable ASCII without spaces (a UUID, a hash, an
+# order number), short enough to be a Redis key and a log field.
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def check_idempotency_key(key: str | None, field: str = "idempotency_key") -> str | None:
+    """The key, or bad_request naming the field (the socket's field, the HTTP header)."""
+    if key is not None and _KEY.fullmatch(key) is None:
+        raise error("bad_request", f"{field}: 1 to 255 printable ASCII characters without spaces, got {key[:64]!r}")
+    return key
+
+
+def fingerprint(op: str, canonical: bytes) -> str:
+    """What a key is bound to: the op and the request's canonical msgpack
+    encoding (the decoded struct re-encoded, so JSON and msgpack agree)."""
+    return hashlib.sha256(op.encode() + b"\0" + canonical).hexdigest()
+
 
 _json_dec: dict[type, msgspec.json.Decoder[Any]] = {}
 _mp_dec: dict[type, msgspec.msgpack.Decoder[Any]] = {}
@@ -47,13 +67,20 @@ class Frontend(Backend, Protocol):
     @property
     def draining(self) -> bool: ...
 
-    async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo: ...
+    async def start_run(
+        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
+    ) -> JobInfo:
+        """With a key: the job that key started within results_ttl if the
+        request is the same, ServiceError `conflict` if it differs."""
+        ...
 
     async def start_submission(
         self,
         sub: Submission,
         progress: Callable[[TestResult], None] | None = None,
         callback_url: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> JobInfo: ...
 
     async def job_info(self, job_id: str) -> JobInfo: ...
@@ -80,8 +107,10 @@ async def dispatch(
     progress: Callable[[TestResult], None] | None = None,
     on_job: Callable[[str], None] | None = None,
     callback_url: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Any:
-    """Run one op; returns the reply payload (a schema object or plain data)."""
+    """Run one op; returns the reply payload (a schema object or plain data).
+    A keyed run/submit that repeats an earlier one waits for that same job."""
     try:
         if op == "ping":
             return {"pong": True}
@@ -96,10 +125,12 @@ async def dispatch(
             if op == "wait":
                 return await svc.wait_job(ref.job, timeout)
             return await svc.job_info(ref.job)
+        key = check_idempotency_key(idempotency_key)
         if op == "run":
-            info = await svc.start_run(decode(body, RunRequest, fmt), callback_url)
+            info = await svc.start_run(decode(body, RunRequest, fmt), callback_url, idempotency_key=key)
         elif op == "submit":
-            info = await svc.start_submission(decode(body, Submission, fmt), progress, callback_url)
+            sub = decode(body, Submission, fmt)
+            info = await svc.start_submission(sub, progress, callback_url, idempotency_key=key)
         else:
             raise error("bad_request", f"op: unknown {op!r}")
     except SchemaError as e:
