@@ -28,7 +28,7 @@ from .. import callbacks
 from ..compat import Load, Served
 from ..compat import jobs as compat_jobs
 from ..config import Config
-from ..errors import error
+from ..errors import ServiceError, error
 from ..languages import Language
 from ..schema import (
     Error,
@@ -40,6 +40,7 @@ from ..schema import (
     validate_run,
     validate_submission,
 )
+from ..wire import check_idempotency_key, fingerprint
 from .keys import COMPAT_QUEUE, RUN_LANG, queue_name
 from .store import FleetStore, OutageLog, transient
 
@@ -51,6 +52,11 @@ MAX_DELIVERIES = 64  # callbacks in flight per coordinator; more wait in Redis
 
 def _unix(ms: bytes | None) -> float | None:
     return None if ms is None else int(ms) / 1000
+
+
+def _idem(key: str | None, op: str, spec: bytes) -> tuple[str, str] | None:
+    """(key, fingerprint) for the enqueue script; spec is the request's canonical encoding."""
+    return None if check_idempotency_key(key) is None else (str(key), fingerprint(op, spec))
 
 
 def job_cost(sub: Submission) -> int:
@@ -283,10 +289,19 @@ class Coordinator:
         jid: str | None = None,
         notify: bool = False,
         callback_url: str | None = None,
+        idem: tuple[str, str] | None = None,
     ) -> JobInfo:
+        """idem: (idempotency key, request fingerprint), bound to the job in the enqueue script."""
         if self.draining:
             raise error("draining", "the coordinator is shutting down; retry on another", 1.0)
-        await self._check_servable(lang, tag)
+        try:
+            await self._check_servable(lang, tag)
+        except ServiceError:
+            # A retry of a job accepted before its hosts went away: the job is the answer.
+            found = None if idem is None else await self._redis("enqueue", lambda: self.store.keyed(idem[0]))
+            if idem is None or found is None:
+                raise
+            return await self._replayed(idem, "dup" if found[1] == idem[1] else "conflict", found[0], progress)
         jid = jid or secrets.token_urlsafe(12)
         queue = queue_name(lang or RUN_LANG, tag, compat=kind == compat_jobs.KIND)
         if progress is not None:
@@ -309,14 +324,34 @@ class Coordinator:
                 progress is not None,
                 notify,
                 callback_url or "",
+                *(idem or ("", "")),
             ),
         )
+        if res in ("dup", "conflict") and idem is not None:
+            self._stop_relay(jid)
+            return await self._replayed(idem, res, n, progress)
         if res == "full":
             self._stop_relay(jid)
             raise error("queue_full", f"fleet queue {queue} holds {n} jobs, its limit", 1.0)
         if res != "ok":
             raise error("bad_request", f"job id {jid!r} is in use")
         return JobInfo(jid, "run" if kind == "run" else "submission", "queued")
+
+    async def _replayed(
+        self, idem: tuple[str, str], res: str, jid: str, progress: Callable[[TestResult], None] | None
+    ) -> JobInfo:
+        """The job an idempotency key already started (res 'dup'), or the conflict."""
+        if res == "conflict":
+            raise error(
+                "conflict",
+                f"idempotency key {idem[0]!r} started job {jid} with a different request; "
+                "a new request needs a new key",
+            )
+        info = await self._read(jid)
+        if progress is not None and info.state not in FINAL:
+            # (Tests that finished before this retry are in the result, not re-sent as events.)
+            await self._redis("progress", lambda: self._relay(jid, progress))
+        return info
 
     async def _relay(self, jid: str, progress: Callable[[TestResult], None]) -> None:
         """Pass a submission's test events (published by its host) to `progress`
@@ -355,7 +390,9 @@ class Coordinator:
     async def check_callback(self, url: str) -> None:
         await callbacks.check(url, self.callback_allow_private)
 
-    async def start_run(self, req: RunRequest, callback_url: str | None = None) -> JobInfo:
+    async def start_run(
+        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
+    ) -> JobInfo:
         if callback_url is not None:
             await self.check_callback(callback_url)
         try:
@@ -363,8 +400,9 @@ class Coordinator:
         except SchemaError as e:
             raise error("bad_request", str(e)) from None
         spec = _enc.encode(req)
+        idem = _idem(idempotency_key, "run", spec)
         return await self._enqueue(
-            "run", "", spec, req.host_tag, req.priority, 1, req.queue_deadline, callback_url=callback_url
+            "run", "", spec, req.host_tag, req.priority, 1, req.queue_deadline, callback_url=callback_url, idem=idem
         )
 
     async def start_submission(
@@ -372,6 +410,8 @@ class Coordinator:
         sub: Submission,
         progress: Callable[[TestResult], None] | None = None,
         callback_url: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> JobInfo:
         if callback_url is not None:
             await self.check_callback(callback_url)
@@ -390,6 +430,7 @@ class Coordinator:
             sub.queue_deadline,
             progress,
             callback_url=callback_url,
+            idem=_idem(idempotency_key, "submit", spec),
         )
 
     # --- jobs ---------------------------------------------------------------
@@ -468,11 +509,12 @@ class Coordinator:
 
     # --- Judge0 / Piston (sandboxd.compat.Backend) ------------------------------
 
-    async def start_compat(self, spec: compat_jobs.Spec, job_id: str) -> JobInfo:
+    async def start_compat(self, spec: compat_jobs.Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
+        """With a key that started a job already, that job (whose id is not job_id)."""
         notify = compat_jobs.notifies(spec)
-        return await self._enqueue(
-            compat_jobs.KIND, spec.lang, compat_jobs.encode(spec), None, jid=job_id, notify=notify
-        )
+        data = compat_jobs.encode(spec)
+        idem = _idem(idempotency_key, compat_jobs.KIND, data)
+        return await self._enqueue(compat_jobs.KIND, spec.lang, data, None, jid=job_id, notify=notify, idem=idem)
 
     async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
         d = await self._redis("get", lambda: self.store.job(job_id, spec=True))

@@ -1,0 +1,208 @@
+"""Idempotency keys through the fleet, for real: a redis-server, one host
+daemon, a coordinator that reaches Redis through a proxy able to drop the
+reply to an enqueue after Redis wrote it (and kill Redis at that instant).
+
+(A file of its own beside tests/test_fleet.py: a smaller fleet, and that one
+is long enough.)
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from daemon_util import Daemon
+from fleet_util import Coordinator, Redis, ReplyCutter, is_enqueue
+from instances import inst
+
+from sandboxd.fleet.keys import Keys
+
+K = Keys("sandboxd")
+TTL = 30  # results_ttl of the coordinator and host: the keys' lifetime once a job is final
+HOST_ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_RESULTS_TTL": str(TTL)}
+COORD_ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_RESULTS_TTL": str(TTL)}
+
+
+class KeyFleet:
+    def __init__(self) -> None:
+        self.redis = Redis()
+        self.cutter = ReplyCutter(self.redis)
+        self.host: Daemon | None = None
+        self.coord: Coordinator | None = None
+        try:
+            env = {**HOST_ENV, "SANDBOXD_FLEET": self.redis.url, "SANDBOXD_FLEET_HOST_ID": "k"}
+            self.host = Daemon(inst("-fleet-keys"), pool_size=2, env=env)
+            self.coord = Coordinator(self.cutter.url, COORD_ENV)
+            deadline = time.monotonic() + 20
+            while not self.api("GET", "/v1/hosts")[1]:
+                assert time.monotonic() < deadline, "the host did not join"
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for p in (self.coord, self.host):
+            if p is not None:
+                p.stop()
+        self.cutter.close()
+        self.redis.stop()
+
+    def api(
+        self, method: str, path: str, body: Any = None, key: str | None = None, timeout: float = 60
+    ) -> tuple[int, Any]:
+        assert self.coord is not None
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        data = None if body is None else msgspec.json.encode(body)
+        req = urllib.request.Request(self.coord.http + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, msgspec.json.decode(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, msgspec.json.decode(e.read())
+
+    def wait(self, job: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while True:
+            st, res = self.api("GET", f"/v1/jobs/{job}?wait=5")
+            assert st == 200, res
+            if res["state"] not in ("queued", "running"):
+                return dict(res)
+            assert time.monotonic() < deadline, res
+
+    def stats(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.redis.client().hgetall(K.stats).items()}
+
+    def host_runs(self) -> int:
+        """Runs the host daemon executed (its own metrics, not the fleet's)."""
+        assert self.host is not None
+        with urllib.request.urlopen(self.host.http + "/metrics") as r:
+            text = r.read().decode()
+        return sum(int(float(n)) for n in re.findall(r"^sandboxd_run_seconds_count\{[^}]*\} (\S+)$", text, re.M))
+
+
+@pytest.fixture(scope="module")
+def kf() -> Iterator[KeyFleet]:
+    f = KeyFleet()
+    yield f
+    f.stop()
+
+
+def run(tag: str) -> dict[str, Any]:
+    return {"cmd": ["/bin/echo", tag]}
+
+
+def test_same_key_same_job_other_request_conflict(kf: KeyFleet) -> None:
+    st, first = kf.api("POST", "/v1/runs?wait=false", run("a"), key="order-1")
+    assert st == 202, first
+    st, again = kf.api("POST", "/v1/runs?wait=false", run("a"), key="order-1")
+    assert st == 202 and again["job"] == first["job"], again
+    # A waited retry waits for that same job.
+    st, res = kf.api("POST", "/v1/runs", run("a"), key="order-1")
+    assert st == 200 and res["stdout"] == "YQo=", res
+    assert kf.wait(first["job"])["state"] == "done"
+    st, res = kf.api("POST", "/v1/runs", run("b"), key="order-1")
+    assert st == 422 and res["error"]["code"] == "conflict" and "'order-1'" in res["error"]["message"], res
+    # The same key on another op is another request too.
+    sub = {"lang": "c", "source": "", "tests": [{}]}
+    st, res = kf.api("POST", "/v1/submissions?wait=false", sub, key="order-1")
+    assert st == 422 and res["error"]["code"] == "conflict", res
+    # Once final, the key lives as long as the job's result.
+    ttl = kf.redis.client().ttl(K.idem("order-1"))
+    assert 0 < ttl <= TTL, ttl
+    assert kf.redis.client().ttl(K.job(first["job"])) >= ttl - 1
+
+
+def test_a_pending_keyed_job_keeps_its_key(kf: KeyFleet) -> None:
+    body = {"cmd": ["/bin/sh", "-c", "sleep 1"], "limits": {"wall_time": 10}}
+    st, res = kf.api("POST", "/v1/runs?wait=false", body, key="pending-1")
+    assert st == 202, res
+    assert kf.redis.client().ttl(K.idem("pending-1")) == -1  # no expiry while the job is not final
+    assert kf.wait(res["job"])["state"] == "done"
+
+
+def test_bad_keys_are_refused_naming_the_header(kf: KeyFleet) -> None:
+    for bad in ("a b", "x" * 256, "caf\u00e9"):
+        headers = {"Content-Type": "application/json", "Idempotency-Key": bad}
+        assert kf.coord is not None
+        req = urllib.request.Request(
+            kf.coord.http + "/v1/runs", data=msgspec.json.encode(run("x")), method="POST", headers=headers
+        )
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 400
+        assert "Idempotency-Key" in msgspec.json.decode(e.value.read())["error"]["message"]
+
+
+def _lose_the_reply(kf: KeyFleet, body: dict[str, Any], key: str | None) -> str:
+    """POST body; Redis is killed after writing the job, before its reply
+    leaves; restart Redis and retry the POST as a client would, until it is
+    answered.  Returns the job id of the answer."""
+    kf.cutter.arm(is_enqueue, kf.redis.kill)
+    st, res = kf.api("POST", "/v1/runs?wait=false", body, key=key)
+    assert kf.cutter.cut.is_set(), "the proxy never saw the enqueue's reply"
+    assert st == 503 and res["error"]["code"] == "draining", res  # "Redis unreachable; retry"
+    kf.redis.start()  # from its AOF (appendfsync always): the job is there
+    deadline = time.monotonic() + 30
+    while st == 503:
+        assert time.monotonic() < deadline, res
+        time.sleep(0.2)
+        st, res = kf.api("POST", "/v1/runs?wait=false", body, key=key)
+    assert st == 202, res
+    return str(res["job"])
+
+
+def test_reply_lost_between_write_and_reply_the_retry_runs_nothing_twice(kf: KeyFleet) -> None:
+    jobs0, stats0, runs0 = len(kf.redis.client().keys(K.job("*"))), kf.stats(), kf.host_runs()
+    job = _lose_the_reply(kf, run("once"), key="lost-reply-1")
+    res = kf.wait(job)
+    assert res["state"] == "done" and res["result"]["stdout"] == "b25jZQo=", res
+    time.sleep(1.5)  # a second job (the bug) would have been claimed and run by now
+    stats = kf.stats()
+    assert stats.get("enqueued", 0) - stats0.get("enqueued", 0) == 1, (stats0, stats)
+    assert stats.get("done", 0) - stats0.get("done", 0) == 1, (stats0, stats)
+    assert stats.get("replayed", 0) - stats0.get("replayed", 0) >= 1
+    assert len(kf.redis.client().keys(K.job("*"))) - jobs0 == 1
+    assert kf.host_runs() - runs0 == 1  # the host executed it once
+
+
+def test_without_a_key_the_same_failure_runs_the_job_twice(kf: KeyFleet) -> None:
+    """The harness reproduces the issue: the unkeyed retry is a second job."""
+    stats0 = kf.stats()
+    job = _lose_the_reply(kf, run("twice"), key=None)
+    assert kf.wait(job)["state"] == "done"
+    deadline = time.monotonic() + 20
+    while kf.stats().get("done", 0) - stats0.get("done", 0) < 2:
+        assert time.monotonic() < deadline, (stats0, kf.stats())
+        time.sleep(0.1)
+    assert kf.stats()["enqueued"] - stats0["enqueued"] == 2
+
+
+def test_a_keyed_socket_request_outlives_its_connection(kf: KeyFleet) -> None:
+    """A socket client that drops a keyed waited call does not cancel the job:
+    its retry on a new connection waits for that job and gets its result."""
+    assert kf.coord is not None
+    stats0 = kf.stats()
+    body = {"cmd": ["/bin/sh", "-c", "sleep 1.5; echo kept"], "limits": {"wall_time": 10}}
+    frame = msgspec.msgpack.encode({"id": 1, "op": "run", "body": body, "idempotency_key": "sock-1", "progress": True})
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(kf.coord.sock)
+        s.sendall(struct.pack(">I", len(frame)) + frame)
+        (n,) = struct.unpack(">I", s.recv(4))
+        accepted = msgspec.msgpack.decode(s.recv(n))
+    assert accepted["event"] == "accepted", accepted  # and hung up while it runs
+    time.sleep(0.5)
+    st, res = kf.api("POST", "/v1/runs", body, key="sock-1")
+    assert st == 200 and res["stdout"] == "a2VwdAo=", res
+    assert kf.wait(accepted["data"]["job"])["state"] == "done"  # not cancelled by the hang-up
+    assert kf.stats()["enqueued"] - stats0["enqueued"] == 1
