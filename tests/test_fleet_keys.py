@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ import pytest
 from daemon_util import Daemon
 from fleet_util import Coordinator, Redis, ReplyCutter, is_enqueue
 from instances import inst
+from sandboxd_client import Client, RunRequest
 
 from sandboxd.fleet.keys import Keys
 
@@ -206,3 +208,34 @@ def test_a_keyed_socket_request_outlives_its_connection(kf: KeyFleet) -> None:
     assert st == 200 and res["stdout"] == "a2VwdAo=", res
     assert kf.wait(accepted["data"]["job"])["state"] == "done"  # not cancelled by the hang-up
     assert kf.stats()["enqueued"] - stats0["enqueued"] == 1
+
+
+@pytest.mark.parametrize("transport", ["http", "unix"])
+def test_client_call_spanning_a_redis_restart_runs_once(kf: KeyFleet, transport: str) -> None:
+    """The Python client's own key and retries: Redis dies after writing the
+    job and before answering, the coordinator says 503 / draining, the client
+    retries with the same key until Redis is back and gets the job's result."""
+    assert kf.coord is not None
+    address = kf.coord.http if transport == "http" else f"unix://{kf.coord.sock}"
+    stats0, runs0 = kf.stats(), kf.host_runs()
+    kf.cutter.arm(is_enqueue, kf.redis.kill)
+
+    def restart() -> None:
+        assert kf.cutter.cut.wait(30)
+        time.sleep(1)  # the client meets a dead Redis a few times
+        kf.redis.start()
+
+    t = threading.Thread(target=restart)
+    t.start()
+    try:
+        with Client(address) as c:
+            res = c.run(RunRequest(cmd=["/bin/echo", transport]))
+    finally:
+        t.join()
+    assert kf.cutter.cut.is_set()
+    assert res.status == "ok" and res.stdout == f"{transport}\n".encode()
+    time.sleep(1.5)  # a second job (the bug) would have run by now
+    stats = kf.stats()
+    assert stats["enqueued"] - stats0.get("enqueued", 0) == 1, (stats0, stats)
+    assert stats["done"] - stats0.get("done", 0) == 1, (stats0, stats)
+    assert kf.host_runs() - runs0 == 1
