@@ -29,7 +29,7 @@ STATUS = {
     "not_found": 404,
     "queue_full": 429,
     "cancelled": 409,
-    "conflict": 422,  # an idempotency key reused for a different request
+    "conflict": 422,
     "internal": 500,
     "draining": 503,
     "queue_deadline": 504,
@@ -95,10 +95,15 @@ def _wait_flag(request: web.Request) -> bool:
     return v in ("true", "1")
 
 
+def idempotency_key(req: web.Request) -> str | None:
+    """The Idempotency-Key header, checked (the Judge0 and Piston APIs take it too)."""
+    return check_idempotency_key(req.headers.get("Idempotency-Key"), "Idempotency-Key header")
+
+
 async def _post(req: web.Request, op: str) -> web.Response:
     wait = _wait_flag(req)
     cb = req.query.get("callback_url")
-    key = check_idempotency_key(req.headers.get("Idempotency-Key"), "Idempotency-Key (header)")
+    key = idempotency_key(req)
     res = await dispatch(
         req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
     )

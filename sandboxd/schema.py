@@ -288,7 +288,7 @@ ErrorCode = Literal[
     "cancelled",
     "draining",
     "unauthorized",
-    "conflict",
+    "conflict",  # an idempotency key sent again with a different request
     "internal",
 ]
 
@@ -299,7 +299,8 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     body: msgspec.Raw = msgspec.Raw()  # decoded per op: RunRequest, Submission, JobRef; empty if absent
     wait: bool = True  # False: reply at once with the job id; poll with "get"
     progress: bool = False  # stream a "test" event per finished test of a submission
-    idempotency_key: str | None = None  # run/submit: the same key within results_ttl is the same job
+    # run/submit: the same key with the same request names the same job (wire.check_idempotency_key)
+    idempotency_key: str | None = None
 
 
 class JobRef(msgspec.Struct, forbid_unknown_fields=True):

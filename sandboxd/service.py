@@ -249,7 +249,6 @@ class Service:
     async def start_run(
         self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
     ) -> JobInfo:
-        # (A placeholder: a daemon's own key table is branch `durable`'s; until then a key is ignored here.)
         if callback_url is not None:
             await self.check_callback(callback_url)
         return self.submit_run(req, callback_url).info()

@@ -37,7 +37,7 @@ class _Conn:
         self.max_frame = max_frame
         self.inflight: dict[Any, asyncio.Task[None]] = {}
         self.jobs: dict[Any, str] = {}  # request id -> job id, for cancel-by-request
-        self.keyed: set[Any] = set()  # requests with an idempotency key: a retry may come back for their jobs
+        self.kept: set[Any] = set()  # requests with an idempotency key: their client comes back for the job
         self.cancels: set[asyncio.Task[Any]] = set()
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -75,9 +75,7 @@ class _Conn:
             # (Not while stopping: then the connection closes because we do, and a
             # coordinator's jobs live on for the client to read elsewhere.)
             if not self.svc.draining:
-                for rid, jid in self.jobs.items():
-                    if rid in self.keyed:
-                        continue
+                for jid in {j for rid, j in self.jobs.items() if rid not in self.kept}:
                     self._spawn(self._cancel_quietly(jid))
             self.writer.close()
 
@@ -137,8 +135,8 @@ class _Conn:
         def on_job(jid: str) -> None:
             if req.wait:
                 self.jobs[req.id] = jid
-                if req.idempotency_key is not None:
-                    self.keyed.add(req.id)
+            if req.idempotency_key is not None:
+                self.kept.add(req.id)
             if req.progress:
                 # Only on request: a plain run costs one reply frame, not two.
                 self.send({"id": req.id, "event": "accepted", "data": {"job": jid}})
@@ -164,7 +162,7 @@ class _Conn:
             self.send_error(req.id, Error("internal", f"internal error: {e}"))
         finally:
             self.jobs.pop(req.id, None)
-            self.keyed.discard(req.id)
+            self.kept.discard(req.id)
 
 
 async def start(svc: Frontend, path: str, mode: int, group: str, max_frame: int) -> asyncio.AbstractServer:

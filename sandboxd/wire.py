@@ -7,7 +7,6 @@ same precise error on every transport.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
@@ -20,24 +19,6 @@ from .schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestRe
 
 Format = Literal["json", "msgpack"]
 T = TypeVar("T")
-
-# An idempotency key: printable ASCII without spaces (a UUID, a hash, an
-# order number), short enough to be a Redis key and a log field.
-_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-
-
-def check_idempotency_key(key: str | None, field: str = "idempotency_key") -> str | None:
-    """The key, or bad_request naming the field (the socket's field, the HTTP header)."""
-    if key is not None and _KEY.fullmatch(key) is None:
-        raise error("bad_request", f"{field}: 1 to 255 printable ASCII characters without spaces, got {key[:64]!r}")
-    return key
-
-
-def fingerprint(op: str, canonical: bytes) -> str:
-    """What a key is bound to: the op and the request's canonical msgpack
-    encoding (the decoded struct re-encoded, so JSON and msgpack agree)."""
-    return hashlib.sha256(op.encode() + b"\0" + canonical).hexdigest()
-
 
 _json_dec: dict[type, msgspec.json.Decoder[Any]] = {}
 _mp_dec: dict[type, msgspec.msgpack.Decoder[Any]] = {}
@@ -59,6 +40,17 @@ def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
         raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
 
 
+MAX_KEY = 255
+_KEY = re.compile(r"[\x21-\x7e]{1,%d}" % MAX_KEY)  # noqa: UP031 - {} is the regex's
+
+
+def check_idempotency_key(key: str | None, what: str = "idempotency_key") -> str | None:
+    """An idempotency key: 1..255 printable ASCII characters, no spaces."""
+    if key is not None and not _KEY.fullmatch(key):
+        raise error("bad_request", f"{what}: must be 1..{MAX_KEY} printable ASCII characters (0x21-0x7e), e.g. a UUID")
+    return key
+
+
 class Frontend(Backend, Protocol):
     """What the transports (Unix socket, HTTP) serve: a host daemon's Service,
     or the fleet's Coordinator; the Judge0/Piston APIs use the Backend part.
@@ -69,10 +61,7 @@ class Frontend(Backend, Protocol):
 
     async def start_run(
         self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
-    ) -> JobInfo:
-        """With a key: the job that key started within results_ttl if the
-        request is the same, ServiceError `conflict` if it differs."""
-        ...
+    ) -> JobInfo: ...
 
     async def start_submission(
         self,
@@ -110,7 +99,8 @@ async def dispatch(
     idempotency_key: str | None = None,
 ) -> Any:
     """Run one op; returns the reply payload (a schema object or plain data).
-    A keyed run/submit that repeats an earlier one waits for that same job."""
+    idempotency_key (run, submit): the same key and request name the same job;
+    with `wait`, the reply is that job's result."""
     try:
         if op == "ping":
             return {"pong": True}
@@ -129,8 +119,9 @@ async def dispatch(
         if op == "run":
             info = await svc.start_run(decode(body, RunRequest, fmt), callback_url, idempotency_key=key)
         elif op == "submit":
-            sub = decode(body, Submission, fmt)
-            info = await svc.start_submission(sub, progress, callback_url, idempotency_key=key)
+            info = await svc.start_submission(
+                decode(body, Submission, fmt), progress, callback_url, idempotency_key=key
+            )
         else:
             raise error("bad_request", f"op: unknown {op!r}")
     except SchemaError as e:

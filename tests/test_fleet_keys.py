@@ -30,7 +30,12 @@ from sandboxd.fleet.keys import Keys
 K = Keys("sandboxd")
 TTL = 30  # results_ttl of the coordinator and host: the keys' lifetime once a job is final
 HOST_ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_RESULTS_TTL": str(TTL)}
-COORD_ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_RESULTS_TTL": str(TTL)}
+COORD_ENV = {
+    "SANDBOXD_FLEET_LEASE": "2",
+    "SANDBOXD_FLEET_HEARTBEAT": "0.5",
+    "SANDBOXD_RESULTS_TTL": str(TTL),
+    "SANDBOXD_CALLBACK_ALLOW_PRIVATE": "true",  # (a callback to loopback, never delivered: port 9)
+}
 
 
 class KeyFleet:
@@ -115,7 +120,9 @@ def test_same_key_same_job_other_request_conflict(kf: KeyFleet) -> None:
     assert kf.wait(first["job"])["state"] == "done"
     st, res = kf.api("POST", "/v1/runs", run("b"), key="order-1")
     assert st == 422 and res["error"]["code"] == "conflict" and "'order-1'" in res["error"]["message"], res
-    # The same key on another op is another request too.
+    # So is the same request with another callback, or on another op.
+    st, res = kf.api("POST", "/v1/runs?callback_url=http://127.0.0.1:9/x", run("a"), key="order-1")
+    assert st == 422 and res["error"]["code"] == "conflict", res
     sub = {"lang": "c", "source": "", "tests": [{}]}
     st, res = kf.api("POST", "/v1/submissions?wait=false", sub, key="order-1")
     assert st == 422 and res["error"]["code"] == "conflict", res

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
@@ -38,7 +39,7 @@ from ..schema import (
     validate_run,
     validate_submission,
 )
-from ..wire import check_idempotency_key, fingerprint
+from ..wire import check_idempotency_key
 from .events import Events, Snapshot
 from .keys import COMPAT_QUEUE, RUN_LANG, queue_name
 from .store import FleetStore, OutageLog, transient
@@ -53,9 +54,14 @@ def _unix(ms: bytes | None) -> float | None:
     return None if ms is None else int(ms) / 1000
 
 
-def _idem(key: str | None, op: str, spec: bytes) -> tuple[str, str] | None:
-    """(key, fingerprint) for the enqueue script; spec is the request's canonical encoding."""
-    return None if check_idempotency_key(key) is None else (str(key), fingerprint(op, spec))
+def _idem(key: str | None, op: str, spec: bytes, callback_url: str | None = None) -> tuple[str, str] | None:
+    """(key, fingerprint) for the enqueue script.  The fingerprint is what the
+    key is bound to: the op, the request's canonical msgpack (spec: the decoded
+    struct re-encoded, so JSON and msgpack agree) and its callback, as on a daemon."""
+    if check_idempotency_key(key) is None:
+        return None
+    canonical = _enc.encode([op, spec, callback_url])
+    return str(key), hashlib.sha256(canonical).hexdigest()
 
 
 def job_cost(sub: Submission) -> int:
@@ -307,7 +313,7 @@ class Coordinator:
         except SchemaError as e:
             raise error("bad_request", str(e)) from None
         spec = _enc.encode(req)
-        idem = _idem(idempotency_key, "run", spec)
+        idem = _idem(idempotency_key, "run", spec, callback_url)
         return await self._enqueue(
             "run", "", spec, req.host_tag, req.priority, 1, req.queue_deadline, callback_url=callback_url, idem=idem
         )
@@ -337,7 +343,7 @@ class Coordinator:
             sub.queue_deadline,
             progress,
             callback_url=callback_url,
-            idem=_idem(idempotency_key, "submit", spec),
+            idem=_idem(idempotency_key, "submit", spec, callback_url),
         )
 
     # --- jobs ---------------------------------------------------------------
