@@ -419,7 +419,6 @@ class Coordinator:
     # --- Judge0 / Piston (sandboxd.compat.Backend) ------------------------------
 
     async def start_compat(self, spec: compat_jobs.Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
-        """With a key that started a job already, that job (whose id is not job_id)."""
         notify = compat_jobs.notifies(spec)
         data = compat_jobs.encode(spec)
         idem = _idem(idempotency_key, compat_jobs.KIND, data)
