@@ -8,6 +8,7 @@ is long enough.)
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import struct
@@ -26,6 +27,7 @@ from instances import inst
 from sandboxd_client import Client, RunRequest
 
 from sandboxd.fleet.keys import Keys
+from sandboxd.fleet.store import FleetStore
 
 K = Keys("sandboxd")
 TTL = 30  # results_ttl of the coordinator and host: the keys' lifetime once a job is final
@@ -246,3 +248,45 @@ def test_client_call_spanning_a_redis_restart_runs_once(kf: KeyFleet, transport:
     assert stats["enqueued"] - stats0.get("enqueued", 0) == 1, (stats0, stats)
     assert stats["done"] - stats0.get("done", 0) == 1, (stats0, stats)
     assert kf.host_runs() - runs0 == 1
+
+
+def test_a_replay_is_answered_when_its_queue_is_full(kf: KeyFleet) -> None:
+    """The key is looked up before the depth check: the accepted job is the answer."""
+
+    async def go() -> tuple[tuple[str, str], tuple[str, str], tuple[str, str]]:
+        store = FleetStore(kf.redis.url)
+        try:
+            args = ("run", "", "", "@run|@full", b"\x80", 0, 1.0, 1, None)
+            first = await store.enqueue("full-1", *args, 1, idem="full-key", fingerprint="fp")
+            again = await store.enqueue("full-2", *args, 1, idem="full-key", fingerprint="fp")  # depth 1: full
+            other = await store.enqueue("full-3", *args, 1, idem="other-key", fingerprint="fp")
+            return first, again, other
+        finally:
+            await store.close()
+
+    first, again, other = asyncio.run(go())
+    assert first[0] == "ok" and again == ("dup", "full-1") and other[0] == "full", (first, again, other)
+    kf.redis.client().delete(K.queue("@run|@full"), K.job("full-1"), K.idem("full-key"))
+
+
+def test_a_replay_is_answered_when_its_hosts_left(kf: KeyFleet) -> None:
+    st, res = kf.api("POST", "/v1/runs?wait=false", run("left"), key="left-1")
+    assert st == 202, res
+    assert kf.wait(res["job"])["state"] == "done"
+    assert kf.host is not None
+    kf.host.stop()  # leaves the fleet at once: no host serves anything now
+    try:
+        assert kf.api("GET", "/v1/hosts")[1] == []  # (and the coordinator's cached list is empty now)
+        st, fresh = kf.api("POST", "/v1/runs?wait=false", run("left"), key="left-2")
+        assert st == 503 and "no host" in fresh["error"]["message"], fresh
+        st, again = kf.api("POST", "/v1/runs", run("left"), key="left-1")
+        assert st == 200 and again["stdout"] == "bGVmdAo=", again
+        st, other = kf.api("POST", "/v1/runs", run("other"), key="left-1")
+        assert st == 422 and other["error"]["code"] == "conflict", other
+    finally:
+        env = {**HOST_ENV, "SANDBOXD_FLEET": kf.redis.url, "SANDBOXD_FLEET_HOST_ID": "k"}
+        kf.host = Daemon(inst("-fleet-keys"), pool_size=2, env=env)
+        deadline = time.monotonic() + 20
+        while not kf.api("GET", "/v1/hosts")[1]:
+            assert time.monotonic() < deadline, "the host did not join again"
+            time.sleep(0.1)
