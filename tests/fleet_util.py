@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -74,3 +78,87 @@ class Coordinator(Served):
         rc = super().stop(sig, timeout)
         shutil.rmtree(self.dir, ignore_errors=True)
         return rc
+
+
+class ReplyCutter:
+    """A loopback TCP proxy in front of a redis-server that reproduces "the
+    write happened, the reply was lost": once armed, the first command that
+    `match`es is forwarded, and when Redis answers it (not with an error such
+    as NOSCRIPT, which means it did not run), `on_reply` runs (kill Redis) and
+    the reply is dropped with the connection.  Everything else passes through."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
+        self.match: Callable[[bytes], bool] | None = None  # armed
+        self.want: Callable[[bytes], bool] | None = None
+        self.on_reply: Callable[[], None] = lambda: None
+        self.cut = threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, match: Callable[[bytes], bool], on_reply: Callable[[], None]) -> None:
+        with self.lock:
+            self.match = self.want = match
+            self.on_reply = on_reply
+            self.cut.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.redis.port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()  # Redis is down: the coordinator sees a refused connection
+                continue
+            pending = threading.Event()  # this connection carries the armed command
+            threading.Thread(target=self._up, args=(client, upstream, pending), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client, pending), daemon=True).start()
+
+    def _up(self, src: socket.socket, dst: socket.socket, pending: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 16):
+                with self.lock:
+                    if self.match is not None and self.match(data):
+                        self.match = None
+                        pending.set()  # before forwarding: the reply cannot overtake it
+                dst.sendall(data)
+        self._close(src, dst)
+
+    def _down(self, src: socket.socket, dst: socket.socket, pending: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 16):
+                if pending.is_set():
+                    if data.startswith(b"-"):  # an error reply (NOSCRIPT): the command did not run
+                        with self.lock:
+                            self.match = self.want  # armed again for the retry
+                        pending.clear()
+                    else:
+                        self.on_reply()
+                        self.cut.set()
+                        break
+                dst.sendall(data)
+        self._close(src, dst)
+
+    @staticmethod
+    def _close(*socks: socket.socket) -> None:
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def is_enqueue(data: bytes) -> bool:
+    """The fleet script's enqueue call (not SCRIPT LOAD, whose text mentions both words)."""
+    return b"EVALSHA" in data and b"\r\nenqueue\r\n" in data

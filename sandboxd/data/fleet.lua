@@ -12,7 +12,10 @@
 --
 -- Job hash fields: kind (run|submission|compat) lang tag queue spec prio score cost enq deadline
 -- state (queued|running|done|failed|cancelled) holder host attempts lease
--- cancel info (the final JobInfo, msgpack) finished notify callback.
+-- cancel info (the final JobInfo, msgpack) finished notify callback idem (its
+-- idempotency key's Redis key).  An idempotency key's hash (key 'idem', the
+-- client's key): job fp (the request's fingerprint); it lives as long as its
+-- job: no TTL while the job is pending, the job's results TTL once final.
 
 local op = ARGV[1]
 local P = ARGV[2]
@@ -53,6 +56,10 @@ local function finalize(id, state, info, ttl, host)
     redis.call('RPUSH', key('notify'), id)
   end
   redis.call('EXPIRE', jk, ttl)
+  local ik = redis.call('HGET', jk, 'idem')
+  if ik then
+    redis.call('EXPIRE', ik, ttl)
+  end
   redis.call('HINCRBY', key('stats'), state, 1)
   redis.call('PUBLISH', key('events'), id .. '\n' .. info)
 end
@@ -100,7 +107,24 @@ local function check_session(host, session)
   return nil
 end
 
+-- The job an idempotency key started, if it still exists: {'dup', id} for
+-- the same request, {'conflict', id} for another; nil if the key is free.
+local function keyed(ik, fp)
+  local f = redis.call('HMGET', ik, 'job', 'fp')
+  if not f[1] or redis.call('EXISTS', key('job', f[1])) == 0 then
+    return nil  -- never used, or its job expired or was forgotten
+  end
+  if f[2] ~= fp then
+    return {'conflict', f[1]}
+  end
+  redis.call('HINCRBY', key('stats'), 'replayed', 1)
+  return {'dup', f[1]}
+end
+
 -- enqueue id kind lang tag queue spec prio aging epoch cost deadline_ms depth progress notify callback
+--   idem fingerprint
+-- With an idempotency key, the key is bound to the job in the same script
+-- as the enqueue: a client that lost the reply and retries finds the job.
 local function enqueue()
   local id, kind, lang, tag, queue, spec = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
   local prio, aging, epoch = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
@@ -108,6 +132,15 @@ local function enqueue()
   local progress = ARGV[15] or '0'  -- a client wants each test's result as it comes
   local notify = ARGV[16] or '0'  -- the final result is to be delivered (finalize queues it)
   local callback = ARGV[17] or ''  -- a native job's callback_url
+  local idem, fp = ARGV[18] or '', ARGV[19] or ''
+  local ik = nil
+  if idem ~= '' then
+    ik = key('idem', idem)
+    local found = keyed(ik, fp)
+    if found then
+      return found  -- before the depth check: an accepted job is the answer even when the queue is full now
+    end
+  end
   local jk = key('job', id)
   if redis.call('EXISTS', jk) == 1 then
     return {'exists'}
@@ -128,6 +161,11 @@ local function enqueue()
     'notify', notify)
   if callback ~= '' then
     redis.call('HSET', jk, 'callback', callback)
+  end
+  if ik then
+    redis.call('DEL', ik)  -- (a stale binding to an expired job)
+    redis.call('HSET', ik, 'job', id, 'fp', fp)
+    redis.call('HSET', jk, 'idem', ik)
   end
   if deadline > 0 then
     redis.call('HSET', jk, 'deadline', now + deadline)
@@ -448,6 +486,10 @@ local function forget()
   end
   if not FINAL[state] then
     return 'pending'
+  end
+  local ik = redis.call('HGET', jk, 'idem')
+  if ik then
+    redis.call('DEL', ik)
   end
   redis.call('DEL', jk)
   return 'ok'

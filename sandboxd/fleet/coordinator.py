@@ -12,25 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from .. import callbacks
 from ..compat import Load, Served
 from ..compat import jobs as compat_jobs
 from ..config import Config
-from ..errors import error
+from ..errors import ServiceError, error
 from ..languages import Language
-from ..scheduler import DrainRate, retry_after
+from ..scheduler import retry_after
 from ..schema import (
     Error,
     JobInfo,
@@ -41,6 +40,8 @@ from ..schema import (
     validate_run,
     validate_submission,
 )
+from ..wire import check_idempotency_key
+from .events import Events, Snapshot
 from .keys import COMPAT_QUEUE, RUN_LANG, queue_name
 from .store import FleetStore, OutageLog, transient
 
@@ -54,39 +55,20 @@ def _unix(ms: bytes | None) -> float | None:
     return None if ms is None else int(ms) / 1000
 
 
+def _idem(key: str | None, op: str, spec: bytes, callback_url: str | None = None) -> tuple[str, str] | None:
+    """(key, fingerprint) for the enqueue script.  The fingerprint is what the
+    key is bound to: the op, the request's canonical msgpack (spec: the decoded
+    struct re-encoded, so JSON and msgpack agree) and its callback, as on a daemon."""
+    if check_idempotency_key(key) is None:
+        return None
+    canonical = _enc.encode([op, spec, callback_url])
+    return str(key), hashlib.sha256(canonical).hexdigest()
+
+
 def job_cost(sub: Submission) -> int:
     """Boxes a submission can keep busy at once: a host claims it only with that
     many free (capped at its pool's size).  A run, like a compat job, costs 1."""
     return max(1, len(sub.tests) * (2 if sub.interactor is not None else 1))
-
-
-class _Snapshot(Collector):
-    """Fleet-wide numbers read from Redis at scrape time, so every replica reports the same."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def collect(self) -> Iterable[Metric]:
-        d = self.data
-        if not d:
-            return
-        hosts = GaugeMetricFamily("sandboxd_fleet_hosts", "Hosts with a live entry", labels=["state"])
-        for state in ("live", "drained"):
-            hosts.add_metric([state], sum(1 for h in d["hosts"] if h["drained"] == (state == "drained")))
-        yield hosts
-        cap = GaugeMetricFamily("sandboxd_fleet_boxes", "Boxes of live hosts", labels=["host", "state"])
-        for h in d["hosts"]:
-            cap.add_metric([h["id"], "total"], float(h.get("capacity", 0)))
-            cap.add_metric([h["id"], "busy"], float(h.get("load", 0)))
-        yield cap
-        q = GaugeMetricFamily("sandboxd_fleet_queue_depth", "Jobs waiting per fleet queue", labels=["queue"])
-        for name, n in d["queues"].items():
-            q.add_metric([name], n)
-        yield q
-        c = CounterMetricFamily("sandboxd_fleet_jobs", "Fleet job events (all coordinators)", labels=["event"])
-        for event, n in sorted(d["stats"].items()):
-            c.add_metric([event], n)
-        yield c
 
 
 class Coordinator:
@@ -112,8 +94,6 @@ class Coordinator:
         self.lease = lease  # the hosts' fleet_lease: the grace after a Redis outage
         self.reap_interval = reap_interval
         self.draining = False
-        self._waiters: dict[str, list[asyncio.Future[JobInfo]]] = {}
-        self._relays: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._hosts: list[dict[str, Any]] = []
         self._hosts_at = 0.0
@@ -121,9 +101,9 @@ class Coordinator:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._redis_ok = False
         self._warn = OutageLog(log)
-        self._drained = DrainRate()  # results published per second, fleet-wide: Retry-After
+        self.events = Events(store, self._warn)
         r = self.registry = CollectorRegistry()
-        self._snapshot = _Snapshot()
+        self._snapshot = Snapshot()
         r.register(self._snapshot)
         self.latency = Histogram(
             "sandboxd_fleet_job_seconds",
@@ -135,7 +115,7 @@ class Coordinator:
         self.waiting = Gauge("sandboxd_fleet_waiters", "Clients waiting on this coordinator", registry=r)
 
     async def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._listen()), asyncio.ensure_future(self._reap_loop())]
+        self._tasks = [asyncio.ensure_future(self.events.listen()), asyncio.ensure_future(self._reap_loop())]
         self._redis_ok = await self.store.ping()
         with contextlib.suppress(Exception):
             await self._refresh_hosts(force=True)
@@ -143,7 +123,7 @@ class Coordinator:
     async def close(self) -> None:
         if self._deliveries:  # callbacks under way: a few seconds to land
             await asyncio.wait(self._deliveries, timeout=5)
-        tasks = [*self._tasks, *(t for t, _ in self._relays.values()), *self._deliveries]
+        tasks = [*self._tasks, *self.events.tasks(), *self._deliveries]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -162,41 +142,6 @@ class Coordinator:
             raise error("draining", f"{what}: the fleet's Redis is unreachable ({e}); retry", 1.0) from None
 
     # --- background: results and leases ---------------------------------
-
-    async def _listen(self) -> None:
-        """Results arrive on one pub/sub channel; waiters also poll, so a
-        message lost in a reconnect only delays a reply, never loses it."""
-        delay = 0.1
-        while True:
-            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.store.keys.events)
-                delay = 0.1
-                while True:
-                    msg = await pubsub.get_message(timeout=5.0)
-                    if msg is None or msg.get("type") != "message":
-                        continue
-                    jid, _, data = bytes(msg["data"]).partition(b"\n")
-                    self._drained.note()
-                    futs = self._waiters.get(jid.decode())
-                    if not futs:
-                        continue
-                    try:
-                        info = self.store.decode_info(data)
-                    except msgspec.DecodeError:
-                        continue  # the waiter's poll reads it and reports
-                    for f in futs:
-                        if not f.done():
-                            f.set_result(info)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self._warn("result subscription", e)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _reap_loop(self) -> None:
         while True:
@@ -286,10 +231,19 @@ class Coordinator:
         jid: str | None = None,
         notify: bool = False,
         callback_url: str | None = None,
+        idem: tuple[str, str] | None = None,
     ) -> JobInfo:
+        """idem: (idempotency key, request fingerprint), bound to the job in the enqueue script."""
         if self.draining:
             raise error("draining", "the coordinator is shutting down; retry on another", 1.0)
-        await self._check_servable(lang, tag)
+        try:
+            await self._check_servable(lang, tag)
+        except ServiceError:
+            # A retry of a job accepted before its hosts went away: the job is the answer.
+            found = None if idem is None else await self._redis("enqueue", lambda: self.store.keyed(idem[0]))
+            if idem is None or found is None:
+                raise
+            return await self._replayed(idem, "dup" if found[1] == idem[1] else "conflict", found[0], progress)
         jid = jid or secrets.token_urlsafe(12)
         queue = queue_name(lang or RUN_LANG, tag, compat=kind == compat_jobs.KIND)
         if progress is not None:
@@ -312,49 +266,41 @@ class Coordinator:
                 progress is not None,
                 notify,
                 callback_url or "",
+                *(idem or ("", "")),
             ),
         )
+        if res in ("dup", "conflict") and idem is not None:
+            self.events.stop_relay(jid)
+            return await self._replayed(idem, res, n, progress)
         if res == "full":
-            self._stop_relay(jid)
-            retry = retry_after(n, self._drained.rate())
+            self.events.stop_relay(jid)
+            retry = retry_after(n, self.events.drained.rate())
             raise error("queue_full", f"fleet queue {queue} holds {n} jobs, its limit; retry in {retry:.0f} s", retry)
         if res != "ok":
             raise error("bad_request", f"job id {jid!r} is in use")
         return JobInfo(jid, "run" if kind == "run" else "submission", "queued")
 
+    async def _replayed(
+        self, idem: tuple[str, str], res: str, jid: str, progress: Callable[[TestResult], None] | None
+    ) -> JobInfo:
+        """The job an idempotency key already started (res 'dup'), or the conflict."""
+        if res == "conflict":
+            raise error(
+                "conflict",
+                f"idempotency key {idem[0]!r} started job {jid} with a different request; "
+                "a new request needs a new key",
+            )
+        info = await self._read(jid)
+        if progress is not None and info.state not in FINAL:
+            # (Tests that finished before this retry are in the result, not re-sent as events.)
+            await self._redis("progress", lambda: self._relay(jid, progress))
+        return info
+
     async def _relay(self, jid: str, progress: Callable[[TestResult], None]) -> None:
-        """Pass a submission's test events (published by its host) to `progress`
-        until the job is final.  A pub/sub connection of its own per listening
-        client: only clients that ask for progress pay for it."""
-        pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self.store.keys.progress(jid))
-        stop = asyncio.Event()
+        async def is_final() -> bool:
+            return (await self._read(jid)).state in FINAL
 
-        async def relay() -> None:
-            try:
-                while True:
-                    msg = await pubsub.get_message(timeout=0.2 if stop.is_set() else 1.0)
-                    if msg is not None and msg.get("type") == "message":
-                        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                            progress(self.store.decode_test(msg["data"]))
-                        continue
-                    if stop.is_set():
-                        return  # final, and nothing more in flight
-                    if msg is None and (await self._read(jid)).state in FINAL:
-                        stop.set()  # (no waiter told us: drain what is left, then stop)
-            except Exception as e:
-                self._warn("progress relay", e)
-            finally:
-                self._relays.pop(jid, None)
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-        self._relays[jid] = (asyncio.ensure_future(relay()), stop)
-
-    def _stop_relay(self, jid: str) -> None:
-        relay = self._relays.get(jid)
-        if relay is not None:
-            relay[1].set()
+        await self.events.relay(jid, progress, is_final)
 
     async def check_callback(self, url: str) -> None:
         await callbacks.check(url, self.callback_allow_private)
@@ -369,8 +315,9 @@ class Coordinator:
         except SchemaError as e:
             raise error("bad_request", str(e)) from None
         spec = _enc.encode(req)
+        idem = _idem(idempotency_key, "run", spec, callback_url)
         return await self._enqueue(
-            "run", "", spec, req.host_tag, req.priority, 1, req.queue_deadline, callback_url=callback_url
+            "run", "", spec, req.host_tag, req.priority, 1, req.queue_deadline, callback_url=callback_url, idem=idem
         )
 
     async def start_submission(
@@ -398,6 +345,7 @@ class Coordinator:
             sub.queue_deadline,
             progress,
             callback_url=callback_url,
+            idem=_idem(idempotency_key, "submit", spec, callback_url),
         )
 
     # --- jobs ---------------------------------------------------------------
@@ -437,36 +385,32 @@ class Coordinator:
         return await self._read(job_id)
 
     async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[JobInfo] = loop.create_future()
-        self._waiters.setdefault(job_id, []).append(fut)
         self.waiting.inc()
         t0 = time.monotonic()
         deadline = None if timeout is None else t0 + timeout
         try:
-            info = await self._read(job_id)
-            while info.state not in FINAL:
-                left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-                if left <= 0:
-                    return info
-                try:
-                    info = await asyncio.wait_for(asyncio.shield(fut), left)
-                    info.job = job_id
-                    await self._times(info)
-                except TimeoutError:
-                    # No message (a reconnect, another replica's job): read it.
-                    info = await self._read(job_id)
-            self.latency.labels(info.kind).observe(time.monotonic() - t0)
-            self._stop_relay(job_id)
-            return info
+            with self.events.waiter(job_id) as fut:
+                return await self._wait(job_id, fut, t0, deadline)
         finally:
             self.waiting.dec()
-            futs = self._waiters.get(job_id, [])
-            with contextlib.suppress(ValueError):
-                futs.remove(fut)
-            if not futs:
-                self._waiters.pop(job_id, None)
-            fut.cancel()
+
+    async def _wait(self, job_id: str, fut: asyncio.Future[JobInfo], t0: float, deadline: float | None) -> JobInfo:
+        """Until final or the deadline: the published result, else a read each second."""
+        info = await self._read(job_id)
+        while info.state not in FINAL:
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
+                return info
+            try:
+                info = await asyncio.wait_for(asyncio.shield(fut), left)
+                info.job = job_id
+                await self._times(info)
+            except TimeoutError:
+                # No message (a reconnect, another replica's job): read it.
+                info = await self._read(job_id)
+        self.latency.labels(info.kind).observe(time.monotonic() - t0)
+        self.events.stop_relay(job_id)
+        return info
 
     async def cancel_job(self, job_id: str) -> JobInfo:
         r = await self._redis("cancel", lambda: self.store.cancel(job_id))
@@ -478,9 +422,9 @@ class Coordinator:
 
     async def start_compat(self, spec: compat_jobs.Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
         notify = compat_jobs.notifies(spec)
-        return await self._enqueue(
-            compat_jobs.KIND, spec.lang, compat_jobs.encode(spec), None, jid=job_id, notify=notify
-        )
+        data = compat_jobs.encode(spec)
+        idem = _idem(idempotency_key, compat_jobs.KIND, data)
+        return await self._enqueue(compat_jobs.KIND, spec.lang, data, None, jid=job_id, notify=notify, idem=idem)
 
     async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
         d = await self._redis("get", lambda: self.store.job(job_id, spec=True))
@@ -643,7 +587,7 @@ async def serve(cfg: Config) -> int:
         # drain_timeout to receive their results, then reconnect elsewhere.
         coord.draining = True
         t0 = time.monotonic()
-        while coord._waiters and time.monotonic() - t0 < cfg.drain_timeout:
+        while coord.events.waiters and time.monotonic() - t0 < cfg.drain_timeout:
             await asyncio.sleep(0.1)
 
     try:

@@ -38,6 +38,9 @@ class Keys:
     def queue(self, name: str) -> str:
         return self._k("q", name)
 
+    def idem(self, key: str) -> str:  # hash: an idempotency key's job and request fingerprint
+        return self._k("idem", key)
+
     def wake(self, name: str) -> str:
         return self._k("wake", name)
 

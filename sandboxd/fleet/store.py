@@ -146,16 +146,27 @@ class FleetStore:
         progress: bool = False,
         notify: bool = False,
         callback: str = "",
-    ) -> tuple[str, int]:
+        idem: str = "",
+        fingerprint: str = "",
+    ) -> tuple[str, str]:
         """notify: queue the job's id for delivery once final (callback: a native
-        job's URL; a Judge0 job's is in its spec)."""
+        job's URL; a Judge0 job's is in its spec).  idem: an idempotency key,
+        bound to the job in the same script.  Returns ('ok', enqueued at),
+        ('full', depth), ('exists', ''), or ('dup' | 'conflict', the key's job)."""
         dl = 0 if deadline is None else max(1, round(deadline * 1000))
         r = await self._call(
             "enqueue",
             *(job_id, kind, lang, tag, queue, spec, priority, aging, EPOCH_MS, cost, dl, depth),
-            *(int(progress), int(notify or bool(callback)), callback),
+            *(int(progress), int(notify or bool(callback)), callback, idem, fingerprint),
         )
-        return _s(r[0]), int(r[1]) if len(r) > 1 else 0
+        return _s(r[0]), _s(r[1]) if len(r) > 1 else ""
+
+    async def keyed(self, idem: str) -> tuple[str, str] | None:
+        """(job id, fingerprint) an idempotency key is bound to, if its job still exists."""
+        jid, fp = await _aw(self.redis.hmget(self.keys.idem(idem), ["job", "fp"]))
+        if jid is None or not await _aw(self.redis.exists(self.keys.job(_s(jid)))):
+            return None
+        return _s(jid), _s(fp or b"")
 
     async def cancel(self, job_id: str) -> str:
         return _s(await self._call("cancel", job_id, self.ttl))

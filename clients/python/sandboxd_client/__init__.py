@@ -7,6 +7,13 @@
 
 `AsyncClient` is the same API with `await`.  Addresses: `unix:///path` or
 `http://host:port` (with `token=` for a bearer token).
+
+Calls that start a job send an idempotency key (a fresh uuid4 hex, or
+`idempotency_key="..."`), and every call is retried with the same key on
+HTTP 503 / `draining` and on a refused or dropped connection, with bounded
+exponential backoff honouring Retry-After, for at most `Retry.deadline`
+seconds: a call spanning a daemon restart completes, and its job runs once.
+`Client(address, retry=Retry(deadline=0))` turns retries off.
 """
 
 from sandboxd.schema import (
@@ -24,6 +31,7 @@ from sandboxd.schema import (
 )
 
 from .client import AsyncClient, Client, SandboxdError
+from .retry import Retry
 
 __all__ = [
     "AsyncClient",
@@ -33,6 +41,7 @@ __all__ = [
     "Limits",
     "LimitsPatch",
     "Program",
+    "Retry",
     "RunRequest",
     "RunResult",
     "SandboxdError",

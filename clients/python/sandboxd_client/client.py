@@ -1,11 +1,18 @@
-"""One asyncio implementation; the sync Client drives it on a private event loop."""
+"""One asyncio implementation; the sync Client drives it on a private event loop.
+
+Calls that start a job send an idempotency key and are retried with it
+(sandboxd_client.retry): a client survives a daemon restart, a coordinator
+failover or a Redis restart without running a job twice.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import struct
 import threading
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -14,6 +21,8 @@ import aiohttp
 import msgspec
 
 from sandboxd.schema import JobInfo, RunRequest, RunResult, Submission, SubmissionResult, TestResult
+
+from .retry import DEFAULT_RETRY, RETRY_CODES, RETRY_EXCEPTIONS, Retry
 
 T = TypeVar("T")
 LEN = struct.Struct(">I")
@@ -40,10 +49,24 @@ class _Unix:
         self.writer: asyncio.StreamWriter | None = None
         self.task: asyncio.Task[None] | None = None
         self.closed: Exception | None = None
+        self.started: set[int] = set()  # waited run/submit requests in flight: cancelled by close()
+        self.lock = asyncio.Lock()
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_unix_connection(self.path, limit=1 << 20)
+        self.closed = None
         self.task = asyncio.ensure_future(self._read())
+
+    async def _ensure(self) -> None:
+        """Connected, again if the last connection dropped (the daemon restarted)."""
+        async with self.lock:
+            if self.writer is not None and self.closed is None and not self.writer.is_closing():
+                return
+            if self.task is not None:
+                self.task.cancel()
+            if self.writer is not None:
+                self.writer.close()
+            await self.connect()
 
     async def _read(self) -> None:
         assert self.reader is not None
@@ -75,15 +98,23 @@ class _Unix:
         self.waiters.clear()
 
     async def call(
-        self, op: str, body: Any, wait: bool = True, on_event: Callable[[str, Any], None] | None = None
+        self,
+        op: str,
+        body: Any,
+        wait: bool = True,
+        on_event: Callable[[str, Any], None] | None = None,
+        key: str | None = None,
     ) -> Any:
-        if self.closed is not None:
-            raise self.closed
+        await self._ensure()
         assert self.writer is not None
         rid = next(self.ids)
         req: dict[str, Any] = {"id": rid, "op": op, "wait": wait, "progress": on_event is not None}
         if body is not None:
             req["body"] = body
+        if key is not None:
+            req["idempotency_key"] = key
+            if wait:
+                self.started.add(rid)
         data = msgspec.msgpack.encode(req)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.waiters[rid] = fut
@@ -95,20 +126,30 @@ class _Unix:
             msg = await fut
         except asyncio.CancelledError:
             # Tell the daemon too: the job stops and its boxes are freed.
-            if self.closed is None and not self.writer.is_closing():
-                cancel = msgspec.msgpack.encode({"id": next(self.ids), "op": "cancel", "body": {"request": rid}})
-                self.writer.write(LEN.pack(len(cancel)) + cancel)
+            self._cancel(rid)
             raise
         finally:
             self.waiters.pop(rid, None)
             self.listeners.pop(rid, None)
+            self.started.discard(rid)
         if not msg["ok"]:
             e = msg["error"]
             raise SandboxdError(e["code"], e["message"], e.get("retry_after"))
         return msg["result"]
 
+    def _cancel(self, rid: int) -> None:
+        if self.closed is None and self.writer is not None and not self.writer.is_closing():
+            cancel = msgspec.msgpack.encode({"id": next(self.ids), "op": "cancel", "body": {"request": rid}})
+            self.writer.write(LEN.pack(len(cancel)) + cancel)
+
     async def close(self) -> None:
+        # A keyed job outlives a dropped connection (so that a retry can find
+        # it); a client that closes on purpose cancels what it still waits for.
+        for rid in list(self.started):
+            self._cancel(rid)
         if self.writer is not None:
+            with contextlib.suppress(ConnectionError):
+                await self.writer.drain()
             self.writer.close()
         if self.task is not None:
             self.task.cancel()
@@ -126,7 +167,12 @@ class _Http:
         self.session = aiohttp.ClientSession(headers=self.headers)
 
     async def call(
-        self, op: str, body: Any, wait: bool = True, on_event: Callable[[str, Any], None] | None = None
+        self,
+        op: str,
+        body: Any,
+        wait: bool = True,
+        on_event: Callable[[str, Any], None] | None = None,
+        key: str | None = None,
     ) -> Any:
         assert self.session is not None
         w = "true" if wait else "false"
@@ -144,16 +190,18 @@ class _Http:
         else:
             method, path = routes[op]
             data = msgspec.msgpack.encode(body) if method == "POST" else None
-        async with self.session.request(method, self.base + path, data=data) as resp:
+        headers = {"Idempotency-Key": key} if key is not None else None
+        async with self.session.request(method, self.base + path, data=data, headers=headers) as resp:
             raw = await resp.read()
-            payload = msgspec.msgpack.decode(raw) if resp.content_type.endswith("msgpack") else msgspec.json.decode(raw)
+            try:
+                msgpack = resp.content_type.endswith("msgpack")
+                payload = msgspec.msgpack.decode(raw) if msgpack else msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                if resp.status < 400:
+                    raise
+                payload = None  # an error page of a proxy in front of sandboxd
             if resp.status >= 400:
-                e = payload.get("error", {}) if isinstance(payload, dict) else {}
-                raise SandboxdError(
-                    e.get("code", str(resp.status)),
-                    e.get("message", raw[:200].decode(errors="replace")),
-                    e.get("retry_after"),
-                )
+                raise _http_error(resp.status, resp.headers.get("Retry-After"), payload, raw)
             return payload
 
     async def close(self) -> None:
@@ -161,8 +209,37 @@ class _Http:
             await self.session.close()
 
 
+def _http_error(status: int, retry_after: str | None, payload: Any, raw: bytes) -> SandboxdError:
+    e = payload.get("error", {}) if isinstance(payload, dict) else {}
+    after = e.get("retry_after")
+    if after is None and retry_after is not None and retry_after.isdigit():
+        after = float(retry_after)
+    # A 503 without sandboxd's body (a proxy, a load balancer) is "not now" too.
+    code = e.get("code", "draining" if status == 503 else str(status))
+    return SandboxdError(code, e.get("message", raw[:200].decode(errors="replace")), after)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """None if exc is final; else the least wait the server asked for (0 if none)."""
+    if isinstance(exc, SandboxdError):
+        return (exc.retry_after or 0.0) if exc.code in RETRY_CODES else None
+    if isinstance(exc, RETRY_EXCEPTIONS):
+        return 0.0
+    return None
+
+
 class AsyncClient:
-    def __init__(self, address: str = "unix:///run/sandboxd/sandboxd.sock", token: str | None = None) -> None:
+    """`retry`: how calls are retried (sandboxd_client.retry.Retry); calls
+    that start a job (run, submit, start) take `idempotency_key=` (a fresh
+    uuid4 hex if not given) and re-send that same key on every retry."""
+
+    def __init__(
+        self,
+        address: str = "unix:///run/sandboxd/sandboxd.sock",
+        token: str | None = None,
+        retry: Retry = DEFAULT_RETRY,
+    ) -> None:
+        self.retry = retry
         u = urlparse(address)
         if u.scheme == "unix":
             self._t: _Unix | _Http = _Unix(u.path)
@@ -178,36 +255,70 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._t.close()
 
-    async def run(self, req: RunRequest) -> RunResult:
-        return msgspec.convert(await self._t.call("run", req), RunResult)
+    async def _call(
+        self,
+        op: str,
+        body: Any,
+        wait: bool = True,
+        on_event: Callable[[str, Any], None] | None = None,
+        key: str | None = None,
+    ) -> Any:
+        """One call, retried under self.retry.  Safe for every op: reads and
+        cancels are idempotent, and a job is started under its key."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.retry.deadline
+        for attempt in itertools.count():
+            try:
+                return await self._t.call(op, body, wait, on_event, key)
+            except Exception as e:
+                after = _retry_after(e)
+                if after is None:
+                    raise
+                delay = max(self.retry.backoff(attempt), after)
+                if loop.time() + delay > end:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
-    async def submit(self, sub: Submission, progress: Progress | None = None) -> SubmissionResult:
+    async def run(self, req: RunRequest, *, idempotency_key: str | None = None) -> RunResult:
+        return msgspec.convert(await self._call("run", req, key=idempotency_key or _key()), RunResult)
+
+    async def submit(
+        self, sub: Submission, progress: Progress | None = None, *, idempotency_key: str | None = None
+    ) -> SubmissionResult:
+        """(After a retry, `progress` hears only the tests that finish after it.)"""
+
         def on_event(kind: str, data: Any) -> None:
             if kind == "test" and progress is not None:
                 progress(msgspec.convert(data, TestResult))
 
-        raw = await self._t.call("submit", sub, on_event=on_event if progress else None)
+        key = idempotency_key or _key()
+        raw = await self._call("submit", sub, on_event=on_event if progress else None, key=key)
         return msgspec.convert(raw, SubmissionResult)
 
-    async def start(self, job: RunRequest | Submission) -> str:
+    async def start(self, job: RunRequest | Submission, *, idempotency_key: str | None = None) -> str:
         """Queue a job without waiting; returns its id for get()/wait()/cancel()."""
         op = "run" if isinstance(job, RunRequest) else "submit"
-        return str((await self._t.call(op, job, wait=False))["job"])
+        return str((await self._call(op, job, wait=False, key=idempotency_key or _key()))["job"])
 
     async def get(self, job: str) -> JobInfo:
-        return _job_info(await self._t.call("get", {"job": job}))
+        return _job_info(await self._call("get", {"job": job}))
 
     async def wait(self, job: str) -> JobInfo:
-        return _job_info(await self._t.call("wait", {"job": job}))
+        return _job_info(await self._call("wait", {"job": job}))
 
     async def cancel(self, job: str) -> JobInfo:
-        return _job_info(await self._t.call("cancel", {"job": job}))
+        return _job_info(await self._call("cancel", {"job": job}))
 
     async def status(self) -> dict[str, Any]:
-        return dict(await self._t.call("status", None))
+        return dict(await self._call("status", None))
 
     async def languages(self) -> list[dict[str, Any]]:
-        return list(await self._t.call("languages", None))
+        return list(await self._call("languages", None))
+
+
+def _key() -> str:
+    return uuid.uuid4().hex
 
 
 def _job_info(d: dict[str, Any]) -> JobInfo:
@@ -217,11 +328,16 @@ def _job_info(d: dict[str, Any]) -> JobInfo:
 class Client:
     """Blocking API over AsyncClient, on a private event loop thread."""
 
-    def __init__(self, address: str = "unix:///run/sandboxd/sandboxd.sock", token: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str = "unix:///run/sandboxd/sandboxd.sock",
+        token: str | None = None,
+        retry: Retry = DEFAULT_RETRY,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._client = AsyncClient(address, token)
+        self._client = AsyncClient(address, token, retry)
         self._call(self._client.__aenter__())
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -239,14 +355,16 @@ class Client:
         self._thread.join()
         self._loop.close()
 
-    def run(self, req: RunRequest) -> RunResult:
-        return self._call(self._client.run(req))
+    def run(self, req: RunRequest, *, idempotency_key: str | None = None) -> RunResult:
+        return self._call(self._client.run(req, idempotency_key=idempotency_key))
 
-    def submit(self, sub: Submission, progress: Progress | None = None) -> SubmissionResult:
-        return self._call(self._client.submit(sub, progress))
+    def submit(
+        self, sub: Submission, progress: Progress | None = None, *, idempotency_key: str | None = None
+    ) -> SubmissionResult:
+        return self._call(self._client.submit(sub, progress, idempotency_key=idempotency_key))
 
-    def start(self, job: RunRequest | Submission) -> str:
-        return self._call(self._client.start(job))
+    def start(self, job: RunRequest | Submission, *, idempotency_key: str | None = None) -> str:
+        return self._call(self._client.start(job, idempotency_key=idempotency_key))
 
     def get(self, job: str) -> JobInfo:
         return self._call(self._client.get(job))

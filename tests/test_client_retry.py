@@ -1,0 +1,95 @@
+"""The Python client's retries against a real host daemon that stops and
+comes back (SIGTERM, then a restart on the same socket and port): a call
+made meanwhile completes, with one job.  (Through a fleet, a Redis restart
+between the write and the reply: tests/test_fleet_keys.py.)"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from daemon_util import Daemon
+from instances import inst
+from sandboxd_client import Client, RunRequest, SandboxdError
+from sandboxd_client.client import _retry_after
+from sandboxd_client.retry import Retry
+
+
+class Restartable(Daemon):
+    """A daemon that can be started again with the same instance, socket and port."""
+
+    def _launch(self, args: list[str], env: dict[str, str], what: str, timeout: float) -> None:
+        self.args, self.env = args, env
+        super()._launch(args, env, what, timeout)
+
+    def restart(self) -> None:
+        self.log = open(self.dir / "log", "a+b")  # noqa: SIM115 - closed in stop()
+        super()._launch(self.args, self.env, "daemon", 120)
+
+    def runs(self) -> int:
+        """Runs this daemon process executed (its metrics start at 0)."""
+        with urllib.request.urlopen(self.http + "/metrics") as r:
+            text = r.read().decode()
+        return sum(int(float(n)) for n in re.findall(r"^sandboxd_run_seconds_count\{[^}]*\} (\S+)$", text, re.M))
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Restartable]:
+    d = Restartable(inst("-client-retry"), pool_size=1, env={"SANDBOXD_DRAIN_TIMEOUT": "1"})
+    yield d
+    d.stop()
+
+
+def _address(d: Daemon, transport: str) -> str:
+    return d.http if transport == "http" else f"unix://{d.sock}"
+
+
+@pytest.mark.parametrize("transport", ["http", "unix"])
+def test_a_call_spanning_a_daemon_restart_completes_once(daemon: Restartable, transport: str) -> None:
+    with Client(_address(daemon, transport)) as c:
+        assert c.run(RunRequest(cmd=["/bin/true"])).status == "ok"  # connected before the restart
+        assert daemon.stop() == 0
+        out: list[Any] = []
+
+        def call() -> None:
+            try:
+                out.append(c.run(RunRequest(cmd=["/bin/echo", "again"])))
+            except Exception as e:
+                out.append(e)
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(1.5)  # refused / no socket, retried
+        assert not out, out
+        daemon.restart()
+        t.join(60)
+    assert len(out) == 1 and not isinstance(out[0], Exception), out
+    assert out[0].status == "ok" and out[0].stdout == b"again\n"
+    assert daemon.runs() == 1  # the restarted daemon ran it once
+
+
+def test_retries_are_bounded_by_the_deadline(daemon: Restartable) -> None:
+    with Client(daemon.http, retry=Retry(deadline=1.0)) as c:
+        assert daemon.stop() == 0
+        try:
+            with pytest.raises(OSError):  # refused, after retrying for about a second
+                c.run(RunRequest(cmd=["/bin/true"]))
+        finally:
+            daemon.restart()
+
+
+def test_what_is_retried() -> None:
+    assert _retry_after(SandboxdError("draining", "stopping", 3.0)) == 3.0  # at least the server's Retry-After
+    assert _retry_after(SandboxdError("disconnected", "connection lost")) == 0.0
+    assert _retry_after(ConnectionRefusedError()) == 0.0
+    assert _retry_after(FileNotFoundError()) == 0.0  # the socket of a daemon not yet back
+    for final in (SandboxdError("bad_request", "cmd"), SandboxdError("queue_full", "full", 1.0), ValueError()):
+        assert _retry_after(final) is None
+    r = Retry(first=0.1, factor=2, cap=1.0)
+    assert all(0.05 <= r.backoff(0) <= 0.1 for _ in range(20))
+    assert all(0.5 <= r.backoff(9) <= 1.0 for _ in range(20))  # capped
