@@ -93,3 +93,36 @@ def test_what_is_retried() -> None:
     r = Retry(first=0.1, factor=2, cap=1.0)
     assert all(0.05 <= r.backoff(0) <= 0.1 for _ in range(20))
     assert all(0.5 <= r.backoff(9) <= 1.0 for _ in range(20))  # capped
+
+
+@pytest.mark.parametrize("transport", ["http", "unix"])
+def test_a_waited_call_spanning_a_kill_9_completes_with_one_job(daemon: Restartable, transport: str) -> None:
+    """kill -9 while the call's job runs: the restarted daemon (same job store)
+    runs the accepted job again, and the client's retry, with the same key,
+    gets that job's result instead of starting a second one."""
+    with Client(_address(daemon, transport)) as c:
+        assert c.run(RunRequest(cmd=["/bin/true"])).status == "ok"
+        out: list[Any] = []
+
+        def call() -> None:
+            try:
+                out.append(c.run(RunRequest(cmd=["/bin/sh", "-c", "sleep 1; echo ran"])))
+            except Exception as e:
+                out.append(e)
+
+        t = threading.Thread(target=call)
+        t.start()
+        deadline = time.monotonic() + 30
+        while c.status()["pools"]["host"]["busy"] == 0:  # the job is running
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        reruns = daemon.output().count("1 unfinished jobs run again")
+        daemon.proc.kill()
+        daemon.proc.wait()
+        daemon.log.close()
+        daemon.restart()
+        t.join(60)
+    assert len(out) == 1 and not isinstance(out[0], Exception), out
+    assert out[0].stdout == b"ran\n"
+    assert daemon.output().count("1 unfinished jobs run again") == reruns + 1
+    assert daemon.runs() == 1  # the re-run accepted job only: the retry started none

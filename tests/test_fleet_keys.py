@@ -290,3 +290,21 @@ def test_a_replay_is_answered_when_its_hosts_left(kf: KeyFleet) -> None:
         while not kf.api("GET", "/v1/hosts")[1]:
             assert time.monotonic() < deadline, "the host did not join again"
             time.sleep(0.1)
+
+
+def test_judge0_submissions_through_the_coordinator_take_the_key(kf: KeyFleet) -> None:
+    """(Needs branch durable's Judge0 plumbing of the header.)"""
+    body = {"source_code": "echo keyed", "language_id": 46}
+    st, first = kf.api("POST", "/judge0/submissions", body, key="j0-1")
+    assert st == 201, first
+    st, again = kf.api("POST", "/judge0/submissions", body, key="j0-1")
+    assert st == 201 and again["token"] == first["token"], (first, again)
+    st, other = kf.api("POST", "/judge0/submissions", {**body, "source_code": "echo other"}, key="j0-1")
+    assert st == 422, other
+    deadline = time.monotonic() + 30
+    while True:
+        st, res = kf.api("GET", f"/judge0/submissions/{first['token']}?base64_encoded=false")
+        if res.get("status", {}).get("id", 0) > 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert res["stdout"] == "keyed\n", res
