@@ -323,7 +323,7 @@ def main() -> None:
     windows: list[tuple[float, float]] = []
     try:
         status = json.loads(d.request("GET", "/v1/status")[1])
-        budget = status.get("memory_budget")
+        budget = (status.get("memory_budget") or {}).get("limit")
         sampler.start()
         t0 = time.monotonic()
         time.sleep(1.0)

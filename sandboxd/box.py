@@ -72,7 +72,10 @@ class _Channel:
 
     def _readable(self) -> None:
         try:
-            data, anc, _flags, _ = self.sock.recvmsg(proto.MAX_MSG, socket.CMSG_SPACE(4 * _MAX_FDS))
+            # (CLOEXEC: a received /box fd must never reach a process the daemon starts.)
+            data, anc, _flags, _ = self.sock.recvmsg(
+                proto.MAX_MSG, socket.CMSG_SPACE(4 * _MAX_FDS), socket.MSG_CMSG_CLOEXEC
+            )
         except BlockingIOError:
             return
         except OSError as e:

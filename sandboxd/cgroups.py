@@ -219,7 +219,8 @@ class V1(Backend):
         _write(mem / "memory.oom_control", "0")
         return box
 
-    def _set_memory(self, mem: Path, limit: int, current: int) -> None:
+    def _set_memory(self, mem: Path, limit: int, current: int) -> bool:
+        """False when the TCP buffer limit could not follow (retried next run)."""
         files = ["memory.limit_in_bytes"]
         if self.memsw:
             # memsw must stay >= the plain limit: raise it first, lower it last.
@@ -239,15 +240,18 @@ class V1(Backend):
             if e.errno != errno.EBUSY:
                 raise
             log.warning("%s: memory.kmem.tcp.limit_in_bytes kept: %s", mem, e)
+            return False
+        return True
 
     def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
         mem, pids = box.dirs["memory"], box.dirs["pids"]
         cur_mem, cur_procs = box._limits
-        if memory != cur_mem:
-            self._set_memory(mem, memory, cur_mem or (1 << 62))
+        set_mem = memory
+        if memory != cur_mem and not self._set_memory(mem, memory, cur_mem or (1 << 62)):
+            set_mem = 0  # (unknown: the next run writes every limit again)
         if procs != cur_procs:
             _write(pids / "pids.max", str(procs))
-        box._limits = (memory, procs)
+        box._limits = (set_mem, procs)
         fds = box._fds
         if not fds:
             # Opened once per box (v1 groups live as long as the box): the

@@ -1153,11 +1153,13 @@ static void priv_loop(void) {
         if (n < 0 && errno == EINTR) continue;
         if (n != (ssize_t)sizeof req) _exit(114); /* the worker died: the box dies with it */
         if (req[0] == PRIV_WORKER) {
-            pid_t old = worker;
+            /* Reap the old worker (it exits right after asking) before forking
+               the new one: the worker is then always pid 2, so a run's
+               getppid() cannot tell whether earlier jobs used the network. */
             close(cur);
-            cur = start_worker(&worker);
-            while (waitpid(old, NULL, 0) < 0 && errno == EINTR) {
+            while (waitpid(worker, NULL, 0) < 0 && errno == EINTR) {
             }
+            cur = start_worker(&worker);
             continue;
         }
         int err = EINVAL;
