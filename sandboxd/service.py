@@ -169,14 +169,14 @@ class Service:
             fp = fingerprint(op, spec, job.callback_url)
             other = self.table.keys.get(key)
             if other is not None:
-                if other.fingerprint != fp:
+                return await self._replay(other, key, fp, progress)
+            # Not in memory (finished and saved): the store, before admission,
+            # so that a full queue never refuses a retry of a job that exists.
+            held = self.store.by_key(key)
+            if held is not None:
+                if held.fingerprint != fp:
                     raise conflict(key)
-                if progress is not None:
-                    other.listeners.append(progress)
-                if other.accepted is None:  # (restored at start: committed long ago)
-                    return other.info()
-                info = await asyncio.shield(other.accepted)
-                return other.info() if info.job == other.id else info
+                return self.table.held_info(held)
             job.key, job.fingerprint = key, fp
         job.admission = self._admit(job.lang, spec)
         if progress is not None:
@@ -193,6 +193,17 @@ class Service:
         # Unkeyed, not shielded (it costs): if its sender goes, `acc` is cancelled, and the
         # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
         return await (asyncio.shield(acc) if key is not None else acc)
+
+    async def _replay(self, other: Job, key: str, fp: bytes, progress: Callable[[TestResult], None] | None) -> JobInfo:
+        """A keyed request naming a job in memory: that job."""
+        if other.fingerprint != fp:
+            raise conflict(key)
+        if progress is not None:
+            other.listeners.append(progress)
+        if other.accepted is None:  # (restored at start: committed long ago)
+            return other.info()
+        info = await asyncio.shield(other.accepted)
+        return other.info() if info.job == other.id else info
 
     def _committed(self, job: Job, op: Op, spec: Spec, ok: bool, val: Stored | Exception | None) -> None:
         acc = job.accepted
