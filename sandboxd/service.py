@@ -48,6 +48,7 @@ from .schema import (
 __all__ = ["Job", "Service"]
 log = logging.getLogger(__name__)
 REQUEUED = "the daemon stopped before the job finished; it runs again when the daemon starts"
+DRAIN_RETRY_AFTER = 1.0  # seconds a refusal or a re-queued job tells its client to wait while the daemon stops
 
 
 class Service:
@@ -127,7 +128,7 @@ class Service:
     def _new_job(self, kind: Literal["run", "submission"], lang: str = "", job_id: str | None = None) -> Job:
         if self.draining:
             self.metrics.rejections.labels("draining").inc()
-            raise error("draining", "the daemon is shutting down; retry on another host", 1.0)
+            raise error("draining", "the daemon is shutting down; retry on another host", DRAIN_RETRY_AFTER)
         if job_id is not None and self.table.in_use(job_id):
             raise error("bad_request", f"job id {job_id!r} is in use")
         return Job(job_id or secrets.token_urlsafe(12), kind, lang)
@@ -248,7 +249,9 @@ class Service:
             job.admission.close()  # (idempotent: the task's done callback closes it too)
         job.finished, job.finished_at = time.monotonic(), time.time()
         if job.requeue:
-            job.error = Error("cancelled", REQUEUED)
+            # "draining" (HTTP 503 + Retry-After), not "cancelled": its waiters retry
+            # (with their key) and get the job when the next start has run it.
+            job.error = Error("draining", REQUEUED, DRAIN_RETRY_AFTER)
         job.done.set()
         if job.callback_url and not job.requeue:
             self._background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
