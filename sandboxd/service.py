@@ -143,12 +143,19 @@ class Service:
             self.compat_pending += 1
             work = self._do_compat(job, spec)
         adm = job.admission
-        if adm is None:
-            job.task = asyncio.ensure_future(work)
-            return
-        job.task = adm.spawn(work)  # (its runs use the queue places promised at admission)
-        # (also if cancelled before it ever ran, when no finally of the work runs)
-        job.task.add_done_callback(lambda _: adm.close())
+        # (its runs use the queue places promised at admission)
+        job.task = asyncio.ensure_future(work) if adm is None else adm.spawn(work)
+        job.task.add_done_callback(lambda _: self._ended(job))
+
+    def _ended(self, job: Job) -> None:
+        """Its task is over.  A task cancelled before its first step never ran
+        the work, so no finally of _guard finished the job: finish it here, or
+        its waiters hang and the job, its key and its admission stay forever."""
+        if job.admission is not None:
+            job.admission.close()  # (idempotent)
+        if not job.done.is_set():
+            job.state, job.error = "cancelled", Error("cancelled", "cancelled")
+            self._finish(job)
 
     def _admit(self, lang: str, spec: Spec, force: bool = False) -> Admission:
         """Refused here, before the job is acknowledged, when a queue or the
