@@ -22,7 +22,7 @@ import msgspec
 
 from sandboxd.schema import JobInfo, RunRequest, RunResult, Submission, SubmissionResult, TestResult
 
-from .retry import DEFAULT_RETRY, RETRY_CODES, RETRY_EXCEPTIONS, Retry
+from .retry import DEFAULT_RETRY, RETRY_CODES, RETRY_EXCEPTIONS, RETRY_STATUSES, Retry
 
 T = TypeVar("T")
 LEN = struct.Struct(">I")
@@ -32,11 +32,12 @@ Progress = Callable[[TestResult], None]
 class SandboxdError(Exception):
     """The daemon refused or failed a request; `code` is the wire error code."""
 
-    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, code: str, message: str, retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.status = status  # the HTTP status (None over the socket)
 
 
 class _Unix:
@@ -84,8 +85,11 @@ class _Unix:
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
                 elif rid is None and not msg.get("ok", True):
+                    # About the connection, not a request (a connection or receive cap,
+                    # an idle timeout): the daemon closes it; what waited on it is retried.
                     err = msg["error"]
-                    self._fail(SandboxdError(err["code"], err["message"]))
+                    why = f"connection closed by sandboxd ({err['code']}: {err['message']})"
+                    self._fail(SandboxdError("disconnected", why, err.get("retry_after")))
                     return
         except (asyncio.IncompleteReadError, ConnectionError) as e:
             self._fail(SandboxdError("disconnected", f"connection to sandboxd lost: {e}"))
@@ -216,13 +220,14 @@ def _http_error(status: int, retry_after: str | None, payload: Any, raw: bytes) 
         after = float(retry_after)
     # A 503 without sandboxd's body (a proxy, a load balancer) is "not now" too.
     code = e.get("code", "draining" if status == 503 else str(status))
-    return SandboxdError(code, e.get("message", raw[:200].decode(errors="replace")), after)
+    return SandboxdError(code, e.get("message", raw[:200].decode(errors="replace")), after, status)
 
 
 def _retry_after(exc: BaseException) -> float | None:
     """None if exc is final; else the least wait the server asked for (0 if none)."""
     if isinstance(exc, SandboxdError):
-        return (exc.retry_after or 0.0) if exc.code in RETRY_CODES else None
+        retry = exc.code in RETRY_CODES or exc.status in RETRY_STATUSES
+        return (exc.retry_after or 0.0) if retry else None
     if isinstance(exc, RETRY_EXCEPTIONS):
         return 0.0
     return None

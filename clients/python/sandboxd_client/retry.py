@@ -20,6 +20,10 @@ import aiohttp
 # is stopping or cannot reach its Redis (503), or the connection dropped
 # before the reply (the client's own code).
 RETRY_CODES = frozenset({"draining", "disconnected"})
+# HTTP statuses that mean "not now" whatever the code in the body: 503 is a
+# refusal before any work (the daemon's connection and receive-bytes caps send
+# it with code queue_full; 429 queue_full, a full job queue, stays final).
+RETRY_STATUSES = frozenset({503})
 
 # Transport failures of a restart: refused/reset connections (ConnectionError),
 # a Unix socket not there yet (FileNotFoundError), a peer gone mid-reply.
