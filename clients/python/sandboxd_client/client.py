@@ -40,6 +40,24 @@ class SandboxdError(Exception):
         self.status = status  # the HTTP status (None over the socket)
 
 
+class _Lost(SandboxdError):
+    """The connection that carried the call dropped (not a refusal): a new outage starts."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("disconnected", message)
+
+
+# What says the call had a live connection that then dropped: a refused
+# connection (ClientConnectorError) or an error reply says nothing of the sort.
+_LOST = (_Lost, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)
+
+
+def _lost(exc: BaseException) -> bool:
+    return isinstance(exc, _LOST) or (
+        isinstance(exc, aiohttp.ClientOSError) and not isinstance(exc, aiohttp.ClientConnectorError)
+    )
+
+
 class _Unix:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -92,7 +110,7 @@ class _Unix:
                     self._fail(SandboxdError("disconnected", why, err.get("retry_after")))
                     return
         except (asyncio.IncompleteReadError, ConnectionError) as e:
-            self._fail(SandboxdError("disconnected", f"connection to sandboxd lost: {e}"))
+            self._fail(_Lost(f"connection to sandboxd lost: {e}"))
 
     def _fail(self, exc: Exception) -> None:
         self.closed = exc
@@ -269,21 +287,28 @@ class AsyncClient:
         key: str | None = None,
     ) -> Any:
         """One call, retried under self.retry.  Safe for every op: reads and
-        cancels are idempotent, and a job is started under its key."""
+        cancels are idempotent, and a job is started under its key.
+
+        The deadline bounds an outage, not the call: it counts from the first
+        failure, and a live connection that drops (a waited call may have run
+        for longer than the deadline) starts a new outage.  Refusals and
+        refused connections do not: they end the call at the deadline."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + self.retry.deadline
-        for attempt in itertools.count():
+        end, attempt = 0.0, 0
+        while True:
             try:
                 return await self._t.call(op, body, wait, on_event, key)
             except Exception as e:
                 after = _retry_after(e)
                 if after is None:
                     raise
+                if not attempt or _lost(e):
+                    end, attempt = loop.time() + self.retry.deadline, 0
                 delay = max(self.retry.backoff(attempt), after)
                 if loop.time() + delay > end:
                     raise
+                attempt += 1
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
     async def run(self, req: RunRequest, *, idempotency_key: str | None = None) -> RunResult:
         return msgspec.convert(await self._call("run", req, key=idempotency_key or _key()), RunResult)

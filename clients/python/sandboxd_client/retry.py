@@ -40,7 +40,7 @@ RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
 class Retry:
     """The retry policy of a client: `Retry(deadline=0)` turns retries off."""
 
-    deadline: float = 60.0  # seconds from the first attempt after which a failure is final
+    deadline: float = 60.0  # seconds from the first failure of an outage after which a failure is final
     first: float = 0.1  # seconds before the first retry
     factor: float = 2.0  # each further wait grows by this
     cap: float = 5.0  # longest wait between attempts (unless the server's Retry-After says more)
