@@ -6,7 +6,9 @@ fleet answers with the job the first attempt started, if it started one, so
 a retry never runs a job twice.  Calls are retried on what a restart, a
 failover or an overloaded server looks like (HTTP 503 / `draining`, a refused
 or dropped connection, end of stream before the reply) with bounded, jittered
-exponential backoff, at least the server's Retry-After, until a total deadline.
+exponential backoff, at least the server's Retry-After, until a deadline
+counted from the first failure of an outage (a dropped live connection starts
+a new one).
 """
 
 from __future__ import annotations
