@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,6 +36,9 @@ STATES: tuple[str, ...] = State.__args__  # type: ignore[attr-defined]
 Op = Literal["run", "submit", "compat"]  # what a job runs: the store's `kind`
 HOT = 256  # recent results kept in memory (each at most HOT_BYTES encoded)
 HOT_BYTES = 64 << 10
+# Progress listeners per job: each keyed replay of a submission adds one (its
+# retrying client's); past this, the oldest (most likely a dropped connection's) go.
+LISTENERS = 8
 
 _enc = msgspec.msgpack.Encoder()
 _canon = msgspec.msgpack.Encoder(order="sorted")  # the same request always encodes the same way
@@ -57,7 +60,7 @@ class Job:
     finished: float = 0.0
     task: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    listeners: list[Callable[[TestResult], None]] = field(default_factory=list)
+    listeners: deque[Callable[[TestResult], None]] = field(default_factory=lambda: deque(maxlen=LISTENERS))
     callback_url: str | None = None
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None

@@ -1,14 +1,18 @@
-"""A job cancelled before its task's first step still finishes (a real
-Service on the session's real engine): its waiters wake, it leaves memory,
-its key and its admission are freed, its durable row is final."""
+"""Job life-cycle edges of a real Service on the session's real engine: a job
+cancelled before its task's first step still finishes (its waiters wake, it
+leaves memory, its key and its admission are freed, its durable row is final);
+keyed replays do not pile progress listeners onto their job."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from conftest import SyncEngine
 
-from sandboxd.schema import RunRequest
+from sandboxd import schema
+from sandboxd.jobs import LISTENERS
+from sandboxd.schema import RunRequest, Submission
 from sandboxd.service import Service
 
 
@@ -43,6 +47,32 @@ def test_a_job_cancelled_before_its_first_step_finishes(engine: SyncEngine) -> N
             # Nothing of either job holds a queue place: the engine takes and runs another.
             res = await asyncio.wait_for(svc.wait(svc.submit_run(RunRequest(cmd=["true"]))), 30)
             assert res.state == "done", res
+        finally:
+            await svc.close()
+
+    engine.call(scenario())
+
+
+def test_keyed_replays_keep_a_bounded_number_of_progress_listeners(engine: SyncEngine) -> None:
+    async def scenario() -> None:
+        svc = Service(engine.engine)
+        heard: list[int] = []
+        try:
+            sub = Submission(lang="bash", source=b"sleep 1; echo hi", tests=[schema.TestCase(b"", b"hi")])
+
+            def listener(i: int) -> Callable[[schema.TestResult], None]:
+                return lambda t: heard.append(i)
+
+            first = await svc.start_submission(sub, listener(0), idempotency_key="replayed")
+            for i in range(1, 5 * LISTENERS):  # a client retrying while its job runs
+                again = await svc.start_submission(sub, listener(i), idempotency_key="replayed")
+                assert again.job == first.job
+            job = svc.jobs[first.job]
+            assert len(job.listeners) == LISTENERS
+            info = await asyncio.wait_for(svc.wait_job(first.job), 60)
+            assert info.state == "done", info
+            # The newest replays (the live ones) heard the test's result.
+            assert sorted(heard) == list(range(4 * LISTENERS, 5 * LISTENERS)), heard
         finally:
             await svc.close()
 
