@@ -26,7 +26,8 @@ from .compat import Compiler, Load, Served
 from .compat import jobs as compat_jobs
 from .engine import Engine
 from .errors import ServiceError, error
-from .jobs import Job, JobTable, Op, Spec, conflict, decode_spec, encode_spec, fingerprint, kind_of, lost_info
+from .fingerprint import Op, Spec, fingerprint
+from .jobs import Job, JobTable, conflict, decode_spec, encode_spec, kind_of, lost_info
 from .jobstore import JobIdInUse, JobStore, NewJob, Stored
 from .judge import judge
 from .metrics import Metrics
