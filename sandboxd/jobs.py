@@ -14,10 +14,9 @@ its HostWorker holds it while it reports the result.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,22 +26,23 @@ import msgspec
 from .budget import Admission
 from .compat import jobs as compat_jobs
 from .errors import ServiceError, error
+from .fingerprint import Spec
 from .jobstore import EXPIRED, JobStore, Stored
 from .schema import Error, JobInfo, RunRequest, RunResult, Submission, SubmissionResult, TestResult
 
 log = logging.getLogger(__name__)
 State = Literal["queued", "running", "done", "cancelled", "failed", "lost"]
 STATES: tuple[str, ...] = State.__args__  # type: ignore[attr-defined]
-Op = Literal["run", "submit", "compat"]  # what a job runs: the store's `kind`
 HOT = 256  # recent results kept in memory (each at most HOT_BYTES encoded)
 HOT_BYTES = 64 << 10
+# Progress listeners per job: each keyed replay of a submission adds one (its
+# retrying client's); past this, the oldest (most likely a dropped connection's) go.
+LISTENERS = 8
 
 _enc = msgspec.msgpack.Encoder()
-_canon = msgspec.msgpack.Encoder(order="sorted")  # the same request always encodes the same way
 _info_dec = msgspec.msgpack.Decoder(JobInfo)
 _run_dec = msgspec.msgpack.Decoder(RunRequest)
 _sub_dec = msgspec.msgpack.Decoder(Submission)
-Spec = RunRequest | Submission | compat_jobs.Spec
 
 
 @dataclass(eq=False)
@@ -57,7 +57,7 @@ class Job:
     finished: float = 0.0
     task: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    listeners: list[Callable[[TestResult], None]] = field(default_factory=list)
+    listeners: deque[Callable[[TestResult], None]] = field(default_factory=lambda: deque(maxlen=LISTENERS))
     callback_url: str | None = None
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
@@ -82,11 +82,6 @@ class Job:
             created_at=self.created_at,
             finished_at=self.finished_at,
         )
-
-
-def fingerprint(op: Op, spec: Spec, callback_url: str | None) -> bytes:
-    """What makes two requests "the same" for an idempotency key."""
-    return hashlib.sha256(op.encode() + b"\0" + _canon.encode([spec, callback_url])).digest()
 
 
 def encode_spec(spec: Spec) -> bytes:

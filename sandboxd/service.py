@@ -26,7 +26,8 @@ from .compat import Compiler, Load, Served
 from .compat import jobs as compat_jobs
 from .engine import Engine
 from .errors import ServiceError, error
-from .jobs import Job, JobTable, Op, Spec, conflict, decode_spec, encode_spec, fingerprint, kind_of, lost_info
+from .fingerprint import Op, Spec, fingerprint
+from .jobs import Job, JobTable, conflict, decode_spec, encode_spec, kind_of, lost_info
 from .jobstore import JobIdInUse, JobStore, NewJob, Stored
 from .judge import judge
 from .metrics import Metrics
@@ -48,6 +49,7 @@ from .schema import (
 __all__ = ["Job", "Service"]
 log = logging.getLogger(__name__)
 REQUEUED = "the daemon stopped before the job finished; it runs again when the daemon starts"
+DRAIN_RETRY_AFTER = 1.0  # seconds a refusal or a re-queued job tells its client to wait while the daemon stops
 
 
 class Service:
@@ -127,7 +129,7 @@ class Service:
     def _new_job(self, kind: Literal["run", "submission"], lang: str = "", job_id: str | None = None) -> Job:
         if self.draining:
             self.metrics.rejections.labels("draining").inc()
-            raise error("draining", "the daemon is shutting down; retry on another host", 1.0)
+            raise error("draining", "the daemon is shutting down; retry on another host", DRAIN_RETRY_AFTER)
         if job_id is not None and self.table.in_use(job_id):
             raise error("bad_request", f"job id {job_id!r} is in use")
         return Job(job_id or secrets.token_urlsafe(12), kind, lang)
@@ -142,12 +144,19 @@ class Service:
             self.compat_pending += 1
             work = self._do_compat(job, spec)
         adm = job.admission
-        if adm is None:
-            job.task = asyncio.ensure_future(work)
-            return
-        job.task = adm.spawn(work)  # (its runs use the queue places promised at admission)
-        # (also if cancelled before it ever ran, when no finally of the work runs)
-        job.task.add_done_callback(lambda _: adm.close())
+        # (its runs use the queue places promised at admission)
+        job.task = asyncio.ensure_future(work) if adm is None else adm.spawn(work)
+        job.task.add_done_callback(lambda _: self._ended(job))
+
+    def _ended(self, job: Job) -> None:
+        """Its task is over.  A task cancelled before its first step never ran
+        the work, so no finally of _guard finished the job: finish it here, or
+        its waiters hang and the job, its key and its admission stay forever."""
+        if job.admission is not None:
+            job.admission.close()  # (idempotent)
+        if not job.done.is_set():
+            job.state, job.error = "cancelled", Error("cancelled", "cancelled")
+            self._finish(job)
 
     def _admit(self, lang: str, spec: Spec, force: bool = False) -> Admission:
         """Refused here, before the job is acknowledged, when a queue or the
@@ -169,14 +178,14 @@ class Service:
             fp = fingerprint(op, spec, job.callback_url)
             other = self.table.keys.get(key)
             if other is not None:
-                if other.fingerprint != fp:
+                return await self._replay(other, key, fp, progress)
+            # Not in memory (finished and saved): the store, before admission,
+            # so that a full queue never refuses a retry of a job that exists.
+            held = self.store.by_key(key)
+            if held is not None:
+                if held.fingerprint != fp:
                     raise conflict(key)
-                if progress is not None:
-                    other.listeners.append(progress)
-                if other.accepted is None:  # (restored at start: committed long ago)
-                    return other.info()
-                info = await asyncio.shield(other.accepted)
-                return other.info() if info.job == other.id else info
+                return self.table.held_info(held)
             job.key, job.fingerprint = key, fp
         job.admission = self._admit(job.lang, spec)
         if progress is not None:
@@ -193,6 +202,17 @@ class Service:
         # Unkeyed, not shielded (it costs): if its sender goes, `acc` is cancelled, and the
         # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
         return await (asyncio.shield(acc) if key is not None else acc)
+
+    async def _replay(self, other: Job, key: str, fp: bytes, progress: Callable[[TestResult], None] | None) -> JobInfo:
+        """A keyed request naming a job in memory: that job."""
+        if other.fingerprint != fp:
+            raise conflict(key)
+        if progress is not None:
+            other.listeners.append(progress)
+        if other.accepted is None:  # (restored at start: committed long ago)
+            return other.info()
+        info = await asyncio.shield(other.accepted)
+        return other.info() if info.job == other.id else info
 
     def _committed(self, job: Job, op: Op, spec: Spec, ok: bool, val: Stored | Exception | None) -> None:
         acc = job.accepted
@@ -237,7 +257,9 @@ class Service:
             job.admission.close()  # (idempotent: the task's done callback closes it too)
         job.finished, job.finished_at = time.monotonic(), time.time()
         if job.requeue:
-            job.error = Error("cancelled", REQUEUED)
+            # "draining" (HTTP 503 + Retry-After), not "cancelled": its waiters retry
+            # (with their key) and get the job when the next start has run it.
+            job.error = Error("draining", REQUEUED, DRAIN_RETRY_AFTER)
         job.done.set()
         if job.callback_url and not job.requeue:
             self._background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))

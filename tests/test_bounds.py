@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +28,8 @@ import msgspec
 import pytest
 from daemon_util import Daemon
 from instances import inst
+from sandboxd_client import Client
+from sandboxd_client import RunRequest as ClientRun
 
 from sandboxd.schema import MAX_FILES_OUT, MAX_FILES_OUT_BYTES, Limits, MiB, RunRequest, SchemaError, validate_run
 
@@ -251,6 +254,58 @@ def test_socket_connection_cap(capped: Daemon) -> None:
     finally:
         for s in held:
             s.close()
+
+
+def _client_call_while_held(address: str, held: list[socket.socket]) -> list[Any]:
+    """A client's waited run made while `held` fill the daemon's connection
+    cap, released a second later: what the call returned (or raised)."""
+    out: list[Any] = []
+
+    def call() -> None:
+        try:
+            with Client(address) as c:
+                out.append(c.run(ClientRun(cmd=["/bin/echo", "through"])))
+        except Exception as e:
+            out.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(1.0)  # refused (503 / a connection-level error frame), retried
+    assert not out, out
+    for s in held:
+        s.close()
+    t.join(60)
+    return out
+
+
+@pytest.mark.parametrize("transport", ["http", "unix"])
+def test_the_client_retries_past_the_connection_cap(capped: Daemon, transport: str) -> None:
+    if transport == "http":
+        held = [_tcp(capped) for _ in range(4)]
+        for s in held:
+            s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")  # headers not finished: each holds a slot
+        address = capped.http
+    else:
+        held = [_unix(capped) for _ in range(4)]
+        for s in held:
+            s.sendall(_frame({"id": 1, "op": "ping"}))
+            assert _frames(s.recv(1000))[0]["ok"] is True
+        address = f"unix://{capped.sock}"
+    time.sleep(0.3)
+    out = _client_call_while_held(address, held)
+    assert len(out) == 1 and not isinstance(out[0], Exception), out
+    assert out[0].stdout == b"through\n"
+
+
+def test_the_client_retries_past_the_receive_bytes_cap(tight: Daemon) -> None:
+    head = b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{"
+    held = [_tcp(tight) for _ in range(2)]
+    for s in held:  # 2 x 1 MiB declared: all of max_receiving_bytes
+        s.sendall(head % (1 << 20))
+    time.sleep(0.3)
+    out = _client_call_while_held(tight.http, held)
+    assert len(out) == 1 and not isinstance(out[0], Exception), out
+    assert out[0].stdout == b"through\n"
 
 
 # --- the native API: bad input is 4xx, naming the field -------------------------

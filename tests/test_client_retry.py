@@ -5,6 +5,7 @@ between the write and the reply: tests/test_fleet_keys.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 from daemon_util import Daemon
 from instances import inst
-from sandboxd_client import Client, RunRequest, SandboxdError
-from sandboxd_client.client import _retry_after
+from sandboxd_client import AsyncClient, Client, RunRequest, SandboxdError
+from sandboxd_client.client import _Lost, _retry_after
 from sandboxd_client.retry import Retry
 
 
@@ -88,7 +89,11 @@ def test_what_is_retried() -> None:
     assert _retry_after(SandboxdError("disconnected", "connection lost")) == 0.0
     assert _retry_after(ConnectionRefusedError()) == 0.0
     assert _retry_after(FileNotFoundError()) == 0.0  # the socket of a daemon not yet back
-    for final in (SandboxdError("bad_request", "cmd"), SandboxdError("queue_full", "full", 1.0), ValueError()):
+    # A 503 is "not now" whatever its code (the daemon's connection and receive-bytes caps)...
+    assert _retry_after(SandboxdError("queue_full", "too many connections", 1.0, status=503)) == 1.0
+    # ...a 429 queue_full (the job queue is full) is final.
+    full = SandboxdError("queue_full", "full", 1.0, status=429)
+    for final in (SandboxdError("bad_request", "cmd"), SandboxdError("queue_full", "full", 1.0), full, ValueError()):
         assert _retry_after(final) is None
     r = Retry(first=0.1, factor=2, cap=1.0)
     assert all(0.05 <= r.backoff(0) <= 0.1 for _ in range(20))
@@ -126,3 +131,47 @@ def test_a_waited_call_spanning_a_kill_9_completes_with_one_job(daemon: Restarta
     assert out[0].stdout == b"ran\n"
     assert daemon.output().count("1 unfinished jobs run again") == reruns + 1
     assert daemon.runs() == 1  # the re-run accepted job only: the retry started none
+
+
+class _Script:
+    """A transport that plays a script of outcomes, one per attempt (the
+    deadline's arithmetic, which no daemon restart can time: see below)."""
+
+    def __init__(self, *steps: Any) -> None:
+        self.steps = list(steps)
+        self.attempts = 0
+
+    async def call(self, *args: Any) -> Any:
+        self.attempts += 1
+        step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
+        if isinstance(step, float):  # a waited call that runs this long, then loses its connection
+            await asyncio.sleep(step)
+            raise _Lost("connection to sandboxd lost")
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+
+def _play(script: _Script, deadline: float) -> Any:
+    async def go() -> Any:
+        c = AsyncClient("http://127.0.0.1:9", retry=Retry(deadline=deadline, first=0.01, cap=0.05))
+        c._t = script  # type: ignore[assignment]
+        return await c._call("status", None)
+
+    return asyncio.run(go())
+
+
+def test_the_deadline_counts_from_the_outage_not_the_call() -> None:
+    # A waited call that ran past the deadline, then lost its connection: retried
+    # (a new outage), not failed at once.
+    script = _Script(2.5, ConnectionRefusedError(), ConnectionRefusedError(), {"ok": 1})
+    assert _play(script, deadline=2.0) == {"ok": 1} and script.attempts == 4
+    # Refusals after it do not restart the clock: the call ends at the deadline.
+    script = _Script(2.5, SandboxdError("draining", "stopping", status=503))
+    with pytest.raises(SandboxdError):
+        _play(script, deadline=1.0)
+    assert script.attempts > 2
+    # Nor do refused connections from the start.
+    script = _Script(ConnectionRefusedError())
+    with pytest.raises(ConnectionRefusedError):
+        _play(script, deadline=0.5)

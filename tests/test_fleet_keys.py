@@ -134,6 +134,17 @@ def test_same_key_same_job_other_request_conflict(kf: KeyFleet) -> None:
     assert kf.redis.client().ttl(K.job(first["job"])) >= ttl - 1
 
 
+def test_the_same_request_in_another_key_order_is_the_same_request(kf: KeyFleet) -> None:
+    # As on a daemon (tests/test_durable.py): one fingerprint function, sorted.
+    a = {"cmd": ["/bin/echo", "env"], "env": {"A": "1", "B": "2"}}
+    b = {"env": {"B": "2", "A": "1"}, "cmd": ["/bin/echo", "env"]}
+    st, first = kf.api("POST", "/v1/runs?wait=false", a, key="env-order")
+    assert st == 202, first
+    st, again = kf.api("POST", "/v1/runs?wait=false", b, key="env-order")
+    assert st == 202 and again["job"] == first["job"], again
+    assert kf.wait(first["job"])["state"] == "done"
+
+
 def test_a_pending_keyed_job_keeps_its_key(kf: KeyFleet) -> None:
     body = {"cmd": ["/bin/sh", "-c", "sleep 1"], "limits": {"wall_time": 10}}
     st, res = kf.api("POST", "/v1/runs?wait=false", body, key="pending-1")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -28,6 +27,7 @@ from ..compat import Load, Served
 from ..compat import jobs as compat_jobs
 from ..config import Config
 from ..errors import ServiceError, error
+from ..fingerprint import Op, Spec, fingerprint
 from ..languages import Language
 from ..scheduler import retry_after
 from ..schema import (
@@ -55,14 +55,12 @@ def _unix(ms: bytes | None) -> float | None:
     return None if ms is None else int(ms) / 1000
 
 
-def _idem(key: str | None, op: str, spec: bytes, callback_url: str | None = None) -> tuple[str, str] | None:
-    """(key, fingerprint) for the enqueue script.  The fingerprint is what the
-    key is bound to: the op, the request's canonical msgpack (spec: the decoded
-    struct re-encoded, so JSON and msgpack agree) and its callback, as on a daemon."""
+def _idem(key: str | None, op: Op, spec: Spec, callback_url: str | None = None) -> tuple[str, str] | None:
+    """(key, fingerprint) for the enqueue script: the key is bound to the
+    request as on a daemon (sandboxd.fingerprint)."""
     if check_idempotency_key(key) is None:
         return None
-    canonical = _enc.encode([op, spec, callback_url])
-    return str(key), hashlib.sha256(canonical).hexdigest()
+    return str(key), fingerprint(op, spec, callback_url).hex()
 
 
 def job_cost(sub: Submission) -> int:
@@ -315,7 +313,7 @@ class Coordinator:
         except SchemaError as e:
             raise error("bad_request", str(e)) from None
         spec = _enc.encode(req)
-        idem = _idem(idempotency_key, "run", spec, callback_url)
+        idem = _idem(idempotency_key, "run", req, callback_url)
         return await self._enqueue(
             "run", "", spec, req.host_tag, req.priority, 1, req.queue_deadline, callback_url=callback_url, idem=idem
         )
@@ -345,7 +343,7 @@ class Coordinator:
             sub.queue_deadline,
             progress,
             callback_url=callback_url,
-            idem=_idem(idempotency_key, "submit", spec, callback_url),
+            idem=_idem(idempotency_key, "submit", sub, callback_url),
         )
 
     # --- jobs ---------------------------------------------------------------
@@ -423,7 +421,7 @@ class Coordinator:
     async def start_compat(self, spec: compat_jobs.Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
         notify = compat_jobs.notifies(spec)
         data = compat_jobs.encode(spec)
-        idem = _idem(idempotency_key, compat_jobs.KIND, data)
+        idem = _idem(idempotency_key, "compat", spec)
         return await self._enqueue(compat_jobs.KIND, spec.lang, data, None, jid=job_id, notify=notify, idem=idem)
 
     async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:

@@ -22,7 +22,7 @@ import msgspec
 
 from sandboxd.schema import JobInfo, RunRequest, RunResult, Submission, SubmissionResult, TestResult
 
-from .retry import DEFAULT_RETRY, RETRY_CODES, RETRY_EXCEPTIONS, Retry
+from .retry import DEFAULT_RETRY, RETRY_CODES, RETRY_EXCEPTIONS, RETRY_STATUSES, Retry
 
 T = TypeVar("T")
 LEN = struct.Struct(">I")
@@ -32,11 +32,30 @@ Progress = Callable[[TestResult], None]
 class SandboxdError(Exception):
     """The daemon refused or failed a request; `code` is the wire error code."""
 
-    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, code: str, message: str, retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.status = status  # the HTTP status (None over the socket)
+
+
+class _Lost(SandboxdError):
+    """The connection that carried the call dropped (not a refusal): a new outage starts."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("disconnected", message)
+
+
+# What says the call had a live connection that then dropped: a refused
+# connection (ClientConnectorError) or an error reply says nothing of the sort.
+_LOST = (_Lost, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)
+
+
+def _lost(exc: BaseException) -> bool:
+    return isinstance(exc, _LOST) or (
+        isinstance(exc, aiohttp.ClientOSError) and not isinstance(exc, aiohttp.ClientConnectorError)
+    )
 
 
 class _Unix:
@@ -84,11 +103,14 @@ class _Unix:
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
                 elif rid is None and not msg.get("ok", True):
+                    # About the connection, not a request (a connection or receive cap,
+                    # an idle timeout): the daemon closes it; what waited on it is retried.
                     err = msg["error"]
-                    self._fail(SandboxdError(err["code"], err["message"]))
+                    why = f"connection closed by sandboxd ({err['code']}: {err['message']})"
+                    self._fail(SandboxdError("disconnected", why, err.get("retry_after")))
                     return
         except (asyncio.IncompleteReadError, ConnectionError) as e:
-            self._fail(SandboxdError("disconnected", f"connection to sandboxd lost: {e}"))
+            self._fail(_Lost(f"connection to sandboxd lost: {e}"))
 
     def _fail(self, exc: Exception) -> None:
         self.closed = exc
@@ -216,13 +238,14 @@ def _http_error(status: int, retry_after: str | None, payload: Any, raw: bytes) 
         after = float(retry_after)
     # A 503 without sandboxd's body (a proxy, a load balancer) is "not now" too.
     code = e.get("code", "draining" if status == 503 else str(status))
-    return SandboxdError(code, e.get("message", raw[:200].decode(errors="replace")), after)
+    return SandboxdError(code, e.get("message", raw[:200].decode(errors="replace")), after, status)
 
 
 def _retry_after(exc: BaseException) -> float | None:
     """None if exc is final; else the least wait the server asked for (0 if none)."""
     if isinstance(exc, SandboxdError):
-        return (exc.retry_after or 0.0) if exc.code in RETRY_CODES else None
+        retry = exc.code in RETRY_CODES or exc.status in RETRY_STATUSES
+        return (exc.retry_after or 0.0) if retry else None
     if isinstance(exc, RETRY_EXCEPTIONS):
         return 0.0
     return None
@@ -264,21 +287,28 @@ class AsyncClient:
         key: str | None = None,
     ) -> Any:
         """One call, retried under self.retry.  Safe for every op: reads and
-        cancels are idempotent, and a job is started under its key."""
+        cancels are idempotent, and a job is started under its key.
+
+        The deadline bounds an outage, not the call: it counts from the first
+        failure, and a live connection that drops (a waited call may have run
+        for longer than the deadline) starts a new outage.  Refusals and
+        refused connections do not: they end the call at the deadline."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + self.retry.deadline
-        for attempt in itertools.count():
+        end, attempt = 0.0, 0
+        while True:
             try:
                 return await self._t.call(op, body, wait, on_event, key)
             except Exception as e:
                 after = _retry_after(e)
                 if after is None:
                     raise
+                if not attempt or _lost(e):
+                    end, attempt = loop.time() + self.retry.deadline, 0
                 delay = max(self.retry.backoff(attempt), after)
                 if loop.time() + delay > end:
                     raise
+                attempt += 1
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
     async def run(self, req: RunRequest, *, idempotency_key: str | None = None) -> RunResult:
         return msgspec.convert(await self._call("run", req, key=idempotency_key or _key()), RunResult)

@@ -6,7 +6,9 @@ fleet answers with the job the first attempt started, if it started one, so
 a retry never runs a job twice.  Calls are retried on what a restart, a
 failover or an overloaded server looks like (HTTP 503 / `draining`, a refused
 or dropped connection, end of stream before the reply) with bounded, jittered
-exponential backoff, at least the server's Retry-After, until a total deadline.
+exponential backoff, at least the server's Retry-After, until a deadline
+counted from the first failure of an outage (a dropped live connection starts
+a new one).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import aiohttp
 # is stopping or cannot reach its Redis (503), or the connection dropped
 # before the reply (the client's own code).
 RETRY_CODES = frozenset({"draining", "disconnected"})
+# HTTP statuses that mean "not now" whatever the code in the body: 503 is a
+# refusal before any work (the daemon's connection and receive-bytes caps send
+# it with code queue_full; 429 queue_full, a full job queue, stays final).
+RETRY_STATUSES = frozenset({503})
 
 # Transport failures of a restart: refused/reset connections (ConnectionError),
 # a Unix socket not there yet (FileNotFoundError), a peer gone mid-reply.
@@ -36,7 +42,7 @@ RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
 class Retry:
     """The retry policy of a client: `Retry(deadline=0)` turns retries off."""
 
-    deadline: float = 60.0  # seconds from the first attempt after which a failure is final
+    deadline: float = 60.0  # seconds from the first failure of an outage after which a failure is final
     first: float = 0.1  # seconds before the first retry
     factor: float = 2.0  # each further wait grows by this
     cap: float = 5.0  # longest wait between attempts (unless the server's Retry-After says more)
