@@ -11,10 +11,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # gcc/libc6-dev: builds the static agent and serves the c/cpp languages;
-# g++ for cpp; libseccomp2 is what pyseccomp loads; bubblewrap is a benchmark baseline;
+# g++ for cpp; libseccomp2 is what pyseccomp loads; libcap2-bin (capsh) runs a test without CAP_MKNOD; bubblewrap is a benchmark baseline;
 # the JDK, Node.js, Go and Rust serve those languages on the host rootfs;
 # redis-server is the fleet's shared state (tests start their own instances).
-pkgs=(gcc g++ libc6-dev libseccomp2 python3 python3-venv iproute2 bubblewrap
+pkgs=(gcc g++ libc6-dev libseccomp2 libcap2-bin python3 python3-venv iproute2 bubblewrap
   openjdk-17-jdk-headless nodejs golang-go rustc mmdebstrap redis-server)
 missing=()
 for p in "${pkgs[@]}"; do

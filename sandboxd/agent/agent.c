@@ -491,16 +491,25 @@ static void mask_proc(void) {
 
 /* Device nodes of the box's own tmpfs, not binds of the host's devtmpfs
    nodes: the box's mountinfo then names no host mount (devtmpfs' size
-   option is half the host's RAM). */
+   option is half the host's RAM).  Without CAP_MKNOD (systemd's
+   PrivateDevices=yes drops it) the nodes are binds of the daemon's own
+   /dev nodes instead, whose mount is then what mountinfo shows. */
 static void setup_dev(void) {
     mount_tmpfs("/dev", 1 << 20, 0755, 0, 0, MS_NOSUID | MS_NOEXEC);
     const char *nodes[] = {"null", "zero", "full", "random", "urandom", NULL};
     const unsigned minors[] = {3, 5, 7, 8, 9};
-    char dst[64];
+    char src[64], dst[64];
     for (int i = 0; nodes[i]; i++) {
         snprintf(dst, sizeof dst, "/dev/%s", nodes[i]);
-        if (mknod(dst, S_IFCHR | 0666, makedev(1, minors[i])) < 0 || chmod(dst, 0666) < 0)
-            die("mknod %s", dst);
+        if (mknod(dst, S_IFCHR | 0666, makedev(1, minors[i])) == 0) {
+            if (chmod(dst, 0666) < 0) die("chmod %s", dst);
+            continue;
+        }
+        if (errno != EPERM) die("mknod %s", dst);
+        snprintf(src, sizeof src, "/.oldroot/dev/%s", nodes[i]);
+        make_target(src, dst);
+        if (mount(src, dst, NULL, MS_BIND, NULL) < 0) die("bind %s", src);
+        set_attr_recursive(dst, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
     }
     if (mkdir("/dev/shm", 01777) < 0) die("mkdir /dev/shm");
     symlink("/proc/self/fd", "/dev/fd");
