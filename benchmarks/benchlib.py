@@ -12,9 +12,11 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 # The same environment for every tool, so the programs start identically
 # (python3's start-up in particular reads LANG/LC_ALL).  Mirrors
@@ -115,6 +117,17 @@ def terminate_as_interrupt() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def run_main(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a benchmark's async main on uvloop; SIGTERM and Ctrl-C close its
+    engine (the coroutine's finally) and exit 130."""
+    terminate_as_interrupt()
+    try:
+        return uvloop.run(coro)
+    except KeyboardInterrupt:
+        print("interrupted: engine closed, boxes and cgroups removed", file=sys.stderr)
+        return 130
 
 
 def machine() -> dict[str, Any]:

@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import benchlib as bl
-import uvloop
 
 from sandboxd.box import Box, BoxSpec
 from sandboxd.cgroups import V1, Backend, BoxCgroup
@@ -495,12 +494,7 @@ async def amain(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    bl.terminate_as_interrupt()
-    try:
-        return uvloop.run(amain(parse_args(argv)))
-    except KeyboardInterrupt:
-        print("interrupted: engine closed, boxes and cgroups removed", file=sys.stderr)
-        return 130
+    return bl.run_main(amain(parse_args(argv)))
 
 
 if __name__ == "__main__":

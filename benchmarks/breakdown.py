@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import benchlib as bl
-import uvloop
 
 import sandboxd.agentproto as proto
 import sandboxd.box as boxmod
@@ -304,12 +303,7 @@ async def amain(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    bl.terminate_as_interrupt()
-    try:
-        return uvloop.run(amain(parse_args(argv)))
-    except KeyboardInterrupt:
-        print("interrupted: engine closed, boxes and cgroups removed", file=sys.stderr)
-        return 130
+    return bl.run_main(amain(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import benchlib as bl
-import uvloop
 
 from sandboxd.box import Box
 from sandboxd.engine import Engine, EngineConfig, InstanceBusy
@@ -182,12 +181,7 @@ async def amain(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    bl.terminate_as_interrupt()
-    try:
-        return uvloop.run(amain(parse_args(argv)))
-    except KeyboardInterrupt:
-        print("interrupted: engine closed, boxes and cgroups removed", file=sys.stderr)
-        return 130
+    return bl.run_main(amain(parse_args(argv)))
 
 
 if __name__ == "__main__":

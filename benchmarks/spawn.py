@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import benchlib as bl
-import uvloop
 
 from sandboxd.box import Box
 from sandboxd.engine import Engine, EngineConfig, InstanceBusy
@@ -400,13 +399,7 @@ async def amain(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    bl.terminate_as_interrupt()
-    a = parse_args(argv)
-    try:
-        return uvloop.run(amain(a))
-    except KeyboardInterrupt:
-        print("interrupted: engine closed, boxes and cgroups removed", file=sys.stderr)
-        return 130
+    return bl.run_main(amain(parse_args(argv)))
 
 
 if __name__ == "__main__":

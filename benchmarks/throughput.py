@@ -23,7 +23,6 @@ import time
 from typing import Any
 
 import benchlib as bl
-import uvloop
 
 from sandboxd.engine import Engine, EngineConfig, InstanceBusy
 from sandboxd.schema import RunRequest
@@ -223,12 +222,7 @@ async def amain(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    bl.terminate_as_interrupt()
-    try:
-        return uvloop.run(amain(parse_args(argv)))
-    except KeyboardInterrupt:
-        print("interrupted: engine closed, boxes and cgroups removed", file=sys.stderr)
-        return 130
+    return bl.run_main(amain(parse_args(argv)))
 
 
 if __name__ == "__main__":
