@@ -82,12 +82,15 @@ def check_clean(s: dict[str, Any]) -> int:
     assert {".", "daemon", "default"} <= set(groups), groups
     assert all(groups[g] == [] for g in groups if g != "daemon"), groups  # processes only in the leaf
     agents = s["agents"]
+    # Per box: the agent the daemon started, the box's PID 1 below it, and
+    # PID 1's worker (which starts the runs).
     outer = {a["pid"] for a in agents if a["ppid"] == main}
     inner = {a["pid"] for a in agents if a["ppid"] in outer}
-    assert len(outer) == len(inner) == len(boxes) >= 2, (agents, boxes)
-    assert outer | inner == {a["pid"] for a in agents}, agents  # no agent of an earlier daemon
+    workers = {a["pid"] for a in agents if a["ppid"] in inner}
+    assert len(outer) == len(inner) == len(workers) == len(boxes) >= 2, (agents, boxes)
+    assert outer | inner | workers == {a["pid"] for a in agents}, agents  # no agent of an earlier daemon
     assert all(a["cgroup"] == f"{UNIT}/daemon" for a in agents), agents
-    assert sorted(groups["daemon"]) == sorted({main} | outer | inner), groups
+    assert sorted(groups["daemon"]) == sorted({main} | outer | inner | workers), groups
     assert s["sleeps"] == [], s["sleeps"]
     for ctl in ("cpu", "memory", "pids"):
         assert ctl in s["subtree_control"]["."] and ctl in s["subtree_control"]["default"], s["subtree_control"]
