@@ -14,7 +14,7 @@ import time
 
 import uvloop
 
-from sandboxd.scheduler import AdmissionQueue
+from sandboxd.engine.scheduler import AdmissionQueue
 
 
 async def best_ns(n: int) -> float:

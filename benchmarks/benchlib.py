@@ -20,7 +20,7 @@ import uvloop
 
 # The same environment for every tool, so the programs start identically
 # (python3's start-up in particular reads LANG/LC_ALL).  Mirrors
-# sandboxd.box.DEFAULT_ENV; duplicated so the baselines need no sandboxd.
+# sandboxd.sandbox.box.DEFAULT_ENV; duplicated so the baselines need no sandboxd.
 BOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "HOME": "/box",

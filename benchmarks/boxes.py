@@ -50,10 +50,10 @@ from typing import Any
 
 import benchlib as bl
 
-from sandboxd.box import Box, BoxSpec
-from sandboxd.cgroups import V1, Backend, BoxCgroup
-from sandboxd.engine import Engine, EngineConfig, InstanceBusy
-from sandboxd.pool import Pool
+from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
+from sandboxd.engine.pool import Pool
+from sandboxd.sandbox.box import Box, BoxSpec
+from sandboxd.sandbox.cgroups import V1, Backend, BoxCgroup
 from sandboxd.schema import RunRequest
 
 TARGET_BUILD_MS = 50.0

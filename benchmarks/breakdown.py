@@ -40,10 +40,10 @@ from typing import Any
 
 import benchlib as bl
 
-import sandboxd.agentproto as proto
-import sandboxd.box as boxmod
-import sandboxd.cgroups as cgroups
-from sandboxd.engine import Engine, EngineConfig, InstanceBusy
+import sandboxd.sandbox.agentproto as proto
+import sandboxd.sandbox.box as boxmod
+import sandboxd.sandbox.cgroups as cgroups
+from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
 from sandboxd.schema import RunRequest
 
 CMD = ["/bin/true"]

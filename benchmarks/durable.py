@@ -50,7 +50,7 @@ class Daemon:
         self.dir = Path(tempfile.mkdtemp(prefix=f"sandboxd-bench-{name}-"))
         self.sock = str(self.dir / "sandboxd.sock")
         self.instance = f"bench-{name}"
-        cmd = [sys.executable, "-P", "-m", "sandboxd.cli", "serve", "--config", "/dev/null"]
+        cmd = [sys.executable, "-P", "-m", "sandboxd", "serve", "--config", "/dev/null"]
         cmd += ["--instance", self.instance]
         cmd += ["--socket", self.sock, "--http", "", "--pool-size", str(pool)]
         env = {

@@ -90,7 +90,7 @@ def start_redis(fsync: str) -> tuple[str, redis.Redis]:
 
 def start_coordinator(url: str, i: int, http: str = "") -> tuple[str, int]:
     sock = str(TMP / f"coord{i}.sock")
-    cmd = [sys.executable, "-m", "sandboxd.cli", "coordinator", "--config", "/dev/null", "--fleet", url]
+    cmd = [sys.executable, "-m", "sandboxd", "coordinator", "--config", "/dev/null", "--fleet", url]
     p = spawn(f"coord{i}", [*cmd, "--socket", sock, "--http", http])
     wait_for(sock, p, "coordinator")
     return sock, p.pid
@@ -98,7 +98,7 @@ def start_coordinator(url: str, i: int, http: str = "") -> tuple[str, int]:
 
 def start_host(url: str, http: str) -> str:
     sock = str(TMP / "host.sock")
-    cmd = [sys.executable, "-m", "sandboxd.cli", "serve", "--config", "/dev/null", "--instance", "bench-fleet"]
+    cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null", "--instance", "bench-fleet"]
     cmd += ["--socket", sock, "--http", http, "--pool-size", "2", "--fleet", url, "--fleet-host-id", "bench"]
     cmd += ["--pid-file", str(TMP / "host.pid")]
     p = spawn("host", cmd, {"SANDBOXD_SELFTEST": "false"})

@@ -87,7 +87,7 @@ class Daemon:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.sock = f"{self.dir}/sandboxd.sock"
-        cmd = [sys.executable, "-m", "sandboxd.cli", "serve", "--config", "/dev/null"]
+        cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null"]
         cmd += ["--instance", f"bench-hostile-{os.getpid()}", "--socket", self.sock]
         cmd += ["--http", f"127.0.0.1:{self.port}", "--pool-size", str(pool)]
         env = {**os.environ, "SANDBOXD_SELFTEST": "false"}

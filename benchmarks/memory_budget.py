@@ -46,7 +46,7 @@ class Daemon:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "sandboxd.cli", "serve", "--config", "/dev/null"]
+        cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null"]
         cmd += ["--instance", f"bench-budget-{tag}", "--socket", "", "--http", f"127.0.0.1:{port}", "--pool-size", "2"]
         env = {**os.environ, "SANDBOXD_MEMORY_BUDGET": str(budget), "SANDBOXD_SELFTEST": "false"}
         env["PYTHONPATH"] = f"{ROOT}:{env.get('PYTHONPATH', '')}"

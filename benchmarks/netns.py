@@ -30,8 +30,8 @@ from typing import Any
 
 import benchlib as bl
 
-from sandboxd.box import Box
-from sandboxd.engine import Engine, EngineConfig, InstanceBusy
+from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
+from sandboxd.sandbox.box import Box
 from sandboxd.schema import Limits, RunRequest
 
 HZ = os.sysconf("SC_CLK_TCK")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import benchlib as bl
 
-from sandboxd import seccomp
+from sandboxd.sandbox import seccomp
 
 HELPER = r"""
 #define _GNU_SOURCE

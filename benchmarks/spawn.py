@@ -30,9 +30,9 @@ from typing import Any
 
 import benchlib as bl
 
-from sandboxd.box import Box
-from sandboxd.engine import Engine, EngineConfig, InstanceBusy
-from sandboxd.pool import Pool
+from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
+from sandboxd.engine.pool import Pool
+from sandboxd.sandbox.box import Box
 from sandboxd.schema import RunRequest
 
 PROGRAMS: dict[str, list[str]] = {

@@ -24,7 +24,7 @@ from typing import Any
 
 import benchlib as bl
 
-from sandboxd.engine import Engine, EngineConfig, InstanceBusy
+from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
 from sandboxd.schema import RunRequest
 
 CMD = ["/bin/true"]

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from .budget import default_memory_budget
-from .engine import default_pool_size
-from .schema import HostTag
+from sandboxd.engine.budget import default_memory_budget
+from sandboxd.engine.engine import default_pool_size
+from sandboxd.schema import HostTag
 
 DEFAULT_PATH = Path("/etc/sandboxd/sandboxd.toml")
 COORDINATOR_PATH = Path("/etc/sandboxd/coordinator.toml")
@@ -40,7 +40,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Bearer token for HTTP; required when `http` is not a loopback address.
     http_token: str = ""
     max_body: Annotated[int, Meta(ge=1024)] = 64 << 20  # bytes, per HTTP body or socket frame
-    # --- limits on input (sandboxd/inbound.py, httpguard.py; README "Limits on input").
+    # --- limits on input (sandboxd/api/inbound.py, httpguard.py; README "Limits on input").
     # Seconds a connection has to deliver a request's headers (HTTP) or its
     # first frame (socket), from connecting or from its first byte after idling.
     http_header_timeout: Annotated[float, Meta(gt=0)] = 10.0
@@ -61,7 +61,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     lang_capacity: dict[str, Annotated[int, Meta(ge=1)]] = msgspec.field(default_factory=dict)
     results_ttl: Annotated[float, Meta(gt=0)] = 600.0  # seconds a finished job's result stays readable
     # Bytes the daemon may hold for jobs: queued and running requests, the compile
-    # cache (sandboxd/budget.py; results live in the job store).  Beyond it new jobs get
+    # cache (sandboxd/engine/budget.py; results live in the job store).  Beyond it new jobs get
     # queue_full (429).  0: a quarter of the host's memory, 256 MiB to 8 GiB.
     memory_budget: Annotated[int, Meta(ge=0)] = 0
     # The durable job store (SQLite): accepted jobs and their results survive a

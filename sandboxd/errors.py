@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import Error
+from sandboxd.schema import Error
 
 
 class ServiceError(Exception):

@@ -14,7 +14,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from .schema import Limits, LimitsPatch, SchemaError
+from sandboxd.schema import Limits, LimitsPatch, SchemaError
 
 
 class Language(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -15,8 +15,8 @@ import pytest
 import uvloop
 from instances import PREFIX, inst
 
-from sandboxd import cgroups
-from sandboxd.engine import Engine, EngineConfig, SourceResult
+from sandboxd.engine.engine import Engine, EngineConfig, SourceResult
+from sandboxd.sandbox import cgroups
 from sandboxd.schema import Limits, RunRequest, RunResult
 
 T = TypeVar("T")

@@ -76,7 +76,7 @@ class Daemon(Served):
         super().__init__(f"sandboxd-{instance}-")
         self.sock = str(self.dir / "sandboxd.sock")
         args = [
-            sys.executable, "-m", "sandboxd.cli", "serve", "--config", str(config or "/dev/null"),
+            sys.executable, "-m", "sandboxd", "serve", "--config", str(config or "/dev/null"),
             "--instance", instance, "--socket", self.sock, "--http", f"127.0.0.1:{self.port}",
             "--pool-size", str(pool_size), "--pid-file", str(self.dir / "sandboxd.pid"),
         ]  # fmt: skip

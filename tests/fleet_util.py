@@ -69,7 +69,7 @@ class Coordinator(Served):
         super().__init__("sandboxd-coord-")
         self.sock = str(self.dir / "coordinator.sock")
         args = [
-            sys.executable, "-m", "sandboxd.cli", "coordinator", "--config", "/dev/null", "--fleet", fleet,
+            sys.executable, "-m", "sandboxd", "coordinator", "--config", "/dev/null", "--fleet", fleet,
             "--socket", self.sock, "--http", f"127.0.0.1:{self.port}",
         ]  # fmt: skip
         self._launch(args, {**os.environ, **(env or {})}, "coordinator", 30)

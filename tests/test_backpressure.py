@@ -18,8 +18,8 @@ from instances import inst
 from prometheus_client.parser import text_string_to_metric_families
 from sandboxd_client import Client, RunRequest, SandboxdError
 
-from sandboxd.budget import COMPILE_CACHE_SHARE
-from sandboxd.engine import EngineConfig
+from sandboxd.engine.budget import COMPILE_CACHE_SHARE
+from sandboxd.engine.engine import EngineConfig
 
 MiB = 1 << 20
 MSGPACK = "application/msgpack"

@@ -225,7 +225,7 @@ def test_stdin_passes_through(engine: SyncEngine) -> None:
 def test_files_in_never_follow_what_a_program_planted(engine: SyncEngine, tmp_path: os.PathLike[str]) -> None:
     """CVE-2024-28185 pattern: a later host-side write into a box a program touched."""
 
-    from sandboxd import boxfiles
+    from sandboxd.sandbox import boxfiles
     from sandboxd.schema import RunRequest
 
     target = os.path.join(tmp_path, "host-file")

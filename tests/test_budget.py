@@ -10,7 +10,7 @@ import pytest
 import uvloop
 
 from sandboxd import config, schema
-from sandboxd.budget import (
+from sandboxd.engine.budget import (
     DEFAULT_CAP,
     DEFAULT_FLOOR,
     OVERHEAD,
@@ -20,7 +20,8 @@ from sandboxd.budget import (
     default_memory_budget,
     nbytes,
 )
-from sandboxd.scheduler import RETRY_MAX, RETRY_MIN, AdmissionQueue, DrainRate, QueueFull, Ticket, retry_after
+from sandboxd.engine.scheduler import AdmissionQueue, QueueFull, Ticket
+from sandboxd.rates import RETRY_MAX, RETRY_MIN, DrainRate, retry_after
 from sandboxd.schema import Submission
 
 MiB = 1 << 20

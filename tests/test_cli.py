@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SANDBOXD = [sys.executable, "-m", "sandboxd.cli"]
+SANDBOXD = [sys.executable, "-m", "sandboxd"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

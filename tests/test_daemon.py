@@ -23,7 +23,7 @@ from daemon_util import CallbackSink, Daemon
 from instances import inst
 from sandboxd_client import AsyncClient, Client, Limits, RunRequest, SandboxdError, Submission, TestCase
 
-from sandboxd import cgroups
+from sandboxd.sandbox import cgroups
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +262,7 @@ def test_bearer_token() -> None:
 
 
 def serve_cmd(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "sandboxd.cli", "serve", *args]
+    cmd = [sys.executable, "-m", "sandboxd", "serve", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
@@ -292,7 +292,7 @@ def test_submit_command_with_a_tests_directory(daemon: Daemon, tmp_path: Path) -
         (tests / f"{i}.out").write_text(f"{2 * i if i != 11 else 0}\n")
     src = tmp_path / "sum.c"
     src.write_text('#include <stdio.h>\nint main(void){long a,b;scanf("%ld %ld",&a,&b);printf("%ld\\n",a+b);}\n')
-    cmd = [sys.executable, "-m", "sandboxd.cli", "submit", "--address", f"unix://{daemon.sock}"]
+    cmd = [sys.executable, "-m", "sandboxd", "submit", "--address", f"unix://{daemon.sock}"]
     p = subprocess.run(
         [*cmd, "--lang", "c", "--tests", str(tests), str(src)], capture_output=True, text=True, timeout=120
     )

@@ -22,8 +22,8 @@ import msgspec
 import pytest
 from conftest import SyncEngine
 
-from sandboxd.box import Box
-from sandboxd.engine import Compiled
+from sandboxd.engine.engine import Compiled
+from sandboxd.sandbox.box import Box
 from sandboxd.schema import STATUSES, Limits, MiB, RunRequest, RunResult, Status
 
 T = TypeVar("T")

@@ -24,10 +24,11 @@ from daemon_util import Daemon, free_port
 from instances import inst
 from sandboxd_client import Client, RunRequest
 
-from sandboxd import cgroups, config, hostlock, sweep
-from sandboxd.engine import UID_FLOOR, EngineConfig
+from sandboxd import config, hostlock
+from sandboxd.engine.engine import UID_FLOOR, EngineConfig, sweep
+from sandboxd.sandbox import cgroups
 
-SANDBOXD = [sys.executable, "-m", "sandboxd.cli"]
+SANDBOXD = [sys.executable, "-m", "sandboxd"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

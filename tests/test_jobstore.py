@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.jobstore import EXPIRED, JobIdInUse, JobStore, NewJob, Stored
+from sandboxd.jobs.store import EXPIRED, JobIdInUse, JobStore, NewJob, Stored
 
 
 def added(s: JobStore, r: NewJob) -> asyncio.Future[Stored | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import SyncEngine
 
-from sandboxd.judge import judge
+from sandboxd.judging.judge import judge
 from sandboxd.schema import Checker, Limits, LimitsPatch, Program, Submission, SubmissionResult, TestCase
 
 ECHO_C = """#include <stdio.h>

@@ -1,5 +1,5 @@
 """Idempotency keys at the edges, on a real daemon: a keyed retry gets its
-job whatever the queue holds and across a clean stop (sandboxd.service)."""
+job whatever the queue holds and across a clean stop (sandboxd.jobs.service)."""
 
 from __future__ import annotations
 

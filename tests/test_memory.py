@@ -5,7 +5,7 @@ page cache; which cgroup they are charged to, if any, depends on who read them
 first and what evicted them since.  The same program must get the same verdict
 and a memory figure within 1 MiB whether the runtime's pages are cold (evicted
 here first), warm in a box's cgroup (the same run again) or warm in someone
-else's (read by this test process).  See sandboxd/memstat.py.
+else's (read by this test process).  See sandboxd/sandbox/memstat.py.
 """
 
 from __future__ import annotations

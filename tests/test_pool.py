@@ -13,8 +13,8 @@ from pathlib import Path
 from conftest import SyncEngine
 from instances import inst
 
-from sandboxd import cgroups
-from sandboxd.engine import Engine, EngineConfig
+from sandboxd.engine.engine import Engine, EngineConfig
+from sandboxd.sandbox import cgroups
 from sandboxd.schema import Limits, RunRequest
 
 
@@ -69,7 +69,7 @@ def test_box_recycled_after_max_runs() -> None:
 CRASHER = textwrap.dedent(
     """
     import sys, time, uvloop
-    from sandboxd.engine import Engine, EngineConfig
+    from sandboxd.engine.engine import Engine, EngineConfig
     from sandboxd.schema import RunRequest
     async def main():
         eng = await Engine.start(EngineConfig(instance=sys.argv[1], pool_size=2))

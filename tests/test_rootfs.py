@@ -13,13 +13,13 @@ from daemon_util import Daemon
 from instances import inst
 from sandboxd_client import Client, Submission, TestCase
 
-from sandboxd import rootfsbuild
+from sandboxd.rootfs import store as rootfsbuild
 
 PROBE = b"import os, sys\nprint(os.path.exists('/usr/bin/gcc'), sys.version_info[:2] == (3, 11))\n"
 
 
 def sandboxd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sandboxd.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "sandboxd", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

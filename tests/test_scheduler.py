@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from sandboxd.scheduler import AdmissionQueue, QueueDeadline, QueueFull
+from sandboxd.engine.scheduler import AdmissionQueue, QueueDeadline, QueueFull
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:

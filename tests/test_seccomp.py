@@ -24,8 +24,8 @@ from typing import Any
 import pyseccomp as sc
 import pytest
 
-from sandboxd import seccomp
-from sandboxd.seccomp import Rule
+from sandboxd.sandbox import seccomp
+from sandboxd.sandbox.seccomp import Rule
 
 MARK = 1000  # markers 1000..; the kernel caps SECCOMP_RET_ERRNO data at 4095
 HIGH = (1 << 32, 0xFFFFFFFF << 32, 1 << 63)  # set, sign-extended, top bit

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from conftest import SyncEngine
 
 from sandboxd import schema
-from sandboxd.jobs import LISTENERS
+from sandboxd.jobs.service import Service
+from sandboxd.jobs.table import LISTENERS
 from sandboxd.schema import RunRequest, Submission
-from sandboxd.service import Service
 
 
 def test_a_job_cancelled_before_its_first_step_finishes(engine: SyncEngine) -> None:

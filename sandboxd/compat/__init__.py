@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
-from .. import callbacks
-from ..engine import Compiled, Engine
-from ..languages import Language
-from ..schema import FileIn, JobInfo, Limits, RunResult
+from sandboxd.engine.engine import Compiled, Engine
+from sandboxd.jobs import callbacks
+from sandboxd.languages import Language
+from sandboxd.schema import FileIn, JobInfo, Limits, RunResult
 
 if TYPE_CHECKING:
-    from .jobs import Spec
+    from sandboxd.compat.jobs import Spec
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import stat
 import struct
 import zipfile
 
-from ..schema import FileIn, SchemaError, check_box_path
+from sandboxd.schema import FileIn, SchemaError, check_box_path
 
 KiB = 1024
 MAX_EXTRACT_FILES = 1000  # entries of an additional_files zip (directories included)
@@ -35,7 +35,7 @@ def encode64(data: bytes) -> str:
 
 
 # Characters per C call: each takes about a millisecond, so a decoding thread
-# (sandboxd.inbound.offload) gives the event loop the GIL between calls.
+# (sandboxd.api.inbound.offload) gives the event loop the GIL between calls.
 _CHUNK = 1 << 20
 
 

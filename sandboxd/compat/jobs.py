@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from ..engine import Engine
-from ..schema import JobInfo, RunResult, SubmissionResult, Verdict, check_box_path
-from . import Compiler, judge0, piston
+from sandboxd.compat import Compiler, judge0, piston
+from sandboxd.engine.engine import Engine
+from sandboxd.schema import JobInfo, RunResult, SubmissionResult, Verdict, check_box_path
 
 Spec = judge0.Request | piston.Job
 KIND = "compat"  # the fleet job kind

@@ -69,12 +69,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ..engine import Engine
-from ..errors import ServiceError
-from ..inbound import offload
-from ..judge import STATUS_VERDICT, test_result
-from ..languages import Language
-from ..schema import (
+from sandboxd.api.inbound import offload
+from sandboxd.api.wire import check_idempotency_key
+from sandboxd.compat import Backend, Compiler, Served, put_json, run_program
+from sandboxd.compat.archive import decode64, encode64, extract_zip
+from sandboxd.engine.engine import Engine
+from sandboxd.errors import ServiceError
+from sandboxd.judging.judge import STATUS_VERDICT, test_result
+from sandboxd.languages import Language
+from sandboxd.schema import (
     FileIn,
     JobInfo,
     Limits,
@@ -84,9 +87,6 @@ from ..schema import (
     TestResult,
     Verdict,
 )
-from ..wire import check_idempotency_key
-from . import Backend, Compiler, Served, put_json, run_program
-from .archive import decode64, encode64, extract_zip
 
 VERSION = "1.13.1"
 KiB = 1024

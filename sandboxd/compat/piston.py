@@ -50,12 +50,14 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ..engine import Engine
-from ..errors import ServiceError
-from ..inbound import offload
-from ..judge import STATUS_VERDICT, test_result
-from ..languages import Language
-from ..schema import (
+from sandboxd.api.inbound import offload
+from sandboxd.compat import Backend, Compiler, Served, run_program
+from sandboxd.compat.archive import decode64
+from sandboxd.engine.engine import Engine
+from sandboxd.errors import ServiceError
+from sandboxd.judging.judge import STATUS_VERDICT, test_result
+from sandboxd.languages import Language
+from sandboxd.schema import (
     MAX_MEMORY,
     FileIn,
     JobInfo,
@@ -66,8 +68,6 @@ from ..schema import (
     Verdict,
     check_box_path,
 )
-from . import Backend, Compiler, Served, run_program
-from .archive import decode64
 
 MiB = 1 << 20
 RUN_CPU_MS = 3000

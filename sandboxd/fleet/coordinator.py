@@ -22,15 +22,19 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
-from .. import callbacks
-from ..compat import Load, Served
-from ..compat import jobs as compat_jobs
-from ..config import Config
-from ..errors import ServiceError, error
-from ..fingerprint import Op, Spec, fingerprint
-from ..languages import Language
-from ..scheduler import retry_after
-from ..schema import (
+from sandboxd.api.wire import check_idempotency_key
+from sandboxd.compat import Load, Served
+from sandboxd.compat import jobs as compat_jobs
+from sandboxd.config import Config
+from sandboxd.errors import ServiceError, error
+from sandboxd.fleet.events import Events, Snapshot
+from sandboxd.fleet.keys import COMPAT_QUEUE, RUN_LANG, queue_name
+from sandboxd.fleet.store import FleetStore, OutageLog, transient
+from sandboxd.jobs import callbacks
+from sandboxd.jobs.fingerprint import Op, Spec, fingerprint
+from sandboxd.languages import Language
+from sandboxd.rates import retry_after
+from sandboxd.schema import (
     Error,
     JobInfo,
     RunRequest,
@@ -40,10 +44,6 @@ from ..schema import (
     validate_run,
     validate_submission,
 )
-from ..wire import check_idempotency_key
-from .events import Events, Snapshot
-from .keys import COMPAT_QUEUE, RUN_LANG, queue_name
-from .store import FleetStore, OutageLog, transient
 
 log = logging.getLogger(__name__)
 _enc = msgspec.msgpack.Encoder()
@@ -57,7 +57,7 @@ def _unix(ms: bytes | None) -> float | None:
 
 def _idem(key: str | None, op: Op, spec: Spec, callback_url: str | None = None) -> tuple[str, str] | None:
     """(key, fingerprint) for the enqueue script: the key is bound to the
-    request as on a daemon (sandboxd.fingerprint)."""
+    request as on a daemon (sandboxd.jobs.fingerprint)."""
     if check_idempotency_key(key) is None:
         return None
     return str(key), fingerprint(op, spec, callback_url).hex()
@@ -540,7 +540,7 @@ class Coordinator:
 
 
 def routes(coord: Coordinator) -> Callable[[web.Application], None]:
-    from ..httpserver import reply
+    from sandboxd.api.httpserver import reply
 
     async def list_hosts(req: web.Request) -> web.Response:
         return reply(req, await coord.hosts())
@@ -565,7 +565,7 @@ DEFAULTS = {"socket": "/run/sandboxd-coordinator/coordinator.sock", "http": "127
 
 
 async def serve(cfg: Config) -> int:
-    from ..daemon import serve_frontend
+    from sandboxd.app.daemon import serve_frontend
 
     if not cfg.fleet:
         raise ValueError("fleet: the coordinator needs the fleet's Redis URL (config `fleet` or SANDBOXD_FLEET)")

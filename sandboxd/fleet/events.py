@@ -18,9 +18,9 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..scheduler import DrainRate
-from ..schema import JobInfo, TestResult
-from .store import FleetStore, OutageLog
+from sandboxd.fleet.store import FleetStore, OutageLog
+from sandboxd.rates import DrainRate
+from sandboxd.schema import JobInfo, TestResult
 
 
 class Events:

@@ -27,9 +27,12 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ..compat import jobs as compat_jobs
-from ..errors import ServiceError
-from ..schema import (
+from sandboxd.compat import jobs as compat_jobs
+from sandboxd.errors import ServiceError
+from sandboxd.fleet.keys import RUN_LANG, queue_name
+from sandboxd.fleet.store import Beat, Claimed, Displaced, FleetStore, OutageLog, Unregistered, transient
+from sandboxd.jobs.service import Job, Service
+from sandboxd.schema import (
     Error,
     JobInfo,
     RunRequest,
@@ -39,9 +42,6 @@ from ..schema import (
     validate_run,
     validate_submission,
 )
-from ..service import Job, Service
-from .keys import RUN_LANG, queue_name
-from .store import Beat, Claimed, Displaced, FleetStore, OutageLog, Unregistered, transient
 
 log = logging.getLogger(__name__)
 

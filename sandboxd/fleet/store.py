@@ -21,8 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..schema import Error, JobInfo, TestResult
-from .keys import EPOCH_MS, Keys
+from sandboxd.fleet.keys import EPOCH_MS, Keys
+from sandboxd.schema import Error, JobInfo, TestResult
 
 log = logging.getLogger(__name__)
 LUA = resources.files("sandboxd").joinpath("data/fleet.lua").read_text()

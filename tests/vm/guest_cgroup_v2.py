@@ -31,9 +31,9 @@ from typing import Any
 
 import uvloop
 
-from sandboxd import cgroups
-from sandboxd.engine import Engine, EngineConfig
-from sandboxd.memstat import MemoryUse
+from sandboxd.engine.engine import Engine, EngineConfig
+from sandboxd.sandbox import cgroups
+from sandboxd.sandbox.memstat import MemoryUse
 from sandboxd.schema import FileIn, Limits, RunRequest, RunResult
 
 INSTANCE = "vmtest"

@@ -340,7 +340,7 @@ def test_kill_9_restarts_and_leaves_nothing_behind(vm: VM, service: dict[str, An
     t = time.monotonic()
     vm.run(["kill", "-9", old["MainPID"]], check=True)
     # The three runs were acknowledged, so the new daemon runs them again from
-    # its job store (sandboxd.jobstore): clean once they are done.
+    # its job store (sandboxd.jobs.store): clean once they are done.
     after = wait_for(
         vm,
         lambda s: (

@@ -1,0 +1,279 @@
+"""HTTP API (aiohttp): the same operations as the Unix socket, JSON or msgpack bodies.
+
+Request body format follows Content-Type (application/json, application/msgpack
+or application/x-msgpack); the reply uses Accept, else the request's format.
+In JSON, bytes fields (stdin, source, stdout...) are base64 strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from sandboxd.api import replies
+from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
+from sandboxd.api.inbound import Inbound, offload
+from sandboxd.api.inbound import default as default_inbound
+from sandboxd.api.openapi import document
+from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
+from sandboxd.compat import judge0, piston
+from sandboxd.errors import ServiceError
+from sandboxd.schema import Error
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "queue_full": 429,
+    "cancelled": 409,
+    "conflict": 422,
+    "internal": 500,
+    "draining": 503,
+    "queue_deadline": 504,
+}
+MSGPACK = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+SVC: web.AppKey[Frontend] = web.AppKey("service")
+TOKEN: web.AppKey[str] = web.AppKey("token", str)
+SVC_MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+INBOUND: web.AppKey[Inbound] = web.AppKey("inbound", Inbound)
+
+
+def _fmt_in(req: web.Request) -> Format:
+    return "msgpack" if req.content_type in MSGPACK else "json"
+
+
+def _fmt_out(req: web.Request) -> Format:
+    accept = req.headers.get("Accept", "")
+    if any(m in accept for m in MSGPACK):
+        return "msgpack"
+    if "application/json" in accept:
+        return "json"
+    return _fmt_in(req) if req.body_exists else "json"
+
+
+def _encode(fmt: Format, payload: Any) -> tuple[bytes, str]:
+    if fmt == "msgpack":
+        return msgspec.msgpack.encode(payload), MSGPACK[0]
+    return msgspec.json.encode(payload), "application/json"
+
+
+def reply(req: web.Request, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    body, ctype = _encode(_fmt_out(req), payload)
+    return web.Response(body=body, status=status, content_type=ctype, headers=headers)
+
+
+async def big_reply(req: web.Request, payload: Any, status: int = 200) -> web.Response:
+    """reply(), encoded off the event loop when the result is large (a run's
+    files out in base64 JSON: 24 MiB took the loop for a second; sandboxd.api.replies)."""
+    fmt = _fmt_out(req)
+    body = await offload(replies.payload_bytes(payload), replies.encode, fmt, payload)
+    return web.Response(body=body, status=status, content_type=MSGPACK[0] if fmt == "msgpack" else "application/json")
+
+
+def error_reply(req: web.Request, err: Error, status: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after else None
+    return reply(req, {"error": err}, status or STATUS.get(err.code, 500), headers)
+
+
+@web.middleware
+async def errors_and_auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    guard = GUARDS.get(request.transport)
+    if guard is not None:
+        guard.busy()  # handled now: no header or idle deadline until the reply is out
+    try:
+        return await _handle(request, handler)
+    finally:
+        if guard is not None:
+            guard.idle()
+
+
+async def _handle(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    token = request.app[TOKEN]
+    if token and request.path not in ("/healthz", "/readyz"):
+        got = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+            return error_reply(request, Error("unauthorized", "missing or wrong bearer token"))
+    try:
+        return await with_body(request, handler)
+    except ServiceError as e:
+        return error_reply(request, e.err)
+    except web.HTTPRequestEntityTooLarge:
+        return error_reply(request, Error("bad_request", f"body: larger than {request.app[SVC_MAX_BODY]} bytes"), 413)
+    except web.HTTPException:
+        raise
+    except Exception as e:
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        return error_reply(request, Error("internal", f"internal error: {e}"))
+
+
+async def with_body(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The handler, once the body is in: read first, within http_body_timeout
+    and the daemon-wide max_receiving_bytes (reserved from Content-Length before
+    a byte is read, max_body for a chunked body); handlers then get it from
+    memory.  A body declared larger than max_body is left to the handler's own
+    read, which refuses it in its API's format after max_body bytes, under the
+    same deadline and reservation."""
+    if not request.body_exists:
+        return await handler(request)
+    inbound, max_body = request.app[INBOUND], request.app[SVC_MAX_BODY]
+    declared = request.content_length
+    cost = max_body if declared is None else min(declared, max_body)
+    if not inbound.receiving.try_acquire(cost):
+        why = (
+            f"the daemon is receiving {inbound.receiving.used} bytes of request bodies "
+            f"(max_receiving_bytes {inbound.max_receiving_bytes}): retry later"
+        )
+        resp = error_reply(request, Error("queue_full", why, RETRY_AFTER), 503)
+        resp.force_close()  # the body stays unread: the connection cannot carry another request
+        return resp
+    try:
+        async with asyncio.timeout(inbound.body_timeout):
+            if declared is not None and declared > max_body:
+                return await handler(request)
+            await request.read()
+    except TimeoutError:
+        why = f"body: not received within http_body_timeout ({inbound.body_timeout} s)"
+        resp = error_reply(request, Error("bad_request", why), 408)
+        resp.force_close()
+        return resp
+    finally:
+        inbound.receiving.release(cost)
+    return await handler(request)
+
+
+def _wait_flag(request: web.Request) -> bool:
+    v = request.query.get("wait", "true").lower()
+    if v not in ("true", "false", "1", "0"):
+        raise ServiceError(Error("bad_request", "wait: must be true or false"))
+    return v in ("true", "1")
+
+
+def idempotency_key(req: web.Request) -> str | None:
+    """The Idempotency-Key header, checked (the Judge0 and Piston APIs take it too)."""
+    return check_idempotency_key(req.headers.get("Idempotency-Key"), "Idempotency-Key header")
+
+
+async def _post(req: web.Request, op: str) -> web.Response:
+    wait = _wait_flag(req)
+    cb = req.query.get("callback_url")
+    key = idempotency_key(req)
+    res = await dispatch(
+        req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
+    )
+    return await big_reply(req, res, 200 if wait else 202)
+
+
+async def post_run(req: web.Request) -> web.Response:
+    return await _post(req, "run")
+
+
+async def post_submission(req: web.Request) -> web.Response:
+    return await _post(req, "submit")
+
+
+async def get_job(req: web.Request) -> web.Response:
+    ref = msgspec.json.encode({"job": req.match_info["job"]})
+    timeout = req.query.get("wait")
+    if timeout is None:
+        return await big_reply(req, await dispatch(req.app[SVC], "get", ref, "json"))
+    try:
+        secs = min(float(timeout), 300.0)
+    except ValueError:
+        raise ServiceError(Error("bad_request", "wait: seconds to wait for the job, a number")) from None
+    return await big_reply(req, await dispatch(req.app[SVC], "wait", ref, "json", timeout=secs))
+
+
+async def delete_job(req: web.Request) -> web.Response:
+    ref = msgspec.json.encode({"job": req.match_info["job"]})
+    return reply(req, await dispatch(req.app[SVC], "cancel", ref, "json"))
+
+
+async def status(req: web.Request) -> web.Response:
+    return reply(req, await req.app[SVC].status_info())
+
+
+async def languages(req: web.Request) -> web.Response:
+    return reply(req, await req.app[SVC].language_list())
+
+
+async def metrics(req: web.Request) -> web.Response:
+    return web.Response(body=await req.app[SVC].metrics_text(), content_type="text/plain", charset="utf-8")
+
+
+async def healthz(req: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(req: web.Request) -> web.Response:
+    svc = req.app[SVC]
+    ready = svc.ready()
+    body: dict[str, object] = {"ready": ready}
+    reason = getattr(svc, "unready_reason", None)  # a daemon says why; the coordinator has no such method
+    if not ready and reason is not None:
+        body["reason"] = reason()
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def openapi(req: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+def make_app(
+    svc: Frontend,
+    token: str = "",
+    max_body: int = 64 << 20,
+    judge0_prefix: str = "",
+    piston_prefix: str = "",
+    extra_routes: Callable[[web.Application], None] | None = None,
+    inbound: Inbound | None = None,
+) -> web.Application:
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=max_body)
+    app[SVC] = svc
+    app[TOKEN] = token
+    app[SVC_MAX_BODY] = max_body
+    app[INBOUND] = inbound or default_inbound()
+    app.router.add_post("/v1/runs", post_run)
+    app.router.add_post("/v1/submissions", post_submission)
+    app.router.add_get("/v1/jobs/{job}", get_job)
+    app.router.add_delete("/v1/jobs/{job}", delete_job)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/languages", languages)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)
+    if extra_routes is not None:
+        extra_routes(app)
+    # Judge0 and Piston on the same Frontend: a host daemon runs their jobs
+    # itself, a coordinator enqueues them as fleet jobs (sandboxd.compat).
+    for prefix, compat_app in ((judge0_prefix, judge0.make_app), (piston_prefix, piston.make_app)):
+        if prefix:
+            app.add_subapp(prefix, compat_app(svc))
+    return app
+
+
+def make_compat_app(
+    svc: Frontend, api: str, token: str = "", max_body: int = 64 << 20, inbound: Inbound | None = None
+) -> web.Application:
+    """One compatibility API at the root of a listener of its own (`judge0_http`,
+    `piston_http`): the same bearer token and body limit as the main listener."""
+    make = judge0.make_app if api == "judge0" else piston.make_app
+    app = make(svc, middlewares=[errors_and_auth], client_max_size=max_body)
+    app[TOKEN] = token
+    app[SVC_MAX_BODY] = max_body
+    app[INBOUND] = inbound or default_inbound()
+    return app

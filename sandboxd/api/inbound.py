@@ -1,0 +1,147 @@
+"""Bounds on what the daemon takes in, shared by every transport.
+
+- `ByteGate`: bytes held at once by one kind of work, FIFO, with a fast
+  refusal (`try_acquire`) or a wait (`acquire`).
+- `offload`: CPU-heavy decoding of large inputs (JSON/msgpack bodies, base64,
+  zips) on a small thread pool instead of the event loop, bounded in jobs at
+  once (the pool's threads) and in input bytes admitted (a ByteGate); small
+  inputs, the common case, are decoded inline at no cost.
+- `Inbound`: the daemon-wide state of the transports' limits (connections
+  open, bytes being received), built once from the configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+MiB = 1 << 20
+
+# Inputs below this are decoded inline: a thread hop costs more than they do.
+INLINE_BELOW = 256 << 10
+OFFLOAD_WORKERS = 2  # jobs decoding at once; the host has few cores and boxes need them
+OFFLOAD_BYTES = 256 * MiB  # input bytes admitted to the pool at once (running or waiting for a thread)
+
+
+class ByteGate:
+    """A counting semaphore over bytes.  A request larger than the whole capacity
+    is let through alone (when nothing else holds the gate) rather than never."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def _fits(self, n: int) -> bool:
+        return self.used + n <= self.capacity or self.used == 0
+
+    def try_acquire(self, n: int) -> bool:
+        if self._waiters or not self._fits(n):
+            return False
+        self.used += n
+        return True
+
+    async def acquire(self, n: int) -> None:
+        if self.try_acquire(n):
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, fut)
+        self._waiters.append(entry)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(n)  # granted just as we were cancelled: give it back
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            n, fut = self._waiters.popleft()
+            if not fut.done():
+                self.used += n
+                fut.set_result(None)
+
+
+class Offload:
+    def __init__(self, workers: int = OFFLOAD_WORKERS, max_bytes: int = OFFLOAD_BYTES) -> None:
+        self.workers = workers
+        self.gate = ByteGate(max_bytes)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def run(self, cost: int, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args): inline when `cost` (input bytes) is small, else on the pool."""
+        if cost < INLINE_BELOW:
+            return fn(*args)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="sandboxd-decode")
+        await self.gate.acquire(cost)
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        # Released when the thread is done, not when a cancelled caller stops waiting.
+        fut.add_done_callback(lambda _f: self.gate.release(cost))
+        return await asyncio.shield(fut)
+
+
+OFFLOAD = Offload()
+
+
+async def offload(cost: int, fn: Callable[..., T], *args: Any) -> T:
+    return await OFFLOAD.run(cost, fn, *args)
+
+
+@dataclasses.dataclass
+class Listener:
+    """Connections open on one listener (an HTTP port, the Unix socket)."""
+
+    cap: int
+    open: int = 0
+    probing: int = 0  # HTTP: over the cap, waiting to show a health check
+
+
+@dataclasses.dataclass
+class Inbound:
+    """The transports' limits and their daemon-wide state.  The limits' defaults
+    are the configuration's (sandboxd.config, `from_config`)."""
+
+    header_timeout: float
+    body_timeout: float
+    idle_timeout: float
+    socket_idle_timeout: float
+    max_connections: int  # all listeners and the Unix socket together
+    max_connections_per_listener: int
+    max_receiving_bytes: int
+    connections: int = 0
+    receiving: ByteGate = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.receiving = ByteGate(self.max_receiving_bytes)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Inbound:
+        return cls(
+            header_timeout=cfg.http_header_timeout,
+            body_timeout=cfg.http_body_timeout,
+            idle_timeout=cfg.http_idle_timeout,
+            socket_idle_timeout=cfg.socket_idle_timeout,
+            max_connections=cfg.max_connections,
+            max_connections_per_listener=cfg.max_connections_per_listener,
+            max_receiving_bytes=cfg.max_receiving_bytes,
+        )
+
+
+def default() -> Inbound:
+    """The configured defaults, for an app or server built without a configuration (tests)."""
+    from sandboxd.config import Config  # (config imports the engine: only when needed)
+
+    return Inbound.from_config(Config())

@@ -1,0 +1,134 @@
+"""The OpenAPI document, generated from the schema types so it cannot drift from them."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from sandboxd.schema import Error, JobInfo, RunRequest, RunResult, Submission, SubmissionResult
+
+
+def _body(ref: str) -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{ref}"}
+    return {"content": {"application/json": {"schema": schema}, "application/msgpack": {"schema": schema}}}
+
+
+def _resp(ref: str, desc: str = "OK") -> dict[str, Any]:
+    return {"description": desc, **_body(ref)}
+
+
+def _get(summary: str, public: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK"}}}
+    if public:
+        op["security"] = []
+    return {"get": op}
+
+
+_ERRORS = {
+    str(code): _resp("ErrorReply", desc)
+    for code, desc in (
+        (400, "invalid input: the message names the field"),
+        (401, "missing or wrong bearer token"),
+        (413, "body too large"),
+        (422, "conflict: the Idempotency-Key was used for a different request"),
+        (429, "queue full; see Retry-After"),
+        (503, "draining; see Retry-After"),
+    )
+}
+_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "description": "1..255 printable ASCII characters: the same key and request name the same job for results_ttl",
+    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+}
+_CALLBACK = {
+    "name": "callback_url",
+    "in": "query",
+    "schema": {"type": "string", "format": "uri"},
+    "description": "POST the finished JobInfo (JSON) here; non-public addresses refused unless configured",
+}
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "schema": {"type": "boolean", "default": True},
+    "description": "false: reply 202 with the job id at once; poll GET /v1/jobs/{job}",
+}
+
+
+@cache
+def document() -> dict[str, Any]:
+    class ErrorReply(msgspec.Struct):
+        error: Error
+
+    (_, _, _, _, _, _, _), components = msgspec.json.schema_components(
+        (RunRequest, RunResult, Submission, SubmissionResult, JobInfo, Error, ErrorReply),
+        ref_template="#/components/schemas/{name}",
+    )
+    job = {"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sandboxd",
+            "version": "1",
+            "description": "Run untrusted code in warm sandboxes. Bytes fields are base64 strings in JSON, "
+            "binary in msgpack. The Unix socket offers the same operations (docs/protocol.md).",
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/runs": {
+                "post": {
+                    "summary": "Run one program",
+                    "parameters": [_WAIT, _CALLBACK, _KEY],
+                    "requestBody": {"required": True, **_body("RunRequest")},
+                    "responses": {"200": _resp("RunResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
+                }
+            },
+            "/v1/submissions": {
+                "post": {
+                    "summary": "Judge a submission: compile, run tests in parallel, check",
+                    "parameters": [_WAIT, _CALLBACK, _KEY],
+                    "requestBody": {"required": True, **_body("Submission")},
+                    "responses": {"200": _resp("SubmissionResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
+                }
+            },
+            "/v1/jobs/{job}": {
+                "get": {
+                    "summary": "A job's state and result",
+                    "parameters": [
+                        job,
+                        {"name": "wait", "in": "query", "schema": {"type": "number", "maximum": 300}},
+                    ],
+                    "responses": {"200": _resp("JobInfo"), "404": _resp("ErrorReply", "unknown or expired")},
+                },
+                "delete": {
+                    "summary": "Cancel a queued or running job",
+                    "parameters": [job],
+                    "responses": {"200": _resp("JobInfo"), "404": _resp("ErrorReply", "unknown or expired")},
+                },
+            },
+            "/v1/status": {
+                "get": {"summary": "Pools, queues and recent run times", "responses": {"200": {"description": "OK"}}}
+            },
+            "/v1/languages": {"get": {"summary": "Languages served", "responses": {"200": {"description": "OK"}}}},
+            "/metrics": {
+                "get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "OK"}}}
+            },
+            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "OK"}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness (warm boxes, not draining, not healing)",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "OK"},
+                        "503": {"description": "not ready: {ready: false, reason}"},
+                    },
+                }
+            },
+        },
+    }

@@ -1,0 +1,64 @@
+"""Encoding large results (HTTP replies) without holding the event loop.
+
+A run's files out and output travel in the result: 64 MiB of files is ~86 MiB
+of base64 in JSON, and one msgspec.json.encode call over it held the GIL for
+hundreds of milliseconds even on a worker thread.  `encode` (run on the
+offload pool, sandboxd.api.inbound) base64-encodes each large bytes field in 3 MiB
+C calls first, so the event loop gets the GIL between them, and hands msgspec
+the result as msgspec.Raw to copy.
+"""
+
+from __future__ import annotations
+
+import binascii
+from typing import Any, Literal
+
+import msgspec
+
+from sandboxd.schema import FileOut, JobInfo, RunResult, SubmissionResult
+
+LARGE = 1 << 20  # bytes fields above this are pre-encoded in chunks
+_CHUNK = 3 << 20  # a multiple of 3: chunks encode to base64 without padding
+
+
+def payload_bytes(payload: Any) -> int:
+    """The bytes a result carries (stdout, stderr, files): what encoding it costs."""
+    if isinstance(payload, JobInfo):
+        return payload_bytes(payload.result)
+    if isinstance(payload, RunResult):
+        return len(payload.stdout) + len(payload.stderr) + sum(len(f.content or b"") for f in payload.files)
+    if isinstance(payload, SubmissionResult):
+        return sum(payload_bytes(r) for r in payload.runs) + sum(len(t.stdout) + len(t.stderr) for t in payload.tests)
+    return 0
+
+
+def _b64(data: bytes) -> Any:
+    if len(data) <= LARGE:
+        return data
+    view = memoryview(data)
+    parts = [binascii.b2a_base64(view[i : i + _CHUNK], newline=False) for i in range(0, len(data), _CHUNK)]
+    return msgspec.Raw(b'"' + b"".join(parts) + b'"')
+
+
+def _run(r: RunResult) -> RunResult:
+    if payload_bytes(r) <= LARGE:
+        return r
+    # (Raw where bytes are declared: msgspec encodes what it is given, unchecked.)
+    files = [FileOut(f.path, _b64(f.content), f.error) if f.content else f for f in r.files]
+    return msgspec.structs.replace(r, stdout=_b64(r.stdout), stderr=_b64(r.stderr), files=files)
+
+
+def _prepared(payload: Any) -> Any:
+    if isinstance(payload, JobInfo) and payload.result is not None:
+        return msgspec.structs.replace(payload, result=_prepared(payload.result))
+    if isinstance(payload, RunResult):
+        return _run(payload)
+    if isinstance(payload, SubmissionResult) and payload.runs:
+        return msgspec.structs.replace(payload, runs=[_run(r) for r in payload.runs])
+    return payload
+
+
+def encode(fmt: Literal["json", "msgpack"], payload: Any) -> bytes:
+    if fmt == "msgpack":
+        return msgspec.msgpack.encode(payload)  # bytes are copied as they are: no base64 to spread out
+    return msgspec.json.encode(_prepared(payload))

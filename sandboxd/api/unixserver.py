@@ -1,0 +1,269 @@
+"""msgpack frames over a Unix socket: many requests in flight per connection.
+
+Frame: a 4-byte big-endian length, then one msgpack map.  Requests carry an
+id; replies and events carry it back, in whatever order jobs finish.  The
+format is specified in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import struct
+from typing import Any
+
+import msgspec
+
+from sandboxd.api import unixsocket
+from sandboxd.api.inbound import Inbound, Listener
+from sandboxd.api.inbound import default as default_inbound
+from sandboxd.api.wire import Frontend, dispatch
+from sandboxd.errors import ServiceError
+from sandboxd.schema import Error, Request, TestResult
+
+log = logging.getLogger(__name__)
+LEN = struct.Struct(">I")
+_enc = msgspec.msgpack.Encoder()
+_req_dec = msgspec.msgpack.Decoder(Request)
+
+
+class _Conn:
+    def __init__(
+        self,
+        svc: Frontend,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        max_frame: int,
+        inbound: Inbound,
+        listener: Listener,
+    ) -> None:
+        self.svc = svc
+        self.inbound = inbound
+        self.listener = listener
+        self.reader = reader
+        self.writer = writer
+        self.max_frame = max_frame
+        self.inflight: dict[Any, asyncio.Task[None]] = {}
+        self.jobs: dict[Any, str] = {}  # request id -> job id, for cancel-by-request
+        self.kept: set[Any] = set()  # requests with an idempotency key: their client comes back for the job
+        self.cancels: set[asyncio.Task[Any]] = set()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.writer.is_closing():
+            return
+        data = _enc.encode(msg)
+        self.writer.write(LEN.pack(len(data)) + data)  # one write: frames never interleave
+
+    def send_error(self, rid: Any, err: Error) -> None:
+        self.send({"id": rid, "ok": False, "error": err})
+
+    async def serve(self) -> None:
+        inb, lst = self.inbound, self.listener
+        if lst.open >= lst.cap or inb.connections >= inb.max_connections:
+            why = f"too many connections (at most {lst.cap} on the socket, {inb.max_connections} in all): retry"
+            self.send({"id": None, "ok": False, "error": Error("queue_full", why, 1.0)})
+            self.writer.close()
+            return
+        lst.open += 1
+        inb.connections += 1
+        try:
+            await self._frames()
+        finally:
+            lst.open -= 1
+            inb.connections -= 1
+            # A vanished client cannot read its results: stop what it was waiting for.
+            for t in self.inflight.values():
+                t.cancel()
+            # (Not while stopping: then the connection closes because we do, and a
+            # coordinator's jobs live on for the client to read elsewhere.)
+            if not self.svc.draining:
+                for jid in {j for rid, j in self.jobs.items() if rid not in self.kept}:
+                    self._spawn(self._cancel_quietly(jid))
+            self.writer.close()
+
+    async def _head(self, first: bool) -> bytes | None:
+        """The next frame's length prefix; None when the client went away or idled
+        out: a first frame must come within http_header_timeout, later ones (with
+        nothing in flight) within socket_idle_timeout."""
+        timeout = self.inbound.header_timeout if first else self.inbound.socket_idle_timeout
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self.reader.readexactly(4)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return None
+            except TimeoutError:
+                if self.inflight:
+                    continue  # waiting for its results is not idling
+                if not first:
+                    why = f"connection idle for {timeout:g} s (socket_idle_timeout): closed, reconnect"
+                    self.send_error(None, Error("bad_request", why))
+                return None
+
+    async def _body(self, n: int) -> bytes | None:
+        """The frame's n bytes, within http_body_timeout and the daemon-wide
+        max_receiving_bytes (waited for, up to the same timeout: the socket's
+        reader stops reading meanwhile, so the client is held back, not buffered)."""
+        gate, timeout = self.inbound.receiving, self.inbound.body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await gate.acquire(n)
+        except TimeoutError:
+            why = f"the daemon is receiving {gate.used} bytes (max_receiving_bytes {gate.capacity}): retry"
+            self.send_error(None, Error("queue_full", why, 1.0))
+            return None
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.reader.readexactly(n)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        except TimeoutError:
+            self.send_error(None, Error("bad_request", f"frame of {n} bytes not received within {timeout:g} s"))
+            return None
+        finally:
+            gate.release(n)
+
+    async def _frames(self) -> None:
+        first = True
+        while True:
+            head = await self._head(first)
+            if head is None:
+                return
+            first = False
+            (n,) = LEN.unpack(head)
+            if n > self.max_frame:
+                # Cannot skip a frame we will not read: say why and hang up.
+                self.send_error(None, Error("bad_request", f"frame of {n} bytes, more than {self.max_frame}"))
+                await self._drain()
+                return
+            data = await self._body(n)
+            if data is None:
+                await self._drain()
+                return
+            self.handle(data)
+            if not await self._drain():
+                return
+
+    async def _drain(self) -> bool:
+        """False when the client has not read its replies for http_body_timeout."""
+        try:
+            async with asyncio.timeout(self.inbound.body_timeout):
+                await self.writer.drain()
+            return True
+        except TimeoutError:
+            self.writer.transport.abort()
+            return False
+        except ConnectionError:
+            return False
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.ensure_future(coro)
+        self.cancels.add(t)
+        t.add_done_callback(self.cancels.discard)
+
+    async def _cancel_quietly(self, jid: str) -> None:
+        with contextlib.suppress(ServiceError):
+            await self.svc.cancel_job(jid)
+
+    def handle(self, data: bytes) -> None:
+        try:
+            req = _req_dec.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+            # (msgspec reports invalid UTF-8 in a msgpack str as UnicodeDecodeError,
+            # nesting deeper than the interpreter's recursion limit as RecursionError.)
+            rid = None
+            with contextlib.suppress(Exception):
+                raw = msgspec.msgpack.decode(data)
+                if isinstance(raw, dict) and isinstance(raw.get("id"), int | str):
+                    rid = raw["id"]
+            self.send_error(rid, Error("bad_request", f"request: {e}"))
+            return
+        if req.id in self.inflight:
+            self.send_error(req.id, Error("bad_request", f"id {req.id!r} is already in flight on this connection"))
+            return
+        if req.op == "cancel" and bytes(req.body):
+            with contextlib.suppress(Exception):
+                ref = msgspec.msgpack.decode(bytes(req.body))
+                if isinstance(ref, dict) and "request" in ref:
+                    self._cancel_request(req.id, ref["request"])
+                    return
+        task = asyncio.ensure_future(self.run(req))
+        self.inflight[req.id] = task
+        rid = req.id
+        task.add_done_callback(lambda _t: self.inflight.pop(rid, None))
+
+    def _cancel_request(self, rid: Any, target: Any) -> None:
+        jid = self.jobs.get(target)
+        if jid is None:
+            self.send_error(rid, Error("not_found", f"no request {target!r} in flight on this connection"))
+            return
+
+        async def cancel() -> None:
+            try:
+                self.send({"id": rid, "ok": True, "result": await self.svc.cancel_job(jid)})
+            except ServiceError as e:
+                self.send_error(rid, e.err)
+
+        self._spawn(cancel())
+
+    async def run(self, req: Request) -> None:
+        def progress(t: TestResult) -> None:
+            self.send({"id": req.id, "event": "test", "data": t})
+
+        def on_job(jid: str) -> None:
+            if req.wait:
+                self.jobs[req.id] = jid
+            if req.idempotency_key is not None:
+                self.kept.add(req.id)
+            if req.progress:
+                # Only on request: a plain run costs one reply frame, not two.
+                self.send({"id": req.id, "event": "accepted", "data": {"job": jid}})
+
+        try:
+            result = await dispatch(
+                self.svc,
+                req.op,
+                bytes(req.body),
+                "msgpack",
+                wait=req.wait,
+                progress=progress if req.progress else None,
+                on_job=on_job,
+                idempotency_key=req.idempotency_key,
+            )
+            self.send({"id": req.id, "ok": True, "result": result})
+        except ServiceError as e:
+            self.send_error(req.id, e.err)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("request %r failed", req.id)
+            self.send_error(req.id, Error("internal", f"internal error: {e}"))
+        finally:
+            self.jobs.pop(req.id, None)
+            self.kept.discard(req.id)
+
+
+async def start(
+    svc: Frontend, path: str, mode: int, group: str, max_frame: int, inbound: Inbound | None = None
+) -> asyncio.AbstractServer:
+    limits = inbound or default_inbound()
+    listener = Listener(limits.max_connections_per_listener)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    sock = unixsocket.bind(path)
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _Conn(svc, reader, writer, max_frame, limits, listener).serve()
+
+    try:
+        server = await asyncio.start_unix_server(on_client, sock=sock, limit=1 << 20)
+        if group:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path, mode)
+    except BaseException:
+        sock.close()
+        unixsocket.unlink_own(path)
+        raise
+    return server

@@ -1,0 +1,141 @@
+"""Dispatch of wire requests onto the service, shared by the Unix socket and HTTP.
+
+A request names an op and carries a body in the transport's format (JSON or
+msgpack); bodies are decoded with the schema types, so a bad field gets the
+same precise error on every transport.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, TypeVar
+
+import msgspec
+
+from sandboxd.api.inbound import offload
+from sandboxd.compat import Backend
+from sandboxd.errors import error
+from sandboxd.schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
+
+Format = Literal["json", "msgpack"]
+T = TypeVar("T")
+
+_json_dec: dict[type, msgspec.json.Decoder[Any]] = {}
+_mp_dec: dict[type, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
+    if not data:
+        raise error("bad_request", f"{what}: missing")
+    try:
+        if fmt == "json":
+            jd = _json_dec.get(typ) or _json_dec.setdefault(typ, msgspec.json.Decoder(typ))
+            return jd.decode(data)  # type: ignore[no-any-return]
+        md = _mp_dec.get(typ) or _mp_dec.setdefault(typ, msgspec.msgpack.Decoder(typ))
+        return md.decode(data)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as e:
+        raise error("bad_request", f"{what}: {e}".replace("`$", f"`{what}")) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        # (msgspec reports invalid UTF-8 in a msgpack str as UnicodeDecodeError.)
+        raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
+    except RecursionError:
+        raise error("bad_request", f"{what}: nested deeper than {sys.getrecursionlimit()} levels") from None
+
+
+MAX_KEY = 255
+_KEY = re.compile(r"[\x21-\x7e]{1,%d}" % MAX_KEY)  # noqa: UP031 - {} is the regex's
+
+
+def check_idempotency_key(key: str | None, what: str = "idempotency_key") -> str | None:
+    """An idempotency key: 1..255 printable ASCII characters, no spaces."""
+    if key is not None and not _KEY.fullmatch(key):
+        raise error("bad_request", f"{what}: must be 1..{MAX_KEY} printable ASCII characters (0x21-0x7e), e.g. a UUID")
+    return key
+
+
+class Frontend(Backend, Protocol):
+    """What the transports (Unix socket, HTTP) serve: a host daemon's Service,
+    or the fleet's Coordinator; the Judge0/Piston APIs use the Backend part.
+    Job ids are strings; every call may raise ServiceError with a wire code."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    async def start_run(
+        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
+    ) -> JobInfo: ...
+
+    async def start_submission(
+        self,
+        sub: Submission,
+        progress: Callable[[TestResult], None] | None = None,
+        callback_url: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> JobInfo: ...
+
+    async def job_info(self, job_id: str) -> JobInfo: ...
+
+    async def cancel_job(self, job_id: str) -> JobInfo: ...
+
+    async def status_info(self) -> dict[str, Any]: ...
+
+    async def language_list(self) -> list[dict[str, Any]]: ...
+
+    async def metrics_text(self) -> bytes: ...
+
+    def ready(self) -> bool: ...
+
+
+async def dispatch(
+    svc: Frontend,
+    op: str,
+    body: bytes,
+    fmt: Format,
+    *,
+    wait: bool = True,
+    timeout: float | None = None,
+    progress: Callable[[TestResult], None] | None = None,
+    on_job: Callable[[str], None] | None = None,
+    callback_url: str | None = None,
+    idempotency_key: str | None = None,
+) -> Any:
+    """Run one op; returns the reply payload (a schema object or plain data).
+    idempotency_key (run, submit): the same key and request name the same job;
+    with `wait`, the reply is that job's result."""
+    try:
+        if op == "ping":
+            return {"pong": True}
+        if op == "status":
+            return await svc.status_info()
+        if op == "languages":
+            return await svc.language_list()
+        if op in ("get", "wait", "cancel"):
+            ref = decode(body, JobRef, fmt)
+            if op == "cancel":
+                return await svc.cancel_job(ref.job)
+            if op == "wait":
+                return await svc.wait_job(ref.job, timeout)
+            return await svc.job_info(ref.job)
+        key = check_idempotency_key(idempotency_key)
+        if op == "run":
+            # (Large bodies are decoded off the event loop: sandboxd.api.inbound.)
+            req = await offload(len(body), decode, body, RunRequest, fmt)
+            info = await svc.start_run(req, callback_url, idempotency_key=key)
+        elif op == "submit":
+            sub = await offload(len(body), decode, body, Submission, fmt)
+            info = await svc.start_submission(sub, progress, callback_url, idempotency_key=key)
+        else:
+            raise error("bad_request", f"op: unknown {op!r}")
+    except SchemaError as e:
+        raise error("bad_request", str(e)) from None
+    if on_job is not None:
+        on_job(info.job)
+    if not wait:
+        return JobInfo(info.job, info.kind, info.state)
+    info = await svc.wait_job(info.job)
+    if info.error is not None:
+        raise error(info.error.code, info.error.message, info.error.retry_after)
+    return info.result

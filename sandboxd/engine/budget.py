@@ -1,0 +1,226 @@
+"""One memory budget for the daemon: every holder of large bytes reserves from it.
+
+Per-request limits bound one request; this bounds them all together.  The
+holders (`HOLDERS`): request bodies of queued and running jobs (stdin, files,
+tests' input and expected output, sources) and the compile cache; results
+are not held here (they live in the job store, and memory keeps a bounded
+cache of small ones).  New work that would not fit
+is refused at admission (`BudgetFull`, a `QueueFull`: HTTP 429 with a
+Retry-After from the rate at which the budget is being freed), never accepted
+and failed later.  The compile cache is reclaimable: admission evicts from it
+before refusing.
+
+Sizes are estimates (`nbytes`): the payload bytes plus a fixed overhead per
+object, not a byte-exact measure of the Python heap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+import msgspec
+
+from sandboxd.engine.scheduler import QueueFull, Ticket
+from sandboxd.rates import DrainRate, retry_after
+
+MiB = 1 << 20
+# (Results are not held: they live in the job store, and memory keeps a bounded
+# cache of small ones: sandboxd.jobs.table.HOT x HOT_BYTES.)
+HOLDERS: Final = ("requests", "compile_cache")
+# Default budget: a quarter of the host's memory, at least 256 MiB and at most
+# 8 GiB.  The rest belongs to the boxes (pool_size runs of up to their memory
+# limit each) and the page cache the runtimes are read from.  The floor lets
+# a small host still hold a few maximal (64 MiB) requests; beyond the cap more
+# budget only lets more work wait in the queue (latency, not throughput).
+DEFAULT_SHARE, DEFAULT_FLOOR, DEFAULT_CAP = 0.25, 256 * MiB, 8 << 30
+COMPILE_CACHE_SHARE = 0.25  # of the budget, at most, for compiled programs
+OVERHEAD = 64  # bytes counted per object besides its payload (headers, pointers)
+
+
+def default_memory_budget(meminfo: str = "/proc/meminfo") -> int:
+    total = 0
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    total = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    return int(min(DEFAULT_CAP, max(DEFAULT_FLOOR, total * DEFAULT_SHARE)))
+
+
+def nbytes(obj: Any) -> int:
+    """Estimated bytes an object holds: payload plus OVERHEAD per object."""
+    if isinstance(obj, bytes | bytearray | str):
+        return OVERHEAD + len(obj)
+    if isinstance(obj, msgspec.Struct):
+        return OVERHEAD + sum(nbytes(getattr(obj, f)) for f in obj.__struct_fields__)
+    if isinstance(obj, list | tuple):
+        return OVERHEAD + sum(nbytes(x) for x in obj)
+    if isinstance(obj, dict):
+        return OVERHEAD + sum(nbytes(k) + nbytes(v) for k, v in obj.items())
+    return 0 if obj is None else OVERHEAD
+
+
+class BudgetFull(QueueFull):
+    pass
+
+
+class Reclaimable(Protocol):
+    """A holder that can give bytes back on demand (a cache)."""
+
+    @property
+    def bytes(self) -> int: ...
+
+    def shrink(self, need: int) -> int:
+        """Free at least `need` bytes if it can; returns the bytes freed."""
+        ...
+
+
+class Hold:
+    """Bytes one holder took from the budget; release() is idempotent."""
+
+    __slots__ = ("budget", "holder", "n")
+
+    def __init__(self, budget: MemoryBudget, holder: str, n: int) -> None:
+        self.budget, self.holder, self.n = budget, holder, n
+
+    def release(self, *, freed: bool = True) -> None:
+        """freed=False: a reclaim (cache eviction), not work draining; it does
+        not count in the rate Retry-After is derived from."""
+        if self.n:
+            self.budget._give_back(self.holder, self.n, freed)
+            self.n = 0
+
+
+class MemoryBudget:
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.used: dict[str, int] = dict.fromkeys(HOLDERS, 0)
+        self.total = 0
+        self.refused = 0
+        self.freed = DrainRate(clock=clock)  # bytes released per second, for Retry-After
+        self._reclaimers: list[Reclaimable] = []
+
+    def add_reclaimer(self, r: Reclaimable) -> None:
+        self._reclaimers.append(r)
+
+    def _fits(self, n: int) -> bool:
+        short = self.total + n - self.limit
+        if short > sum(r.bytes for r in self._reclaimers):
+            return False  # (evicting would not make it fit: keep the cache)
+        for r in self._reclaimers:
+            if short <= 0:
+                break
+            short -= r.shrink(short)
+        return self.total + n <= self.limit
+
+    def try_reserve(self, holder: str, n: int) -> Hold | None:
+        if not self._fits(n):
+            return None
+        return self.force(holder, n)
+
+    def reserve(self, holder: str, n: int, what: str = "the job") -> Hold:
+        hold = self.try_reserve(holder, n)
+        if hold is None:
+            self.refused += 1
+            short = self.total + n - self.limit
+            retry = retry_after(short, self.freed.rate())
+            raise BudgetFull(
+                "memory_budget",
+                self.total,
+                retry,
+                f"the daemon's memory budget is full: {what} needs {n} bytes, "
+                f"{max(0, self.limit - self.total)} of memory_budget = {self.limit} are free; "
+                f"retry in {retry:.0f} s",
+            )
+        return hold
+
+    def force(self, holder: str, n: int) -> Hold:
+        """Account bytes that are held whatever the budget says (small remnants)."""
+        self.used[holder] += n
+        self.total += n
+        return Hold(self, holder, n)
+
+    def _give_back(self, holder: str, n: int, freed: bool) -> None:
+        self.used[holder] -= n
+        self.total -= n
+        if freed:
+            self.freed.note(n)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"limit": self.limit, "used": self.total, "refused": self.refused, "holders": dict(self.used)}
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+T = TypeVar("T")
+
+
+class ByteLRU(Generic[K, V]):
+    """An LRU cache bounded in bytes (a share of the budget, reserved from it
+    entry by entry) and reclaimable: the budget evicts from it before it
+    refuses new work."""
+
+    def __init__(self, budget: MemoryBudget, holder: str, share: float) -> None:
+        self.budget, self.holder = budget, holder
+        self.cap = int(budget.limit * share)
+        self.bytes = 0
+        self._items: OrderedDict[K, tuple[V, Hold]] = OrderedDict()
+        budget.add_reclaimer(self)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> V | None:
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        self._items.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: K, value: V, size: int) -> bool:
+        """False: not cached (larger than the cache, or the budget is full)."""
+        if size > self.cap or key in self._items:
+            return False
+        self._evict(self.bytes + size - self.cap)
+        hold = self.budget.try_reserve(self.holder, size)
+        if hold is None:
+            return False
+        self._items[key] = (value, hold)
+        self.bytes += size
+        return True
+
+    def _evict(self, need: int) -> int:
+        freed = 0
+        while freed < need and self._items:
+            _, (_, hold) = self._items.popitem(last=False)
+            freed += hold.n
+            self.bytes -= hold.n
+            hold.release(freed=False)
+        return freed
+
+    def shrink(self, need: int) -> int:
+        return self._evict(need)
+
+
+class Admission:
+    """A job's admission: its promised queue places and its request's bytes.
+    spawn() starts the job's work under it; close() when the job is final."""
+
+    __slots__ = ("hold", "ticket")
+
+    def __init__(self, ticket: Ticket, hold: Hold) -> None:
+        self.ticket, self.hold = ticket, hold
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        return self.ticket.spawn(coro)
+
+    def close(self) -> None:
+        self.ticket.close()
+        self.hold.release()

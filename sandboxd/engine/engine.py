@@ -1,0 +1,473 @@
+"""The engine: pools of warm boxes plus the run and compile-and-run flows.
+
+One Engine per process.  It owns a host-wide instance name (cgroups, lock);
+on start it removes what crashed instances left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import functools
+import hashlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from sandboxd import hostlock
+from sandboxd.engine import sweep
+from sandboxd.engine.budget import COMPILE_CACHE_SHARE, Admission, ByteLRU, MemoryBudget, default_memory_budget, nbytes
+from sandboxd.engine.health import Health
+from sandboxd.engine.pool import Pool, UidAllocator
+from sandboxd.engine.scheduler import AdmissionQueue, QueueFull, Ticket
+from sandboxd.hostlock import HostLock
+from sandboxd.languages import Language, load_dir
+from sandboxd.rootfs import store as rootfsbuild
+from sandboxd.rootfs.mounts import Rootfs, from_tree, host_default
+from sandboxd.sandbox import agentbin, cgroups, seccomp
+from sandboxd.sandbox.box import AgentDied, Box, BoxSpec
+from sandboxd.sandbox.boxfiles import Refused
+from sandboxd.schema import FileIn, Limits, RunRequest, RunResult, SchemaError, validate_run
+
+log = logging.getLogger(__name__)
+
+
+# Box uids live far above any real account (Debian's dynamic users end at
+# 60000, subuid ranges usually start at 100000 and take 65536 per user).
+UID_FLOOR = 2_000_000
+UID_SLOTS = 64
+INSTANCE_LOCK_WAIT = 3.0  # seconds: longer than another instance's crash sweep of this name
+
+
+def default_pool_size() -> int:
+    # Two warm boxes per core keep every core busy while the others reset.
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
+@dataclass
+class EngineConfig:
+    instance: str = "default"
+    state_dir: Path = agentbin.DEFAULT_DIR
+    run_dir: Path = Path("/run/sandboxd")
+    pool_size: int = field(default_factory=default_pool_size)
+    max_runs_per_box: int = 1000
+    # None: lease a free range of `uid_count` uids host-wide (see _lease_uids),
+    # so a daemon, one-shot CLI runs and tests never share a box uid.
+    uid_base: int | None = None
+    uid_count: int = 1000
+    box_bytes: int = 256 << 20
+    tmp_bytes: int = 64 << 20
+    shm_bytes: int = 64 << 20
+    languages_dir: Path | None = None
+    queue_depth: int = 10_000  # waiting runs per pool before new ones are rejected
+    aging: float = 1.0  # priority points a waiting run gains per second
+    lang_capacity: dict[str, int] = field(default_factory=dict)  # max concurrent runs per language
+    rootfs_override: dict[str, Path] = field(default_factory=dict)  # language -> tree (verifying a build)
+    memory_budget: int = 0  # bytes (sandboxd.engine.budget); 0: derived from the host's memory
+
+
+@dataclass
+class Compiled:
+    lang: Language
+    result: RunResult | None  # None: nothing to compile (interpreted language)
+    files: list[FileIn]  # what each run gets: artifacts, or the sources themselves
+
+    @property
+    def ok(self) -> bool:
+        return self.result is None or self.result.status == "ok"
+
+
+@dataclass
+class SourceResult:
+    compile: RunResult | None
+    run: RunResult | None
+
+
+class InstanceBusy(RuntimeError):
+    pass
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        self.pools: dict[str, Pool] = {}
+        self.queues: dict[str, AdmissionQueue] = {}
+        self.lang_queues: dict[str, AdmissionQueue] = {}
+        self.budget = MemoryBudget(cfg.memory_budget or default_memory_budget())
+        # Compiled programs, evicted by bytes (a judge rejudges often: keep what fits).
+        self._compiled = ByteLRU[bytes, Compiled](self.budget, "compile_cache", COMPILE_CACHE_SHARE)
+        self.versions: dict[str, str] = {}
+        self.lang_pool: dict[str, str] = {}  # language -> pool (rootfs) name
+        self._tree_locks: dict[str, int] = {}
+        self.languages: dict[str, Language] = {}
+        self.backend: cgroups.Backend | None = None
+        self._instance_lock: HostLock | None = None
+        self._uid_lock: HostLock | None = None
+        self.health = Health(lambda: self.backend, lambda: list(self.pools.values()))
+
+    @classmethod
+    async def start(cls, cfg: EngineConfig | None = None) -> Engine:
+        eng = cls(cfg or EngineConfig())
+        try:
+            await eng._start()
+        except BaseException:
+            await eng.close()
+            raise
+        return eng
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _lock(self, name: str) -> HostLock | None:
+        """This instance's host-wide liveness lock.  A crash sweep of another
+        instance holds it for a moment while it removes what a dead `name`
+        left: wait that out before calling the name taken."""
+        deadline = time.monotonic() + INSTANCE_LOCK_WAIT
+        while True:
+            lock = HostLock.try_take(name)
+            if lock is not None or time.monotonic() > deadline:
+                return lock
+            await asyncio.sleep(0.05)
+
+    def _lease_uids(self) -> int:
+        """The first free slot of UID_SLOTS ranges above UID_FLOOR; held by a
+        host-wide lock for the engine's lifetime, released by the kernel if the
+        process dies."""
+        for slot in range(UID_SLOTS):
+            lock = HostLock.try_take(f"uids-{slot}")
+            if lock is not None:
+                self._uid_lock = lock
+                return UID_FLOOR + slot * self.cfg.uid_count
+        raise InstanceBusy(f"all {UID_SLOTS} box uid ranges are in use on this host")
+
+    async def _start(self) -> None:
+        cfg = self.cfg
+        self._instance_lock = await self._lock(cfg.instance)
+        if self._instance_lock is None:
+            raise InstanceBusy(f"sandboxd instance {cfg.instance!r} is already running on this host")
+        self.backend = backend = cgroups.detect(cfg.instance)
+        swept = backend.sweep()
+        if swept:
+            log.warning("removed %d cgroups left by a crashed instance %r", swept, cfg.instance)
+        await sweep.dead_instances(backend)
+        hostlock.remove_stale()
+        self.languages = load_dir(cfg.languages_dir)
+        newroot = cfg.run_dir / "newroot"
+        newroot.mkdir(parents=True, exist_ok=True)
+        agent = agentbin.ensure(cfg.state_dir)
+        bpf = seccomp.compile_default()
+        base = cfg.uid_base if cfg.uid_base is not None else self._lease_uids()
+        uids = UidAllocator(base, cfg.uid_count)
+        self._box_spec = functools.partial(
+            BoxSpec,
+            agent=agent,
+            seccomp=bpf,
+            newroot=newroot,
+            box_bytes=cfg.box_bytes,
+            tmp_bytes=cfg.tmp_bytes,
+            shm_bytes=cfg.shm_bytes,
+        )
+        self._uids = uids
+        await self._add_pool("host", host_default())
+        for lang in self.languages.values():
+            name, tree = self._resolve_rootfs(lang)
+            self.lang_pool[lang.id] = name
+            if name not in self.pools:
+                assert tree is not None
+                await self._add_pool(name, from_tree(tree, name), tree)
+        for lang_id, cap in cfg.lang_capacity.items():
+            if lang_id not in self.languages:
+                raise ValueError(f"lang_capacity: unknown language {lang_id!r}")
+            self.lang_queues[lang_id] = AdmissionQueue(lang_id, cap, cfg.queue_depth, cfg.aging)
+        self.health.start()
+
+    def _resolve_rootfs(self, lang: Language) -> tuple[str, Path | None]:
+        """(pool name, tree): the language's built tree if one is live, else the host."""
+        recipe = lang.rootfs or lang.id
+        tree = self.cfg.rootfs_override.get(lang.id)
+        if tree is None and recipe != "host":
+            tree = rootfsbuild.current(self.cfg.state_dir, recipe)
+        if tree is None:
+            return "host", None
+        return f"{recipe}@{tree.name}", tree
+
+    async def _add_pool(self, name: str, rfs: Rootfs, tree: Path | None = None) -> None:
+        cfg = self.cfg
+        if tree is not None:
+            # A shared lock on the tree: `rootfs build` never removes a tree in use.
+            fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self._tree_locks[name] = fd
+        pool = Pool(name, self._box_spec(rfs), self.backend_or_fail, self._uids, cfg.pool_size, cfg.max_runs_per_box)
+        self.pools[name] = pool
+        self.queues[name] = AdmissionQueue(name, cfg.pool_size, cfg.queue_depth, cfg.aging)
+        await pool.start()
+
+    @property
+    def backend_or_fail(self) -> cgroups.Backend:
+        assert self.backend is not None
+        return self.backend
+
+    async def reload_rootfs(self) -> list[str]:
+        """Switch languages whose live tree changed (SIGHUP after `rootfs build`):
+        new runs go to a new pool at once; the old pool drains, then is closed
+        and its tree released.  Returns the languages switched."""
+        switched = []
+        for lang in list(self.languages.values()):
+            name, tree = self._resolve_rootfs(lang)
+            if name == self.lang_pool.get(lang.id):
+                continue
+            if name not in self.pools:
+                await self._add_pool(name, from_tree(tree, name) if tree else host_default(), tree)
+            self.lang_pool[lang.id] = name
+            switched.append(lang.id)
+            log.info("language %s now runs on %s", lang.id, name)
+        for old in [n for n in self.pools if n != "host" and n not in self.lang_pool.values()]:
+            pool = self.pools.pop(old)
+            q = self.queues.pop(old)
+            while q.running or q.depth:
+                await asyncio.sleep(0.05)
+            await pool.close()
+            fd = self._tree_locks.pop(old, -1)
+            if fd >= 0:
+                os.close(fd)
+            recipe = old.split("@", 1)[0]
+            for p in rootfsbuild.remove_unused(self.cfg.state_dir, recipe, keep=set()):
+                log.info("removed unused rootfs tree %s", p)
+        return switched
+
+    def pool_of(self, lang: Language) -> str:
+        return self.lang_pool.get(lang.id, "host")
+
+    def admit(
+        self, lang: str | None, runs: int, payload: object, what: str = "the job", force: bool = False
+    ) -> Admission:
+        """A new job's admission, before it is acknowledged: `runs` places in
+        its queues (its language's pool, and its lang_capacity queue if any)
+        and its request's bytes in the memory budget.  Raises QueueFull (or
+        BudgetFull) when either is full: the job is refused, never failed later.
+        force: a job the daemon acknowledged before a restart is admitted whatever
+        the queues and the budget hold (it was promised a result)."""
+        ticket = Ticket()
+        try:
+            spec = self.languages.get(lang) if lang else None
+            lq = self.lang_queues.get(lang) if lang else None
+            if lq is not None:
+                lq.admit(ticket, runs, force)
+            self.queues[self.pool_of(spec) if spec else "host"].admit(ticket, runs, force)
+            n = nbytes(payload)
+            hold = self.budget.force("requests", n) if force else self.budget.reserve("requests", n, what)
+        except QueueFull:
+            ticket.close()
+            raise
+        return Admission(ticket, hold)
+
+    async def run(
+        self,
+        req: RunRequest,
+        rootfs: str = "host",
+        *,
+        priority: int = 0,
+        deadline: float | None = None,
+        lang: str | None = None,
+        stdio: tuple[int, int] | None = None,
+    ) -> RunResult:
+        """One run on a warm box, after admission at `priority`.  deadline: the
+        monotonic time after which waiting in the queue is given up."""
+        validate_run(req)
+        pool = self.pools[rootfs]
+        lq = self.lang_queues.get(lang or "") if self.lang_queues else None
+        queues = (lq, self.queues[rootfs]) if lq else (self.queues[rootfs],)
+        admitted: list[tuple[AdmissionQueue, float]] = []
+        try:
+            for q in queues:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                admitted.append((q, await q.acquire(priority, wait)))
+            for attempt in (1, 2):
+                box = await pool.acquire()
+                try:
+                    # A retry gets fresh stdio only if the first attempt never started.
+                    return await box.run(req, stdio if attempt == 1 else None)
+                except AgentDied as e:
+                    # The run never started: a transparent retry on a fresh box.
+                    box.broken = f"agent died: {e}"
+                    if attempt == 2 or stdio is not None:
+                        return RunResult(status="internal_error", message=f"the box failed: {e}")
+                except Refused as e:
+                    raise SchemaError(f"files_in: {e}") from None
+                except OSError as e:
+                    # Its cgroup files gone (ENODEV): destroyed underneath us.
+                    box.broken = f"run failed: {e}"
+                    why = self.health.check() or "the box is replaced"
+                    return RunResult(status="internal_error", message=f"the box failed: {e}; {why}")
+                finally:
+                    pool.release(box)
+        finally:
+            for q, t in reversed(admitted):
+                q.release(t)
+        raise AssertionError("unreachable")
+
+    def language(self, lang_id: str) -> Language:
+        lang = self.languages.get(lang_id)
+        if lang is None:
+            raise SchemaError(f"lang: unknown {lang_id!r}; known: {', '.join(sorted(self.languages))}")
+        return lang
+
+    async def compile(
+        self,
+        lang_id: str,
+        source: bytes,
+        files: list[FileIn] | tuple[FileIn, ...] = (),
+        options: list[str] | tuple[str, ...] = (),
+        limits: Limits | None = None,
+        *,
+        priority: int = 0,
+        deadline: float | None = None,
+    ) -> Compiled:
+        """Compile once; identical compiles are served from a bounded cache
+        (a judge sees the same source many times: rejudges, checkers)."""
+        lang = self.language(lang_id)
+        sources = [FileIn(lang.source, source), *files]
+        if not lang.compile:
+            return Compiled(lang, None, sources)
+        h = hashlib.sha256(msgspec.msgpack.encode([lang_id, sources, list(options), limits]))
+        key = h.digest()
+        hit = self._compiled.get(key)
+        if hit is not None:
+            return hit
+        res = await self.run(
+            RunRequest(
+                cmd=lang.compile + list(options),
+                env=lang.env,
+                files_in=sources,
+                files_out=lang.artifacts,
+                limits=lang.fit(limits) if limits else lang.compile_limits,
+            ),
+            self.pool_of(lang),
+            priority=priority,
+            deadline=deadline,
+            lang=lang_id,
+        )
+        missing = [f.path for f in res.files if f.content is None]
+        if res.status == "ok" and missing:
+            res.status, res.message = "nonzero_exit", f"the compiler did not produce {', '.join(missing)}"
+        artifacts = [FileIn(f.path, f.content or b"", executable=True) for f in res.files]
+        res.files = []
+        comp = Compiled(lang, res, artifacts)
+        if comp.ok:
+            self._compiled.put(key, comp, nbytes(artifacts) + nbytes(res))
+        return comp
+
+    async def run_compiled(
+        self,
+        comp: Compiled,
+        stdin: bytes = b"",
+        limits: Limits | None = None,
+        *,
+        files_in: list[FileIn] | tuple[FileIn, ...] = (),
+        files_out: list[str] | None = None,
+        args: list[str] | tuple[str, ...] = (),
+        priority: int = 0,
+        deadline: float | None = None,
+        stdio: tuple[int, int] | None = None,
+    ) -> RunResult:
+        lang = comp.lang
+        lim = lang.fit(limits or lang.default_limits)
+        req = RunRequest(
+            cmd=lang.run_argv(lim.memory) + list(args),
+            env=lang.env,
+            stdin=stdin,
+            files_in=[*comp.files, *files_in],
+            files_out=files_out or [],
+            limits=lim,
+        )
+        res = await self.run(req, self.pool_of(lang), priority=priority, deadline=deadline, lang=lang.id, stdio=stdio)
+        if res.status in ("nonzero_exit", "signaled") and lang.memory_errors and lang.memory_error(res.stderr):
+            # The runtime's own heap ceiling (sized from the limit) was hit first.
+            res.status, res.message = "memory_limit", f"{lang.name} ran out of memory"
+        return res
+
+    async def run_source(
+        self,
+        lang_id: str,
+        source: bytes,
+        stdin: bytes = b"",
+        limits: Limits | None = None,
+        files_out: list[str] | None = None,
+        args: list[str] | None = None,
+    ) -> SourceResult:
+        comp = await self.compile(lang_id, source)
+        if not comp.ok:
+            return SourceResult(comp.result, None)
+        run = await self.run_compiled(comp, stdin, limits, files_out=files_out, args=args or ())
+        return SourceResult(comp.result, run)
+
+    async def selftest(self) -> dict[str, str]:
+        """Run every language's self-test (echo stdin) and detect its version.
+
+        Languages that fail are dropped (logged with the reason): a judge must
+        not accept submissions it cannot run.  Returns {language: failure}."""
+        probe = "sandboxd self-test\n\u00e9 2 3\n".encode()
+
+        async def one(lang: Language) -> str | None:
+            if not lang.selftest:
+                return "no self-test program"
+            comp = await self.compile(lang.id, lang.selftest.encode())
+            if not comp.ok:
+                assert comp.result is not None
+                return f"compile {comp.result.status}: {(comp.result.stderr or comp.result.stdout)[-500:]!r}"
+            r = await self.run_compiled(comp, probe)
+            if r.status != "ok" or r.stdout != probe:
+                return f"run {r.status}: stdout {r.stdout[:100]!r}, stderr {r.stderr[-300:]!r} {r.message}"
+            if lang.version:
+                lim = lang.fit(lang.default_limits)
+                v = await self.run(RunRequest(cmd=lang.version, env=lang.env, limits=lim), self.pool_of(lang))
+                m = re.search(lang.version_regex, (v.stdout + v.stderr).decode(errors="replace"))
+                self.versions[lang.id] = m.group(1) if m else "unknown"
+            return None
+
+        langs = list(self.languages.values())
+        results = await asyncio.gather(*(one(lang) for lang in langs), return_exceptions=True)
+        failed: dict[str, str] = {}
+        for lang, res in zip(langs, results, strict=True):
+            if res is not None:
+                failed[lang.id] = str(res)
+                del self.languages[lang.id]
+                log.error("language %s disabled: self-test failed: %s", lang.id, res)
+            else:
+                log.info("language %s ready: %s", lang.id, self.versions.get(lang.id, "?"))
+        return failed
+
+    async def box(self, rootfs: str = "host") -> Box:
+        """A warm box for callers that drive it directly (benchmarks)."""
+        return await self.pools[rootfs].acquire()
+
+    def release(self, box: Box, rootfs: str = "host") -> None:
+        self.pools[rootfs].release(box)
+
+    async def close(self) -> None:
+        await self.health.stop()
+        await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
+        self.pools.clear()
+        for fd in self._tree_locks.values():
+            os.close(fd)
+        self._tree_locks.clear()
+        if self.backend is not None and self._instance_lock is not None:
+            try:
+                cgroups.remove_instance(self.backend)
+            except OSError as e:
+                log.warning("cannot remove this instance's cgroups: %s", e)
+            self.backend = None
+        # The uid range first: once the instance lock goes, the name is free.
+        for lock in (self._uid_lock, self._instance_lock):
+            if lock is not None:
+                lock.release()
+        self._uid_lock = self._instance_lock = None

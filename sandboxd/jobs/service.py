@@ -1,0 +1,525 @@
+"""The operations every transport offers: run, submit, get, cancel, status, languages.
+
+Jobs get an id and can be waited for, polled or cancelled from any connection
+or transport.  A job accepted through a transport is in the durable store
+(sandboxd.jobs.store) before it is acknowledged, runs again if the daemon dies
+before it finishes, and its result stays readable from the store until
+`results_ttl` after it finished (sandboxd.jobs.table: what stays in memory).
+An idempotency key names one job: the same key with the same request gets
+that job again, with another request a `conflict`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
+
+from sandboxd.compat import Compiler, Load, Served
+from sandboxd.compat import jobs as compat_jobs
+from sandboxd.engine.budget import Admission
+from sandboxd.engine.engine import Engine
+from sandboxd.engine.scheduler import QueueDeadline, QueueFull
+from sandboxd.errors import ServiceError, error
+from sandboxd.jobs import callbacks
+from sandboxd.jobs import status as servicestatus
+from sandboxd.jobs.fingerprint import Op, Spec, fingerprint
+from sandboxd.jobs.metrics import Metrics
+from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored
+from sandboxd.jobs.table import Job, JobTable, conflict, decode_spec, encode_spec, kind_of, lost_info
+from sandboxd.judging.judge import judge
+from sandboxd.schema import (
+    Error,
+    JobInfo,
+    RunRequest,
+    RunResult,
+    SchemaError,
+    Submission,
+    SubmissionResult,
+    TestResult,
+    Verdict,
+    validate_run,
+    validate_submission,
+)
+
+__all__ = ["Job", "Service"]
+log = logging.getLogger(__name__)
+REQUEUED = "the daemon stopped before the job finished; it runs again when the daemon starts"
+DRAIN_RETRY_AFTER = 1.0  # seconds a refusal or a re-queued job tells its client to wait while the daemon stops
+
+
+class Service:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics | None = None,
+        results_ttl: float = 600.0,
+        callback_allow_private: bool = False,
+        store: JobStore | None = None,
+    ) -> None:
+        self.engine = engine
+        self.callback_allow_private = callback_allow_private
+        self._callbacks: set[asyncio.Task[Any]] = set()
+        self.compiler = Compiler(engine)  # single flight for the compat APIs' compiles
+        self.compat_pending = 0  # compat jobs not finished: Judge0's queue count
+        self.metrics = metrics or Metrics()
+        self.results_ttl = results_ttl
+        self.store = store or JobStore(":memory:", results_ttl)
+        self.table = JobTable(self.store, results_ttl)
+        self.jobs = self.table.jobs  # unfinished (and final, not yet saved) jobs by id
+        self.draining = False
+        self.recent: deque[float] = deque(maxlen=200)  # recent run wall times, for status
+        self._sweeper: asyncio.Task[None] | None = None
+        self._heals_counted = 0  # engine heals already added to the metrics counter
+
+    # --- start and stop ---------------------------------------------------
+
+    def open(self) -> None:
+        """At start, before serving: what a previous daemon acknowledged and did
+        not finish runs again, in the order it was accepted."""
+        again, lost = self.store.recover(lost_info)
+        for s in again:
+            self._restore(s)
+        if again or lost:
+            log.warning("job store: %d unfinished jobs run again, %d lost", len(again), len(lost))
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def _restore(self, s: Stored) -> None:
+        op: Op = "run" if s.kind == "run" else "submit" if s.kind == "submit" else "compat"
+        try:
+            spec = decode_spec(op, s.spec or b"")
+        except Exception as e:  # written by another version this one cannot read
+            log.error("job %s: cannot read its spec (%s); it fails", s.id, e)
+            spec = None
+        age = max(0.0, time.time() - s.created_at)
+        lang = spec.lang if spec is not None and not isinstance(spec, RunRequest) else ""
+        job = Job(s.id, kind_of(op), lang, created=time.monotonic() - age, created_at=s.created_at)
+        job.durable, job.callback_url, job.key, job.fingerprint = True, s.callback_url, s.key, s.fingerprint
+        job.spec_size = len(s.spec or b"")
+        self.table.add(job)
+        if spec is None:
+            job.state, job.error = "failed", Error("internal", "its request could not be read back after a restart")
+            self._finish(job)
+            return
+        # Acknowledged by an earlier daemon: admitted whatever the queues and budget hold.
+        job.admission = self._admit(job.lang, spec, force=True)
+        self._start(job, op, spec)
+
+    async def _sweep(self) -> None:
+        every = max(0.5, min(60.0, self.results_ttl / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.store.sweep()
+            except Exception as e:
+                log.error("job store: sweep failed: %s", e)
+
+    async def close(self) -> None:
+        """After drain: the store has every result and every kept job."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.store.close()
+
+    # --- job life cycle ---------------------------------------------------
+
+    def _new_job(self, kind: Literal["run", "submission"], lang: str = "", job_id: str | None = None) -> Job:
+        if self.draining:
+            self.metrics.rejections.labels("draining").inc()
+            raise error("draining", "the daemon is shutting down; retry on another host", DRAIN_RETRY_AFTER)
+        if job_id is not None and self.table.in_use(job_id):
+            raise error("bad_request", f"job id {job_id!r} is in use")
+        return Job(job_id or secrets.token_urlsafe(12), kind, lang)
+
+    def _start(self, job: Job, op: Op, spec: Spec) -> None:
+        if isinstance(spec, RunRequest):
+            work: Coroutine[Any, Any, None] = self._do_run(job, spec)
+        elif isinstance(spec, Submission):
+            work = self._do_submission(job, spec)
+        else:
+            job.spec, job.lang = spec, spec.lang
+            self.compat_pending += 1
+            work = self._do_compat(job, spec)
+        adm = job.admission
+        # (its runs use the queue places promised at admission)
+        job.task = asyncio.ensure_future(work) if adm is None else adm.spawn(work)
+        job.task.add_done_callback(lambda _: self._ended(job))
+
+    def _ended(self, job: Job) -> None:
+        """Its task is over.  A task cancelled before its first step never ran
+        the work, so no finally of _guard finished the job: finish it here, or
+        its waiters hang and the job, its key and its admission stay forever."""
+        if job.admission is not None:
+            job.admission.close()  # (idempotent)
+        if not job.done.is_set():
+            job.state, job.error = "cancelled", Error("cancelled", "cancelled")
+            self._finish(job)
+
+    def _admit(self, lang: str, spec: Spec, force: bool = False) -> Admission:
+        """Refused here, before the job is acknowledged, when a queue or the
+        memory budget is full: an accepted job never fails for it later."""
+        runs = 1 if isinstance(spec, RunRequest) else 1 + len(spec.tests) if isinstance(spec, Submission) else 2
+        try:
+            return self.engine.admit(lang or None, runs, spec, "the run" if runs == 1 else "the submission", force)
+        except QueueFull as e:
+            self.metrics.rejections.labels("queue_full").inc()
+            raise error("queue_full", str(e), e.retry_after) from None
+
+    async def _accept(
+        self, job: Job, op: Op, spec: Spec, key: str | None, progress: Callable[[TestResult], None] | None = None
+    ) -> JobInfo:
+        """Commit the job to the store, then start it; returns what its sender
+        is told (another job's, if its idempotency key already names one)."""
+        job.durable = True
+        if key is not None:
+            fp = fingerprint(op, spec, job.callback_url)
+            other = self.table.keys.get(key)
+            if other is not None:
+                return await self._replay(other, key, fp, progress)
+            # Not in memory (finished and saved): the store, before admission,
+            # so that a full queue never refuses a retry of a job that exists.
+            held = self.store.by_key(key)
+            if held is not None:
+                if held.fingerprint != fp:
+                    raise conflict(key)
+                return self.table.held_info(held)
+            job.key, job.fingerprint = key, fp
+        job.admission = self._admit(job.lang, spec)
+        if progress is not None:
+            job.listeners.append(progress)
+        self.table.add(job)
+        acc: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
+        job.accepted = acc
+        if key is not None:  # (others may wait for it: retrieved even if its sender has gone)
+            acc.add_done_callback(lambda f: f.cancelled() or f.exception())
+        data = encode_spec(spec)
+        job.spec_size = len(data)
+        row = NewJob(job.id, op, data, job.created_at, job.callback_url, job.key, job.fingerprint)
+        self.store.add(row, lambda ok, val: self._committed(job, op, spec, ok, val))
+        # Unkeyed, not shielded (it costs): if its sender goes, `acc` is cancelled, and the
+        # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
+        return await (asyncio.shield(acc) if key is not None else acc)
+
+    async def _replay(self, other: Job, key: str, fp: bytes, progress: Callable[[TestResult], None] | None) -> JobInfo:
+        """A keyed request naming a job in memory: that job."""
+        if other.fingerprint != fp:
+            raise conflict(key)
+        if progress is not None:
+            other.listeners.append(progress)
+        if other.accepted is None:  # (restored at start: committed long ago)
+            return other.info()
+        info = await asyncio.shield(other.accepted)
+        return other.info() if info.job == other.id else info
+
+    def _committed(self, job: Job, op: Op, spec: Spec, ok: bool, val: Stored | Exception | None) -> None:
+        acc = job.accepted
+        assert acc is not None
+
+        def settle(info: JobInfo | None = None, exc: BaseException | None = None) -> None:
+            if acc.done():  # (cancelled: its sender has gone)
+                return
+            if exc is not None:
+                acc.set_exception(exc)
+            elif info is not None:
+                acc.set_result(info)
+
+        exc = None if ok else val
+        held = val if isinstance(val, Stored) else None
+        if exc is not None or held is not None:
+            self.table.drop(job)
+            if job.admission is not None:
+                job.admission.close()
+        if isinstance(exc, JobIdInUse):
+            settle(exc=error("bad_request", f"job id {job.id!r} is in use"))
+        elif exc is not None:
+            settle(exc=error("internal", f"the job store refused the job: {exc}"))
+        elif held is not None:
+            if held.fingerprint != job.fingerprint:
+                settle(exc=conflict(job.key or ""))
+            else:
+                try:
+                    settle(self.table.held_info(held))
+                except ServiceError as e:
+                    settle(exc=e)
+        elif self.draining:  # (accepted as the stop began: the next start runs it)
+            settle(job.info())
+            job.requeue, job.state = True, "cancelled"
+            self._finish(job)
+        else:
+            settle(job.info())
+            self._start(job, op, spec)
+
+    def _finish(self, job: Job) -> None:
+        if job.admission is not None:
+            job.admission.close()  # (idempotent: the task's done callback closes it too)
+        job.finished, job.finished_at = time.monotonic(), time.time()
+        if job.requeue:
+            # "draining" (HTTP 503 + Retry-After), not "cancelled": its waiters retry
+            # (with their key) and get the job when the next start has run it.
+            job.error = Error("draining", REQUEUED, DRAIN_RETRY_AFTER)
+        job.done.set()
+        if job.callback_url and not job.requeue:
+            self._background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
+        if job.spec is not None:
+            self.compat_pending -= 1
+            if job.notify and not job.requeue:
+                self._background(compat_jobs.finished(job.id, job.spec, job.info(), self.callback_allow_private))
+        if not job.durable:
+            self.table.drop(job)  # (a fleet job: its HostWorker holds it until Redis has the result)
+        elif job.requeue:
+            self.store.release(job.id)
+        else:
+            self.table.save(job)
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        t = asyncio.ensure_future(coro)
+        self._callbacks.add(t)
+        t.add_done_callback(self._callbacks.discard)
+
+    async def check_callback(self, url: str) -> None:
+        await callbacks.check(url, self.callback_allow_private)
+
+    def _check_compat(self, spec: compat_jobs.Spec) -> None:
+        if spec.lang not in self.engine.languages:
+            raise error("bad_request", f"lang: {spec.lang!r} is not served here")
+
+    # Jobs of a fleet host (sandboxd.fleet.host): started at once, not durable here.
+
+    def submit_compat(self, spec: compat_jobs.Spec, job_id: str | None = None, notify: bool = True) -> Job:
+        """A Judge0/Piston job (sandboxd.compat): a native job of kind "submission"
+        (ids, draining refusal, state, errors, cancellation, expiry, metrics as
+        for every job) whose work is the API's own translation onto the engine.
+        notify=False: the caller delivers what follows the result (a fleet host,
+        once Redis has taken it)."""
+        self._check_compat(spec)
+        job = self._new_job("submission", spec.lang, job_id)
+        job.notify = notify
+        job.admission = self._admit(spec.lang, spec)
+        self.table.add(job)
+        self._start(job, "compat", spec)
+        return job
+
+    def submit_run(self, req: RunRequest, callback_url: str | None = None) -> Job:
+        validate_run(req)
+        job = self._new_job("run")
+        job.callback_url = callback_url
+        job.admission = self._admit("", req)
+        self.table.add(job)
+        self._start(job, "run", req)
+        return job
+
+    def submit(
+        self, sub: Submission, progress: Callable[[TestResult], None] | None = None, callback_url: str | None = None
+    ) -> Job:
+        validate_submission(sub)
+        self.engine.language(sub.lang)
+        job = self._new_job("submission", sub.lang)
+        job.callback_url = callback_url
+        if progress is not None:
+            job.listeners.append(progress)
+        job.admission = self._admit(sub.lang, sub)
+        self.table.add(job)
+        self._start(job, "submit", sub)
+        return job
+
+    async def _guard(self, job: Job, work: Any) -> None:
+        try:
+            job.result = await work
+            job.state = "done"
+        except asyncio.CancelledError:
+            job.state = "cancelled"
+            job.error = Error("cancelled", "cancelled")
+        except QueueFull as e:
+            self.metrics.rejections.labels("queue_full").inc()
+            job.state, job.error = "failed", Error("queue_full", str(e), e.retry_after)
+        except QueueDeadline as e:
+            self.metrics.rejections.labels("queue_deadline").inc()
+            job.state, job.error = "failed", Error("queue_deadline", str(e))
+        except SchemaError as e:
+            job.state, job.error = "failed", Error("bad_request", str(e))
+        except Exception as e:
+            log.exception("job %s failed", job.id)
+            job.state, job.error = "failed", Error("internal", f"internal error: {e}")
+        finally:
+            self._finish(job)
+
+    async def _do_compat(self, job: Job, spec: compat_jobs.Spec) -> None:
+        def on_run(verdict: Verdict, r: RunResult) -> None:
+            self.metrics.verdicts.labels("test", verdict).inc()
+            self.recent.append(r.wall_time)
+
+        async def work() -> SubmissionResult:
+            job.state = "running"
+            res = await compat_jobs.execute(self.engine, self.compiler, spec, on_run)
+            self.metrics.verdicts.labels("submission", res.verdict).inc()
+            self.metrics.submission_seconds.labels(spec.lang).observe(time.monotonic() - job.created)
+            return res
+
+        await self._guard(job, work())
+
+    async def _do_run(self, job: Job, req: RunRequest) -> None:
+        async def work() -> RunResult:
+            job.state = "running"
+            t0 = time.monotonic()
+            deadline = None if req.queue_deadline is None else job.created + req.queue_deadline
+            res = await self.engine.run(req, priority=req.priority, deadline=deadline)
+            self.recent.append(res.wall_time)
+            self.metrics.run_seconds.labels(res.status).observe(time.monotonic() - t0)
+            return res
+
+        await self._guard(job, work())
+
+    async def _do_submission(self, job: Job, sub: Submission) -> None:
+        def progress(t: TestResult) -> None:
+            self.metrics.verdicts.labels("test", t.verdict).inc()
+            self.recent.append(t.wall_time)
+            for cb in job.listeners:
+                cb(t)
+
+        async def work() -> SubmissionResult:
+            job.state = "running"
+            t0 = time.monotonic()
+            res = await judge(self.engine, sub, progress)
+            self.metrics.verdicts.labels("submission", res.verdict).inc()
+            self.metrics.submission_seconds.labels(sub.lang).observe(time.monotonic() - t0)
+            return res
+
+        await self._guard(job, work())
+
+    def get(self, job_id: str) -> Job:
+        """A job in memory (unfinished, or a recent result)."""
+        job = self.table.cached(job_id)
+        if job is None:
+            raise error("not_found", f"no job {job_id!r} in memory")
+        return job
+
+    async def wait(self, job: Job, timeout: float | None = None) -> JobInfo:
+        if timeout is None:
+            await job.done.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.done.wait(), timeout)
+        return job.info()
+
+    def cancel(self, job_id: str) -> JobInfo:
+        return self._cancel(self.get(job_id))
+
+    @staticmethod
+    def _cancel(job: Job) -> JobInfo:
+        if job.task is not None and not job.task.done():
+            job.task.cancel()
+        return job.info()
+
+    # --- the transports' view (wire.Frontend) ------------------------------
+
+    async def start_run(
+        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
+    ) -> JobInfo:
+        if callback_url is not None:
+            await self.check_callback(callback_url)
+        validate_run(req)
+        job = self._new_job("run")
+        job.callback_url = callback_url
+        return await self._accept(job, "run", req, idempotency_key)
+
+    async def start_submission(
+        self,
+        sub: Submission,
+        progress: Callable[[TestResult], None] | None = None,
+        callback_url: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> JobInfo:
+        if callback_url is not None:
+            await self.check_callback(callback_url)
+        validate_submission(sub)
+        self.engine.language(sub.lang)
+        job = self._new_job("submission", sub.lang)
+        job.callback_url = callback_url
+        return await self._accept(job, "submit", sub, idempotency_key, progress)
+
+    async def job_info(self, job_id: str) -> JobInfo:
+        found = await self.table.find(job_id)
+        return found.info() if isinstance(found, Job) else found
+
+    async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo:
+        found = await self.table.find(job_id)
+        return await self.wait(found, timeout) if isinstance(found, Job) else found
+
+    # --- the compat APIs' view (sandboxd.compat.Backend) --------------------
+
+    async def start_compat(self, spec: compat_jobs.Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
+        self._check_compat(spec)
+        return await self._accept(self._new_job("submission", spec.lang, job_id), "compat", spec, idempotency_key)
+
+    async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
+        return await self.table.compat(job_id)
+
+    async def forget_job(self, job_id: str) -> Literal["ok", "missing", "pending"]:
+        return await self.table.forget(job_id)
+
+    async def compat_languages(self) -> dict[str, Served]:
+        eng = self.engine
+        return {lid: Served(lang, eng.versions.get(lid, "")) for lid, lang in eng.languages.items()}
+
+    async def compat_load(self) -> Load:
+        return servicestatus.compat_load(self)
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        found = await self.table.find(job_id)
+        return self._cancel(found) if isinstance(found, Job) else found
+
+    async def status_info(self) -> dict[str, Any]:
+        return self.status()
+
+    async def language_list(self) -> list[dict[str, Any]]:
+        return self.languages()
+
+    async def metrics_text(self) -> bytes:
+        self.refresh_metrics()
+        return self.metrics.render()
+
+    def ready(self) -> bool:
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        if self.draining:
+            return "draining"
+        problem = self.engine.health.check()
+        if problem is not None:
+            return problem
+        if not any(p.stats.warm or p.stats.busy for p in self.engine.pools.values()):
+            return "no warm box yet"
+        return None
+
+    # --- state (sandboxd.jobs.status) -------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return servicestatus.status(self)
+
+    def languages(self) -> list[dict[str, Any]]:
+        return servicestatus.languages(self)
+
+    def refresh_metrics(self) -> None:
+        servicestatus.refresh_metrics(self)
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking jobs; let running ones finish within `grace` seconds, then cancel the rest."""
+        self.draining = True
+        unfinished = self.table.unfinished()
+        pending = [j.task for j in unfinished if j.task is not None]
+        if pending:
+            log.info("draining: waiting up to %.0f s for %d jobs", grace, len(pending))
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for j in unfinished:
+                if j.task in late:
+                    # Acknowledged, so kept: it runs again at the next start.
+                    j.requeue = j.durable
+                    j.task.cancel()
+            if late:
+                log.warning("draining: cancelled %d jobs after the grace period", len(late))
+                await asyncio.wait(late, timeout=5)

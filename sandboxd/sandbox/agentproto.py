@@ -1,0 +1,86 @@
+"""The daemon <-> agent wire format (mirror of sandboxd/sandbox/agent/agent.c).
+
+SOCK_SEQPACKET, one message per packet, native byte order, fds as SCM_RIGHTS.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+MSG_CONFIG = 1
+MSG_RUN = 2
+MSG_RESET = 3
+MSG_KILL = 4
+MSG_READY = 100
+MSG_RESULT = 101
+MSG_ERROR = 102
+
+# RESULT flags
+R_CPU_LIMIT = 1
+R_WALL_LIMIT = 2
+R_CANCELLED = 4
+R_EXEC_FAILED = 8
+R_LEFTOVERS = 16
+R_SETUP_FAILED = 32
+
+# RUN flags
+F_HAS_CPU_FD = 1
+
+CONFIG_HDR = struct.Struct("=IIIIQQQ")  # type uid gid seccomp_len box tmp shm
+RUN_HDR = struct.Struct("=IIQQQQQQII")  # type flags cpu wall fsize stack nofile as argc envc
+RESULT = struct.Struct("=IIiiQQQ")  # type flags wstatus err cpu_ns wall_ns maxrss_kb
+KIND = struct.Struct("=I")
+
+MAX_MSG = 1 << 20
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    flags: int
+    wstatus: int
+    err: int
+    cpu_ns: int
+    wall_ns: int
+    maxrss_kb: int
+
+
+def encode_config(
+    uid: int,
+    gid: int,
+    seccomp: bytes,
+    box_bytes: int,
+    tmp_bytes: int,
+    shm_bytes: int,
+    newroot: str,
+    hostname: str,
+    ops: list[tuple[str, ...]],
+) -> bytes:
+    strings = [newroot, hostname]
+    for op in ops:
+        strings.extend(op)
+    tail = b"".join(s.encode() + b"\0" for s in strings)
+    hdr = CONFIG_HDR.pack(MSG_CONFIG, uid, gid, len(seccomp), box_bytes, tmp_bytes, shm_bytes)
+    return hdr + seccomp + tail
+
+
+def encode_run(
+    flags: int,
+    cpu_ns: int,
+    wall_ns: int,
+    fsize: int,
+    stack: int,
+    nofile: int,
+    rl_as: int,
+    cwd: str,
+    argv: list[str],
+    env: list[str],
+) -> bytes:
+    hdr = RUN_HDR.pack(MSG_RUN, flags, cpu_ns, wall_ns, fsize, stack, nofile, rl_as, len(argv), len(env))
+    tail = b"".join(s.encode() + b"\0" for s in (cwd, *argv, *env))
+    return hdr + tail
+
+
+def decode_result(data: bytes) -> AgentResult:
+    _, flags, wstatus, err, cpu, wall, rss = RESULT.unpack_from(data)
+    return AgentResult(flags, wstatus, err, cpu, wall, rss)

@@ -1,0 +1,475 @@
+"""One warm box: its agent process, its cgroup, and the run protocol.
+
+A box is built once (namespaces, read-only rootfs, tmpfs work areas) by the
+agent; each run then costs one message, a fork+exec in the box, and one reply.
+Between runs `reset()` gives the box fresh tmpfs work areas and the cgroup a
+clean slate, so nothing of one job survives into the next.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxd.rootfs.mounts import Rootfs
+from sandboxd.sandbox import agentproto as proto
+from sandboxd.sandbox import boxfiles
+from sandboxd.sandbox.cgroups import BoxCgroup
+from sandboxd.sandbox.memstat import MemoryUse
+from sandboxd.schema import MAX_FILES_OUT_BYTES, RunRequest, RunResult, Status
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/box",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+}
+_DEVNULL = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+_MAX_FDS = 16
+
+
+class AgentDied(Exception):
+    """The agent is gone; the box is unusable."""
+
+
+class BoxError(Exception):
+    """The agent refused or failed a request; the box is unusable."""
+
+
+@dataclass(frozen=True)
+class BoxSpec:
+    rootfs: Rootfs
+    agent: Path
+    seccomp: bytes
+    newroot: Path  # an empty host directory the agent mounts the box root on
+    box_bytes: int = 256 << 20
+    tmp_bytes: int = 64 << 20
+    shm_bytes: int = 64 << 20
+    hostname: str = "sandbox"
+
+
+class _Channel:
+    """Request/reply over the agent's SOCK_SEQPACKET socket, on the event loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.waiter: asyncio.Future[tuple[bytes, list[int]]] | None = None
+        self.dead: Exception | None = None
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            # (CLOEXEC: a received /box fd must never reach a process the daemon starts.)
+            data, anc, _flags, _ = self.sock.recvmsg(
+                proto.MAX_MSG, socket.CMSG_SPACE(4 * _MAX_FDS), socket.MSG_CMSG_CLOEXEC
+            )
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._fail(AgentDied(f"agent socket: {e}"))
+            return
+        fds: list[int] = []
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
+                fds.extend(a)
+        if not data:
+            self._fail(AgentDied("agent exited"))
+            return
+        w = self.waiter
+        if w is None or w.done():
+            for fd in fds:
+                os.close(fd)
+            log.warning("unexpected message from agent: %r", data[:64])
+            return
+        w.set_result((data, fds))
+
+    def _fail(self, exc: Exception) -> None:
+        if self.dead is None:
+            self.dead = exc
+            self.loop.remove_reader(self.sock.fileno())
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    def expect(self) -> asyncio.Future[tuple[bytes, list[int]]]:
+        if self.dead is not None:
+            raise self.dead
+        self.waiter = self.loop.create_future()
+        return self.waiter
+
+    def send(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+        if self.dead is not None:
+            raise self.dead
+        try:
+            if fds:
+                self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            else:
+                self.sock.send(data)
+        except OSError as e:
+            self._fail(AgentDied(f"agent socket: {e}"))
+            raise self.dead from e  # type: ignore[misc]
+
+    async def request(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> tuple[bytes, list[int]]:
+        fut = self.expect()
+        self.send(data, fds)
+        return await fut
+
+    def close(self) -> None:
+        if self.dead is None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.dead = AgentDied("box closed")
+        self.sock.close()
+
+
+def _check_reply(data: bytes, fds: list[int], want: int) -> None:
+    (kind,) = proto.KIND.unpack_from(data)
+    if kind == want:
+        return
+    for fd in fds:
+        os.close(fd)
+    if kind == proto.MSG_ERROR:
+        raise BoxError(data[4:].decode(errors="replace"))
+    raise BoxError(f"agent sent message type {kind}, expected {want}")
+
+
+class _Capture:
+    """Reads one output pipe up to a limit; past it, asks for the run to be killed."""
+
+    def __init__(self, fd: int, limit: int, on_overflow: object) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+        self.on_overflow = on_overflow
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        if fd < 0:  # nothing to capture
+            self.done.set_result(None)
+            return
+        os.set_blocking(fd, False)
+        self.loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            b = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            b = b""
+        self._take(b)
+
+    def drain(self) -> bool:
+        """Read to EOF now, without the event loop; False if a writer is still
+        alive (then wait for `done`).  After a run's result every process of
+        the box is dead, so this is the common case and saves a loop round."""
+        while self.fd >= 0:
+            try:
+                b = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return False
+            except OSError:
+                b = b""
+            self._take(b)
+        return True
+
+    def _take(self, b: bytes) -> None:
+        if not b:
+            self.close()
+            return
+        if not self.truncated:
+            room = self.limit - self.size
+            if len(b) > room:
+                self.chunks.append(b[:room])
+                self.size = self.limit
+                self.truncated = True
+                self.on_overflow()  # type: ignore[operator]
+            else:
+                self.chunks.append(b)
+                self.size += len(b)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        if not self.done.done():
+            self.done.set_result(None)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class Box:
+    def __init__(self, name: str, uid: int, spec: BoxSpec, cg: BoxCgroup) -> None:
+        self.name = name
+        self.uid = uid
+        self.spec = spec
+        self.cg = cg
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.chan: _Channel | None = None
+        self.boxfd = -1
+        self.runs = 0
+        self.broken: str | None = None  # why this box must not be reused
+
+    @classmethod
+    async def create(cls, name: str, uid: int, spec: BoxSpec, cg: BoxCgroup) -> Box:
+        box = cls(name, uid, spec, cg)
+        try:
+            await box._start()
+        except BaseException:
+            await box.close()
+            raise
+        return box
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            # Room for the largest run request (argv+env are capped well below).
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * proto.MAX_MSG)
+            self.proc = subprocess.Popen(
+                [str(self.spec.agent), str(os.getpid()), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env={},
+                cwd="/",
+            )
+        finally:
+            theirs.close()
+        self.chan = _Channel(ours)
+        cfg = proto.encode_config(
+            self.uid,
+            self.uid,
+            self.spec.seccomp,
+            self.spec.box_bytes,
+            self.spec.tmp_bytes,
+            self.spec.shm_bytes,
+            str(self.spec.newroot),
+            self.spec.hostname,
+            self.spec.rootfs.ops(self.uid, self.uid),
+        )
+        data, fds = await self.chan.request(cfg)
+        _check_reply(data, fds, proto.MSG_READY)
+        self.boxfd = fds[0]
+
+    @property
+    def alive(self) -> bool:
+        """False once the agent is known to be gone (socket closed or exited)."""
+        return self.chan is not None and self.chan.dead is None and self.proc is not None and self.proc.poll() is None
+
+    async def reset(self) -> None:
+        """Empty /box, /tmp, /dev/shm, /dev/mqueue; no process or SysV object
+        left; accounting cleared."""
+        assert self.chan is not None
+        data, fds = await self.chan.request(proto.KIND.pack(proto.MSG_RESET))
+        _check_reply(data, fds, proto.MSG_READY)
+        if fds:
+            # The agent replaced /box with a fresh tmpfs (what the job left
+            # could not be emptied in place): files go through the new root.
+            os.close(self.boxfd)
+            self.boxfd = fds[0]
+            for fd in fds[1:]:
+                os.close(fd)
+        # After the tmpfs is emptied: its pages were charged to the box's cgroup.
+        self.cg.between_runs()
+
+    async def run(self, req: RunRequest, stdio: tuple[int, int] | None = None) -> RunResult:
+        """Run one program.  Raises AgentDied if the agent vanished before the
+        run started (the caller may retry on another box).
+
+        stdio: (stdin, stdout) fds to hand to the program instead of req.stdin
+        and a captured stdout (interactive problems); always closed here."""
+        owned: list[int] = list(stdio) if stdio else []
+        try:
+            return await self._run(req, stdio, owned)
+        finally:
+            for fd in owned:
+                os.close(fd)
+
+    async def _run(self, req: RunRequest, stdio: tuple[int, int] | None, owned: list[int]) -> RunResult:
+        assert self.chan is not None
+        chan = self.chan
+        lim = req.limits
+        self.runs += 1
+        for f in req.files_in:
+            boxfiles.write_in(self.boxfd, f.path, f.content, f.executable, self.uid, self.uid)
+        rc = self.cg.prepare(lim.memory, lim.procs)
+        stdin_fd = _DEVNULL
+        if stdio:
+            stdin_fd, out_w = stdio
+        elif req.stdin:
+            stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+            owned.append(stdin_fd)
+            os.write(stdin_fd, req.stdin)  # memfd: no short writes
+            os.lseek(stdin_fd, 0, os.SEEK_SET)
+        if not stdio:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            owned.append(out_w)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        owned.append(err_w)
+        killed = False
+
+        def overflow() -> None:
+            nonlocal killed
+            if not killed:
+                killed = True
+                with contextlib.suppress(AgentDied):
+                    chan.send(proto.KIND.pack(proto.MSG_KILL))
+
+        out = _Capture(-1 if stdio else out_r, lim.output, overflow)
+        err = _Capture(err_r, lim.output, overflow)
+        env = req.env if req.env is not None else DEFAULT_ENV
+        msg = proto.encode_run(
+            proto.F_HAS_CPU_FD,
+            int(lim.cpu_time * 1e9),
+            int(lim.wall * 1e9),
+            lim.file_size or 1,
+            lim.stack or lim.memory,
+            lim.open_files,
+            0,
+            req.cwd,
+            req.cmd,
+            [f"{k}={v}" for k, v in env.items()],
+        )
+        try:
+            fut = chan.expect()
+            chan.send(msg, [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds])
+        except BaseException:
+            out.close()
+            err.close()
+            raise
+        finally:
+            # The agent holds its own copies now; ours must go so that EOF
+            # reaches the readers when the run's processes exit.
+            for fd in owned:
+                os.close(fd)
+            owned.clear()
+            rc.close_fds()
+        try:
+            try:
+                data, fds = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                # Cancelled by our caller: stop the run, keep the box consistent.
+                overflow()
+                data, fds = await fut
+                raise
+            _check_reply(data, fds, proto.MSG_RESULT)
+            res = proto.decode_result(data)
+            # Every process of the run is dead now, so the pipes are at EOF.
+            if not (out.drain() and err.drain()):
+                await asyncio.gather(out.done, err.done)
+        except (AgentDied, BoxError) as e:
+            out.close()
+            err.close()
+            self.broken = str(e)
+            return RunResult(status="internal_error", message=f"the box failed during the run: {e}")
+        finally:
+            if not out.done.done() or not err.done.done():
+                out.close()
+                err.close()
+        mem = self.cg.finish(rc)
+        if res.flags & proto.R_LEFTOVERS:
+            self.broken = "processes survived SIGKILL"
+        result = _classify(res, mem, out, err, req, killed)
+        if req.files_out:
+            result.files = boxfiles.read_files_out(self.boxfd, req.files_out, lim.file_size, MAX_FILES_OUT_BYTES)
+        return result
+
+    async def close(self) -> None:
+        if self.chan is not None:
+            self.chan.close()
+        if self.boxfd >= 0:
+            os.close(self.boxfd)
+            self.boxfd = -1
+        if self.proc is not None:
+            # The outer agent; the inner one (PID 1 of the box) follows it via
+            # PDEATHSIG, and with it every process of the box.
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+            await asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
+            self.proc = None
+        await self.cg.remove()
+
+
+def _classify(
+    res: proto.AgentResult,
+    mem: MemoryUse,
+    out: _Capture,
+    err: _Capture,
+    req: RunRequest,
+    output_killed: bool,
+) -> RunResult:
+    lim = req.limits
+    ws = res.wstatus
+    exit_code = os.waitstatus_to_exitcode(ws) if os.WIFEXITED(ws) else None
+    sig = os.WTERMSIG(ws) if os.WIFSIGNALED(ws) else None
+    cpu = res.cpu_ns / 1e9
+    status: Status
+    message = ""
+    stderr = err.data
+    if res.flags & proto.R_SETUP_FAILED:
+        status = "internal_error"
+        message = f"setting up the run failed: {os.strerror(res.err)}"
+        exit_code = sig = None
+    elif out.truncated or err.truncated:
+        status = "output_limit"
+    elif mem.oom_kill:
+        status = "memory_limit"
+    elif res.flags & proto.R_CPU_LIMIT or cpu >= lim.cpu_time or sig == signal.SIGXCPU:
+        status = "time_limit"
+    elif res.flags & proto.R_WALL_LIMIT:
+        status = "time_limit"
+        message = "wall time limit"
+    elif res.flags & proto.R_CANCELLED:
+        status = "internal_error"
+        message = "cancelled"
+    elif res.flags & proto.R_EXEC_FAILED:
+        status = "nonzero_exit"
+        exit_code, sig = 127, None
+        message = f"cannot execute {req.cmd[0]!r}: {os.strerror(res.err)}"
+        stderr += f"sandboxd: {message}\n".encode()
+    elif sig == signal.SIGSYS:
+        status = "bad_syscall"
+    elif sig == signal.SIGXFSZ:
+        status = "output_limit"
+        message = "file size limit"
+    elif (sig is not None or exit_code) and (mem.oom or mem.peak >= lim.memory):
+        # Hit the ceiling and failed (a charge the kernel refused): a judge's
+        # MLE.  Page cache is not in mem.peak: a limit full of it is no
+        # failure, the kernel reclaims it (sandboxd/sandbox/memstat.py).
+        status = "memory_limit"
+    elif sig is not None:
+        status = "signaled"
+    elif exit_code:
+        status = "nonzero_exit"
+    else:
+        status = "ok"
+    return RunResult(
+        status=status,
+        exit_code=exit_code,
+        signal=sig,
+        cpu_time=round(cpu, 6),
+        wall_time=round(res.wall_ns / 1e9, 6),
+        memory=mem.peak or res.maxrss_kb * 1024,
+        stdout=out.data,
+        stderr=stderr,
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+        message=message,
+    )
