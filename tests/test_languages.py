@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 
 from sandboxd.languages import load_dir
 from sandboxd.schema import Limits, MiB
