@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Draw sandboxd's layers from the code: docs/layers.md, a Mermaid graph of
+which layer package imports which.
+
+    python scripts/layers_diagram.py          # rewrite docs/layers.md
+    python scripts/layers_diagram.py --check  # exit 1 if it is out of date
+
+It reads sandboxd/ with `ast` (nothing is imported, so it runs anywhere) and
+sorts every import by where it runs: at module load, only inside a function
+(lazy), or only for the type checker (`if TYPE_CHECKING:`).  Edges that go
+against the layer order are drawn red and listed with the importing module.
+tests/unit/test_layers.py fails when docs/layers.md differs from what this
+prints, so the picture cannot drift from the code.  (The order itself is
+enforced by import-linter's contracts; this only shows it.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "sandboxd"
+OUTPUT = ROOT / "docs" / "layers.md"
+
+# Lowest first: each layer may import only the layers before it
+# (docs/architecture.md).  "shared" is the modules directly in sandboxd/.
+LAYERS = ("shared", "rootfs", "sandbox", "engine", "judging", "jobs", "api", "compat", "fleet", "app")
+# Modules directly in sandboxd/ that belong to a layer other than "shared".
+TOP_LEVEL_LAYER = {"__main__": "app"}  # `python -m sandboxd`: the CLI's entry point
+
+LOAD, LAZY, TYPING = "load", "lazy", "typing"
+
+
+@dataclass
+class Edge:
+    kinds: set[str] = field(default_factory=set)
+    # (importing module, imported module, kind) behind the edge
+    imports: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "sandboxd":
+        return None
+    if len(parts) == 1:
+        return "shared"
+    if (PACKAGE / parts[1]).is_dir():
+        return parts[1]
+    return TOP_LEVEL_LAYER.get(parts[1], "shared")
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+class _Imports(ast.NodeVisitor):
+    """(imported module, kind) of every import statement of one module."""
+
+    def __init__(self, module: str, is_package: bool) -> None:
+        self.package = module if is_package else module.rpartition(".")[0]
+        self.found: list[tuple[str, str]] = []
+        self.kind = LOAD
+
+    def _within(self, kind: str, nodes: list[ast.stmt]) -> None:
+        outer, self.kind = self.kind, kind if self.kind == LOAD else self.kind
+        for n in nodes:
+            self.visit(n)
+        self.kind = outer
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._within(LAZY, node.body)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self._within(LAZY, node.body)
+
+    def visit_If(self, node: ast.If) -> None:
+        if _is_type_checking(node.test):
+            self._within(TYPING, node.body)
+            self._within(self.kind, node.orelse)
+        else:
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.found += [(a.name, self.kind) for a in node.names]
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        base = node.module or ""
+        if node.level:  # relative: from the module's own package upwards
+            pkg = self.package.split(".")[: len(self.package.split(".")) - node.level + 1]
+            base = ".".join([*pkg, base] if base else pkg)
+        for a in node.names:
+            # `from sandboxd import config` imports the module sandboxd.config.
+            sub = f"{base}.{a.name}"
+            self.found.append((sub if _is_module(sub) else base, self.kind))
+
+
+def _is_module(name: str) -> bool:
+    parts = name.split(".")
+    if parts[0] != "sandboxd":
+        return False
+    path = ROOT.joinpath(*parts)
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
+def collect() -> tuple[dict[str, list[str]], dict[tuple[str, str], Edge]]:
+    """Each layer's modules, and the layer -> layer edges."""
+    modules: dict[str, list[str]] = defaultdict(list)
+    edges: dict[tuple[str, str], Edge] = defaultdict(Edge)
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        src = layer_of(name)
+        assert src is not None
+        modules[src].append(name)
+        visitor = _Imports(name, path.name == "__init__.py")
+        visitor.visit(ast.parse(path.read_text(), str(path)))
+        for target, kind in visitor.found:
+            dst = layer_of(target)
+            if dst is None or dst == src:
+                continue
+            edge = edges[(src, dst)]
+            edge.kinds.add(kind)
+            edge.imports.add((name, target, kind))
+    return modules, edges
+
+
+def _rank(layer: str) -> int:
+    return LAYERS.index(layer) if layer in LAYERS else len(LAYERS)
+
+
+def _label(layer: str, mods: list[str]) -> str:
+    """The folder and what lives in it: modules and sub-packages directly there."""
+    package = "sandboxd" if layer == "shared" else f"sandboxd.{layer}"
+    names = set()
+    for m in mods:
+        if m == package:
+            continue
+        if not m.startswith(package + "."):  # placed by TOP_LEVEL_LAYER
+            names.add(m.replace(".", "/") + ".py")
+            continue
+        rel = m.removeprefix(package + ".").split(".")
+        sub = len(rel) > 1 or PACKAGE.joinpath(*m.split(".")[1:]).is_dir()
+        names.add(rel[0] + ("/" if sub else ""))
+    title = "shared: sandboxd/*.py" if layer == "shared" else f"{layer}/"
+    return f"{title}<br/>{', '.join(sorted(names)) or '(empty)'}"
+
+
+def render() -> str:
+    modules, edges = collect()
+    layers = sorted(modules, key=_rank)
+    out = [
+        "# The layers, as the code imports them",
+        "",
+        "Generated by `scripts/layers_diagram.py` from the imports in `sandboxd/`: do not edit;",
+        "run `python scripts/layers_diagram.py` after changing imports (tests/unit/test_layers.py",
+        "fails while this file is out of date).  The rules behind it: [architecture.md](architecture.md).",
+        "",
+        'An arrow is "imports". Solid: at module load; dashed: only inside a function (lazy) or',
+        "only for the type checker; red: against the layer order "
+        f"({' → '.join(LAYERS)}, each importing only layers before it).",
+        "",
+        "```mermaid",
+        "flowchart TD",
+    ]
+    out += [f'    {layer}["{_label(layer, modules[layer])}"]' for layer in reversed(layers)]
+    order = sorted(edges, key=lambda e: (-_rank(e[0]), -_rank(e[1])))
+    upward: list[int] = []
+    for i, (src, dst) in enumerate(order):
+        kinds = edges[(src, dst)].kinds
+        arrow = "-->" if LOAD in kinds else f"-.->|{' + '.join(sorted(kinds))}|"
+        out.append(f"    {src} {arrow} {dst}")
+        if _rank(dst) > _rank(src):
+            upward.append(i)
+    if upward:
+        out.append(f"    linkStyle {','.join(map(str, upward))} stroke:#d00,stroke-width:2px")
+    out += ["```", ""]
+    out += _upward_table(order, edges)
+    return "\n".join(out)
+
+
+def _upward_table(order: list[tuple[str, str]], edges: dict[tuple[str, str], Edge]) -> list[str]:
+    rows = [
+        f"| {src} → {dst} | `{imp}` | `{target}` | {kind} |"
+        for src, dst in order
+        if _rank(dst) > _rank(src)
+        for imp, target, kind in sorted(edges[(src, dst)].imports)
+    ]
+    if not rows:
+        return ["No import goes against the layer order.", ""]
+    head = ["## Imports against the layer order", "", "| edge | module | imports | when |", "|---|---|---|---|"]
+    return [*head, *rows, ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--check", action="store_true", help="exit 1 if docs/layers.md is out of date")
+    args = p.parse_args(argv)
+    text = render()
+    if args.check:
+        current = OUTPUT.read_text() if OUTPUT.exists() else ""
+        if current != text:
+            print(f"{OUTPUT.relative_to(ROOT)} is out of date: run python scripts/layers_diagram.py", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
