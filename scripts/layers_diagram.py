@@ -79,6 +79,13 @@ class _Imports(ast.NodeVisitor):
             self.visit(n)
         self.kind = outer
 
+    def generic_visit(self, node: ast.AST) -> None:
+        # Imports are statements: skip expressions, most of a module's nodes.
+        for _, value in ast.iter_fields(node):
+            for child in value if isinstance(value, list) else [value]:
+                if isinstance(child, ast.stmt | ast.excepthandler | ast.match_case):
+                    self.visit(child)
+
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         self._within(LAZY, node.body)
 

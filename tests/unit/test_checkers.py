@@ -14,7 +14,7 @@ from sandboxd.judging.checkers import BUILTIN, exact, floats, lines, tokens
 from sandboxd.schema import Checker, CheckerKind
 
 C = Checker()
-PROPS = settings(max_examples=150, deadline=None, database=None)
+PROPS = settings(max_examples=100, deadline=None, database=None)
 
 
 def test_every_kind_but_custom_is_built_in() -> None:

@@ -22,8 +22,8 @@ def test_retry_after_is_bounded_and_grows_with_the_work_ahead(a: float, b: float
     assert RETRY_MIN <= retry_after(lo, rate) <= retry_after(hi, rate) <= RETRY_MAX
 
 
-@PROPS
-@given(st.floats(min_value=0.01, max_value=1000), st.floats(min_value=0.5, max_value=60))
+@settings(max_examples=60, deadline=None, database=None)  # each example notes up to 3000 completions
+@given(st.floats(min_value=0.05, max_value=50), st.floats(min_value=0.5, max_value=20))
 def test_a_steady_rate_is_measured_as_itself(rate: float, tau: float) -> None:
     d = DrainRate(tau=tau, clock=lambda: 0.0)
     step = 1.0 / rate
