@@ -75,3 +75,20 @@ def test_relative_imports_resolve_from_the_modules_package() -> None:
     v = LAYERS._Imports("sandboxd.jobs.table", is_package=False)
     v.visit(LAYERS.ast.parse("from .store import JobStore\nfrom ..rates import retry_after\n"))
     assert sorted(v.found) == [("sandboxd.jobs.store", "load"), ("sandboxd.rates", "load")]
+
+
+def test_the_order_is_import_linters_when_it_has_a_layers_contract() -> None:
+    # The shape of pyproject.toml's [tool.importlinter] (highest layer first, siblings joined by ":" or "|").
+    entries = ["sandboxd.__main__", "sandboxd.app", "sandboxd.fleet", "sandboxd.compat", "sandboxd.api"]
+    entries += ["sandboxd.jobs", "sandboxd.judging", "sandboxd.engine", "sandboxd.sandbox", "sandboxd.rootfs"]
+    entries += ["sandboxd.config : sandboxd.errors | sandboxd.schema"]
+    contracts = [{"type": "forbidden"}, {"type": "layers", "layers": entries}]
+    pyproject = {"tool": {"importlinter": {"contracts": contracts}}}
+    assert LAYERS.contract_layers(pyproject) == LAYERS.DEFAULT_LAYERS
+    assert LAYERS.contract_layers({"tool": {}}) is None
+
+
+def test_upward_imports_are_red_unless_for_annotations_only() -> None:
+    assert LAYERS._against("jobs", "compat", {"load"}) and LAYERS._against("fleet", "app", {"lazy"})
+    assert not LAYERS._against("jobs", "compat", {"typing"})  # as import-linter: not a dependency
+    assert not LAYERS._against("compat", "jobs", {"load"})
