@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
 import tomllib
 from collections import defaultdict
@@ -30,11 +31,11 @@ PACKAGE = ROOT / "sandboxd"
 OUTPUT = ROOT / "docs" / "layers.md"
 
 # Lowest first: each layer may import only the layers before it
-# (docs/architecture.md).  "shared" is the modules directly in sandboxd/.
-# The order is import-linter's `layers` contract in pyproject.toml when there
-# is one (it is what CI enforces); this is the order until there is.
+# (docs/architecture.md).  "shared" is what sits directly in sandboxd/.
+# The layers are import-linter's `layers` contract in pyproject.toml when
+# there is one (it is what CI enforces); these until there is.
 DEFAULT_LAYERS = ("shared", "rootfs", "sandbox", "engine", "judging", "jobs", "api", "compat", "fleet", "app")
-# Modules directly in sandboxd/ that belong to a layer other than "shared".
+# Modules directly in sandboxd/ drawn in another layer than "shared".
 TOP_LEVEL_LAYER = {"__main__": "app"}  # `python -m sandboxd`: the CLI's entry point
 
 LOAD, LAZY, TYPING = "load", "lazy", "typing"
@@ -47,26 +48,42 @@ class Edge:
     imports: set[tuple[str, str, str]] = field(default_factory=set)
 
 
-def contract_layers(pyproject: dict[str, Any]) -> tuple[str, ...] | None:
-    """The layers of import-linter's first `layers` contract, lowest first, as
-    folder names: an entry naming modules directly in sandboxd/ is "shared";
-    one placed by TOP_LEVEL_LAYER (sandboxd.__main__) is drawn in its layer."""
+Layers = tuple[tuple[str, ...], dict[str, str]]  # (names lowest first, module prefix -> layer)
+
+
+def contract_layers(pyproject: dict[str, Any]) -> Layers | None:
+    """The layers of import-linter's `layers` contract: each entry is a layer
+    (the lowest, of modules directly in sandboxd/, is "shared"); siblings in
+    one entry are joined by ":" or "|"."""
     contracts = pyproject.get("tool", {}).get("importlinter", {}).get("contracts", [])
     entries = next((c["layers"] for c in contracts if c.get("type") == "layers"), None)
     if entries is None:
         return None
-    out: list[str] = []
-    for entry in reversed(entries):  # import-linter lists the highest first
-        mods = [m.strip() for m in entry.replace("|", ":").split(":")]  # siblings of one layer
-        if all(m.removeprefix("sandboxd.") in TOP_LEVEL_LAYER for m in mods):
-            continue
-        out += [n for n in sorted({layer_of(m) or m for m in mods}) if n not in out]
-    return tuple(out)
+    names: list[str] = []
+    prefixes: dict[str, str] = {}
+    for i, entry in enumerate(reversed(entries)):  # import-linter lists the highest first
+        mods = [m.strip() for m in re.split(r"[|:]", entry)]
+        name = "shared" if i == 0 and len(mods) > 1 else "+".join(m.removeprefix("sandboxd.") for m in mods)
+        name = TOP_LEVEL_LAYER.get(name, name)
+        prefixes |= dict.fromkeys(mods, name)
+        names += [name] if name not in names else []
+    return tuple(names), prefixes
 
 
-def _layers() -> tuple[str, ...]:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return contract_layers(pyproject) or DEFAULT_LAYERS
+def default_layers() -> Layers:
+    """DEFAULT_LAYERS' folders; whatever else sits directly in sandboxd/ is shared."""
+    prefixes = {f"sandboxd.{name}": name for name in DEFAULT_LAYERS if name != "shared"}
+    for p in PACKAGE.iterdir():
+        if (p.suffix == ".py" or (p / "__init__.py").is_file()) and f"sandboxd.{p.stem}" not in prefixes:
+            prefixes[f"sandboxd.{p.stem}"] = TOP_LEVEL_LAYER.get(p.stem, "shared")
+    return DEFAULT_LAYERS, prefixes
+
+
+def _layers() -> Layers:
+    return contract_layers(tomllib.loads((ROOT / "pyproject.toml").read_text())) or default_layers()
+
+
+LAYERS, PREFIXES = _layers()
 
 
 def module_name(path: Path) -> str:
@@ -75,14 +92,16 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(module: str) -> str | None:
+    """The layer of a sandboxd module (None outside sandboxd); one no layer
+    names is its folder's or module's own name, drawn after the others."""
     parts = module.split(".")
     if parts[0] != "sandboxd":
         return None
-    if len(parts) == 1:
-        return "shared"
-    if (PACKAGE / parts[1]).is_dir():
-        return parts[1]
-    return TOP_LEVEL_LAYER.get(parts[1], "shared")
+    for n in range(len(parts), 1, -1):
+        hit = PREFIXES.get(".".join(parts[:n]))
+        if hit is not None:
+            return hit
+    return "shared" if len(parts) == 1 else parts[1]
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -170,9 +189,6 @@ def collect() -> tuple[dict[str, list[str]], dict[tuple[str, str], Edge]]:
 
 def _rank(layer: str) -> int:
     return LAYERS.index(layer) if layer in LAYERS else len(LAYERS)
-
-
-LAYERS = _layers()
 
 
 def _label(layer: str, mods: list[str]) -> str:

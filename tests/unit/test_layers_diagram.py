@@ -20,17 +20,17 @@ def _script() -> ModuleType:
     return mod
 
 
-LAYERS = _script()
+diagram = _script()
 
 
 def test_docs_layers_md_is_up_to_date() -> None:
     current = (ROOT / "docs" / "layers.md").read_text()
-    assert current == LAYERS.render(), "docs/layers.md is out of date: run python scripts/layers_diagram.py"
+    assert current == diagram.render(), "docs/layers.md is out of date: run python scripts/layers_diagram.py"
 
 
 def test_every_module_is_in_a_known_layer() -> None:
-    modules, _ = LAYERS.collect()
-    assert set(modules) <= set(LAYERS.LAYERS), "a new folder in sandboxd/: give it its place in LAYERS"
+    modules, _ = diagram.collect()
+    assert set(modules) <= set(diagram.LAYERS), "new in sandboxd/: place it in the layers contract"
     assert "sandboxd.schema" in modules["shared"] and "sandboxd.sandbox.box" in modules["sandbox"]
     assert "sandboxd.__main__" in modules["app"]
 
@@ -49,8 +49,8 @@ class C:
         if TYPE_CHECKING:
             import sandboxd.fleet
 """
-    v = LAYERS._Imports("sandboxd.api.x", is_package=False)
-    v.visit(LAYERS.ast.parse(src))
+    v = diagram._Imports("sandboxd.api.x", is_package=False)
+    v.visit(diagram.ast.parse(src))
     assert sorted(v.found) == [
         ("sandboxd.app.daemon", "lazy"),
         ("sandboxd.engine.pool", "load"),
@@ -65,15 +65,15 @@ class C:
 
 def test_relative_imports_resolve_from_the_modules_package() -> None:
     # As in sandboxd/compat/judge0/__init__.py: "." is that package, "..." sandboxd.
-    v = LAYERS._Imports("sandboxd.compat.judge0", is_package=True)
-    v.visit(LAYERS.ast.parse("from . import VERSION\nfrom ... import schema\nfrom ...engine import pool\n"))
+    v = diagram._Imports("sandboxd.compat.judge0", is_package=True)
+    v.visit(diagram.ast.parse("from . import VERSION\nfrom ... import schema\nfrom ...engine import pool\n"))
     assert sorted(v.found) == [
         ("sandboxd.compat.judge0", "load"),  # a name, not a module: the package is what is imported
         ("sandboxd.engine.pool", "load"),
         ("sandboxd.schema", "load"),
     ]
-    v = LAYERS._Imports("sandboxd.jobs.table", is_package=False)
-    v.visit(LAYERS.ast.parse("from .store import JobStore\nfrom ..rates import retry_after\n"))
+    v = diagram._Imports("sandboxd.jobs.table", is_package=False)
+    v.visit(diagram.ast.parse("from .store import JobStore\nfrom ..rates import retry_after\n"))
     assert sorted(v.found) == [("sandboxd.jobs.store", "load"), ("sandboxd.rates", "load")]
 
 
@@ -84,11 +84,13 @@ def test_the_order_is_import_linters_when_it_has_a_layers_contract() -> None:
     entries += ["sandboxd.config : sandboxd.errors | sandboxd.schema"]
     contracts = [{"type": "forbidden"}, {"type": "layers", "layers": entries}]
     pyproject = {"tool": {"importlinter": {"contracts": contracts}}}
-    assert LAYERS.contract_layers(pyproject) == LAYERS.DEFAULT_LAYERS
-    assert LAYERS.contract_layers({"tool": {}}) is None
+    got = diagram.contract_layers(pyproject)
+    assert got is not None and got[0] == diagram.DEFAULT_LAYERS
+    assert got[1]["sandboxd.config"] == "shared" and got[1]["sandboxd.__main__"] == "app"
+    assert diagram.contract_layers({"tool": {}}) is None
 
 
 def test_upward_imports_are_red_unless_for_annotations_only() -> None:
-    assert LAYERS._against("jobs", "compat", {"load"}) and LAYERS._against("fleet", "app", {"lazy"})
-    assert not LAYERS._against("jobs", "compat", {"typing"})  # as import-linter: not a dependency
-    assert not LAYERS._against("compat", "jobs", {"load"})
+    assert diagram._against("jobs", "compat", {"load"}) and diagram._against("fleet", "app", {"lazy"})
+    assert not diagram._against("jobs", "compat", {"typing"})  # as import-linter: not a dependency
+    assert not diagram._against("compat", "jobs", {"load"})
