@@ -119,7 +119,8 @@ class _Imports(ast.NodeVisitor):
         self.kind = LOAD
 
     def _within(self, kind: str, nodes: list[ast.stmt]) -> None:
-        outer, self.kind = self.kind, kind if self.kind == LOAD else self.kind
+        # Nested, the rarer wins: a TYPE_CHECKING import never runs, wherever it is.
+        outer, self.kind = self.kind, max(self.kind, kind, key=(LOAD, LAZY, TYPING).index)
         for n in nodes:
             self.visit(n)
         self.kind = outer

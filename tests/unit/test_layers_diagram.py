@@ -54,7 +54,7 @@ class C:
     assert sorted(v.found) == [
         ("sandboxd.app.daemon", "lazy"),
         ("sandboxd.engine.pool", "load"),
-        ("sandboxd.fleet", "lazy"),
+        ("sandboxd.fleet", "typing"),
         ("sandboxd.jobs.service", "typing"),
         ("sandboxd.rates", "load"),
         ("sandboxd.sandbox.box", "load"),
