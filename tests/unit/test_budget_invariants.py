@@ -36,7 +36,7 @@ def reserve(b: MemoryBudget, cache: ByteLRU[int, int], holds: list[Hold], n: int
     assert b.used["requests"] == sum(h.n for h in holds)
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(ops)
 def test_the_books_balance_whatever_happens(seq: list[tuple[str, int, int]]) -> None:
     b = MemoryBudget(LIMIT)

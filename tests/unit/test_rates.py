@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sandboxd.rates import RETRY_MAX, RETRY_MIN, DrainRate, retry_after
 
-PROPS = settings(max_examples=200, deadline=None, database=None)
+PROPS = settings(max_examples=100, deadline=None, database=None)
 amounts = st.floats(min_value=0, max_value=1e9)
 rates = st.floats(min_value=-1.0, max_value=1e6)
 

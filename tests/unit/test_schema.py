@@ -149,7 +149,7 @@ def test_box_paths_normalized() -> None:
     assert check_box_path("x" * MAX_NAME, "p") == "x" * MAX_NAME
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(st.text(alphabet=st.sampled_from("ab./\\\0"), max_size=12) | st.text(max_size=12))
 def test_a_box_path_never_leaves_the_box(path: str) -> None:
     try:

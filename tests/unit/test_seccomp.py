@@ -139,7 +139,7 @@ def test_the_interpreter_can_tell_the_difference() -> None:
     assert run_bpf(allow_all, nr("ptrace")) == ALLOW != decided("ptrace", (0,) * 6)
 
 
-@settings(max_examples=150, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(st.sets(st.integers(0, 255), max_size=6))
 def test_cover_except_matches_every_value_but_the_kept_ones(keep: set[int]) -> None:
     pairs = seccomp._cover_except(keep, 8)
