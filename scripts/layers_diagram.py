@@ -205,7 +205,7 @@ def _label(layer: str, mods: list[str]) -> str:
         rel = m.removeprefix(package + ".").split(".")
         sub = len(rel) > 1 or PACKAGE.joinpath(*m.split(".")[1:]).is_dir()
         names.add(rel[0] + ("/" if sub else ""))
-    title = "shared: sandboxd/*.py" if layer == "shared" else f"{layer}/"
+    title = "shared: directly in sandboxd/" if layer == "shared" else f"{layer}/"
     return f"{title}<br/>{', '.join(sorted(names)) or '(empty)'}"
 
 
