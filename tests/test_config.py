@@ -175,12 +175,14 @@ def test_consumers_take_their_defaults_from_the_config() -> None:
     from sandboxd.fleet.store import FleetStore
     from sandboxd.jobs.service import Service
     from sandboxd.sandbox import agentbin
+    from sandboxd.sandbox.box import BoxSpec
 
     e, f, j = config.ENGINE, config.FLEET, config.JOBS
     ecfg = EngineConfig()
     assert (ecfg.instance, str(ecfg.run_dir), ecfg.max_runs_per_box) == ("default", "/run/sandboxd", e.max_runs_per_box)
     assert (ecfg.queue_depth, ecfg.aging, ecfg.memory_budget) == (e.queue_depth, e.aging, e.memory_budget)
     assert ecfg.pool_size == config.default_pool_size()
+    assert (ecfg.box_bytes, ecfg.tmp_bytes, ecfg.shm_bytes) == (BoxSpec.box_bytes, BoxSpec.tmp_bytes, BoxSpec.shm_bytes)
     if "SANDBOXD_STATE_DIR" not in os.environ:  # (the agent's directory may be set apart from the config)
         assert Path(config.DEFAULT.state_dir) == agentbin.DEFAULT_DIR
     assert defaults_of(AdmissionQueue) == {"max_depth": e.queue_depth, "aging": e.aging}

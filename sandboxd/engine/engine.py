@@ -60,9 +60,9 @@ class EngineConfig:
     # so a daemon, one-shot CLI runs and tests never share a box uid.
     uid_base: int | None = None
     uid_count: int = 1000
-    box_bytes: int = 256 << 20
-    tmp_bytes: int = 64 << 20
-    shm_bytes: int = 64 << 20
+    box_bytes: int = BoxSpec.box_bytes  # the box's own sizes are the box's defaults
+    tmp_bytes: int = BoxSpec.tmp_bytes
+    shm_bytes: int = BoxSpec.shm_bytes
     languages_dir: Path | None = None
     queue_depth: int = ENGINE.queue_depth  # waiting runs per pool before new ones are rejected
     aging: float = ENGINE.aging  # priority points a waiting run gains per second
