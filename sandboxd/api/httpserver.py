@@ -270,8 +270,8 @@ def make_app(
 def make_compat_app(
     svc: Frontend, api: str, token: str = "", max_body: int = HTTP.max_body, inbound: Inbound | None = None
 ) -> web.Application:
-    """One compatibility API at the root of a listener of its own (`judge0_http`,
-    `piston_http`): the same bearer token and body limit as the main listener."""
+    """One compatibility API at the root of a listener of its own ([http]
+    `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener."""
     make = judge0.make_app if api == "judge0" else piston.make_app
     app = make(svc, middlewares=[errors_and_auth], client_max_size=max_body)
     app[TOKEN] = token
