@@ -23,6 +23,7 @@ from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.openapi import document
 from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
 from sandboxd.compat import judge0, piston
+from sandboxd.config import HTTP
 from sandboxd.errors import ServiceError
 from sandboxd.schema import Error
 
@@ -235,7 +236,7 @@ async def openapi(req: web.Request) -> web.Response:
 def make_app(
     svc: Frontend,
     token: str = "",
-    max_body: int = 64 << 20,
+    max_body: int = HTTP.max_body,
     judge0_prefix: str = "",
     piston_prefix: str = "",
     extra_routes: Callable[[web.Application], None] | None = None,
@@ -267,10 +268,10 @@ def make_app(
 
 
 def make_compat_app(
-    svc: Frontend, api: str, token: str = "", max_body: int = 64 << 20, inbound: Inbound | None = None
+    svc: Frontend, api: str, token: str = "", max_body: int = HTTP.max_body, inbound: Inbound | None = None
 ) -> web.Application:
-    """One compatibility API at the root of a listener of its own (`judge0_http`,
-    `piston_http`): the same bearer token and body limit as the main listener."""
+    """One compatibility API at the root of a listener of its own ([http]
+    `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener."""
     make = judge0.make_app if api == "judge0" else piston.make_app
     app = make(svc, middlewares=[errors_and_auth], client_max_size=max_body)
     app[TOKEN] = token

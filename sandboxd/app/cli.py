@@ -89,10 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     rsub = rf.add_subparsers(dest="rootfs_command", required=True, parser_class=_Parser)
     b = rsub.add_parser("build", help="build a minimal Debian 12 tree for a language and switch it live")
     b.add_argument("lang")
-    b.add_argument("--state-dir", type=Path, default=Path("/var/lib/sandboxd"))
+    b.add_argument("--state-dir", type=Path, default=Path(config.DEFAULT.state_dir))
     b.add_argument("--recipes", type=Path, default=None, help="recipe directory (default: the checkout's rootfs/)")
     ls = rsub.add_parser("list", help="trees, sizes, and which are live")
-    ls.add_argument("--state-dir", type=Path, default=Path("/var/lib/sandboxd"))
+    ls.add_argument("--state-dir", type=Path, default=Path(config.DEFAULT.state_dir))
     c = sub.add_parser("config", help="show the configuration")
     c.add_argument("--defaults", action="store_true", help="print every setting with its default, as TOML")
     c.add_argument("--config", type=Path, help="check this file and print the effective settings")
@@ -109,8 +109,8 @@ def _start(
     """Load the configuration (flags over env over file), set up logging, run `main` on uvloop."""
     try:
         cfg = config.load(ns.config, {k: getattr(ns, k) for k in keys}, **load)
-        for key in require:
-            if not getattr(cfg, key):
+        for key in require:  # flat names, as the flags and variables spell them
+            if not config.get(cfg, key):
                 raise config.ConfigError(f"{key}: required here (--{key.replace('_', '-')} or SANDBOXD_{key.upper()})")
     except config.ConfigError as e:
         print(f"sandboxd: {e}", file=sys.stderr)
@@ -133,7 +133,7 @@ def _coordinator(ns: argparse.Namespace) -> int:
 
     keys = ("fleet", "socket", "http", "log_format")
     return _start(
-        ns, keys, coordinator.serve, ("fleet",), defaults=coordinator.DEFAULTS, default_path=COORDINATOR_CONFIG
+        ns, keys, coordinator.serve, ("fleet",), defaults=config.COORDINATOR_DEFAULTS, default_path=COORDINATOR_CONFIG
     )
 
 

@@ -48,13 +48,13 @@ class _JsonFormatter(logging.Formatter):
 
 def setup_logging(cfg: Config) -> None:
     h = logging.StreamHandler(sys.stderr)
-    if cfg.log_format == "json":
+    if cfg.log.format == "json":
         h.setFormatter(_JsonFormatter())
     else:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [h]
-    root.setLevel(cfg.log_level.upper())
+    root.setLevel(cfg.log.level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
@@ -102,40 +102,41 @@ async def serve_frontend(
     watchdog: asyncio.Task[None] | None = None
     pid_lock: HostLock | None = None
     inbound = Inbound.from_config(cfg)  # connections and bytes being received, daemon-wide
+    sock, http = cfg.socket, cfg.http
     try:
-        if cfg.socket:
-            mode = int(cfg.socket_mode, 8)
+        if sock.path:
+            mode = int(sock.mode, 8)
             servers.append(
-                await unixserver.start(frontend, cfg.socket, mode, cfg.socket_group, cfg.max_body, inbound=inbound)
+                await unixserver.start(frontend, sock.path, mode, sock.group, http.max_body, inbound=inbound)
             )
         if pid_file is not None:
             pid_lock = write_pid_file(pid_file)
         apps: list[tuple[str, web.Application]] = []
-        if cfg.http:
+        if http.listen:
             apps.append(
                 (
-                    cfg.http,
+                    http.listen,
                     httpserver.make_app(
                         frontend,
-                        cfg.http_token,
-                        cfg.max_body,
-                        cfg.judge0_prefix,
-                        cfg.piston_prefix,
+                        http.token,
+                        http.max_body,
+                        http.judge0_prefix,
+                        http.piston_prefix,
                         extra_routes,
                         inbound=inbound,
                     ),
                 )
             )
-        for addr, api in ((cfg.judge0_http, "judge0"), (cfg.piston_http, "piston")):
+        for addr, api in ((http.judge0_listen, "judge0"), (http.piston_listen, "piston")):
             if addr:
                 apps.append(
-                    (addr, httpserver.make_compat_app(frontend, api, cfg.http_token, cfg.max_body, inbound=inbound))
+                    (addr, httpserver.make_compat_app(frontend, api, http.token, http.max_body, inbound=inbound))
                 )
         for addr, app in apps:
             host, _, port = addr.rpartition(":")
             # keepalive_timeout is aiohttp's own idle knob; GuardedSite adds header
             # deadlines and connection caps (sandboxd.api.httpguard).
-            runner = web.AppRunner(app, access_log=None, keepalive_timeout=cfg.http_idle_timeout)
+            runner = web.AppRunner(app, access_log=None, keepalive_timeout=http.idle_timeout)
             runners.append(runner)
             await runner.setup()
             try:
@@ -146,10 +147,10 @@ async def serve_frontend(
         # One line with everything an operator checks first (tests/vm parse it).
         elapsed = time.monotonic() - t0
         own = "".join(
-            f", {api} {addr}" for addr, api in ((cfg.judge0_http, "judge0"), (cfg.piston_http, "piston")) if addr
+            f", {api} {addr}" for addr, api in ((http.judge0_listen, "judge0"), (http.piston_listen, "piston")) if addr
         )
         log.info(
-            "ready in %.2f s: %s, socket %s, http %s%s", elapsed, what, cfg.socket or "off", cfg.http or "off", own
+            "ready in %.2f s: %s, socket %s, http %s%s", elapsed, what, sock.path or "off", http.listen or "off", own
         )
         sd_notify("READY=1\nSTATUS=serving")
         interval = _watchdog_interval()
@@ -172,8 +173,8 @@ async def serve_frontend(
             await runner.cleanup()
         for s in servers:
             s.close()
-        if cfg.socket:
-            unixsocket.unlink_own(cfg.socket)
+        if sock.path:
+            unixsocket.unlink_own(sock.path)
         if pid_lock is not None:
             release_pid_file(pid_lock)
         if watchdog is not None:
@@ -197,39 +198,26 @@ def release_pid_file(lock: HostLock) -> None:
 
 
 def fleet_host_id(cfg: Config) -> str:
-    if cfg.fleet_host_id:
-        return cfg.fleet_host_id
+    if cfg.fleet.host_id:
+        return cfg.fleet.host_id
     name = socket.gethostname()
     return name if cfg.instance == "default" else f"{name}/{cfg.instance}"
 
 
 async def serve(cfg: Config) -> int:
     t0 = time.monotonic()
-    if cfg.socket:
-        unixsocket.check_free(cfg.socket)  # before the pool is built: refuse at once
-    ecfg = EngineConfig(
-        instance=cfg.instance,
-        state_dir=Path(cfg.state_dir),
-        run_dir=Path(cfg.run_dir),
-        pool_size=cfg.pool_size,
-        max_runs_per_box=cfg.max_runs_per_box,
-        queue_depth=cfg.queue_depth,
-        aging=cfg.aging,
-        lang_capacity=cfg.lang_capacity,
-        memory_budget=cfg.memory_budget,
-        languages_dir=Path(cfg.languages_dir) if cfg.languages_dir else None,
-    )
-    engine = await Engine.start(ecfg)
+    if cfg.socket.path:
+        unixsocket.check_free(cfg.socket.path)  # before the pool is built: refuse at once
+    engine = await Engine.start(EngineConfig.from_config(cfg))
     worker: HostWorker | None = None
     try:
-        if cfg.selftest:
+        if cfg.engine.selftest:
             failed = await engine.selftest()
             if not engine.languages:
                 raise RuntimeError(f"no language passed its self-test: {failed}")
-        jobs = JobStore(cfg.job_store or default_path(Path(cfg.state_dir), cfg.instance), cfg.results_ttl)
-        svc = Service(
-            engine, results_ttl=cfg.results_ttl, callback_allow_private=cfg.callback_allow_private, store=jobs
-        )
+        jc = cfg.jobs
+        jobs = JobStore(jc.store or default_path(Path(cfg.state_dir), cfg.instance), jc.results_ttl)
+        svc = Service(engine, results_ttl=jc.results_ttl, callback_allow_private=jc.callback_allow_private, store=jobs)
         svc.open()
         reloads: set[asyncio.Task[list[str]]] = set()
 
@@ -239,20 +227,11 @@ async def serve(cfg: Config) -> int:
             reloads.add(t)
             t.add_done_callback(reloads.discard)
 
-        if cfg.fleet:
-            store = FleetStore(cfg.fleet, cfg.fleet_prefix, cfg.results_ttl)
+        if cfg.fleet.url:
+            store = FleetStore(cfg.fleet.url, cfg.fleet.prefix, jc.results_ttl)
+            info = {"address": cfg.http.listen, "instance": cfg.instance, "version": __version__}
             worker = HostWorker(
-                store,
-                ServiceExecutor(svc),
-                HostSettings(
-                    host_id=fleet_host_id(cfg),
-                    tags=list(cfg.fleet_tags),
-                    only_tagged=cfg.fleet_only_tagged,
-                    lease=cfg.fleet_lease,
-                    heartbeat=cfg.fleet_heartbeat,
-                    max_attempts=cfg.fleet_max_attempts,
-                    info={"address": cfg.http, "instance": cfg.instance, "version": __version__},
-                ),
+                store, ServiceExecutor(svc), HostSettings.from_config(cfg.fleet, fleet_host_id(cfg), info)
             )
             await worker.start()
 
@@ -268,8 +247,8 @@ async def serve(cfg: Config) -> int:
         what = "instance {}, {} cgroups, pool {}{}".format(
             cfg.instance,
             f"v{engine.backend.version}" if engine.backend else "?",
-            cfg.pool_size,
-            f", fleet {cfg.fleet} as host {fleet_host_id(cfg)}" if cfg.fleet else "",
+            cfg.engine.pool_size,
+            f", fleet {cfg.fleet.url} as host {fleet_host_id(cfg)}" if cfg.fleet.url else "",
         )
         pid_file = Path(cfg.pid_file or Path(cfg.run_dir) / "sandboxd.pid")
         await serve_frontend(cfg, svc, what=what, stopping=stopping, reload=reload, t0=t0, pid_file=pid_file)

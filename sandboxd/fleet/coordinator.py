@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from sandboxd.api.wire import check_idempotency_key
 from sandboxd.compat import Load, Served
 from sandboxd.compat import jobs as compat_jobs
-from sandboxd.config import Config
+from sandboxd.config import ENGINE, FLEET, Config
 from sandboxd.errors import ServiceError, error
 from sandboxd.fleet.events import Events, Snapshot
 from sandboxd.fleet.keys import COMPAT_QUEUE, RUN_LANG, queue_name
@@ -76,10 +76,10 @@ class Coordinator:
         self,
         store: FleetStore,
         *,
-        aging: float = 1.0,
-        queue_depth: int = 100_000,
-        max_attempts: int = 3,
-        lease: float = 10.0,
+        aging: float = ENGINE.aging,
+        queue_depth: int = FLEET.queue_depth,
+        max_attempts: int = FLEET.max_attempts,
+        lease: float = FLEET.lease,
         reap_interval: float = 0.5,
         callback_allow_private: bool = False,
     ) -> None:
@@ -559,24 +559,20 @@ def routes(coord: Coordinator) -> Callable[[web.Application], None]:
     return add
 
 
-# Where a coordinator listens unless configured: beside a host daemon on the same
-# machine, in the runtime directory of systemd/sandboxd-coordinator.service.
-DEFAULTS = {"socket": "/run/sandboxd-coordinator/coordinator.sock", "http": "127.0.0.1:7080"}
-
-
 async def serve(cfg: Config) -> int:
     from sandboxd.app.daemon import serve_frontend
 
-    if not cfg.fleet:
-        raise ValueError("fleet: the coordinator needs the fleet's Redis URL (config `fleet` or SANDBOXD_FLEET)")
-    store = FleetStore(cfg.fleet, cfg.fleet_prefix, cfg.results_ttl)
+    fleet = cfg.fleet
+    if not fleet.url:
+        raise ValueError("fleet.url: the coordinator needs the fleet's Redis URL ([fleet] url or SANDBOXD_FLEET)")
+    store = FleetStore(fleet.url, fleet.prefix, cfg.jobs.results_ttl)
     coord = Coordinator(
         store,
-        aging=cfg.aging,
-        queue_depth=cfg.fleet_queue_depth,
-        max_attempts=cfg.fleet_max_attempts,
-        lease=cfg.fleet_lease,
-        callback_allow_private=cfg.callback_allow_private,
+        aging=cfg.engine.aging,
+        queue_depth=fleet.queue_depth,
+        max_attempts=fleet.max_attempts,
+        lease=fleet.lease,
+        callback_allow_private=cfg.jobs.callback_allow_private,
     )
     await coord.start()
 
@@ -590,7 +586,7 @@ async def serve(cfg: Config) -> int:
 
     try:
         await serve_frontend(
-            cfg, coord, what=f"coordinator for the fleet at {cfg.fleet}", stopping=stopping, extra_routes=routes(coord)
+            cfg, coord, what=f"coordinator for the fleet at {fleet.url}", stopping=stopping, extra_routes=routes(coord)
         )
     finally:
         await coord.close()

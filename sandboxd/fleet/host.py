@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import msgspec
 
 from sandboxd.compat import jobs as compat_jobs
+from sandboxd.config import FLEET, FleetSettings
 from sandboxd.errors import ServiceError
 from sandboxd.fleet.keys import RUN_LANG, queue_name
 from sandboxd.fleet.store import Beat, Claimed, Displaced, FleetStore, OutageLog, Unregistered, transient
@@ -111,14 +112,28 @@ class _Inflight:
 
 @dataclass
 class HostSettings:
+    """The configuration's [fleet] section as a host uses it (`from_config`)."""
+
     host_id: str
     tags: list[str] = field(default_factory=list)
     only_tagged: bool = False  # reserved hosts: take only jobs that require one of our tags
-    lease: float = 10.0
-    heartbeat: float = 1.0
-    max_attempts: int = 3
+    lease: float = FLEET.lease
+    heartbeat: float = FLEET.heartbeat
+    max_attempts: int = FLEET.max_attempts
     batch: int = 16  # jobs per claim call
     info: dict[str, Any] = field(default_factory=dict)  # extra fields for /v1/hosts (address, version)
+
+    @classmethod
+    def from_config(cls, fleet: FleetSettings, host_id: str, info: dict[str, Any]) -> HostSettings:
+        return cls(
+            host_id=host_id,
+            tags=list(fleet.tags),
+            only_tagged=fleet.only_tagged,
+            lease=fleet.lease,
+            heartbeat=fleet.heartbeat,
+            max_attempts=fleet.max_attempts,
+            info=info,
+        )
 
 
 class HostWorker:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from sandboxd.compat import Compiler, Load, Served
 from sandboxd.compat import jobs as compat_jobs
+from sandboxd.config import JOBS
 from sandboxd.engine.budget import Admission
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.scheduler import QueueDeadline, QueueFull
@@ -58,7 +59,7 @@ class Service:
         self,
         engine: Engine,
         metrics: Metrics | None = None,
-        results_ttl: float = 600.0,
+        results_ttl: float = JOBS.results_ttl,
         callback_allow_private: bool = False,
         store: JobStore | None = None,
     ) -> None:
