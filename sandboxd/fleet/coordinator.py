@@ -29,7 +29,7 @@ from sandboxd.fleet.store import FleetStore, OutageLog, transient
 from sandboxd.jobs import callbacks
 from sandboxd.jobs.backend import Load, Served
 from sandboxd.jobs.fingerprint import Op, Spec, fingerprint
-from sandboxd.jobs.kinds import KINDS, JobKind, UnknownKind
+from sandboxd.jobs.kinds import KINDS, SUBMISSION, JobKind, UnknownKind
 from sandboxd.languages import Language
 from sandboxd.rates import retry_after
 from sandboxd.schema import (
@@ -64,7 +64,7 @@ def _idem(key: str | None, op: Op, spec: Spec, callback_url: str | None = None) 
 def job_cost(sub: Submission) -> int:
     """Boxes a submission can keep busy at once: a host claims it only with that
     many free (capped at its pool's size).  A run, like a compat job, costs 1."""
-    return max(1, len(sub.tests) * (2 if sub.interactor is not None else 1))
+    return SUBMISSION.cost(sub)
 
 
 class Coordinator:
