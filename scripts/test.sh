@@ -12,5 +12,6 @@ scripts/install.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/lint-imports
 .venv/bin/pytest -q -ra tests/unit
 exec .venv/bin/pytest -q -ra --ignore=tests/unit "$@"

@@ -15,8 +15,8 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 
 from sandboxd.api.inbound import offload
-from sandboxd.compat import Backend
 from sandboxd.errors import error
+from sandboxd.jobs.backend import Backend
 from sandboxd.schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
 
 Format = Literal["json", "msgpack"]
