@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 from daemon_util import Daemon, free_port
 from instances import inst
 from sandboxd_client import Client, RunRequest

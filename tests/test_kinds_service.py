@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 
 from sandboxd.jobs.kinds import Context, JobKind, Result, register
 from sandboxd.jobs.service import Service
