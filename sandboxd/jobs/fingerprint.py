@@ -5,6 +5,7 @@ a daemon (sandboxd.jobs.table, stored in its job store) and a fleet coordinator
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import msgspec
 
@@ -17,4 +18,26 @@ _canon = msgspec.msgpack.Encoder(order="sorted")
 
 
 def fingerprint(op: Op, spec: Spec, callback_url: str | None) -> bytes:
-    return hashlib.sha256(op.encode() + b"\0" + _canon.encode([spec, callback_url])).digest()
+    return hashlib.sha256(op.encode() + b"\0" + _canon.encode([_defaults_as_omitted(spec), callback_url])).digest()
+
+
+def _defaults_as_omitted(value: Any) -> Any:
+    """`value` with every field equal to its default replaced by the default
+    object itself.  msgspec's omit_defaults drops a str/float/large-int field
+    only when it *is* the default object, so a request that spells a default
+    out (`"cwd": "/box"`) would otherwise encode, and fingerprint, differently
+    from the same request without it.  Requests that spell nothing out encode
+    exactly as before, so fingerprints already stored stay valid."""
+    if isinstance(value, list):
+        return [_defaults_as_omitted(v) for v in value]
+    if not isinstance(value, msgspec.Struct):
+        return value
+    changes: dict[str, Any] = {}
+    for f in msgspec.structs.fields(value):
+        v = getattr(value, f.name)
+        w = _defaults_as_omitted(v)
+        if f.default is not msgspec.NODEFAULT and type(w) is type(f.default) and w == f.default:
+            w = f.default
+        if w is not v:
+            changes[f.name] = w
+    return msgspec.structs.replace(value, **changes) if changes else value

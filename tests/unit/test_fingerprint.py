@@ -20,12 +20,6 @@ def test_the_same_request_in_any_key_order_or_encoding_is_the_same() -> None:
     assert len(a) == 32  # sha256
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, reported: msgspec's omit_defaults omits a str/float/large-int field only when it is the "
-    "default object itself, so a default spelt out on the wire (cwd '/box', limits.memory 256 MiB) is encoded "
-    "and the same request gets another fingerprint (an idempotency-key conflict on a retry that spells it out)",
-)
 @pytest.mark.parametrize(
     "spelt_out", [{"cwd": "/box"}, {"limits": {"memory": 256 << 20}}, {"limits": {"cpu_time": 2.0}}]
 )
