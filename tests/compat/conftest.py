@@ -1,5 +1,5 @@
 """Fixtures of the compat tests: every test of the APIs runs against a host daemon
-and, again, through a coordinator in front of a fleet (tests/compat/compat_util.py)."""
+and, again, through a coordinator in front of a fleet (tests/compat/util.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 import judge0
 import pytest
-from compat_util import BODY_ENV, FleetStack, Server
 from daemon_util import Daemon
 from instances import inst
+
+from compat.util import BODY_ENV, FleetStack, Server
 
 
 @pytest.fixture(scope="module", params=["daemon", "fleet"])

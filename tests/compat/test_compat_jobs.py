@@ -13,9 +13,10 @@ import urllib.request
 
 import judge0
 import pytest
-from compat_util import FleetStack, Server, http, submit, unb64
 from daemon_util import CallbackSink, Daemon, free_port
 from instances import inst
+
+from compat.util import FleetStack, Server, http, submit, unb64
 
 
 def test_oversize_body(server: Server) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import judge0
 import pytest
-from compat_util import Server
+
+from compat.util import Server
 
 SOURCES = {
     "c": '#include <stdio.h>\nint main(void){long a,b;scanf("%ld %ld",&a,&b);printf("%ld\\n",a+b);return 0;}\n',

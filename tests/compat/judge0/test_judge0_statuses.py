@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 import pytest
-from compat_util import Server, http, submit
 
+from compat.util import Server, http, submit
 from sandboxd.compat import judge0 as j0mod
 
 # --- Judge0 over HTTP: statuses -------------------------------------------------

@@ -7,8 +7,8 @@ import base64
 import re
 
 import pytest
-from compat_util import Server, b64, http, submit, unb64, zip_of
 
+from compat.util import Server, b64, http, submit, unb64, zip_of
 from sandboxd.compat import judge0 as j0mod
 
 # --- Judge0 over HTTP: fields, encodings, options ------------------------------------

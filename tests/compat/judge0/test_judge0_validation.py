@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from compat_util import Server, http, submit
 from daemon_util import Daemon
 from judge0.base_types import Config as SdkConfig
+
+from compat.util import Server, http, submit
 
 
 def test_validation_errors_are_judge0s(server: Server) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 import piston_rspy
 import pytest
-from compat_util import Server, b64, http
 from ultra_piston import File as PistonFile
 from ultra_piston import PistonClient
+
+from compat.util import Server, b64, http
 
 OK_PROGRAMS = {
     "bash": "echo OK",
