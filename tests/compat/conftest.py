@@ -13,9 +13,11 @@ from instances import inst
 from compat.util import BODY_ENV, FleetStack, Server
 
 
-@pytest.fixture(scope="module", params=["daemon", "fleet"])
+@pytest.fixture(scope="package", params=["daemon", "fleet"])
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    """Every test of the APIs runs against a host daemon and through a coordinator."""
+    """Every test of the APIs runs against a host daemon and through a coordinator.
+    One of each per test package (judge0/, piston/, this one), not per module:
+    a fleet takes seconds to start."""
     s: Server = Daemon(inst("-compat"), pool_size=4, env=BODY_ENV) if request.param == "daemon" else FleetStack()
     yield s
     assert s.stop() == 0, s.output()
