@@ -1,0 +1,103 @@
+"""Piston v2's HTTP routes (`POST /api/v2/execute`, `GET /api/v2/runtimes`) as an aiohttp application."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from sandboxd.api.inbound import offload
+from sandboxd.compat import Backend
+from sandboxd.compat.piston import request
+from sandboxd.compat.piston.errors import PistonError
+from sandboxd.compat.piston.runtime import runtimes
+from sandboxd.compat.piston.view import response
+from sandboxd.errors import ServiceError
+
+BACKEND: web.AppKey[Backend] = web.AppKey("piston_backend")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def reply(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
+
+
+def handler(fn: Handler) -> Handler:
+    async def wrapped(req: web.Request) -> web.StreamResponse:
+        if req.method not in ("GET", "HEAD", "OPTIONS") and not req.headers.get("Content-Type", "").startswith(
+            "application/json"
+        ):
+            return reply({"message": "requests must be of type application/json"}, 415)
+        try:
+            return await fn(req)
+        except PistonError as e:
+            return reply(e.body, e.status)
+        except ServiceError as e:
+            status = {"draining": 503, "queue_full": 503}.get(e.err.code, 400)
+            return reply({"message": e.err.message}, status)
+
+    return wrapped
+
+
+async def _body(req: web.Request) -> dict[str, Any]:
+    try:
+        raw = await req.read()
+    except web.HTTPRequestEntityTooLarge:
+        # express's body parser error, answered by Piston's error handler with 400 and the stack.
+        msg = "request entity too large"
+        raise PistonError(400, msg, stack=f"PayloadTooLargeError: {msg}") from None
+    try:
+        data = await offload(len(raw), msgspec.json.decode, raw) if raw else {}
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:  # (ValidationError: a number out of range)
+        raise PistonError(400, str(e), stack=f"SyntaxError: {e}") from None
+    except RecursionError:
+        msg = f"nested deeper than {sys.getrecursionlimit()} levels"
+        raise PistonError(400, msg, stack=f"SyntaxError: {msg}") from None
+    return data if isinstance(data, dict) else {}
+
+
+@handler
+async def execute(req: web.Request) -> web.Response:
+    backend = req.app[BACKEND]
+    job = await request.build(backend, await _body(req))
+    job_id = str(uuid.uuid4())
+    await backend.start_compat(job, job_id)
+    # (A client that hangs up does not stop the run: aiohttp does not cancel
+    # handlers, and the run is bounded by its own timeouts.)
+    info = await backend.wait_job(job_id)
+    # Answered once: nobody can ask for it again, so free the record (and, in
+    # a fleet, the spec in Redis) now rather than at results_ttl.
+    await backend.forget_job(job_id)
+    return reply(response(job, info))
+
+
+@handler
+async def list_runtimes(req: web.Request) -> web.Response:
+    out = []
+    for rt in runtimes(await req.app[BACKEND].compat_languages()):
+        d: dict[str, Any] = {"language": rt.language, "version": rt.version, "aliases": rt.aliases}
+        if rt.runtime is not None:
+            d["runtime"] = rt.runtime
+        out.append(d)
+    return reply(out)
+
+
+async def not_found(req: web.Request) -> web.Response:
+    return reply({"message": "Not Found"}, 404)
+
+
+def make_app(backend: Backend, **app_args: Any) -> web.Application:
+    """The Piston v2 API as a sub-application (mounted under `piston_prefix`), or an app of its own
+    (at the root of `piston_http`; app_args: middlewares, client_max_size)."""
+    app = web.Application(**app_args)
+    app[BACKEND] = backend
+    for path in ("/api/v2/execute", "/api/v2/execute/"):  # express routes ignore a trailing slash
+        app.router.add_post(path, execute)
+    for path in ("/api/v2/runtimes", "/api/v2/runtimes/"):
+        app.router.add_get(path, list_runtimes)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
