@@ -221,7 +221,7 @@ def test_bad_input_gets_clear_errors(fleet: Fleet) -> None:
     assert st == 404 and res["error"]["code"] == "not_found"
     st, res = fleet.api("POST", "/v1/runs?callback_url=file:///etc/passwd", {"cmd": ["/bin/true"]})
     assert st == 400 and "callback_url" in res["error"]["message"]
-    # (Judge0 and Piston through the coordinator: tests/test_compat.py runs all of them through a fleet.)
+    # (Judge0 and Piston through the coordinator: tests/compat/ runs all of them through a fleet.)
 
 
 def test_priority_order_under_contention(fleet: Fleet) -> None:

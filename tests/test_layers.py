@@ -31,8 +31,6 @@ FORBIDDEN = ("sandboxd.sandbox", "sandboxd.engine", "sandboxd.rootfs")
 # one fails the test until it is deleted here.  The lead empties this at merge.
 PENDING = {
     ("sandboxd.judging.judge", "sandboxd.engine.engine"),  # helper "frontend": annotations only (TYPE_CHECKING)
-    ("sandboxd.compat.judge0", "sandboxd.engine.engine"),  # helper "compatsplit": annotations only
-    ("sandboxd.compat.piston", "sandboxd.engine.engine"),  # helper "compatsplit": annotations only
 }
 
 # Runs `python -m sandboxd ARGS` in this process, recording each executed import statement
