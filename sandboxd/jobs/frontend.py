@@ -31,7 +31,7 @@ from sandboxd.schema import (
     validate_submission,
 )
 
-__all__ = ["MAX_KEY", "Keyed", "Operations", "check_idempotency_key", "conflict", "keyed"]
+__all__ = ["MAX_KEY", "Keyed", "Operations", "Progress", "check_idempotency_key", "conflict", "keyed", "validated"]
 
 MAX_KEY = 255
 _KEY = re.compile(r"[\x21-\x7e]{1,%d}" % MAX_KEY)  # noqa: UP031 - {} is the regex's
