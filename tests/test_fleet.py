@@ -367,6 +367,11 @@ def test_redis_outage_does_not_take_running_jobs_away(fleet: Fleet) -> None:
     fleet.wait_state(job, "running")
     fleet.redis.kill()
     time.sleep(4)  # twice the lease
+    # Not ready, and says why, as a daemon does (sandboxd.jobs.frontend).
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(fleet.coords[0].http + "/readyz", timeout=5)
+    assert e.value.code == 503
+    assert msgspec.json.decode(e.value.read()) == {"ready": False, "reason": "the fleet's Redis is unreachable"}
     fleet.redis.start()
     res = fleet.wait(job, timeout=30)
     assert res["state"] == "done" and res["result"]["stdout"] == "ZG9uZQo=", res
@@ -487,6 +492,9 @@ def test_queue_deadline_and_bounded_depth(fleet: Fleet) -> None:
         held = [fleet.start({"cmd": ["/bin/true"], "priority": 7}, coord=2) for _ in range(3)]
         st, res = fleet.api("POST", "/v1/runs?wait=false", {"cmd": ["/bin/true"]}, coord=2)
         assert st == 429 and res["error"]["code"] == "queue_full", res
+        # Counted as a daemon counts it (sandboxd.jobs.frontend), on the refusing replica.
+        with urllib.request.urlopen(small.http + "/metrics") as r:
+            assert 'sandboxd_rejections_total{reason="queue_full"} 1.0' in r.read().decode()
         for j in held:
             fleet.api("DELETE", f"/v1/jobs/{j}")
     finally:

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from sandboxd import errors
 from sandboxd.api import replies
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
@@ -33,17 +34,6 @@ from sandboxd.schema import Error
 
 log = logging.getLogger(__name__)
 
-STATUS = {
-    "bad_request": 400,
-    "unauthorized": 401,
-    "not_found": 404,
-    "queue_full": 429,
-    "cancelled": 409,
-    "conflict": 422,
-    "internal": 500,
-    "draining": 503,
-    "queue_deadline": 504,
-}
 MSGPACK = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 SVC: web.AppKey[Frontend] = web.AppKey("service")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
@@ -100,8 +90,7 @@ async def big_reply(req: web.Request, payload: Any, status: int = 200) -> web.Re
 
 
 def error_reply(req: web.Request, err: Error, status: int | None = None) -> web.Response:
-    headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after else None
-    return reply(req, {"error": err}, status or STATUS.get(err.code, 500), headers)
+    return reply(req, {"error": err}, status or errors.http_status(err.code), errors.retry_after_header(err))
 
 
 @web.middleware

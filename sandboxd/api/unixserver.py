@@ -21,7 +21,7 @@ from sandboxd.api import unixsocket
 from sandboxd.api.inbound import Inbound, Listener
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.wire import Frontend, dispatch
-from sandboxd.errors import ServiceError
+from sandboxd.errors import ServiceError, as_error, make
 from sandboxd.schema import Error, Request, TestResult
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class _Conn:
         inb, lst = self.inbound, self.listener
         if lst.open >= lst.cap or inb.connections >= inb.max_connections:
             why = f"too many connections (at most {lst.cap} on the socket, {inb.max_connections} in all): retry"
-            self.send({"id": None, "ok": False, "error": Error("queue_full", why, 1.0)})
+            self.send({"id": None, "ok": False, "error": make("queue_full", why)})
             self.writer.close()
             return
         lst.open += 1
@@ -113,7 +113,7 @@ class _Conn:
                 await gate.acquire(n)
         except TimeoutError:
             why = f"the daemon is receiving {gate.used} bytes (max_receiving_bytes {gate.capacity}): retry"
-            self.send_error(None, Error("queue_full", why, 1.0))
+            self.send_error(None, make("queue_full", why))
             return None
         try:
             async with asyncio.timeout(timeout):
@@ -234,13 +234,14 @@ class _Conn:
                 idempotency_key=req.idempotency_key,
             )
             self.send({"id": req.id, "ok": True, "result": result})
-        except ServiceError as e:
-            self.send_error(req.id, e.err)
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            log.exception("request %r failed", req.id)
-            self.send_error(req.id, Error("internal", f"internal error: {e}"))
+            err = as_error(e)
+            if err is None:
+                log.exception("request %r failed", req.id)
+                err = make("internal", f"internal error: {e}")
+            self.send_error(req.id, err)
         finally:
             self.jobs.pop(req.id, None)
             self.kept.discard(req.id)

@@ -7,7 +7,6 @@ same precise error on every transport.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
@@ -15,8 +14,9 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 
 from sandboxd.api.inbound import offload
-from sandboxd.errors import error
+from sandboxd.errors import bad_request, error
 from sandboxd.jobs.backend import Backend
+from sandboxd.jobs.frontend import check_idempotency_key as check_idempotency_key  # (an entry check, shared)
 from sandboxd.schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
 
 Format = Literal["json", "msgpack"]
@@ -42,17 +42,6 @@ def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
         raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
     except RecursionError:
         raise error("bad_request", f"{what}: nested deeper than {sys.getrecursionlimit()} levels") from None
-
-
-MAX_KEY = 255
-_KEY = re.compile(r"[\x21-\x7e]{1,%d}" % MAX_KEY)  # noqa: UP031 - {} is the regex's
-
-
-def check_idempotency_key(key: str | None, what: str = "idempotency_key") -> str | None:
-    """An idempotency key: 1..255 printable ASCII characters, no spaces."""
-    if key is not None and not _KEY.fullmatch(key):
-        raise error("bad_request", f"{what}: must be 1..{MAX_KEY} printable ASCII characters (0x21-0x7e), e.g. a UUID")
-    return key
 
 
 class Frontend(Backend, Protocol):
@@ -130,7 +119,7 @@ async def dispatch(
         else:
             raise error("bad_request", f"op: unknown {op!r}")
     except SchemaError as e:
-        raise error("bad_request", str(e)) from None
+        raise bad_request(e) from None
     if on_job is not None:
         on_job(info.job)
     if not wait:

@@ -19,47 +19,38 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 import msgspec
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
-from sandboxd.api.wire import check_idempotency_key
 from sandboxd.config import ENGINE, FLEET
 from sandboxd.errors import ServiceError, error
+from sandboxd.fleet import views
 from sandboxd.fleet.events import Events, Snapshot
 from sandboxd.fleet.keys import COMPAT_QUEUE, RUN_LANG, queue_name
 from sandboxd.fleet.store import FleetStore, OutageLog, transient
+from sandboxd.fleet.views import FINAL, check_servable, job_info, unix
 from sandboxd.jobs import callbacks
 from sandboxd.jobs.backend import Load, Served
-from sandboxd.jobs.fingerprint import Op, Spec, fingerprint
+from sandboxd.jobs.fingerprint import Op, Spec
+from sandboxd.jobs.frontend import Operations, conflict, keyed
 from sandboxd.jobs.kinds import KINDS, SUBMISSION, JobKind, UnknownKind
+from sandboxd.jobs.metrics import CoordinatorMetrics
 from sandboxd.languages import Language
 from sandboxd.rates import retry_after
-from sandboxd.schema import (
-    Error,
-    JobInfo,
-    RunRequest,
-    SchemaError,
-    Submission,
-    TestResult,
-    validate_run,
-    validate_submission,
-)
+from sandboxd.schema import JobInfo, RunRequest, SchemaError, Submission, TestResult
 
 log = logging.getLogger(__name__)
 _enc = msgspec.msgpack.Encoder()
-FINAL = ("done", "failed", "cancelled")
 MAX_DELIVERIES = 64  # callbacks in flight per coordinator; more wait in Redis
-
-
-def _unix(ms: bytes | None) -> float | None:
-    return None if ms is None else int(ms) / 1000
 
 
 def _idem(key: str | None, op: Op, spec: Spec, callback_url: str | None = None) -> tuple[str, str] | None:
     """(key, fingerprint) for the enqueue script: the key is bound to the
-    request as on a daemon (sandboxd.jobs.fingerprint)."""
-    if check_idempotency_key(key) is None:
-        return None
-    return str(key), fingerprint(op, spec, callback_url).hex()
+    request as on a daemon (sandboxd.jobs.frontend.keyed)."""
+    bound = keyed(key, op, spec, callback_url)
+    return None if bound is None else (bound.key, bound.fingerprint.hex())
+
+
+def _no_job(job_id: str) -> ServiceError:
+    return error("not_found", f"no job {job_id!r} (unknown, or its result expired)")
 
 
 def job_cost(sub: Submission) -> int:
@@ -68,8 +59,11 @@ def job_cost(sub: Submission) -> int:
     return SUBMISSION.cost(sub)
 
 
-class Coordinator:
-    """Implements wire.Frontend over the fleet's Redis state."""
+class Coordinator(Operations):
+    """wire.Frontend over the fleet's Redis state (entry checks: sandboxd.jobs.frontend)."""
+
+    role, elsewhere = "coordinator", "coordinator"
+    metrics: CoordinatorMetrics
 
     def __init__(
         self,
@@ -82,15 +76,14 @@ class Coordinator:
         reap_interval: float = 0.5,
         callback_allow_private: bool = False,
     ) -> None:
+        super().__init__(CoordinatorMetrics(), callback_allow_private)
         self.store = store
-        self.callback_allow_private = callback_allow_private
         # Aging must be positive for FIFO within a priority (the score's time term).
         self.aging = max(aging, 1e-6)
         self.queue_depth = queue_depth
         self.max_attempts = max_attempts
         self.lease = lease  # the hosts' fleet_lease: the grace after a Redis outage
         self.reap_interval = reap_interval
-        self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._hosts: list[dict[str, Any]] = []
         self._hosts_at = 0.0
@@ -99,17 +92,8 @@ class Coordinator:
         self._redis_ok = False
         self._warn = OutageLog(log)
         self.events = Events(store, self._warn)
-        r = self.registry = CollectorRegistry()
         self._snapshot = Snapshot()
-        r.register(self._snapshot)
-        self.latency = Histogram(
-            "sandboxd_fleet_job_seconds",
-            "Time clients waited for a job's result on this coordinator",
-            ["kind"],
-            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=r,
-        )
-        self.waiting = Gauge("sandboxd_fleet_waiters", "Clients waiting on this coordinator", registry=r)
+        self.metrics.registry.register(self._snapshot)
 
     async def start(self) -> None:
         self._tasks = [asyncio.ensure_future(self.events.listen()), asyncio.ensure_future(self._reap_loop())]
@@ -136,7 +120,7 @@ class Coordinator:
             if not transient(e):
                 raise
             self._redis_ok = False
-            raise error("draining", f"{what}: the fleet's Redis is unreachable ({e}); retry", 1.0) from None
+            raise error("draining", f"{what}: the fleet's Redis is unreachable ({e}); retry") from None
 
     # --- background: results and leases ---------------------------------
 
@@ -196,20 +180,7 @@ class Coordinator:
     # --- admission ----------------------------------------------------------
 
     async def _check_servable(self, lang: str, tag: str | None) -> None:
-        hosts = await self._redis("hosts", self._refresh_hosts)
-        if not hosts:
-            raise error("draining", "no host has joined the fleet; retry later", 1.0)
-        ok_lang = [h for h in hosts if not lang or any(x.get("id") == lang for x in h.get("languages", []))]
-        if not ok_lang:
-            served = sorted({x.get("id") for h in hosts for x in h.get("languages", [])})
-            raise error("bad_request", f"lang: no host serves {lang!r} (served: {', '.join(served)})")
-        if tag is None:
-            if all(h.get("only_tagged") for h in ok_lang):
-                raise error("bad_request", "host_tag: every host serving this job is reserved; name its tag")
-        elif not any(tag in h.get("tags", []) for h in ok_lang):
-            raise error(
-                "bad_request", f"host_tag: no live host carries tag {tag!r}" + (f" for {lang!r}" if lang else "")
-            )
+        check_servable(await self._redis("hosts", self._refresh_hosts), lang, tag)
 
     async def _enqueue(
         self,
@@ -228,8 +199,7 @@ class Coordinator:
         compat: bool = False,
     ) -> JobInfo:
         """idem: (idempotency key, request fingerprint), bound to the job in the enqueue script."""
-        if self.draining:
-            raise error("draining", "the coordinator is shutting down; retry on another", 1.0)
+        self.refuse_if_draining()
         try:
             await self._check_servable(lang, tag)
         except ServiceError:
@@ -269,7 +239,8 @@ class Coordinator:
         if res == "full":
             self.events.stop_relay(jid)
             retry = retry_after(n, self.events.drained.rate())
-            raise error("queue_full", f"fleet queue {queue} holds {n} jobs, its limit; retry in {retry:.0f} s", retry)
+            why = f"fleet queue {queue} holds {n} jobs, its limit; retry in {retry:.0f} s"
+            raise self.refused("queue_full", why, retry)
         if res != "ok":
             raise error("bad_request", f"job id {jid!r} is in use")
         return JobInfo(jid, "run" if kind == "run" else "submission", "queued")
@@ -279,11 +250,7 @@ class Coordinator:
     ) -> JobInfo:
         """The job an idempotency key already started (res 'dup'), or the conflict."""
         if res == "conflict":
-            raise error(
-                "conflict",
-                f"idempotency key {idem[0]!r} started job {jid} with a different request; "
-                "a new request needs a new key",
-            )
+            raise conflict(idem[0], jid)
         info = await self._read(jid)
         if progress is not None and info.state not in FINAL:
             # (Tests that finished before this retry are in the result, not re-sent as events.)
@@ -296,38 +263,16 @@ class Coordinator:
 
         await self.events.relay(jid, progress, is_final)
 
-    async def check_callback(self, url: str) -> None:
-        await callbacks.check(url, self.callback_allow_private)
-
-    async def start_run(
-        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
-    ) -> JobInfo:
-        if callback_url is not None:
-            await self.check_callback(callback_url)
-        try:
-            validate_run(req)
-        except SchemaError as e:
-            raise error("bad_request", str(e)) from None
+    async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None) -> JobInfo:
         spec = _enc.encode(req)
-        idem = _idem(idempotency_key, "run", req, callback_url)
+        idem = _idem(key, "run", req, callback_url)
         return await self._enqueue(
             "run", "", spec, req.host_tag, req.priority, 1, req.queue_deadline, callback_url=callback_url, idem=idem
         )
 
-    async def start_submission(
-        self,
-        sub: Submission,
-        progress: Callable[[TestResult], None] | None = None,
-        callback_url: str | None = None,
-        *,
-        idempotency_key: str | None = None,
+    async def _start_submission(
+        self, sub: Submission, progress: Callable[[TestResult], None] | None, callback_url: str | None, key: str | None
     ) -> JobInfo:
-        if callback_url is not None:
-            await self.check_callback(callback_url)
-        try:
-            validate_submission(sub)
-        except SchemaError as e:
-            raise error("bad_request", str(e)) from None
         spec = _enc.encode(sub)
         return await self._enqueue(
             "submission",
@@ -339,7 +284,7 @@ class Coordinator:
             sub.queue_deadline,
             progress,
             callback_url=callback_url,
-            idem=_idem(idempotency_key, "submit", sub, callback_url),
+            idem=_idem(key, "submit", sub, callback_url),
         )
 
     # --- jobs ---------------------------------------------------------------
@@ -347,46 +292,29 @@ class Coordinator:
     async def _read(self, job_id: str) -> JobInfo:
         d = await self._redis("get", lambda: self.store.job(job_id))
         if d is None:
-            raise error("not_found", f"no job {job_id!r} (unknown, or its result expired)")
+            raise _no_job(job_id)
         return self._info(job_id, d)
 
-    def _info(self, job_id: str, d: dict[str, bytes]) -> JobInfo:
-        state = d["state"].decode()
-        kind: Literal["run", "submission"] = "run" if d["kind"] == b"run" else "submission"
-        host = d["host"].decode() if d.get("host") else None
-        info = JobInfo(job_id, kind, "running" if state == "running" else "queued", host=host)
-        if state in FINAL:
-            if d.get("info") is None:
-                info = JobInfo(job_id, kind, "failed", error=Error("internal", "final job without a result"))
-            else:
-                try:
-                    info = self.store.decode_info(d["info"])
-                except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                    info = JobInfo(job_id, kind, "failed", error=Error("internal", f"unreadable result in Redis: {e}"))
-            info.job = job_id
-        # The fleet's times (Redis's clock), not the host's own job's.
-        info.created_at = _unix(d.get("enq"))
-        info.finished_at = _unix(d.get("finished")) if state in FINAL else None
-        return info
+    _info = staticmethod(job_info)
 
     async def _times(self, info: JobInfo) -> None:
         """A published result carries no times (the host's own job's are not the
         fleet job's): read them, so a wait answers what a later GET does."""
         enq, finished = await self._redis("get", lambda: self.store.times(info.job))
-        info.created_at, info.finished_at = _unix(enq), _unix(finished)
+        info.created_at, info.finished_at = unix(enq), unix(finished)
 
     async def job_info(self, job_id: str) -> JobInfo:
         return await self._read(job_id)
 
     async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo:
-        self.waiting.inc()
+        self.metrics.waiting.inc()
         t0 = time.monotonic()
         deadline = None if timeout is None else t0 + timeout
         try:
             with self.events.waiter(job_id) as fut:
                 return await self._wait(job_id, fut, t0, deadline)
         finally:
-            self.waiting.dec()
+            self.metrics.waiting.dec()
 
     async def _wait(self, job_id: str, fut: asyncio.Future[JobInfo], t0: float, deadline: float | None) -> JobInfo:
         """Until final or the deadline: the published result, else a read each second."""
@@ -402,14 +330,14 @@ class Coordinator:
             except TimeoutError:
                 # No message (a reconnect, another replica's job): read it.
                 info = await self._read(job_id)
-        self.latency.labels(info.kind).observe(time.monotonic() - t0)
+        self.metrics.latency.labels(info.kind).observe(time.monotonic() - t0)
         self.events.stop_relay(job_id)
         return info
 
     async def cancel_job(self, job_id: str) -> JobInfo:
         r = await self._redis("cancel", lambda: self.store.cancel(job_id))
         if r == "missing":
-            raise error("not_found", f"no job {job_id!r} (unknown, or its result expired)")
+            raise _no_job(job_id)
         return await self._read(job_id)
 
     # --- compat kinds: Judge0 / Piston (sandboxd.jobs.backend.Backend) ------------
@@ -490,26 +418,10 @@ class Coordinator:
         hosts = await self._redis("status", lambda: self._refresh_hosts(force=True))
         queues = await self._redis("status", self.store.queue_depths)
         stats = await self._redis("status", self.store.stats)
-        return {
-            "fleet": {
-                "hosts": len(hosts),
-                "drained": sum(1 for h in hosts if h["drained"]),
-                "boxes": sum(int(h.get("capacity", 0)) for h in hosts),
-                "busy": sum(int(h.get("load", 0)) for h in hosts),
-            },
-            "queues": {q: n for q, n in queues.items() if n},
-            "jobs": stats,
-            "draining": self.draining,
-        }
+        return views.status(hosts, queues, stats, self.draining)
 
     async def language_list(self) -> list[dict[str, Any]]:
-        hosts = await self._redis("languages", lambda: self._refresh_hosts(force=True))
-        langs: dict[str, dict[str, Any]] = {}
-        for h in hosts:
-            for lang in h.get("languages", []):
-                entry = langs.setdefault(lang["id"], {**lang, "hosts": 0})
-                entry["hosts"] += 1
-        return [langs[k] for k in sorted(langs)]
+        return views.languages(await self._redis("languages", lambda: self._refresh_hosts(force=True)))
 
     async def hosts(self) -> list[dict[str, Any]]:
         return list(await self._redis("hosts", lambda: self._refresh_hosts(force=True)))
@@ -522,14 +434,15 @@ class Coordinator:
         # Draining a host that is down (before it restarts) is allowed and sticks.
         return {"id": host_id, "drained": drained, "live": False}
 
-    async def metrics_text(self) -> bytes:
+    async def _refresh_metrics(self) -> None:
         with contextlib.suppress(Exception):
             self._snapshot.data = {
                 "hosts": await self._refresh_hosts(force=True),
                 "queues": await self.store.queue_depths(),
                 "stats": await self.store.stats(),
             }
-        return generate_latest(self.registry)
 
-    def ready(self) -> bool:
-        return not self.draining and self._redis_ok
+    def unready_reason(self) -> str | None:
+        if self.draining:
+            return "draining"
+        return None if self._redis_ok else "the fleet's Redis is unreachable"

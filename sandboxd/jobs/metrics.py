@@ -1,4 +1,8 @@
-"""Prometheus metrics of one daemon (a registry per daemon, so tests can run several)."""
+"""Prometheus metrics of one daemon or coordinator (a registry each, so tests can run several).
+
+`FrontendMetrics` are the operations' own (sandboxd.jobs.frontend), reported
+alike by a host daemon and a fleet coordinator; `Metrics` adds a daemon's
+boxes, queues and runs."""
 
 from __future__ import annotations
 
@@ -7,9 +11,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 _RUN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class Metrics:
+class FrontendMetrics:
+    """What the operations count at their entry, on either back end."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        # reason: the wire code of the refusal (queue_full, queue_deadline, draining)
+        self.rejections = Counter("sandboxd_rejections", "Jobs refused", ["reason"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Metrics(FrontendMetrics):
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         self.queue_depth = Gauge("sandboxd_queue_depth", "Runs waiting for a box", ["pool", "priority"], registry=r)
         self.boxes = Gauge("sandboxd_boxes", "Boxes by state", ["pool", "state"], registry=r)
         self.recycled = Gauge("sandboxd_boxes_recycled", "Boxes destroyed and rebuilt", ["pool"], registry=r)
@@ -21,7 +38,6 @@ class Metrics:
             "sandboxd_submission_seconds", "Submission latency", ["lang"], buckets=_RUN_BUCKETS, registry=r
         )
         self.verdicts = Counter("sandboxd_verdicts", "Test and submission verdicts", ["scope", "verdict"], registry=r)
-        self.rejections = Counter("sandboxd_rejections", "Jobs refused", ["reason"], registry=r)
         self.jobs = Gauge("sandboxd_jobs", "Jobs known by state", ["state"], registry=r)
         self.healthy = Gauge("sandboxd_healthy", "1 unless cgroups or boxes were destroyed underneath", registry=r)
         self.heals = Counter("sandboxd_heals", "Times cgroups and boxes were rebuilt after damage", registry=r)
@@ -35,5 +51,19 @@ class Metrics:
         for holder, n in used.items():
             self.budget_used.labels(holder).set(n)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+
+class CoordinatorMetrics(FrontendMetrics):
+    """A fleet coordinator's own (sandboxd.fleet.coordinator); the fleet-wide
+    series, read from Redis, are sandboxd.fleet.events.Snapshot's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
+        self.latency = Histogram(
+            "sandboxd_fleet_job_seconds",
+            "Time clients waited for a job's result on this coordinator",
+            ["kind"],
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.waiting = Gauge("sandboxd_fleet_waiters", "Clients waiting on this coordinator", registry=r)

@@ -1,4 +1,4 @@
-"""The operations every transport offers: run, submit, get, cancel, status, languages.
+"""A host daemon's operations (run, submit, get, cancel, status, languages) over its engine.
 
 Jobs get an id and can be waited for, polled or cancelled from any connection
 or transport.  A job accepted through a transport is in the durable store
@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Literal
 
 from sandboxd.config import JOBS
@@ -25,22 +25,21 @@ from sandboxd.engine.budget import Admission
 from sandboxd.engine.compiler import Compiler
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.scheduler import QueueDeadline, QueueFull
-from sandboxd.errors import ServiceError, error
+from sandboxd.errors import ServiceError, bad_request, error, make
 from sandboxd.jobs import callbacks
 from sandboxd.jobs import status as servicestatus
 from sandboxd.jobs.backend import Load, Served
-from sandboxd.jobs.fingerprint import Op, Spec, fingerprint
+from sandboxd.jobs.fingerprint import Op, Spec
+from sandboxd.jobs.frontend import Operations, Progress, conflict, keyed
 from sandboxd.jobs.kinds import KINDS
 from sandboxd.jobs.metrics import Metrics
 from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored
-from sandboxd.jobs.table import Job, JobTable, conflict, decode_spec, encode_spec, kind_of, lost_info
+from sandboxd.jobs.table import Job, JobTable, decode_spec, encode_spec, kind_of, lost_info
 from sandboxd.schema import (
-    Error,
     JobInfo,
     RunRequest,
     SchemaError,
     Submission,
-    TestResult,
     validate_run,
     validate_submission,
 )
@@ -48,10 +47,13 @@ from sandboxd.schema import (
 __all__ = ["Job", "Service"]
 log = logging.getLogger(__name__)
 REQUEUED = "the daemon stopped before the job finished; it runs again when the daemon starts"
-DRAIN_RETRY_AFTER = 1.0  # seconds a refusal or a re-queued job tells its client to wait while the daemon stops
 
 
-class Service:
+class Service(Operations):
+    """wire.Frontend over this host's engine (entry checks: sandboxd.jobs.frontend)."""
+
+    metrics: Metrics
+
     def __init__(
         self,
         engine: Engine,
@@ -60,17 +62,15 @@ class Service:
         callback_allow_private: bool = False,
         store: JobStore | None = None,
     ) -> None:
+        super().__init__(metrics or Metrics(), callback_allow_private)
         self.engine = engine
-        self.callback_allow_private = callback_allow_private
         self._callbacks: set[asyncio.Task[Any]] = set()
         self.compiler = Compiler(engine)  # single flight for the compat kinds' compiles
         self.compat_pending = 0  # jobs of compat kinds not finished: Judge0's queue count
-        self.metrics = metrics or Metrics()
         self.results_ttl = results_ttl
         self.store = store or JobStore(":memory:", results_ttl)
         self.table = JobTable(self.store, results_ttl)
         self.jobs = self.table.jobs  # unfinished (and final, not yet saved) jobs by id
-        self.draining = False
         self.recent: deque[float] = deque(maxlen=200)  # recent run wall times, for status
         self._sweeper: asyncio.Task[None] | None = None
         self._heals_counted = 0  # engine heals already added to the metrics counter
@@ -100,7 +100,7 @@ class Service:
         job.spec_size = len(s.spec or b"")
         self.table.add(job)
         if spec is None:
-            job.state, job.error = "failed", Error("internal", "its request could not be read back after a restart")
+            job.state, job.error = "failed", make("internal", "its request could not be read back after a restart")
             self._finish(job)
             return
         # Acknowledged by an earlier daemon: admitted whatever the queues and budget hold.
@@ -125,9 +125,7 @@ class Service:
     # --- job life cycle ---------------------------------------------------
 
     def _new_job(self, kind: Literal["run", "submission"], lang: str = "", job_id: str | None = None) -> Job:
-        if self.draining:
-            self.metrics.rejections.labels("draining").inc()
-            raise error("draining", "the daemon is shutting down; retry on another host", DRAIN_RETRY_AFTER)
+        self.refuse_if_draining()
         if job_id is not None and self.table.in_use(job_id):
             raise error("bad_request", f"job id {job_id!r} is in use")
         return Job(job_id or secrets.token_urlsafe(12), kind, lang)
@@ -154,7 +152,7 @@ class Service:
         if job.admission is not None:
             job.admission.close()  # (idempotent)
         if not job.done.is_set():
-            job.state, job.error = "cancelled", Error("cancelled", "cancelled")
+            job.state, job.error = "cancelled", make("cancelled")
             self._finish(job)
 
     def _admit(self, lang: str, spec: Spec, force: bool = False) -> Admission:
@@ -164,17 +162,15 @@ class Service:
         try:
             return self.engine.admit(lang or None, runs, spec, "the run" if runs == 1 else "the submission", force)
         except QueueFull as e:
-            self.metrics.rejections.labels("queue_full").inc()
-            raise error("queue_full", str(e), e.retry_after) from None
+            raise self.refused("queue_full", str(e), e.retry_after) from None
 
-    async def _accept(
-        self, job: Job, op: Op, spec: Spec, key: str | None, progress: Callable[[TestResult], None] | None = None
-    ) -> JobInfo:
+    async def _accept(self, job: Job, op: Op, spec: Spec, key: str | None, progress: Progress | None = None) -> JobInfo:
         """Commit the job to the store, then start it; returns what its sender
         is told (another job's, if its idempotency key already names one)."""
         job.durable = True
-        if key is not None:
-            fp = fingerprint(op, spec, job.callback_url)
+        bound = keyed(key, op, spec, job.callback_url)
+        if bound is not None:
+            key, fp = bound
             other = self.table.keys.get(key)
             if other is not None:
                 return await self._replay(other, key, fp, progress)
@@ -183,7 +179,7 @@ class Service:
             held = self.store.by_key(key)
             if held is not None:
                 if held.fingerprint != fp:
-                    raise conflict(key)
+                    raise conflict(key, held.id)
                 return self.table.held_info(held)
             job.key, job.fingerprint = key, fp
         job.admission = self._admit(job.lang, spec)
@@ -202,10 +198,10 @@ class Service:
         # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
         return await (asyncio.shield(acc) if key is not None else acc)
 
-    async def _replay(self, other: Job, key: str, fp: bytes, progress: Callable[[TestResult], None] | None) -> JobInfo:
+    async def _replay(self, other: Job, key: str, fp: bytes, progress: Progress | None) -> JobInfo:
         """A keyed request naming a job in memory: that job."""
         if other.fingerprint != fp:
-            raise conflict(key)
+            raise conflict(key, other.id)
         if progress is not None:
             other.listeners.append(progress)
         if other.accepted is None:  # (restored at start: committed long ago)
@@ -237,7 +233,7 @@ class Service:
             settle(exc=error("internal", f"the job store refused the job: {exc}"))
         elif held is not None:
             if held.fingerprint != job.fingerprint:
-                settle(exc=conflict(job.key or ""))
+                settle(exc=conflict(job.key or "", held.id))
             else:
                 try:
                     settle(self.table.held_info(held))
@@ -258,7 +254,7 @@ class Service:
         if job.requeue:
             # "draining" (HTTP 503 + Retry-After), not "cancelled": its waiters retry
             # (with their key) and get the job when the next start has run it.
-            job.error = Error("draining", REQUEUED, DRAIN_RETRY_AFTER)
+            job.error = make("draining", REQUEUED)
         job.done.set()
         if job.callback_url and not job.requeue:
             self._background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
@@ -279,9 +275,6 @@ class Service:
         self._callbacks.add(t)
         t.add_done_callback(self._callbacks.discard)
 
-    async def check_callback(self, url: str) -> None:
-        await callbacks.check(url, self.callback_allow_private)
-
     def _check_compat(self, spec: Spec) -> None:
         lang = KINDS.of(spec).lang(spec)
         if lang not in self.engine.languages:
@@ -289,9 +282,7 @@ class Service:
 
     # Jobs of a fleet host (sandboxd.fleet.executor): started at once, not durable here.
 
-    def submit_spec(
-        self, spec: Spec, progress: Callable[[TestResult], None] | None = None, *, notify: bool = True
-    ) -> Job:
+    def submit_spec(self, spec: Spec, progress: Progress | None = None, *, notify: bool = True) -> Job:
         """A job of any registered kind (sandboxd.jobs.kinds), its spec checked as
         one read back from Redis.  A compat kind's (Judge0, Piston) is a native job
         of kind "submission" (ids, draining refusal, state, errors, cancellation,
@@ -305,34 +296,25 @@ class Service:
             self._check_compat(spec)
         job = self._new_job(kind.public, lang)
         job.notify = notify
-        if progress is not None:
-            job.listeners.append(progress)
-        job.admission = self._admit(lang, spec)
-        self.table.add(job)
-        self._start(job, kind.op, spec)
-        return job
+        return self._start_now(job, kind.op, spec, None, progress)
 
     def submit_run(self, req: RunRequest, callback_url: str | None = None) -> Job:
         validate_run(req)
-        job = self._new_job("run")
-        job.callback_url = callback_url
-        job.admission = self._admit("", req)
-        self.table.add(job)
-        self._start(job, "run", req)
-        return job
+        return self._start_now(self._new_job("run"), "run", req, callback_url)
 
-    def submit(
-        self, sub: Submission, progress: Callable[[TestResult], None] | None = None, callback_url: str | None = None
-    ) -> Job:
+    def submit(self, sub: Submission, progress: Progress | None = None, callback_url: str | None = None) -> Job:
         validate_submission(sub)
         self.engine.language(sub.lang)
-        job = self._new_job("submission", sub.lang)
-        job.callback_url = callback_url
+        return self._start_now(self._new_job("submission", sub.lang), "submit", sub, callback_url, progress)
+
+    def _start_now(self, job: Job, op: Op, spec: Spec, cb: str | None, progress: Progress | None = None) -> Job:
+        """Admitted and started at once, not durable here (a fleet host's: its HostWorker holds it)."""
+        job.callback_url = cb
         if progress is not None:
             job.listeners.append(progress)
-        job.admission = self._admit(sub.lang, sub)
+        job.admission = self._admit(job.lang, spec)
         self.table.add(job)
-        self._start(job, "submit", sub)
+        self._start(job, op, spec)
         return job
 
     async def _guard(self, job: Job, work: Any) -> None:
@@ -341,18 +323,16 @@ class Service:
             job.state = "done"
         except asyncio.CancelledError:
             job.state = "cancelled"
-            job.error = Error("cancelled", "cancelled")
+            job.error = make("cancelled")
         except QueueFull as e:
-            self.metrics.rejections.labels("queue_full").inc()
-            job.state, job.error = "failed", Error("queue_full", str(e), e.retry_after)
+            job.state, job.error = "failed", self.refused("queue_full", str(e), e.retry_after).err
         except QueueDeadline as e:
-            self.metrics.rejections.labels("queue_deadline").inc()
-            job.state, job.error = "failed", Error("queue_deadline", str(e))
+            job.state, job.error = "failed", self.refused("queue_deadline", str(e)).err
         except SchemaError as e:
-            job.state, job.error = "failed", Error("bad_request", str(e))
+            job.state, job.error = "failed", bad_request(e).err
         except Exception as e:
             log.exception("job %s failed", job.id)
-            job.state, job.error = "failed", Error("internal", f"internal error: {e}")
+            job.state, job.error = "failed", make("internal", f"internal error: {e}")
         finally:
             self._finish(job)
 
@@ -382,31 +362,18 @@ class Service:
 
     # --- the transports' view (wire.Frontend) ------------------------------
 
-    async def start_run(
-        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
-    ) -> JobInfo:
-        if callback_url is not None:
-            await self.check_callback(callback_url)
-        validate_run(req)
+    async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None) -> JobInfo:
         job = self._new_job("run")
         job.callback_url = callback_url
-        return await self._accept(job, "run", req, idempotency_key)
+        return await self._accept(job, "run", req, key)
 
-    async def start_submission(
-        self,
-        sub: Submission,
-        progress: Callable[[TestResult], None] | None = None,
-        callback_url: str | None = None,
-        *,
-        idempotency_key: str | None = None,
+    async def _start_submission(
+        self, sub: Submission, progress: Progress | None, callback_url: str | None, key: str | None
     ) -> JobInfo:
-        if callback_url is not None:
-            await self.check_callback(callback_url)
-        validate_submission(sub)
         self.engine.language(sub.lang)
         job = self._new_job("submission", sub.lang)
         job.callback_url = callback_url
-        return await self._accept(job, "submit", sub, idempotency_key, progress)
+        return await self._accept(job, "submit", sub, key, progress)
 
     async def job_info(self, job_id: str) -> JobInfo:
         found = await self.table.find(job_id)
@@ -446,12 +413,8 @@ class Service:
     async def language_list(self) -> list[dict[str, Any]]:
         return self.languages()
 
-    async def metrics_text(self) -> bytes:
+    async def _refresh_metrics(self) -> None:
         self.refresh_metrics()
-        return self.metrics.render()
-
-    def ready(self) -> bool:
-        return self.unready_reason() is None
 
     def unready_reason(self) -> str | None:
         if self.draining:

@@ -98,10 +98,6 @@ def kind_of(op: str) -> Literal["run", "submission"]:
     return KINDS.public(op)
 
 
-def conflict(key: str) -> ServiceError:
-    return error("conflict", f"Idempotency-Key {key!r} was used for a different request; use a new key for this one")
-
-
 def lost_info(s: Stored) -> bytes:
     msg = "lost: the daemon died twice while this job was unfinished; it is not run a third time"
     return _enc.encode(

@@ -7,8 +7,8 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from sandboxd.engine.engine import Compiled, Engine
 from sandboxd.judging.checkers import BUILTIN
 from sandboxd.schema import (
     FileIn,
@@ -21,6 +21,9 @@ from sandboxd.schema import (
     Verdict,
     validate_submission,
 )
+
+if TYPE_CHECKING:  # (annotations only: the compat APIs' views, which a coordinator loads, use this module's rules)
+    from sandboxd.engine.engine import Compiled, Engine
 
 PREVIEW = 4096  # bytes of a test's stdout/stderr kept in its result
 # testlib's exit codes: 0 OK, 1 WA, 2 presentation error (judged as WA); others mean the checker failed.
@@ -38,6 +41,19 @@ STATUS_VERDICT: dict[str, Verdict] = {
 }
 
 Progress = Callable[[TestResult], None]
+
+
+def compile_verdict(c: RunResult) -> Verdict:
+    """The verdict of a compile that failed, the one rule for every API: CE when
+    the program is at fault (the compiler refused it, crashed on it, or used up
+    its compile limits: time, memory, output), IE when the system is (the box or
+    its agent failed, the engine could not run the compiler: internal_error)."""
+    return "IE" if c.status == "internal_error" else "CE"
+
+
+def compile_failed(c: RunResult) -> SubmissionResult:
+    """A submission whose compile failed: judged no further."""
+    return SubmissionResult(compile_verdict(c), compile=c, message=c.message)
 
 
 def test_result(i: int, verdict: Verdict, r: RunResult, message: str = "") -> TestResult:
@@ -84,8 +100,7 @@ class Judge:
         sol = comps[0]
         if not sol.ok:
             assert sol.result is not None
-            verdict: Verdict = "IE" if sol.result.status == "internal_error" else "CE"
-            return SubmissionResult(verdict, compile=sol.result, message=sol.result.message)
+            return compile_failed(sol.result)
         for p, c in zip(helpers, comps[1:], strict=True):
             if not c.ok:
                 assert c.result is not None

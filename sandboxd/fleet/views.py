@@ -1,0 +1,82 @@
+"""What a coordinator makes of the fleet's raw Redis data: a job's hash as the
+JobInfo a daemon would answer, which hosts can take a job, and the fleet's
+status and languages.  Pure functions (split from coordinator.py, which keeps
+the operations: admission, waits, cancels)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from sandboxd.errors import error, make
+from sandboxd.fleet.store import FleetStore
+from sandboxd.schema import JobInfo
+
+FINAL = ("done", "failed", "cancelled")
+
+
+def unix(ms: bytes | None) -> float | None:
+    return None if ms is None else int(ms) / 1000
+
+
+def job_info(job_id: str, d: dict[str, bytes]) -> JobInfo:
+    state = d["state"].decode()
+    kind: Literal["run", "submission"] = "run" if d["kind"] == b"run" else "submission"
+    host = d["host"].decode() if d.get("host") else None
+    info = JobInfo(job_id, kind, "running" if state == "running" else "queued", host=host)
+    if state in FINAL:
+        if d.get("info") is None:
+            info = JobInfo(job_id, kind, "failed", error=make("internal", "final job without a result"))
+        else:
+            try:
+                info = FleetStore.decode_info(d["info"])
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                err = make("internal", f"unreadable result in Redis: {e}")
+                info = JobInfo(job_id, kind, "failed", error=err)
+        info.job = job_id
+    # The fleet's times (Redis's clock), not the host's own job's.
+    info.created_at = unix(d.get("enq"))
+    info.finished_at = unix(d.get("finished")) if state in FINAL else None
+    return info
+
+
+def check_servable(hosts: list[dict[str, Any]], lang: str, tag: str | None) -> None:
+    """Refuse a job no live host could take (lang "": a run, any host)."""
+    if not hosts:
+        raise error("draining", "no host has joined the fleet; retry later")
+    ok_lang = [h for h in hosts if not lang or any(x.get("id") == lang for x in h.get("languages", []))]
+    if not ok_lang:
+        served = sorted({x.get("id") for h in hosts for x in h.get("languages", [])})
+        raise error("bad_request", f"lang: no host serves {lang!r} (served: {', '.join(served)})")
+    if tag is None:
+        if all(h.get("only_tagged") for h in ok_lang):
+            raise error("bad_request", "host_tag: every host serving this job is reserved; name its tag")
+    elif not any(tag in h.get("tags", []) for h in ok_lang):
+        raise error("bad_request", f"host_tag: no live host carries tag {tag!r}" + (f" for {lang!r}" if lang else ""))
+
+
+def status(
+    hosts: list[dict[str, Any]], queues: dict[str, int], stats: dict[str, int], draining: bool
+) -> dict[str, Any]:
+    return {
+        "fleet": {
+            "hosts": len(hosts),
+            "drained": sum(1 for h in hosts if h["drained"]),
+            "boxes": sum(int(h.get("capacity", 0)) for h in hosts),
+            "busy": sum(int(h.get("load", 0)) for h in hosts),
+        },
+        "queues": {q: n for q, n in queues.items() if n},
+        "jobs": stats,
+        "draining": draining,
+    }
+
+
+def languages(hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each language some host serves, with how many hosts serve it."""
+    langs: dict[str, dict[str, Any]] = {}
+    for h in hosts:
+        for lang in h.get("languages", []):
+            entry = langs.setdefault(lang["id"], {**lang, "hosts": 0})
+            entry["hosts"] += 1
+    return [langs[k] for k in sorted(langs)]
