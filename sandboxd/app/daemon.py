@@ -19,8 +19,9 @@ from aiohttp import web
 
 from sandboxd import __version__
 from sandboxd.api import httpserver, unixserver, unixsocket
+from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GuardedSite
-from sandboxd.api.inbound import Inbound
+from sandboxd.api.inbound import OFFLOAD_WORKERS, Inbound
 from sandboxd.api.wire import Frontend
 from sandboxd.config import Config
 from sandboxd.engine.engine import Engine, EngineConfig
@@ -102,6 +103,7 @@ async def serve_frontend(
     watchdog: asyncio.Task[None] | None = None
     pid_lock: HostLock | None = None
     inbound = Inbound.from_config(cfg)  # connections and bytes being received, daemon-wide
+    DECODE.start(OFFLOAD_WORKERS)  # large JSON bodies are parsed in these processes (sandboxd.api.decodepool)
     try:
         if cfg.socket:
             mode = int(cfg.socket_mode, 8)
@@ -178,6 +180,7 @@ async def serve_frontend(
             release_pid_file(pid_lock)
         if watchdog is not None:
             watchdog.cancel()
+        DECODE.stop()
 
 
 def write_pid_file(path: Path) -> HostLock:
@@ -226,7 +229,8 @@ async def serve(cfg: Config) -> int:
             failed = await engine.selftest()
             if not engine.languages:
                 raise RuntimeError(f"no language passed its self-test: {failed}")
-        jobs = JobStore(cfg.job_store or default_path(Path(cfg.state_dir), cfg.instance), cfg.results_ttl)
+        path = cfg.job_store or default_path(Path(cfg.state_dir), cfg.instance)
+        jobs = JobStore(path, cfg.results_ttl, cfg.job_store_max_bytes)
         svc = Service(
             engine, results_ttl=cfg.results_ttl, callback_allow_private=cfg.callback_allow_private, store=jobs
         )

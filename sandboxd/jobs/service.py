@@ -30,7 +30,7 @@ from sandboxd.jobs import callbacks
 from sandboxd.jobs import status as servicestatus
 from sandboxd.jobs.fingerprint import Op, Spec, fingerprint
 from sandboxd.jobs.metrics import Metrics
-from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored
+from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored, StoreFull
 from sandboxd.jobs.table import Job, JobTable, conflict, decode_spec, encode_spec, kind_of, lost_info
 from sandboxd.judging.judge import judge
 from sandboxd.schema import (
@@ -189,6 +189,13 @@ class Service:
                 return self.table.held_info(held)
             job.key, job.fingerprint = key, fp
         job.admission = self._admit(job.lang, spec)
+        data = encode_spec(spec)
+        try:
+            self.store.check_room(len(data))  # (job_store_max_bytes: refused, never dropped later)
+        except StoreFull as e:
+            job.admission.close()
+            self.metrics.rejections.labels("queue_full").inc()
+            raise error("queue_full", str(e), e.retry_after) from None
         if progress is not None:
             job.listeners.append(progress)
         self.table.add(job)
@@ -196,7 +203,6 @@ class Service:
         job.accepted = acc
         if key is not None:  # (others may wait for it: retrieved even if its sender has gone)
             acc.add_done_callback(lambda f: f.cancelled() or f.exception())
-        data = encode_spec(spec)
         job.spec_size = len(data)
         row = NewJob(job.id, op, data, job.created_at, job.callback_url, job.key, job.fingerprint)
         self.store.add(row, lambda ok, val: self._committed(job, op, spec, ok, val))
