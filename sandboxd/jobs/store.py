@@ -32,9 +32,7 @@ of their own: they see every committed row, and none of a batch in flight.
 Large rows are written off the loop: a batch carrying at least
 INLINE_BYTES of specs and results (a 48 MiB stdin is ~12,000 WAL pages, a
 quarter of a second of write(2)s) runs on the writer thread instead
-(sqlite3 releases the GIL while SQLite works), and the loop's reads use a
-connection of their own meanwhile, so they see only committed rows and never
-wait for the writer.  Specs live in a table of their own: a job's row is
+(sqlite3 releases the GIL while SQLite works).  Specs live in a table of their own: a job's row is
 updated when it finishes and when it expires, and SQLite rewrites a whole
 row on update, spec included.
 
@@ -64,21 +62,40 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sandboxd.rates import DrainRate, retry_after
+from sandboxd.jobs.storerows import (
+    BY_KEY,
+    EVICTED,
+    EXPIRED,
+    GET,
+    INDEXES,
+    LIVE,
+    OLDEST,
+    OPEN,
+    SCHEMA,
+    SPEC,
+    JobIdInUse,
+    NewJob,
+    Stored,
+    StoreFull,
+    Usage,
+    cols,
+    default_max_bytes,
+    default_path,
+    migrate,
+    stored,
+    tombstones,
+)
 
+# (The rows' names are sandboxd.jobs.storerows'; the store's users import them from here.)
+__all__ = ["EVICTED", "EXPIRED", "JobIdInUse", "JobStore", "NewJob", "StoreFull", "Stored", "default_path"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Done = Callable[[bool, Any], None]  # after a batch: (ok, the operation's result or exception)
 Op = tuple[Callable[[sqlite3.Connection], Any], Done | None, int]  # (statements, then, bytes it writes)
 
-OPEN = "accepted"  # the state of a job not yet final
-EXPIRED = "expired"
-EVICTED = "evicted"  # a tombstone made to keep the store within max_bytes
-GONE = (EXPIRED, EVICTED)
 LATER = 0.01  # seconds a result may wait to join a batch (a crash meanwhile: the job runs again)
 SWEEP_CHUNK = 500  # rows per sweep statement: the loop (and inserts) wait for one chunk, not for all
 CHECKPOINT_EVERY = 1.0  # seconds
@@ -86,161 +103,6 @@ CHECKPOINT_EVERY = 1.0  # seconds
 # thread: below it, the thread hop costs more than the write (benchmarks/durable.py).
 INLINE_BYTES = 1 << 20
 WAL_LIMIT = 64 << 20  # the WAL file is truncated back to this after a checkpoint (journal_size_limit)
-MiB, GiB = 1 << 20, 1 << 30
-MAX_BYTES_MIN, MAX_BYTES_MAX = 256 * MiB, 16 * GiB  # bounds of the default max_bytes
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY,      -- acceptance order: re-queued in it
-    id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,           -- run, submission, compat
-    spec BLOB,                    -- unused (NULL): specs are in `specs` (files written before: moved at open)
-    callback_url TEXT,
-    idem_key TEXT,                -- NULL: none, or freed at expiry (unique: jobs_key)
-    fingerprint BLOB,
-    state TEXT NOT NULL,
-    restarts INTEGER NOT NULL DEFAULT 0,  -- daemons that died with it unfinished (-1: stopped cleanly)
-    created_at REAL NOT NULL,
-    finished_at REAL,
-    info BLOB,                    -- the final JobInfo, msgpack
-    size INTEGER NOT NULL DEFAULT 0  -- bytes of its spec and info (0 once a tombstone): max_bytes counts these
-);
--- The request, msgpack; deleted when its job becomes a tombstone.
-CREATE TABLE IF NOT EXISTS specs (seq INTEGER PRIMARY KEY, spec BLOB NOT NULL);
--- Partial: a job without a key costs no entry in it.
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_open ON jobs(seq) WHERE finished_at IS NULL;
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
-"""
-# (After _migrate: `size` may be new.)
-_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_results ON jobs(finished_at) WHERE finished_at IS NOT NULL AND size > 0"
-
-
-@dataclass
-class NewJob:
-    id: str
-    kind: str
-    spec: bytes
-    created_at: float
-    callback_url: str | None = None
-    key: str | None = None
-    fingerprint: bytes | None = None
-
-
-@dataclass
-class Stored:
-    id: str
-    kind: str
-    state: str
-    spec: bytes | None
-    info: bytes | None
-    fingerprint: bytes | None
-    callback_url: str | None
-    created_at: float
-    restarts: int
-    key: str | None
-
-
-class JobIdInUse(Exception):
-    pass
-
-
-class StoreFull(Exception):
-    """A new job does not fit in max_bytes even with every finished result evicted."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def _cols(spec: str) -> str:
-    return f"id, kind, state, {spec}, info, fingerprint, callback_url, created_at, restarts, idem_key"
-
-
-_SPEC = "(SELECT spec FROM specs WHERE specs.seq=jobs.seq)"
-# A lookup reads a spec only for a compat job (Judge0 shows its request back), not a run's 48 MiB stdin.
-_GET = "SELECT " + _cols(f"CASE kind WHEN 'compat' THEN {_SPEC} END") + " FROM jobs WHERE id=?"
-_BY_KEY = f"SELECT {_cols('NULL')} FROM jobs WHERE idem_key=? AND idem_key IS NOT NULL"  # (uses the partial jobs_key)
-_LIVE = f"state NOT IN ('{EXPIRED}', '{EVICTED}')"  # a row that is not a tombstone
-# The oldest results first (tombstones have size 0: the partial index jobs_results skips them).
-_OLDEST = "SELECT seq, size FROM jobs WHERE finished_at IS NOT NULL AND size > 0 ORDER BY finished_at LIMIT ?"
-_TOMBSTONE = "UPDATE jobs SET state=?, info=NULL, idem_key=NULL, fingerprint=NULL, size=0 WHERE "
-
-
-def _stored(row: Any) -> Stored | None:
-    return None if row is None else Stored(*row)
-
-
-def _tombstones(db: sqlite3.Connection, state: str, where: str, params: tuple[Any, ...]) -> tuple[int, int]:
-    """Rows matching `where` made tombstones (spec and result gone); (rows, bytes freed)."""
-    rows = db.execute(_TOMBSTONE + where + " RETURNING seq, size", (state, *params)).fetchall()
-    db.executemany("DELETE FROM specs WHERE seq=?", [(seq,) for seq, _ in rows])
-    return len(rows), sum(size for _, size in rows)
-
-
-def default_path(state_dir: Path, instance: str) -> Path:
-    """One file per instance: state_dir is shared by the instances of a host."""
-    return state_dir / "jobs" / f"{instance}.sqlite3"
-
-
-def default_max_bytes(path: str) -> int:
-    """A tenth of the filesystem the store is on, 256 MiB to 16 GiB (in memory: 256 MiB)."""
-    if path == ":memory:":
-        return MAX_BYTES_MIN
-    st = os.statvfs(Path(path).parent)
-    return max(MAX_BYTES_MIN, min(MAX_BYTES_MAX, st.f_blocks * st.f_frsize // 10))
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    """A file written before specs had a table of their own (and rows a size): moved, once."""
-    if any(col[1] == "size" for col in db.execute("PRAGMA table_info(jobs)")):
-        return
-    db.execute("BEGIN IMMEDIATE")
-    db.execute("ALTER TABLE jobs ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
-    db.execute("INSERT INTO specs (seq, spec) SELECT seq, spec FROM jobs WHERE spec IS NOT NULL")
-    db.execute("UPDATE jobs SET size=coalesce(length(spec), 0) + coalesce(length(info), 0), spec=NULL")
-    db.execute("COMMIT")
-
-
-class Usage:
-    """Bytes the store holds (the rows' `size`), kept in memory: `open` for
-    unfinished jobs (reserved when an insert is queued), `done` for results
-    not yet tombstones."""
-
-    def __init__(self, db: sqlite3.Connection, limit: int) -> None:
-        self.limit = limit
-        q = "SELECT coalesce(sum(size), 0) FROM jobs WHERE "
-        self.open = int(db.execute(q + "finished_at IS NULL").fetchone()[0])
-        self.done = int(db.execute(q + "finished_at IS NOT NULL").fetchone()[0])
-        self.evicted = 0  # results evicted to stay within the limit
-        self.refused = 0  # new jobs refused: the unfinished ones fill it
-        self.finishing = DrainRate()  # bytes of unfinished jobs becoming final per second (Retry-After)
-
-    @property
-    def used(self) -> int:
-        return self.open + self.done
-
-    def check(self, n: int) -> None:
-        """Raises StoreFull if n more bytes of a new job cannot fit, even with every result evicted."""
-        if self.open + n <= self.limit or self.open == 0:  # (one job larger than the limit: alone)
-            return
-        self.refused += 1
-        short = self.open + n - self.limit
-        why = (
-            f"the job store is full: {self.open} bytes of unfinished jobs, this one {n} bytes, "
-            f"job_store_max_bytes {self.limit}; retry when jobs have finished"
-        )
-        raise StoreFull(why, retry_after(short, self.finishing.rate()))
-
-    def snapshot(self) -> dict[str, int]:
-        return {
-            "limit": self.limit,
-            "used": self.used,
-            "unfinished": self.open,
-            "results": self.done,
-            "evicted": self.evicted,
-            "refused": self.refused,
-        }
 
 
 class JobStore:
@@ -260,9 +122,9 @@ class JobStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (the fsyncs) are the thread's
         self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-        self.db.executescript(_SCHEMA)
-        _migrate(self.db)
-        self.db.execute(_INDEXES)
+        self.db.executescript(SCHEMA)
+        migrate(self.db)
+        self.db.execute(INDEXES)
         self.usage = Usage(self.db, max_bytes or default_max_bytes(self.path))
         self._pending: list[Op] = []
         self._scheduled = False  # a flush is due in the next loop iteration
@@ -294,8 +156,8 @@ class JobStore:
         (`release`) does not count."""
         rows = [
             s
-            for r in self.db.execute(f"SELECT {_cols(_SPEC)} FROM jobs WHERE finished_at IS NULL ORDER BY seq")
-            for s in [_stored(r)]
+            for r in self.db.execute(f"SELECT {cols(SPEC)} FROM jobs WHERE finished_at IS NULL ORDER BY seq")
+            for s in [stored(r)]
             if s is not None
         ]
         again, lost = [], []
@@ -460,13 +322,13 @@ class JobStore:
         def evict(db: sqlite3.Connection) -> tuple[int, int]:
             n = freed = 0
             while freed < excess:
-                rows = db.execute(_OLDEST, (SWEEP_CHUNK,)).fetchall()
+                rows = db.execute(OLDEST, (SWEEP_CHUNK,)).fetchall()
                 if not rows:
                     break
                 for seq, size in rows:
                     if freed >= excess:
                         break
-                    n += _tombstones(db, EVICTED, "seq=?", (seq,))[0]
+                    n += tombstones(db, EVICTED, "seq=?", (seq,))[0]
                     freed += size
             return n, freed
 
@@ -498,7 +360,7 @@ class JobStore:
                 )
             except sqlite3.IntegrityError:
                 if job.key is not None:
-                    held = _stored(db.execute(_BY_KEY, (job.key,)).fetchone())
+                    held = stored(db.execute(BY_KEY, (job.key,)).fetchone())
                     if held is not None:
                         return held
                 raise JobIdInUse(job.id) from None
@@ -534,18 +396,18 @@ class JobStore:
 
     async def get(self, job_id: str) -> Stored | None:
         # (The readers' connection: it sees only committed rows, and never waits for a batch.)
-        return _stored(self.rdb.execute(_GET, (job_id,)).fetchone())
+        return stored(self.rdb.execute(GET, (job_id,)).fetchone())
 
     def by_key(self, key: str) -> Stored | None:
         """The job an idempotency key names, if committed and not yet expired.
         Synchronous (one indexed SELECT): a keyed retry finds its job before
         admission, so a full queue never refuses it."""
-        return _stored(self.rdb.execute(_BY_KEY, (key,)).fetchone())
+        return stored(self.rdb.execute(BY_KEY, (key,)).fetchone())
 
     async def forget(self, job_id: str) -> bool:
         """A finished job's record dropped now (Judge0's DELETE): a tombstone."""
         n, freed = await self._queue(
-            lambda db: _tombstones(db, EXPIRED, f"id=? AND finished_at IS NOT NULL AND {_LIVE}", (job_id,))
+            lambda db: tombstones(db, EXPIRED, f"id=? AND finished_at IS NOT NULL AND {LIVE}", (job_id,))
         )
         self.usage.done -= freed
         return bool(n)
@@ -556,13 +418,13 @@ class JobStore:
         (and on the writer thread: nobody waits for a sweep)."""
         now = time.time() if now is None else now
         done = 0
-        expire = f"seq IN (SELECT seq FROM jobs WHERE finished_at < ? AND {_LIVE} LIMIT {SWEEP_CHUNK})"
+        expire = f"seq IN (SELECT seq FROM jobs WHERE finished_at < ? AND {LIVE} LIMIT {SWEEP_CHUNK})"
         delete = f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at < ? LIMIT {SWEEP_CHUNK})"
         for sql, cutoff in ((expire, now - self.ttl), (delete, now - 2 * self.ttl)):
 
             def chunk(db: sqlite3.Connection, sql: str = sql, cutoff: float = cutoff) -> tuple[int, int]:
                 if sql is expire:
-                    return _tombstones(db, EXPIRED, sql, (cutoff,))
+                    return tombstones(db, EXPIRED, sql, (cutoff,))
                 return db.execute(sql, (cutoff,)).rowcount, 0
 
             while True:
