@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -32,8 +33,20 @@ from instances import inst
 from sandboxd_client import Client
 from sandboxd_client import RunRequest as ClientRun
 
-from sandboxd.api.decodepool import IN_PROCESS_FROM
-from sandboxd.schema import MAX_FILES_OUT, MAX_FILES_OUT_BYTES, Limits, MiB, RunRequest, SchemaError, validate_run
+from sandboxd.api.bodies import decode
+from sandboxd.api.decodepool import IN_PROCESS_FROM, DecodePool
+from sandboxd.api.decodeworker import WIDE
+from sandboxd.errors import ServiceError
+from sandboxd.schema import (
+    MAX_FILES_OUT,
+    MAX_FILES_OUT_BYTES,
+    Limits,
+    MiB,
+    RunRequest,
+    SchemaError,
+    Submission,
+    validate_run,
+)
 
 TIGHT = {
     "SANDBOXD_HTTP_HEADER_TIMEOUT": "1",
@@ -428,3 +441,55 @@ def test_large_json_bodies_are_parsed_in_decode_worker_processes(capped: Daemon)
     assert after["in_process"] == before["in_process"] + 3 and after["replaced"] == 0
     status, reply = _http(capped, "POST", "/v1/runs", {"cmd": ["true"]})  # small: inline, not counted
     assert status == 200 and _decode_counters(capped)["in_process"] == after["in_process"]
+
+
+def _outcome(fn: Any) -> tuple[str, Any]:
+    try:
+        return "ok", fn()
+    except ServiceError as e:
+        return "ServiceError", e.err
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
+        return type(e).__name__, str(e)
+    except UnicodeDecodeError as e:  # (from a worker: a DecodeError, which the APIs answer with a 400)
+        return "DecodeError", str(e)
+
+
+BODIES = [
+    b'{"cmd": ["wc"], "stdin": "' + base64.b64encode(b"q" * 5000) + b'"}',
+    b'{"cmd": []}',
+    b'{"cmd": ["true"], "limits": {"memory": 99999999999999999999999}}',
+    b'{"cmd": ["true"], "stdin": "not base64!"}',
+    b'{"cmd": ["true"], "env": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"cmd": ["\xff"]}',
+    b'{"cmd": ["tru',
+    b"[1, 2]",
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_a_decode_worker_answers_what_inline_decoding_answers(body: bytes) -> None:
+    pool = DecodePool()
+    pool.start(1)
+    try:
+        for typ in (RunRequest, Submission):
+            assert _outcome(lambda t=typ: pool.typed(body, t)) == _outcome(lambda t=typ: decode(body, t, "json"))
+        inline = _outcome(lambda: msgspec.json.decode(body))
+        if b"9999999999999999999" in body:  # JSON can hold it, msgpack cannot: refused as out of range
+            inline = ("ValidationError", WIDE)
+        assert _outcome(lambda: pool.untyped(body)) == inline
+        assert pool.in_process == 3 and pool.replaced == 0
+    finally:
+        pool.stop()
+
+
+def test_a_decode_worker_that_dies_is_replaced_and_its_body_gets_a_retry() -> None:
+    pool = DecodePool()
+    pool.start(1)
+    try:
+        assert pool.untyped(b"[1]") == [1]
+        os.kill(pool.snapshot()["pids"][0], signal.SIGKILL)
+        kind, err = _outcome(lambda: pool.untyped(b"[2]"))
+        assert kind == "ServiceError" and err.code == "queue_full" and err.retry_after, err
+        assert pool.untyped(b"[3]") == [3] and pool.replaced == 1
+    finally:
+        pool.stop()

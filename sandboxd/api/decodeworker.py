@@ -49,12 +49,22 @@ def _confine() -> None:
     libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
+# What JSON holds and msgpack cannot carry: integers beyond 64 bits.
+WIDE = "Integer value out of range (more than 64 bits)"
+
+
 def handle(name: str, body: bytes) -> tuple[int, bytes]:
     if not name:
         try:
-            return OK, _enc.encode(msgspec.json.decode(body))
+            value = msgspec.json.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
             return RAISED, _enc.encode([type(e).__name__, str(e)])
+        except UnicodeDecodeError as e:  # (invalid UTF-8 in a string: malformed JSON, said so)
+            return RAISED, _enc.encode(["DecodeError", str(e)])
+        try:
+            return OK, _enc.encode(value)
+        except OverflowError:  # (no API takes such a number: refused as out of range)
+            return RAISED, _enc.encode(["ValidationError", WIDE])
     name, _, what = name.partition(":")
     typ = getattr(schema, name, None)
     if not isinstance(typ, type) or not issubclass(typ, msgspec.Struct):
@@ -63,6 +73,8 @@ def handle(name: str, body: bytes) -> tuple[int, bytes]:
         return OK, _enc.encode(decode(body, typ, "json", what or "body"))
     except ServiceError as e:
         return BAD, _enc.encode([e.err.code, e.err.message])
+    except OverflowError:
+        return BAD, _enc.encode(["bad_request", f"{what or 'body'}: {WIDE}"])
 
 
 def _exactly(f: BinaryIO, n: int) -> bytes | None:
@@ -88,9 +100,12 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
 
 def main() -> Any:
     _confine()
-    sys.stdout.buffer.write(READY)  # (confined: the daemon sends nothing before this)
-    sys.stdout.buffer.flush()
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    try:
+        sys.stdout.buffer.write(READY)  # (confined: the daemon sends nothing before this)
+        sys.stdout.buffer.flush()
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:  # the daemon stopped us
+        os._exit(0)
 
 
 if __name__ == "__main__":
