@@ -19,6 +19,10 @@ the load is the daemon's, not the boxes'.  The daemon's decode-pool counters
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/big_bodies.py               # 4 clients, 20 s a phase
     PYTHONPATH=$PWD .venv/bin/python benchmarks/big_bodies.py --quick       # 2 clients, 8 MiB, 5 s
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/big_bodies.py --floor       # the same load on bare aiohttp
+
+--refused sends bodies that are decoded and refused (no run, no job store);
+--size sets the body size (e.g. 8388608 to see what a smaller max_body buys).
 
 No configuration key of its own: the same script measures an older checkout.
 """
@@ -63,6 +67,42 @@ MiB = 1 << 20
 MAX_BODY = 64 * MiB  # the daemon's default max_body
 
 
+FLOOR = """
+import sys, uvloop
+from aiohttp import web
+async def health(r):
+    return web.json_response({"ok": True})
+async def post(r):
+    await r.read()
+    return web.json_response({"error": "read and dropped"}, status=400)
+app = web.Application(client_max_size=int(sys.argv[2]))
+app.router.add_get("/healthz", health)
+app.router.add_post("/v1/runs", post)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), loop=uvloop.new_event_loop(), print=None)
+"""
+
+
+class Floor(Daemon):
+    """--floor: a bare aiohttp app that only reads each body (no sandboxd code):
+    what receiving bodies this large costs an event loop by itself."""
+
+    def __init__(self, max_body: int) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, "-c", FLOOR, str(self.port), str(max_body)])
+        while True:
+            try:
+                if self.get("/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 def _get_ms(port: int) -> float | None:
     t = time.perf_counter()
     try:
@@ -103,13 +143,16 @@ def stdin_for(body_max: int, fmt: str) -> bytes:
     return b"x" * (room * 3 // 4 if fmt == "json" else room)
 
 
+CMD = ["true"]
+
+
 def poster(d: Daemon, phase: str, size: int) -> Callable[[], int]:
     """One client's request: returns the HTTP status (socket: 200 ok / 0 error)."""
     if phase == "json-http":
-        body = json.dumps({"cmd": ["true"], "stdin": base64.b64encode(stdin_for(size, "json")).decode()}).encode()
+        body = json.dumps({"cmd": CMD, "stdin": base64.b64encode(stdin_for(size, "json")).decode()}).encode()
         return lambda: d.request("POST", "/v1/runs", body)[0]
     if phase == "msgpack-http":
-        body = msgspec.msgpack.encode({"cmd": ["true"], "stdin": stdin_for(size, "msgpack")})
+        body = msgspec.msgpack.encode({"cmd": CMD, "stdin": stdin_for(size, "msgpack")})
         return lambda: d.request("POST", "/v1/runs", body, "application/msgpack")[0]
     if phase == "judge0-json":
         src = base64.b64encode(b"print(1)\n").decode()
@@ -120,7 +163,7 @@ def poster(d: Daemon, phase: str, size: int) -> Callable[[], int]:
         {
             "id": 1,
             "op": "run",
-            "body": msgspec.Raw(msgspec.msgpack.encode({"cmd": ["true"], "stdin": stdin_for(size, "msgpack")})),
+            "body": msgspec.Raw(msgspec.msgpack.encode({"cmd": CMD, "stdin": stdin_for(size, "msgpack")})),
         }
     )
     framed = struct.pack(">I", len(frame)) + frame
@@ -185,12 +228,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0)
     ap.add_argument("--size", type=int, default=0, help="body bytes (default: max_body, 64 MiB)")
     ap.add_argument("--only", default="", help="comma-separated phases (default: all)")
+    ap.add_argument("--refused", action="store_true", help="bodies refused once decoded (cmd []): no run, no store")
+    ap.add_argument("--floor", action="store_true", help="a bare aiohttp app that only reads the bodies, no daemon")
     args = ap.parse_args()
+    if args.refused:
+        CMD.clear()
     clients = args.clients or (2 if args.quick else 4)
     seconds = args.seconds or (5.0 if args.quick else 20.0)
     size = args.size or (8 * MiB if args.quick else MAX_BODY)
     wanted = [p for p in PHASES if not args.only or p in args.only.split(",")]
-    d = Daemon(pool=2)
+    if args.floor:
+        wanted = [p for p in wanted if p.endswith("-http")]
+    d = Floor(size + MiB) if args.floor else Daemon(pool=2)
     ctl_proc = subprocess.Popen([sys.executable, "-c", CONTROL], stdout=subprocess.PIPE, text=True)
     assert ctl_proc.stdout is not None
     control = int(ctl_proc.stdout.readline())
