@@ -14,8 +14,8 @@ body each at a time), and the input bytes admitted at once by its ByteGate.
 A worker's memory is its body, the decoded value and its msgpack (about
 three times max_body at most).  `takes` is False until `start`, so code that
 embeds the API without the daemon (tests) decodes on the threads as before.
-A worker that dies is replaced; the body it was decoding gets a 503
-(`queue_full`, retry), never a decode inside the daemon instead.
+A worker that dies is replaced; the body it was decoding gets
+`queue_full` (429, retry), never a decode inside the daemon instead.
 """
 
 from __future__ import annotations
