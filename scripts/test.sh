@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Install everything and run the whole test suite (as root, real kernel
 # features: namespaces, cgroups, seccomp; a qemu VM for cgroup v2).
+# Two pytest runs, each test in one of them: the unit suite (tests/unit: pure
+# logic, seconds, needs no root) first, so a broken schema or checker fails
+# before the long root suite starts; then everything else.  Arguments go to
+# the second run (e.g. scripts/test.sh tests/test_box.py -k seccomp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
@@ -8,4 +12,6 @@ scripts/install.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-exec .venv/bin/pytest -q -ra "$@"
+.venv/bin/lint-imports
+.venv/bin/pytest -q -ra tests/unit
+exec .venv/bin/pytest -q -ra --ignore=tests/unit "$@"

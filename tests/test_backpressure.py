@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 from daemon_util import Daemon
 from instances import inst
 from prometheus_client.parser import text_string_to_metric_families

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 
 from sandboxd.schema import FileIn, Limits, MiB, RunRequest, RunResult
 

@@ -275,13 +275,15 @@ def test_bad_config_stops_startup_naming_the_key(tmp_path: Path) -> None:
     p = serve_cmd("--config", str(cfg))
     assert p.returncode == 2 and "no_such_key" in p.stderr
     p = serve_cmd("--config", "/dev/null", "--http", "0.0.0.0:7070")
-    assert p.returncode == 2 and "http_token" in p.stderr
-    cfg.write_text('judge0_http = "0.0.0.0:2358"\n')
+    assert p.returncode == 2 and "http.token: required when http.listen is beyond loopback" in p.stderr
+    cfg.write_text('[http]\njudge0_listen = "0.0.0.0:2358"\n')
     p = serve_cmd("--config", str(cfg))
-    assert p.returncode == 2 and "http_token: required when judge0_http listens beyond loopback" in p.stderr
+    assert p.returncode == 2 and "http.token: required when http.judge0_listen is beyond loopback" in p.stderr
+    # A flat key of an older file: read, with its new place named, then checked alike.
     cfg.write_text('piston_http = "127.0.0.1:7070"\n')
     p = serve_cmd("--config", str(cfg), "--http", "127.0.0.1:7070")
-    assert p.returncode == 2 and "piston_http: '127.0.0.1:7070' is already http's address" in p.stderr, p.stderr
+    assert "`piston_http` is deprecated: set `piston_listen` under [http]" in p.stderr, p.stderr
+    assert p.returncode == 2 and "http.piston_listen: '127.0.0.1:7070' is already http.listen's address" in p.stderr
 
 
 def test_submit_command_with_a_tests_directory(daemon: Daemon, tmp_path: Path) -> None:

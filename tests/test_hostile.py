@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 import pytest
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 
 from sandboxd.engine.engine import Compiled
 from sandboxd.sandbox.box import Box

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 from daemon_util import Daemon, free_port
 from instances import inst
 from sandboxd_client import Client, RunRequest
@@ -257,7 +257,7 @@ def test_client_and_script_variables_are_not_daemon_settings() -> None:
         "SANDBOXD_STATE_DIR": "/srv/sandboxd",
     }
     cfg = config.load(Path("/dev/null"), env=env)
-    assert (cfg.pool_size, cfg.state_dir) == (3, "/srv/sandboxd")
+    assert (cfg.engine.pool_size, cfg.state_dir) == (3, "/srv/sandboxd")
     with pytest.raises(config.ConfigError, match="SANDBOXD_POOL_SIZ: unknown setting 'pool_siz'"):
         config.load(Path("/dev/null"), env={"SANDBOXD_POOL_SIZ": "3"})
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 
 from sandboxd.errors import ServiceError
 from sandboxd.jobs.service import Service
@@ -109,7 +109,7 @@ def test_sweep_leaves_a_tombstone_then_deletes(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-# --- bounded in bytes (issue 13: job_store_max_bytes) ----------------------------
+# --- bounded in bytes (issue 13: [jobs] store_max_bytes) ----------------------------
 
 
 def big(i: int, n: int) -> NewJob:
@@ -144,7 +144,7 @@ def test_unfinished_jobs_are_never_evicted_new_ones_are_refused(tmp_path: Path) 
         await added(s, big(1, 4000))
         await added(s, big(2, 4000))
         s.check_room(2000)  # fits
-        with pytest.raises(StoreFull, match="job_store_max_bytes 10000") as e:
+        with pytest.raises(StoreFull, match=r"jobs\.store_max_bytes 10000") as e:
             s.check_room(4000)
         assert 1.0 <= e.value.retry_after <= 60.0 and s.usage.refused == 1
         # An accepted job's result is written even past the limit (nothing accepted is lost)...
@@ -216,7 +216,7 @@ def test_a_full_store_refuses_new_jobs_with_queue_full_and_retry_after(engine: S
             first = await svc.start_run(slow)
             with pytest.raises(ServiceError) as e:
                 await svc.start_run(slow)
-            assert e.value.err.code == "queue_full" and "job_store_max_bytes" in e.value.err.message
+            assert e.value.err.code == "queue_full" and "jobs.store_max_bytes" in e.value.err.message
             assert e.value.err.retry_after is not None and e.value.err.retry_after >= 1.0
             small = await svc.start_run(RunRequest(cmd=["true"]))  # what still fits is taken
             assert (await svc.wait_job(small.job)).state == "done"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 
 from sandboxd.judging.judge import judge
 from sandboxd.schema import Checker, Limits, LimitsPatch, Program, Submission, SubmissionResult, TestCase

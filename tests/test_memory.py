@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 
 from sandboxd.languages import load_dir
 from sandboxd.schema import Limits, MiB, RunResult

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 from instances import inst
 
 from sandboxd.engine.engine import Engine, EngineConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from conftest import SyncEngine
+from box_fixtures import SyncEngine
 
 from sandboxd import schema
 from sandboxd.jobs.service import Service

@@ -3,6 +3,11 @@
 Request body format follows Content-Type (application/json, application/msgpack
 or application/x-msgpack); the reply uses Accept, else the request's format.
 In JSON, bytes fields (stdin, source, stdout...) are base64 strings.
+
+Other HTTP APIs plug in with `mount(name, factory)` (sandboxd.compat registers
+Judge0 and Piston): make_app mounts each under the prefix the app layer gives
+it, make_api_app serves one alone at the root of a listener of its own.  This
+module names none of them.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -23,7 +28,7 @@ from sandboxd.api.inbound import Inbound, offload
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.openapi import document
 from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
-from sandboxd.compat import judge0, piston
+from sandboxd.config import HTTP
 from sandboxd.errors import ServiceError
 from sandboxd.schema import Error
 
@@ -45,6 +50,22 @@ SVC: web.AppKey[Frontend] = web.AppKey("service")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 SVC_MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 INBOUND: web.AppKey[Inbound] = web.AppKey("inbound", Inbound)
+
+# An HTTP API on a Frontend: factory(frontend, **aiohttp.web.Application kwargs).
+MountFactory = Callable[..., web.Application]
+_MOUNTS: dict[str, MountFactory] = {}
+
+
+def mount(name: str, factory: MountFactory) -> None:
+    """Register an HTTP API (a plug-in's: "judge0", "piston") to serve on the same Frontend."""
+    known = _MOUNTS.get(name)
+    if known is not None and known is not factory:
+        raise ValueError(f"HTTP API {name!r} is registered already")
+    _MOUNTS[name] = factory
+
+
+def mounted() -> list[str]:
+    return list(_MOUNTS)
 
 
 def _fmt_in(req: web.Request) -> Format:
@@ -236,12 +257,13 @@ async def openapi(req: web.Request) -> web.Response:
 def make_app(
     svc: Frontend,
     token: str = "",
-    max_body: int = 64 << 20,
-    judge0_prefix: str = "",
-    piston_prefix: str = "",
+    max_body: int = HTTP.max_body,
+    prefixes: Mapping[str, str] | None = None,
     extra_routes: Callable[[web.Application], None] | None = None,
     inbound: Inbound | None = None,
 ) -> web.Application:
+    """The main listener's app.  prefixes: registered API name -> where it is
+    mounted ("" or absent: not on this listener)."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=max_body)
     app[SVC] = svc
     app[TOKEN] = token
@@ -259,21 +281,27 @@ def make_app(
     app.router.add_get("/openapi.json", openapi)
     if extra_routes is not None:
         extra_routes(app)
-    # Judge0 and Piston on the same Frontend: a host daemon runs their jobs
+    # The registered APIs on the same Frontend: a host daemon runs their jobs
     # itself, a coordinator enqueues them as fleet jobs (sandboxd.compat).
-    for prefix, compat_app in ((judge0_prefix, judge0.make_app), (piston_prefix, piston.make_app)):
+    for name, prefix in (prefixes or {}).items():
         if prefix:
-            app.add_subapp(prefix, compat_app(svc))
+            app.add_subapp(prefix, _factory(name)(svc))
     return app
 
 
-def make_compat_app(
-    svc: Frontend, api: str, token: str = "", max_body: int = 64 << 20, inbound: Inbound | None = None
+def _factory(name: str) -> MountFactory:
+    factory = _MOUNTS.get(name)
+    if factory is None:
+        raise ValueError(f"HTTP API {name!r}: not registered (registered: {', '.join(_MOUNTS) or 'none'})")
+    return factory
+
+
+def make_api_app(
+    svc: Frontend, api: str, token: str = "", max_body: int = HTTP.max_body, inbound: Inbound | None = None
 ) -> web.Application:
-    """One compatibility API at the root of a listener of its own (`judge0_http`,
-    `piston_http`): the same bearer token and body limit as the main listener."""
-    make = judge0.make_app if api == "judge0" else piston.make_app
-    app = make(svc, middlewares=[errors_and_auth], client_max_size=max_body)
+    """One registered API at the root of a listener of its own ([http]
+    `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener."""
+    app = _factory(api)(svc, middlewares=[errors_and_auth], client_max_size=max_body)
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body
     app[INBOUND] = inbound or default_inbound()

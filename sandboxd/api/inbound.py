@@ -27,6 +27,7 @@ import msgspec
 
 from sandboxd.api.bodies import Format, decode
 from sandboxd.api.decodepool import DECODE
+from sandboxd.config import DEFAULT, Config
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -130,8 +131,8 @@ class Listener:
 
 @dataclasses.dataclass
 class Inbound:
-    """The transports' limits and their daemon-wide state.  The limits' defaults
-    are the configuration's (sandboxd.config, `from_config`)."""
+    """The transports' limits and their daemon-wide state, from the
+    configuration's [http] and [socket] sections (`from_config`)."""
 
     header_timeout: float
     body_timeout: float
@@ -147,20 +148,19 @@ class Inbound:
         self.receiving = ByteGate(self.max_receiving_bytes)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Inbound:
+    def from_config(cls, cfg: Config) -> Inbound:
+        http = cfg.http
         return cls(
-            header_timeout=cfg.http_header_timeout,
-            body_timeout=cfg.http_body_timeout,
-            idle_timeout=cfg.http_idle_timeout,
-            socket_idle_timeout=cfg.socket_idle_timeout,
-            max_connections=cfg.max_connections,
-            max_connections_per_listener=cfg.max_connections_per_listener,
-            max_receiving_bytes=cfg.max_receiving_bytes,
+            header_timeout=http.header_timeout,
+            body_timeout=http.body_timeout,
+            idle_timeout=http.idle_timeout,
+            socket_idle_timeout=cfg.socket.idle_timeout,
+            max_connections=http.max_connections,
+            max_connections_per_listener=http.max_connections_per_listener,
+            max_receiving_bytes=http.max_receiving_bytes,
         )
 
 
 def default() -> Inbound:
     """The configured defaults, for an app or server built without a configuration (tests)."""
-    from sandboxd.config import Config  # (config imports the engine: only when needed)
-
-    return Inbound.from_config(Config())
+    return Inbound.from_config(DEFAULT)

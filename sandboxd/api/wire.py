@@ -14,8 +14,8 @@ from typing import Any, Protocol, TypeVar
 from sandboxd.api.bodies import Format as Format  # (defined there; the transports import it from here)
 from sandboxd.api.bodies import decode as decode
 from sandboxd.api.inbound import decode_body
-from sandboxd.compat import Backend
 from sandboxd.errors import error
+from sandboxd.jobs.backend import Backend
 from sandboxd.schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
 
 T = TypeVar("T")

@@ -1,4 +1,8 @@
-"""`sandboxd` command line: one-shot runs over the same engine the daemon uses."""
+"""`sandboxd` command line: one-shot runs over the same engine the daemon uses.
+
+Each command imports what it needs: `sandboxd coordinator` runs no box, so its
+process loads no sandbox, engine or rootfs module (tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +13,20 @@ import shutil
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import uvloop
 
 from sandboxd import __version__, config
-from sandboxd.app import daemon
+from sandboxd.app import listeners
 from sandboxd.config import COORDINATOR_PATH as COORDINATOR_CONFIG
 from sandboxd.config import DEFAULT_PATH as DEFAULT_CONFIG
-from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy, SourceResult
 from sandboxd.languages import load_dir
-from sandboxd.sandbox import cgroups
 from sandboxd.schema import Limits, MiB, RunRequest, RunResult, SchemaError
+
+if TYPE_CHECKING:
+    from sandboxd.engine.engine import SourceResult
 
 EXIT_OK, EXIT_NOT_OK, EXIT_USAGE = 0, 1, 2
 
@@ -89,10 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     rsub = rf.add_subparsers(dest="rootfs_command", required=True, parser_class=_Parser)
     b = rsub.add_parser("build", help="build a minimal Debian 12 tree for a language and switch it live")
     b.add_argument("lang")
-    b.add_argument("--state-dir", type=Path, default=Path("/var/lib/sandboxd"))
+    b.add_argument("--state-dir", type=Path, default=Path(config.DEFAULT.state_dir))
     b.add_argument("--recipes", type=Path, default=None, help="recipe directory (default: the checkout's rootfs/)")
     ls = rsub.add_parser("list", help="trees, sizes, and which are live")
-    ls.add_argument("--state-dir", type=Path, default=Path("/var/lib/sandboxd"))
+    ls.add_argument("--state-dir", type=Path, default=Path(config.DEFAULT.state_dir))
     c = sub.add_parser("config", help="show the configuration")
     c.add_argument("--defaults", action="store_true", help="print every setting with its default, as TOML")
     c.add_argument("--config", type=Path, help="check this file and print the effective settings")
@@ -109,31 +114,33 @@ def _start(
     """Load the configuration (flags over env over file), set up logging, run `main` on uvloop."""
     try:
         cfg = config.load(ns.config, {k: getattr(ns, k) for k in keys}, **load)
-        for key in require:
-            if not getattr(cfg, key):
+        for key in require:  # flat names, as the flags and variables spell them
+            if not config.get(cfg, key):
                 raise config.ConfigError(f"{key}: required here (--{key.replace('_', '-')} or SANDBOXD_{key.upper()})")
     except config.ConfigError as e:
         print(f"sandboxd: {e}", file=sys.stderr)
         return EXIT_USAGE
-    daemon.setup_logging(cfg)
+    listeners.setup_logging(cfg)
     try:
         return uvloop.run(main(cfg))
-    except (InstanceBusy, OSError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError) as e:  # (engine.InstanceBusy is a RuntimeError)
         logging.getLogger("sandboxd").error("cannot start: %s", e)
         return EXIT_NOT_OK
 
 
 def _serve(ns: argparse.Namespace) -> int:
+    from sandboxd.app import daemon
+
     keys = ("instance", "socket", "http", "pool_size", "run_dir", "pid_file", "log_format", "fleet", "fleet_host_id")
     return _start(ns, keys, daemon.serve)
 
 
 def _coordinator(ns: argparse.Namespace) -> int:
-    from sandboxd.fleet import coordinator
+    from sandboxd.app import coordinator
 
     keys = ("fleet", "socket", "http", "log_format")
     return _start(
-        ns, keys, coordinator.serve, ("fleet",), defaults=coordinator.DEFAULTS, default_path=COORDINATOR_CONFIG
+        ns, keys, coordinator.serve, ("fleet",), defaults=config.COORDINATOR_DEFAULTS, default_path=COORDINATOR_CONFIG
     )
 
 
@@ -226,6 +233,8 @@ async def _run(ns: argparse.Namespace, stdin: bytes) -> tuple[RunResult, RunResu
             source = Path(argv[0]).read_bytes()
         except OSError as e:
             raise SchemaError(f"cannot read source {argv[0]!r}: {e.strerror}") from None
+    from sandboxd.engine.engine import Engine, EngineConfig
+
     # One box serves a one-shot run; a compile step hands it back and takes it again after a reset.
     async with await Engine.start(EngineConfig(instance=ns.instance, pool_size=1)) as eng:
         if ns.lang is None:
@@ -247,6 +256,8 @@ def _delegate_or_continue() -> None:
     as `systemd-run --scope` would by hand."""
     if os.environ.get(IN_SCOPE_ENV) == "1" or shutil.which("systemd-run") is None:
         return
+    from sandboxd.sandbox import cgroups
+
     try:
         probe = cgroups.detect("cli-probe", create=False)
     except cgroups.CgroupError:
@@ -271,6 +282,8 @@ def main(args: list[str] | None = None) -> int:
         from sandboxd_client import submit
 
         return submit.main(ns)
+    from sandboxd.engine.engine import InstanceBusy
+
     logging.basicConfig(format="sandboxd: %(message)s", level=logging.WARNING)
     _delegate_or_continue()
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()

@@ -3,237 +3,48 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import json
 import logging
-import os
-import signal
 import socket
-import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
-
 from sandboxd import __version__
-from sandboxd.api import httpserver, unixserver, unixsocket
-from sandboxd.api.decodepool import DECODE
-from sandboxd.api.httpguard import GuardedSite
-from sandboxd.api.inbound import OFFLOAD_WORKERS, Inbound
-from sandboxd.api.wire import Frontend
+from sandboxd.api import unixsocket
+from sandboxd.app.listeners import serve_frontend
+from sandboxd.compat import kinds as compat_kinds
 from sandboxd.config import Config
 from sandboxd.engine.engine import Engine, EngineConfig
-from sandboxd.fleet.host import HostSettings, HostWorker, ServiceExecutor
+from sandboxd.fleet.executor import ServiceExecutor
+from sandboxd.fleet.host import HostSettings, HostWorker
 from sandboxd.fleet.store import FleetStore
-from sandboxd.hostlock import HostLock
 from sandboxd.jobs.service import Service
 from sandboxd.jobs.store import JobStore, default_path
 
 log = logging.getLogger("sandboxd")
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        d = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            d["exc"] = self.formatException(record.exc_info)
-        return json.dumps(d)
-
-
-def setup_logging(cfg: Config) -> None:
-    h = logging.StreamHandler(sys.stderr)
-    if cfg.log_format == "json":
-        h.setFormatter(_JsonFormatter())
-    else:
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [h]
-    root.setLevel(cfg.log_level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-def sd_notify(state: str) -> None:
-    """systemd's notify protocol: one datagram to $NOTIFY_SOCKET (no-op elsewhere)."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.sendto(state.encode(), addr)
-
-
-def _watchdog_interval() -> float | None:
-    usec = os.environ.get("WATCHDOG_USEC")
-    if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
-        return None
-    return int(usec) / 2e6
-
-
-async def serve_frontend(
-    cfg: Config,
-    frontend: Frontend,
-    *,
-    what: str,
-    stopping: Callable[[], Awaitable[None]],
-    extra_routes: Callable[[web.Application], None] | None = None,
-    reload: Callable[[], None] | None = None,
-    t0: float | None = None,
-    pid_file: Path | None = None,
-) -> None:
-    """Serve `frontend` on the Unix socket and HTTP until SIGTERM/SIGINT, with
-    systemd's notify protocol; then close the listeners and await `stopping()`.
-    pid_file: written once the socket is bound, removed on exit if still ours."""
-    t0 = time.monotonic() if t0 is None else t0
-    servers: list[asyncio.AbstractServer] = []
-    runners: list[web.AppRunner] = []
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, reload)
-    watchdog: asyncio.Task[None] | None = None
-    pid_lock: HostLock | None = None
-    inbound = Inbound.from_config(cfg)  # connections and bytes being received, daemon-wide
-    DECODE.start(OFFLOAD_WORKERS)  # large JSON bodies are parsed in these processes (sandboxd.api.decodepool)
-    try:
-        if cfg.socket:
-            mode = int(cfg.socket_mode, 8)
-            servers.append(
-                await unixserver.start(frontend, cfg.socket, mode, cfg.socket_group, cfg.max_body, inbound=inbound)
-            )
-        if pid_file is not None:
-            pid_lock = write_pid_file(pid_file)
-        apps: list[tuple[str, web.Application]] = []
-        if cfg.http:
-            apps.append(
-                (
-                    cfg.http,
-                    httpserver.make_app(
-                        frontend,
-                        cfg.http_token,
-                        cfg.max_body,
-                        cfg.judge0_prefix,
-                        cfg.piston_prefix,
-                        extra_routes,
-                        inbound=inbound,
-                    ),
-                )
-            )
-        for addr, api in ((cfg.judge0_http, "judge0"), (cfg.piston_http, "piston")):
-            if addr:
-                apps.append(
-                    (addr, httpserver.make_compat_app(frontend, api, cfg.http_token, cfg.max_body, inbound=inbound))
-                )
-        for addr, app in apps:
-            host, _, port = addr.rpartition(":")
-            # keepalive_timeout is aiohttp's own idle knob; GuardedSite adds header
-            # deadlines and connection caps (sandboxd.api.httpguard).
-            runner = web.AppRunner(app, access_log=None, keepalive_timeout=cfg.http_idle_timeout)
-            runners.append(runner)
-            await runner.setup()
-            try:
-                await GuardedSite(runner, host.strip("[]"), int(port), inbound).start()
-            except OSError as e:
-                reason = "in use (another sandboxd?)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-                raise RuntimeError(f"cannot listen on {addr}: {reason}; choose another address") from None
-        # One line with everything an operator checks first (tests/vm parse it).
-        elapsed = time.monotonic() - t0
-        own = "".join(
-            f", {api} {addr}" for addr, api in ((cfg.judge0_http, "judge0"), (cfg.piston_http, "piston")) if addr
-        )
-        log.info(
-            "ready in %.2f s: %s, socket %s, http %s%s", elapsed, what, cfg.socket or "off", cfg.http or "off", own
-        )
-        sd_notify("READY=1\nSTATUS=serving")
-        interval = _watchdog_interval()
-        if interval:
-
-            async def ping() -> None:
-                while True:
-                    sd_notify("WATCHDOG=1")
-                    await asyncio.sleep(interval)
-
-            watchdog = asyncio.ensure_future(ping())
-        await stop.wait()
-        log.info("stopping: draining for up to %.0f s", cfg.drain_timeout)
-        sd_notify("STOPPING=1\nSTATUS=draining")
-        for s in servers:
-            s.close()  # no new connections; open ones keep getting their replies
-        await stopping()
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-        for s in servers:
-            s.close()
-        if cfg.socket:
-            unixsocket.unlink_own(cfg.socket)
-        if pid_lock is not None:
-            release_pid_file(pid_lock)
-        if watchdog is not None:
-            watchdog.cancel()
-        DECODE.stop()
-
-
-def write_pid_file(path: Path) -> HostLock:
-    """Our pid in `path`, under an flock held for our lifetime: a pid file
-    whose lock is held belongs to a live daemon (a pid alone may be reused)."""
-    lock = HostLock.try_path(path)
-    if lock is None:
-        held = path.read_text(errors="replace").strip() if path.exists() else "?"
-        raise RuntimeError(f"pid file {path}: held by live process {held}; choose another `pid_file` or `run_dir`")
-    lock.write(f"{os.getpid()}\n")
-    return lock
-
-
-def release_pid_file(lock: HostLock) -> None:
-    # Removed only if it still holds our pid (the lock makes that certain; the check keeps it obvious).
-    lock.release(remove=lock.read().strip() == str(os.getpid()))
-
-
 def fleet_host_id(cfg: Config) -> str:
-    if cfg.fleet_host_id:
-        return cfg.fleet_host_id
+    if cfg.fleet.host_id:
+        return cfg.fleet.host_id
     name = socket.gethostname()
     return name if cfg.instance == "default" else f"{name}/{cfg.instance}"
 
 
 async def serve(cfg: Config) -> int:
     t0 = time.monotonic()
-    if cfg.socket:
-        unixsocket.check_free(cfg.socket)  # before the pool is built: refuse at once
-    ecfg = EngineConfig(
-        instance=cfg.instance,
-        state_dir=Path(cfg.state_dir),
-        run_dir=Path(cfg.run_dir),
-        pool_size=cfg.pool_size,
-        max_runs_per_box=cfg.max_runs_per_box,
-        queue_depth=cfg.queue_depth,
-        aging=cfg.aging,
-        lang_capacity=cfg.lang_capacity,
-        memory_budget=cfg.memory_budget,
-        languages_dir=Path(cfg.languages_dir) if cfg.languages_dir else None,
-    )
-    engine = await Engine.start(ecfg)
+    compat_kinds.register()  # Judge0 and Piston: their job kinds and HTTP apps
+    if cfg.socket.path:
+        unixsocket.check_free(cfg.socket.path)  # before the pool is built: refuse at once
+    engine = await Engine.start(EngineConfig.from_config(cfg))
     worker: HostWorker | None = None
     try:
-        if cfg.selftest:
+        if cfg.engine.selftest:
             failed = await engine.selftest()
             if not engine.languages:
                 raise RuntimeError(f"no language passed its self-test: {failed}")
-        path = cfg.job_store or default_path(Path(cfg.state_dir), cfg.instance)
-        jobs = JobStore(path, cfg.results_ttl, cfg.job_store_max_bytes)
-        svc = Service(
-            engine, results_ttl=cfg.results_ttl, callback_allow_private=cfg.callback_allow_private, store=jobs
-        )
+        jc = cfg.jobs
+        jobs = JobStore(jc.store or default_path(Path(cfg.state_dir), cfg.instance), jc.results_ttl, jc.store_max_bytes)
+        svc = Service(engine, results_ttl=jc.results_ttl, callback_allow_private=jc.callback_allow_private, store=jobs)
         svc.open()
         reloads: set[asyncio.Task[list[str]]] = set()
 
@@ -243,20 +54,11 @@ async def serve(cfg: Config) -> int:
             reloads.add(t)
             t.add_done_callback(reloads.discard)
 
-        if cfg.fleet:
-            store = FleetStore(cfg.fleet, cfg.fleet_prefix, cfg.results_ttl)
+        if cfg.fleet.url:
+            store = FleetStore(cfg.fleet.url, cfg.fleet.prefix, jc.results_ttl)
+            info = {"address": cfg.http.listen, "instance": cfg.instance, "version": __version__}
             worker = HostWorker(
-                store,
-                ServiceExecutor(svc),
-                HostSettings(
-                    host_id=fleet_host_id(cfg),
-                    tags=list(cfg.fleet_tags),
-                    only_tagged=cfg.fleet_only_tagged,
-                    lease=cfg.fleet_lease,
-                    heartbeat=cfg.fleet_heartbeat,
-                    max_attempts=cfg.fleet_max_attempts,
-                    info={"address": cfg.http, "instance": cfg.instance, "version": __version__},
-                ),
+                store, ServiceExecutor(svc), HostSettings.from_config(cfg.fleet, fleet_host_id(cfg), info)
             )
             await worker.start()
 
@@ -272,8 +74,8 @@ async def serve(cfg: Config) -> int:
         what = "instance {}, {} cgroups, pool {}{}".format(
             cfg.instance,
             f"v{engine.backend.version}" if engine.backend else "?",
-            cfg.pool_size,
-            f", fleet {cfg.fleet} as host {fleet_host_id(cfg)}" if cfg.fleet else "",
+            cfg.engine.pool_size,
+            f", fleet {cfg.fleet.url} as host {fleet_host_id(cfg)}" if cfg.fleet.url else "",
         )
         pid_file = Path(cfg.pid_file or Path(cfg.run_dir) / "sandboxd.pid")
         await serve_frontend(cfg, svc, what=what, stopping=stopping, reload=reload, t0=t0, pid_file=pid_file)

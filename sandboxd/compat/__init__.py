@@ -5,7 +5,7 @@ the Service (kind "submission": it shows in /v1/jobs, /v1/status, the metrics,
 is drained on SIGTERM and expires after `results_ttl`), on a coordinator a
 fleet job in Redis that the host claiming it runs the same way.  The job's
 spec is the API's validated request (`judge0.Request`, `piston.Job`,
-sandboxd.compat.jobs); its work is the judge's own two steps, the cached
+sandboxd.compat.kinds); its work is the judge's own two steps, the cached
 `Engine.compile` and `Engine.run_compiled`, on the language's pool and
 admission queues; its result is a SubmissionResult whose `runs` hold each
 run's full result, from which each API renders its own answer.  No second
@@ -19,80 +19,42 @@ comparison rule; both APIs promise the full output.  Why not
 `Service.submit_run(RunRequest)`: a bare run has no language, so it would run
 on the host pool outside the language's rootfs and per-language queue.
 
-Shared here: the Backend both frontends implement, a single-flight compile (a
-Judge0 batch of twenty test cases compiles once, not twenty times in
-parallel), one run with Judge0/Piston-only options, and a callback PUT through
-the callbacks module's SSRF checks and address pinning.
+Shared here: one run with Judge0/Piston-only options and a callback PUT
+through the callbacks module's SSRF checks and address pinning; the Backend
+both frontends implement is sandboxd.jobs.backend's, the single-flight compile
+(a Judge0 batch of twenty test cases compiles once, not twenty times in
+parallel) sandboxd.engine.compiler's.  Each API is a job kind of its own
+(sandboxd.compat.kinds), registered with the core by the app layer, which
+also mounts the APIs' HTTP apps (`register`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import hashlib
 import logging
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
-from sandboxd.engine.engine import Compiled, Engine
 from sandboxd.jobs import callbacks
-from sandboxd.languages import Language
-from sandboxd.schema import FileIn, JobInfo, Limits, RunResult
+from sandboxd.jobs.backend import Backend, Load, Served
 
 if TYPE_CHECKING:
-    from sandboxd.compat.jobs import Spec
+    from sandboxd.engine.engine import Compiled, Engine
+    from sandboxd.languages import Language
+    from sandboxd.schema import FileIn, Limits, RunResult
+
+# Backend, Load and Served live in the jobs layer (the frontends implement them); named here
+# too for the API modules.  Engine types are annotations only: the coordinator, which serves
+# both APIs and runs no box, imports this package without loading the engine.
+__all__ = ["REDIRECT", "Backend", "Compiler", "Load", "Served", "put_json", "run_program"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class Served:
-    """A language as the compat APIs list it: its definition and detected version."""
-
-    lang: Language
-    version: str
-
-
-@dataclasses.dataclass
-class Load:
-    queued: int  # compat jobs not yet finished (daemon) or waiting (fleet)
-    limit: int  # Judge0's max_queue_size: the backend's queue bound
-    workers: list[dict[str, Any]]  # Judge0's /workers rows
-
-
-class Backend(Protocol):
-    """Where compat jobs run and their records live: a host daemon's Service or
-    the fleet's Coordinator.  Errors are ServiceError, as for native jobs."""
-
-    async def check_callback(self, url: str) -> None: ...
-
-    async def start_compat(self, spec: Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
-        """Start a compat job under the id the API chose (a Judge0 token is a UUID);
-        with an idempotency key already used for this spec: that job (its id)."""
-        ...
-
-    async def wait_job(self, job_id: str, timeout: float | None = None) -> JobInfo: ...
-
-    async def compat_job(self, job_id: str) -> tuple[Spec, JobInfo] | None:
-        """The job's spec and state; None for an unknown, expired or native job."""
-        ...
-
-    async def forget_job(self, job_id: str) -> Literal["ok", "missing", "pending"]:
-        """Drop a finished job's record now (Judge0's DELETE); "pending": not final, kept."""
-        ...
-
-    async def compat_languages(self) -> dict[str, Served]: ...
-
-    async def compat_load(self) -> Load: ...
-
-
-class Compiler:
-    """Engine.compile with single flight: identical compiles in flight share one."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._inflight: dict[bytes, asyncio.Future[Compiled]] = {}
+class Compiler(Protocol):
+    """What the run modules compile through: sandboxd.engine.compiler.Compiler
+    (Engine.compile with single flight; a host daemon's Service holds one)."""
 
     async def compile(
         self,
@@ -101,26 +63,7 @@ class Compiler:
         files: list[FileIn],
         options: list[str],
         limits: Limits | None = None,
-    ) -> Compiled:
-        key = hashlib.sha256(msgspec.msgpack.encode([lang, source, files, options, limits])).digest()
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            comp = await self.engine.compile(lang, source, files, options, limits)
-        except asyncio.CancelledError:
-            fut.cancel()
-            raise
-        except Exception as e:
-            fut.set_exception(e)
-            fut.exception()  # retrieved: no "never retrieved" warning when nobody shares it
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        fut.set_result(comp)
-        return comp
+    ) -> Compiled: ...
 
 
 REDIRECT = ["sh", "-c", 'exec "$@" 2>&1', "sh"]

@@ -31,27 +31,9 @@ MiB = 1 << 20
 # (Results are not held: they live in the job store, and memory keeps a bounded
 # cache of small ones: sandboxd.jobs.table.HOT x HOT_BYTES.)
 HOLDERS: Final = ("requests", "compile_cache")
-# Default budget: a quarter of the host's memory, at least 256 MiB and at most
-# 8 GiB.  The rest belongs to the boxes (pool_size runs of up to their memory
-# limit each) and the page cache the runtimes are read from.  The floor lets
-# a small host still hold a few maximal (64 MiB) requests; beyond the cap more
-# budget only lets more work wait in the queue (latency, not throughput).
-DEFAULT_SHARE, DEFAULT_FLOOR, DEFAULT_CAP = 0.25, 256 * MiB, 8 << 30
+# (The default budget, from the host's memory: sandboxd.config.host.default_memory_budget.)
 COMPILE_CACHE_SHARE = 0.25  # of the budget, at most, for compiled programs
 OVERHEAD = 64  # bytes counted per object besides its payload (headers, pointers)
-
-
-def default_memory_budget(meminfo: str = "/proc/meminfo") -> int:
-    total = 0
-    try:
-        with open(meminfo) as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    total = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    return int(min(DEFAULT_CAP, max(DEFAULT_FLOOR, total * DEFAULT_SHARE)))
 
 
 def nbytes(obj: Any) -> int:

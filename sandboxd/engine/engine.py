@@ -20,8 +20,9 @@ from pathlib import Path
 import msgspec
 
 from sandboxd import hostlock
+from sandboxd.config import DEFAULT, ENGINE, Config, default_memory_budget, default_pool_size
 from sandboxd.engine import sweep
-from sandboxd.engine.budget import COMPILE_CACHE_SHARE, Admission, ByteLRU, MemoryBudget, default_memory_budget, nbytes
+from sandboxd.engine.budget import COMPILE_CACHE_SHARE, Admission, ByteLRU, MemoryBudget, nbytes
 from sandboxd.engine.health import Health
 from sandboxd.engine.pool import Pool, UidAllocator
 from sandboxd.engine.scheduler import AdmissionQueue, QueueFull, Ticket
@@ -44,31 +45,46 @@ UID_SLOTS = 64
 INSTANCE_LOCK_WAIT = 3.0  # seconds: longer than another instance's crash sweep of this name
 
 
-def default_pool_size() -> int:
-    # Two warm boxes per core keep every core busy while the others reset.
-    return max(2, 2 * (os.cpu_count() or 1))
-
-
 @dataclass
 class EngineConfig:
-    instance: str = "default"
+    """The engine's settings: the configuration's [engine] section and the
+    instance's names and directories (`from_config`), plus what tests and
+    the CLI set; the defaults are the configuration's (sandboxd.config)."""
+
+    instance: str = DEFAULT.instance
     state_dir: Path = agentbin.DEFAULT_DIR
-    run_dir: Path = Path("/run/sandboxd")
+    run_dir: Path = Path(DEFAULT.run_dir)
     pool_size: int = field(default_factory=default_pool_size)
-    max_runs_per_box: int = 1000
+    max_runs_per_box: int = ENGINE.max_runs_per_box
     # None: lease a free range of `uid_count` uids host-wide (see _lease_uids),
     # so a daemon, one-shot CLI runs and tests never share a box uid.
     uid_base: int | None = None
     uid_count: int = 1000
-    box_bytes: int = 256 << 20
-    tmp_bytes: int = 64 << 20
-    shm_bytes: int = 64 << 20
+    box_bytes: int = BoxSpec.box_bytes  # the box's own sizes are the box's defaults
+    tmp_bytes: int = BoxSpec.tmp_bytes
+    shm_bytes: int = BoxSpec.shm_bytes
     languages_dir: Path | None = None
-    queue_depth: int = 10_000  # waiting runs per pool before new ones are rejected
-    aging: float = 1.0  # priority points a waiting run gains per second
+    queue_depth: int = ENGINE.queue_depth  # waiting runs per pool before new ones are rejected
+    aging: float = ENGINE.aging  # priority points a waiting run gains per second
     lang_capacity: dict[str, int] = field(default_factory=dict)  # max concurrent runs per language
     rootfs_override: dict[str, Path] = field(default_factory=dict)  # language -> tree (verifying a build)
-    memory_budget: int = 0  # bytes (sandboxd.engine.budget); 0: derived from the host's memory
+    memory_budget: int = ENGINE.memory_budget  # bytes (sandboxd.engine.budget); 0: derived from the host's memory
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> EngineConfig:
+        e = cfg.engine
+        return cls(
+            instance=cfg.instance,
+            state_dir=Path(cfg.state_dir),
+            run_dir=Path(cfg.run_dir),
+            pool_size=e.pool_size,
+            max_runs_per_box=e.max_runs_per_box,
+            queue_depth=e.queue_depth,
+            aging=e.aging,
+            lang_capacity=dict(e.lang_capacity),
+            memory_budget=e.memory_budget,
+            languages_dir=Path(e.languages_dir) if e.languages_dir else None,
+        )
 
 
 @dataclass

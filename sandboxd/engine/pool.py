@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandboxd.config import ENGINE
 from sandboxd.sandbox.box import Box, BoxSpec
 from sandboxd.sandbox.cgroups import Backend
 
@@ -58,7 +59,7 @@ class Pool:
     backend: Backend
     uids: UidAllocator
     size: int
-    max_runs: int = 1000
+    max_runs: int = ENGINE.max_runs_per_box
     stats: PoolStats = field(default_factory=PoolStats)
 
     def __post_init__(self) -> None:

@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sandboxd.config import ENGINE
 from sandboxd.rates import DrainRate, retry_after
 
 T = TypeVar("T")
@@ -82,7 +83,9 @@ class _Waiter:
 
 
 class AdmissionQueue:
-    def __init__(self, name: str, capacity: int, max_depth: int = 10_000, aging: float = 1.0) -> None:
+    def __init__(
+        self, name: str, capacity: int, max_depth: int = ENGINE.queue_depth, aging: float = ENGINE.aging
+    ) -> None:
         self.name = name
         self.capacity = capacity
         self.max_depth = max_depth

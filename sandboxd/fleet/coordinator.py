@@ -19,19 +19,18 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 import msgspec
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from sandboxd.api.wire import check_idempotency_key
-from sandboxd.compat import Load, Served
-from sandboxd.compat import jobs as compat_jobs
-from sandboxd.config import Config
+from sandboxd.config import ENGINE, FLEET
 from sandboxd.errors import ServiceError, error
 from sandboxd.fleet.events import Events, Snapshot
 from sandboxd.fleet.keys import COMPAT_QUEUE, RUN_LANG, queue_name
 from sandboxd.fleet.store import FleetStore, OutageLog, transient
 from sandboxd.jobs import callbacks
+from sandboxd.jobs.backend import Load, Served
 from sandboxd.jobs.fingerprint import Op, Spec, fingerprint
+from sandboxd.jobs.kinds import KINDS, SUBMISSION, JobKind, UnknownKind
 from sandboxd.languages import Language
 from sandboxd.rates import retry_after
 from sandboxd.schema import (
@@ -66,7 +65,7 @@ def _idem(key: str | None, op: Op, spec: Spec, callback_url: str | None = None) 
 def job_cost(sub: Submission) -> int:
     """Boxes a submission can keep busy at once: a host claims it only with that
     many free (capped at its pool's size).  A run, like a compat job, costs 1."""
-    return max(1, len(sub.tests) * (2 if sub.interactor is not None else 1))
+    return SUBMISSION.cost(sub)
 
 
 class Coordinator:
@@ -76,10 +75,10 @@ class Coordinator:
         self,
         store: FleetStore,
         *,
-        aging: float = 1.0,
-        queue_depth: int = 100_000,
-        max_attempts: int = 3,
-        lease: float = 10.0,
+        aging: float = ENGINE.aging,
+        queue_depth: int = FLEET.queue_depth,
+        max_attempts: int = FLEET.max_attempts,
+        lease: float = FLEET.lease,
         reap_interval: float = 0.5,
         callback_allow_private: bool = False,
     ) -> None:
@@ -180,17 +179,13 @@ class Coordinator:
                 t.add_done_callback(self._deliveries.discard)
 
     def _delivery(self, jid: str, d: dict[str, bytes]) -> Coroutine[Any, Any, Any] | None:
-        if d["kind"] == compat_jobs.KIND.encode():
-            spec = self._compat_spec(jid, d)
-            return (
-                None
-                if spec is None
-                else compat_jobs.finished(jid, spec, self._info(jid, d), self.callback_allow_private)
-            )
         url = d.get("callback")
-        if not url:
+        if url:  # a native job's callback_url
+            return callbacks.deliver(url.decode(), self._info(jid, d), self.callback_allow_private)
+        found = self._spec(jid, d)  # what follows a kind's result (a Judge0 callback)
+        if found is None or not found[0].notifies(found[1]):
             return None
-        return callbacks.deliver(url.decode(), self._info(jid, d), self.callback_allow_private)
+        return found[0].finished(jid, found[1], self._info(jid, d), self.callback_allow_private)
 
     async def _refresh_hosts(self, force: bool = False) -> list[dict[str, Any]]:
         if force or time.monotonic() - self._hosts_at > 1.0:
@@ -230,6 +225,7 @@ class Coordinator:
         notify: bool = False,
         callback_url: str | None = None,
         idem: tuple[str, str] | None = None,
+        compat: bool = False,
     ) -> JobInfo:
         """idem: (idempotency key, request fingerprint), bound to the job in the enqueue script."""
         if self.draining:
@@ -243,7 +239,7 @@ class Coordinator:
                 raise
             return await self._replayed(idem, "dup" if found[1] == idem[1] else "conflict", found[0], progress)
         jid = jid or secrets.token_urlsafe(12)
-        queue = queue_name(lang or RUN_LANG, tag, compat=kind == compat_jobs.KIND)
+        queue = queue_name(lang or RUN_LANG, tag, compat=compat)
         if progress is not None:
             # Listening before the job exists, so no test's event can be missed.
             await self._redis("progress", lambda: self._relay(jid, progress))
@@ -416,29 +412,32 @@ class Coordinator:
             raise error("not_found", f"no job {job_id!r} (unknown, or its result expired)")
         return await self._read(job_id)
 
-    # --- Judge0 / Piston (sandboxd.compat.Backend) ------------------------------
+    # --- compat kinds: Judge0 / Piston (sandboxd.jobs.backend.Backend) ------------
 
-    async def start_compat(self, spec: compat_jobs.Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
-        notify = compat_jobs.notifies(spec)
-        data = compat_jobs.encode(spec)
-        idem = _idem(idempotency_key, "compat", spec)
-        return await self._enqueue(compat_jobs.KIND, spec.lang, data, None, jid=job_id, notify=notify, idem=idem)
+    async def start_compat(self, spec: Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
+        kind = KINDS.of(spec)
+        data = KINDS.encode(spec)
+        idem = _idem(idempotency_key, kind.op, spec)
+        notify = kind.notifies(spec)
+        return await self._enqueue(
+            kind.fleet, kind.lang(spec), data, None, jid=job_id, notify=notify, idem=idem, compat=kind.compat
+        )
 
-    async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
+    async def compat_job(self, job_id: str) -> tuple[Spec, JobInfo] | None:
         d = await self._redis("get", lambda: self.store.job(job_id, spec=True))
-        if d is None or d["kind"] != compat_jobs.KIND.encode():
+        if d is None or not KINDS.is_compat("fleet", d["kind"].decode()):
             return None
-        spec = self._compat_spec(job_id, d)
-        return None if spec is None else (spec, self._info(job_id, d))
+        found = self._spec(job_id, d)
+        return None if found is None else (found[1], self._info(job_id, d))
 
     @staticmethod
-    def _compat_spec(job_id: str, d: dict[str, bytes]) -> compat_jobs.Spec | None:
+    def _spec(job_id: str, d: dict[str, bytes]) -> tuple[JobKind[Any], Spec] | None:
         if d.get("spec") is None:
             return None
         try:
-            return compat_jobs.decode(d["spec"])
-        except (msgspec.DecodeError, msgspec.ValidationError, SchemaError) as e:
-            log.warning("fleet: compat job %s has a spec this version cannot read: %s", job_id, e)
+            return KINDS.decode_fleet(d["kind"].decode(), d["spec"])
+        except (UnknownKind, msgspec.DecodeError, msgspec.ValidationError, SchemaError) as e:
+            log.warning("fleet: job %s has a spec this version cannot read: %s", job_id, e)
             return None
 
     async def forget_job(self, job_id: str) -> Literal["ok", "missing", "pending"]:
@@ -534,65 +533,3 @@ class Coordinator:
 
     def ready(self) -> bool:
         return not self.draining and self._redis_ok
-
-
-# --- HTTP routes only a coordinator has ------------------------------------------
-
-
-def routes(coord: Coordinator) -> Callable[[web.Application], None]:
-    from sandboxd.api.httpserver import reply
-
-    async def list_hosts(req: web.Request) -> web.Response:
-        return reply(req, await coord.hosts())
-
-    async def drain(req: web.Request) -> web.Response:
-        return reply(req, await coord.set_drained(req.match_info["host"], True))
-
-    async def undrain(req: web.Request) -> web.Response:
-        return reply(req, await coord.set_drained(req.match_info["host"], False))
-
-    def add(app: web.Application) -> None:
-        app.router.add_get("/v1/hosts", list_hosts)
-        app.router.add_post("/v1/hosts/{host}/drain", drain)
-        app.router.add_post("/v1/hosts/{host}/undrain", undrain)
-
-    return add
-
-
-# Where a coordinator listens unless configured: beside a host daemon on the same
-# machine, in the runtime directory of systemd/sandboxd-coordinator.service.
-DEFAULTS = {"socket": "/run/sandboxd-coordinator/coordinator.sock", "http": "127.0.0.1:7080"}
-
-
-async def serve(cfg: Config) -> int:
-    from sandboxd.app.daemon import serve_frontend
-
-    if not cfg.fleet:
-        raise ValueError("fleet: the coordinator needs the fleet's Redis URL (config `fleet` or SANDBOXD_FLEET)")
-    store = FleetStore(cfg.fleet, cfg.fleet_prefix, cfg.results_ttl)
-    coord = Coordinator(
-        store,
-        aging=cfg.aging,
-        queue_depth=cfg.fleet_queue_depth,
-        max_attempts=cfg.fleet_max_attempts,
-        lease=cfg.fleet_lease,
-        callback_allow_private=cfg.callback_allow_private,
-    )
-    await coord.start()
-
-    async def stopping() -> None:
-        # Jobs live in Redis, so stopping loses none; clients waiting here get
-        # drain_timeout to receive their results, then reconnect elsewhere.
-        coord.draining = True
-        t0 = time.monotonic()
-        while coord.events.waiters and time.monotonic() - t0 < cfg.drain_timeout:
-            await asyncio.sleep(0.1)
-
-    try:
-        await serve_frontend(
-            cfg, coord, what=f"coordinator for the fleet at {cfg.fleet}", stopping=stopping, extra_routes=routes(coord)
-        )
-    finally:
-        await coord.close()
-        log.info("stopped")
-    return 0

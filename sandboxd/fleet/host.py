@@ -11,6 +11,9 @@ Wake-ups: every enqueue pushes a token on its queue's wake list; an idle host
 blocks in BLPOP on the lists it can serve, so one host (the one waiting
 longest) wakes per job instead of all of them, and idle hosts also poll once a
 second in case a token went to a host that could not use it.
+
+This module is the claim loop and its leases; what runs a claimed job is an
+Executor (sandboxd.fleet.executor: the host daemon's Service).
 """
 
 from __future__ import annotations
@@ -25,23 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import msgspec
-
-from sandboxd.compat import jobs as compat_jobs
-from sandboxd.errors import ServiceError
+from sandboxd.config import FLEET, FleetSettings
 from sandboxd.fleet.keys import RUN_LANG, queue_name
 from sandboxd.fleet.store import Beat, Claimed, Displaced, FleetStore, OutageLog, Unregistered, transient
-from sandboxd.jobs.service import Job, Service
-from sandboxd.schema import (
-    Error,
-    JobInfo,
-    RunRequest,
-    SchemaError,
-    Submission,
-    TestResult,
-    validate_run,
-    validate_submission,
-)
+from sandboxd.schema import Error, JobInfo, TestResult
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +51,8 @@ class Running(Protocol):
 
 
 class Executor(Protocol):
-    """What a host runs claimed jobs on: the daemon's Service, or a simulation."""
+    """What a host runs claimed jobs on: the daemon's Service (sandboxd.fleet.executor),
+    or a simulation.  `start` raises BadJob or HandBack for a job it will not run."""
 
     def pools(self) -> dict[str, tuple[int, int]]:
         """pool name -> (boxes, runs in progress or waiting from any source)."""
@@ -83,21 +74,6 @@ class Executor(Protocol):
     ) -> Running: ...
 
 
-_run_dec = msgspec.msgpack.Decoder(RunRequest)
-_sub_dec = msgspec.msgpack.Decoder(Submission)
-
-
-def decode_spec(kind: str, spec: bytes) -> RunRequest | Submission:
-    try:
-        if kind == "run":
-            return validate_run(_run_dec.decode(spec))
-        if kind == "submission":
-            return validate_submission(_sub_dec.decode(spec))
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, SchemaError) as e:
-        raise BadJob(f"{kind} spec: {e}") from None
-    raise BadJob(f"unknown job kind {kind!r}")
-
-
 @dataclass(eq=False)
 class _Inflight:
     claim: Claimed
@@ -111,14 +87,28 @@ class _Inflight:
 
 @dataclass
 class HostSettings:
+    """The configuration's [fleet] section as a host uses it (`from_config`)."""
+
     host_id: str
     tags: list[str] = field(default_factory=list)
     only_tagged: bool = False  # reserved hosts: take only jobs that require one of our tags
-    lease: float = 10.0
-    heartbeat: float = 1.0
-    max_attempts: int = 3
+    lease: float = FLEET.lease
+    heartbeat: float = FLEET.heartbeat
+    max_attempts: int = FLEET.max_attempts
     batch: int = 16  # jobs per claim call
     info: dict[str, Any] = field(default_factory=dict)  # extra fields for /v1/hosts (address, version)
+
+    @classmethod
+    def from_config(cls, fleet: FleetSettings, host_id: str, info: dict[str, Any]) -> HostSettings:
+        return cls(
+            host_id=host_id,
+            tags=list(fleet.tags),
+            only_tagged=fleet.only_tagged,
+            lease=fleet.lease,
+            heartbeat=fleet.heartbeat,
+            max_attempts=fleet.max_attempts,
+            info=info,
+        )
 
 
 class HostWorker:
@@ -479,69 +469,3 @@ class HostWorker:
                 self._warn("reporting a result", e)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
-
-
-class ServiceExecutor:
-    """Claimed jobs become ordinary jobs of the host's Service (same queues, boxes, metrics)."""
-
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
-    def pools(self) -> dict[str, tuple[int, int]]:
-        return {name: (q.capacity, q.running + q.depth) for name, q in self.svc.engine.queues.items()}
-
-    def pool_of(self, lang: str) -> str | None:
-        eng = self.svc.engine
-        if lang in ("", RUN_LANG):
-            return "host"
-        spec = eng.languages.get(lang)
-        return eng.pool_of(spec) if spec is not None else None
-
-    def languages(self) -> list[dict[str, Any]]:
-        return self.svc.languages()
-
-    def definitions(self) -> dict[str, Any]:
-        return {lid: msgspec.to_builtins(lang) for lid, lang in self.svc.engine.languages.items()}
-
-    def start(
-        self, kind: str, spec: bytes, deadline_left: float | None, on_test: Callable[[TestResult], None] | None
-    ) -> Running:
-        if kind == compat_jobs.KIND:
-            cspec = _compat_spec(spec)
-            try:
-                # notify=False: a coordinator delivers a Judge0 callback once Redis has the result.
-                return _ServiceRun(self.svc, self.svc.submit_compat(cspec, notify=False))
-            except ServiceError as e:
-                raise HandBack(str(e)) from None
-        job = decode_spec(kind, spec)
-        # The fleet queue already used part of the deadline: the host queue gets the rest.
-        if deadline_left is not None:
-            job.queue_deadline = max(0.001, deadline_left)
-        try:
-            sj = self.svc.submit_run(job) if isinstance(job, RunRequest) else self.svc.submit(job, on_test)
-        except (SchemaError, ServiceError) as e:
-            # The spec is valid (decode_spec said so): this host cannot take it
-            # now (stopping, or its language went away in a rootfs reload).
-            # Another host can; this one no longer claims from that queue.
-            raise HandBack(str(e)) from None
-        return _ServiceRun(self.svc, sj)
-
-
-def _compat_spec(spec: bytes) -> compat_jobs.Spec:
-    """Decoded and checked as a native spec is: paths stay inside the box."""
-    try:
-        return compat_jobs.decode(spec)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, SchemaError) as e:
-        raise BadJob(f"compat spec: {e}") from None
-
-
-class _ServiceRun:
-    def __init__(self, svc: Service, job: Job) -> None:
-        self.svc, self.job = svc, job
-
-    def cancel(self) -> None:
-        self.svc.cancel(self.job.id)
-
-    async def result(self) -> JobInfo:
-        await self.job.done.wait()
-        return self.job.info()

@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sandboxd.config import FLEET, JOBS
 from sandboxd.fleet.keys import EPOCH_MS, Keys
 from sandboxd.schema import Error, JobInfo, TestResult
 
@@ -101,7 +102,7 @@ class Displaced(Exception):
 
 
 class FleetStore:
-    def __init__(self, url: str, prefix: str = "sandboxd", results_ttl: float = 600.0) -> None:
+    def __init__(self, url: str, prefix: str = FLEET.prefix, results_ttl: float = JOBS.results_ttl) -> None:
         # A socket timeout, so a half-open connection (host powered off, moved
         # VIP) fails in seconds instead of when the kernel gives up.
         opts: dict[str, Any] = {"socket_connect_timeout": 5, "socket_keepalive": True, "health_check_interval": 10}

@@ -5,15 +5,11 @@ a daemon (sandboxd.jobs.table, stored in its job store) and a fleet coordinator
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
 
 import msgspec
 
-from sandboxd.compat import jobs as compat_jobs
-from sandboxd.schema import RunRequest, Submission
-
-Op = Literal["run", "submit", "compat"]  # what a job runs
-Spec = RunRequest | Submission | compat_jobs.Spec
+Op = str  # what a job runs: its kind's stored name (sandboxd.jobs.kinds: "run", "submit", "compat")
+Spec = msgspec.Struct  # any registered kind's spec
 
 # Sorted: the same request always encodes the same way (a dict's keys in any
 # order, JSON or msgpack on the wire: the decoded struct is what is encoded).

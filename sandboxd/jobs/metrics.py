@@ -33,7 +33,7 @@ class Metrics:
             "sandboxd_job_store_bytes", "Bytes of specs and results in the job store", ["holder"], registry=r
         )
         self.store_limit = Gauge(
-            "sandboxd_job_store_limit_bytes", "The job store's limit (job_store_max_bytes)", registry=r
+            "sandboxd_job_store_limit_bytes", "The job store's limit (jobs.store_max_bytes)", registry=r
         )
         self.store_evicted = Counter(
             "sandboxd_job_store_evicted", "Results evicted to keep the job store within its limit", registry=r

@@ -20,29 +20,27 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
-from sandboxd.compat import Compiler, Load, Served
-from sandboxd.compat import jobs as compat_jobs
+from sandboxd.config import JOBS
 from sandboxd.engine.budget import Admission
+from sandboxd.engine.compiler import Compiler
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.scheduler import QueueDeadline, QueueFull
 from sandboxd.errors import ServiceError, error
 from sandboxd.jobs import callbacks
 from sandboxd.jobs import status as servicestatus
+from sandboxd.jobs.backend import Load, Served
 from sandboxd.jobs.fingerprint import Op, Spec, fingerprint
+from sandboxd.jobs.kinds import KINDS
 from sandboxd.jobs.metrics import Metrics
 from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored, StoreFull
 from sandboxd.jobs.table import Job, JobTable, conflict, decode_spec, encode_spec, kind_of, lost_info
-from sandboxd.judging.judge import judge
 from sandboxd.schema import (
     Error,
     JobInfo,
     RunRequest,
-    RunResult,
     SchemaError,
     Submission,
-    SubmissionResult,
     TestResult,
-    Verdict,
     validate_run,
     validate_submission,
 )
@@ -58,15 +56,15 @@ class Service:
         self,
         engine: Engine,
         metrics: Metrics | None = None,
-        results_ttl: float = 600.0,
+        results_ttl: float = JOBS.results_ttl,
         callback_allow_private: bool = False,
         store: JobStore | None = None,
     ) -> None:
         self.engine = engine
         self.callback_allow_private = callback_allow_private
         self._callbacks: set[asyncio.Task[Any]] = set()
-        self.compiler = Compiler(engine)  # single flight for the compat APIs' compiles
-        self.compat_pending = 0  # compat jobs not finished: Judge0's queue count
+        self.compiler = Compiler(engine)  # single flight for the compat kinds' compiles
+        self.compat_pending = 0  # jobs of compat kinds not finished: Judge0's queue count
         self.metrics = metrics or Metrics()
         self.results_ttl = results_ttl
         self.store = store or JobStore(":memory:", results_ttl)
@@ -90,15 +88,14 @@ class Service:
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     def _restore(self, s: Stored) -> None:
-        op: Op = "run" if s.kind == "run" else "submit" if s.kind == "submit" else "compat"
+        spec: Spec | None = None
         try:
-            spec = decode_spec(op, s.spec or b"")
+            spec = decode_spec(s.kind, s.spec or b"")[1]
         except Exception as e:  # written by another version this one cannot read
             log.error("job %s: cannot read its spec (%s); it fails", s.id, e)
-            spec = None
         age = max(0.0, time.time() - s.created_at)
-        lang = spec.lang if spec is not None and not isinstance(spec, RunRequest) else ""
-        job = Job(s.id, kind_of(op), lang, created=time.monotonic() - age, created_at=s.created_at)
+        lang = KINDS.of(spec).lang(spec) if spec is not None else ""
+        job = Job(s.id, kind_of(s.kind), lang, created=time.monotonic() - age, created_at=s.created_at)
         job.durable, job.callback_url, job.key, job.fingerprint = True, s.callback_url, s.key, s.fingerprint
         job.spec_size = len(s.spec or b"")
         self.table.add(job)
@@ -108,7 +105,7 @@ class Service:
             return
         # Acknowledged by an earlier daemon: admitted whatever the queues and budget hold.
         job.admission = self._admit(job.lang, spec, force=True)
-        self._start(job, op, spec)
+        self._start(job, s.kind, spec)
 
     async def _sweep(self) -> None:
         every = max(0.5, min(60.0, self.results_ttl / 4))
@@ -136,17 +133,18 @@ class Service:
         return Job(job_id or secrets.token_urlsafe(12), kind, lang)
 
     def _start(self, job: Job, op: Op, spec: Spec) -> None:
-        if isinstance(spec, RunRequest):
-            work: Coroutine[Any, Any, None] = self._do_run(job, spec)
-        elif isinstance(spec, Submission):
-            work = self._do_submission(job, spec)
-        else:
-            job.spec, job.lang = spec, spec.lang
+        kind = job.handler = KINDS.of(spec)
+        if kind.compat:
+            job.spec, job.lang = spec, kind.lang(spec)
             self.compat_pending += 1
-            work = self._do_compat(job, spec)
+
+        async def work() -> None:
+            # (the kind's coroutine is made here: a task cancelled before its first step leaves none unawaited)
+            await self._guard(job, kind.execute(self, job, spec))
+
         adm = job.admission
         # (its runs use the queue places promised at admission)
-        job.task = asyncio.ensure_future(work) if adm is None else adm.spawn(work)
+        job.task = asyncio.ensure_future(work()) if adm is None else adm.spawn(work())
         job.task.add_done_callback(lambda _: self._ended(job))
 
     def _ended(self, job: Job) -> None:
@@ -162,7 +160,7 @@ class Service:
     def _admit(self, lang: str, spec: Spec, force: bool = False) -> Admission:
         """Refused here, before the job is acknowledged, when a queue or the
         memory budget is full: an accepted job never fails for it later."""
-        runs = 1 if isinstance(spec, RunRequest) else 1 + len(spec.tests) if isinstance(spec, Submission) else 2
+        runs = KINDS.of(spec).runs(spec)
         try:
             return self.engine.admit(lang or None, runs, spec, "the run" if runs == 1 else "the submission", force)
         except QueueFull as e:
@@ -191,7 +189,7 @@ class Service:
         job.admission = self._admit(job.lang, spec)
         data = encode_spec(spec)
         try:
-            self.store.check_room(len(data))  # (job_store_max_bytes: refused, never dropped later)
+            self.store.check_room(len(data))  # (jobs.store_max_bytes: refused, never dropped later)
         except StoreFull as e:
             job.admission.close()
             self.metrics.rejections.labels("queue_full").inc()
@@ -270,10 +268,11 @@ class Service:
         job.done.set()
         if job.callback_url and not job.requeue:
             self._background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
-        if job.spec is not None:
+        kind = job.handler
+        if kind is not None and kind.compat:
             self.compat_pending -= 1
-            if job.notify and not job.requeue:
-                self._background(compat_jobs.finished(job.id, job.spec, job.info(), self.callback_allow_private))
+        if kind is not None and job.spec is not None and job.notify and not job.requeue and kind.notifies(job.spec):
+            self._background(kind.finished(job.id, job.spec, job.info(), self.callback_allow_private))
         if not job.durable:
             self.table.drop(job)  # (a fleet job: its HostWorker holds it until Redis has the result)
         elif job.requeue:
@@ -289,24 +288,34 @@ class Service:
     async def check_callback(self, url: str) -> None:
         await callbacks.check(url, self.callback_allow_private)
 
-    def _check_compat(self, spec: compat_jobs.Spec) -> None:
-        if spec.lang not in self.engine.languages:
-            raise error("bad_request", f"lang: {spec.lang!r} is not served here")
+    def _check_compat(self, spec: Spec) -> None:
+        lang = KINDS.of(spec).lang(spec)
+        if lang not in self.engine.languages:
+            raise error("bad_request", f"lang: {lang!r} is not served here")
 
-    # Jobs of a fleet host (sandboxd.fleet.host): started at once, not durable here.
+    # Jobs of a fleet host (sandboxd.fleet.executor): started at once, not durable here.
 
-    def submit_compat(self, spec: compat_jobs.Spec, job_id: str | None = None, notify: bool = True) -> Job:
-        """A Judge0/Piston job (sandboxd.compat): a native job of kind "submission"
-        (ids, draining refusal, state, errors, cancellation, expiry, metrics as
-        for every job) whose work is the API's own translation onto the engine.
-        notify=False: the caller delivers what follows the result (a fleet host,
-        once Redis has taken it)."""
-        self._check_compat(spec)
-        job = self._new_job("submission", spec.lang, job_id)
+    def submit_spec(
+        self, spec: Spec, progress: Callable[[TestResult], None] | None = None, *, notify: bool = True
+    ) -> Job:
+        """A job of any registered kind (sandboxd.jobs.kinds), its spec checked as
+        one read back from Redis.  A compat kind's (Judge0, Piston) is a native job
+        of kind "submission" (ids, draining refusal, state, errors, cancellation,
+        expiry, metrics as for every job) whose work is the kind's own translation
+        onto the engine.  notify=False: the caller delivers what follows the result
+        (a fleet host, once Redis has taken it)."""
+        kind = KINDS.of(spec)
+        kind.check(spec)
+        lang = kind.lang(spec)
+        if lang:
+            self._check_compat(spec)
+        job = self._new_job(kind.public, lang)
         job.notify = notify
-        job.admission = self._admit(spec.lang, spec)
+        if progress is not None:
+            job.listeners.append(progress)
+        job.admission = self._admit(lang, spec)
         self.table.add(job)
-        self._start(job, "compat", spec)
+        self._start(job, kind.op, spec)
         return job
 
     def submit_run(self, req: RunRequest, callback_url: str | None = None) -> Job:
@@ -352,49 +361,6 @@ class Service:
             job.state, job.error = "failed", Error("internal", f"internal error: {e}")
         finally:
             self._finish(job)
-
-    async def _do_compat(self, job: Job, spec: compat_jobs.Spec) -> None:
-        def on_run(verdict: Verdict, r: RunResult) -> None:
-            self.metrics.verdicts.labels("test", verdict).inc()
-            self.recent.append(r.wall_time)
-
-        async def work() -> SubmissionResult:
-            job.state = "running"
-            res = await compat_jobs.execute(self.engine, self.compiler, spec, on_run)
-            self.metrics.verdicts.labels("submission", res.verdict).inc()
-            self.metrics.submission_seconds.labels(spec.lang).observe(time.monotonic() - job.created)
-            return res
-
-        await self._guard(job, work())
-
-    async def _do_run(self, job: Job, req: RunRequest) -> None:
-        async def work() -> RunResult:
-            job.state = "running"
-            t0 = time.monotonic()
-            deadline = None if req.queue_deadline is None else job.created + req.queue_deadline
-            res = await self.engine.run(req, priority=req.priority, deadline=deadline)
-            self.recent.append(res.wall_time)
-            self.metrics.run_seconds.labels(res.status).observe(time.monotonic() - t0)
-            return res
-
-        await self._guard(job, work())
-
-    async def _do_submission(self, job: Job, sub: Submission) -> None:
-        def progress(t: TestResult) -> None:
-            self.metrics.verdicts.labels("test", t.verdict).inc()
-            self.recent.append(t.wall_time)
-            for cb in job.listeners:
-                cb(t)
-
-        async def work() -> SubmissionResult:
-            job.state = "running"
-            t0 = time.monotonic()
-            res = await judge(self.engine, sub, progress)
-            self.metrics.verdicts.labels("submission", res.verdict).inc()
-            self.metrics.submission_seconds.labels(sub.lang).observe(time.monotonic() - t0)
-            return res
-
-        await self._guard(job, work())
 
     def get(self, job_id: str) -> Job:
         """A job in memory (unfinished, or a recent result)."""
@@ -456,13 +422,14 @@ class Service:
         found = await self.table.find(job_id)
         return await self.wait(found, timeout) if isinstance(found, Job) else found
 
-    # --- the compat APIs' view (sandboxd.compat.Backend) --------------------
+    # --- the compat APIs' view (sandboxd.jobs.backend.Backend) --------------------
 
-    async def start_compat(self, spec: compat_jobs.Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
+    async def start_compat(self, spec: Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
         self._check_compat(spec)
-        return await self._accept(self._new_job("submission", spec.lang, job_id), "compat", spec, idempotency_key)
+        kind = KINDS.of(spec)
+        return await self._accept(self._new_job(kind.public, kind.lang(spec), job_id), kind.op, spec, idempotency_key)
 
-    async def compat_job(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
+    async def compat_job(self, job_id: str) -> tuple[Spec, JobInfo] | None:
         return await self.table.compat(job_id)
 
     async def forget_job(self, job_id: str) -> Literal["ok", "missing", "pending"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sandboxd.compat import Load
+from sandboxd.jobs.backend import Load
 
 if TYPE_CHECKING:
     from sandboxd.jobs.service import Service

@@ -43,7 +43,7 @@ JobInfo's msgpack, finished_at), turned into a small tombstone (state
 finished, so a lookup can still tell "expired" from "never issued", and
 deleted another `results_ttl` later.
 
-Bounded in bytes (`max_bytes`, config job_store_max_bytes): the specs and
+Bounded in bytes (`max_bytes`, config [jobs] store_max_bytes): the specs and
 results the store holds (`size` per row).  A result that takes the store
 past it evicts the oldest finished results first (tombstones in state
 "evicted", counted); a new job that would not fit even with every finished

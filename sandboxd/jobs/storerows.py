@@ -156,7 +156,7 @@ class Usage:
         short = self.open + n - self.limit
         why = (
             f"the job store is full: {self.open} bytes of unfinished jobs, this one {n} bytes, "
-            f"job_store_max_bytes {self.limit}; retry when jobs have finished"
+            f"jobs.store_max_bytes {self.limit}; retry when jobs have finished"
         )
         raise StoreFull(why, retry_after(short, self.finishing.rate()))
 

@@ -19,16 +19,18 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from sandboxd.compat import jobs as compat_jobs
-from sandboxd.engine.budget import Admission
 from sandboxd.errors import ServiceError, error
 from sandboxd.jobs.fingerprint import Spec
+from sandboxd.jobs.kinds import KINDS, JobKind
 from sandboxd.jobs.store import EVICTED, EXPIRED, JobStore, Stored
-from sandboxd.schema import Error, JobInfo, RunRequest, RunResult, Submission, SubmissionResult, TestResult
+from sandboxd.schema import Error, JobInfo, RunResult, SubmissionResult, TestResult
+
+if TYPE_CHECKING:
+    from sandboxd.engine.budget import Admission
 
 log = logging.getLogger(__name__)
 State = Literal["queued", "running", "done", "cancelled", "failed", "lost"]
@@ -41,8 +43,6 @@ LISTENERS = 8
 
 _enc = msgspec.msgpack.Encoder()
 _info_dec = msgspec.msgpack.Decoder(JobInfo)
-_run_dec = msgspec.msgpack.Decoder(RunRequest)
-_sub_dec = msgspec.msgpack.Decoder(Submission)
 
 
 @dataclass(eq=False)
@@ -61,8 +61,9 @@ class Job:
     callback_url: str | None = None
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
-    spec: compat_jobs.Spec | None = None  # a Judge0/Piston job's request
-    notify: bool = True  # deliver a compat job's callback here (not when a fleet host runs it)
+    handler: JobKind[Any] | None = None  # its kind (sandboxd.jobs.kinds), once started
+    spec: Spec | None = None  # the request of a kind whose record keeps it (a Judge0/Piston job's)
+    notify: bool = True  # deliver what follows its result here (not when a fleet host runs it)
     durable: bool = False  # in the store (accepted through a transport)
     key: str | None = None  # its idempotency key
     fingerprint: bytes | None = None  # of the request the key was sent with
@@ -85,19 +86,16 @@ class Job:
 
 
 def encode_spec(spec: Spec) -> bytes:
-    return _enc.encode(spec)
+    return KINDS.encode(spec)
 
 
-def decode_spec(op: str, data: bytes) -> Spec:
-    if op == "run":
-        return _run_dec.decode(data)
-    if op == "submit":
-        return _sub_dec.decode(data)
-    return compat_jobs.decode(data)
+def decode_spec(op: str, data: bytes) -> tuple[JobKind[Any], Spec]:
+    """A stored spec and its kind (sandboxd.jobs.kinds.Registry.decode)."""
+    return KINDS.decode(op, data)
 
 
 def kind_of(op: str) -> Literal["run", "submission"]:
-    return "run" if op == "run" else "submission"
+    return KINDS.public(op)
 
 
 def conflict(key: str) -> ServiceError:
@@ -178,7 +176,7 @@ class JobTable:
         if s.state == EXPIRED:
             raise self._expired(s.id)
         if s.state == EVICTED:
-            why = f"job {s.id!r} evicted: the job store was full (job_store_max_bytes), oldest results go first"
+            why = f"job {s.id!r} evicted: the job store was full (jobs.store_max_bytes), oldest results go first"
             raise error("not_found", why)
         if s.info is None:  # committed, its task about to start
             return JobInfo(s.id, kind_of(s.kind), "queued", created_at=s.created_at)
@@ -203,20 +201,19 @@ class JobTable:
             )
         return self._stored_info(s)
 
-    async def compat(self, job_id: str) -> tuple[compat_jobs.Spec, JobInfo] | None:
+    async def compat(self, job_id: str) -> tuple[Spec, JobInfo] | None:
+        """A compat kind's job: its spec and state (Backend.compat_job)."""
         job = self.cached(job_id)
         if job is not None:
             return None if job.spec is None else (job.spec, job.info())
         s = await self.store.get(job_id)
-        if s is None or s.kind != "compat" or s.spec is None:
+        if s is None or s.spec is None or not KINDS.is_compat("op", s.kind):
             return None
         try:
             info = self._stored_info(s)
         except ServiceError:
             return None
-        spec = decode_spec("compat", s.spec)
-        assert not isinstance(spec, RunRequest | Submission)
-        return spec, info
+        return decode_spec(s.kind, s.spec)[1], info
 
     async def forget(self, job_id: str) -> Literal["ok", "missing", "pending"]:
         job = self.jobs.get(job_id)

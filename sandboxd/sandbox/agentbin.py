@@ -15,7 +15,9 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-DEFAULT_DIR = Path(os.environ.get("SANDBOXD_STATE_DIR", "/var/lib/sandboxd"))
+from sandboxd.config import DEFAULT
+
+DEFAULT_DIR = Path(os.environ.get("SANDBOXD_STATE_DIR", DEFAULT.state_dir))
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-static", "-s"]
 
 

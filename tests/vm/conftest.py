@@ -32,7 +32,7 @@ def _setup_host() -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaks() -> None:
-    """Overrides tests/conftest.py's host cgroup leak check: these tests create
+    """Overrides tests/box_fixtures.py's host cgroup leak check: these tests create
     no cgroup on the host (the engine runs in the guest), so that check would
     only see other test sessions running on the same host at the same time."""
 

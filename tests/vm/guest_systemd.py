@@ -158,7 +158,7 @@ def limits() -> dict[str, Any]:
         sub = Submission(lang="c", source=ALLOC_C, tests=[TestCase()], limits=Limits(memory=64 * MiB))
         res = c.submit(sub)
         out["mle_c"] = {"verdict": res.verdict, "tests": [(t.verdict, t.memory, t.signal) for t in res.tests]}
-        sub = Submission(lang="c", source=ALLOC_C, tests=[TestCase()], limits=Limits(memory=256 * MiB))
+        sub = Submission(lang="c", source=ALLOC_C, tests=[TestCase()], limits=Limits(memory=256 * MiB, cpu_time=10.0))
         res = c.submit(sub)
         seen = [(t.verdict, t.memory, t.stdout.decode(errors="replace")) for t in res.tests]
         out["alloc_c_256m"] = {"verdict": res.verdict, "tests": seen}

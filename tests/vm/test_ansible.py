@@ -225,7 +225,8 @@ def test_site_yml_sets_up_the_fleet(rollout: Rollout) -> None:
         assert out == "active", name
     assert rollout.vms["judge1"].run(["systemctl", "is-active", "sandboxd-coordinator"]).stdout.strip() == "active"
     conf = rollout.vms["judge2"].run(["cat", "/etc/sandboxd/sandboxd.toml"]).stdout
-    assert 'fleet_host_id = "judge2"' in conf and "pool_size = 2" in conf, conf
+    # The inventory's flat keys (pool_size) are in their sections: the file has one spelling per setting.
+    assert 'host_id = "judge2"' in conf and "pool_size = 2" in conf and "\n[engine]\n" in conf, conf
 
 
 def test_site_yml_again_changes_nothing(rollout: Rollout) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import pytest
 import uvloop
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sandboxd.engine.scheduler import AdmissionQueue, QueueDeadline, QueueFull
+from sandboxd.schema import MAX_PRIORITY
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -109,3 +112,35 @@ def test_deadline_and_cancellation_free_their_place() -> None:
             assert q.running == 1
 
     run(scenario())
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    # One loop for all examples: a new one each is most of an example's time.
+    lp = uvloop.new_event_loop()
+    yield lp
+    lp.close()
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.lists(st.integers(-MAX_PRIORITY, MAX_PRIORITY) | st.sampled_from([0, 1]), max_size=30))
+def test_without_aging_the_order_is_priority_then_arrival(loop: asyncio.AbstractEventLoop, prios: list[int]) -> None:
+    async def scenario() -> list[int]:
+        q = AdmissionQueue("t", capacity=1, aging=0.0)
+        held = await q.acquire()
+        order: list[int] = []
+
+        async def job(i: int, prio: int) -> None:
+            t = await q.acquire(prio)
+            order.append(i)
+            q.release(t)
+
+        tasks = [asyncio.ensure_future(job(i, p)) for i, p in enumerate(prios)]
+        await asyncio.sleep(0)  # each task queues, in the order they were made
+        assert q.depth == len(prios)
+        q.release(held)
+        await asyncio.gather(*tasks)
+        assert q.running == 0 and q.depth == 0
+        return order
+
+    assert loop.run_until_complete(scenario()) == sorted(range(len(prios)), key=lambda i: (-prios[i], i))

@@ -10,16 +10,8 @@ import pytest
 import uvloop
 
 from sandboxd import config, schema
-from sandboxd.engine.budget import (
-    DEFAULT_CAP,
-    DEFAULT_FLOOR,
-    OVERHEAD,
-    BudgetFull,
-    ByteLRU,
-    MemoryBudget,
-    default_memory_budget,
-    nbytes,
-)
+from sandboxd.config.host import DEFAULT_CAP, DEFAULT_FLOOR, default_memory_budget
+from sandboxd.engine.budget import OVERHEAD, BudgetFull, ByteLRU, MemoryBudget, nbytes
 from sandboxd.engine.scheduler import AdmissionQueue, QueueFull, Ticket
 from sandboxd.rates import RETRY_MAX, RETRY_MIN, DrainRate, retry_after
 from sandboxd.schema import Submission
@@ -212,4 +204,4 @@ def test_a_budget_below_max_body_stops_start_up_naming_the_key(tmp_path: Path) -
     with pytest.raises(config.ConfigError, match="memory_budget"):
         config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(MiB)}, default_path=tmp_path / "none.toml")
     cfg = config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(64 * MiB)}, default_path=tmp_path / "none.toml")
-    assert cfg.memory_budget == 64 * MiB
+    assert cfg.engine.memory_budget == 64 * MiB

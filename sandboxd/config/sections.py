@@ -1,0 +1,141 @@
+"""The configuration's sections: every setting and its default, declared once.
+
+The rest of the code reads a default from here (`sandboxd.config.ENGINE.queue_depth`)
+or takes the section itself; `sandboxd config --defaults` prints them all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from sandboxd.config.host import default_pool_size
+from sandboxd.schema import HostTag
+
+
+class ConfigError(ValueError):
+    pass
+
+
+Prefix = Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")]
+
+
+class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class LogSettings(Section, frozen=True):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SocketSettings(Section, frozen=True):
+    # Unix socket for local judges and the Python client; "" disables it.
+    path: str = "/run/sandboxd/sandboxd.sock"
+    # Who may connect is who may run code: keep it to a group.
+    mode: Annotated[str, Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
+    group: str = ""  # "" keeps root's group; e.g. "sandboxd"
+    idle_timeout: Annotated[float, Meta(gt=0)] = 600.0  # socket connection with nothing in flight
+
+
+class HttpSettings(Section, frozen=True):
+    """HTTP listeners, and the limits on input every transport shares
+    (sandboxd/api/inbound.py, httpguard.py; README "Limits on input")."""
+
+    # Listen address "host:port"; "" disables HTTP.
+    listen: str = "127.0.0.1:7070"
+    # Bearer token; required when any listener is not a loopback address.
+    token: str = ""
+    max_body: Annotated[int, Meta(ge=1024)] = 64 << 20  # bytes, per HTTP body or socket frame
+    # Seconds a connection has to deliver a request's headers (HTTP) or its
+    # first frame (socket), from connecting or from its first byte after idling.
+    header_timeout: Annotated[float, Meta(gt=0)] = 10.0
+    # Seconds to receive one request body or socket frame, whatever the rate;
+    # also how long a client may leave its reply unread.
+    body_timeout: Annotated[float, Meta(gt=0)] = 60.0
+    idle_timeout: Annotated[float, Meta(gt=0)] = 75.0  # keep-alive connection with no request
+    max_connections: Annotated[int, Meta(ge=1)] = 4096  # all listeners and the socket; beyond: 503
+    max_connections_per_listener: Annotated[int, Meta(ge=1)] = 1024
+    # Bytes of request bodies and frames being received at once, daemon-wide
+    # (reserved before reading); beyond: 503 + Retry-After (socket: waits).
+    max_receiving_bytes: Annotated[int, Meta(ge=1024)] = 256 << 20
+    # Judge0 CE and Piston v2 compatible APIs on the listener, under these
+    # path prefixes (sandboxd/compat); "" disables one.
+    judge0_prefix: Prefix = "/judge0"
+    piston_prefix: Prefix = "/piston"
+    # ...and/or at the root of listeners of their own, "host:port" (Judge0's
+    # port is 2358, Piston's 2000), for clients that cannot take a path in
+    # their base URL; "" = none.  The token rule applies to each.
+    judge0_listen: str = ""
+    piston_listen: str = ""
+
+
+class EngineSettings(Section, frozen=True):
+    """The warm pools and their queues (sandboxd.engine)."""
+
+    pool_size: Annotated[int, Meta(ge=1, le=1024)] = msgspec.field(default_factory=default_pool_size)
+    max_runs_per_box: Annotated[int, Meta(ge=1)] = 1000
+    queue_depth: Annotated[int, Meta(ge=1)] = 10_000  # waiting runs per pool; beyond: rejected (429)
+    # Priority points a waiting run gains per second; the coordinator's fleet queues age alike.
+    aging: Annotated[float, Meta(ge=0)] = 1.0
+    lang_capacity: dict[str, Annotated[int, Meta(ge=1)]] = msgspec.field(default_factory=dict)
+    # Bytes the daemon may hold for jobs: queued and running requests, the compile
+    # cache (sandboxd/engine/budget.py; results live in the job store).  Beyond it new jobs get
+    # queue_full (429).  0: a quarter of the host's memory, 256 MiB to 8 GiB (config/host.py).
+    memory_budget: Annotated[int, Meta(ge=0)] = 0
+    # Run every language's self-test at start-up; serve only those that pass.
+    selftest: bool = True
+    languages_dir: str = ""  # "" = the packaged language files
+
+
+class JobsSettings(Section, frozen=True):
+    results_ttl: Annotated[float, Meta(gt=0)] = 600.0  # seconds a finished job's result stays readable
+    # The durable job store (SQLite): accepted jobs and their results survive a
+    # restart.  "" = STATE_DIR/jobs/INSTANCE.sqlite3 (one file per instance).
+    store: str = ""
+    # Bytes of specs and results the job store keeps (sandboxd/jobs/store.py): past it
+    # the oldest results are evicted, then new jobs get queue_full (429).
+    # 0: a tenth of the store's filesystem, 256 MiB to 16 GiB.
+    store_max_bytes: Annotated[int, Meta(ge=0)] = 0
+    # Result callbacks (HTTP ?callback_url=) to loopback/private/link-local
+    # addresses are refused unless this is true (SSRF, CVE-2024-29021).
+    callback_allow_private: bool = False
+
+
+class FleetSettings(Section, frozen=True):
+    """sandboxd/fleet.  `serve` joins the fleet (claims jobs while it has free
+    boxes) when `url` is set; `coordinator` requires it."""
+
+    url: str = ""  # the fleet's Redis, e.g. "redis://10.0.0.5:6379/0"
+    prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "sandboxd"  # several fleets per Redis
+    host_id: str = ""  # "" = the hostname (plus "/instance" for a non-default instance)
+    tags: list[HostTag] = msgspec.field(default_factory=list)  # jobs may require one (host_tag)
+    only_tagged: bool = False  # reserved host: take only jobs that require one of the tags
+    lease: Annotated[float, Meta(ge=1)] = 10.0  # seconds a claimed job stays with a silent host
+    heartbeat: Annotated[float, Meta(gt=0)] = 1.0  # seconds between a host's lease renewals
+    max_attempts: Annotated[int, Meta(ge=1)] = 3  # hosts lost running one job before it fails
+    queue_depth: Annotated[int, Meta(ge=1)] = 100_000  # coordinator: waiting jobs per fleet queue; beyond: 429
+
+
+class Config(Section, frozen=True):
+    # Name of this daemon on the host: cgroups, locks and uid leases are per instance.
+    instance: str = "default"
+    state_dir: str = "/var/lib/sandboxd"
+    run_dir: str = "/run/sandboxd"
+    # `serve` writes its pid here once its socket is bound, and removes it on exit; "" = run_dir/sandboxd.pid.
+    pid_file: str = ""
+    drain_timeout: Annotated[float, Meta(ge=0)] = 30.0  # SIGTERM: seconds running jobs get to finish
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+    socket: SocketSettings = msgspec.field(default_factory=SocketSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
+    jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
+    fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
+
+
+# Section name -> its type, from Config's own fields (declared once, above).
+SECTIONS: dict[str, type[Section]] = {
+    f.name: f.type for f in msgspec.structs.fields(Config) if isinstance(f.type, type) and issubclass(f.type, Section)
+}
