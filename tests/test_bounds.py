@@ -10,8 +10,10 @@ out-of-range number were internal errors (HTTP 500 / Judge0 status 13).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -31,7 +33,18 @@ from instances import inst
 from sandboxd_client import Client
 from sandboxd_client import RunRequest as ClientRun
 
-from sandboxd.schema import MAX_FILES_OUT, MAX_FILES_OUT_BYTES, Limits, MiB
+from sandboxd.api.bodies import decode
+from sandboxd.api.decodepool import IN_PROCESS_FROM, DecodePool
+from sandboxd.api.decodeworker import WIDE
+from sandboxd.errors import ServiceError
+from sandboxd.schema import (
+    MAX_FILES_OUT,
+    MAX_FILES_OUT_BYTES,
+    Limits,
+    MiB,
+    RunRequest,
+    Submission,
+)
 
 TIGHT = {
     "SANDBOXD_HTTP_HEADER_TIMEOUT": "1",
@@ -384,3 +397,92 @@ def test_hostile_load_benchmark_quick() -> None:
     assert "same file x6: HTTP 400" in out.stdout  # duplicated files out
     for load in ("idle", "zip", "files-out", "uploads", "stdin", "results"):
         assert f"| {load} |" in out.stdout
+
+
+# --- large bodies are parsed outside the daemon's process (the event loop stays free) ---
+
+
+def _decode_counters(d: Daemon) -> dict[str, Any]:
+    status, reply = _http(d, "GET", "/v1/status")
+    assert status == 200, reply
+    return dict(reply["decode"])
+
+
+def test_large_json_bodies_are_parsed_in_decode_worker_processes(capped: Daemon) -> None:
+    """Structural, not timed: a JSON body of IN_PROCESS_FROM bytes or more is parsed by a
+    worker process (a child of the daemon, running as nobody), counted in /v1/status;
+    the reply, and a bad body's 400 naming the field, are what inline decoding gives."""
+    before = _decode_counters(capped)
+    assert before["workers"] == 2 and len(before["pids"]) == 2
+    stdin = b"y" * (IN_PROCESS_FROM + 4096)
+    body = {"cmd": ["wc", "-c"], "stdin": base64.b64encode(stdin).decode()}
+    status, reply = _http(capped, "POST", "/v1/runs", body)
+    assert status == 200 and reply["stdout"] == base64.b64encode(b"%d\n" % len(stdin)).decode(), reply
+    procs = [
+        dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()) for pid in before["pids"]
+    ]
+    assert all(int(p["PPid"]) == capped.proc.pid for p in procs)
+    # The one that decoded it had confined itself first (the other may still be starting).
+    assert any(p["Uid"].split() == ["65534"] * 4 for p in procs), procs
+    status, reply = _http(capped, "POST", "/v1/runs", {**body, "cmd": []})
+    assert status == 400 and "`body.cmd`" in reply["error"]["message"], reply
+    # Judge0 parses its (untyped) JSON there too, and says what is wrong the same way.
+    raw = json.dumps({"source_code": "x", "language_id": 71, "stdin": "z" * IN_PROCESS_FROM}).encode()[:-1]
+    status, reply = _http(capped, "POST", "/judge0/submissions", raw=raw)
+    assert status == 400 and "invalid JSON body" in reply["error"], reply
+    after = _decode_counters(capped)
+    assert after["in_process"] == before["in_process"] + 3 and after["replaced"] == 0
+    status, reply = _http(capped, "POST", "/v1/runs", {"cmd": ["true"]})  # small: inline, not counted
+    assert status == 200 and _decode_counters(capped)["in_process"] == after["in_process"]
+
+
+def _outcome(fn: Any) -> tuple[str, Any]:
+    try:
+        return "ok", fn()
+    except ServiceError as e:
+        return "ServiceError", e.err
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
+        return type(e).__name__, str(e)
+    except UnicodeDecodeError as e:  # (from a worker: a DecodeError, which the APIs answer with a 400)
+        return "DecodeError", str(e)
+
+
+BODIES = [
+    b'{"cmd": ["wc"], "stdin": "' + base64.b64encode(b"q" * 5000) + b'"}',
+    b'{"cmd": []}',
+    b'{"cmd": ["true"], "limits": {"memory": 99999999999999999999999}}',
+    b'{"cmd": ["true"], "stdin": "not base64!"}',
+    b'{"cmd": ["true"], "env": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"cmd": ["\xff"]}',
+    b'{"cmd": ["tru',
+    b"[1, 2]",
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_a_decode_worker_answers_what_inline_decoding_answers(body: bytes) -> None:
+    pool = DecodePool()
+    pool.start(1)
+    try:
+        for typ in (RunRequest, Submission):
+            assert _outcome(lambda t=typ: pool.typed(body, t)) == _outcome(lambda t=typ: decode(body, t, "json"))
+        inline = _outcome(lambda: msgspec.json.decode(body))
+        if b"9999999999999999999" in body:  # JSON can hold it, msgpack cannot: refused as out of range
+            inline = ("ValidationError", WIDE)
+        assert _outcome(lambda: pool.untyped(body)) == inline
+        assert pool.in_process == 3 and pool.replaced == 0
+    finally:
+        pool.stop()
+
+
+def test_a_decode_worker_that_dies_is_replaced_and_its_body_gets_a_retry() -> None:
+    pool = DecodePool()
+    pool.start(1)
+    try:
+        assert pool.untyped(b"[1]") == [1]
+        os.kill(pool.snapshot()["pids"][0], signal.SIGKILL)
+        kind, err = _outcome(lambda: pool.untyped(b"[2]"))
+        assert kind == "ServiceError" and err.code == "queue_full" and err.retry_after, err
+        assert pool.untyped(b"[3]") == [3] and pool.replaced == 1
+    finally:
+        pool.stop()

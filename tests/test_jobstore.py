@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from box_fixtures import SyncEngine
 
-from sandboxd.jobs.store import EXPIRED, JobIdInUse, JobStore, NewJob, Stored
+from sandboxd.errors import ServiceError
+from sandboxd.jobs.service import Service
+from sandboxd.jobs.store import EVICTED, EXPIRED, INLINE_BYTES, JobIdInUse, JobStore, NewJob, Stored, StoreFull
+from sandboxd.schema import RunRequest
 
 
 def added(s: JobStore, r: NewJob) -> asyncio.Future[Stored | None]:
@@ -102,3 +107,125 @@ def test_sweep_leaves_a_tombstone_then_deletes(tmp_path: Path) -> None:
         await s.close()
 
     asyncio.run(scenario())
+
+
+# --- bounded in bytes (issue 13: [jobs] store_max_bytes) ----------------------------
+
+
+def big(i: int, n: int) -> NewJob:
+    return NewJob(f"job-{i}", "run", b"s" * n, time.time())
+
+
+def test_past_max_bytes_the_oldest_results_are_evicted_and_counted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        s = JobStore(tmp_path / "j.sqlite3", 600, max_bytes=10_000)
+        for i in (1, 2, 3):
+            await added(s, big(i, 3000))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            s.finish(f"job-{i}", "done", b"r" * 1000, 1000.0 + i, lambda ok, v, d=done: d.set_result(None))
+            await done
+        await s.count()  # (the eviction the third result caused has run)
+        assert s.usage.evicted == 1 and s.usage.used == 8000 <= s.usage.limit
+        one, two = await s.get("job-1"), await s.get("job-2")
+        assert one is not None and one.state == EVICTED and one.info is None
+        assert two is not None and two.info == b"r" * 1000  # the newer results stay whole
+        assert (await s.count())[EVICTED] == 1
+        await s.close()
+        again = JobStore(tmp_path / "j.sqlite3", 600, max_bytes=10_000)  # the count is the rows' own
+        assert again.usage.used == 8000
+        await again.close()
+
+    asyncio.run(scenario())
+
+
+def test_unfinished_jobs_are_never_evicted_new_ones_are_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        s = JobStore(tmp_path / "j.sqlite3", 600, max_bytes=10_000)
+        await added(s, big(1, 4000))
+        await added(s, big(2, 4000))
+        s.check_room(2000)  # fits
+        with pytest.raises(StoreFull, match=r"jobs\.store_max_bytes 10000") as e:
+            s.check_room(4000)
+        assert 1.0 <= e.value.retry_after <= 60.0 and s.usage.refused == 1
+        # An accepted job's result is written even past the limit (nothing accepted is lost)...
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        s.finish("job-1", "done", b"r" * 5000, 1000.0, lambda ok, v: done.set_result(None))
+        await done
+        await s.count()
+        # ...and, being the only result, is what gets evicted; the unfinished job-2 is kept.
+        two = await s.get("job-2")
+        assert two is not None and two.state == "accepted" and s.usage.open == 4000
+        assert s.usage.used <= s.usage.limit
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_large_rows_commit_on_the_writer_thread_small_ones_inline(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        s = JobStore(tmp_path / "j.sqlite3", 600)
+        await added(s, row(1))
+        assert s.threaded == 0
+        await added(s, big(2, INLINE_BYTES))
+        assert s.threaded == 1 and s.batches == 2
+        got = s.by_key("none")  # reads meanwhile use their own connection
+        assert got is None
+        await s.close()
+        again = JobStore(tmp_path / "j.sqlite3", 600)
+        jobs, _ = again.recover(lambda st: b"")
+        assert [len(j.spec or b"") for j in jobs] == [4, INLINE_BYTES]
+        await again.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_file_from_before_specs_had_their_own_table_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE jobs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, spec BLOB,"
+        " callback_url TEXT, idem_key TEXT, fingerprint BLOB, state TEXT NOT NULL,"
+        " restarts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, finished_at REAL, info BLOB);"
+        "INSERT INTO jobs (id, kind, spec, state, created_at) VALUES ('a', 'run', x'0102', 'accepted', 1.0);"
+        "INSERT INTO jobs (id, kind, spec, state, created_at, finished_at, info)"
+        " VALUES ('b', 'compat', x'030405', 'done', 1.0, 2.0, x'06');"
+    )
+    old.commit()
+    old.close()
+    s = JobStore(path, 1e9)
+    assert (s.usage.open, s.usage.done) == (2, 4)
+    jobs, _ = s.recover(lambda st: b"")
+    assert [(j.id, j.spec) for j in jobs] == [("a", b"\x01\x02")]
+
+    async def check() -> None:
+        b = await s.get("b")
+        assert b is not None and b.spec == b"\x03\x04\x05" and b.info == b"\x06"
+        await s.close()
+
+    asyncio.run(check())
+
+
+def test_a_full_store_refuses_new_jobs_with_queue_full_and_retry_after(engine: SyncEngine, tmp_path: Path) -> None:
+    """Through a real Service: jobs accepted while they fit, then 429-style refusals
+    (nothing accepted is dropped), and the store's bytes in /v1/status and /metrics."""
+
+    async def scenario() -> None:
+        svc = Service(engine.engine, store=JobStore(tmp_path / "j.sqlite3", 600, max_bytes=64 << 10))
+        try:
+            slow = RunRequest(cmd=["sleep", "30"], stdin=b"x" * (40 << 10))
+            first = await svc.start_run(slow)
+            with pytest.raises(ServiceError) as e:
+                await svc.start_run(slow)
+            assert e.value.err.code == "queue_full" and "jobs.store_max_bytes" in e.value.err.message
+            assert e.value.err.retry_after is not None and e.value.err.retry_after >= 1.0
+            small = await svc.start_run(RunRequest(cmd=["true"]))  # what still fits is taken
+            assert (await svc.wait_job(small.job)).state == "done"
+            status = svc.status()["job_store"]
+            assert status["limit"] == 64 << 10 and status["refused"] == 1 and status["unfinished"] >= 40 << 10
+            assert b"sandboxd_job_store_bytes" in await svc.metrics_text()
+            await svc.cancel_job(first.job)
+            assert (await svc.wait_job(first.job)).state == "cancelled"
+        finally:
+            await svc.close()
+
+    engine.call(scenario())

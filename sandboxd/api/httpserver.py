@@ -23,6 +23,7 @@ from aiohttp import web
 
 from sandboxd import errors
 from sandboxd.api import replies
+from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
 from sandboxd.api.inbound import default as default_inbound
@@ -213,7 +214,7 @@ async def delete_job(req: web.Request) -> web.Response:
 
 
 async def status(req: web.Request) -> web.Response:
-    return reply(req, await req.app[SVC].status_info())
+    return reply(req, {**await req.app[SVC].status_info(), "decode": DECODE.snapshot()})
 
 
 async def languages(req: web.Request) -> web.Response:

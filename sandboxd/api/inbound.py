@@ -5,7 +5,11 @@
 - `offload`: CPU-heavy decoding of large inputs (JSON/msgpack bodies, base64,
   zips) on a small thread pool instead of the event loop, bounded in jobs at
   once (the pool's threads) and in input bytes admitted (a ByteGate); small
-  inputs, the common case, are decoded inline at no cost.
+  inputs, the common case, are decoded inline at no cost.  Large JSON is
+  parsed in a decode worker process instead (sandboxd.api.decodepool, driven
+  from these threads): `offload(n, msgspec.json.decode, body)` goes there
+  once the daemon has started the workers, and typed bodies through
+  sandboxd.api.bodies.decode_body.
 - `Inbound`: the daemon-wide state of the transports' limits (connections
   open, bytes being received), built once from the configuration.
 """
@@ -19,6 +23,10 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import msgspec
+
+from sandboxd.api.bodies import Format, decode
+from sandboxd.api.decodepool import DECODE
 from sandboxd.config import DEFAULT, Config
 
 T = TypeVar("T")
@@ -86,6 +94,8 @@ class Offload:
         """fn(*args): inline when `cost` (input bytes) is small, else on the pool."""
         if cost < INLINE_BELOW:
             return fn(*args)
+        if fn is msgspec.json.decode and len(args) == 1 and DECODE.takes(cost):
+            fn = DECODE.untyped  # (the same value or exception, parsed in a worker process)
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="sandboxd-decode")
         await self.gate.acquire(cost)
@@ -100,6 +110,14 @@ OFFLOAD = Offload()
 
 async def offload(cost: int, fn: Callable[..., T], *args: Any) -> T:
     return await OFFLOAD.run(cost, fn, *args)
+
+
+async def decode_body(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
+    """bodies.decode() from the event loop: a large JSON body parsed in a decode
+    worker, any other large body on the offload threads, a small one inline."""
+    if fmt == "json" and DECODE.takes(len(data)):
+        return await offload(len(data), DECODE.typed, data, typ, what)
+    return await offload(len(data), decode, data, typ, fmt, what)
 
 
 @dataclasses.dataclass

@@ -7,41 +7,18 @@ same precise error on every transport.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import msgspec
-
-from sandboxd.api.inbound import offload
+from sandboxd.api.bodies import Format as Format  # (defined there; the transports import it from here)
+from sandboxd.api.bodies import decode as decode
+from sandboxd.api.inbound import decode_body
 from sandboxd.errors import bad_request, error
 from sandboxd.jobs.backend import Backend
 from sandboxd.jobs.frontend import check_idempotency_key as check_idempotency_key  # (an entry check, shared)
 from sandboxd.schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
 
-Format = Literal["json", "msgpack"]
 T = TypeVar("T")
-
-_json_dec: dict[type, msgspec.json.Decoder[Any]] = {}
-_mp_dec: dict[type, msgspec.msgpack.Decoder[Any]] = {}
-
-
-def decode(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
-    if not data:
-        raise error("bad_request", f"{what}: missing")
-    try:
-        if fmt == "json":
-            jd = _json_dec.get(typ) or _json_dec.setdefault(typ, msgspec.json.Decoder(typ))
-            return jd.decode(data)  # type: ignore[no-any-return]
-        md = _mp_dec.get(typ) or _mp_dec.setdefault(typ, msgspec.msgpack.Decoder(typ))
-        return md.decode(data)  # type: ignore[no-any-return]
-    except msgspec.ValidationError as e:
-        raise error("bad_request", f"{what}: {e}".replace("`$", f"`{what}")) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        # (msgspec reports invalid UTF-8 in a msgpack str as UnicodeDecodeError.)
-        raise error("bad_request", f"{what}: malformed {fmt}: {e}") from None
-    except RecursionError:
-        raise error("bad_request", f"{what}: nested deeper than {sys.getrecursionlimit()} levels") from None
 
 
 class Frontend(Backend, Protocol):
@@ -111,10 +88,10 @@ async def dispatch(
         key = check_idempotency_key(idempotency_key)
         if op == "run":
             # (Large bodies are decoded off the event loop: sandboxd.api.inbound.)
-            req = await offload(len(body), decode, body, RunRequest, fmt)
+            req = await decode_body(body, RunRequest, fmt)
             info = await svc.start_run(req, callback_url, idempotency_key=key)
         elif op == "submit":
-            sub = await offload(len(body), decode, body, Submission, fmt)
+            sub = await decode_body(body, Submission, fmt)
             info = await svc.start_submission(sub, progress, callback_url, idempotency_key=key)
         else:
             raise error("bad_request", f"op: unknown {op!r}")

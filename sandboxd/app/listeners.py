@@ -26,8 +26,9 @@ from pathlib import Path
 from aiohttp import web
 
 from sandboxd.api import httpserver, unixserver, unixsocket
+from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GuardedSite
-from sandboxd.api.inbound import Inbound
+from sandboxd.api.inbound import OFFLOAD_WORKERS, Inbound
 from sandboxd.api.wire import Frontend
 from sandboxd.config import Config
 from sandboxd.hostlock import HostLock
@@ -104,6 +105,7 @@ async def serve_frontend(
     watchdog: asyncio.Task[None] | None = None
     pid_lock: HostLock | None = None
     inbound = Inbound.from_config(cfg)  # connections and bytes being received, daemon-wide
+    DECODE.start(OFFLOAD_WORKERS)  # large JSON bodies are parsed in these processes (sandboxd.api.decodepool)
     sock, http = cfg.socket, cfg.http
     try:
         if sock.path:
@@ -178,6 +180,7 @@ async def serve_frontend(
             release_pid_file(pid_lock)
         if watchdog is not None:
             watchdog.cancel()
+        DECODE.stop()
 
 
 def write_pid_file(path: Path) -> HostLock:

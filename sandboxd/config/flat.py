@@ -29,6 +29,7 @@ _EXCEPT = {
     "http.judge0_listen": "judge0_http",
     "http.piston_listen": "piston_http",
     "jobs.store": "job_store",
+    "jobs.store_max_bytes": "job_store_max_bytes",
     **{f"http.{k}": k for k in ("max_connections", "max_connections_per_listener", "max_receiving_bytes")},
     **{f"http.{k}": k for k in ("max_body", "judge0_prefix", "piston_prefix")},
 }

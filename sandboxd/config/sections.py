@@ -95,6 +95,10 @@ class JobsSettings(Section, frozen=True):
     # The durable job store (SQLite): accepted jobs and their results survive a
     # restart.  "" = STATE_DIR/jobs/INSTANCE.sqlite3 (one file per instance).
     store: str = ""
+    # Bytes of specs and results the job store keeps (sandboxd/jobs/store.py): past it
+    # the oldest results are evicted, then new jobs get queue_full (429).
+    # 0: a tenth of the store's filesystem, 256 MiB to 16 GiB.
+    store_max_bytes: Annotated[int, Meta(ge=0)] = 0
     # Result callbacks (HTTP ?callback_url=) to loopback/private/link-local
     # addresses are refused unless this is true (SSRF, CVE-2024-29021).
     callback_allow_private: bool = False

@@ -45,11 +45,28 @@ class Metrics(FrontendMetrics):
             "sandboxd_memory_budget_bytes", "Bytes reserved from the memory budget", ["holder"], registry=r
         )
         self.budget_limit = Gauge("sandboxd_memory_budget_limit_bytes", "The memory budget (memory_budget)", registry=r)
+        self.store_bytes = Gauge(
+            "sandboxd_job_store_bytes", "Bytes of specs and results in the job store", ["holder"], registry=r
+        )
+        self.store_limit = Gauge(
+            "sandboxd_job_store_limit_bytes", "The job store's limit (jobs.store_max_bytes)", registry=r
+        )
+        self.store_evicted = Counter(
+            "sandboxd_job_store_evicted", "Results evicted to keep the job store within its limit", registry=r
+        )
+        self._evicted = 0  # of the store's count, already in the counter
 
     def set_budget(self, limit: int, used: dict[str, int]) -> None:
         self.budget_limit.set(limit)
         for holder, n in used.items():
             self.budget_used.labels(holder).set(n)
+
+    def set_store(self, usage: dict[str, int]) -> None:
+        self.store_limit.set(usage["limit"])
+        self.store_bytes.labels("unfinished").set(usage["unfinished"])
+        self.store_bytes.labels("results").set(usage["results"])
+        self.store_evicted.inc(usage["evicted"] - self._evicted)
+        self._evicted = usage["evicted"]
 
 
 class CoordinatorMetrics(FrontendMetrics):

@@ -33,7 +33,7 @@ from sandboxd.jobs.fingerprint import Op, Spec
 from sandboxd.jobs.frontend import Operations, Progress, conflict, keyed
 from sandboxd.jobs.kinds import KINDS
 from sandboxd.jobs.metrics import Metrics
-from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored
+from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored, StoreFull
 from sandboxd.jobs.table import Job, JobTable, decode_spec, encode_spec, kind_of, lost_info
 from sandboxd.schema import (
     JobInfo,
@@ -183,6 +183,13 @@ class Service(Operations):
                 return self.table.held_info(held)
             job.key, job.fingerprint = key, fp
         job.admission = self._admit(job.lang, spec)
+        data = encode_spec(spec)
+        try:
+            self.store.check_room(len(data))  # (jobs.store_max_bytes: refused, never dropped later)
+        except StoreFull as e:
+            job.admission.close()
+            self.metrics.rejections.labels("queue_full").inc()
+            raise error("queue_full", str(e), e.retry_after) from None
         if progress is not None:
             job.listeners.append(progress)
         self.table.add(job)
@@ -190,7 +197,6 @@ class Service(Operations):
         job.accepted = acc
         if key is not None:  # (others may wait for it: retrieved even if its sender has gone)
             acc.add_done_callback(lambda f: f.cancelled() or f.exception())
-        data = encode_spec(spec)
         job.spec_size = len(data)
         row = NewJob(job.id, op, data, job.created_at, job.callback_url, job.key, job.fingerprint)
         self.store.add(row, lambda ok, val: self._committed(job, op, spec, ok, val))

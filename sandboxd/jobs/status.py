@@ -41,6 +41,7 @@ def status(svc: Service) -> dict[str, Any]:
         "draining": svc.draining,
         "health": {"problem": eng.health.problem, "heals": eng.health.heals},
         "memory_budget": eng.budget.snapshot(),
+        "job_store": svc.store.usage.snapshot(),
         "recent_wall_time": {
             "count": len(recent),
             "p50": recent[len(recent) // 2] if recent else None,
@@ -78,6 +79,7 @@ def refresh_metrics(svc: Service) -> None:
         m.jobs.labels(state).set(n)
     eng = svc.engine
     m.set_budget(eng.budget.limit, eng.budget.used)
+    m.set_store(svc.store.usage.snapshot())
     m.healthy.set(0 if eng.health.check() else 1)
     m.heals.inc(eng.health.heals - svc._heals_counted)
     svc._heals_counted = eng.health.heals

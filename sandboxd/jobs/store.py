@@ -26,15 +26,30 @@ microseconds for a batch), while a hop to a worker thread and back, GIL
 hand-over included, measured more than the SQLite work (benchmarks/durable.py:
 daemon CPU per job).  What waits for the disk, the checkpoint and its fsyncs,
 runs in a thread of its own on its own connection (PASSIVE: it never blocks
-the writer), so the loop never waits for the disk.  Reads use the writer's
-connection between batches: they see every committed row.
+the writer), so the loop never waits for the disk.  Reads use a connection
+of their own: they see every committed row, and none of a batch in flight.
+
+Large rows are written off the loop: a batch carrying at least
+INLINE_BYTES of specs and results (a 48 MiB stdin is ~12,000 WAL pages, a
+quarter of a second of write(2)s) runs on the writer thread instead
+(sqlite3 releases the GIL while SQLite works).  Specs live in a table of their own: a job's row is
+updated when it finishes and when it expires, and SQLite rewrites a whole
+row on update, spec included.
 
 Rows: a job is inserted at acceptance (state "accepted", its spec: the
-request's msgpack), updated once when final (state, the JobInfo's msgpack,
-finished_at), turned into a small tombstone (state "expired", spec and
-result dropped, the key freed) `results_ttl` after it finished, so a lookup
-can still tell "expired" from "never issued", and deleted another
-`results_ttl` later.
+request's msgpack, in `specs`), updated once when final (state, the
+JobInfo's msgpack, finished_at), turned into a small tombstone (state
+"expired", spec and result dropped, the key freed) `results_ttl` after it
+finished, so a lookup can still tell "expired" from "never issued", and
+deleted another `results_ttl` later.
+
+Bounded in bytes (`max_bytes`, config [jobs] store_max_bytes): the specs and
+results the store holds (`size` per row).  A result that takes the store
+past it evicts the oldest finished results first (tombstones in state
+"evicted", counted); a new job that would not fit even with every finished
+result gone (the unfinished ones fill it) is refused (StoreFull, with a
+Retry-After from the rate at which jobs finish).  An accepted job is never
+dropped: its result is written even past the limit, and evicts others.
 """
 
 from __future__ import annotations
@@ -47,91 +62,54 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sandboxd.jobs.storerows import (
+    BY_KEY,
+    EVICTED,
+    EXPIRED,
+    GET,
+    INDEXES,
+    LIVE,
+    OLDEST,
+    OPEN,
+    SCHEMA,
+    SPEC,
+    JobIdInUse,
+    NewJob,
+    Stored,
+    StoreFull,
+    Usage,
+    cols,
+    default_max_bytes,
+    default_path,
+    migrate,
+    stored,
+    tombstones,
+)
+
+# (The rows' names are sandboxd.jobs.storerows'; the store's users import them from here.)
+__all__ = ["EVICTED", "EXPIRED", "JobIdInUse", "JobStore", "NewJob", "StoreFull", "Stored", "default_path"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Done = Callable[[bool, Any], None]  # after a batch: (ok, the operation's result or exception)
+Op = tuple[Callable[[sqlite3.Connection], Any], Done | None, int]  # (statements, then, bytes it writes)
 
-OPEN = "accepted"  # the state of a job not yet final
-EXPIRED = "expired"
 LATER = 0.01  # seconds a result may wait to join a batch (a crash meanwhile: the job runs again)
 SWEEP_CHUNK = 500  # rows per sweep statement: the loop (and inserts) wait for one chunk, not for all
 CHECKPOINT_EVERY = 1.0  # seconds
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY,      -- acceptance order: re-queued in it
-    id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,           -- run, submission, compat
-    spec BLOB,                    -- the request, msgpack; NULL once expired
-    callback_url TEXT,
-    idem_key TEXT,                -- NULL: none, or freed at expiry (unique: jobs_key)
-    fingerprint BLOB,
-    state TEXT NOT NULL,
-    restarts INTEGER NOT NULL DEFAULT 0,  -- daemons that died with it unfinished (-1: stopped cleanly)
-    created_at REAL NOT NULL,
-    finished_at REAL,
-    info BLOB                     -- the final JobInfo, msgpack
-);
--- Partial: a job without a key costs no entry in it.
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_open ON jobs(seq) WHERE finished_at IS NULL;
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
-"""
-
-
-@dataclass
-class NewJob:
-    id: str
-    kind: str
-    spec: bytes
-    created_at: float
-    callback_url: str | None = None
-    key: str | None = None
-    fingerprint: bytes | None = None
-
-
-@dataclass
-class Stored:
-    id: str
-    kind: str
-    state: str
-    spec: bytes | None
-    info: bytes | None
-    fingerprint: bytes | None
-    callback_url: str | None
-    created_at: float
-    restarts: int
-    key: str | None
-
-
-class JobIdInUse(Exception):
-    pass
-
-
-_COLS = "id, kind, state, spec, info, fingerprint, callback_url, created_at, restarts, idem_key"
-
-
-_GET = f"SELECT {_COLS} FROM jobs WHERE id=?"
-_BY_KEY = f"SELECT {_COLS} FROM jobs WHERE idem_key=? AND idem_key IS NOT NULL"  # (uses the partial jobs_key)
-
-
-def _stored(row: Any) -> Stored | None:
-    return None if row is None else Stored(*row)
-
-
-def default_path(state_dir: Path, instance: str) -> Path:
-    """One file per instance: state_dir is shared by the instances of a host."""
-    return state_dir / "jobs" / f"{instance}.sqlite3"
+# A batch writing this many bytes of specs and results commits on the writer
+# thread: below it, the thread hop costs more than the write (benchmarks/durable.py).
+INLINE_BYTES = 1 << 20
+WAL_LIMIT = 64 << 20  # the WAL file is truncated back to this after a checkpoint (journal_size_limit)
 
 
 class JobStore:
-    def __init__(self, path: str | Path, results_ttl: float) -> None:
+    def __init__(self, path: str | Path, results_ttl: float, max_bytes: int = 0) -> None:
         """path: a file, or ":memory:" (nothing survives the process: for code
-        that embeds a Service without a state directory)."""
+        that embeds a Service without a state directory).  max_bytes: 0 is
+        default_max_bytes."""
         self.path = str(path)
         self.ttl = results_ttl
         if self.path != ":memory:":
@@ -143,19 +121,30 @@ class JobStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (the fsyncs) are the thread's
-        self.db.executescript(_SCHEMA)
-        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], Done | None]] = []
+        self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        self.db.executescript(SCHEMA)
+        migrate(self.db)
+        self.db.execute(INDEXES)
+        self.usage = Usage(self.db, max_bytes or default_max_bytes(self.path))
+        self._pending: list[Op] = []
         self._scheduled = False  # a flush is due in the next loop iteration
         self._timer: asyncio.TimerHandle | None = None
-        # The checkpointer: its own connection, used by its own thread only.
+        self._writing: asyncio.Future[list[tuple[bool, Any]]] | None = None  # a batch on the writer thread
+        self._evicting = False
+        # The checkpointer and the writer: each its own thread; the checkpointer
+        # and the loop's reads each their own connection (in memory: one database, inline).
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="jobstore")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="jobstore-write")
         self._ckpt: sqlite3.Connection | None = None
+        self.rdb = self.db
         if self.path != ":memory:":
             self._ckpt = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._checkpointing: asyncio.Future[Any] | None = None
         self._since_checkpoint = 0.0  # time of the first commit not yet checkpointed (0: none)
         self.batches = 0  # committed transactions (the benchmark reports ops per batch)
         self.ops = 0
+        self.threaded = 0  # batches committed on the writer thread
 
     # --- start-up (synchronous: before anything is served) -------------------
 
@@ -167,8 +156,8 @@ class JobStore:
         (`release`) does not count."""
         rows = [
             s
-            for r in self.db.execute(f"SELECT {_COLS} FROM jobs WHERE finished_at IS NULL ORDER BY seq")
-            for s in [_stored(r)]
+            for r in self.db.execute(f"SELECT {cols(SPEC)} FROM jobs WHERE finished_at IS NULL ORDER BY seq")
+            for s in [stored(r)]
             if s is not None
         ]
         again, lost = [], []
@@ -176,33 +165,39 @@ class JobStore:
         self.db.execute("BEGIN IMMEDIATE")
         for s in rows:
             if s.restarts >= 1:
+                info = lost_info(s)
                 self.db.execute(
-                    "UPDATE jobs SET state='lost', info=?, finished_at=? WHERE id=?", (lost_info(s), now, s.id)
+                    "UPDATE jobs SET state='lost', info=?, finished_at=?, size=size+? WHERE id=?",
+                    (info, now, len(info), s.id),
                 )
                 lost.append(s.id)
             else:
                 self.db.execute("UPDATE jobs SET restarts=restarts+1 WHERE id=?", (s.id,))
                 again.append(s)
         self.db.execute("COMMIT")
+        self.usage = Usage(self.db, self.usage.limit)
         return again, lost
 
     # --- the writer ---------------------------------------------------------
 
-    def _queue(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _queue(self, fn: Callable[[sqlite3.Connection], T], cost: int = 0) -> asyncio.Future[T]:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
 
         def done(ok: bool, val: Any) -> None:
             if not fut.done():
                 fut.set_result(val) if ok else fut.set_exception(val)
 
-        self._then(fn, done)
+        self._then(fn, done, cost=cost)
         return fut
 
-    def _then(self, fn: Callable[[sqlite3.Connection], Any], done: Done | None, delay: float = 0.0) -> None:
+    def _then(
+        self, fn: Callable[[sqlite3.Connection], Any], done: Done | None, delay: float = 0.0, cost: int = 0
+    ) -> None:
         """fn in the next batch, then done(ok, its result or exception).
         delay: what nobody waits for (a result, once its job has answered)
-        may wait that long for company, so one transaction carries many."""
-        self._pending.append((fn, done))
+        may wait that long for company, so one transaction carries many.
+        cost: the bytes it writes (a batch of INLINE_BYTES goes to the writer thread)."""
+        self._pending.append((fn, done, cost))
         if self._scheduled:
             return
         if not delay:
@@ -214,22 +209,44 @@ class JobStore:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._scheduled and self._pending:
+        if not self._scheduled and self._pending and self._writing is None:
             # The next loop iteration: what the rest of this one queues joins the batch.
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._writing is not None:  # one transaction at a time: the thread's end kicks again
+            return
         batch, self._pending = self._pending, []
         if not batch:
             return
+        fns = [fn for fn, _, _ in batch]
+        if self._ckpt is not None and sum(cost for _, _, cost in batch) >= INLINE_BYTES:
+            fut = asyncio.get_running_loop().run_in_executor(self._writer, self._apply, fns)
+            self._writing = fut
+            self.threaded += 1
+            fut.add_done_callback(lambda f: self._written(batch, f))
+            return
         try:
-            results = self._apply([fn for fn, _ in batch])
+            results = self._apply(fns)
         except Exception as e:  # the COMMIT failed (disk full, I/O error): nothing of the batch is in
-            log.error("job store: a batch of %d failed: %s", len(batch), e)
-            results = [(False, e)] * len(batch)
-        for (_, done), (ok, val) in zip(batch, results, strict=True):
+            results = self._failed(batch, e)
+        self._settle(batch, results)
+
+    def _written(self, batch: list[Op], fut: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+        self._writing = None
+        exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+        self._settle(batch, self._failed(batch, exc) if exc is not None else fut.result())
+        self._kick()
+
+    @staticmethod
+    def _failed(batch: list[Op], e: BaseException) -> list[tuple[bool, Any]]:
+        log.error("job store: a batch of %d failed: %s", len(batch), e)
+        return [(False, e)] * len(batch)
+
+    def _settle(self, batch: list[Op], results: list[tuple[bool, Any]]) -> None:
+        for (_, done, _), (ok, val) in zip(batch, results, strict=True):
             if done is not None:
                 try:
                     done(ok, val)
@@ -238,13 +255,15 @@ class JobStore:
             elif not ok:
                 log.error("job store: %s", val)
         self._checkpoint()
+        self._evict()
 
     def _apply(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
-        """One transaction, on the loop's thread: with synchronous=NORMAL a WAL
+        """One transaction, on the loop's thread when small: with synchronous=NORMAL a WAL
         commit is a few write(2)s into the page cache, tens of microseconds,
         less than a hop to a thread and back (measured: the hop, GIL hand-over
         included, cost more than the SQLite work of the batch).  What does wait
-        for the disk, the checkpoint's fsyncs, runs in a thread (_checkpoint)."""
+        for the disk, the checkpoint's fsyncs, runs in a thread (_checkpoint);
+        so does a batch of large rows (_flush)."""
         out: list[tuple[bool, Any]] = []
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -285,35 +304,90 @@ class JobStore:
 
         fut.add_done_callback(done)
 
+    # --- bytes: max_bytes ----------------------------------------------------
+
+    def check_room(self, n: int) -> None:
+        """Before a job of n spec bytes is accepted: StoreFull if it cannot fit."""
+        self.usage.check(n)
+
+    def _evict(self) -> None:
+        """Past max_bytes: the oldest finished results become tombstones (EVICTED)
+        until it fits again; unfinished jobs are never evicted."""
+        u = self.usage
+        excess = u.used - u.limit
+        if excess <= 0 or u.done <= 0 or self._evicting:
+            return
+        self._evicting = True
+
+        def evict(db: sqlite3.Connection) -> tuple[int, int]:
+            n = freed = 0
+            while freed < excess:
+                rows = db.execute(OLDEST, (SWEEP_CHUNK,)).fetchall()
+                if not rows:
+                    break
+                for seq, size in rows:
+                    if freed >= excess:
+                        break
+                    n += tombstones(db, EVICTED, "seq=?", (seq,))[0]
+                    freed += size
+            return n, freed
+
+        def done(ok: bool, val: Any) -> None:
+            self._evicting = False
+            if ok:
+                u.evicted += val[0]
+                u.done -= val[1]
+                log.warning("job store: %d results evicted (%d bytes) to stay within %d bytes", *val, u.limit)
+
+        self._then(evict, done, cost=excess)  # (freeing a large row's pages: off the loop)
+
     # --- operations ---------------------------------------------------------
 
     def add(self, job: NewJob, done: Callable[[bool, Stored | Exception | None], None]) -> None:
         """Insert an accepted job; done(True, None) once committed, done(True,
         Stored) if `job.key` already names that job (nothing inserted),
-        done(False, JobIdInUse) for an id taken by another job."""
+        done(False, JobIdInUse) for an id taken by another job.  Its bytes
+        count from now (check_room first)."""
+        n = len(job.spec)
+        self.usage.open += n
 
         def insert(db: sqlite3.Connection) -> Stored | None:
             try:
-                db.execute(
-                    "INSERT INTO jobs (id, kind, spec, callback_url, idem_key, fingerprint, state, created_at)"
+                cur = db.execute(
+                    "INSERT INTO jobs (id, kind, callback_url, idem_key, fingerprint, state, created_at, size)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job.id, job.kind, job.spec, job.callback_url, job.key, job.fingerprint, OPEN, job.created_at),
+                    (job.id, job.kind, job.callback_url, job.key, job.fingerprint, OPEN, job.created_at, n),
                 )
             except sqlite3.IntegrityError:
                 if job.key is not None:
-                    held = _stored(db.execute(_BY_KEY, (job.key,)).fetchone())
+                    held = stored(db.execute(BY_KEY, (job.key,)).fetchone())
                     if held is not None:
                         return held
                 raise JobIdInUse(job.id) from None
+            db.execute("INSERT INTO specs (seq, spec) VALUES (?, ?)", (cur.lastrowid, job.spec))
             return None
 
-        self._then(insert, done)
+        def then(ok: bool, val: Any) -> None:
+            if not ok or val is not None:  # nothing inserted
+                self.usage.open -= n
+            done(ok, val)
+
+        self._then(insert, then, cost=n)
 
     def finish(self, job_id: str, state: str, info: bytes, finished_at: float, done: Done | None = None) -> None:
-        params = (state, info, finished_at, job_id)
-        self._then(
-            lambda db: db.execute("UPDATE jobs SET state=?, info=?, finished_at=? WHERE id=?", params), done, LATER
-        )
+        params = (state, info, finished_at, len(info), job_id)
+        sql = "UPDATE jobs SET state=?, info=?, finished_at=?, size=size+? WHERE id=? AND finished_at IS NULL"
+
+        def then(ok: bool, val: Any) -> None:
+            if ok and val is not None:
+                spec = val[0] - len(info)
+                self.usage.open -= spec
+                self.usage.done += val[0]
+                self.usage.finishing.note(spec)
+            if done is not None:
+                done(ok, val)
+
+        self._then(lambda db: db.execute(sql + " RETURNING size", params).fetchone(), then, LATER, len(info))
 
     def release(self, job_id: str) -> None:
         """Left unfinished by a clean stop: runs again at the next start, and
@@ -321,43 +395,41 @@ class JobStore:
         self._then(lambda db: db.execute("UPDATE jobs SET restarts=-1 WHERE id=?", (job_id,)), None, LATER)
 
     async def get(self, job_id: str) -> Stored | None:
-        # (Between batches: never inside a transaction, so it sees only committed rows.)
-        return _stored(self.db.execute(_GET, (job_id,)).fetchone())
+        # (The readers' connection: it sees only committed rows, and never waits for a batch.)
+        return stored(self.rdb.execute(GET, (job_id,)).fetchone())
 
     def by_key(self, key: str) -> Stored | None:
         """The job an idempotency key names, if committed and not yet expired.
-        Synchronous (one indexed SELECT, between batches): a keyed retry finds
-        its job before admission, so a full queue never refuses it."""
-        return _stored(self.db.execute(_BY_KEY, (key,)).fetchone())
+        Synchronous (one indexed SELECT): a keyed retry finds its job before
+        admission, so a full queue never refuses it."""
+        return stored(self.rdb.execute(BY_KEY, (key,)).fetchone())
 
     async def forget(self, job_id: str) -> bool:
         """A finished job's record dropped now (Judge0's DELETE): a tombstone."""
-        cur = await self._queue(
-            lambda db: db.execute(
-                f"UPDATE jobs SET state='{EXPIRED}', spec=NULL, info=NULL, idem_key=NULL, fingerprint=NULL"
-                f" WHERE id=? AND finished_at IS NOT NULL AND state!='{EXPIRED}'",
-                (job_id,),
-            )
+        n, freed = await self._queue(
+            lambda db: tombstones(db, EXPIRED, f"id=? AND finished_at IS NOT NULL AND {LIVE}", (job_id,))
         )
-        return bool(cur.rowcount)
+        self.usage.done -= freed
+        return bool(n)
 
     async def sweep(self, now: float | None = None) -> int:
         """Expire results older than results_ttl, delete tombstones older than
-        twice that; in chunks, so that inserts never wait behind a long sweep."""
+        twice that; in chunks, so that inserts never wait behind a long sweep
+        (and on the writer thread: nobody waits for a sweep)."""
         now = time.time() if now is None else now
         done = 0
-        expire = (
-            f"UPDATE jobs SET state='{EXPIRED}', spec=NULL, info=NULL, idem_key=NULL, fingerprint=NULL WHERE seq IN"
-            f" (SELECT seq FROM jobs WHERE finished_at < ? AND state!='{EXPIRED}' LIMIT {SWEEP_CHUNK})"
-        )
+        expire = f"seq IN (SELECT seq FROM jobs WHERE finished_at < ? AND {LIVE} LIMIT {SWEEP_CHUNK})"
         delete = f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at < ? LIMIT {SWEEP_CHUNK})"
         for sql, cutoff in ((expire, now - self.ttl), (delete, now - 2 * self.ttl)):
 
-            def chunk(db: sqlite3.Connection, sql: str = sql, cutoff: float = cutoff) -> int:
-                return db.execute(sql, (cutoff,)).rowcount
+            def chunk(db: sqlite3.Connection, sql: str = sql, cutoff: float = cutoff) -> tuple[int, int]:
+                if sql is expire:
+                    return tombstones(db, EXPIRED, sql, (cutoff,))
+                return db.execute(sql, (cutoff,)).rowcount, 0
 
             while True:
-                n = await self._queue(chunk)
+                n, freed = await self._queue(chunk, INLINE_BYTES)
+                self.usage.done -= freed
                 done += n
                 if n < SWEEP_CHUNK:
                     break
@@ -371,10 +443,18 @@ class JobStore:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._flush()
+            self._timer = None
+        while True:
+            while self._writing is not None:
+                await asyncio.wait([self._writing])
+            self._flush()
+            if self._writing is None and not self._pending:
+                break
         if self._checkpointing is not None:
             await self._checkpointing
         self._pool.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
         if self._ckpt is not None:
             self._ckpt.close()
+            self.rdb.close()
         self.db.close()  # (the last connection to close checkpoints and removes the WAL)

@@ -26,7 +26,7 @@ import msgspec
 from sandboxd.errors import ServiceError, error
 from sandboxd.jobs.fingerprint import Spec
 from sandboxd.jobs.kinds import KINDS, JobKind
-from sandboxd.jobs.store import EXPIRED, JobStore, Stored
+from sandboxd.jobs.store import EVICTED, EXPIRED, JobStore, Stored
 from sandboxd.schema import Error, JobInfo, RunResult, SubmissionResult, TestResult
 
 if TYPE_CHECKING:
@@ -171,6 +171,9 @@ class JobTable:
     def _stored_info(self, s: Stored) -> JobInfo:
         if s.state == EXPIRED:
             raise self._expired(s.id)
+        if s.state == EVICTED:
+            why = f"job {s.id!r} evicted: the job store was full (jobs.store_max_bytes), oldest results go first"
+            raise error("not_found", why)
         if s.info is None:  # committed, its task about to start
             return JobInfo(s.id, kind_of(s.kind), "queued", created_at=s.created_at)
         info = _info_dec.decode(s.info)

@@ -1,0 +1,171 @@
+"""The job store's rows (sandboxd.jobs.store): the schema and its migration,
+the SQL its operations share, and the bytes it holds against max_bytes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandboxd.rates import DrainRate, retry_after
+
+OPEN = "accepted"  # the state of a job not yet final
+EXPIRED = "expired"
+EVICTED = "evicted"  # a tombstone made to keep the store within max_bytes
+MiB, GiB = 1 << 20, 1 << 30
+MAX_BYTES_MIN, MAX_BYTES_MAX = 256 * MiB, 16 * GiB  # bounds of the default max_bytes
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY,      -- acceptance order: re-queued in it
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,           -- run, submission, compat
+    spec BLOB,                    -- unused (NULL): specs are in `specs` (files written before: moved at open)
+    callback_url TEXT,
+    idem_key TEXT,                -- NULL: none, or freed at expiry (unique: jobs_key)
+    fingerprint BLOB,
+    state TEXT NOT NULL,
+    restarts INTEGER NOT NULL DEFAULT 0,  -- daemons that died with it unfinished (-1: stopped cleanly)
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    info BLOB,                    -- the final JobInfo, msgpack
+    size INTEGER NOT NULL DEFAULT 0  -- bytes of its spec and info (0 once a tombstone): max_bytes counts these
+);
+-- The request, msgpack; deleted when its job becomes a tombstone.
+CREATE TABLE IF NOT EXISTS specs (seq INTEGER PRIMARY KEY, spec BLOB NOT NULL);
+-- Partial: a job without a key costs no entry in it.
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs(seq) WHERE finished_at IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+"""
+# (After migrate: `size` may be new.)
+INDEXES = "CREATE INDEX IF NOT EXISTS jobs_results ON jobs(finished_at) WHERE finished_at IS NOT NULL AND size > 0"
+
+
+@dataclass
+class NewJob:
+    id: str
+    kind: str
+    spec: bytes
+    created_at: float
+    callback_url: str | None = None
+    key: str | None = None
+    fingerprint: bytes | None = None
+
+
+@dataclass
+class Stored:
+    id: str
+    kind: str
+    state: str
+    spec: bytes | None
+    info: bytes | None
+    fingerprint: bytes | None
+    callback_url: str | None
+    created_at: float
+    restarts: int
+    key: str | None
+
+
+class JobIdInUse(Exception):
+    pass
+
+
+class StoreFull(Exception):
+    """A new job does not fit in max_bytes even with every finished result evicted."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def cols(spec: str) -> str:
+    return f"id, kind, state, {spec}, info, fingerprint, callback_url, created_at, restarts, idem_key"
+
+
+SPEC = "(SELECT spec FROM specs WHERE specs.seq=jobs.seq)"
+# A lookup reads a spec only for a compat job (Judge0 shows its request back), not a run's 48 MiB stdin.
+GET = "SELECT " + cols(f"CASE kind WHEN 'compat' THEN {SPEC} END") + " FROM jobs WHERE id=?"
+BY_KEY = f"SELECT {cols('NULL')} FROM jobs WHERE idem_key=? AND idem_key IS NOT NULL"  # (uses the partial jobs_key)
+LIVE = f"state NOT IN ('{EXPIRED}', '{EVICTED}')"  # a row that is not a tombstone
+# The oldest results first (tombstones have size 0: the partial index jobs_results skips them).
+OLDEST = "SELECT seq, size FROM jobs WHERE finished_at IS NOT NULL AND size > 0 ORDER BY finished_at LIMIT ?"
+TOMBSTONE = "UPDATE jobs SET state=?, info=NULL, idem_key=NULL, fingerprint=NULL, size=0 WHERE "
+
+
+def stored(row: Any) -> Stored | None:
+    return None if row is None else Stored(*row)
+
+
+def tombstones(db: sqlite3.Connection, state: str, where: str, params: tuple[Any, ...]) -> tuple[int, int]:
+    """Rows matching `where` made tombstones (spec and result gone); (rows, bytes freed)."""
+    rows = db.execute(TOMBSTONE + where + " RETURNING seq, size", (state, *params)).fetchall()
+    db.executemany("DELETE FROM specs WHERE seq=?", [(seq,) for seq, _ in rows])
+    return len(rows), sum(size for _, size in rows)
+
+
+def default_path(state_dir: Path, instance: str) -> Path:
+    """One file per instance: state_dir is shared by the instances of a host."""
+    return state_dir / "jobs" / f"{instance}.sqlite3"
+
+
+def default_max_bytes(path: str) -> int:
+    """A tenth of the filesystem the store is on, 256 MiB to 16 GiB (in memory: 256 MiB)."""
+    if path == ":memory:":
+        return MAX_BYTES_MIN
+    st = os.statvfs(Path(path).parent)
+    return max(MAX_BYTES_MIN, min(MAX_BYTES_MAX, st.f_blocks * st.f_frsize // 10))
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """A file written before specs had a table of their own (and rows a size): moved, once."""
+    if any(col[1] == "size" for col in db.execute("PRAGMA table_info(jobs)")):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("ALTER TABLE jobs ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+    db.execute("INSERT INTO specs (seq, spec) SELECT seq, spec FROM jobs WHERE spec IS NOT NULL")
+    db.execute("UPDATE jobs SET size=coalesce(length(spec), 0) + coalesce(length(info), 0), spec=NULL")
+    db.execute("COMMIT")
+
+
+class Usage:
+    """Bytes the store holds (the rows' `size`), kept in memory: `open` for
+    unfinished jobs (reserved when an insert is queued), `done` for results
+    not yet tombstones."""
+
+    def __init__(self, db: sqlite3.Connection, limit: int) -> None:
+        self.limit = limit
+        q = "SELECT coalesce(sum(size), 0) FROM jobs WHERE "
+        self.open = int(db.execute(q + "finished_at IS NULL").fetchone()[0])
+        self.done = int(db.execute(q + "finished_at IS NOT NULL").fetchone()[0])
+        self.evicted = 0  # results evicted to stay within the limit
+        self.refused = 0  # new jobs refused: the unfinished ones fill it
+        self.finishing = DrainRate()  # bytes of unfinished jobs becoming final per second (Retry-After)
+
+    @property
+    def used(self) -> int:
+        return self.open + self.done
+
+    def check(self, n: int) -> None:
+        """Raises StoreFull if n more bytes of a new job cannot fit, even with every result evicted."""
+        if self.open + n <= self.limit or self.open == 0:  # (one job larger than the limit: alone)
+            return
+        self.refused += 1
+        short = self.open + n - self.limit
+        why = (
+            f"the job store is full: {self.open} bytes of unfinished jobs, this one {n} bytes, "
+            f"jobs.store_max_bytes {self.limit}; retry when jobs have finished"
+        )
+        raise StoreFull(why, retry_after(short, self.finishing.rate()))
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "limit": self.limit,
+            "used": self.used,
+            "unfinished": self.open,
+            "results": self.done,
+            "evicted": self.evicted,
+            "refused": self.refused,
+        }
