@@ -10,7 +10,7 @@ from sandboxd.compat.judge0.casts import words
 from sandboxd.compat.judge0.request import Request
 from sandboxd.compat.judge0.status import judge_run
 from sandboxd.compat.judge0.tables import J0_VERDICT
-from sandboxd.judging.judge import STATUS_VERDICT, test_result
+from sandboxd.judging.judge import STATUS_VERDICT, compile_failed, test_result
 from sandboxd.schema import FileIn, RunResult, SubmissionResult, TestResult, Verdict
 
 if TYPE_CHECKING:  # only a host runs jobs: the API's other modules load without the engine
@@ -34,7 +34,7 @@ async def run_job(
     c = comp.result
     if not comp.ok:
         assert c is not None
-        return SubmissionResult("IE" if c.status == "internal_error" else "CE", compile=c, message=c.message)
+        return compile_failed(c)
     limits = req.limits()
     source = FileIn(comp.lang.source, req.source_code)
     runs: list[RunResult] = []

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from sandboxd.compat.judge0.casts import words
 from sandboxd.compat.judge0.request import Request
 from sandboxd.compat.judge0.tables import SIGNAL_STATUS, KiB
+from sandboxd.judging.judge import compile_verdict
 from sandboxd.schema import JobInfo, RunResult, SubmissionResult
 
 Judged = tuple[int, int | None, int | None, str | None]  # status id, exit_code, exit_signal, message
@@ -152,7 +153,7 @@ def _shell_error(req: Request) -> Outcome | None:
 
 def _compile_failed(o: Outcome, res: SubmissionResult) -> Outcome:
     c = res.compile
-    if c is None or c.status == "internal_error":
+    if c is None or compile_verdict(c) == "IE":  # the one CE/IE rule (sandboxd.judging.judge)
         o.status_id, o.message = 13, (c.message if c is not None else res.message) or "internal error"
         return o
     if c.status == "time_limit":

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from sandboxd.compat import Compiler, run_program
 from sandboxd.compat.piston.request import Job
-from sandboxd.judging.judge import STATUS_VERDICT, test_result
+from sandboxd.judging.judge import STATUS_VERDICT, compile_failed, test_result
 from sandboxd.schema import RunResult, SubmissionResult, Verdict
 
 if TYPE_CHECKING:  # only a host runs jobs: the API's other modules load without the engine
@@ -21,7 +21,7 @@ async def run_job(
     c = comp.result
     if not comp.ok:
         assert c is not None
-        return SubmissionResult("IE" if c.status == "internal_error" else "CE", compile=c, message=c.message)
+        return compile_failed(c)
     r = await run_program(engine, comp, job.entry, job.others, job.stdin, job.run_limits, job.args)
     verdict = STATUS_VERDICT[r.status]
     on_run(verdict, r)
