@@ -4,7 +4,7 @@
 # Two pytest runs, each test in one of them: the unit suite (tests/unit: pure
 # logic, seconds, needs no root) first, so a broken schema or checker fails
 # before the long root suite starts; then everything else.  Arguments go to
-# the second run (e.g. scripts/test.sh tests/test_box.py -k seccomp).
+# the second run (e.g. scripts/test.sh tests/sandbox/test_box.py -k seccomp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh

@@ -1,7 +1,7 @@
 """`sandboxd` command line: one-shot runs over the same engine the daemon uses.
 
 Each command imports what it needs: `sandboxd coordinator` runs no box, so its
-process loads no sandbox, engine or rootfs module (tests/test_layers.py).
+process loads no sandbox, engine or rootfs module (tests/app/test_layers.py).
 """
 
 from __future__ import annotations

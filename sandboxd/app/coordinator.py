@@ -6,7 +6,7 @@ Redis; this wires it to the listeners every server shares
 and adds the routes only a coordinator has.  Nothing here or below loads
 sandbox, engine or rootfs code: a coordinator runs no box (checked by
 import-linter's contracts in pyproject.toml and by
-tests/test_layers.py::test_coordinator_process_loads_no_sandbox_code).
+tests/app/test_layers.py::test_coordinator_process_loads_no_sandbox_code).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Each setting keeps one flat name.  It is its environment variable
 override, and, at the top of a TOML file, a deprecated spelling that still
 works and logs where the setting lives now (existing files and ansible
 inventories keep working; ansible/roles/sandboxd/vars/flat_keys.yml is this
-table for the role, kept equal by tests/test_ansible_files.py).
+table for the role, kept equal by tests/app/test_ansible_files.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ its first run, so libseccomp is needed only here, on the host side.
 
 The policy is parsed into `Rule`s first (one per libseccomp rule), so tests
 can check every rule, present and future, against the kernel: see
-tests/test_seccomp.py.
+tests/sandbox/test_seccomp.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 On 9a299e5 a NUL or over-long zip entry name, deep JSON nesting or an
 out-of-range number were internal errors (HTTP 500 / Judge0 status 13);
-hypothesis now fuzzes both APIs as tests/test_fuzz.py does the native one: no
+hypothesis now fuzzes both APIs as tests/api/test_fuzz.py does the native one: no
 500, ever.  The zip parsing itself: tests/unit/compat/test_unit_compat_archive.py.
 """
 
@@ -114,7 +114,7 @@ def test_piston_bad_input_is_400(daemon: Daemon) -> None:
     assert status == 400, reply
 
 
-# Fuzzing the compat endpoints as tests/test_fuzz.py does the native ones: no 500, ever.
+# Fuzzing the compat endpoints as tests/api/test_fuzz.py does the native ones: no 500, ever.
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 ints = st.integers(-(2**70), 2**70)  # beyond int64, as JSON can carry
 scalars = st.none() | st.booleans() | ints | st.floats() | st.text(max_size=20)

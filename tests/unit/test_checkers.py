@@ -1,6 +1,6 @@
 """The built-in output checkers (sandboxd/judging/checkers.py) as functions:
 verdict and the message naming the first difference.  (That the judge picks
-them for a submission is tests/test_judge.py's, on real boxes.)"""
+them for a submission is tests/judging/test_judge.py's, on real boxes.)"""
 
 from __future__ import annotations
 

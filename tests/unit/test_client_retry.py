@@ -1,6 +1,6 @@
 """The Python client's retry policy (clients/python/sandboxd_client): what is
 retried and how long it waits.  (Against a daemon that stops and comes back:
-tests/test_client_retry.py.)"""
+tests/clients/test_client_retry.py.)"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The pure parts of the judge (sandboxd/judging/judge.py): run status to
 verdict, and what a test's result keeps of its run.  Judging itself runs
-real boxes: tests/test_judge.py."""
+real boxes: tests/judging/test_judge.py."""
 
 from __future__ import annotations
 

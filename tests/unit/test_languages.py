@@ -1,6 +1,6 @@
 """Languages as data (sandboxd/languages.py): loading, checks of the files, and
 the per-run arithmetic.  (Each language running on a real box:
-tests/test_languages.py.)"""
+tests/engine/test_languages.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sandboxd.languages import Language, load_dir
 from sandboxd.schema import Limits, MiB, SchemaError
 
 LANGS = load_dir()
-DATA = Path(__file__).parent.parent / "languages"  # tests/languages: the programs tests/test_languages.py runs
+DATA = Path(__file__).parent.parent / "engine" / "languages"  # tests/engine/languages: the programs tests/engine/test_languages.py runs
 PROGRAMS = {p.stem: tomllib.loads(p.read_text()) for p in DATA.glob("*.toml")}
 
 

@@ -4,7 +4,7 @@ compiled BPF program read back without loading it.
 The program is run here by a small classic-BPF interpreter on seccomp_data
 built in Python, so every rule's decision is checked as any user in
 milliseconds.  That the kernel decides the same, high argument bits
-included, is checked by loading it: tests/test_seccomp.py (root).
+included, is checked by loading it: tests/sandbox/test_seccomp.py (root).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Hostile programs as data: every tests/hostile/*.toml is one case, run against real boxes.
+"""Hostile programs as data: every tests/sandbox/hostile/*.toml is one case, run against real boxes.
 
-The schema is documented in tests/hostile/README.md and validated strictly
+The schema is documented in tests/sandbox/hostile/README.md and validated strictly
 here: an unknown key, a wrong type or an inconsistent case fails that case's
 test with the file name.
 

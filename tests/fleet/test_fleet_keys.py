@@ -2,7 +2,7 @@
 daemon, a coordinator that reaches Redis through a proxy able to drop the
 reply to an enqueue after Redis wrote it (and kill Redis at that instant).
 
-(A file of its own beside tests/test_fleet.py: a smaller fleet, and that one
+(A file of its own beside tests/fleet/test_fleet.py: a smaller fleet, and that one
 is long enough.)
 """
 
@@ -135,7 +135,7 @@ def test_same_key_same_job_other_request_conflict(kf: KeyFleet) -> None:
 
 
 def test_the_same_request_in_another_key_order_is_the_same_request(kf: KeyFleet) -> None:
-    # As on a daemon (tests/test_durable.py): one fingerprint function, sorted.
+    # As on a daemon (tests/jobs/test_durable.py): one fingerprint function, sorted.
     a = {"cmd": ["/bin/echo", "env"], "env": {"A": "1", "B": "2"}}
     b = {"env": {"B": "2", "A": "1"}, "cmd": ["/bin/echo", "env"]}
     st, first = kf.api("POST", "/v1/runs?wait=false", a, key="env-order")

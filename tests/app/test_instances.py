@@ -29,7 +29,7 @@ from sandboxd.engine.engine import UID_FLOOR, EngineConfig, sweep
 from sandboxd.sandbox import cgroups
 
 SANDBOXD = [sys.executable, "-m", "sandboxd"]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def uid_range(uid: int) -> int:

@@ -20,7 +20,7 @@ import pytest
 from sandboxd import config
 from sandboxd.config import flat
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SANDBOXD = [sys.executable, "-m", "sandboxd"]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

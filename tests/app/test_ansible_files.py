@@ -17,7 +17,7 @@ import yaml
 
 from sandboxd import config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROLES = ROOT / "ansible" / "roles"
 # Deliberate differences from the daemon's own defaults, as in systemd/sandboxd.toml.example:
 # under systemd the socket belongs to the sandboxd group and journald gets JSON lines.

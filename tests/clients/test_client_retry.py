@@ -1,7 +1,7 @@
 """The Python client's retries against a real host daemon that stops and
 comes back (SIGTERM, then a restart on the same socket and port): a call
 made meanwhile completes, with one job.  (Through a fleet, a Redis restart
-between the write and the reply: tests/test_fleet_keys.py.)"""
+between the write and the reply: tests/fleet/test_fleet_keys.py.)"""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 
 from sandboxd import config, hostlock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "systemd/sandboxd.toml.example"
 UNIT = ROOT / "systemd/sandboxd.service"
 

@@ -382,7 +382,7 @@ def test_files_out_total_is_bounded(engine: Any) -> None:
 
 def test_hostile_load_benchmark_quick() -> None:
     """benchmarks/hostile_load.py --quick runs end to end (~15 s); its loads are refused as they should be."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'benchmarks'}"}
     out = subprocess.run(
         [sys.executable, str(root / "benchmarks/hostile_load.py"), "--quick"],
