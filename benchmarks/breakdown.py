@@ -150,7 +150,7 @@ class Hooks:
             self.timed(backend_cls, "prepare", "cg_prepare")
             self.timed(backend_cls, "finish", "cg_finish")
             self.timed(backend_cls, "between_runs", "cg_between_runs")
-        self.timed(boxmod, "_classify", "classify")
+        self.timed(boxmod, "classify", "classify")
         self.timed(proto, "encode_run", "encode")
         try:
             yield

@@ -145,11 +145,12 @@ def _coordinator(ns: argparse.Namespace) -> int:
 
 
 def _rootfs(ns: argparse.Namespace) -> int:
-    from sandboxd.rootfs import store as rootfsbuild  # only this command needs it
+    from sandboxd.app import rootfs_build  # only this command needs it
+    from sandboxd.rootfs import store
 
     if ns.rootfs_command == "build":
-        return rootfsbuild.main_build(ns.lang, ns.state_dir, ns.recipes or rootfsbuild.RECIPES)
-    rows = rootfsbuild.listing(ns.state_dir)
+        return rootfs_build.main_build(ns.lang, ns.state_dir, ns.recipes or rootfs_build.RECIPES)
+    rows = store.listing(ns.state_dir)
     if not rows:
         print("no rootfs trees built; every language runs on the host's /usr")
     for r in rows:

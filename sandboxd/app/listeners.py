@@ -94,93 +94,129 @@ async def serve_frontend(
     systemd's notify protocol; then close the listeners and await `stopping()`.
     pid_file: written once the socket is bound, removed on exit if still ours."""
     t0 = time.monotonic() if t0 is None else t0
-    servers: list[asyncio.AbstractServer] = []
-    runners: list[web.AppRunner] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, reload)
-    watchdog: asyncio.Task[None] | None = None
-    pid_lock: HostLock | None = None
-    inbound = Inbound.from_config(cfg)  # connections and bytes being received, daemon-wide
     DECODE.start(OFFLOAD_WORKERS)  # large JSON bodies are parsed in these processes (sandboxd.api.decodepool)
-    sock, http = cfg.socket, cfg.http
+    listeners = _Listeners(cfg, Inbound.from_config(cfg))  # inbound: connections and bytes being received, daemon-wide
     try:
-        if sock.path:
-            mode = int(sock.mode, 8)
-            servers.append(
-                await unixserver.start(frontend, sock.path, mode, sock.group, http.max_body, inbound=inbound)
-            )
-        if pid_file is not None:
-            pid_lock = write_pid_file(pid_file)
-        apps: list[tuple[str, web.Application]] = []
-        if http.listen:
-            apps.append(
-                (
-                    http.listen,
-                    httpserver.make_app(
-                        frontend,
-                        http.token,
-                        http.max_body,
-                        {"judge0": http.judge0_prefix, "piston": http.piston_prefix},
-                        extra_routes,
-                        inbound=inbound,
-                    ),
-                )
-            )
-        for addr, api in ((http.judge0_listen, "judge0"), (http.piston_listen, "piston")):
-            if addr:
-                apps.append((addr, httpserver.make_api_app(frontend, api, http.token, http.max_body, inbound=inbound)))
-        for addr, app in apps:
-            host, _, port = addr.rpartition(":")
-            # keepalive_timeout is aiohttp's own idle knob; GuardedSite adds header
-            # deadlines and connection caps (sandboxd.api.httpguard).
-            runner = web.AppRunner(app, access_log=None, keepalive_timeout=http.idle_timeout)
-            runners.append(runner)
-            await runner.setup()
-            try:
-                await GuardedSite(runner, host.strip("[]"), int(port), inbound).start()
-            except OSError as e:
-                reason = "in use (another sandboxd?)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-                raise RuntimeError(f"cannot listen on {addr}: {reason}; choose another address") from None
-        # One line with everything an operator checks first (tests/vm parse it).
-        elapsed = time.monotonic() - t0
-        own = "".join(
-            f", {api} {addr}" for addr, api in ((http.judge0_listen, "judge0"), (http.piston_listen, "piston")) if addr
-        )
-        log.info(
-            "ready in %.2f s: %s, socket %s, http %s%s", elapsed, what, sock.path or "off", http.listen or "off", own
-        )
+        await listeners.start(frontend, extra_routes, pid_file)
+        _log_ready(cfg, what, t0)
         sd_notify("READY=1\nSTATUS=serving")
-        interval = _watchdog_interval()
-        if interval:
-
-            async def ping() -> None:
-                while True:
-                    sd_notify("WATCHDOG=1")
-                    await asyncio.sleep(interval)
-
-            watchdog = asyncio.ensure_future(ping())
+        listeners.watchdog = _start_watchdog()
         await stop.wait()
         log.info("stopping: draining for up to %.0f s", cfg.drain_timeout)
         sd_notify("STOPPING=1\nSTATUS=draining")
-        for s in servers:
+        for s in listeners.servers:
             s.close()  # no new connections; open ones keep getting their replies
         await stopping()
     finally:
-        for runner in runners:
-            await runner.cleanup()
-        for s in servers:
-            s.close()
+        await listeners.close()
+
+
+class _Listeners:
+    """What serve_frontend opened; close() closes whatever got opened."""
+
+    def __init__(self, cfg: Config, inbound: Inbound) -> None:
+        self.cfg = cfg
+        self.inbound = inbound
+        self.servers: list[asyncio.AbstractServer] = []
+        self.runners: list[web.AppRunner] = []
+        self.pid_lock: HostLock | None = None
+        self.watchdog: asyncio.Task[None] | None = None
+
+    async def start(
+        self, frontend: Frontend, extra_routes: Callable[[web.Application], None] | None, pid_file: Path | None
+    ) -> None:
+        sock, http, inbound = self.cfg.socket, self.cfg.http, self.inbound
         if sock.path:
-            unixsocket.unlink_own(sock.path)
-        if pid_lock is not None:
-            release_pid_file(pid_lock)
-        if watchdog is not None:
-            watchdog.cancel()
+            mode = int(sock.mode, 8)
+            self.servers.append(
+                await unixserver.start(frontend, sock.path, mode, sock.group, http.max_body, inbound=inbound)
+            )
+        if pid_file is not None:
+            self.pid_lock = write_pid_file(pid_file)
+        for addr, app in _http_apps(self.cfg, frontend, extra_routes, inbound):
+            await self._listen(addr, app)
+
+    async def _listen(self, addr: str, app: web.Application) -> None:
+        host, _, port = addr.rpartition(":")
+        # keepalive_timeout is aiohttp's own idle knob; GuardedSite adds header
+        # deadlines and connection caps (sandboxd.api.httpguard).
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=self.cfg.http.idle_timeout)
+        self.runners.append(runner)
+        await runner.setup()
+        try:
+            await GuardedSite(runner, host.strip("[]"), int(port), self.inbound).start()
+        except OSError as e:
+            reason = "in use (another sandboxd?)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            raise RuntimeError(f"cannot listen on {addr}: {reason}; choose another address") from None
+
+    async def close(self) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+        for s in self.servers:
+            s.close()
+        if self.cfg.socket.path:
+            unixsocket.unlink_own(self.cfg.socket.path)
+        if self.pid_lock is not None:
+            release_pid_file(self.pid_lock)
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         DECODE.stop()
+
+
+def _http_apps(
+    cfg: Config, frontend: Frontend, extra_routes: Callable[[web.Application], None] | None, inbound: Inbound
+) -> list[tuple[str, web.Application]]:
+    """(address, app) of every HTTP listener the configuration asks for."""
+    http = cfg.http
+    apps: list[tuple[str, web.Application]] = []
+    if http.listen:
+        apps.append(
+            (
+                http.listen,
+                httpserver.make_app(
+                    frontend,
+                    http.token,
+                    http.max_body,
+                    {"judge0": http.judge0_prefix, "piston": http.piston_prefix},
+                    extra_routes,
+                    inbound=inbound,
+                ),
+            )
+        )
+    for addr, api in ((http.judge0_listen, "judge0"), (http.piston_listen, "piston")):
+        if addr:
+            apps.append((addr, httpserver.make_api_app(frontend, api, http.token, http.max_body, inbound=inbound)))
+    return apps
+
+
+def _log_ready(cfg: Config, what: str, t0: float) -> None:
+    # One line with everything an operator checks first (tests/vm parse it).
+    sock, http = cfg.socket, cfg.http
+    elapsed = time.monotonic() - t0
+    own = "".join(
+        f", {api} {addr}" for addr, api in ((http.judge0_listen, "judge0"), (http.piston_listen, "piston")) if addr
+    )
+    log.info("ready in %.2f s: %s, socket %s, http %s%s", elapsed, what, sock.path or "off", http.listen or "off", own)
+
+
+def _start_watchdog() -> asyncio.Task[None] | None:
+    """systemd's watchdog (WatchdogSec=): a ping at half its interval."""
+    interval = _watchdog_interval()
+    if not interval:
+        return None
+
+    async def ping() -> None:
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    return asyncio.ensure_future(ping())
 
 
 def write_pid_file(path: Path) -> HostLock:

@@ -1,34 +1,34 @@
 """The engine: pools of warm boxes plus the run and compile-and-run flows.
 
-One Engine per process.  It owns a host-wide instance name (cgroups, lock);
-on start it removes what crashed instances left behind.
+One Engine per process.  It owns a host-wide instance name (cgroups, lock,
+box uids: sandboxd.engine.instance); on start it removes what crashed
+instances left behind.  Pools run on the host's /usr or on a language's
+rootfs tree (sandboxd.rootfs.store), switched on reload_rootfs().  What a
+compile produces and how it is cached: sandboxd.engine.compiled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import functools
-import hashlib
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgspec
-
-from sandboxd import hostlock
 from sandboxd.config import DEFAULT, ENGINE, Config, default_memory_budget, default_pool_size
-from sandboxd.engine import sweep
+from sandboxd.engine import compiled
 from sandboxd.engine.budget import COMPILE_CACHE_SHARE, Admission, ByteLRU, MemoryBudget, nbytes
+from sandboxd.engine.compiled import Compiled as Compiled
 from sandboxd.engine.health import Health
+from sandboxd.engine.instance import UID_FLOOR as UID_FLOOR
+from sandboxd.engine.instance import Instance
+from sandboxd.engine.instance import InstanceBusy as InstanceBusy
 from sandboxd.engine.pool import Pool, UidAllocator
 from sandboxd.engine.scheduler import AdmissionQueue, QueueFull, Ticket
-from sandboxd.hostlock import HostLock
 from sandboxd.languages import Language, load_dir
-from sandboxd.rootfs import store as rootfsbuild
+from sandboxd.rootfs import store
 from sandboxd.rootfs.mounts import Rootfs, from_tree, host_default
 from sandboxd.sandbox import agentbin, cgroups, seccomp
 from sandboxd.sandbox.box import AgentDied, Box, BoxSpec
@@ -36,13 +36,6 @@ from sandboxd.sandbox.boxfiles import Refused
 from sandboxd.schema import FileIn, Limits, RunRequest, RunResult, SchemaError, validate_run
 
 log = logging.getLogger(__name__)
-
-
-# Box uids live far above any real account (Debian's dynamic users end at
-# 60000, subuid ranges usually start at 100000 and take 65536 per user).
-UID_FLOOR = 2_000_000
-UID_SLOTS = 64
-INSTANCE_LOCK_WAIT = 3.0  # seconds: longer than another instance's crash sweep of this name
 
 
 @dataclass
@@ -56,7 +49,7 @@ class EngineConfig:
     run_dir: Path = Path(DEFAULT.run_dir)
     pool_size: int = field(default_factory=default_pool_size)
     max_runs_per_box: int = ENGINE.max_runs_per_box
-    # None: lease a free range of `uid_count` uids host-wide (see _lease_uids),
+    # None: lease a free range of `uid_count` uids host-wide (Instance.lease_uids),
     # so a daemon, one-shot CLI runs and tests never share a box uid.
     uid_base: int | None = None
     uid_count: int = 1000
@@ -88,24 +81,9 @@ class EngineConfig:
 
 
 @dataclass
-class Compiled:
-    lang: Language
-    result: RunResult | None  # None: nothing to compile (interpreted language)
-    files: list[FileIn]  # what each run gets: artifacts, or the sources themselves
-
-    @property
-    def ok(self) -> bool:
-        return self.result is None or self.result.status == "ok"
-
-
-@dataclass
 class SourceResult:
     compile: RunResult | None
     run: RunResult | None
-
-
-class InstanceBusy(RuntimeError):
-    pass
 
 
 class Engine:
@@ -119,11 +97,10 @@ class Engine:
         self._compiled = ByteLRU[bytes, Compiled](self.budget, "compile_cache", COMPILE_CACHE_SHARE)
         self.versions: dict[str, str] = {}
         self.lang_pool: dict[str, str] = {}  # language -> pool (rootfs) name
-        self._tree_locks: dict[str, int] = {}
+        self._tree_holds: dict[str, store.TreeHold] = {}  # pool -> its rootfs tree, held in use
         self.languages: dict[str, Language] = {}
         self.backend: cgroups.Backend | None = None
-        self._instance_lock: HostLock | None = None
-        self._uid_lock: HostLock | None = None
+        self.instance = Instance(cfg.instance)
         self.health = Health(lambda: self.backend, lambda: list(self.pools.values()))
 
     @classmethod
@@ -142,45 +119,15 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _lock(self, name: str) -> HostLock | None:
-        """This instance's host-wide liveness lock.  A crash sweep of another
-        instance holds it for a moment while it removes what a dead `name`
-        left: wait that out before calling the name taken."""
-        deadline = time.monotonic() + INSTANCE_LOCK_WAIT
-        while True:
-            lock = HostLock.try_take(name)
-            if lock is not None or time.monotonic() > deadline:
-                return lock
-            await asyncio.sleep(0.05)
-
-    def _lease_uids(self) -> int:
-        """The first free slot of UID_SLOTS ranges above UID_FLOOR; held by a
-        host-wide lock for the engine's lifetime, released by the kernel if the
-        process dies."""
-        for slot in range(UID_SLOTS):
-            lock = HostLock.try_take(f"uids-{slot}")
-            if lock is not None:
-                self._uid_lock = lock
-                return UID_FLOOR + slot * self.cfg.uid_count
-        raise InstanceBusy(f"all {UID_SLOTS} box uid ranges are in use on this host")
-
     async def _start(self) -> None:
         cfg = self.cfg
-        self._instance_lock = await self._lock(cfg.instance)
-        if self._instance_lock is None:
-            raise InstanceBusy(f"sandboxd instance {cfg.instance!r} is already running on this host")
-        self.backend = backend = cgroups.detect(cfg.instance)
-        swept = backend.sweep()
-        if swept:
-            log.warning("removed %d cgroups left by a crashed instance %r", swept, cfg.instance)
-        await sweep.dead_instances(backend)
-        hostlock.remove_stale()
+        self.backend = await self.instance.claim()
         self.languages = load_dir(cfg.languages_dir)
         newroot = cfg.run_dir / "newroot"
         newroot.mkdir(parents=True, exist_ok=True)
         agent = agentbin.ensure(cfg.state_dir)
         bpf = seccomp.compile_default()
-        base = cfg.uid_base if cfg.uid_base is not None else self._lease_uids()
+        base = cfg.uid_base if cfg.uid_base is not None else self.instance.lease_uids(cfg.uid_count)
         uids = UidAllocator(base, cfg.uid_count)
         self._box_spec = functools.partial(
             BoxSpec,
@@ -210,7 +157,7 @@ class Engine:
         recipe = lang.rootfs or lang.id
         tree = self.cfg.rootfs_override.get(lang.id)
         if tree is None and recipe != "host":
-            tree = rootfsbuild.current(self.cfg.state_dir, recipe)
+            tree = store.current(self.cfg.state_dir, recipe)
         if tree is None:
             return "host", None
         return f"{recipe}@{tree.name}", tree
@@ -218,10 +165,8 @@ class Engine:
     async def _add_pool(self, name: str, rfs: Rootfs, tree: Path | None = None) -> None:
         cfg = self.cfg
         if tree is not None:
-            # A shared lock on the tree: `rootfs build` never removes a tree in use.
-            fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            self._tree_locks[name] = fd
+            # `rootfs build` and reload_rootfs never remove a tree in use.
+            self._tree_holds[name] = store.TreeHold(tree)
         pool = Pool(name, self._box_spec(rfs), self.backend_or_fail, self._uids, cfg.pool_size, cfg.max_runs_per_box)
         self.pools[name] = pool
         self.queues[name] = AdmissionQueue(name, cfg.pool_size, cfg.queue_depth, cfg.aging)
@@ -252,11 +197,11 @@ class Engine:
             while q.running or q.depth:
                 await asyncio.sleep(0.05)
             await pool.close()
-            fd = self._tree_locks.pop(old, -1)
-            if fd >= 0:
-                os.close(fd)
+            hold = self._tree_holds.pop(old, None)
+            if hold is not None:
+                hold.release()
             recipe = old.split("@", 1)[0]
-            for p in rootfsbuild.remove_unused(self.cfg.state_dir, recipe, keep=set()):
+            for p in store.remove_unused(self.cfg.state_dir, recipe, keep=set()):
                 log.info("removed unused rootfs tree %s", p)
         return switched
 
@@ -354,32 +299,15 @@ class Engine:
         sources = [FileIn(lang.source, source), *files]
         if not lang.compile:
             return Compiled(lang, None, sources)
-        h = hashlib.sha256(msgspec.msgpack.encode([lang_id, sources, list(options), limits]))
-        key = h.digest()
+        key = compiled.cache_key(lang_id, sources, list(options), limits)
         hit = self._compiled.get(key)
         if hit is not None:
             return hit
-        res = await self.run(
-            RunRequest(
-                cmd=lang.compile + list(options),
-                env=lang.env,
-                files_in=sources,
-                files_out=lang.artifacts,
-                limits=lang.fit(limits) if limits else lang.compile_limits,
-            ),
-            self.pool_of(lang),
-            priority=priority,
-            deadline=deadline,
-            lang=lang_id,
-        )
-        missing = [f.path for f in res.files if f.content is None]
-        if res.status == "ok" and missing:
-            res.status, res.message = "nonzero_exit", f"the compiler did not produce {', '.join(missing)}"
-        artifacts = [FileIn(f.path, f.content or b"", executable=True) for f in res.files]
-        res.files = []
-        comp = Compiled(lang, res, artifacts)
+        req = compiled.compile_request(lang, sources, list(options), limits)
+        res = await self.run(req, self.pool_of(lang), priority=priority, deadline=deadline, lang=lang_id)
+        comp = compiled.compiled_from(lang, res)
         if comp.ok:
-            self._compiled.put(key, comp, nbytes(artifacts) + nbytes(res))
+            self._compiled.put(key, comp, nbytes(comp.files) + nbytes(res))
         return comp
 
     async def run_compiled(
@@ -396,19 +324,9 @@ class Engine:
         stdio: tuple[int, int] | None = None,
     ) -> RunResult:
         lang = comp.lang
-        lim = lang.fit(limits or lang.default_limits)
-        req = RunRequest(
-            cmd=lang.run_argv(lim.memory) + list(args),
-            env=lang.env,
-            stdin=stdin,
-            files_in=[*comp.files, *files_in],
-            files_out=files_out or [],
-            limits=lim,
-        )
+        req = compiled.run_request(comp, stdin, limits, files_in, files_out, args)
         res = await self.run(req, self.pool_of(lang), priority=priority, deadline=deadline, lang=lang.id, stdio=stdio)
-        if res.status in ("nonzero_exit", "signaled") and lang.memory_errors and lang.memory_error(res.stderr):
-            # The runtime's own heap ceiling (sized from the limit) was hit first.
-            res.status, res.message = "memory_limit", f"{lang.name} ran out of memory"
+        compiled.runtime_memory_error(lang, res)
         return res
 
     async def run_source(
@@ -473,17 +391,8 @@ class Engine:
         await self.health.stop()
         await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
         self.pools.clear()
-        for fd in self._tree_locks.values():
-            os.close(fd)
-        self._tree_locks.clear()
-        if self.backend is not None and self._instance_lock is not None:
-            try:
-                cgroups.remove_instance(self.backend)
-            except OSError as e:
-                log.warning("cannot remove this instance's cgroups: %s", e)
-            self.backend = None
-        # The uid range first: once the instance lock goes, the name is free.
-        for lock in (self._uid_lock, self._instance_lock):
-            if lock is not None:
-                lock.release()
-        self._uid_lock = self._instance_lock = None
+        for hold in self._tree_holds.values():
+            hold.release()
+        self._tree_holds.clear()
+        self.instance.close()
+        self.backend = None

@@ -16,15 +16,16 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxd.rootfs.mounts import Rootfs
 from sandboxd.sandbox import agentproto as proto
 from sandboxd.sandbox import boxfiles
-from sandboxd.sandbox.cgroups import BoxCgroup
-from sandboxd.sandbox.memstat import MemoryUse
-from sandboxd.schema import MAX_FILES_OUT_BYTES, RunRequest, RunResult, Status
+from sandboxd.sandbox.cgroups import BoxCgroup, RunCgroup
+from sandboxd.sandbox.classify import classify
+from sandboxd.schema import MAX_FILES_OUT_BYTES, RunRequest, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def _check_reply(data: bytes, fds: list[int], want: int) -> None:
 class _Capture:
     """Reads one output pipe up to a limit; past it, asks for the run to be killed."""
 
-    def __init__(self, fd: int, limit: int, on_overflow: object) -> None:
+    def __init__(self, fd: int, limit: int, on_overflow: Callable[[], None]) -> None:
         self.fd = fd
         self.limit = limit
         self.chunks: list[bytes] = []
@@ -197,7 +198,7 @@ class _Capture:
                 self.chunks.append(b[:room])
                 self.size = self.limit
                 self.truncated = True
-                self.on_overflow()  # type: ignore[operator]
+                self.on_overflow()
             else:
                 self.chunks.append(b)
                 self.size += len(b)
@@ -310,70 +311,15 @@ class Box:
         for f in req.files_in:
             boxfiles.write_in(self.boxfd, f.path, f.content, f.executable, self.uid, self.uid)
         rc = self.cg.prepare(lim.memory, lim.procs)
-        stdin_fd = _DEVNULL
-        if stdio:
-            stdin_fd, out_w = stdio
-        elif req.stdin:
-            stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
-            owned.append(stdin_fd)
-            os.write(stdin_fd, req.stdin)  # memfd: no short writes
-            os.lseek(stdin_fd, 0, os.SEEK_SET)
-        if not stdio:
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            owned.append(out_w)
+        stdin_fd, out_r, out_w = _open_stdio(req.stdin, stdio, owned)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         owned.append(err_w)
-        killed = False
-
-        def overflow() -> None:
-            nonlocal killed
-            if not killed:
-                killed = True
-                with contextlib.suppress(AgentDied):
-                    chan.send(proto.KIND.pack(proto.MSG_KILL))
-
-        out = _Capture(-1 if stdio else out_r, lim.output, overflow)
-        err = _Capture(err_r, lim.output, overflow)
-        env = req.env if req.env is not None else DEFAULT_ENV
-        msg = proto.encode_run(
-            proto.F_HAS_CPU_FD,
-            int(lim.cpu_time * 1e9),
-            int(lim.wall * 1e9),
-            lim.file_size or 1,
-            lim.stack or lim.memory,
-            lim.open_files,
-            0,
-            req.cwd,
-            req.cmd,
-            [f"{k}={v}" for k, v in env.items()],
-        )
+        stop = _Stop(chan)
+        out = _Capture(out_r, lim.output, stop)
+        err = _Capture(err_r, lim.output, stop)
+        fut = _send_run(chan, _run_message(req), [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds], owned, rc, out, err)
         try:
-            fut = chan.expect()
-            chan.send(msg, [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds])
-        except BaseException:
-            out.close()
-            err.close()
-            raise
-        finally:
-            # The agent holds its own copies now; ours must go so that EOF
-            # reaches the readers when the run's processes exit.
-            for fd in owned:
-                os.close(fd)
-            owned.clear()
-            rc.close_fds()
-        try:
-            try:
-                data, fds = await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                # Cancelled by our caller: stop the run, keep the box consistent.
-                overflow()
-                data, fds = await fut
-                raise
-            _check_reply(data, fds, proto.MSG_RESULT)
-            res = proto.decode_result(data)
-            # Every process of the run is dead now, so the pipes are at EOF.
-            if not (out.drain() and err.drain()):
-                await asyncio.gather(out.done, err.done)
+            res = await _run_result(fut, out, err, stop)
         except (AgentDied, BoxError) as e:
             out.close()
             err.close()
@@ -383,12 +329,18 @@ class Box:
             if not out.done.done() or not err.done.done():
                 out.close()
                 err.close()
+        return self._finish(req, res, rc, out, err, stop.killed)
+
+    def _finish(
+        self, req: RunRequest, res: proto.AgentResult, rc: RunCgroup, out: _Capture, err: _Capture, killed: bool
+    ) -> RunResult:
+        """The run's result, once every process of it is gone and its output read."""
         mem = self.cg.finish(rc)
         if res.flags & proto.R_LEFTOVERS:
             self.broken = "processes survived SIGKILL"
-        result = _classify(res, mem, out, err, req, killed)
+        result = classify(res, mem, out, err, req, killed)
         if req.files_out:
-            result.files = boxfiles.read_files_out(self.boxfd, req.files_out, lim.file_size, MAX_FILES_OUT_BYTES)
+            result.files = boxfiles.read_files_out(self.boxfd, req.files_out, req.limits.file_size, MAX_FILES_OUT_BYTES)
         return result
 
     async def close(self) -> None:
@@ -407,69 +359,90 @@ class Box:
         await self.cg.remove()
 
 
-def _classify(
-    res: proto.AgentResult,
-    mem: MemoryUse,
-    out: _Capture,
-    err: _Capture,
-    req: RunRequest,
-    output_killed: bool,
-) -> RunResult:
+class _Stop:
+    """Kills the run, once: its output went over the limit, or the caller gave up."""
+
+    __slots__ = ("chan", "killed")
+
+    def __init__(self, chan: _Channel) -> None:
+        self.chan = chan
+        self.killed = False
+
+    def __call__(self) -> None:
+        if not self.killed:
+            self.killed = True
+            with contextlib.suppress(AgentDied):
+                self.chan.send(proto.KIND.pack(proto.MSG_KILL))
+
+
+def _open_stdio(stdin: bytes, stdio: tuple[int, int] | None, owned: list[int]) -> tuple[int, int, int]:
+    """(stdin, stdout's read end or -1 when not captured, stdout's write end)
+    for a run; what the agent gets a copy of goes on `owned`, closed once sent."""
+    if stdio:
+        return stdio[0], -1, stdio[1]
+    stdin_fd = _DEVNULL
+    if stdin:
+        stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+        owned.append(stdin_fd)
+        os.write(stdin_fd, stdin)  # memfd: no short writes
+        os.lseek(stdin_fd, 0, os.SEEK_SET)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    owned.append(out_w)
+    return stdin_fd, out_r, out_w
+
+
+def _run_message(req: RunRequest) -> bytes:
     lim = req.limits
-    ws = res.wstatus
-    exit_code = os.waitstatus_to_exitcode(ws) if os.WIFEXITED(ws) else None
-    sig = os.WTERMSIG(ws) if os.WIFSIGNALED(ws) else None
-    cpu = res.cpu_ns / 1e9
-    status: Status
-    message = ""
-    stderr = err.data
-    if res.flags & proto.R_SETUP_FAILED:
-        status = "internal_error"
-        message = f"setting up the run failed: {os.strerror(res.err)}"
-        exit_code = sig = None
-    elif out.truncated or err.truncated:
-        status = "output_limit"
-    elif mem.oom_kill:
-        status = "memory_limit"
-    elif res.flags & proto.R_CPU_LIMIT or cpu >= lim.cpu_time or sig == signal.SIGXCPU:
-        status = "time_limit"
-    elif res.flags & proto.R_WALL_LIMIT:
-        status = "time_limit"
-        message = "wall time limit"
-    elif res.flags & proto.R_CANCELLED:
-        status = "internal_error"
-        message = "cancelled"
-    elif res.flags & proto.R_EXEC_FAILED:
-        status = "nonzero_exit"
-        exit_code, sig = 127, None
-        message = f"cannot execute {req.cmd[0]!r}: {os.strerror(res.err)}"
-        stderr += f"sandboxd: {message}\n".encode()
-    elif sig == signal.SIGSYS:
-        status = "bad_syscall"
-    elif sig == signal.SIGXFSZ:
-        status = "output_limit"
-        message = "file size limit"
-    elif (sig is not None or exit_code) and (mem.oom or mem.peak >= lim.memory):
-        # Hit the ceiling and failed (a charge the kernel refused): a judge's
-        # MLE.  Page cache is not in mem.peak: a limit full of it is no
-        # failure, the kernel reclaims it (sandboxd/sandbox/memstat.py).
-        status = "memory_limit"
-    elif sig is not None:
-        status = "signaled"
-    elif exit_code:
-        status = "nonzero_exit"
-    else:
-        status = "ok"
-    return RunResult(
-        status=status,
-        exit_code=exit_code,
-        signal=sig,
-        cpu_time=round(cpu, 6),
-        wall_time=round(res.wall_ns / 1e9, 6),
-        memory=mem.peak or res.maxrss_kb * 1024,
-        stdout=out.data,
-        stderr=stderr,
-        stdout_truncated=out.truncated,
-        stderr_truncated=err.truncated,
-        message=message,
+    env = req.env if req.env is not None else DEFAULT_ENV
+    return proto.encode_run(
+        proto.F_HAS_CPU_FD,
+        int(lim.cpu_time * 1e9),
+        int(lim.wall * 1e9),
+        lim.file_size or 1,
+        lim.stack or lim.memory,
+        lim.open_files,
+        0,
+        req.cwd,
+        req.cmd,
+        [f"{k}={v}" for k, v in env.items()],
     )
+
+
+def _send_run(
+    chan: _Channel, msg: bytes, fds: list[int], owned: list[int], rc: RunCgroup, out: _Capture, err: _Capture
+) -> asyncio.Future[tuple[bytes, list[int]]]:
+    """Hand the run to the agent; returns the future of its reply."""
+    try:
+        fut = chan.expect()
+        chan.send(msg, fds)
+    except BaseException:
+        out.close()
+        err.close()
+        raise
+    finally:
+        # The agent holds its own copies now; ours must go so that EOF
+        # reaches the readers when the run's processes exit.
+        for fd in owned:
+            os.close(fd)
+        owned.clear()
+        rc.close_fds()
+    return fut
+
+
+async def _run_result(
+    fut: asyncio.Future[tuple[bytes, list[int]]], out: _Capture, err: _Capture, stop: _Stop
+) -> proto.AgentResult:
+    """The agent's result, and the run's output read to its end."""
+    try:
+        data, fds = await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        # Cancelled by our caller: stop the run, keep the box consistent.
+        stop()
+        data, fds = await fut
+        raise
+    _check_reply(data, fds, proto.MSG_RESULT)
+    res = proto.decode_result(data)
+    # Every process of the run is dead now, so the pipes are at EOF.
+    if not (out.drain() and err.drain()):
+        await asyncio.gather(out.done, err.done)
+    return res

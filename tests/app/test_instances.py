@@ -25,7 +25,9 @@ from instances import inst
 from sandboxd_client import Client, RunRequest
 
 from sandboxd import config, hostlock
-from sandboxd.engine.engine import UID_FLOOR, EngineConfig, sweep
+from sandboxd.engine import sweep
+from sandboxd.engine.engine import EngineConfig
+from sandboxd.engine.instance import UID_FLOOR
 from sandboxd.sandbox import cgroups
 
 SANDBOXD = [sys.executable, "-m", "sandboxd"]

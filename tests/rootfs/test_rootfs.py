@@ -13,7 +13,8 @@ from daemon_util import Daemon
 from instances import inst
 from sandboxd_client import Client, Submission, TestCase
 
-from sandboxd.rootfs import store as rootfsbuild
+from sandboxd.app.rootfs_build import RECIPES
+from sandboxd.rootfs import store
 
 PROBE = b"import os, sys\nprint(os.path.exists('/usr/bin/gcc'), sys.version_info[:2] == (3, 11))\n"
 
@@ -37,9 +38,9 @@ def test_python3_rootfs_built_and_hot_swapped(tmp_path: Path) -> None:
             p = sandboxd("rootfs", "build", "python3", "--state-dir", str(state))
             assert p.returncode == 0, p.stderr
             assert "[5/5] self-test" in p.stderr and "now runs on" in p.stderr
-            tree = rootfsbuild.current(state, "python3")
+            tree = store.current(state, "python3")
             assert tree is not None
-            size = rootfsbuild.size_of(tree)
+            size = store.size_of(tree)
             assert size < 80 << 20, f"python3 tree is {size >> 20} MiB"
             assert not list(tree.glob("usr/bin/dpkg*")) and not (tree / "var/lib/dpkg").exists()
             assert not (tree / "bin/sh").exists() and not (tree / "usr/bin/sh").exists()
@@ -73,12 +74,33 @@ TARGETS = {"c": 250 << 20, "cpp": 250 << 20, "python3": 80 << 20}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lang", sorted(p.stem for p in rootfsbuild.RECIPES.glob("*.toml") if p.stem != "python3"))
+@pytest.mark.parametrize("lang", sorted(p.stem for p in RECIPES.glob("*.toml") if p.stem != "python3"))
 def test_every_recipe_builds_and_passes_its_self_test(tmp_path: Path, lang: str) -> None:
     p = sandboxd("rootfs", "build", lang, "--state-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
-    tree = rootfsbuild.current(tmp_path, lang)
+    tree = store.current(tmp_path, lang)
     assert tree is not None
-    assert rootfsbuild.size_of(tree) <= TARGETS.get(lang, 1 << 30)
+    assert store.size_of(tree) <= TARGETS.get(lang, 1 << 30)
     setid = [str(f) for f in tree.rglob("*") if not f.is_symlink() and f.is_file() and f.stat().st_mode & 0o6000]
     assert setid == [], setid
+
+
+def test_cleanup_never_removes_a_tree_in_use(tmp_path: Path) -> None:
+    """The in-use protocol of sandboxd.rootfs.store: a pool's TreeHold keeps its
+    tree through remove_unused; once released, the tree goes (the live one stays)."""
+    d = store.lang_dir(tmp_path, "python3")
+    live, old = d / "aaaa", d / "bbbb"
+    for t in (live, old):
+        (t / "usr").mkdir(parents=True)
+    store.switch(tmp_path, "python3", live)
+    assert store.current(tmp_path, "python3") == live
+    hold = store.TreeHold(old)
+    try:
+        assert store.in_use(old) and not store.in_use(live)
+        assert store.remove_unused(tmp_path, "python3", keep=set()) == []
+        assert old.is_dir()
+    finally:
+        hold.release()
+    assert not store.in_use(old)
+    assert store.remove_unused(tmp_path, "python3", keep=set()) == [old]
+    assert live.is_dir() and not old.exists()

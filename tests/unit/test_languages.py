@@ -13,7 +13,9 @@ from sandboxd.languages import Language, load_dir
 from sandboxd.schema import Limits, MiB, SchemaError
 
 LANGS = load_dir()
-DATA = Path(__file__).parent.parent / "engine" / "languages"  # tests/engine/languages: the programs tests/engine/test_languages.py runs
+DATA = (
+    Path(__file__).parent.parent / "engine" / "languages"
+)  # tests/engine/languages: the programs tests/engine/test_languages.py runs
 PROGRAMS = {p.stem: tomllib.loads(p.read_text()) for p in DATA.glob("*.toml")}
 
 

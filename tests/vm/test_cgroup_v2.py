@@ -190,7 +190,7 @@ def test_engine_on_cgroup_v2(vm: VM, guest_checkout: str, mode: str) -> None:
     check_results(res, mode)
 
 
-DETECT = "from sandboxd import cgroups; cgroups.detect('vmtest-refused')"
+DETECT = "from sandboxd.sandbox import cgroups; cgroups.detect('vmtest-refused')"
 
 
 @pytest.mark.parametrize(
@@ -208,7 +208,7 @@ def test_refuses_cgroup_not_delegated(vm: VM, guest_checkout: str, delegate: str
     print(shlex.join(cmd), r.returncode, r.stdout, r.stderr, sep="\n")
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("sandboxd.sandbox.cgroups.CgroupError:") and expect in last, r.stderr
+    assert last.startswith("sandboxd.sandbox.cgroups.base.CgroupError:") and expect in last, r.stderr
 
 
 def test_one_shot_cli_from_a_login_shell_delegates_itself(vm: VM, guest_checkout: str) -> None:

@@ -1,0 +1,171 @@
+"""What both hierarchies share: the per-box and per-run handles, the Backend
+interface, and the file operations (writes by fd, retried rmdir, kill by listing)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandboxd.sandbox.memstat import MemoryUse
+
+log = logging.getLogger(__name__)
+
+
+class CgroupError(RuntimeError):
+    pass
+
+
+def write(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def read(path: Path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+@dataclass
+class RunCgroup:
+    join_fds: list[int]
+    cpu_fd: int
+    memory_limit: int
+    path: Path | None = None  # v2 per-run leaf
+    oom_before: int = 0
+    owned: bool = True  # False: the fds belong to the box (v1 keeps them open across runs)
+
+    def close_fds(self) -> None:
+        if self.owned:
+            for fd in (*self.join_fds, self.cpu_fd):
+                os.close(fd)
+        self.join_fds = []
+        self.cpu_fd = -1
+
+
+@dataclass
+class BoxCgroup:
+    backend: Backend
+    name: str
+    dirs: dict[str, Path] = field(default_factory=dict)
+    _limits: tuple[int, int] = (0, 0)
+    _runs: int = 0
+    _fds: dict[str, int] = field(default_factory=dict)
+    _residue: int = 0  # v1: kernel memory an earlier run left that force_empty could not drop
+
+    def prepare(self, memory: int, procs: int) -> RunCgroup:
+        return self.backend.prepare(self, memory, procs)
+
+    def finish(self, run: RunCgroup) -> MemoryUse:
+        """Memory of the run that just ended."""
+        return self.backend.finish(self, run)
+
+    def between_runs(self) -> None:
+        self.backend.between_runs(self)
+
+    async def remove(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        await self.backend.remove(self)
+
+
+class Backend:
+    version: int
+    root: Path  # instance root (v2) / instance path below each controller (v1)
+
+    def create_box(self, name: str) -> BoxCgroup:
+        raise NotImplementedError
+
+    def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
+        raise NotImplementedError
+
+    def finish(self, box: BoxCgroup, run: RunCgroup) -> MemoryUse:
+        raise NotImplementedError
+
+    def between_runs(self, box: BoxCgroup) -> None:
+        pass
+
+    def groups(self) -> list[Path]:
+        """Every cgroup directory of this instance, deepest first."""
+        raise NotImplementedError
+
+    def kill_all(self, path: Path) -> None:
+        raise NotImplementedError
+
+    async def remove(self, box: BoxCgroup) -> None:
+        # Deepest first, children included: a run leaf whose agent died mid-run
+        # was never finished, and would keep its box group busy (EBUSY).
+        for top in box.dirs.values():
+            for dp, _, _ in os.walk(top, topdown=False):
+                await remove_dir(self, Path(dp))
+
+    def sweep(self) -> int:
+        """Remove what an earlier (crashed) instance left: kill, then rmdir."""
+        n = 0
+        for path in self.groups():
+            try:
+                self.kill_all(path)
+                rmdir_retry_sync(path)
+                n += 1
+            except OSError as e:
+                log.warning("sweep: cannot remove %s: %s", path, e)
+        return n
+
+
+def procs(path: Path) -> list[int]:
+    try:
+        return [int(x) for x in read(path / "cgroup.procs").split()]
+    except FileNotFoundError:
+        return []
+
+
+def kill_listed(path: Path) -> None:
+    # v1 has no cgroup.kill: kill what is listed until nothing is.  A task
+    # forking meanwhile shows up in the next listing; the pids limit bounds it.
+    for _ in range(100):
+        pids = procs(path)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def rmdir_retry_sync(path: Path, attempts: int = 50) -> None:
+    for i in range(attempts):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            # EBUSY: the kernel still holds the group for a moment after the
+            # last task exits.
+            if e.errno != errno.EBUSY or i == attempts - 1:
+                raise
+            time.sleep(0.01 * (i + 1))
+
+
+async def remove_dir(backend: Backend, path: Path, attempts: int = 50) -> None:
+    for i in range(attempts):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or i == attempts - 1:
+                log.error("cannot remove cgroup %s: %s", path, e)
+                raise CgroupError(f"cannot remove cgroup {path}: {e}") from e
+            backend.kill_all(path)
+            await asyncio.sleep(0.01 * (i + 1))
