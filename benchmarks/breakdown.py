@@ -83,12 +83,8 @@ class Hooks:
 
         self.patch(owner, name, make)
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
+    def _hook_box(self, state: dict[int, list[Any]]) -> None:
         t = self.t
-        # Per channel (= per box): [kind of the request in flight, sent at, reply at].
-        # Runs and background resets of other boxes interleave on the loop.
-        state: dict[int, list[Any]] = defaultdict(lambda: ["run", 0, 0])
 
         def run_(orig: Any) -> Any:
             async def w(box: Any, *a: Any, **k: Any) -> Any:
@@ -119,6 +115,10 @@ class Hooks:
 
             return w
 
+        self.patch(boxmod.Box, "_run", run_)
+        self.patch(boxmod.Box, "reset", reset_)
+
+    def _hook_channel(self, state: dict[int, list[Any]]) -> None:
         def expect_(orig: Any) -> Any:
             def w(chan: Any) -> Any:
                 fut = orig(chan)
@@ -141,10 +141,16 @@ class Hooks:
 
             return w
 
-        self.patch(boxmod.Box, "_run", run_)
-        self.patch(boxmod.Box, "reset", reset_)
         self.patch(boxmod._Channel, "expect", expect_)
         self.patch(boxmod._Channel, "_readable", readable_)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        # Per channel (= per box): [kind of the request in flight, sent at, reply at].
+        # Runs and background resets of other boxes interleave on the loop.
+        state: dict[int, list[Any]] = defaultdict(lambda: ["run", 0, 0])
+        self._hook_box(state)
+        self._hook_channel(state)
         self.timed(boxmod._Channel, "send", "send")
         for backend_cls in (cgroups.V1, cgroups.V2):
             self.timed(backend_cls, "prepare", "cg_prepare")

@@ -340,6 +340,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def baseline_tools(wanted: list[str], explicit: bool, o: bl.Out, notes: list[str]) -> list[Tool] | None:
+    """The baselines asked for and found (None: one asked for by name is missing)."""
+    paths = {"bwrap": bl.bwrap_path(), "nsjail": bl.nsjail_path()}
+    for name in OPTIONAL & set(wanted):
+        if paths[name] is None:
+            if explicit:
+                o.print(f"{name}: not found (asked for with --tools; {INSTALL[name]})")
+                return None
+            notes.append(f"{name} not found: skipped ({INSTALL[name]})")
+            wanted.remove(name)
+    tools: list[Tool] = []
+    if "bare" in wanted:
+        tools.append(external_tool("bare", []))
+    if "bwrap" in wanted and paths["bwrap"]:
+        tools.append(external_tool("bwrap", bwrap_argv(paths["bwrap"])))
+    if "nsjail" in wanted and paths["nsjail"]:
+        tools.append(external_tool("nsjail", nsjail_argv(paths["nsjail"])))
+    return tools
+
+
 async def amain(a: argparse.Namespace) -> int:
     o = bl.Out(a.json)
     m = bl.machine()
@@ -354,23 +374,11 @@ async def amain(a: argparse.Namespace) -> int:
         o.print(f"unknown tool or program: {unknown or progs}; tools: {', '.join(ALL_TOOLS)}")
         return 2
     notes = ["nsjail runs with cgroups off (no --cgroup_* options); sandboxd's numbers include its cgroup work."]
-    paths = {"bwrap": bl.bwrap_path(), "nsjail": bl.nsjail_path()}
-    for name in OPTIONAL & set(wanted):
-        if paths[name] is None:
-            if explicit:
-                o.print(f"{name}: not found (asked for with --tools; {INSTALL[name]})")
-                return 2
-            notes.append(f"{name} not found: skipped ({INSTALL[name]})")
-            wanted.remove(name)
+    tools = baseline_tools(wanted, explicit, o, notes)
+    if tools is None:
+        return 2
     n_by_prog = {"/bin/true": a.n_true, "python3 -c pass": a.n_python}
     n_by_prog = {p: n_by_prog[p] for p in progs}
-    tools: list[Tool] = []
-    if "bare" in wanted:
-        tools.append(external_tool("bare", []))
-    if "bwrap" in wanted and paths["bwrap"]:
-        tools.append(external_tool("bwrap", bwrap_argv(paths["bwrap"])))
-    if "nsjail" in wanted and paths["nsjail"]:
-        tools.append(external_tool("nsjail", nsjail_argv(paths["nsjail"])))
     eng: Engine | None = None
     try:
         if "sandboxd" in wanted or "sandboxd box.run" in wanted:

@@ -90,14 +90,9 @@ class Case(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return self.stdin.encode() * self.stdin_repeat
 
 
-def load(path: Path) -> Case:
-    """The case in `path`, validated; any problem fails with the file name."""
-    where = path.name
-    try:
-        case = msgspec.convert(tomllib.loads(path.read_text()), Case)
-    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as e:
-        raise AssertionError(f"{where}: {e}") from None
-    problems = []
+def _shape_problems(case: Case, path: Path) -> list[str]:
+    """What is wrong with the case on its own."""
+    problems: list[str] = []
     if case.name != path.stem:
         problems.append(f"name {case.name!r} must be the file stem {path.stem!r}")
     if not case.description.strip() or not case.threat.strip():
@@ -116,6 +111,12 @@ def load(path: Path) -> Case:
         problems.append("expect.max_wall must be > 0")
     if case.plant and case.check_after is not None:
         problems.append("a case is either a plant or a check, not both")
+    return problems
+
+
+def _link_problems(case: Case) -> list[str]:
+    """What is wrong with the cases it names (plant / check_after / alongside)."""
+    problems: list[str] = []
     if case.check_after is not None:
         target = DIR / f"{case.check_after}.toml"
         if not target.is_file():
@@ -134,6 +135,17 @@ def load(path: Path) -> Case:
                 problems.append(f"alongside: {case.alongside!r} must be a plain case")
     if case.plant and not any(_checks(p, case.name) for p in CASES):
         problems.append("a plant needs at least one `check_after` case naming it")
+    return problems
+
+
+def load(path: Path) -> Case:
+    """The case in `path`, validated; any problem fails with the file name."""
+    where = path.name
+    try:
+        case = msgspec.convert(tomllib.loads(path.read_text()), Case)
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as e:
+        raise AssertionError(f"{where}: {e}") from None
+    problems = _shape_problems(case, path) + _link_problems(case)
     try:
         case.limits.to_limits()
     except msgspec.ValidationError as e:
