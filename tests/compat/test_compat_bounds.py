@@ -92,6 +92,7 @@ def test_judge0_bad_zips_are_422(daemon: Daemon, zipped: bytes, why: str) -> Non
         b'{"source_code": "x", "language_id": ' + b"[" * 5000 + b"]" * 5000 + b"}",
         b'{"source_code": "x", "language_id": 1e400}',
         b'{"source_code": "x", "language_id": 71, "stdin": -1e999}',
+        b'{"source_code": "\xff", "language_id": 71}',  # not UTF-8 (was a 500)
     ],
 )
 def test_judge0_bad_json_is_400(daemon: Daemon, raw: bytes) -> None:
@@ -112,6 +113,9 @@ def test_piston_bad_input_is_400(daemon: Daemon) -> None:
         daemon, "POST", "/piston/api/v2/execute", raw=b'{"language": "python", "version": "*", "run_timeout": 1e400}'
     )
     assert status == 400, reply
+    not_utf8 = b'{"language": "python", "version": "*", "files": [{"content": "\xff"}]}'
+    status, reply = _http(daemon, "POST", "/piston/api/v2/execute", raw=not_utf8)
+    assert status == 400 and "invalid" in reply["message"].lower(), reply
 
 
 # Fuzzing the compat endpoints as tests/api/test_fuzz.py does the native ones: no 500, ever.

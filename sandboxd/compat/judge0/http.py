@@ -77,7 +77,8 @@ async def params(req: web.Request) -> dict[str, Any]:
         return out
     try:
         data = await offload(len(body), msgspec.json.decode, body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:  # (ValidationError: a number out of range)
+    # (ValidationError: a number out of range; UnicodeDecodeError: a string that is not UTF-8)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
         raise J0Error(400, {"error": f"invalid JSON body: {e}"}) from None
     except RecursionError:
         depth = sys.getrecursionlimit()

@@ -52,7 +52,8 @@ async def _body(req: web.Request) -> dict[str, Any]:
         raise PistonError(400, msg, stack=f"PayloadTooLargeError: {msg}") from None
     try:
         data = await offload(len(raw), msgspec.json.decode, raw) if raw else {}
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:  # (ValidationError: a number out of range)
+    # (ValidationError: a number out of range; UnicodeDecodeError: a string that is not UTF-8)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
         raise PistonError(400, str(e), stack=f"SyntaxError: {e}") from None
     except RecursionError:
         msg = f"nested deeper than {sys.getrecursionlimit()} levels"
