@@ -22,7 +22,7 @@ import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import cors, replies
+from sandboxd.api import cors, replies, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
@@ -88,11 +88,12 @@ def reply(req: web.Request, payload: Any, status: int = 200, headers: dict[str, 
     return web.Response(body=body, status=status, content_type=ctype, headers=headers)
 
 
-async def big_reply(req: web.Request, payload: Any, status: int = 200) -> web.Response:
+async def big_reply(req: web.Request, payload: Any, status: int = 200, text: bool = False) -> web.Response:
     """reply(), encoded off the event loop when the result is large (a run's
-    files out in base64 JSON: 24 MiB took the loop for a second; sandboxd.api.replies)."""
+    files out in base64 JSON: 24 MiB took the loop for a second; sandboxd.api.replies).
+    text: JSON's text mode, as the request asked (sandboxd.api.textmode)."""
     fmt = _fmt_out(req)
-    body = await offload(replies.payload_bytes(payload), replies.encode, fmt, payload)
+    body = await offload(replies.payload_bytes(payload), replies.encode, fmt, payload, text)
     return web.Response(body=body, status=status, content_type=MSGPACK[0] if fmt == "msgpack" else "application/json")
 
 
@@ -193,12 +194,13 @@ def idempotency_key(req: web.Request) -> str | None:
 
 async def _post(req: web.Request, op: str) -> web.Response:
     wait = _wait_flag(req)
+    text = textmode.wanted(req.query)  # (checked before the job starts)
     cb = req.query.get("callback_url")
     key = idempotency_key(req)
     res = await dispatch(
         req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
     )
-    return await big_reply(req, res, 200 if wait else 202)
+    return await big_reply(req, res, 200 if wait else 202, text)
 
 
 async def post_run(req: web.Request) -> web.Response:
@@ -211,14 +213,15 @@ async def post_submission(req: web.Request) -> web.Response:
 
 async def get_job(req: web.Request) -> web.Response:
     ref = msgspec.json.encode({"job": req.match_info["job"]})
+    text = textmode.wanted(req.query)
     timeout = req.query.get("wait")
     if timeout is None:
-        return await big_reply(req, await dispatch(req.app[SVC], "get", ref, "json"))
+        return await big_reply(req, await dispatch(req.app[SVC], "get", ref, "json"), text=text)
     try:
         secs = min(float(timeout), 300.0)
     except ValueError:
         raise ServiceError(Error("bad_request", "wait: seconds to wait for the job, a number")) from None
-    return await big_reply(req, await dispatch(req.app[SVC], "wait", ref, "json", timeout=secs))
+    return await big_reply(req, await dispatch(req.app[SVC], "wait", ref, "json", timeout=secs), text=text)
 
 
 async def delete_job(req: web.Request) -> web.Response:
