@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from compat.util import FleetStack
 from daemon_util import Daemon
 from instances import inst
 
@@ -84,3 +85,18 @@ def test_text_mode_on_jobs_and_submissions(daemon: Daemon) -> None:
 def test_a_bad_text_value_is_refused_before_running(daemon: Daemon) -> None:
     st, body = call(daemon, "POST", "/v1/runs?text=yes", {"cmd": ["true"]})
     assert st == 400 and body["error"]["message"].startswith("text:")
+
+
+def test_text_mode_through_a_coordinator() -> None:
+    stack = FleetStack(inst("-text-fleet"), pool_size=1)
+    try:
+        data = json.dumps({"cmd": ["printf", "\\303\\251\\377"]}).encode()
+        req = urllib.request.Request(
+            f"{stack.http}/v1/runs?text=1", data=data, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:
+            res = json.loads(r.read())
+        assert res["stdout_encoding"] == "base64" and base64.b64decode(res["stdout"]) == "é".encode() + b"\xff"
+        assert res["stderr"] == "" and res["stderr_encoding"] == "utf-8"
+    finally:
+        assert stack.stop() == 0, stack.output()

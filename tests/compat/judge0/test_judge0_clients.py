@@ -5,6 +5,7 @@ daemon and through a fleet (the `server` fixture), and a daemon with a token."""
 from __future__ import annotations
 
 import re
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,3 +119,13 @@ def test_x_auth_token_is_accepted_on_judge0_routes(secured: Daemon) -> None:
     st, langs = http(secured, "GET", "/judge0/languages", headers={"X-Auth-Token": TOKEN})
     assert st == 200 and any(x["id"] == 71 for x in langs)
     assert http(secured, "GET", "/judge0/languages", headers={"X-Auth-Token": "nope"})[0] == 401
+
+
+def test_judge0_answers_browsers_from_any_origin(server: Server) -> None:
+    # The daemon and a coordinator alike: Judge0's default is every origin.
+    pre = {"Origin": "https://page.example", "Access-Control-Request-Method": "POST"}
+    st, _ = http(server, "OPTIONS", "/judge0/submissions", headers=pre)
+    assert st == 204
+    req = urllib.request.Request(f"{server.http}/judge0/statuses", headers={"Origin": "https://page.example"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
