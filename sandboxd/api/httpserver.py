@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import replies
+from sandboxd.api import cors, replies, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
@@ -44,14 +44,20 @@ INBOUND: web.AppKey[Inbound] = web.AppKey("inbound", Inbound)
 # An HTTP API on a Frontend: factory(frontend, **aiohttp.web.Application kwargs).
 MountFactory = Callable[..., web.Application]
 _MOUNTS: dict[str, MountFactory] = {}
+# Headers that carry the bearer token's value as is, on an app (a plug-in's:
+# Judge0's X-Auth-Token), besides `Authorization: Bearer`.
+TOKEN_HEADERS: web.AppKey[tuple[str, ...]] = web.AppKey("token_headers", tuple)
+_TOKEN_HEADERS: dict[str, tuple[str, ...]] = {}
 
 
-def mount(name: str, factory: MountFactory) -> None:
-    """Register an HTTP API (a plug-in's: "judge0", "piston") to serve on the same Frontend."""
+def mount(name: str, factory: MountFactory, token_headers: tuple[str, ...] = ()) -> None:
+    """Register an HTTP API (a plug-in's: "judge0", "piston") to serve on the same Frontend.
+    token_headers: its own auth headers, accepted on its routes (and allowed by its CORS policy)."""
     known = _MOUNTS.get(name)
     if known is not None and known is not factory:
         raise ValueError(f"HTTP API {name!r} is registered already")
     _MOUNTS[name] = factory
+    _TOKEN_HEADERS[name] = token_headers
 
 
 def mounted() -> list[str]:
@@ -82,11 +88,12 @@ def reply(req: web.Request, payload: Any, status: int = 200, headers: dict[str, 
     return web.Response(body=body, status=status, content_type=ctype, headers=headers)
 
 
-async def big_reply(req: web.Request, payload: Any, status: int = 200) -> web.Response:
+async def big_reply(req: web.Request, payload: Any, status: int = 200, text: bool = False) -> web.Response:
     """reply(), encoded off the event loop when the result is large (a run's
-    files out in base64 JSON: 24 MiB took the loop for a second; sandboxd.api.replies)."""
+    files out in base64 JSON: 24 MiB took the loop for a second; sandboxd.api.replies).
+    text: JSON's text mode, as the request asked (sandboxd.api.textmode)."""
     fmt = _fmt_out(req)
-    body = await offload(replies.payload_bytes(payload), replies.encode, fmt, payload)
+    body = await offload(replies.payload_bytes(payload), replies.encode, fmt, payload, text)
     return web.Response(body=body, status=status, content_type=MSGPACK[0] if fmt == "msgpack" else "application/json")
 
 
@@ -112,10 +119,8 @@ async def _handle(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     token = request.app[TOKEN]
-    if token and request.path not in ("/healthz", "/readyz"):
-        got = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-            return error_reply(request, Error("unauthorized", "missing or wrong bearer token"))
+    if token and request.path not in ("/healthz", "/readyz") and not authorized(request, token):
+        return error_reply(request, Error("unauthorized", "missing or wrong bearer token"))
     try:
         return await with_body(request, handler)
     except ServiceError as e:
@@ -127,6 +132,15 @@ async def _handle(
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return error_reply(request, Error("internal", f"internal error: {e}"))
+
+
+def authorized(request: web.Request, token: str) -> bool:
+    """The bearer token, or (on a plug-in's routes) one of its own headers carrying it."""
+    want = token.encode()
+    if hmac.compare_digest(request.headers.get("Authorization", "").encode(), b"Bearer " + want):
+        return True
+    headers = (h for app in request.match_info.apps for h in app.get(TOKEN_HEADERS, ()))
+    return any(hmac.compare_digest(request.headers.get(h, "").encode(), want) for h in headers)
 
 
 async def with_body(
@@ -180,12 +194,13 @@ def idempotency_key(req: web.Request) -> str | None:
 
 async def _post(req: web.Request, op: str) -> web.Response:
     wait = _wait_flag(req)
+    text = textmode.wanted(req.query)  # (checked before the job starts)
     cb = req.query.get("callback_url")
     key = idempotency_key(req)
     res = await dispatch(
         req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
     )
-    return await big_reply(req, res, 200 if wait else 202)
+    return await big_reply(req, res, 200 if wait else 202, text)
 
 
 async def post_run(req: web.Request) -> web.Response:
@@ -198,14 +213,15 @@ async def post_submission(req: web.Request) -> web.Response:
 
 async def get_job(req: web.Request) -> web.Response:
     ref = msgspec.json.encode({"job": req.match_info["job"]})
+    text = textmode.wanted(req.query)
     timeout = req.query.get("wait")
     if timeout is None:
-        return await big_reply(req, await dispatch(req.app[SVC], "get", ref, "json"))
+        return await big_reply(req, await dispatch(req.app[SVC], "get", ref, "json"), text=text)
     try:
         secs = min(float(timeout), 300.0)
     except ValueError:
         raise ServiceError(Error("bad_request", "wait: seconds to wait for the job, a number")) from None
-    return await big_reply(req, await dispatch(req.app[SVC], "wait", ref, "json", timeout=secs))
+    return await big_reply(req, await dispatch(req.app[SVC], "wait", ref, "json", timeout=secs), text=text)
 
 
 async def delete_job(req: web.Request) -> web.Response:
@@ -250,9 +266,11 @@ def make_app(
     prefixes: Mapping[str, str] | None = None,
     extra_routes: Callable[[web.Application], None] | None = None,
     inbound: Inbound | None = None,
+    cors_origins: Mapping[str, Sequence[str]] | None = None,
 ) -> web.Application:
     """The main listener's app.  prefixes: registered API name -> where it is
-    mounted ("" or absent: not on this listener)."""
+    mounted ("" or absent: not on this listener).  cors_origins: API name ("" the
+    native one) -> the origins its CORS policy allows (absent: the native one's)."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=max_body)
     app[SVC] = svc
     app[TOKEN] = token
@@ -272,9 +290,24 @@ def make_app(
         extra_routes(app)
     # The registered APIs on the same Frontend: a host daemon runs their jobs
     # itself, a coordinator enqueues them as fleet jobs (sandboxd.compat).
-    for name, prefix in (prefixes or {}).items():
-        if prefix:
-            app.add_subapp(prefix, _factory(name)(svc))
+    origins = cors_origins or {}
+    mounted_at = [(name, prefix) for name, prefix in (prefixes or {}).items() if prefix]
+    for name, prefix in mounted_at:
+        app.add_subapp(prefix, _api(name, svc))
+    native = origins.get("", ())
+    by_prefix = [(prefix, _cors(name, origins.get(name, native))) for name, prefix in mounted_at]
+    cors.install(app, cors.Policy.of(native), by_prefix)
+    return app
+
+
+def _cors(name: str, origins: Sequence[str]) -> cors.Policy:
+    return cors.Policy.of(origins, _TOKEN_HEADERS.get(name, ()))
+
+
+def _api(name: str, svc: Frontend, **app_args: Any) -> web.Application:
+    """A registered API's app, told which headers carry its token."""
+    app = _factory(name)(svc, **app_args)
+    app[TOKEN_HEADERS] = _TOKEN_HEADERS.get(name, ())
     return app
 
 
@@ -286,11 +319,17 @@ def _factory(name: str) -> MountFactory:
 
 
 def make_api_app(
-    svc: Frontend, api: str, token: str = "", max_body: int = HTTP.max_body, inbound: Inbound | None = None
+    svc: Frontend,
+    api: str,
+    token: str = "",
+    max_body: int = HTTP.max_body,
+    inbound: Inbound | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> web.Application:
     """One registered API at the root of a listener of its own ([http]
     `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener."""
-    app = _factory(api)(svc, middlewares=[errors_and_auth], client_max_size=max_body)
+    app = _api(api, svc, middlewares=[errors_and_auth], client_max_size=max_body)
+    cors.install(app, _cors(api, cors_origins))
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body
     app[INBOUND] = inbound or default_inbound()

@@ -56,6 +56,15 @@ _WAIT = {
     "description": "false: reply 202 with the job id at once; poll GET /v1/jobs/{job}",
 }
 
+_TEXT = {
+    "name": "text",
+    "in": "query",
+    "schema": {"type": "boolean", "default": False},
+    "description": "JSON replies only: each bytes field of the result (stdout, stderr, a file's content, a "
+    "test's preview) is a UTF-8 string where its bytes are valid UTF-8, else base64; next to each, "
+    '`<field>_encoding` is "utf-8" or "base64" (docs/protocol.md, "Text mode")',
+}
+
 
 @cache
 def document() -> dict[str, Any]:
@@ -72,8 +81,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "sandboxd",
             "version": "1",
-            "description": "Run untrusted code in warm sandboxes. Bytes fields are base64 strings in JSON, "
-            "binary in msgpack. The Unix socket offers the same operations (docs/protocol.md).",
+            "description": "Run untrusted code in warm sandboxes. Bytes fields are base64 strings in JSON "
+            "(with ?text=1, results carry UTF-8 strings where valid), binary in msgpack. The Unix socket "
+            "offers the same operations (docs/protocol.md).",
         },
         "components": {
             "schemas": components,
@@ -84,7 +94,7 @@ def document() -> dict[str, Any]:
             "/v1/runs": {
                 "post": {
                     "summary": "Run one program",
-                    "parameters": [_WAIT, _CALLBACK, _KEY],
+                    "parameters": [_WAIT, _CALLBACK, _KEY, _TEXT],
                     "requestBody": {"required": True, **_body("RunRequest")},
                     "responses": {"200": _resp("RunResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
                 }
@@ -92,7 +102,7 @@ def document() -> dict[str, Any]:
             "/v1/submissions": {
                 "post": {
                     "summary": "Judge a submission: compile, run tests in parallel, check",
-                    "parameters": [_WAIT, _CALLBACK, _KEY],
+                    "parameters": [_WAIT, _CALLBACK, _KEY, _TEXT],
                     "requestBody": {"required": True, **_body("Submission")},
                     "responses": {"200": _resp("SubmissionResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
                 }
@@ -103,6 +113,7 @@ def document() -> dict[str, Any]:
                     "parameters": [
                         job,
                         {"name": "wait", "in": "query", "schema": {"type": "number", "maximum": 300}},
+                        _TEXT,
                     ],
                     "responses": {"200": _resp("JobInfo"), "404": _resp("ErrorReply", "unknown or expired")},
                 },

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from sandboxd.api import textmode
 from sandboxd.schema import FileOut, JobInfo, RunResult, SubmissionResult
 
 LARGE = 1 << 20  # bytes fields above this are pre-encoded in chunks
@@ -58,7 +59,10 @@ def _prepared(payload: Any) -> Any:
     return payload
 
 
-def encode(fmt: Literal["json", "msgpack"], payload: Any) -> bytes:
+def encode(fmt: Literal["json", "msgpack"], payload: Any, text: bool = False) -> bytes:
+    """text: JSON's text mode (sandboxd.api.textmode); msgpack has bytes of its own."""
     if fmt == "msgpack":
         return msgspec.msgpack.encode(payload)  # bytes are copied as they are: no base64 to spread out
+    if text:
+        return msgspec.json.encode(textmode.tree(payload, _b64))
     return msgspec.json.encode(_prepared(payload))

@@ -186,12 +186,15 @@ def _http_apps(
                     {"judge0": http.judge0_prefix, "piston": http.piston_prefix},
                     extra_routes,
                     inbound=inbound,
+                    cors_origins={"": http.cors_origins, "judge0": http.judge0_cors_origins},
                 ),
             )
         )
-    for addr, api in ((http.judge0_listen, "judge0"), (http.piston_listen, "piston")):
+    own = ((http.judge0_listen, "judge0", http.judge0_cors_origins), (http.piston_listen, "piston", http.cors_origins))
+    for addr, api, origins in own:
         if addr:
-            apps.append((addr, httpserver.make_api_app(frontend, api, http.token, http.max_body, inbound=inbound)))
+            app = httpserver.make_api_app(frontend, api, http.token, http.max_body, inbound, origins)
+            apps.append((addr, app))
     return apps
 
 

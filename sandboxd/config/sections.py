@@ -20,6 +20,10 @@ class ConfigError(ValueError):
 
 
 Prefix = Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")]
+# A browser origin as it sends it ("https://ide.example.org", "http://localhost:5173"), or "*": any.
+CorsOrigin = Annotated[
+    str, Meta(pattern=r"^(\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)$")
+]
 
 
 class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -70,6 +74,11 @@ class HttpSettings(Section, frozen=True):
     # their base URL; "" = none.  The token rule applies to each.
     judge0_listen: str = ""
     piston_listen: str = ""
+    # Origins whose pages may call the native API (and Piston's) from a browser
+    # (CORS, sandboxd/api/cors.py): exact origins or "*"; [] = no CORS headers.
+    cors_origins: list[CorsOrigin] = msgspec.field(default_factory=list)
+    # The same for the Judge0 API: any origin by default, as Judge0 itself allows.
+    judge0_cors_origins: list[CorsOrigin] = msgspec.field(default_factory=lambda: ["*"])
 
 
 class EngineSettings(Section, frozen=True):

@@ -21,6 +21,8 @@ jobs/isolate_job.rb, serializers).  One concern per module:
     status       how a run ended -> Judge0's status (the mapping table is there)
     serializer   the submission's attributes, as GET shows them
     callback     the PUT to callback_url
+    statistics   GET /statistics: what this process counted (no submissions table)
+    sessions     POST /authenticate and /authorize on the daemon's one token
     run          running a submission (the only module that drives the engine)
     api          the operations on a Backend; http, submissions, info, routes: aiohttp
 
@@ -30,7 +32,8 @@ and boxes have no network), a private `callback_url` is refused (SSRF; the
 check of the callbacks module), `additional_files` must be a safe zip
 (no absolute or `..` paths, no symlinks, at most `max_extract_size` KB,
 1000 entries), a `memory_limit` below 4 MiB runs with 4 MiB, language 89
-(multi-file program) is not served, and auth is the daemon's bearer token.
+(multi-file program) is not served, and auth is the daemon's bearer token
+(also taken in Judge0's X-Auth-Token / X-Auth-User headers).
 
 The names other modules use are re-exported here (`from sandboxd.compat.judge0
 import Request, make_app, run_job, deliver_callback`).
@@ -63,6 +66,7 @@ from sandboxd.compat.judge0.tables import (
     SIGNAL_STATUS,
     STATUSES,
     TEXT_FIELDS,
+    TOKEN_HEADERS,
     UNSAFE_SHELL,
     VERSION,
     KiB,
@@ -83,6 +87,7 @@ __all__ = [
     "SIGNAL_STATUS",
     "STATUSES",
     "TEXT_FIELDS",
+    "TOKEN_HEADERS",
     "UNSAFE_SHELL",
     "VERSION",
     "J0Error",

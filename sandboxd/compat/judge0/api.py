@@ -8,14 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from sandboxd.compat import Backend, Served
-from sandboxd.compat.judge0 import catalog, validate
+from sandboxd.compat.judge0 import catalog, statistics, validate
 from sandboxd.compat.judge0.request import Request
+from sandboxd.compat.judge0.status import outcome
 from sandboxd.schema import JobInfo
 
 
 class Judge0:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self.stats = statistics.of(backend)
 
     # --- languages ---
 
@@ -38,11 +40,17 @@ class Judge0:
 
     async def create(self, req: Request, idempotency_key: str | None = None) -> str:
         """The new submission's token; with a key already used for this request, that one's."""
-        info = await self.backend.start_compat(req, str(uuid.uuid4()), idempotency_key=idempotency_key)
+        job_id = str(uuid.uuid4())
+        info = await self.backend.start_compat(req, job_id, idempotency_key=idempotency_key)
+        if info.job == job_id:  # (not a repeat answered with the first one's token)
+            self.stats.created(req)
         return info.job
 
     async def get(self, token: str) -> tuple[Request, JobInfo] | None:
         found = await self.backend.compat_job(token)
         if found is None or not isinstance(found[0], Request):
             return None
+        o = outcome(found[0], found[1])
+        if not o.pending:
+            self.stats.finished(token, o.status_id)
         return found[0], found[1]

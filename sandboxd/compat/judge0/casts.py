@@ -20,6 +20,15 @@ def decimal(x: float | None) -> str | None:
     return s + "0" if s.endswith(".") else s
 
 
+def seconds(x: float | None) -> str | None:
+    """A measured time as Judge0 shows it: isolate's meta file has milliseconds
+    (`time:0.012`, truncated), the decimal column keeps them, and Rails prints a
+    BigDecimal without trailing zeros ("0.012", "0.01", "0.0")."""
+    if x is None:
+        return None
+    return decimal(math.floor(x * 1000 + 1e-9) / 1000)
+
+
 def timestamp(unix: float | None) -> str | None:
     if unix is None:
         return None

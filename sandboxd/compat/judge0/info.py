@@ -1,4 +1,4 @@
-"""Judge0's information routes: languages, statuses, about, version, config, system, workers."""
+"""Judge0's information routes: languages, statuses, statistics, about, version, config, system, workers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import platform
 
 from aiohttp import web
 
+from sandboxd.compat.judge0 import statistics
 from sandboxd.compat.judge0.casts import int_cast
 from sandboxd.compat.judge0.http import J0, handler, reply
 from sandboxd.compat.judge0.tables import CONFIG, STATUSES, VERSION, KiB
@@ -40,6 +41,11 @@ async def language(req: web.Request) -> web.Response:
 @handler
 async def statuses(req: web.Request) -> web.Response:
     return reply([{"id": i, "description": d} for i, d in STATUSES.items()])
+
+
+@handler
+async def statistics_(req: web.Request) -> web.Response:
+    return reply(statistics.of(req.app[J0].backend).view())
 
 
 @handler

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandboxd.compat.archive import encode64
-from sandboxd.compat.judge0.casts import decimal, timestamp
+from sandboxd.compat.judge0.casts import decimal, seconds, timestamp
 from sandboxd.compat.judge0.request import Request
 from sandboxd.compat.judge0.status import Outcome, outcome
 from sandboxd.compat.judge0.tables import ATTRIBUTES, STATUSES, TEXT_FIELDS
@@ -65,8 +65,8 @@ _DERIVED: dict[str, Callable[[Record], Any]] = {
     "language": lambda rec: {"id": rec.req.language_id, "name": rec.req.language_name},
     "created_at": lambda rec: timestamp(rec.info.created_at),
     "finished_at": lambda rec: None if rec.o.pending else timestamp(rec.info.finished_at),
-    "time": lambda rec: decimal(rec.o.time),
-    "wall_time": lambda rec: decimal(rec.o.wall_time),
+    "time": lambda rec: seconds(rec.o.time),
+    "wall_time": lambda rec: seconds(rec.o.wall_time),
     "memory": lambda rec: rec.o.memory,
     "token": lambda rec: rec.token,
     "exit_code": lambda rec: rec.o.exit_code,

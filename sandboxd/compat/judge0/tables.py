@@ -11,6 +11,10 @@ from typing import Any
 
 from sandboxd.schema import Verdict
 
+# Judge0's auth headers (AUTHN_HEADER, AUTHZ_HEADER defaults): each accepted
+# carrying the daemon's token, as an alternative to `Authorization: Bearer`.
+AUTHN_HEADER, AUTHZ_HEADER = "X-Auth-Token", "X-Auth-User"
+TOKEN_HEADERS = (AUTHN_HEADER, AUTHZ_HEADER)
 VERSION = "1.13.1"
 KiB = 1024
 MIN_MEMORY = 4 << 20  # the engine's floor; Judge0 allows 2048 KB

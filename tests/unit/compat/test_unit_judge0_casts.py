@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from sandboxd.compat import judge0 as j0mod
-from sandboxd.compat.judge0.casts import boolean, int_cast, number, ruby_num, timestamp, words
+from sandboxd.compat.judge0.casts import boolean, int_cast, number, ruby_num, seconds, timestamp, words
 
 
 def test_encodings_helpers() -> None:
@@ -62,3 +62,10 @@ def test_words_split_as_bash_without_the_unsafe_characters() -> None:
     assert words(None) == [] and words("") == []
     with pytest.raises(ValueError, match="No closing quotation"):
         words("'unclosed")
+
+
+def test_measured_times_have_judge0s_milliseconds() -> None:
+    # (before: "0.012345", six decimals; Judge0 stores isolate's milliseconds, truncated)
+    assert seconds(0.0123456) == "0.012" and seconds(0.0109) == "0.01" and seconds(0.016) == "0.016"
+    assert seconds(0.0004) == "0.0" and seconds(0.0) == "0.0" and seconds(2.5) == "2.5" and seconds(None) is None
+    assert seconds(1.9999999) == "1.999"
