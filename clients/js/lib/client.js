@@ -153,7 +153,7 @@ export class Client {
    * @returns {Promise<Language[]>}
    */
   async languages(options = {}) {
-    return /** @type {Language[]} */ (await this.#call("GET", "/v1/languages", { resendable: true, ...options }));
+    return /** @type {Language[]} */ (await this.#call("GET", "/v1/languages", { resendable: true, signal: options.signal }));
   }
 
   /**
@@ -162,17 +162,18 @@ export class Client {
    * @returns {Promise<Record<string, unknown>>}
    */
   async status(options = {}) {
-    return /** @type {Record<string, unknown>} */ (await this.#call("GET", "/v1/status", { resendable: true, ...options }));
+    return /** @type {Record<string, unknown>} */ (await this.#call("GET", "/v1/status", { resendable: true, signal: options.signal }));
   }
 
   /**
-   * Liveness (GET /healthz, no token needed): true when the daemon answers.
+   * Liveness (GET /healthz, no token needed): true when the daemon answers;
+   * not retried (a probe says how it is now), a SandboxdError when unreachable.
    * @param {CallOptions} [options]
    * @returns {Promise<boolean>}
    */
   async health(options = {}) {
     /** @type {any} */
-    const r = await this.#once("GET", "/healthz", { resendable: true, ...options });
+    const r = await this.#once("GET", "/healthz", { resendable: true, signal: options.signal });
     return r?.ok === true;
   }
 
@@ -182,7 +183,7 @@ export class Client {
    * @returns {Promise<Readiness>}
    */
   async ready(options = {}) {
-    return /** @type {Readiness} */ (await this.#once("GET", "/readyz", { resendable: true, accept: [503], ...options }));
+    return /** @type {Readiness} */ (await this.#once("GET", "/readyz", { resendable: true, accept: [503], signal: options.signal }));
   }
 
   /**
