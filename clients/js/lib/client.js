@@ -51,6 +51,7 @@ export class Client {
     if (url.protocol !== "http:" && url.protocol !== "https:") {
       throw new TypeError(`baseUrl ${JSON.stringify(baseUrl)}: use http://host:port or https://host:port`);
     }
+    if (url.search || url.hash) throw new TypeError(`baseUrl ${JSON.stringify(baseUrl)}: no ?query or #fragment`);
     this.#base = url.href.replace(/\/+$/, "");
     this.#headers = { Accept: "application/json" };
     if (options.token !== undefined && options.token !== "") {

@@ -147,6 +147,8 @@ test("errors carry the wire code, the daemon's message and the HTTP status", asy
   // Refused before anything is sent: the field named.
   await assert.rejects(c.run({ cmd: ["cat"], stdin: 5 }), { name: "TypeError", message: /^stdin: / });
   assert.throws(() => new Client("ftp://x"), { name: "TypeError", message: /http:\/\/host:port/ });
+  assert.throws(() => new Client("http://x/?a=1"), { name: "TypeError", message: /no \?query/ });
+  assert.equal(new Client("http://127.0.0.1:7070/prefix/").baseUrl, "http://127.0.0.1:7070/prefix");
 });
 
 test("languages, status, health and readiness", async () => {
