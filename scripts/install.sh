@@ -20,6 +20,9 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm installs clients/js's pinned dev tools; a Node.js that ships its own npm
+# (not Debian's) keeps it, since Debian's npm package would clash with it.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -35,5 +38,7 @@ fi
 # Debian's interpreter, not a pyenv shim that may be first on PATH.
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]' -e clients/python
+# clients/js: its type checker, pinned by its package-lock.json (npm ci, once per lock).
+clients/js/install.sh
 # Build the agent now so the first run does not pay for it.
 .venv/bin/python -c 'from sandboxd import agentbin; print("agent:", agentbin.ensure())'

@@ -1,0 +1,279 @@
+// Types of @sandboxd/client, written by hand after sandboxd/schema.py (the
+// daemon publishes the same as JSON Schema in /openapi.json).  Checked by
+// `npm run typecheck`: against the implementation (lib/*.js, JSDoc, checkJs)
+// and against test/types.ts, which uses them as a caller would.
+
+/** What a bytes field accepts: bytes, or a string sent as its UTF-8. */
+export type BytesLike = Uint8Array | ArrayBuffer | string;
+
+/** Per-run limits. Times in seconds, sizes in bytes; absent fields take the daemon's defaults. */
+export interface Limits {
+  /** CPU seconds (default 2). */
+  cpu_time?: number;
+  /** Wall-clock seconds (default 2 x cpu_time + 1). */
+  wall_time?: number | null;
+  /** Bytes (default 256 MiB, at least 4 MiB). */
+  memory?: number;
+  procs?: number;
+  /** Bytes per stream (stdout, stderr); beyond it the run stops with output_limit. */
+  output?: number;
+  file_size?: number;
+  open_files?: number;
+  /** Bytes (default: = memory). */
+  stack?: number | null;
+}
+
+/** Per-test overrides of a submission's limits. */
+export type LimitsPatch = Pick<Limits, "cpu_time" | "wall_time" | "memory" | "procs" | "output" | "file_size">;
+
+export interface FileIn {
+  /** Relative to /box. */
+  path: string;
+  content?: BytesLike;
+  executable?: boolean;
+}
+
+export interface RunRequest {
+  /** argv, never a shell string. */
+  cmd: string[];
+  env?: Record<string, string> | null;
+  stdin?: BytesLike;
+  files_in?: FileIn[];
+  /** Paths relative to /box to copy out (at most 64). */
+  files_out?: string[];
+  limits?: Limits;
+  cwd?: string;
+  /** -1000..1000, default 0. */
+  priority?: number;
+  /** Seconds the run may wait in the queue. */
+  queue_deadline?: number | null;
+  /** Fleet only: run on a host carrying this tag. */
+  host_tag?: string | null;
+}
+
+export interface Program {
+  lang: string;
+  source: BytesLike;
+  limits?: Limits;
+}
+
+export type CheckerKind = "exact" | "tokens" | "lines" | "float" | "custom";
+
+export interface Checker {
+  kind?: CheckerKind;
+  abs_tol?: number;
+  rel_tol?: number;
+  /** Only for kind "custom". */
+  program?: Program | null;
+}
+
+export interface TestCase {
+  input?: BytesLike;
+  /** null/absent: any output passes if the run is ok. */
+  expected?: BytesLike | null;
+  limits?: LimitsPatch | null;
+}
+
+export interface Submission {
+  /** A language id from languages(). */
+  lang: string;
+  source: BytesLike;
+  /** 1..1000 tests. */
+  tests: TestCase[];
+  files?: FileIn[];
+  /** argv entries appended to the compile command. */
+  compile_options?: string[];
+  limits?: Limits;
+  compile_limits?: Limits | null;
+  checker?: Checker;
+  interactor?: Program | null;
+  priority?: number;
+  stop_on_first_failure?: boolean;
+  queue_deadline?: number | null;
+  host_tag?: string | null;
+}
+
+export type RunStatus =
+  | "ok"
+  | "nonzero_exit"
+  | "signaled"
+  | "time_limit"
+  | "memory_limit"
+  | "output_limit"
+  | "bad_syscall"
+  | "internal_error";
+
+export interface FileOut {
+  path: string;
+  content?: Uint8Array | null;
+  /** Why the file was not copied (refused, missing, too big). */
+  error?: string | null;
+}
+
+export interface RunResult {
+  kind: "run";
+  status: RunStatus;
+  exit_code: number | null;
+  signal: number | null;
+  cpu_time: number;
+  wall_time: number;
+  memory: number;
+  stdout: Uint8Array;
+  stderr: Uint8Array;
+  stdout_truncated: boolean;
+  stderr_truncated: boolean;
+  files: FileOut[];
+  message: string;
+}
+
+export type Verdict = "AC" | "WA" | "TLE" | "MLE" | "OLE" | "RE" | "CE" | "IE";
+
+export interface TestResult {
+  index: number;
+  verdict: Verdict;
+  time: number;
+  wall_time: number;
+  memory: number;
+  exit_code: number | null;
+  signal: number | null;
+  /** A preview (4 KiB). */
+  stdout: Uint8Array;
+  stderr: Uint8Array;
+  message: string;
+}
+
+export interface SubmissionResult {
+  kind: "submission";
+  verdict: Verdict;
+  compile: RunResult | null;
+  tests: TestResult[];
+  time: number;
+  memory: number;
+  message: string;
+  /** A Judge0/Piston job's runs in full; empty for a judged submission. */
+  runs: RunResult[];
+}
+
+/** The daemon's error codes (docs/protocol.md; sandboxd/errors.py CODES). */
+export type ErrorCode =
+  | "bad_request"
+  | "not_found"
+  | "queue_full"
+  | "queue_deadline"
+  | "cancelled"
+  | "draining"
+  | "unauthorized"
+  | "conflict"
+  | "internal";
+
+/** Codes of the client itself: no reply came, or a reply that is not sandboxd's JSON. */
+export type ClientErrorCode = "disconnected" | "invalid_reply";
+
+export interface WireError {
+  code: ErrorCode;
+  message: string;
+  retry_after?: number | null;
+}
+
+export type JobState = "queued" | "running" | "done" | "cancelled" | "failed" | "lost";
+
+export interface JobInfo {
+  job: string;
+  kind: "run" | "submission";
+  state: JobState;
+  result?: RunResult | SubmissionResult | null;
+  error?: WireError | null;
+  /** Fleet: the host that ran the job. */
+  host?: string | null;
+  created_at?: number | null;
+  finished_at?: number | null;
+}
+
+export interface Language {
+  id: string;
+  name: string;
+  compiled: boolean;
+  source: string;
+  version?: string;
+  [key: string]: unknown;
+}
+
+export interface Readiness {
+  ready: boolean;
+  reason?: string;
+}
+
+/** Seconds. `{ deadline: 0 }` (or `retry: false`) turns retries off. */
+export interface RetryPolicy {
+  /** From the first failure of an outage, after which a failure is final (60). */
+  deadline?: number;
+  /** Before the first retry (0.1). */
+  first?: number;
+  /** Each further wait grows by this (2). */
+  factor?: number;
+  /** Longest wait between attempts unless the server's Retry-After says more (5). */
+  cap?: number;
+}
+
+export interface ClientOptions {
+  /** Sent as `Authorization: Bearer <token>`. */
+  token?: string;
+  retry?: RetryPolicy | false;
+  /** Another fetch (default: globalThis.fetch). */
+  fetch?: typeof fetch;
+}
+
+export interface CallOptions {
+  /** Aborts the call, its retries and their waits; the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+export interface StartOptions extends CallOptions {
+  /** Default: a fresh random key, re-sent on every retry. `false`: none (a dropped connection is then final). */
+  idempotencyKey?: string | false;
+  /** The daemon POSTs the finished JobInfo here. */
+  callbackUrl?: string;
+}
+
+export interface WaitOptions extends CallOptions {
+  /** Seconds; default: until the job is final. */
+  timeout?: number;
+}
+
+export declare const FINAL_STATES: ReadonlySet<JobState>;
+export declare const DEFAULT_RETRY: Readonly<Required<RetryPolicy>>;
+
+export declare class SandboxdError extends Error {
+  constructor(
+    code: ErrorCode | ClientErrorCode | string,
+    message: string,
+    extra?: { status?: number | null; retryAfter?: number | null; cause?: unknown },
+  );
+  /** The wire code, a ClientErrorCode, or the HTTP status as text for a reply that is not sandboxd's. */
+  readonly code: ErrorCode | ClientErrorCode | string;
+  /** The daemon's message alone (`message` is "code: detail"). */
+  readonly detail: string;
+  /** The HTTP status, null when no reply came. */
+  readonly status: number | null;
+  /** Seconds the server asked to wait (queue_full, draining). */
+  readonly retryAfter: number | null;
+}
+
+export declare class Client {
+  constructor(baseUrl: string, options?: ClientOptions);
+  readonly baseUrl: string;
+  run(req: RunRequest, options?: StartOptions): Promise<RunResult>;
+  submit(sub: Submission, options?: StartOptions): Promise<SubmissionResult>;
+  startRun(req: RunRequest, options?: StartOptions): Promise<JobInfo>;
+  startSubmission(sub: Submission, options?: StartOptions): Promise<JobInfo>;
+  job(id: string, options?: CallOptions): Promise<JobInfo>;
+  wait(id: string, options?: WaitOptions): Promise<JobInfo>;
+  cancel(id: string, options?: CallOptions): Promise<JobInfo>;
+  languages(options?: CallOptions): Promise<Language[]>;
+  status(options?: CallOptions): Promise<Record<string, unknown>>;
+  health(options?: CallOptions): Promise<boolean>;
+  ready(options?: CallOptions): Promise<Readiness>;
+}
+
+/** Bytes as text (UTF-8; invalid sequences become U+FFFD). */
+export declare function text(bytes: Uint8Array | null | undefined): string;

@@ -1,0 +1,68 @@
+// Type-level tests of index.d.ts (tsc --noEmit, `npm run typecheck`): the
+// API used as a caller would, and what a caller must not be able to write
+// (each @ts-expect-error fails the check if the line were accepted).
+
+import { Client, DEFAULT_RETRY, FINAL_STATES, SandboxdError, text } from "@sandboxd/client";
+import type { JobInfo, JobState, RunResult, SubmissionResult, Verdict } from "@sandboxd/client";
+
+export async function uses(signal: AbortSignal): Promise<void> {
+  const c = new Client("http://127.0.0.1:7070", { token: "t", retry: { deadline: 5 } });
+  new Client("http://127.0.0.1:7070", { retry: false });
+  const r: RunResult = await c.run({ cmd: ["cat"], stdin: "hi", files_in: [{ path: "a", content: new Uint8Array(1) }] });
+  const out: Uint8Array = r.stdout;
+  const s: string = text(out);
+  const sub: SubmissionResult = await c.submit(
+    { lang: "c", source: "int main(){}", tests: [{ input: "1", expected: null }], checker: { kind: "float" } },
+    { idempotencyKey: "k-1", signal },
+  );
+  const v: Verdict = sub.verdict;
+  const info: JobInfo = await c.startRun({ cmd: ["true"] }, { idempotencyKey: false });
+  const state: JobState = (await c.wait(info.job, { timeout: 1, signal })).state;
+  await c.cancel(info.job);
+  const ok: boolean = await c.health();
+  const ready: boolean = (await c.ready()).ready;
+  const ids: string[] = (await c.languages()).map((l) => l.id);
+  const final: boolean = FINAL_STATES.has(state);
+  const deadline: number = DEFAULT_RETRY.deadline;
+  try {
+    await c.job("x");
+  } catch (e) {
+    if (e instanceof SandboxdError) {
+      const code: string = e.code;
+      const status: number | null = e.status;
+      const after: number | null = e.retryAfter;
+      void [code, status, after];
+    }
+  }
+  void [s, v, ok, ready, ids, final, deadline];
+
+  // @ts-expect-error cmd is required
+  await c.run({ stdin: "x" });
+  // @ts-expect-error bytes are a Uint8Array or a string
+  await c.run({ cmd: ["x"], stdin: 5 });
+  // @ts-expect-error outputs are bytes, not strings
+  const wrong: string = r.stderr;
+  // @ts-expect-error an unknown checker kind
+  await c.submit({ lang: "c", source: "", tests: [{}], checker: { kind: "fuzzy" } });
+  // @ts-expect-error a submission needs tests
+  await c.submit({ lang: "c", source: "" });
+  // @ts-expect-error the key is a string or false
+  await c.startRun({ cmd: ["x"] }, { idempotencyKey: true });
+  void wrong;
+}
+
+// The implementation (lib/*.js, typed by its JSDoc) is what index.d.ts says:
+// each export assigned to the declared type, so a drift fails the check.
+import * as declared from "@sandboxd/client";
+import * as client from "../lib/client.js";
+import * as errors from "../lib/errors.js";
+import * as retry from "../lib/retry.js";
+import * as bytes from "../lib/bytes.js";
+
+export const implemented: [
+  typeof declared.Client,
+  typeof declared.SandboxdError,
+  typeof declared.text,
+  typeof declared.FINAL_STATES,
+  typeof declared.DEFAULT_RETRY,
+] = [client.Client, errors.SandboxdError, bytes.text, client.FINAL_STATES, retry.DEFAULT_RETRY];
