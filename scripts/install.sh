@@ -41,4 +41,4 @@ fi
 # clients/js: its type checker, pinned by its package-lock.json (npm ci, once per lock).
 clients/js/install.sh
 # Build the agent now so the first run does not pay for it.
-.venv/bin/python -c 'from sandboxd import agentbin; print("agent:", agentbin.ensure())'
+.venv/bin/python -c 'from sandboxd.sandbox import agentbin; print("agent:", agentbin.ensure())'
