@@ -152,14 +152,25 @@ def rollout(vm_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                     "sandboxd_coordinator_url": f"http://127.0.0.1:{vms['judge1'].forwards[COORD_PORT]}",
                     "sandboxd_coordinator_token": token,
                     # Self-tests of every language cost minutes under emulation; the health check runs a program.
-                    "sandboxd_config": {"pool_size": 2, "selftest": False, "drain_timeout": 20.0},
+                    # results_ttl: the rollout under emulation takes longer than the default 600 s,
+                    # and the test reads every job's result after it.
+                    "sandboxd_config": {
+                        "pool_size": 2,
+                        "selftest": False,
+                        "drain_timeout": 20.0,
+                        "results_ttl": 3600.0,
+                    },
                 },
                 "children": {
                     "coordinators": {
                         "hosts": {
                             "judge1": {
                                 "ansible_port": vms["judge1"].port,
-                                "coordinator_config": {"http": f"0.0.0.0:{COORD_PORT}", "http_token": token},
+                                "coordinator_config": {
+                                    "http": f"0.0.0.0:{COORD_PORT}",
+                                    "http_token": token,
+                                    "results_ttl": 3600.0,
+                                },
                             }
                         }
                     },
