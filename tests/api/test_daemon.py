@@ -194,15 +194,20 @@ def test_queue_full_is_rejected_with_retry_after() -> None:
     d = Daemon(inst("-qfull"), pool_size=1, env={"SANDBOXD_QUEUE_DEPTH": "2"})
     try:
         with Client(f"unix://{d.sock}") as c:
-            jobs = [c.start(RunRequest(cmd=["sleep", "1"])) for _ in range(3)]  # 1 running + 2 queued
-            time.sleep(0.2)
+            # 1 running + 2 queued; the runner sleeps far longer than any slow
+            # machine needs for the checks below, and is cancelled after them,
+            # so the queue cannot drain before the refusals are looked at.
+            jobs = [c.start(RunRequest(cmd=["sleep", "60"])) for _ in range(3)]
             st, h, raw = http(d, "POST", "/v1/runs", {"cmd": ["true"]})
             assert st == 429 and int(h["Retry-After"]) >= 1
             assert json.loads(raw)["error"]["code"] == "queue_full"
             with pytest.raises(SandboxdError) as e:
                 c.run(RunRequest(cmd=["true"]))
             assert e.value.code == "queue_full"
-            assert all(c.wait(j).state == "done" for j in jobs)
+            for j in jobs:
+                c.cancel(j)
+            assert all(c.wait(j).state in ("cancelled", "done") for j in jobs)
+            assert c.run(RunRequest(cmd=["true"])).exit_code == 0
     finally:
         d.stop()
 
