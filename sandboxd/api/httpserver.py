@@ -339,6 +339,7 @@ def make_api_app(
     `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener."""
     app = _api(api, svc, middlewares=[errors_and_auth], client_max_size=max_body)
     cors.install(app, _cors(api, cors_origins))
+    app[SVC] = svc  # (its callers' tenants: the auth middleware)
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body
     app[INBOUND] = inbound or default_inbound()
