@@ -90,16 +90,19 @@ class FairQueue(Generic[W]):
 
     def started(self, tenant: str, weight: float) -> None:
         """A run given a box without waiting (a free box, an empty queue): charged its expected cost."""
-        f = self._flow(tenant, weight)
-        f.vtime = max(f.vtime, self._vnow) + self.cost / f.weight
+        # (the per-run path of an uncontended queue: kept to a lookup and a sum)
+        f = self._flows.get(tenant) or self._flow(tenant, weight)
+        v = self._vnow
+        f.vtime = (f.vtime if f.vtime > v else v) + self.cost / weight
 
     def charge(self, tenant: str, seconds: float) -> None:
         """A run of `tenant` held its box `seconds`: settle its charge."""
         expected = self.cost
-        self.cost = expected + (seconds - expected) / COST_RUNS
+        error = seconds - expected
+        self.cost = expected + error / COST_RUNS
         f = self._flows.get(tenant)
         if f is not None:
-            f.vtime += (seconds - expected) / f.weight
+            f.vtime += error / f.weight
 
     def vtimes(self) -> dict[str, float]:
         return {n: f.vtime for n, f in self._flows.items()}
