@@ -27,7 +27,6 @@ _PREFIX = {
     "engine": "",
     "jobs": "",
     "fleet": "fleet_",
-    "tenants": "tenants_",
 }
 # ...except these (a section's main setting was the section's name).
 _EXCEPT = {
@@ -47,6 +46,8 @@ def _table() -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     leaves = 0
     for f in msgspec.structs.fields(Config):
+        if f.name in SECTIONS and f.name not in _PREFIX:
+            continue  # a section born nested ([tenants]) has no flat names
         keys = SECTIONS[f.name].__struct_fields__ if f.name in SECTIONS else ("",)
         for key in keys:
             leaves += 1
