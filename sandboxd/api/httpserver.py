@@ -125,13 +125,16 @@ async def _handle(
     caller = tenantauth.identify(creds, request.app[TOKEN], request.config_dict[SVC].tenants)
     if caller is None:
         return error_reply(request, Error("unauthorized", "missing or wrong bearer token or API key"))
+    if caller.tenant is not None and request.path == "/metrics":  # (every tenant's usage: the operator's)
+        return error_reply(request, Error("forbidden", "/metrics: needs the bearer token, not a tenant's key"))
     bound = CALLER.set(caller)  # (reset: a keep-alive connection serves its requests in one task)
     try:
         resp = await _served(request, handler)
     finally:
         CALLER.reset(bound)
     if caller.limit is not None and not resp.prepared:
-        resp.headers.update(caller.limit.headers())
+        for k, v in caller.limit.headers().items():
+            resp.headers.setdefault(k, v)  # (a Retry-After of the reply's own wins)
     return resp
 
 

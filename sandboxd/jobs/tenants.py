@@ -53,13 +53,17 @@ class RateInfo:
     limit: float
     remaining: int
     reset: float  # seconds
+    retry_after: float = 0.0  # refused: seconds until it may retry
 
     def headers(self) -> dict[str, str]:
-        return {
+        h = {
             "RateLimit-Limit": f"{self.limit:g}",
             "RateLimit-Remaining": str(max(0, self.remaining)),
             "RateLimit-Reset": str(max(0, round(self.reset))),
         }
+        if self.retry_after > 0:
+            h["Retry-After"] = str(max(1, round(self.retry_after)))
+        return h
 
 
 @dataclass(slots=True)
@@ -222,7 +226,7 @@ class Tenants:
             used = self._used(spec.name, now)
             if used >= spec.cpu_seconds_per_day:
                 wait = until_midnight(now)
-                caller.limit = RateInfo(spec.cpu_seconds_per_day, 0, wait)
+                caller.limit = RateInfo(spec.cpu_seconds_per_day, 0, wait, wait)
                 raise self._refuse(
                     st, "quota", f"used {used:.1f} of its {spec.cpu_seconds_per_day:g} CPU seconds today", wait
                 )
@@ -231,7 +235,7 @@ class Tenants:
         b = st.bucket
         if b is not None:
             wait = b.take()
-            caller.limit = RateInfo(b.burst, b.remaining, b.reset())
+            caller.limit = RateInfo(b.burst, b.remaining, b.reset(), wait)
             if wait > 0:
                 raise self._refuse(st, "rate", f"sends more than its {spec.rate:g} jobs/s (burst {b.burst})", wait)
 
@@ -259,9 +263,16 @@ class Tenants:
     # --- usage ------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """Usage per tenant; a tenant's own caller sees its own only."""
         now = time.time()
-        out: dict[str, Any] = {UNNAMED_LABEL: {"jobs": self.unnamed_jobs, "weight": self.unnamed_weight}}
+        caller = CALLER.get()
+        mine = None if caller is None or caller.tenant is None else caller.tenant.spec.name
+        out: dict[str, Any] = {}
+        if mine is None:
+            out[UNNAMED_LABEL] = {"jobs": self.unnamed_jobs, "weight": self.unnamed_weight}
         for name, st in self._by_name.items():
+            if mine is not None and name != mine:
+                continue
             out[name] = {
                 "jobs": st.jobs,
                 "running": st.running,

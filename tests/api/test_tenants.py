@@ -102,7 +102,8 @@ def test_concurrency_cap_holds(daemon: Daemon) -> None:
 
 
 def test_cpu_quota_refuses_until_midnight_and_survives_a_restart(home: Path) -> None:
-    d = Daemon(inst("-tenants-q"), config=_config(home / "q" if (home / "q").mkdir() is None else home))
+    (home / "q").mkdir()
+    d = Daemon(inst("-tenants-q"), config=_config(home / "q"))
     try:
         key = make(d, name="quota", cpu_seconds_per_day=0.2)
         st, _, raw = run(d, key, ["sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
@@ -159,3 +160,17 @@ def test_judge0_and_piston_take_tenant_keys(daemon: Daemon) -> None:
     metrics = http(daemon, "GET", "/metrics", **AUTH)[2].decode()
     assert 'sandboxd_tenant_jobs_total{tenant="compat"} 1.0' in metrics
     assert 'sandboxd_tenant_refused_total{reason="language",tenant="compat"} 2.0' in metrics
+
+
+def test_a_tenant_sees_only_its_own_usage_and_bad_admin_bodies_name_the_field(daemon: Daemon) -> None:
+    key = make(daemon, name="nosy")
+    make(daemon, name="other")
+    st, _, raw = http(daemon, "GET", "/v1/status", Authorization=f"Bearer {key}")
+    assert st == 200 and set(json.loads(raw)["tenants"]) == {"nosy"}
+    st, _, raw = http(daemon, "GET", "/v1/status", **AUTH)
+    assert {"nosy", "other", "(unnamed)"} <= set(json.loads(raw)["tenants"])
+    assert http(daemon, "GET", "/metrics", Authorization=f"Bearer {key}")[0] == 403
+    for body, field in (({"name": "bad name"}, "name"), ({"name": "w", "weight": 0}, "weight"), ({"nam": 1}, "nam")):
+        st, _, raw = http(daemon, "POST", "/v1/tenants", body, **AUTH)
+        assert st == 400 and field.encode() in raw, raw
+    assert http(daemon, "DELETE", "/v1/tenants/nobody", **AUTH)[0] == 404
