@@ -103,6 +103,3 @@ class FairQueue(Generic[W]):
         f = self._flows.get(tenant)
         if f is not None:
             f.vtime += error / f.weight
-
-    def vtimes(self) -> dict[str, float]:
-        return {n: f.vtime for n, f in self._flows.items()}

@@ -149,10 +149,6 @@ class AdmissionQueue:
         self._fair.charge("" if ticket is None else ticket.tenant, time.monotonic() - admitted)
         self._release()
 
-    def shares(self) -> dict[str, float]:
-        """Each tenant's virtual time (box-seconds / weight) in this queue."""
-        return self._fair.vtimes()
-
     async def _acquire(self, priority: int, deadline: float | None) -> None:
         ticket = _ADMITTED.get()
         tenant, weight = ("", 1.0) if ticket is None else (ticket.tenant, ticket.weight)
