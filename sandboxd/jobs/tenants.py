@@ -147,11 +147,14 @@ class Tenants:
             data = path.read_bytes()
         except FileNotFoundError:
             data = b'{"tenants": []}'
-        for spec in msgspec.json.decode(data, type=TenantsFile).tenants:
-            self._add(spec)
         up = self.usage_path
-        if up is not None and up.exists():
-            self.usage = msgspec.json.decode(up.read_bytes(), type=Usage)
+        try:
+            for spec in msgspec.json.decode(data, type=TenantsFile).tenants:
+                self._add(spec)
+            if up is not None and up.exists():
+                self.usage = msgspec.json.decode(up.read_bytes(), type=Usage)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:  # (the daemon does not start: say where)
+            raise ValueError(f"tenants file {path} (or its .usage.json): {e}") from None
 
     def _add(self, spec: Tenant) -> None:
         if spec.name in self._by_name:

@@ -86,3 +86,10 @@ def test_the_unnamed_tenant_has_no_limits(tmp_path: Path) -> None:
     for _ in range(5):
         charge, prio = t.admit("", 1000)
         assert charge.name == "" and prio == 1000
+
+
+def test_a_bad_tenants_file_names_the_file_and_the_field(tmp_path: Path) -> None:
+    f = tmp_path / "tenants.json"
+    f.write_text('{"tenants": [{"name": "ok", "weight": -1}]}')
+    with pytest.raises(ValueError, match=r"tenants\.json.*weight"):
+        Tenants(f)
