@@ -339,6 +339,8 @@ ErrorCode = Literal[
     "cancelled",
     "draining",
     "unauthorized",
+    "forbidden",  # a tenant's limits: a language it may not use, the admin API without the admin token
+    "rate_limited",  # a tenant's rate, concurrency cap or daily CPU quota
     "conflict",  # an idempotency key sent again with a different request
     "internal",
 ]
@@ -352,6 +354,8 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     progress: bool = False  # stream a "test" event per finished test of a submission
     # run/submit: the same key with the same request names the same job (wire.check_idempotency_key)
     idempotency_key: str | None = None
+    # A tenant's API key (sandboxd.jobs.tenants); None: the unnamed tenant (the socket's own access control).
+    api_key: str | None = None
 
 
 class JobRef(msgspec.Struct, forbid_unknown_fields=True):

@@ -13,7 +13,6 @@ module names none of them.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -22,7 +21,7 @@ import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import cors, replies, textmode
+from sandboxd.api import cors, replies, tenantauth, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
@@ -31,6 +30,7 @@ from sandboxd.api.openapi import document
 from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
 from sandboxd.config import HTTP
 from sandboxd.errors import ServiceError
+from sandboxd.jobs.tenants import CALLER
 from sandboxd.schema import Error
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,29 @@ async def errors_and_auth(
 async def _handle(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    token = request.app[TOKEN]
-    if token and request.path not in ("/healthz", "/readyz") and not authorized(request, token):
-        return error_reply(request, Error("unauthorized", "missing or wrong bearer token"))
+    if request.path in ("/healthz", "/readyz"):
+        return await _served(request, handler)
+    headers = (h for app in request.match_info.apps for h in app.get(TOKEN_HEADERS, ()))
+    creds = list(tenantauth.presented(request, headers))
+    caller = tenantauth.identify(creds, request.app[TOKEN], request.config_dict[SVC].tenants)
+    if caller is None:
+        return error_reply(request, Error("unauthorized", "missing or wrong bearer token or API key"))
+    if caller.tenant is not None and request.path == "/metrics":  # (every tenant's usage: the operator's)
+        return error_reply(request, Error("forbidden", "/metrics: needs the bearer token, not a tenant's key"))
+    bound = CALLER.set(caller)  # (reset: a keep-alive connection serves its requests in one task)
+    try:
+        resp = await _served(request, handler)
+    finally:
+        CALLER.reset(bound)
+    if caller.limit is not None and not resp.prepared:
+        for k, v in caller.limit.headers().items():
+            resp.headers.setdefault(k, v)  # (a Retry-After of the reply's own wins)
+    return resp
+
+
+async def _served(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await with_body(request, handler)
     except ServiceError as e:
@@ -132,15 +152,6 @@ async def _handle(
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return error_reply(request, Error("internal", f"internal error: {e}"))
-
-
-def authorized(request: web.Request, token: str) -> bool:
-    """The bearer token, or (on a plug-in's routes) one of its own headers carrying it."""
-    want = token.encode()
-    if hmac.compare_digest(request.headers.get("Authorization", "").encode(), b"Bearer " + want):
-        return True
-    headers = (h for app in request.match_info.apps for h in app.get(TOKEN_HEADERS, ()))
-    return any(hmac.compare_digest(request.headers.get(h, "").encode(), want) for h in headers)
 
 
 async def with_body(
@@ -286,6 +297,7 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    tenantauth.install(app, svc.tenants, token)
     if extra_routes is not None:
         extra_routes(app)
     # The registered APIs on the same Frontend: a host daemon runs their jobs
@@ -330,6 +342,7 @@ def make_api_app(
     `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener."""
     app = _api(api, svc, middlewares=[errors_and_auth], client_max_size=max_body)
     cors.install(app, _cors(api, cors_origins))
+    app[SVC] = svc  # (its callers' tenants: the auth middleware)
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body
     app[INBOUND] = inbound or default_inbound()

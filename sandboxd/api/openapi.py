@@ -30,10 +30,14 @@ _ERRORS = {
     str(code): _resp("ErrorReply", desc)
     for code, desc in (
         (400, "invalid input: the message names the field"),
-        (401, "missing or wrong bearer token"),
+        (401, "missing or wrong bearer token or API key"),
+        (403, "forbidden: a language this tenant may not use (named)"),
         (413, "body too large"),
         (422, "conflict: the Idempotency-Key was used for a different request"),
-        (429, "queue full; see Retry-After"),
+        (
+            429,
+            "queue full, or the tenant's rate, concurrency or CPU quota (rate_limited); see Retry-After, RateLimit-*",
+        ),
         (503, "draining; see Retry-After"),
     )
 }
@@ -127,6 +131,20 @@ def document() -> dict[str, Any]:
                 "get": {"summary": "Pools, queues and recent run times", "responses": {"200": {"description": "OK"}}}
             },
             "/v1/languages": {"get": {"summary": "Languages served", "responses": {"200": {"description": "OK"}}}},
+            "/v1/tenants": {
+                "get": {"summary": "Tenants (admin: the bearer token)", "responses": {"200": {"description": "OK"}}},
+                "post": {
+                    "summary": "Create a tenant (admin); the reply carries its key, shown once",
+                    "responses": {"201": {"description": "{tenant, key}"}, **_ERRORS},
+                },
+            },
+            "/v1/tenants/{name}": {
+                "delete": {
+                    "summary": "Delete a tenant (admin)",
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "OK"}, "404": _resp("ErrorReply", "no such tenant")},
+                }
+            },
             "/metrics": {
                 "get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "OK"}}}
             },

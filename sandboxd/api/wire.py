@@ -16,6 +16,7 @@ from sandboxd.api.inbound import decode_body
 from sandboxd.errors import bad_request, error
 from sandboxd.jobs.backend import Backend
 from sandboxd.jobs.frontend import check_idempotency_key as check_idempotency_key  # (an entry check, shared)
+from sandboxd.jobs.tenants import Tenants
 from sandboxd.schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
 
 T = TypeVar("T")
@@ -28,6 +29,8 @@ class Frontend(Backend, Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+    tenants: Tenants  # (sandboxd.jobs.tenants: the callers' limits)
 
     async def start_run(
         self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None

@@ -19,6 +19,7 @@ from sandboxd.fleet.host import HostSettings, HostWorker
 from sandboxd.fleet.store import FleetStore
 from sandboxd.jobs.service import Service
 from sandboxd.jobs.store import JobStore, default_path
+from sandboxd.jobs.tenants import Tenants
 
 log = logging.getLogger("sandboxd")
 
@@ -46,6 +47,10 @@ async def serve(cfg: Config) -> int:
         jobs = JobStore(jc.store or default_path(Path(cfg.state_dir), cfg.instance), jc.results_ttl, jc.store_max_bytes)
         svc = Service(engine, results_ttl=jc.results_ttl, callback_allow_private=jc.callback_allow_private, store=jobs)
         svc.open()
+        tc = cfg.tenants
+        svc.use_tenants(
+            Tenants(Path(tc.file or Path(cfg.state_dir) / "tenants" / f"{cfg.instance}.json"), tc.unnamed_weight)
+        )
         reloads: set[asyncio.Task[list[str]]] = set()
 
         def reload() -> None:

@@ -106,4 +106,5 @@ def register() -> None:
     kinds.register(JUDGE0)
     kinds.register(PISTON)
     httpserver.mount("judge0", judge0.make_app, judge0.TOKEN_HEADERS)
-    httpserver.mount("piston", piston.make_app)
+    # (Piston's clients send their key as is in Authorization: a tenant's key is taken there too)
+    httpserver.mount("piston", piston.make_app, ("Authorization",))

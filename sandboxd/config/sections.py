@@ -128,6 +128,16 @@ class FleetSettings(Section, frozen=True):
     queue_depth: Annotated[int, Meta(ge=1)] = 100_000  # coordinator: waiting jobs per fleet queue; beyond: 429
 
 
+class TenantsSettings(Section, frozen=True):
+    """sandboxd/jobs/tenants.py (README "Tenants"): API keys with limits and fair-share weights."""
+
+    # The tenants file (JSON, keys stored as SHA-256), written by the admin API
+    # (POST /v1/tenants); "" = STATE_DIR/tenants/INSTANCE.json.
+    file: str = ""
+    # Fair-share weight of the unnamed tenant: the bearer token, no auth, the socket without api_key.
+    unnamed_weight: Annotated[float, Meta(gt=0, le=1_000_000)] = 1.0
+
+
 class Config(Section, frozen=True):
     # Name of this daemon on the host: cgroups, locks and uid leases are per instance.
     instance: str = "default"
@@ -142,6 +152,7 @@ class Config(Section, frozen=True):
     engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
     jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
     fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
+    tenants: TenantsSettings = msgspec.field(default_factory=TenantsSettings)
 
 
 # Section name -> its type, from Config's own fields (declared once, above).

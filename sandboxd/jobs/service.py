@@ -35,6 +35,7 @@ from sandboxd.jobs.kinds import KINDS
 from sandboxd.jobs.metrics import Metrics
 from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored, StoreFull
 from sandboxd.jobs.table import Job, JobTable, decode_spec, encode_spec, kind_of, lost_info
+from sandboxd.jobs.tenants import Charge
 from sandboxd.schema import (
     JobInfo,
     RunRequest,
@@ -182,12 +183,19 @@ class Service(Operations):
                     raise conflict(key, held.id)
                 return self.table.held_info(held)
             job.key, job.fingerprint = key, fp
-        job.admission = self._admit(job.lang, spec)
+        job.charge = self._tenant_admit(job, spec)
+        try:
+            job.admission = self._admit(job.lang, spec)
+            job.admission.ticket.tenant, job.admission.ticket.weight = job.charge.name, job.charge.weight
+        except BaseException:
+            job.charge.close()
+            raise
         data = encode_spec(spec)
         try:
             self.store.check_room(len(data))  # (jobs.store_max_bytes: refused, never dropped later)
         except StoreFull as e:
             job.admission.close()
+            job.charge.close()
             self.metrics.rejections.labels("queue_full").inc()
             raise error("queue_full", str(e), e.retry_after) from None
         if progress is not None:
@@ -203,6 +211,14 @@ class Service(Operations):
         # Unkeyed, not shielded (it costs): if its sender goes, `acc` is cancelled, and the
         # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
         return await (asyncio.shield(acc) if key is not None else acc)
+
+    def _tenant_admit(self, job: Job, spec: Spec) -> Charge:
+        """The calling tenant's limits (sandboxd.jobs.tenants); its priority clamped to the tenant's maximum."""
+        priority = getattr(spec, "priority", None)
+        charge, allowed = self.tenants.admit(job.lang, priority)
+        if allowed is not None and allowed != priority and isinstance(spec, RunRequest | Submission):
+            spec.priority = allowed
+        return charge
 
     async def _replay(self, other: Job, key: str, fp: bytes, progress: Progress | None) -> JobInfo:
         """A keyed request naming a job in memory: that job."""
@@ -230,9 +246,7 @@ class Service(Operations):
         exc = None if ok else val
         held = val if isinstance(val, Stored) else None
         if exc is not None or held is not None:
-            self.table.drop(job)
-            if job.admission is not None:
-                job.admission.close()
+            self._dropped(job)
         if isinstance(exc, JobIdInUse):
             settle(exc=error("bad_request", f"job id {job.id!r} is in use"))
         elif exc is not None:
@@ -253,10 +267,20 @@ class Service(Operations):
             settle(job.info())
             self._start(job, op, spec)
 
+    def _dropped(self, job: Job) -> None:
+        """Not accepted after all: what it holds back."""
+        self.table.drop(job)
+        if job.admission is not None:
+            job.admission.close()
+        if job.charge is not None:
+            job.charge.close()
+
     def _finish(self, job: Job) -> None:
         if job.admission is not None:
             job.admission.close()  # (idempotent: the task's done callback closes it too)
         job.finished, job.finished_at = time.monotonic(), time.time()
+        if job.charge is not None:
+            job.charge.close(job.result)  # (its CPU seconds to its tenant's quota)
         if job.requeue:
             # "draining" (HTTP 503 + Retry-After), not "cancelled": its waiters retry
             # (with their key) and get the job when the next start has run it.
@@ -414,7 +438,10 @@ class Service(Operations):
         return self._cancel(found) if isinstance(found, Job) else found
 
     async def status_info(self) -> dict[str, Any]:
-        return self.status()
+        st = self.status()
+        if self.tenants.configured:
+            st["tenants"] = self.tenants.status()
+        return st
 
     async def language_list(self) -> list[dict[str, Any]]:
         return self.languages()

@@ -16,7 +16,7 @@ from sandboxd.compat.piston import request
 from sandboxd.compat.piston.errors import PistonError
 from sandboxd.compat.piston.runtime import runtimes
 from sandboxd.compat.piston.view import response
-from sandboxd.errors import ServiceError
+from sandboxd.errors import TENANT_STATUS, ServiceError
 
 BACKEND: web.AppKey[Backend] = web.AppKey("piston_backend")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,7 +37,7 @@ def handler(fn: Handler) -> Handler:
         except PistonError as e:
             return reply(e.body, e.status)
         except ServiceError as e:
-            status = {"draining": 503, "queue_full": 503}.get(e.err.code, 400)
+            status = {"draining": 503, "queue_full": 503, **TENANT_STATUS}.get(e.err.code, 400)
             return reply({"message": e.err.message}, status)
 
     return wrapped
