@@ -267,10 +267,12 @@ def make_app(
     extra_routes: Callable[[web.Application], None] | None = None,
     inbound: Inbound | None = None,
     cors_origins: Mapping[str, Sequence[str]] | None = None,
+    api_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> web.Application:
     """The main listener's app.  prefixes: registered API name -> where it is
     mounted ("" or absent: not on this listener).  cors_origins: API name ("" the
-    native one) -> the origins its CORS policy allows (absent: the native one's)."""
+    native one) -> the origins its CORS policy allows (absent: the native one's).
+    api_options: API name -> keyword arguments of its factory (its own settings)."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=max_body)
     app[SVC] = svc
     app[TOKEN] = token
@@ -293,7 +295,7 @@ def make_app(
     origins = cors_origins or {}
     mounted_at = [(name, prefix) for name, prefix in (prefixes or {}).items() if prefix]
     for name, prefix in mounted_at:
-        app.add_subapp(prefix, _api(name, svc))
+        app.add_subapp(prefix, _api(name, svc, (api_options or {}).get(name, {})))
     native = origins.get("", ())
     by_prefix = [(prefix, _cors(name, origins.get(name, native))) for name, prefix in mounted_at]
     cors.install(app, cors.Policy.of(native), by_prefix)
@@ -304,9 +306,9 @@ def _cors(name: str, origins: Sequence[str]) -> cors.Policy:
     return cors.Policy.of(origins, _TOKEN_HEADERS.get(name, ()))
 
 
-def _api(name: str, svc: Frontend, **app_args: Any) -> web.Application:
+def _api(name: str, svc: Frontend, options: Mapping[str, Any], **app_args: Any) -> web.Application:
     """A registered API's app, told which headers carry its token."""
-    app = _factory(name)(svc, **app_args)
+    app = _factory(name)(svc, **options, **app_args)
     app[TOKEN_HEADERS] = _TOKEN_HEADERS.get(name, ())
     return app
 
@@ -325,10 +327,12 @@ def make_api_app(
     max_body: int = HTTP.max_body,
     inbound: Inbound | None = None,
     cors_origins: Sequence[str] = (),
+    options: Mapping[str, Any] | None = None,
 ) -> web.Application:
     """One registered API at the root of a listener of its own ([http]
-    `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener."""
-    app = _api(api, svc, middlewares=[errors_and_auth], client_max_size=max_body)
+    `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener.
+    options: keyword arguments of its factory (as make_app's api_options)."""
+    app = _api(api, svc, options or {}, middlewares=[errors_and_auth], client_max_size=max_body)
     cors.install(app, _cors(api, cors_origins))
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body

@@ -79,6 +79,10 @@ class HttpSettings(Section, frozen=True):
     cors_origins: list[CorsOrigin] = msgspec.field(default_factory=list)
     # The same for the Judge0 API: any origin by default, as Judge0 itself allows.
     judge0_cors_origins: list[CorsOrigin] = msgspec.field(default_factory=lambda: ["*"])
+    # Read a Piston request body sent as text/plain as JSON (the npm piston-client
+    # does; Piston answers 415).  Off: a text/plain POST needs no CORS preflight,
+    # so without a token any web page could run programs here (README "Compat").
+    piston_accept_text_plain: bool = False
 
 
 class EngineSettings(Section, frozen=True):

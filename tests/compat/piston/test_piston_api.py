@@ -9,10 +9,12 @@ from typing import Any
 
 import piston_rspy
 import pytest
+from daemon_util import Daemon
+from instances import inst
 from ultra_piston import File as PistonFile
 from ultra_piston import PistonClient
 
-from compat.util import Server, b64, http
+from compat.util import BODY_ENV, Server, b64, http
 
 OK_PROGRAMS = {
     "bash": "echo OK",
@@ -185,3 +187,37 @@ def test_piston_content_type_and_unknown_routes(server: Server) -> None:
     st, res = http(server, "POST", "/piston/api/v2/execute", b"{nope")
     assert st == 400 and res["stack"].startswith("SyntaxError")
     assert http(server, "GET", "/piston/api/v2/nothing") == (404, {"message": "Not Found"})
+
+
+def test_piston_java_runs_any_public_class(server: Server) -> None:
+    # Piston's own package test for Java (packages/java/*/test.java), under its file name.
+    src = 'public class HelloWorld {\n  public static void main(String[] args) {\n    System.out.println("OK");\n  }\n}'
+    st, res = execute(server, language="java", version="*", files=[{"name": "test.java", "content": src}])
+    assert st == 200 and res["compile"]["code"] == 0 and res["run"]["stdout"] == "OK\n", res
+    pkg = "package judge.sol;\n// public class Decoy {}\npublic final class Sol { public static void main(String[] a) {"
+    st, res = execute(server, language="java", version="*", files=[{"content": pkg + ' System.out.print("P"); } }'}])
+    assert st == 200 and res["run"]["stdout"] == "P", res
+
+
+def test_piston_packages_and_index(server: Server) -> None:
+    st, rts = http(server, "GET", "/piston/api/v2/runtimes")
+    for path in ("/piston/api/v2/packages", "/piston/api/v2/packages/"):
+        st, pkgs = http(server, "GET", path)
+        assert st == 200 and all(list(p) == ["language", "language_version", "installed"] for p in pkgs), pkgs
+        assert {(p["language"], p["language_version"]) for p in pkgs} == {(r["language"], r["version"]) for r in rts}
+        assert all(p["installed"] is True for p in pkgs)
+    assert http(server, "GET", "/piston/") == (200, {"message": "Piston v3.1.1"})
+
+
+def test_piston_text_plain_body_is_opt_in() -> None:
+    body = json.dumps({"language": "python", "version": "*", "files": [{"content": "print(6*7)"}]}).encode()
+    env = {**BODY_ENV, "SANDBOXD_HTTP_PISTON_ACCEPT_TEXT_PLAIN": "true"}
+    d = Daemon(inst("-compat-textplain"), pool_size=1, env=env)
+    try:
+        st, res = http(d, "POST", "/piston/api/v2/execute", body, ctype="text/plain;charset=UTF-8")
+        assert st == 200 and res["run"]["stdout"] == "42\n", res
+        # (anything else still gets Piston's 415)
+        st, res = http(d, "POST", "/piston/api/v2/execute", body, ctype="application/x-www-form-urlencoded")
+        assert (st, res) == (415, {"message": "requests must be of type application/json"})
+    finally:
+        assert d.stop() == 0, d.output()
