@@ -48,16 +48,26 @@ _MOUNTS: dict[str, MountFactory] = {}
 # Judge0's X-Auth-Token), besides `Authorization: Bearer`.
 TOKEN_HEADERS: web.AppKey[tuple[str, ...]] = web.AppKey("token_headers", tuple)
 _TOKEN_HEADERS: dict[str, tuple[str, ...]] = {}
+# An API's body for a route it lacks (404) or a method a route does not take
+# (405): (status, message) -> the JSON body in its own error shape.
+RouteError = Callable[[int, str], Any]
+_ROUTE_ERRORS: dict[str, RouteError] = {}
+ROUTE_ERRORS: web.AppKey[tuple[tuple[str, RouteError], ...]] = web.AppKey("route_errors", tuple)
 
 
-def mount(name: str, factory: MountFactory, token_headers: tuple[str, ...] = ()) -> None:
+def mount(
+    name: str, factory: MountFactory, token_headers: tuple[str, ...] = (), route_error: RouteError | None = None
+) -> None:
     """Register an HTTP API (a plug-in's: "judge0", "piston") to serve on the same Frontend.
-    token_headers: its own auth headers, accepted on its routes (and allowed by its CORS policy)."""
+    token_headers: its own auth headers, accepted on its routes (and allowed by its CORS policy).
+    route_error: its 404/405 body (default: the native one)."""
     known = _MOUNTS.get(name)
     if known is not None and known is not factory:
         raise ValueError(f"HTTP API {name!r} is registered already")
     _MOUNTS[name] = factory
     _TOKEN_HEADERS[name] = token_headers
+    if route_error is not None:
+        _ROUTE_ERRORS[name] = route_error
 
 
 def mounted() -> list[str]:
@@ -127,11 +137,30 @@ async def _handle(
         return error_reply(request, e.err)
     except web.HTTPRequestEntityTooLarge:
         return error_reply(request, Error("bad_request", f"body: larger than {request.app[SVC_MAX_BODY]} bytes"), 413)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as e:
+        return route_error(request, e)
     except web.HTTPException:
         raise
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return error_reply(request, Error("internal", f"internal error: {e}"))
+
+
+def route_error(request: web.Request, e: web.HTTPNotFound | web.HTTPMethodNotAllowed) -> web.Response:
+    """aiohttp's own 404 and 405 are text/plain: here they are JSON in the error shape of
+    the API the path is under (a mounted API's, else the native one), 405 keeping its Allow."""
+    allow = e.headers.get("Allow")
+    headers = {"Allow": allow} if allow is not None else None
+    what = "no such route" if e.status == 404 else f"method not allowed (Allow: {allow})"
+    message = f"{what}: {request.method} {request.path}"
+    for prefix, body in request.config_dict.get(ROUTE_ERRORS, ()):
+        if not prefix or request.path == prefix or request.path.startswith(prefix + "/"):
+            raw = msgspec.json.encode(body(e.status, message))
+            return web.Response(body=raw, status=e.status, headers=headers, content_type="application/json")
+    if e.status == 404:
+        message += " (the API's routes: /openapi.json)"
+    err = Error("not_found" if e.status == 404 else "bad_request", message)
+    return reply(request, {"error": err}, e.status, headers)
 
 
 def authorized(request: web.Request, token: str) -> bool:
@@ -296,6 +325,7 @@ def make_app(
     mounted_at = [(name, prefix) for name, prefix in (prefixes or {}).items() if prefix]
     for name, prefix in mounted_at:
         app.add_subapp(prefix, _api(name, svc, (api_options or {}).get(name, {})))
+    app[ROUTE_ERRORS] = tuple((p.rstrip("/"), _ROUTE_ERRORS[n]) for n, p in mounted_at if n in _ROUTE_ERRORS)
     native = origins.get("", ())
     by_prefix = [(prefix, _cors(name, origins.get(name, native))) for name, prefix in mounted_at]
     cors.install(app, cors.Policy.of(native), by_prefix)
@@ -333,6 +363,8 @@ def make_api_app(
     `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener.
     options: keyword arguments of its factory (as make_app's api_options)."""
     app = _api(api, svc, options or {}, middlewares=[errors_and_auth], client_max_size=max_body)
+    if api in _ROUTE_ERRORS:
+        app[ROUTE_ERRORS] = (("", _ROUTE_ERRORS[api]),)  # (everything on this listener is the API's)
     cors.install(app, _cors(api, cors_origins))
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body

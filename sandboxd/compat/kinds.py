@@ -105,5 +105,5 @@ def register() -> None:
     `piston_http`).  Idempotent."""
     kinds.register(JUDGE0)
     kinds.register(PISTON)
-    httpserver.mount("judge0", judge0.make_app, judge0.TOKEN_HEADERS)
-    httpserver.mount("piston", piston.make_app)
+    httpserver.mount("judge0", judge0.make_app, judge0.TOKEN_HEADERS, judge0.route_error)
+    httpserver.mount("piston", piston.make_app, route_error=piston.route_error)

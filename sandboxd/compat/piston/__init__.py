@@ -34,7 +34,7 @@ from __future__ import annotations
 from sandboxd.compat.piston.constraints import RUN_CPU_MS, RUN_WALL_MS, MiB, configured, limits
 from sandboxd.compat.piston.errors import PistonError
 from sandboxd.compat.piston.files import content, files_of
-from sandboxd.compat.piston.http import BACKEND, handler, make_app, reply
+from sandboxd.compat.piston.http import BACKEND, handler, make_app, reply, route_error
 from sandboxd.compat.piston.request import Job
 from sandboxd.compat.piston.run import run_job
 from sandboxd.compat.piston.runtime import RUNTIMES, Runtime, find_runtime, runtimes
@@ -59,6 +59,7 @@ __all__ = [
     "make_app",
     "reply",
     "response",
+    "route_error",
     "run_job",
     "runtimes",
     "satisfies",

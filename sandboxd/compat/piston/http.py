@@ -113,6 +113,12 @@ async def index(req: web.Request) -> web.Response:
     return reply({"message": f"Piston v{PISTON_VERSION}"})
 
 
+def route_error(status: int, message: str) -> dict[str, str]:
+    """Express's fall-through answer, `{"message": "Not Found"}`, for any route Piston lacks
+    (it has no 405: a method a route does not take falls through to the same 404)."""
+    return {"message": "Not Found" if status == 404 else message}
+
+
 async def not_found(req: web.Request) -> web.Response:
     return reply({"message": "Not Found"}, 404)
 

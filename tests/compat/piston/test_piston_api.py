@@ -9,7 +9,7 @@ from typing import Any
 
 import piston_rspy
 import pytest
-from daemon_util import Daemon
+from daemon_util import Daemon, free_port
 from instances import inst
 from ultra_piston import File as PistonFile
 from ultra_piston import PistonClient
@@ -211,13 +211,25 @@ def test_piston_packages_and_index(server: Server) -> None:
 
 def test_piston_text_plain_body_is_opt_in() -> None:
     body = json.dumps({"language": "python", "version": "*", "files": [{"content": "print(6*7)"}]}).encode()
-    env = {**BODY_ENV, "SANDBOXD_HTTP_PISTON_ACCEPT_TEXT_PLAIN": "true"}
+    own, j0 = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = {
+        **BODY_ENV,
+        "SANDBOXD_HTTP_PISTON_ACCEPT_TEXT_PLAIN": "true",
+        "SANDBOXD_PISTON_HTTP": own,
+        "SANDBOXD_JUDGE0_HTTP": j0,
+    }
     d = Daemon(inst("-compat-textplain"), pool_size=1, env=env)
     try:
-        st, res = http(d, "POST", "/piston/api/v2/execute", body, ctype="text/plain;charset=UTF-8")
-        assert st == 200 and res["run"]["stdout"] == "42\n", res
-        # (anything else still gets Piston's 415)
-        st, res = http(d, "POST", "/piston/api/v2/execute", body, ctype="application/x-www-form-urlencoded")
-        assert (st, res) == (415, {"message": "requests must be of type application/json"})
+        # under the prefix and on Piston's own listener
+        for base, path in ((d.http, "/piston/api/v2/execute"), (f"http://{own}", "/api/v2/execute")):
+            st, res = http(base, "POST", path, body, ctype="text/plain;charset=UTF-8")
+            assert st == 200 and res["run"]["stdout"] == "42\n", res
+            # (anything else still gets Piston's 415)
+            st, res = http(base, "POST", path, body, ctype="application/x-www-form-urlencoded")
+            assert (st, res) == (415, {"message": "requests must be of type application/json"})
+        # an API alone on its listener answers every unknown route in its own shape
+        assert http(f"http://{own}", "GET", "/v1/status") == (404, {"message": "Not Found"})
+        st, res = http(f"http://{j0}", "GET", "/v1/status")
+        assert st == 404 and set(res) == {"error"} and "/v1/status" in res["error"], res
     finally:
         assert d.stop() == 0, d.output()
