@@ -22,7 +22,7 @@ import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import cors, replies, textmode
+from sandboxd.api import cors, replies, sse, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
@@ -31,7 +31,7 @@ from sandboxd.api.openapi import document
 from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
 from sandboxd.config import HTTP
 from sandboxd.errors import ServiceError
-from sandboxd.schema import Error
+from sandboxd.schema import Error, TestResult
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +236,27 @@ async def post_run(req: web.Request) -> web.Response:
     return await _post(req, "run")
 
 
-async def post_submission(req: web.Request) -> web.Response:
+async def post_submission(req: web.Request) -> web.StreamResponse:
+    if sse.wanted(req):
+        return await _post_events(req)
     return await _post(req, "submit")
+
+
+async def _post_events(req: web.Request) -> web.StreamResponse:
+    """A waited submission whose tests stream as they finish (sandboxd.api.sse)."""
+    refused = sse.refusal(req.app[INBOUND])
+    if refused is not None:
+        return error_reply(req, refused, 503)
+    cb = req.query.get("callback_url")
+    key = idempotency_key(req)
+    body, fmt = await req.read(), _fmt_in(req)
+
+    def start(progress: Callable[[TestResult], None], on_job: Callable[[str], None]) -> Awaitable[Any]:
+        return dispatch(
+            req.app[SVC], "submit", body, fmt, progress=progress, on_job=on_job, callback_url=cb, idempotency_key=key
+        )
+
+    return await sse.stream(req, req.app[INBOUND], start)
 
 
 async def get_job(req: web.Request) -> web.Response:

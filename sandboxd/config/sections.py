@@ -65,6 +65,9 @@ class HttpSettings(Section, frozen=True):
     # Bytes of request bodies and frames being received at once, daemon-wide
     # (reserved before reading); beyond: 503 + Retry-After (socket: waits).
     max_receiving_bytes: Annotated[int, Meta(ge=1024)] = 256 << 20
+    # Submissions streaming their progress over HTTP at once (Server-Sent
+    # Events, sandboxd/api/sse.py); beyond: 503 + Retry-After.
+    max_event_streams: Annotated[int, Meta(ge=1)] = 256
     # Judge0 CE and Piston v2 compatible APIs on the listener, under these
     # path prefixes (sandboxd/compat); "" disables one.
     judge0_prefix: Prefix = "/judge0"
