@@ -17,7 +17,8 @@ The scan is lexical and small: it skips comments, string, text-block and
 char literals, tracks brace and parenthesis depth, and reads the `package`
 clause and the type declarations at depth 0 with their modifiers.  What it
 cannot tell (a name outside ASCII identifiers, an over-long one) falls back
-to `Main`, i.e. to javac's own error message about the file name.
+to `Main`, i.e. to javac's own error message about the file name; so does a
+declaration past the first SCAN_MAX bytes (the scan's work is bounded).
 """
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ _TYPES = frozenset({"class", "interface", "enum", "record"})
 _IDENT = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,127}")
 _QUALIFIED = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*")
 # Comments, text blocks, string and char literals (an unclosed one ends at the end of
-# the text, or of its line), words, and the punctuation the scan reads.
-_TOKEN = re.compile(
+# the text, or of its line).  Each pattern skips what cannot start a token in C
+# (a greedy class), then takes one token as group 1, or one stray character.
+_SKIPPED = (
     r"""//[^\n]*|/\*.*?(?:\*/|\Z)|\"\"\"(?:\\.|[^\\])*?(?:\"\"\"|\Z)"""
-    r"""|"(?:\\.|[^"\\\n])*(?:"|$)|'(?:\\.|[^'\\\n])*(?:'|$)|[\w$]+|[{}();.@]""",
-    re.S | re.M,
+    r"""|"(?:\\.|[^"\\\n])*(?:"|$)|'(?:\\.|[^'\\\n])*(?:'|$)"""
 )
+# At depth 0: also the words and the punctuation the scan reads.
+_TOKEN = re.compile(r"""[^/"'{}();.@\w$]*(""" + _SKIPPED + r"""|[\w$]+|[{}();.@]|.)""", re.S | re.M)
+# Inside a body, where only braces count.
+_INNER = re.compile(r"""[^/"'{}]*(""" + _SKIPPED + r"""|[{}]|.)""", re.S | re.M)
 DEFAULT = "Main"
+# Bytes of a source the scan reads (it runs on the event loop, once per compile):
+# a public class declared past them is not seen (javac then says so).
+SCAN_MAX = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ def entry(source: bytes, default_file: str = DEFAULT + ".java") -> Entry:
     if it has one; else `Main` if it declares one at top level (what a program
     written for the native API runs); else its first top-level class (what the
     source launcher, hence Piston, runs)."""
-    text = source.decode("utf-8", errors="replace")
+    text = source[:SCAN_MAX].decode("utf-8", errors="replace")
     package, types = _scan(text)
     public = next((t.name for t in types if t.public), None)
     if public is not None:
@@ -106,15 +114,23 @@ def _dotted(words: list[str], i: int) -> list[str]:
 def _top_level_words(text: str) -> list[str]:
     """The words and the punctuation `; } . @` at brace and parenthesis depth 0,
     with comments and literals skipped (a `}` is reported when it closes a
-    top-level body, as the end of a declaration).  One regular expression
-    tokenizes: the scan runs on every compile of a Java program."""
+    top-level body, as the end of a declaration).  Inside a body only comments,
+    literals and braces are matched (by the regular expression, not a Python
+    loop over every word): the scan runs on every compile of a Java program."""
     out: list[str] = []
     depth = parens = 0
-    for m in _TOKEN.finditer(text):
-        tok = m.group()
+    pos = 0
+    while True:
+        m = (_TOKEN if depth == 0 else _INNER).match(text, pos)
+        if m is None or m.end() == pos:
+            return out  # (only skippable characters were left)
+        pos = m.end()
+        tok = m.group(1)
+        if tok is None:
+            return out
         c = tok[0]
-        if c in "/\"'":
-            continue  # a comment or a literal
+        if c in "/\"'" or (len(tok) == 1 and not (c.isalnum() or c in "_${}();.@")):
+            continue  # a comment, a literal or a stray character
         if c == "{":
             depth += 1
         elif c == "}":
@@ -123,6 +139,5 @@ def _top_level_words(text: str) -> list[str]:
                 out.append("}")
         elif c in "()":
             parens = max(parens + (1 if c == "(" else -1), 0)
-        elif depth == 0 and parens == 0:
+        elif parens == 0:
             out.append(tok)
-    return out

@@ -40,3 +40,11 @@ def test_java_entry_name_outside_ascii_identifiers_is_left_to_javac() -> None:
     # (a file name the scan cannot vouch for: Main.java, and javac's own message)
     assert entry("public class Ünï {}".encode()) == Entry("Main.java", "Main")
     assert entry(("public class " + "A" * 300 + " {}").encode()) == Entry("Main.java", "Main")
+
+
+def test_java_entry_scan_is_bounded() -> None:
+    from sandboxd.engine.javaclass import SCAN_MAX
+
+    pad = b"// " + b"x" * SCAN_MAX + b"\n"
+    assert entry(b"public class Early {}\n" + pad) == Entry("Early.java", "Early")
+    assert entry(pad + b"public class Late {}\n") == Entry("Main.java", "Main")
