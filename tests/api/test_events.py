@@ -12,7 +12,6 @@ import select
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import Daemon
+from daemon_util import SUM_C, Daemon, sum_tests
 from instances import inst
-
-SUM = '#include <stdio.h>\nint main(void){long a,b;scanf("%ld %ld",&a,&b);printf("%ld\\n",a+b);}\n'
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +30,26 @@ def daemon() -> Iterator[Daemon]:
     assert d.stop() == 0, d.output()
 
 
-def submission(n: int, source: str = SUM, lang: str = "c") -> dict[str, Any]:
+def submission(n: int, source: str = SUM_C, lang: str = "c") -> dict[str, Any]:
     tests = [{"input": f"{i} {i}\n", "expected": f"{2 * i if i != 2 else 0}\n"} for i in range(n)]
     return {"lang": lang, "source": source, "tests": tests}
 
 
+def encoded(body: dict[str, Any]) -> dict[str, Any]:
+    """The submission as JSON carries it: bytes fields in base64."""
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    tests = [{k: b64(v) for k, v in t.items()} for t in body["tests"]]
+    return {**body, "source": b64(body["source"]), "tests": tests}
+
+
 def stream(d: Daemon, body: dict[str, Any]) -> tuple[int, str, list[tuple[str, Any]]]:
     """(status, Content-Type, [(event, data)]) of a submission asked for as an event stream."""
-    b64 = {**body, "source": base64.b64encode(body["source"].encode()).decode()}
-    for t in b64["tests"]:
-        for k in ("input", "expected"):
-            t[k] = base64.b64encode(t[k].encode()).decode()
     req = urllib.request.Request(
         f"{d.http}/v1/submissions",
-        data=json.dumps(b64).encode(),
+        data=json.dumps(encoded(body)).encode(),
         headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
     )
     try:
@@ -82,32 +85,37 @@ def test_a_refused_submission_is_a_plain_error_reply(daemon: Daemon) -> None:
 
 
 def test_event_streams_are_capped(daemon: Daemon) -> None:
-    slow = "import time\ntime.sleep(3)\nprint(2)\n"
-    first: list[Any] = []
-    t = threading.Thread(target=lambda: first.append(stream(daemon, submission(1, slow, "python3"))))
+    slow = submission(1, "import time\ntime.sleep(3)\nprint(2)\n", "python3")
+    opened, lines = threading.Event(), []
+
+    def first() -> None:  # the one stream the daemon allows, read as it comes
+        req = urllib.request.Request(
+            f"{daemon.http}/v1/submissions",
+            data=json.dumps(encoded(slow)).encode(),
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            for line in r:
+                lines.append(line.decode())
+                if line.startswith(b"event: accepted"):
+                    opened.set()
+
+    t = threading.Thread(target=first)
     t.start()
     try:
-        # (until the first stream is open, a second one may open too; then it is refused)
-        deadline = time.monotonic() + 30
-        while True:
-            st, _, events = stream(daemon, submission(1))
-            if st == 503 or time.monotonic() > deadline or first:
-                break
+        assert opened.wait(60), lines
+        st, _, events = stream(daemon, submission(1))
         assert st == 503 and events[0][1]["error"]["code"] == "queue_full", events
         assert "max_event_streams" in events[0][1]["error"]["message"]
     finally:
         t.join(60)
-    assert first and first[0][0] == 200 and first[0][2][-1][0] == "result", first
+    assert "event: result\n" in lines, lines
+    # (and once it is closed, the next one opens)
+    assert stream(daemon, submission(1))[0] == 200
 
 
 def test_submit_command_draws_its_bar_over_http(daemon: Daemon, tmp_path: Path) -> None:
-    tests = tmp_path / "tests"
-    tests.mkdir()
-    for i in range(1, 7):
-        (tests / f"{i}.in").write_text(f"{i} {i}\n")
-        (tests / f"{i}.out").write_text(f"{2 * i if i != 4 else 0}\n")
-    src = tmp_path / "sum.c"
-    src.write_text(SUM)
+    tests, src = sum_tests(tmp_path, 6, 4)
     cmd = [sys.executable, "-m", "sandboxd", "submit", "--address", daemon.http, "--lang", "c", "--tests", str(tests)]
     master, slave = pty.openpty()  # the bar is drawn on a terminal only
     # (this tree's client, whatever the venv has installed)
