@@ -105,6 +105,6 @@ def register() -> None:
     `piston_http`).  Idempotent."""
     kinds.register(JUDGE0)
     kinds.register(PISTON)
-    httpserver.mount("judge0", judge0.make_app, judge0.TOKEN_HEADERS)
+    httpserver.mount("judge0", judge0.make_app, judge0.TOKEN_HEADERS, judge0.route_error)
     # (Piston's clients send their key as is in Authorization: a tenant's key is taken there too)
-    httpserver.mount("piston", piston.make_app, ("Authorization",))
+    httpserver.mount("piston", piston.make_app, ("Authorization",), piston.route_error)

@@ -65,6 +65,9 @@ class HttpSettings(Section, frozen=True):
     # Bytes of request bodies and frames being received at once, daemon-wide
     # (reserved before reading); beyond: 503 + Retry-After (socket: waits).
     max_receiving_bytes: Annotated[int, Meta(ge=1024)] = 256 << 20
+    # Submissions streaming their progress over HTTP at once (Server-Sent
+    # Events, sandboxd/api/sse.py); beyond: 503 + Retry-After.
+    max_event_streams: Annotated[int, Meta(ge=1)] = 256
     # Judge0 CE and Piston v2 compatible APIs on the listener, under these
     # path prefixes (sandboxd/compat); "" disables one.
     judge0_prefix: Prefix = "/judge0"
@@ -79,6 +82,10 @@ class HttpSettings(Section, frozen=True):
     cors_origins: list[CorsOrigin] = msgspec.field(default_factory=list)
     # The same for the Judge0 API: any origin by default, as Judge0 itself allows.
     judge0_cors_origins: list[CorsOrigin] = msgspec.field(default_factory=lambda: ["*"])
+    # Read a Piston request body sent as text/plain as JSON (the npm piston-client
+    # does; Piston answers 415).  Off: a text/plain POST needs no CORS preflight,
+    # so without a token any web page could run programs here (README "Compat").
+    piston_accept_text_plain: bool = False
 
 
 class EngineSettings(Section, frozen=True):

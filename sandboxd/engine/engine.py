@@ -296,7 +296,7 @@ class Engine:
         """Compile once; identical compiles are served from a bounded cache
         (a judge sees the same source many times: rejudges, checkers)."""
         lang = self.language(lang_id)
-        sources = [FileIn(lang.source, source), *files]
+        sources = compiled.sources_of(lang, source, files)
         if not lang.compile:
             return Compiled(lang, None, sources)
         key = compiled.cache_key(lang_id, sources, list(options), limits)

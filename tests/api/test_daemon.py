@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import CallbackSink, Daemon
+from daemon_util import CallbackSink, Daemon, sum_tests
 from instances import inst
 from sandboxd_client import AsyncClient, Client, Limits, RunRequest, SandboxdError, Submission, TestCase
 
@@ -292,13 +292,7 @@ def test_bad_config_stops_startup_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_submit_command_with_a_tests_directory(daemon: Daemon, tmp_path: Path) -> None:
-    tests = tmp_path / "tests"
-    tests.mkdir()
-    for i in range(1, 13):
-        (tests / f"{i}.in").write_text(f"{i} {i}\n")
-        (tests / f"{i}.out").write_text(f"{2 * i if i != 11 else 0}\n")
-    src = tmp_path / "sum.c"
-    src.write_text('#include <stdio.h>\nint main(void){long a,b;scanf("%ld %ld",&a,&b);printf("%ld\\n",a+b);}\n')
+    tests, src = sum_tests(tmp_path, 12, 11)
     cmd = [sys.executable, "-m", "sandboxd", "submit", "--address", f"unix://{daemon.sock}"]
     p = subprocess.run(
         [*cmd, "--lang", "c", "--tests", str(tests), str(src)], capture_output=True, text=True, timeout=120
