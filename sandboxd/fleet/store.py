@@ -207,9 +207,13 @@ class FleetStore:
         r = await self._call("reap", max_attempts, self.ttl, limit, round(lease * 1000))
         return int(r[0]), int(r[1]), int(r[2])
 
-    async def hosts(self, definitions: bool = False) -> list[dict[str, Any]]:
+    async def hosts(self, definitions: bool = False, series: bool = False) -> list[dict[str, Any]]:
         """Every host with an entry (the entry expires a few leases after its last heartbeat).
-        Its language definitions (long; for the compat APIs) only if asked."""
+        Its language definitions (long; for the compat APIs) and its run-time series
+        (for the dashboard) only if asked."""
+        skip = {"session", "joined", "heartbeat"}
+        skip |= set() if definitions else {"definitions"}
+        skip |= set() if series else {"series"}
         ids = [_s(h) for h in await _aw(self.redis.zrange(self.keys.hosts, 0, -1))]
         drained = {_s(h) for h in await _aw(self.redis.smembers(self.keys.drained))}
         pipe = self.redis.pipeline(transaction=False)
@@ -223,7 +227,7 @@ class FleetStore:
             d = {_s(k): _s(v) for k, v in raw.items()}
             entry: dict[str, Any] = {"id": h, "drained": h in drained}
             for k, v in d.items():
-                if k not in ("session", "joined", "heartbeat") and (definitions or k != "definitions"):
+                if k not in skip:
                     try:
                         entry[k] = msgspec.json.decode(v)
                     except msgspec.DecodeError:

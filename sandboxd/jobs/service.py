@@ -16,7 +16,6 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Literal
 
@@ -35,6 +34,7 @@ from sandboxd.jobs.kinds import KINDS
 from sandboxd.jobs.metrics import Metrics
 from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored, StoreFull
 from sandboxd.jobs.table import Job, JobTable, decode_spec, encode_spec, kind_of, lost_info
+from sandboxd.jobs.timeseries import RunTimes
 from sandboxd.schema import (
     JobInfo,
     RunRequest,
@@ -71,7 +71,7 @@ class Service(Operations):
         self.store = store or JobStore(":memory:", results_ttl)
         self.table = JobTable(self.store, results_ttl)
         self.jobs = self.table.jobs  # unfinished (and final, not yet saved) jobs by id
-        self.recent: deque[float] = deque(maxlen=200)  # recent run wall times, for status
+        self.recent = RunTimes()  # recent run wall times and per-second buckets, for status and the dashboard
         self._sweeper: asyncio.Task[None] | None = None
         self._heals_counted = 0  # engine heals already added to the metrics counter
 
@@ -418,6 +418,9 @@ class Service(Operations):
 
     async def language_list(self) -> list[dict[str, Any]]:
         return self.languages()
+
+    async def dashboard_info(self) -> dict[str, Any]:
+        return {**self.status(), "now": time.time(), "series": self.recent.series()}
 
     async def _refresh_metrics(self) -> None:
         self.refresh_metrics()
