@@ -22,7 +22,7 @@ import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import cors, replies, textmode
+from sandboxd.api import cors, pages, replies, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
@@ -40,6 +40,8 @@ SVC: web.AppKey[Frontend] = web.AppKey("service")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 SVC_MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 INBOUND: web.AppKey[Inbound] = web.AppKey("inbound", Inbound)
+# (API name, prefix) of the registered APIs mounted on the app: its OpenAPI document lists them.
+MOUNTED: web.AppKey[tuple[tuple[str, str], ...]] = web.AppKey("mounted", tuple)
 
 # An HTTP API on a Frontend: factory(frontend, **aiohttp.web.Application kwargs).
 MountFactory = Callable[..., web.Application]
@@ -119,7 +121,8 @@ async def _handle(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     token = request.app[TOKEN]
-    if token and request.path not in ("/healthz", "/readyz") and not authorized(request, token):
+    public = request.path in ("/healthz", "/readyz") or pages.public(request.path)
+    if token and not public and not authorized(request, token):
         return error_reply(request, Error("unauthorized", "missing or wrong bearer token"))
     try:
         return await with_body(request, handler)
@@ -233,6 +236,10 @@ async def status(req: web.Request) -> web.Response:
     return reply(req, {**await req.app[SVC].status_info(), "decode": DECODE.snapshot()})
 
 
+async def dashboard(req: web.Request) -> web.Response:
+    return reply(req, {**await req.app[SVC].dashboard_info(), "decode": DECODE.snapshot()})
+
+
 async def languages(req: web.Request) -> web.Response:
     return reply(req, await req.app[SVC].language_list())
 
@@ -256,7 +263,7 @@ async def readyz(req: web.Request) -> web.Response:
 
 
 async def openapi(req: web.Request) -> web.Response:
-    return web.json_response(document())
+    return web.json_response(document(req.app.get(MOUNTED, ())))
 
 
 def make_app(
@@ -281,17 +288,20 @@ def make_app(
     app.router.add_get("/v1/jobs/{job}", get_job)
     app.router.add_delete("/v1/jobs/{job}", delete_job)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/dashboard", dashboard)
     app.router.add_get("/v1/languages", languages)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    pages.add_routes(app)
     if extra_routes is not None:
         extra_routes(app)
     # The registered APIs on the same Frontend: a host daemon runs their jobs
     # itself, a coordinator enqueues them as fleet jobs (sandboxd.compat).
     origins = cors_origins or {}
     mounted_at = [(name, prefix) for name, prefix in (prefixes or {}).items() if prefix]
+    app[MOUNTED] = tuple(mounted_at)
     for name, prefix in mounted_at:
         app.add_subapp(prefix, _api(name, svc))
     native = origins.get("", ())
