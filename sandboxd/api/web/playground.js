@@ -147,7 +147,8 @@ function onMessage(ev) {
   else if (msg.type === "result") {
     const r = msg.result || {};
     const how = r.signal ? `signal ${r.signal}` : `exit ${r.exit_code}`;
-    $("term-state").textContent = `finished: ${r.status} (${how})${msg.reason ? ", " + msg.reason : ""}`;
+    const why = msg.reason && msg.reason !== "exit" ? ", " + msg.reason : ""; // (idle, max_session, ...)
+    $("term-state").textContent = `finished: ${r.status} (${how})${why}`;
     if (r.status === "compile_error" || msg.verdict === "CE") termWrite(text(r, "stderr"), "err");
   } else if (msg.type === "error") {
     $("term-state").textContent = `error ${msg.code}: ${msg.message}`;
