@@ -41,6 +41,10 @@ _enc = msgspec.msgpack.Encoder()
 T = TypeVar("T")
 
 
+# Jobs read per fleet queue to count its priorities (the dashboard's, polled every second).
+PRIORITY_SAMPLE = 1000
+
+
 def _aw(x: Awaitable[T] | T) -> Awaitable[T]:
     # redis-py types each command as sync-or-async; on redis.asyncio they are awaitables.
     return cast(Awaitable[T], x)
@@ -250,6 +254,26 @@ class FleetStore:
         for q in names:
             pipe.zcard(self.keys.queue(q))
         return dict(zip(names, (int(n) for n in await pipe.execute()), strict=True))
+
+    async def queue_priorities(self, sample: int = PRIORITY_SAMPLE) -> dict[str, dict[int, int]]:
+        """Waiting jobs per priority of each fleet queue, from at most `sample` jobs at
+        the head of each (a queue's order is one score of priority and age: the
+        priority is in each job's hash).  Bounded: one pipelined read per queue."""
+        names = sorted(_s(q) for q in await _aw(self.redis.smembers(self.keys.queues)))
+        out: dict[str, dict[int, int]] = {}
+        for q in names:
+            ids = await _aw(self.redis.zrange(self.keys.queue(q), 0, sample - 1))
+            if not ids:
+                continue
+            pipe = self.redis.pipeline(transaction=False)
+            for jid in ids:
+                pipe.hget(self.keys.job(_s(jid)), "prio")
+            counts: dict[int, int] = {}
+            for prio in await pipe.execute():
+                with contextlib.suppress(TypeError, ValueError):  # (a job gone meanwhile, or malformed)
+                    counts[int(prio)] = counts.get(int(prio), 0) + 1
+            out[q] = counts
+        return out
 
     async def stats(self) -> dict[str, int]:
         return {_s(k): int(v) for k, v in (await _aw(self.redis.hgetall(self.keys.stats))).items()}

@@ -75,11 +75,15 @@ def status(
 
 
 def dashboard(
-    hosts: list[dict[str, Any]], queues: dict[str, int], stats: dict[str, int], draining: bool
+    hosts: list[dict[str, Any]],
+    queues: dict[str, int],
+    priorities: dict[str, dict[int, int]],
+    stats: dict[str, int],
+    draining: bool,
 ) -> dict[str, Any]:
     """The coordinator's dashboard: its status, every host with its load and run
-    times, the fleet's queues (each "language|tag": a fleet queue orders its jobs by
-    priority and age in one score, so it has no count per priority), and the
+    times, the fleet's queues (each "language|tag": its depth, and its waiting
+    jobs per priority as FleetStore.queue_priorities counts them), and the
     hosts' series merged (sandboxd.jobs.timeseries.merge)."""
     rows = [
         {
@@ -98,7 +102,7 @@ def dashboard(
     return {
         **status(hosts, queues, stats, draining),
         "hosts": rows,
-        "fleet_queues": queues,
+        "fleet_queues": {q: {"depth": n, "priorities": priorities.get(q, {})} for q, n in queues.items() if n},
         "now": time.time(),
         "series": timeseries.merge(series),
     }

@@ -194,6 +194,13 @@ def test_docs_lists_every_operation(daemon: Daemon, browser: Any) -> None:
     browser.save_screenshot(str(SHOTS / "docs.png"))
 
 
+JSON = {"Content-Type": "application/json"}
+
+
+def _queued_priorities(drv: Any) -> list[str]:
+    return [r.find_elements(By.TAG_NAME, "td")[1].text for r in drv.find_elements(By.CSS_SELECTOR, "#queues tbody tr")]
+
+
 def test_coordinator_dashboard_lists_hosts(browser: Any) -> None:
     redis = Redis()
     fast = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5"}
@@ -203,9 +210,15 @@ def test_coordinator_dashboard_lists_hosts(browser: Any) -> None:
         env = {**fast, "SANDBOXD_FLEET": redis.url, "SANDBOXD_FLEET_HOST_ID": "web-a"}
         host = Daemon(inst("-browser-host"), pool_size=1, env=env)
         coord = Coordinator(redis.url, fast)
-        _watch_dashboard(browser, coord.http, {"Content-Type": "application/json"})
+        _watch_dashboard(browser, coord.http, JSON)
         until(browser, lambda: text(browser, "#hosts tbody tr td") == "web-a", what="the host listed")
         assert text(browser, "#kind") == "coordinator: 1 hosts"
+        # Jobs waiting behind a busy host show in the fleet's queues, by priority.
+        for prio in (0, 0, 0, 5, 5, -3):
+            run = {"cmd": ["sleep", "1"], "priority": prio}
+            req = urllib.request.Request(coord.http + "/v1/runs?wait=false", json.dumps(run).encode(), JSON)
+            urllib.request.urlopen(req, timeout=30).read()
+        until(browser, lambda: {"5", "-3"} <= set(_queued_priorities(browser)), what="queues per priority")
         browser.save_screenshot(str(SHOTS / "dashboard-coordinator.png"))
     finally:
         if coord is not None:

@@ -50,9 +50,11 @@ function plot(canvas, lines, t0, t1) {
 
 function draw(d) {
   const now = Math.floor(d.now);
-  const win = 600;
-  const t0 = now - win;
   const series = d.series || [];
+  // The window: back to the oldest second with runs, at least 2 and at most 10 minutes.
+  const win = Math.min(600, Math.max(120, series.length ? now - series[0][0] + 10 : 0));
+  const t0 = now - win;
+  for (const w of document.querySelectorAll(".window")) w.textContent = String(Math.round(win / 60));
   const counts = new Map(series.map((b) => [b[0], b[1]]));
   const tput = [];
   for (let t = t0 + 1; t <= now; t++) tput.push([t, counts.get(t) || 0]);
@@ -87,8 +89,14 @@ function showFleet(d) {
   table("hosts", d.hosts.map((h) => [
     h.id, h.capacity, h.load, h.running, h.runs_last_min, `${h.heartbeat_age} s ago`, h.drained ? "yes" : "no",
   ]));
-  const queues = Object.entries(d.fleet_queues || {}).filter(([, n]) => n);
-  table("queues", queues.length ? queues.map(([q, n]) => [q, "(by score)", n]) : [["(all empty)", "-", 0]]);
+  const queues = [];
+  for (const [q, v] of Object.entries(d.fleet_queues || {})) {
+    const prios = Object.entries(v.priorities || {});
+    for (const [prio, n] of prios) queues.push([q, prio, n]);
+    const counted = prios.reduce((a, [, n]) => a + n, 0);
+    if (v.depth > counted) queues.push([q, "(beyond the sample)", v.depth - counted]);
+  }
+  table("queues", queues.length ? queues : [["(all empty)", "-", 0]]);
   const s = d.series || [];
   const last = s.filter((b) => b[0] > d.now - 60);
   const n = last.reduce((a, b) => a + b[1], 0);
