@@ -64,6 +64,12 @@ def text(drv: Any, css: str) -> str:
     return str(drv.find_element(By.CSS_SELECTOR, css).text)
 
 
+def cells(drv: Any, css: str) -> list[list[str]]:
+    """The cells of a table's rows, read in one step (the dashboard replaces its rows every second)."""
+    script = "return [...document.querySelectorAll(arguments[0])].map(r => [...r.cells].map(c => c.textContent))"
+    return list(drv.execute_script(script, css))
+
+
 def open_page(drv: Any, url: str) -> None:
     """Open a page with the token in localStorage, as a user who typed it once."""
     drv.get(url)
@@ -123,8 +129,7 @@ def test_playground_judges_against_typed_tests(daemon: Daemon, browser: Any) -> 
         el.send_keys(v)
     browser.find_element(By.ID, "judge").click()
     assert verdict(browser) == "WA"  # the second test expects XZ, the program prints XY
-    rows = browser.find_elements(By.CSS_SELECTOR, "#judge-table tbody tr")
-    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["AC", "WA"]
+    assert [row[1] for row in cells(browser, "#judge-table tbody tr")] == ["AC", "WA"]
     browser.save_screenshot(str(SHOTS / "playground-judge.png"))
 
 
@@ -172,10 +177,9 @@ def test_dashboard_updates_while_jobs_run(daemon: Daemon, browser: Any) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     _watch_dashboard(browser, daemon.http, auth)
     assert text(browser, "#kind") == "daemon"
-    rows = browser.find_elements(By.CSS_SELECTOR, "#pools tbody tr")
-    pools = [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows]
+    pools = [row[0] for row in cells(browser, "#pools tbody tr")]
     assert pools and all(pools)
-    assert browser.find_elements(By.CSS_SELECTOR, "#queues tbody tr")
+    assert cells(browser, "#queues tbody tr")
     browser.save_screenshot(str(SHOTS / "dashboard.png"))
 
 
@@ -198,7 +202,7 @@ JSON = {"Content-Type": "application/json"}
 
 
 def _queued_priorities(drv: Any) -> list[str]:
-    return [r.find_elements(By.TAG_NAME, "td")[1].text for r in drv.find_elements(By.CSS_SELECTOR, "#queues tbody tr")]
+    return [row[1] for row in cells(drv, "#queues tbody tr")]
 
 
 def test_coordinator_dashboard_lists_hosts(browser: Any) -> None:
@@ -211,7 +215,7 @@ def test_coordinator_dashboard_lists_hosts(browser: Any) -> None:
         host = Daemon(inst("-browser-host"), pool_size=1, env=env)
         coord = Coordinator(redis.url, fast)
         _watch_dashboard(browser, coord.http, JSON)
-        until(browser, lambda: text(browser, "#hosts tbody tr td") == "web-a", what="the host listed")
+        until(browser, lambda: [r[0] for r in cells(browser, "#hosts tbody tr")] == ["web-a"], what="the host listed")
         assert text(browser, "#kind") == "coordinator: 1 hosts"
         # Jobs waiting behind a busy host show in the fleet's queues, by priority.
         for prio in (0, 0, 0, 5, 5, -3):
