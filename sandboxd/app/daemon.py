@@ -44,7 +44,13 @@ async def serve(cfg: Config) -> int:
                 raise RuntimeError(f"no language passed its self-test: {failed}")
         jc = cfg.jobs
         jobs = JobStore(jc.store or default_path(Path(cfg.state_dir), cfg.instance), jc.results_ttl, jc.store_max_bytes)
-        svc = Service(engine, results_ttl=jc.results_ttl, callback_allow_private=jc.callback_allow_private, store=jobs)
+        svc = Service(
+            engine,
+            results_ttl=jc.results_ttl,
+            callback_allow_private=jc.callback_allow_private,
+            store=jobs,
+            sessions=cfg.sessions,
+        )
         svc.open()
         reloads: set[asyncio.Task[list[str]]] = set()
 
