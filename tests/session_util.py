@@ -21,9 +21,10 @@ int main(void) {
 }
 """
 PY_SLEEP_FOREVER = "import time\nwhile True: time.sleep(1)\n"
+# (os.write in the handler: a signal that lands inside print's flush would make print reentrant)
 PY_TRAP_INT = (
-    "import signal, sys, time\n"
-    "def h(s, f):\n    print('got INT', flush=True); sys.exit(7)\n"
+    "import os, signal, sys, time\n"
+    "def h(s, f):\n    os.write(1, b'got INT\\n'); os._exit(7)\n"
     "signal.signal(signal.SIGINT, h)\nprint('ready', flush=True)\n"
     "while True: time.sleep(1)\n"
 )

@@ -106,6 +106,7 @@ class LiveSession:
         self.idle = min(start.idle_timeout or s.idle_timeout, s.idle_timeout)
         self._started = asyncio.Event()  # the box has the run (stdin may flow)
         self._announced = asyncio.Event()  # "started" is sent (output may follow)
+        self._input = asyncio.Event()  # the start's stdin is in: the client's may follow
         self._ran = False
         self.control = RunControl(self._on_start)
         self.reason = ""
@@ -126,7 +127,10 @@ class LiveSession:
     async def write(self, data: bytes) -> None:
         """Program stdin; waits while the pipe into the box is full."""
         self.last = time.monotonic()
-        await self._started.wait()
+        await self._input.wait()
+        await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view and self._in_w >= 0:
             try:
@@ -141,7 +145,8 @@ class LiveSession:
 
     def eof(self) -> None:
         self._stdin_closed = True
-        self._close_stdin()
+        if self._input.is_set():
+            self._close_stdin()
 
     def signal(self, name: SessionSignalName) -> None:
         if name == "KILL":
@@ -230,7 +235,7 @@ class LiveSession:
             res = await asyncio.shield(run)
             await asyncio.gather(*pumps)
         finally:
-            self._started.set()  # (wakes a writer still waiting: the run is over)
+            self._input.set()  # (wakes a writer still waiting: the run is over)
             if not run.done():
                 self.abandon()
                 with contextlib.suppress(BaseException):
@@ -258,7 +263,8 @@ class LiveSession:
             self._announced.set()
         self.last = time.monotonic()
         if self.start.stdin:
-            await self.write(self.start.stdin.encode())
+            await self._write(self.start.stdin.encode())
+        self._input.set()
         if self._stdin_closed:
             self._close_stdin()
         while not run.done():
