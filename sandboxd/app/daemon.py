@@ -63,6 +63,10 @@ async def serve(cfg: Config) -> int:
         if cfg.fleet.url:
             store = FleetStore(cfg.fleet.url, cfg.fleet.prefix, jc.results_ttl)
             info = {"address": cfg.http.listen, "instance": cfg.instance, "version": __version__}
+            # Where a coordinator proxies live sessions to (sandboxd.fleet.sessionproxy).
+            sessions_url = cfg.sessions.advertise or (f"http://{cfg.http.listen}" if cfg.http.listen else "")
+            if sessions_url:
+                info["sessions"] = sessions_url
             worker = HostWorker(
                 store, ServiceExecutor(svc), HostSettings.from_config(cfg.fleet, fleet_host_id(cfg), info)
             )

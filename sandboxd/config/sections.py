@@ -150,6 +150,8 @@ class SessionsSettings(Section, frozen=True):
     # The http://host:port a fleet coordinator proxies this host's sessions to,
     # advertised in its heartbeat; "" = http://[http] listen.
     advertise: str = ""
+    # Coordinator: the bearer token it sends the hosts' session endpoints; "" = its own [http] token.
+    host_token: str = ""
 
 
 class Config(Section, frozen=True):
