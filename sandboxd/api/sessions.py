@@ -26,6 +26,7 @@ from sandboxd.config import SessionsSettings
 from sandboxd.errors import ServiceError
 from sandboxd.schema import (
     Error,
+    Limits,
     RunResult,
     SchemaError,
     SessionEof,
@@ -65,7 +66,7 @@ class Sessions(Protocol):
 
     settings: SessionsSettings
 
-    def open(self, start: SessionStart) -> LiveSession: ...
+    def open(self, start: SessionStart, compile_limits: Limits | None = None) -> LiveSession: ...
 
 
 def result_dict(res: RunResult) -> Any:

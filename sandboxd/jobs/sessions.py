@@ -30,7 +30,7 @@ from sandboxd.config import SessionsSettings
 from sandboxd.engine.engine import Compiled, Engine
 from sandboxd.engine.scheduler import QueueDeadline, QueueFull
 from sandboxd.sandbox.box import RunControl
-from sandboxd.schema import FileIn, RunResult, SchemaError, SessionSignalName, SessionStart
+from sandboxd.schema import FileIn, Limits, RunResult, SchemaError, SessionSignalName, SessionStart
 
 STDOUT, STDERR = 1, 2
 _CHUNK = 1 << 16
@@ -79,7 +79,7 @@ class Sessions:
         self.active = 0
         self.on_end = on_end
 
-    def open(self, start: SessionStart) -> LiveSession:
+    def open(self, start: SessionStart, compile_limits: Limits | None = None) -> LiveSession:
         """A session for `start`, counted against the cap; ServiceError when full
         (queue_full + retry_after) or the language is unknown (bad_request)."""
         try:
@@ -90,7 +90,7 @@ class Sessions:
             why = f"{self.active} live sessions, the most this daemon runs at once (sessions.max_sessions); retry later"
             raise errors.error("queue_full", why, self.settings.queue_wait)
         self.active += 1
-        return LiveSession(self, start)
+        return LiveSession(self, start, compile_limits)
 
     def _closed(self, reason: str) -> None:
         self.active -= 1
@@ -99,9 +99,10 @@ class Sessions:
 
 
 class LiveSession:
-    def __init__(self, owner: Sessions, start: SessionStart) -> None:
+    def __init__(self, owner: Sessions, start: SessionStart, compile_limits: Limits | None = None) -> None:
         self.owner = owner
         self.start = start
+        self.compile_limits = compile_limits  # None: the language's (Piston's init may set them)
         s = owner.settings
         self.idle = min(start.idle_timeout or s.idle_timeout, s.idle_timeout)
         self._started = asyncio.Event()  # the box has the run (stdin may flow)
@@ -198,7 +199,7 @@ class LiveSession:
         wants = st.compile if st.compile is not None else lang.compile is not None
         if not wants:
             return Compiled(lang, None, [FileIn(lang.source, source), *files])
-        return await eng.compile(st.language, source, files, deadline=self._deadline())
+        return await eng.compile(st.language, source, files, limits=self.compile_limits, deadline=self._deadline())
 
     def _deadline(self) -> float:
         return time.monotonic() + self.owner.settings.queue_wait
