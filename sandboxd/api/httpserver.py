@@ -22,7 +22,7 @@ import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import cors, pages, replies, textmode
+from sandboxd.api import cors, pages, replies, sessions, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
@@ -122,7 +122,7 @@ async def _handle(
 ) -> web.StreamResponse:
     token = request.app[TOKEN]
     public = request.path in ("/healthz", "/readyz") or pages.public(request.path)
-    if token and not public and not authorized(request, token):
+    if token and not public and not self_auth(request) and not authorized(request, token):
         return error_reply(request, Error("unauthorized", "missing or wrong bearer token"))
     try:
         return await with_body(request, handler)
@@ -135,6 +135,16 @@ async def _handle(
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return error_reply(request, Error("internal", f"internal error: {e}"))
+
+
+SELF_AUTH = "self-auth:"  # route names of handlers that authenticate themselves (WebSocket sessions)
+
+
+def self_auth(request: web.Request) -> bool:
+    """A route that checks the token itself: a browser's WebSocket carries it in
+    its first message, not a header (sandboxd.api.sessions)."""
+    name = request.match_info.route.name
+    return name is not None and name.startswith(SELF_AUTH)
 
 
 def authorized(request: web.Request, token: str) -> bool:
@@ -295,6 +305,9 @@ def make_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
     pages.add_routes(app)
+    live = getattr(svc, "sessions", None)  # a host daemon's; a coordinator proxies in its extra_routes
+    if isinstance(live, sessions.Sessions):
+        add_sessions(app, live)
     if extra_routes is not None:
         extra_routes(app)
     # The registered APIs on the same Frontend: a host daemon runs their jobs
@@ -308,6 +321,13 @@ def make_app(
     by_prefix = [(prefix, _cors(name, origins.get(name, native))) for name, prefix in mounted_at]
     cors.install(app, cors.Policy.of(native), by_prefix)
     return app
+
+
+def add_sessions(app: web.Application, live: sessions.Sessions) -> None:
+    async def handler(req: web.Request) -> web.StreamResponse:
+        return await sessions.serve(req, live, req.app[TOKEN])
+
+    app.router.add_get(sessions.PATH, handler, name=SELF_AUTH + "sessions")
 
 
 def _cors(name: str, origins: Sequence[str]) -> cors.Policy:

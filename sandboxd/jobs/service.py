@@ -19,7 +19,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Literal
 
-from sandboxd.config import JOBS
+from sandboxd.config import JOBS, SessionsSettings
 from sandboxd.engine.budget import Admission
 from sandboxd.engine.compiler import Compiler
 from sandboxd.engine.engine import Engine
@@ -32,6 +32,7 @@ from sandboxd.jobs.fingerprint import Op, Spec
 from sandboxd.jobs.frontend import Operations, Progress, conflict, keyed
 from sandboxd.jobs.kinds import KINDS
 from sandboxd.jobs.metrics import Metrics
+from sandboxd.jobs.sessions import Sessions
 from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored, StoreFull
 from sandboxd.jobs.table import Job, JobTable, decode_spec, encode_spec, kind_of, lost_info
 from sandboxd.jobs.timeseries import RunTimes
@@ -61,9 +62,12 @@ class Service(Operations):
         results_ttl: float = JOBS.results_ttl,
         callback_allow_private: bool = False,
         store: JobStore | None = None,
+        sessions: SessionsSettings | None = None,
     ) -> None:
         super().__init__(metrics or Metrics(), callback_allow_private)
         self.engine = engine
+        self.sessions = Sessions(engine, sessions or SessionsSettings(), self._session_ended)
+        self.metrics.sessions_active.set_function(lambda: self.sessions.active)
         self._callbacks: set[asyncio.Task[Any]] = set()
         self.compiler = Compiler(engine)  # single flight for the compat kinds' compiles
         self.compat_pending = 0  # jobs of compat kinds not finished: Judge0's queue count
@@ -74,6 +78,9 @@ class Service(Operations):
         self.recent = RunTimes()  # recent run wall times and per-second buckets, for status and the dashboard
         self._sweeper: asyncio.Task[None] | None = None
         self._heals_counted = 0  # engine heals already added to the metrics counter
+
+    def _session_ended(self, reason: str) -> None:
+        self.metrics.sessions.labels(reason).inc()
 
     # --- start and stop ---------------------------------------------------
 

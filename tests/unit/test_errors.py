@@ -27,6 +27,7 @@ from sandboxd.schema import (
 NATIVE_STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
+    "forbidden": 403,
     "not_found": 404,
     "queue_full": 429,
     "cancelled": 409,

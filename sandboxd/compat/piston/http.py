@@ -1,4 +1,5 @@
-"""Piston v2's HTTP routes (`POST /api/v2/execute`, `GET /api/v2/runtimes`) as an aiohttp application."""
+"""Piston v2's HTTP routes (`POST /api/v2/execute`, `GET /api/v2/runtimes`, the
+`/api/v2/connect` WebSocket: sandboxd.compat.piston.connect) as an aiohttp application."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from sandboxd.api import sessions as api_sessions
 from sandboxd.api.inbound import offload
 from sandboxd.compat import Backend
 from sandboxd.compat.piston import request
+from sandboxd.compat.piston.connect import connect
 from sandboxd.compat.piston.errors import PistonError
 from sandboxd.compat.piston.runtime import runtimes
 from sandboxd.compat.piston.view import response
@@ -100,5 +103,13 @@ def make_app(backend: Backend, **app_args: Any) -> web.Application:
         app.router.add_post(path, execute)
     for path in ("/api/v2/runtimes", "/api/v2/runtimes/"):
         app.router.add_get(path, list_runtimes)
+    live = getattr(backend, "sessions", None)  # a host daemon's live sessions (a coordinator has none here)
+    if isinstance(live, api_sessions.Sessions):
+
+        async def ws_connect(req: web.Request) -> web.StreamResponse:
+            return await connect(req, backend, live)
+
+        for path in ("/api/v2/connect", "/api/v2/connect/"):
+            app.router.add_get(path, ws_connect)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
