@@ -142,6 +142,31 @@ def test_playground_shows_a_compile_error(daemon: Daemon, browser: Any) -> None:
     assert "missing" in text(browser, "#stderr")
 
 
+PY_UPPER_LINES = "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)\nprint('bye')\n"
+
+
+def _terminal_session(drv: Any, url: str) -> None:
+    """A line typed in the terminal reaches the program while it runs; its answer
+    comes back before stdin is closed; the result comes at the end."""
+    open_page(drv, url + "/")
+    pick_language(drv, "python3")
+    type_into(drv, "source", PY_UPPER_LINES)
+    drv.find_element(By.ID, "term-start").click()
+    until(drv, lambda: text(drv, "#term-state") == "running", what="the session running")
+    for word in ("hello", "again"):
+        type_into(drv, "term-in", word + "\n")
+        until(drv, lambda w=word: w.upper() in text(drv, "#term-out"), what=f"{word} echoed live")
+    assert "bye" not in text(drv, "#term-out")  # still running: its stdin is open
+    drv.find_element(By.ID, "term-eof").click()
+    until(drv, lambda: text(drv, "#term-state") == "finished: ok (exit 0)", what="the session's result")
+    assert text(drv, "#term-out").endswith("bye")
+
+
+def test_terminal_is_live_over_the_session_websocket(daemon: Daemon, browser: Any) -> None:
+    _terminal_session(browser, daemon.http)
+    browser.save_screenshot(str(SHOTS / "playground-terminal.png"))
+
+
 def _submit_runs(url: str, stop: threading.Event, headers: dict[str, str]) -> None:
     body = {"lang": "python3", "source": base64.b64encode(b"print(1)").decode(), "tests": [{"input": ""}]}
     while not stop.is_set():
@@ -224,6 +249,7 @@ def test_coordinator_dashboard_lists_hosts(browser: Any) -> None:
             urllib.request.urlopen(req, timeout=30).read()
         until(browser, lambda: {"5", "-3"} <= set(_queued_priorities(browser)), what="queues per priority")
         browser.save_screenshot(str(SHOTS / "dashboard-coordinator.png"))
+        _terminal_session(browser, coord.http)  # through the coordinator, proxied to the host
     finally:
         if coord is not None:
             coord.stop()
