@@ -40,6 +40,13 @@ def example_body(ref: str, example: Any) -> dict[str, Any]:
 
 
 RUN_EXAMPLE = {"cmd": ["sh", "-c", "read name; echo hello $name"], "stdin": b64("world\n")}
+# A WebSocket operation: OpenAPI has no words for one, so `x-websocket` lists the
+# text messages a client sends, in order (the examples test sends them and reads
+# to the end); the protocol is in docs/sessions.md.
+SESSION_EXAMPLE = [
+    {"type": "start", "language": "python3", "source": "print(input()[::-1])\n", "stdin": "abc\n"},
+    {"type": "eof"},
+]
 SUBMISSION_EXAMPLE = {
     "lang": "python3",
     "source": b64("print(input()[::-1])\n"),
@@ -193,6 +200,16 @@ def _native() -> dict[str, Any]:
             },
             "/v1/status": {
                 "get": {"summary": "Pools, queues and recent run times", "responses": {"200": {"description": "OK"}}}
+            },
+            "/v1/sessions": {
+                "get": {
+                    "summary": "A live session (WebSocket): run a program with stdin and output streamed",
+                    "description": "Upgrade to a WebSocket, send a `start` message, then stdin as binary frames "
+                    "and `eof`/`signal`/`kill`; output comes back as binary frames (first byte: 1 stdout, 2 stderr) "
+                    "and a final `result` (docs/sessions.md). Browsers send the token in `start`.",
+                    "x-websocket": SESSION_EXAMPLE,
+                    "responses": {"101": {"description": "switching protocols"}, **_ERRORS},
+                }
             },
             "/v1/dashboard": {
                 "get": {

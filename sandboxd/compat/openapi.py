@@ -90,4 +90,13 @@ PISTON: dict[str, Any] = {
         }
     },
     "/api/v2/runtimes": {"get": {"summary": "Piston: runtimes (languages, versions, aliases)", "responses": OK}},
+    "/api/v2/connect": {
+        "get": {
+            "summary": "Piston: a live run over a WebSocket (init, then data/signal; runtime, stage, data, exit back)",
+            "x-websocket": [
+                {"type": "init", "language": "python3", "version": "*", "files": [{"content": "print('hi')"}]}
+            ],
+            "responses": {"101": {"description": "switching protocols"}},
+        }
+    },
 }

@@ -7,12 +7,14 @@ the ids of jobs (which exist once a POST created them) are filled in here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 from daemon_util import Daemon
 from instances import inst
@@ -44,6 +46,24 @@ def call(d: Daemon, method: str, path: str, body: Any = None) -> tuple[int, Any]
     return status, json.loads(raw) if "json" in ctype and raw else raw
 
 
+def websocket(d: Daemon, path: str, messages: list[dict[str, Any]]) -> list[Any]:
+    """Send a WebSocket operation's example messages; everything the server answers until it closes."""
+
+    async def go() -> list[Any]:
+        got: list[Any] = []
+        url = d.http.replace("http://", "ws://") + path
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+            for m in messages:
+                await ws.send_str(json.dumps(m))
+            async with asyncio.timeout(60):
+                async for msg in ws:
+                    got.append(json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else msg.data)
+        return got
+
+    return asyncio.run(go())
+
+
 def _url(path: str, op: dict[str, Any], ids: dict[str, str]) -> str:
     query = {}
     for p in op.get("parameters", []):
@@ -73,6 +93,11 @@ def test_every_example_answers_2xx(daemon: Daemon) -> None:
     # DELETEs last: they remove what the GETs read.
     ops = [(p, m, op) for p, item in paths.items() for m, op in item.items()]
     for path, method, op in sorted(ops, key=lambda o: o[1] == "delete"):
+        if "x-websocket" in op:
+            got = websocket(daemon, path, op["x-websocket"])
+            assert got and not [m for m in got if isinstance(m, dict) and m.get("type") == "error"], (path, got)
+            sent.append((method, path))
+            continue
         content = op.get("requestBody", {}).get("content", {}).get("application/json")
         assert content is None or "example" in content, f"{method} {path}: no example"
         url = _url(path, op, ids)
@@ -87,3 +112,8 @@ def test_every_example_answers_2xx(daemon: Daemon) -> None:
     _, judged = call(daemon, "POST", "/v1/submissions", sub_ex)
     assert judged["verdict"] == "AC", judged
     assert sub["status"]["description"] == "Accepted", sub
+    live = websocket(daemon, "/v1/sessions", paths["/v1/sessions"]["get"]["x-websocket"])
+    assert live[-1]["type"] == "result" and live[-1]["result"]["status"] == "ok", live
+    assert b"".join(m[1:] for m in live if isinstance(m, bytes) and m[:1] == b"\x01") == b"cba\n"
+    piston = websocket(daemon, "/piston/api/v2/connect", paths["/piston/api/v2/connect"]["get"]["x-websocket"])
+    assert {"type": "data", "stream": "stdout", "data": "hi\n"} in piston, piston

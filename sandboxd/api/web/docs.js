@@ -44,6 +44,10 @@ function operation(path, method, op) {
     const ex = json.example !== undefined ? json.example : (json.examples && Object.values(json.examples)[0].value);
     if (ex !== undefined) box.append(el("pre", { class: "example" }, JSON.stringify(ex, null, 2)));
   }
+  if (op["x-websocket"]) {
+    box.append(el("p", {}, "WebSocket: the client sends these text messages, in order:"));
+    box.append(el("pre", { class: "example" }, op["x-websocket"].map((m) => JSON.stringify(m)).join("\n")));
+  }
   const resp = Object.entries(op.responses || {}).map(([code, r]) => {
     const c = r.content && Object.values(r.content)[0];
     return el("li", {}, el("code", {}, code), " ", r.description || "", " ", c ? link(refName(c.schema)) : "");
