@@ -21,7 +21,7 @@ import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import cors, replies, sse, tenantauth, textmode
+from sandboxd.api import cors, pages, replies, sessions, sse, tenantauth, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
@@ -40,6 +40,8 @@ SVC: web.AppKey[Frontend] = web.AppKey("service")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 SVC_MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 INBOUND: web.AppKey[Inbound] = web.AppKey("inbound", Inbound)
+# (API name, prefix) of the registered APIs mounted on the app: its OpenAPI document lists them.
+MOUNTED: web.AppKey[tuple[tuple[str, str], ...]] = web.AppKey("mounted", tuple)
 
 # An HTTP API on a Frontend: factory(frontend, **aiohttp.web.Application kwargs).
 MountFactory = Callable[..., web.Application]
@@ -128,8 +130,8 @@ async def errors_and_auth(
 async def _handle(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.path in ("/healthz", "/readyz"):
-        return await _served(request, handler)
+    if request.path in ("/healthz", "/readyz") or pages.public(request.path) or self_auth(request):
+        return await _served(request, handler)  # (a self-authenticating route checks its caller itself)
     headers = (h for app in request.match_info.apps for h in app.get(TOKEN_HEADERS, ()))
     creds = list(tenantauth.presented(request, headers))
     caller = tenantauth.identify(creds, request.app[TOKEN], request.config_dict[SVC].tenants)
@@ -181,6 +183,16 @@ def route_error(request: web.Request, e: web.HTTPNotFound | web.HTTPMethodNotAll
         message += " (the API's routes: /openapi.json)"
     err = Error("not_found" if e.status == 404 else "bad_request", message)
     return reply(request, {"error": err}, e.status, headers)
+
+
+SELF_AUTH = "self-auth:"  # route names of handlers that authenticate themselves (WebSocket sessions)
+
+
+def self_auth(request: web.Request) -> bool:
+    """A route that checks the token itself: a browser's WebSocket carries it in
+    its first message, not a header (sandboxd.api.sessions)."""
+    name = request.match_info.route.name
+    return name is not None and name.startswith(SELF_AUTH)
 
 
 async def with_body(
@@ -292,6 +304,10 @@ async def status(req: web.Request) -> web.Response:
     return reply(req, {**await req.app[SVC].status_info(), "decode": DECODE.snapshot()})
 
 
+async def dashboard(req: web.Request) -> web.Response:
+    return reply(req, {**await req.app[SVC].dashboard_info(), "decode": DECODE.snapshot()})
+
+
 async def languages(req: web.Request) -> web.Response:
     return reply(req, await req.app[SVC].language_list())
 
@@ -315,7 +331,7 @@ async def readyz(req: web.Request) -> web.Response:
 
 
 async def openapi(req: web.Request) -> web.Response:
-    return web.json_response(document())
+    return web.json_response(document(req.app.get(MOUNTED, ())))
 
 
 def make_app(
@@ -342,18 +358,24 @@ def make_app(
     app.router.add_get("/v1/jobs/{job}", get_job)
     app.router.add_delete("/v1/jobs/{job}", delete_job)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/dashboard", dashboard)
     app.router.add_get("/v1/languages", languages)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
     tenantauth.install(app, svc.tenants, token)
+    pages.add_routes(app)
+    live = getattr(svc, "sessions", None)  # a host daemon's; a coordinator proxies in its extra_routes
+    if isinstance(live, sessions.Sessions):
+        add_sessions(app, live)
     if extra_routes is not None:
         extra_routes(app)
     # The registered APIs on the same Frontend: a host daemon runs their jobs
     # itself, a coordinator enqueues them as fleet jobs (sandboxd.compat).
     origins = cors_origins or {}
     mounted_at = [(name, prefix) for name, prefix in (prefixes or {}).items() if prefix]
+    app[MOUNTED] = tuple(mounted_at)
     for name, prefix in mounted_at:
         app.add_subapp(prefix, _api(name, svc, (api_options or {}).get(name, {})))
     app[ROUTE_ERRORS] = tuple((p.rstrip("/"), _ROUTE_ERRORS[n]) for n, p in mounted_at if n in _ROUTE_ERRORS)
@@ -361,6 +383,13 @@ def make_app(
     by_prefix = [(prefix, _cors(name, origins.get(name, native))) for name, prefix in mounted_at]
     cors.install(app, cors.Policy.of(native), by_prefix)
     return app
+
+
+def add_sessions(app: web.Application, live: sessions.Sessions) -> None:
+    async def handler(req: web.Request) -> web.StreamResponse:
+        return await sessions.serve(req, live, req.app[TOKEN])
+
+    app.router.add_get(sessions.PATH, handler, name=SELF_AUTH + "sessions")
 
 
 def _cors(name: str, origins: Sequence[str]) -> cors.Policy:

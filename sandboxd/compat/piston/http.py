@@ -1,5 +1,5 @@
 """Piston v2's HTTP routes (`POST /api/v2/execute`, `GET /api/v2/runtimes`, `GET /api/v2/packages`,
-`GET /`) as an aiohttp application."""
+`GET /`, the `/api/v2/connect` WebSocket: sandboxd.compat.piston.connect) as an aiohttp application."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from sandboxd.api import sessions as api_sessions
 from sandboxd.api.inbound import offload
 from sandboxd.compat import Backend
 from sandboxd.compat.piston import request
+from sandboxd.compat.piston.connect import connect
 from sandboxd.compat.piston.errors import PistonError
 from sandboxd.compat.piston.runtime import runtimes
 from sandboxd.compat.piston.view import response
@@ -137,5 +139,13 @@ def make_app(backend: Backend, accept_text_plain: bool = False, **app_args: Any)
         app.router.add_get(path, list_runtimes)
     for path in ("/api/v2/packages", "/api/v2/packages/"):
         app.router.add_get(path, list_packages)
+    live = getattr(backend, "sessions", None)  # a host daemon's live sessions (a coordinator has none here)
+    if isinstance(live, api_sessions.Sessions):
+
+        async def ws_connect(req: web.Request) -> web.StreamResponse:
+            return await connect(req, backend, live)
+
+        for path in ("/api/v2/connect", "/api/v2/connect/"):
+            app.router.add_get(path, ws_connect)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
