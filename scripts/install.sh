@@ -39,7 +39,7 @@ fi
 # Debian's interpreter, not a pyenv shim that may be first on PATH.
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]' -e clients/python
-# clients/js: its type checker, pinned by its package-lock.json (npm ci, once per lock).
+# clients/js: its type checker and `ws` (live sessions in Node 20), pinned by its package-lock.json (npm ci, once per lock).
 clients/js/install.sh
 # Build the agent now so the first run does not pay for it.
 .venv/bin/python -c 'from sandboxd.sandbox import agentbin; print("agent:", agentbin.ensure())'

@@ -7,9 +7,11 @@ Every run limit applies (cpu, memory, pids through the box's cgroup; the
 output limit here, total bytes across stdout and stderr, since the box does
 not capture a session's pipes); the wall time limit is the session's maximum
 length; an idle timer ends a session with no stdin and no output.  Buffers are
-bounded both ways: `write` waits while the pipe into the box is full (so the
-transport stops reading its client), and the pumps wait on `Peer.output`
-(the transport's send buffer) before reading the box's pipes again.
+bounded both ways: `write` queues at most STDIN_BUFFER bytes beyond the pipe
+into the box and then waits (so the transport stops reading its client; a
+control message behind less than that is still read: Ctrl-C works while the
+program ignores its stdin), and the pumps wait on `Peer.output` (the
+transport's send buffer) before reading the box's pipes again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +37,7 @@ from sandboxd.schema import FileIn, Limits, RunResult, SchemaError, SessionSigna
 
 STDOUT, STDERR = 1, 2
 _CHUNK = 1 << 16
+STDIN_BUFFER = 1 << 16  # client bytes queued beyond the pipe into the box
 SIGNALS: dict[SessionSignalName, int] = {
     "INT": signal.SIGINT,
     "TERM": signal.SIGTERM,
@@ -107,8 +111,13 @@ class LiveSession:
         self.idle = min(start.idle_timeout or s.idle_timeout, s.idle_timeout)
         self._started = asyncio.Event()  # the box has the run (stdin may flow)
         self._announced = asyncio.Event()  # "started" is sent (output may follow)
-        self._input = asyncio.Event()  # the start's stdin is in: the client's may follow
         self._ran = False
+        # The client's stdin, queued for the pipe into the box (None: eof), so that
+        # its control messages are read while the program is slow to read stdin.
+        self._stdin: deque[bytes | None] = deque()
+        self._queued = 0
+        self._room = asyncio.Event()
+        self._more = asyncio.Event()
         self.control = RunControl(self._on_start)
         self.reason = ""
         self.last = time.monotonic()
@@ -116,7 +125,6 @@ class LiveSession:
         self.truncated: set[int] = set()
         self.limit = 0
         self._in_w = -1
-        self._stdin_closed = False
         self._done = False
 
     def _on_start(self) -> None:
@@ -126,10 +134,16 @@ class LiveSession:
     # --- what the client sends --------------------------------------------
 
     async def write(self, data: bytes) -> None:
-        """Program stdin; waits while the pipe into the box is full."""
+        """Program stdin; waits while STDIN_BUFFER bytes are queued for the pipe
+        into the box (the transport then stops reading its client)."""
         self.last = time.monotonic()
-        await self._input.wait()
-        await self._write(data)
+        while self._queued >= STDIN_BUFFER and not self._done:
+            self._room.clear()
+            await self._room.wait()
+        if not self._done:
+            self._stdin.append(data)
+            self._queued += len(data)
+            self._more.set()
 
     async def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -145,9 +159,9 @@ class LiveSession:
         self.last = time.monotonic()
 
     def eof(self) -> None:
-        self._stdin_closed = True
-        if self._input.is_set():
-            self._close_stdin()
+        """Close stdin once what was written before is in."""
+        self._stdin.append(None)
+        self._more.set()
 
     def signal(self, name: SessionSignalName) -> None:
         if name == "KILL":
@@ -231,28 +245,27 @@ class LiveSession:
             )
         )
         pumps = [asyncio.ensure_future(self._pump(fd, stream, peer)) for fd, stream in ((out_r, 1), (err_r, 2))]
-        watch = asyncio.ensure_future(self._watch(peer, run))
+        helpers = [asyncio.ensure_future(self._watch(peer, run)), asyncio.ensure_future(self._feed())]
         try:
             res = await asyncio.shield(run)
             await asyncio.gather(*pumps)
         finally:
-            self._input.set()  # (wakes a writer still waiting: the run is over)
+            self._done = True
+            self._room.set()  # (wakes a writer still waiting: the run is over)
             if not run.done():
                 self.abandon()
                 with contextlib.suppress(BaseException):
                     await run
-            watch.cancel()
-            for p in pumps:
-                p.cancel()
+            for t in (*helpers, *pumps):
+                t.cancel()
             with contextlib.suppress(BaseException):
-                await asyncio.gather(*pumps, watch, return_exceptions=True)
+                await asyncio.gather(*pumps, *helpers, return_exceptions=True)
             for fd in (out_r, err_r):
                 _close_quietly(fd)
         return Ended(self._explain(res), self._reason(res), comp.result)
 
     async def _watch(self, peer: Peer, run: asyncio.Future[RunResult]) -> None:
-        """`started` once the box runs the program, then the initial stdin; then
-        the idle timer."""
+        """`started` once the box runs the program, then the idle timer."""
         try:
             started: asyncio.Future[Any] = asyncio.ensure_future(self._started.wait())
             await asyncio.wait([started, run], return_when=asyncio.FIRST_COMPLETED)
@@ -263,11 +276,6 @@ class LiveSession:
         finally:
             self._announced.set()
         self.last = time.monotonic()
-        if self.start.stdin:
-            await self._write(self.start.stdin.encode())
-        self._input.set()
-        if self._stdin_closed:
-            self._close_stdin()
         while not run.done():
             left = self.last + self.idle - time.monotonic()
             if left <= 0:
@@ -300,8 +308,25 @@ class LiveSession:
             if stream in self.truncated:
                 return  # (the run is being killed: the rest is not read)
 
+    async def _feed(self) -> None:
+        """Stdin into the box once it runs: the start's, then the client's queue."""
+        await self._started.wait()
+        if self.start.stdin:
+            await self._write(self.start.stdin.encode())
+        while True:
+            while self._stdin:
+                item = self._stdin.popleft()
+                if item is None:
+                    self._close_stdin()
+                    continue
+                await self._write(item)
+                self._queued -= len(item)
+                self._room.set()
+            self._more.clear()
+            await self._more.wait()
+
     def _close_stdin(self) -> None:
-        if self._in_w >= 0 and (self._stdin_closed or self._done):
+        if self._in_w >= 0:
             fd, self._in_w = self._in_w, -1
             _close_quietly(fd)
 

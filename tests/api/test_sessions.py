@@ -107,6 +107,19 @@ def test_kill_ends_the_run(daemon: Daemon) -> None:
     assert (r["result"]["status"], r["result"]["signal"]) == ("signaled", 9)
 
 
+def test_kill_is_read_while_the_program_ignores_its_stdin(daemon: Daemon) -> None:
+    # 100 KiB the program never reads: more than the pipe into the box holds,
+    # within what the session queues, so the kill behind it is still read.
+    frames: list[Any] = [b"x" * 10240 for _ in range(10)]
+    t = live(
+        daemon,
+        {"language": "python3", "source": PY_SLEEP_FOREVER, "idle_timeout": 60},
+        [*frames, {"type": "kill"}],
+        timeout=30,
+    )
+    assert t.result["reason"] == "killed"  # (unqueued, the kill was read only at the idle timeout: 60 s)
+
+
 def test_idle_timeout(daemon: Daemon) -> None:
     t = live(daemon, {"language": "python3", "source": PY_SLEEP_FOREVER, "idle_timeout": 1})
     assert t.result["reason"] == "idle"
