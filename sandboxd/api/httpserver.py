@@ -387,7 +387,7 @@ def make_app(
 
 def add_sessions(app: web.Application, live: sessions.Sessions) -> None:
     async def handler(req: web.Request) -> web.StreamResponse:
-        return await sessions.serve(req, live, req.app[TOKEN])
+        return await sessions.serve(req, live, req.app[TOKEN], req.config_dict[SVC].tenants)
 
     app.router.add_get(sessions.PATH, handler, name=SELF_AUTH + "sessions")
 

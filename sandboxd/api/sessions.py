@@ -21,9 +21,10 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from sandboxd import errors
-from sandboxd.api import cors
+from sandboxd.api import cors, tenantauth
 from sandboxd.config import SessionsSettings
 from sandboxd.errors import ServiceError
+from sandboxd.jobs.tenants import CALLER, Tenants
 from sandboxd.schema import (
     Error,
     Limits,
@@ -94,9 +95,9 @@ def bearer_ok(request: web.Request, token: str, given: str = "") -> bool:
 
 
 def close_code(err: Error) -> int:
-    if err.code in ("queue_full", "draining"):
+    if err.code in ("queue_full", "draining", "rate_limited"):
         return CLOSE_AGAIN
-    return CLOSE_POLICY if err.code in ("bad_request", "unauthorized") else CLOSE_INTERNAL
+    return CLOSE_POLICY if err.code in ("bad_request", "unauthorized", "forbidden") else CLOSE_INTERNAL
 
 
 async def send_error(ws: web.WebSocketResponse, err: Error) -> None:
@@ -195,15 +196,25 @@ async def drive(ws: web.WebSocketResponse, session: LiveSession) -> None:
     await ws.close(code=CLOSE_OK)
 
 
-async def serve(request: web.Request, sessions: Sessions, token: str) -> web.StreamResponse:
+async def serve(request: web.Request, sessions: Sessions, token: str, tenants: Tenants) -> web.StreamResponse:
     if not origin_allowed(request):
         return forbidden_origin()
     ws = await upgrade(request, sessions.settings.send_buffer)
     try:
         start = await read_start(ws, sessions.settings.start_timeout)
-        if token and not bearer_ok(request, token, start.token):
-            raise errors.error("unauthorized", "token: missing or wrong (Authorization: Bearer, or the start's token)")
-        await drive(ws, sessions.open(start))
+        # The bearer token or a tenant's key, in the header or the start message.
+        creds = [*tenantauth.presented(request, iter(())), *([start.token] if start.token else [])]
+        caller = tenantauth.identify(creds, token, tenants)
+        if caller is None:
+            raise errors.error(
+                "unauthorized", "token: missing or wrong (Authorization: Bearer, or the start's token; or an API key)"
+            )
+        bound = CALLER.set(caller)
+        try:
+            live = sessions.open(start)
+        finally:
+            CALLER.reset(bound)
+        await drive(ws, live)
     except ServiceError as e:
         await send_error(ws, e.err)
     except Exception as e:

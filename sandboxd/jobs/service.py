@@ -68,6 +68,7 @@ class Service(Operations):
         super().__init__(metrics or Metrics(), callback_allow_private)
         self.engine = engine
         self.sessions = Sessions(engine, sessions or SessionsSettings(), self._session_ended)
+        self.sessions.tenants = lambda: self.tenants
         self.metrics.sessions_active.set_function(lambda: self.sessions.active)
         self._callbacks: set[asyncio.Task[Any]] = set()
         self.compiler = Compiler(engine)  # single flight for the compat kinds' compiles

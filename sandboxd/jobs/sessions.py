@@ -32,6 +32,7 @@ from sandboxd import errors
 from sandboxd.config import SessionsSettings
 from sandboxd.engine.engine import Compiled, Engine
 from sandboxd.engine.scheduler import QueueDeadline, QueueFull
+from sandboxd.jobs.tenants import Charge, Tenants
 from sandboxd.sandbox.box import RunControl
 from sandboxd.schema import FileIn, Limits, RunResult, SchemaError, SessionSignalName, SessionStart
 
@@ -68,6 +69,15 @@ class Ended:
     compiled: RunResult | None = None
 
 
+def _used(ended: Ended | None) -> RunResult | None:
+    """What a session's tenant is charged for: its run, plus its compile."""
+    if ended is None:
+        return None
+    if ended.compiled is None or ended.compiled is ended.result:
+        return ended.result
+    return msgspec.structs.replace(ended.result, cpu_time=ended.result.cpu_time + ended.compiled.cpu_time)
+
+
 def result_dict(res: RunResult) -> Any:
     """A RunResult as JSON-ready builtins (bytes as base64, like /v1/runs)."""
     return msgspec.to_builtins(res)
@@ -82,10 +92,15 @@ class Sessions:
         self.cap = settings.max_sessions or max(1, engine.cfg.pool_size // 2)
         self.active = 0
         self.on_end = on_end
+        # The daemon's tenants (read at each open: the admin API may replace them);
+        # None: no tenant limits (an engine without a Service).
+        self.tenants: Callable[[], Tenants] | None = None
 
     def open(self, start: SessionStart, compile_limits: Limits | None = None) -> LiveSession:
-        """A session for `start`, counted against the cap; ServiceError when full
-        (queue_full + retry_after) or the language is unknown (bad_request)."""
+        """A session for `start`, counted against the cap and the calling tenant's
+        limits (its languages, concurrency, rate, CPU quota: a session is one job of
+        its tenant); ServiceError when full (queue_full + retry_after), refused for
+        the tenant (forbidden, rate_limited) or the language is unknown (bad_request)."""
         try:
             self.engine.language(start.language)
         except SchemaError as e:
@@ -93,8 +108,9 @@ class Sessions:
         if self.active >= self.cap:
             why = f"{self.active} live sessions, the most this daemon runs at once (sessions.max_sessions); retry later"
             raise errors.error("queue_full", why, self.settings.queue_wait)
+        charge = None if self.tenants is None else self.tenants().admit(start.language, None)[0]
         self.active += 1
-        return LiveSession(self, start, compile_limits)
+        return LiveSession(self, start, compile_limits, charge)
 
     def _closed(self, reason: str) -> None:
         self.active -= 1
@@ -103,8 +119,11 @@ class Sessions:
 
 
 class LiveSession:
-    def __init__(self, owner: Sessions, start: SessionStart, compile_limits: Limits | None = None) -> None:
+    def __init__(
+        self, owner: Sessions, start: SessionStart, compile_limits: Limits | None = None, charge: Charge | None = None
+    ) -> None:
         self.owner = owner
+        self.charge = charge  # its tenant's hold: released, with the CPU used, when the session ends
         self.start = start
         self.compile_limits = compile_limits  # None: the language's (Piston's init may set them)
         s = owner.settings
@@ -181,6 +200,7 @@ class LiveSession:
     async def run(self, peer: Peer) -> Ended:
         """Compile if asked, run, stream; the session's result.  Always releases
         its place under the cap."""
+        ended: Ended | None = None
         try:
             ended = await self._run(peer)
         except (QueueFull, QueueDeadline) as e:
@@ -196,6 +216,8 @@ class LiveSession:
             self._done = True
             self._close_stdin()
             self.owner._closed(self.reason or "error")
+            if self.charge is not None:
+                self.charge.close(_used(ended))
         self.reason = ended.reason
         return ended
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -13,6 +15,8 @@ import msgspec
 import pytest
 from daemon_util import Daemon
 from instances import inst
+from session_util import Transcript, session
+from session_util import run as session_run
 from test_daemon import http
 
 from sandboxd.tenancy import hash_key, until_midnight
@@ -174,3 +178,37 @@ def test_a_tenant_sees_only_its_own_usage_and_bad_admin_bodies_name_the_field(da
         st, _, raw = http(daemon, "POST", "/v1/tenants", body, **AUTH)
         assert st == 400 and field.encode() in raw, raw
     assert http(daemon, "DELETE", "/v1/tenants/nobody", **AUTH)[0] == 404
+
+
+def test_live_sessions_take_tenant_keys_and_their_limits(daemon: Daemon) -> None:
+    """A session is one job of its tenant: its key in the header or the start
+    message, its languages, its concurrency cap, its CPU charged."""
+    key = make(daemon, name="ide", languages=["python3"], concurrency=1)
+    ws = daemon.http.replace("http://", "ws://") + "/v1/sessions"
+    src = "print(sum(range(10)))\n"
+    t = session_run(session(ws, {"language": "python3", "source": src, "token": key}, [{"type": "eof"}]))
+    assert t.stdout == b"45\n" and t.result["result"]["status"] == "ok", t.events
+    t = session_run(
+        session(ws, {"language": "c", "source": "int main(){}"}, headers={"Authorization": f"Bearer {key}"})
+    )
+    (err,) = t.of("error")
+    assert err["code"] == "forbidden" and "'c'" in err["message"] and t.close_code == 1008, t.events
+    t = session_run(session(ws, {"language": "python3", "source": src, "token": "sbx_not-a-key"}))
+    assert t.of("error")[0]["code"] == "unauthorized"
+
+    async def two_at_once() -> Transcript:
+        start = {"language": "python3", "source": "import sys; sys.stdin.read()\n", "token": key}
+        first = asyncio.ensure_future(session(ws, start, [], timeout=30))
+        await asyncio.sleep(1.0)  # (only ordering: the first holds its place until it is killed below)
+        second = await session(ws, start)
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        return second
+
+    second = session_run(two_at_once())
+    (err,) = second.of("error")
+    assert err["code"] == "rate_limited" and "cap" in err["message"] and second.close_code == 1013, second.events
+    raw = http(daemon, "GET", "/v1/status", **AUTH)[2]
+    ide = next(t for t in json.loads(raw)["tenants"]["tenants"] if t["name"] == "ide")
+    assert ide["jobs"] >= 2 and ide["cpu_seconds"] > 0, ide
