@@ -23,6 +23,7 @@ from sandboxd.app.listeners import serve_frontend
 from sandboxd.compat import kinds as compat_kinds
 from sandboxd.config import Config
 from sandboxd.fleet.coordinator import Coordinator
+from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.store import FleetStore
 
 __all__ = ["routes", "serve"]
@@ -63,6 +64,8 @@ async def serve(cfg: Config) -> int:
         lease=fleet.lease,
         callback_allow_private=cfg.jobs.callback_allow_private,
     )
+    fc = cfg.files
+    coord.files = RedisFiles(store.redis, store.keys.prefix, fc.fleet_max_bytes, fc.max_file, fc.fleet_keep)
     await coord.start()
 
     async def stopping() -> None:

@@ -14,9 +14,12 @@ from sandboxd.app.listeners import serve_frontend
 from sandboxd.compat import kinds as compat_kinds
 from sandboxd.config import Config
 from sandboxd.engine.engine import Engine, EngineConfig
+from sandboxd.filestore import FileStore
 from sandboxd.fleet.executor import ServiceExecutor
+from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.host import HostSettings, HostWorker
 from sandboxd.fleet.store import FleetStore
+from sandboxd.jobs.files import HostFiles
 from sandboxd.jobs.service import Service
 from sandboxd.jobs.store import JobStore, default_path
 
@@ -44,7 +47,16 @@ async def serve(cfg: Config) -> int:
                 raise RuntimeError(f"no language passed its self-test: {failed}")
         jc = cfg.jobs
         jobs = JobStore(jc.store or default_path(Path(cfg.state_dir), cfg.instance), jc.results_ttl, jc.store_max_bytes)
-        svc = Service(engine, results_ttl=jc.results_ttl, callback_allow_private=jc.callback_allow_private, store=jobs)
+        fc = cfg.files
+        files_dir = Path(fc.dir or Path(cfg.state_dir) / "files" / cfg.instance)
+        files = HostFiles(FileStore(files_dir, fc.max_bytes, fc.max_file))
+        svc = Service(
+            engine,
+            results_ttl=jc.results_ttl,
+            callback_allow_private=jc.callback_allow_private,
+            store=jobs,
+            files=files,
+        )
         svc.open()
         reloads: set[asyncio.Task[list[str]]] = set()
 
@@ -56,6 +68,7 @@ async def serve(cfg: Config) -> int:
 
         if cfg.fleet.url:
             store = FleetStore(cfg.fleet.url, cfg.fleet.prefix, jc.results_ttl)
+            files.remote = RedisFiles(store.redis, store.keys.prefix, fc.fleet_max_bytes, fc.max_file, fc.fleet_keep)
             info = {"address": cfg.http.listen, "instance": cfg.instance, "version": __version__}
             worker = HostWorker(
                 store, ServiceExecutor(svc), HostSettings.from_config(cfg.fleet, fleet_host_id(cfg), info)

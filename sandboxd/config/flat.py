@@ -20,7 +20,15 @@ from sandboxd.config.sections import SECTIONS, Config, ConfigError
 log = logging.getLogger("sandboxd.config")
 
 # A section's keys were "<prefix><key>" ...
-_PREFIX = {"log": "log_", "socket": "socket_", "http": "http_", "engine": "", "jobs": "", "fleet": "fleet_"}
+_PREFIX = {
+    "log": "log_",
+    "socket": "socket_",
+    "http": "http_",
+    "engine": "",
+    "jobs": "",
+    "fleet": "fleet_",
+    "files": "files_",
+}
 # ...except these (a section's main setting was the section's name).
 _EXCEPT = {
     "socket.path": "socket",

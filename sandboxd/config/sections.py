@@ -128,6 +128,21 @@ class FleetSettings(Section, frozen=True):
     queue_depth: Annotated[int, Meta(ge=1)] = 100_000  # coordinator: waiting jobs per fleet queue; beyond: 429
 
 
+class FilesSettings(Section, frozen=True):
+    """The content-addressed file store (sandboxd/filestore.py; README "File store")."""
+
+    dir: str = ""  # "" = STATE_DIR/files/INSTANCE (one directory per instance)
+    # Bytes of files (uploads and compiled programs) a daemon keeps on disk in
+    # state_dir/files/INSTANCE; past it the least recently used go, never one a
+    # queued or running job names.
+    max_bytes: Annotated[int, Meta(ge=1 << 20)] = 4 << 30
+    max_file: Annotated[int, Meta(ge=1024, le=512 << 20)] = 256 << 20  # bytes of one file (upload)
+    # Fleet: bytes of files the fleet's Redis holds (each file one Redis string);
+    # past it the least recently named go, never one named in the last `fleet_keep` seconds.
+    fleet_max_bytes: Annotated[int, Meta(ge=1 << 20)] = 2 << 30
+    fleet_keep: Annotated[float, Meta(ge=0)] = 86400.0
+
+
 class Config(Section, frozen=True):
     # Name of this daemon on the host: cgroups, locks and uid leases are per instance.
     instance: str = "default"
@@ -142,6 +157,7 @@ class Config(Section, frozen=True):
     engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
     jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
     fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
+    files: FilesSettings = msgspec.field(default_factory=FilesSettings)
 
 
 # Section name -> its type, from Config's own fields (declared once, above).
