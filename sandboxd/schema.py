@@ -248,8 +248,9 @@ def file_refs(spec: RunRequest | Submission) -> list[tuple[str, str]]:
     return out
 
 
-def resolve_refs(spec: RunRequest | Submission, read: Callable[[str], bytes]) -> None:
-    """In place: each hash replaced by its bytes (`read`), for the code that runs it."""
+def resolve_refs(spec: RunRequest | Submission, read: Callable[[str], bytes], tests: bool = True) -> None:
+    """In place: each hash replaced by its bytes (`read`), for the code that runs it
+    (tests=False: all but the tests', which the judge reads as each test starts)."""
 
     def files(fs: list[FileIn]) -> None:
         for f in fs:
@@ -265,11 +266,20 @@ def resolve_refs(spec: RunRequest | Submission, read: Callable[[str], bytes]) ->
     for p in (spec, spec.checker.program, spec.interactor):
         if p is not None and p.source_sha256 is not None:
             p.source, p.source_sha256 = read(p.source_sha256), None
-    for t in spec.tests:
-        if t.input_sha256 is not None:
-            t.input, t.input_sha256 = read(t.input_sha256), None
-        if t.expected_sha256 is not None:
-            t.expected, t.expected_sha256 = read(t.expected_sha256), None
+    if tests:
+        spec.tests = [resolve_test(t, read) for t in spec.tests]
+
+
+def resolve_test(t: TestCase, read: Callable[[str], bytes]) -> TestCase:
+    """One test with its bytes in place of its hashes (a copy; `t` unchanged if it names none)."""
+    if t.input_sha256 is None and t.expected_sha256 is None:
+        return t
+    t = msgspec.structs.replace(t)
+    if t.input_sha256 is not None:
+        t.input, t.input_sha256 = read(t.input_sha256), None
+    if t.expected_sha256 is not None:
+        t.expected, t.expected_sha256 = read(t.expected_sha256), None
+    return t
 
 
 def decode_run(data: bytes, fmt: Literal["json", "msgpack"] = "json") -> RunRequest:

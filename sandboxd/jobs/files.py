@@ -150,7 +150,8 @@ class HostFiles:
         for field, sha in refs_of(spec):
             if self.store.size(sha) is None and not await self._fetch(sha, check=True):
                 raise SchemaError(f"{field}: no file {sha} in the store or the fleet's; {UPLOAD_HINT}")
-        resolve_refs(spec, self.store.read)
+        # (The tests' bytes: read by the judge as each test starts, not all held at once.)
+        resolve_refs(spec, self.store.read, tests=False)
 
     async def _fetch(self, name: str, check: bool) -> bool:
         if self.remote is None:

@@ -19,6 +19,7 @@ from sandboxd.schema import (
     TestCase,
     TestResult,
     Verdict,
+    resolve_test,
     validate_submission,
 )
 
@@ -41,6 +42,7 @@ STATUS_VERDICT: dict[str, Verdict] = {
 }
 
 Progress = Callable[[TestResult], None]
+Read = Callable[[str], bytes]  # a stored file's bytes by its hash (sandboxd.filestore)
 
 
 def compile_verdict(c: RunResult) -> Verdict:
@@ -74,10 +76,13 @@ def test_result(i: int, verdict: Verdict, r: RunResult, message: str = "") -> Te
 class Judge:
     """One submission's judging; `run()` returns its result."""
 
-    def __init__(self, engine: Engine, sub: Submission, progress: Progress | None = None) -> None:
+    def __init__(
+        self, engine: Engine, sub: Submission, progress: Progress | None = None, read: Read | None = None
+    ) -> None:
         self.engine = engine
         self.sub = validate_submission(sub)
         self.progress = progress
+        self.read = read  # a test's bytes named by hash, read as the test starts (not all at once)
         self.deadline = None if sub.queue_deadline is None else time.monotonic() + sub.queue_deadline
 
     async def _compile(self, lang: str, source: bytes, files: list[FileIn], options: list[str]) -> Compiled:
@@ -143,6 +148,8 @@ class Judge:
 
     async def _one(self, i: int, test: TestCase, sol: Compiled) -> TestResult:
         sub = self.sub
+        if self.read is not None:
+            test = resolve_test(test, self.read)
         limits = test.limits.apply(sub.limits) if test.limits else sub.limits
         if self.interactor is not None:
             return await self._interactive(i, test, sol, limits)
@@ -213,6 +220,8 @@ class Judge:
         return test_result(i, "AC", r, comment)
 
 
-async def judge(engine: Engine, sub: Submission, progress: Progress | None = None) -> SubmissionResult:
+async def judge(
+    engine: Engine, sub: Submission, progress: Progress | None = None, read: Read | None = None
+) -> SubmissionResult:
     """Raises SchemaError for a submission that cannot be judged as given."""
-    return await Judge(engine, sub, progress).run()
+    return await Judge(engine, sub, progress, read).run()
