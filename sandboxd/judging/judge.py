@@ -83,6 +83,9 @@ class Judge:
         self.sub = validate_submission(sub)
         self.progress = progress
         self.read = read  # a test's bytes named by hash, read as the test starts (not all at once)
+        # Tests named by hash are read from disk a pool's worth at a time: the
+        # rest wait here, not in memory (all 20 tests of 100 MB would be read at once).
+        self._reading = asyncio.Semaphore(max(1, engine.cfg.pool_size))
         self.deadline = None if sub.queue_deadline is None else time.monotonic() + sub.queue_deadline
 
     async def _compile(self, lang: str, source: bytes, files: list[FileIn], options: list[str]) -> Compiled:
@@ -147,9 +150,13 @@ class Judge:
         return [done[i] for i in sorted(done)]
 
     async def _one(self, i: int, test: TestCase, sol: Compiled) -> TestResult:
+        if self.read is None or (test.input_sha256 is None and test.expected_sha256 is None):
+            return await self._test(i, test, sol)
+        async with self._reading:
+            return await self._test(i, resolve_test(test, self.read), sol)
+
+    async def _test(self, i: int, test: TestCase, sol: Compiled) -> TestResult:
         sub = self.sub
-        if self.read is not None:
-            test = resolve_test(test, self.read)
         limits = test.limits.apply(sub.limits) if test.limits else sub.limits
         if self.interactor is not None:
             return await self._interactive(i, test, sol, limits)
