@@ -19,6 +19,8 @@ import msgspec
 import pytest
 from daemon_util import Daemon
 from instances import inst
+from sandboxd_client import Client, Submission
+from sandboxd_client import TestCase as Case  # (not Test*: pytest would collect it)
 
 MAX_BYTES = 1 << 20  # (the smallest files.max_bytes: three 400 KiB files do not fit)
 MAX_FILE = 600 << 10
@@ -185,3 +187,15 @@ def test_a_compiled_program_is_kept_in_the_store(daemon: Daemon) -> None:
     assert after["compiled"] - before.get("compiled", 0) == 1 and after["hit"] - before.get("hit", 0) == 1
     status = http(daemon, "GET", "/metrics")[1].decode()
     assert "sandboxd_file_store_bytes" in status
+
+
+@pytest.mark.parametrize("transport", ["unix", "http"])
+def test_the_python_client_uploads_and_names_by_hash(daemon: Daemon, transport: str) -> None:
+    address = f"unix://{daemon.sock}" if transport == "unix" else daemon.http
+    with Client(address) as c:
+        data = f"5 {transport}\n".encode()
+        assert not c.has_file(hashlib.sha256(data).hexdigest())
+        sha = c.upload(data)
+        assert c.upload(data) == sha and c.has_file(sha) and c.download(sha) == data
+        res = c.submit(Submission(lang="bash", source=b"read a b; echo $a\n", tests=[Case(input_sha256=sha)]))
+        assert res.verdict == "AC" and res.tests[0].stdout == b"5\n"
