@@ -19,6 +19,8 @@ import pytest
 from daemon_util import Daemon
 from fleet_util import Coordinator, Redis
 from instances import inst
+from sandboxd_client import Client, Submission
+from sandboxd_client import TestCase as Case  # (not Test*: pytest would collect it)
 
 ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_DRAIN_TIMEOUT": "1"}
 
@@ -134,3 +136,17 @@ def test_a_second_host_does_not_compile_again(fleet: Fleet) -> None:
     assert a1["compiled"] - b1.get("compiled", 0) == 1
     assert a2.get("compiled", 0) - b2.get("compiled", 0) == 0 and a2["hit"] - b2.get("hit", 0) == 1
     assert res2["tests"][0]["stdout"] == res["tests"][0]["stdout"]
+
+
+def test_the_coordinators_socket_files_op_and_python_client(fleet: Fleet) -> None:
+    assert fleet.coord is not None
+    data = b"via the coordinator's socket\n"
+    with Client(f"unix://{fleet.coord.sock}") as c:
+        sha = hashlib.sha256(data).hexdigest()
+        assert not c.has_file(sha)
+        assert c.upload(data) == sha and c.has_file(sha) and c.download(sha) == data
+        res = c.submit(
+            Submission(lang="bash", source=b"cat\n", tests=[Case(input_sha256=sha, expected=data)], host_tag="two")
+        )
+        assert res.verdict == "AC", res
+    assert http(coord(fleet), "GET", f"/v1/files/{sha}") == (200, data)
