@@ -199,3 +199,29 @@ def test_the_python_client_uploads_and_names_by_hash(daemon: Daemon, transport: 
         assert c.upload(data) == sha and c.has_file(sha) and c.download(sha) == data
         res = c.submit(Submission(lang="bash", source=b"read a b; echo $a\n", tests=[Case(input_sha256=sha)]))
         assert res.verdict == "AC" and res.tests[0].stdout == b"5\n"
+
+
+def _gauge(d: Daemon, name: str) -> float:
+    raw = http(d, "GET", "/metrics")[1].decode()
+    return sum(float(line.split()[-1]) for line in raw.splitlines() if line.startswith(name))
+
+
+def test_hashed_bytes_are_not_request_bytes(daemon: Daemon) -> None:
+    """A queued job naming 500 KiB by hash holds a few hundred bytes of the memory
+    budget and the job store, not 500 KiB (inline, it holds them all)."""
+    sha = put(daemon, b"z" * (500 << 10))
+    held = []
+    for body in ({"stdin_sha256": sha}, {"stdin": base64.b64encode(b"z" * (500 << 10)).decode()}):
+        st, job = post(daemon, "/v1/runs?wait=false", {"cmd": ["sh", "-c", "sleep 2; wc -c"], **body})
+        assert st == 202, job
+        held.append(
+            (
+                _gauge(daemon, 'sandboxd_memory_budget_bytes{holder="requests"}'),
+                _gauge(daemon, 'sandboxd_job_store_bytes{holder="unfinished"}'),
+            )
+        )
+        while msgspec.json.decode(http(daemon, "GET", f"/v1/jobs/{job['job']}")[1])["state"] != "done":
+            time.sleep(0.2)
+    (budget_hash, store_hash), (budget_inline, store_inline) = held
+    assert budget_hash < 64 << 10 and store_hash < 64 << 10, held
+    assert budget_inline > 500 << 10 and store_inline > 500 << 10, held  # (the gauges do see request bytes)

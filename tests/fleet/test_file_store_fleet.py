@@ -5,22 +5,27 @@ a program compiled on one host is not compiled again on the other."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import msgspec
 import pytest
+import redis.asyncio as aioredis
 from daemon_util import Daemon
 from fleet_util import Coordinator, Redis
 from instances import inst
 from sandboxd_client import Client, Submission
 from sandboxd_client import TestCase as Case  # (not Test*: pytest would collect it)
+
+from sandboxd.errors import ServiceError
+from sandboxd.fleet.files import RedisFiles
 
 ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_DRAIN_TIMEOUT": "1"}
 
@@ -150,3 +155,36 @@ def test_the_coordinators_socket_files_op_and_python_client(fleet: Fleet) -> Non
         )
         assert res.verdict == "AC", res
     assert http(coord(fleet), "GET", f"/v1/files/{sha}") == (200, data)
+
+
+def test_the_fleets_store_evicts_by_bytes_but_keeps_recently_named_files(fleet: Fleet) -> None:
+    """RedisFiles on its own prefix of the same redis-server: 1 MiB in all, three 400 KiB files."""
+
+    async def scenario() -> None:
+        r = aioredis.Redis.from_url(fleet.redis.url)
+        try:
+            old = RedisFiles(r, "{evict-old}", max_bytes=1 << 20, max_file=1 << 20, keep=0.0)
+            kept = RedisFiles(r, "{evict-kept}", max_bytes=1 << 20, max_file=1 << 20, keep=3600.0)
+            a, b, c = (bytes([65 + i]) * (400 << 10) for i in range(3))
+            ha, hb, hc = (hashlib.sha256(x).hexdigest() for x in (a, b, c))
+            for store in (old, kept):
+                for x, h in ((a, ha), (b, hb)):
+                    assert await store.put_file(h, chunks(x)) is True
+            await old.check_refs(Submission(lang="c", source_sha256=ha, tests=[Case()]))  # a: named again
+            assert await old.put_file(hc, chunks(c)) is True  # b, least recently named, goes
+            assert [await old.file_size(h) for h in (ha, hb, hc)] == [len(a), None, len(c)]
+            with pytest.raises(ServiceError) as e:  # all named within fleet_keep: refused, nothing lost
+                await kept.put_file(hc, chunks(c))
+            assert e.value.err.code == "queue_full" and await kept.file_size(hb) == len(b)
+            with pytest.raises(ServiceError) as e:
+                await old.check_refs(Submission(lang="c", tests=[Case(input_sha256=hb)]))
+            assert "tests[0].input_sha256" in str(e.value) and hb in str(e.value)
+        finally:
+            await r.aclose()
+
+    asyncio.run(scenario())
+
+
+async def chunks(data: bytes) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), 100_000):
+        yield data[i : i + 100_000]
