@@ -186,8 +186,9 @@ def _utf8_len(s: str, what: str) -> int:
         raise SchemaError(f"{what}: not valid UTF-8") from None
 
 
-def validate_run(req: RunRequest) -> RunRequest:
-    """Checks msgspec cannot express: paths, NULs, argv size."""
+def validate_run(req: RunRequest, resolved: bool = False) -> RunRequest:
+    """Checks msgspec cannot express: paths, NULs, argv size.  resolved: the
+    run about to go into a box, whose hashes must have been replaced by bytes."""
     size = 0
     for i, arg in enumerate(req.cmd):
         if "\0" in arg:
@@ -207,7 +208,9 @@ def validate_run(req: RunRequest) -> RunRequest:
             raise SchemaError(f"files_in[{i}].path: {f.path!r} given twice")
         seen.add(f.path)
     req.files_out = _check_files_out(req.files_out)
-    file_refs(req)  # (inline and by hash at once: refused)
+    refs = file_refs(req)  # (inline and by hash at once: refused)
+    if resolved and refs:
+        raise SchemaError(f"{refs[0][0]}: a file of the store where only bytes can run (nothing resolved it)")
     return req
 
 

@@ -246,7 +246,7 @@ class Engine:
     ) -> RunResult:
         """One run on a warm box, after admission at `priority`.  deadline: the
         monotonic time after which waiting in the queue is given up."""
-        validate_run(req)
+        validate_run(req, resolved=True)  # (a hash left unresolved would run as empty bytes)
         pool = self.pools[rootfs]
         lq = self.lang_queues.get(lang or "") if self.lang_queues else None
         queues = (lq, self.queues[rootfs]) if lq else (self.queues[rootfs],)

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from sandboxd.filestore import LRU, FileStore, HashMismatch, StoreFull, TooLarge
-from sandboxd.schema import RunRequest, SchemaError, Submission, TestCase, file_refs, resolve_refs, validate_run
+from sandboxd.schema import (
+    FileIn,
+    RunRequest,
+    SchemaError,
+    Submission,
+    TestCase,
+    file_refs,
+    resolve_refs,
+    validate_run,
+)
 
 
 def test_lru_evicts_oldest_unpinned_first() -> None:
@@ -77,3 +86,11 @@ def test_refs_name_their_fields_and_resolve() -> None:
     assert sub.source == h.encode() and sub.tests[1].input == h.encode() and file_refs(sub) == []
     with pytest.raises(SchemaError, match="stdin_sha256"):
         validate_run(RunRequest(cmd=["cat"], stdin=b"x", stdin_sha256=h))
+
+
+def test_a_run_about_to_go_into_a_box_names_no_hash() -> None:
+    """The engine's check: a hash nothing resolved would otherwise run as empty bytes."""
+    req = RunRequest(cmd=["cat"], files_in=[FileIn("a", sha256="b" * 64)])
+    assert validate_run(req) is req  # (at entry: fine, the daemon resolves it)
+    with pytest.raises(SchemaError, match=r"files_in\[0\].sha256"):
+        validate_run(req, resolved=True)
