@@ -94,7 +94,6 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     cmd: Annotated[list[str], Meta(min_length=1)]
     env: dict[str, str] | None = None  # None: the language's/box's default
     stdin: bytes = b""
-    stdin_sha256: Sha256 | None = None  # instead of stdin: a file of the store
     files_in: list[FileIn] = field(default_factory=list)
     files_out: Annotated[list[str], Meta(max_length=MAX_FILES_OUT)] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
@@ -104,6 +103,7 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     queue_deadline: Annotated[float, Meta(gt=0, le=MAX_WALL_TIME)] | None = None
     # Fleet only: run on a host carrying this tag (a single daemon ignores it).
     host_tag: HostTag | None = None
+    stdin_sha256: Sha256 | None = None  # instead of stdin: a file of the store
 
 
 class FileOut(msgspec.Struct, omit_defaults=True):
@@ -327,8 +327,8 @@ class Program(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     lang: str
     source: bytes = b""
-    source_sha256: Sha256 | None = None  # instead of source: a file of the store
     limits: Limits = field(default_factory=lambda: Limits(cpu_time=10.0))
+    source_sha256: Sha256 | None = None  # instead of source: a file of the store
 
 
 class Checker(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -347,16 +347,15 @@ class Checker(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 class TestCase(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     input: bytes = b""
     expected: bytes | None = None  # None: any output passes if the run is ok (and the checker agrees)
+    limits: LimitsPatch | None = None
     # Instead of input / expected: files of the store (uploaded once per problem).
     input_sha256: Sha256 | None = None
     expected_sha256: Sha256 | None = None
-    limits: LimitsPatch | None = None
 
 
 class Submission(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     lang: str
     source: bytes = b""
-    source_sha256: Sha256 | None = None  # instead of source: a file of the store
     # (Required, at least one; a default only so that `source` above may be left out.)
     tests: Annotated[list[TestCase], Meta(min_length=1, max_length=MAX_TESTS)] = field(default_factory=list)
     files: list[FileIn] = field(default_factory=list)  # extra sources/headers next to the main file
@@ -371,6 +370,7 @@ class Submission(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     queue_deadline: Annotated[float, Meta(gt=0, le=MAX_WALL_TIME)] | None = None
     # Fleet only: judge on a host carrying this tag (a single daemon ignores it).
     host_tag: HostTag | None = None
+    source_sha256: Sha256 | None = None  # instead of source: a file of the store
 
 
 class TestResult(msgspec.Struct, omit_defaults=False):
