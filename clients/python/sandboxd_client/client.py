@@ -372,9 +372,10 @@ class AsyncClient:
     # (`stdin_sha256`, `input_sha256`, `FileIn(sha256=...)`...) in runs and submissions.
 
     async def upload(self, data: bytes) -> str:
-        """Store `data` (a no-op if stored already); returns its SHA-256 to name it by."""
+        """Store `data` (not sent again if stored already); returns its SHA-256 to name it by."""
         sha = hashlib.sha256(data).hexdigest()
-        await self._call("files", {"action": "put", "sha256": sha, "content": data})
+        if not await self.has_file(sha):
+            await self._call("files", {"action": "put", "sha256": sha, "content": data})
         return sha
 
     async def has_file(self, sha: str) -> bool:
