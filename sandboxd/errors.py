@@ -35,6 +35,7 @@ CODES: dict[ErrorCode, Code] = {
     "rate_limited": Code(429, RETRY_AFTER, "this tenant's limit is reached; retry later"),
     "cancelled": Code(409, None, "cancelled"),
     "conflict": Code(422, None, "an idempotency key was used for a different request; use a new key for this one"),
+    "too_large": Code(413, None, "the file is larger than the store takes (files.max_file)"),
     "internal": Code(500, None, "internal error"),
     "draining": Code(503, RETRY_AFTER, "shutting down; retry on another host"),
     "queue_deadline": Code(504, None, "the job waited in its queue past its queue deadline"),

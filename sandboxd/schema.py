@@ -9,6 +9,7 @@ offending field, and is fast enough for the per-run path.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import msgspec
@@ -51,6 +52,9 @@ Seconds = Annotated[float, Meta(gt=0)]
 # A fleet host tag (e.g. reserved hosts for a contest): jobs may require one.
 HostTag = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 Bytes = Annotated[int, Meta(gt=0)]
+# A file of the content-addressed store (PUT /v1/files/{sha256}), named where
+# bytes would go inline: lowercase hex, as sha256sum prints it.
+Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
 class SchemaError(ValueError):
@@ -81,6 +85,7 @@ class FileIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     path: str
     content: bytes = b""
     executable: bool = False
+    sha256: Sha256 | None = None  # instead of content: a file of the store
 
 
 class RunRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -98,6 +103,7 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     queue_deadline: Annotated[float, Meta(gt=0, le=MAX_WALL_TIME)] | None = None
     # Fleet only: run on a host carrying this tag (a single daemon ignores it).
     host_tag: HostTag | None = None
+    stdin_sha256: Sha256 | None = None  # instead of stdin: a file of the store
 
 
 class FileOut(msgspec.Struct, omit_defaults=True):
@@ -180,8 +186,9 @@ def _utf8_len(s: str, what: str) -> int:
         raise SchemaError(f"{what}: not valid UTF-8") from None
 
 
-def validate_run(req: RunRequest) -> RunRequest:
-    """Checks msgspec cannot express: paths, NULs, argv size."""
+def validate_run(req: RunRequest, resolved: bool = False) -> RunRequest:
+    """Checks msgspec cannot express: paths, NULs, argv size.  resolved: the
+    run about to go into a box, whose hashes must have been replaced by bytes."""
     size = 0
     for i, arg in enumerate(req.cmd):
         if "\0" in arg:
@@ -201,7 +208,81 @@ def validate_run(req: RunRequest) -> RunRequest:
             raise SchemaError(f"files_in[{i}].path: {f.path!r} given twice")
         seen.add(f.path)
     req.files_out = _check_files_out(req.files_out)
+    refs = file_refs(req)  # (inline and by hash at once: refused)
+    if resolved and refs:
+        raise SchemaError(f"{refs[0][0]}: a file of the store where only bytes can run (nothing resolved it)")
     return req
+
+
+# --- Files named by hash (sandboxd.filestore) ---------------------------------
+
+
+def _ref(out: list[tuple[str, str]], what: str, inline: bytes | None, sha: str | None) -> None:
+    if sha is None:
+        return
+    if inline:
+        raise SchemaError(f"{what}_sha256: give the bytes inline or by hash, not both")
+    out.append((f"{what}_sha256", sha))
+
+
+def _file_refs(out: list[tuple[str, str]], what: str, files: list[FileIn]) -> None:
+    for i, f in enumerate(files):
+        if f.sha256 is not None and f.content:
+            raise SchemaError(f"{what}[{i}].sha256: give content or sha256, not both")
+        if f.sha256 is not None:
+            out.append((f"{what}[{i}].sha256", f.sha256))
+
+
+def file_refs(spec: RunRequest | Submission) -> list[tuple[str, str]]:
+    """Every file of the store a run or submission names: (field, hash)."""
+    out: list[tuple[str, str]] = []
+    if isinstance(spec, RunRequest):
+        _ref(out, "stdin", spec.stdin, spec.stdin_sha256)
+        _file_refs(out, "files_in", spec.files_in)
+        return out
+    _ref(out, "source", spec.source, spec.source_sha256)
+    _file_refs(out, "files", spec.files)
+    for name, p in (("checker.program", spec.checker.program), ("interactor", spec.interactor)):
+        if p is not None:
+            _ref(out, f"{name}.source", p.source, p.source_sha256)
+    for i, t in enumerate(spec.tests):
+        _ref(out, f"tests[{i}].input", t.input, t.input_sha256)
+        _ref(out, f"tests[{i}].expected", t.expected, t.expected_sha256)
+    return out
+
+
+def resolve_refs(spec: RunRequest | Submission, read: Callable[[str], bytes], tests: bool = True) -> None:
+    """In place: each hash replaced by its bytes (`read`), for the code that runs it
+    (tests=False: all but the tests', which the judge reads as each test starts)."""
+
+    def files(fs: list[FileIn]) -> None:
+        for f in fs:
+            if f.sha256 is not None:
+                f.content, f.sha256 = read(f.sha256), None
+
+    if isinstance(spec, RunRequest):
+        if spec.stdin_sha256 is not None:
+            spec.stdin, spec.stdin_sha256 = read(spec.stdin_sha256), None
+        files(spec.files_in)
+        return
+    files(spec.files)
+    for p in (spec, spec.checker.program, spec.interactor):
+        if p is not None and p.source_sha256 is not None:
+            p.source, p.source_sha256 = read(p.source_sha256), None
+    if tests:
+        spec.tests = [resolve_test(t, read) for t in spec.tests]
+
+
+def resolve_test(t: TestCase, read: Callable[[str], bytes]) -> TestCase:
+    """One test with its bytes in place of its hashes (a copy; `t` unchanged if it names none)."""
+    if t.input_sha256 is None and t.expected_sha256 is None:
+        return t
+    t = msgspec.structs.replace(t)
+    if t.input_sha256 is not None:
+        t.input, t.input_sha256 = read(t.input_sha256), None
+    if t.expected_sha256 is not None:
+        t.expected, t.expected_sha256 = read(t.expected_sha256), None
+    return t
 
 
 def decode_run(data: bytes, fmt: Literal["json", "msgpack"] = "json") -> RunRequest:
@@ -245,8 +326,9 @@ class Program(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A helper program of a submission (custom checker, interactor)."""
 
     lang: str
-    source: bytes
+    source: bytes = b""
     limits: Limits = field(default_factory=lambda: Limits(cpu_time=10.0))
+    source_sha256: Sha256 | None = None  # instead of source: a file of the store
 
 
 class Checker(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -266,12 +348,16 @@ class TestCase(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     input: bytes = b""
     expected: bytes | None = None  # None: any output passes if the run is ok (and the checker agrees)
     limits: LimitsPatch | None = None
+    # Instead of input / expected: files of the store (uploaded once per problem).
+    input_sha256: Sha256 | None = None
+    expected_sha256: Sha256 | None = None
 
 
 class Submission(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     lang: str
-    source: bytes
-    tests: Annotated[list[TestCase], Meta(min_length=1, max_length=MAX_TESTS)]
+    source: bytes = b""
+    # (Required, at least one; a default only so that `source` above may be left out.)
+    tests: Annotated[list[TestCase], Meta(min_length=1, max_length=MAX_TESTS)] = field(default_factory=list)
     files: list[FileIn] = field(default_factory=list)  # extra sources/headers next to the main file
     compile_options: list[str] = field(default_factory=list)  # argv entries appended to the compile command
     limits: Limits = field(default_factory=Limits)
@@ -284,6 +370,7 @@ class Submission(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     queue_deadline: Annotated[float, Meta(gt=0, le=MAX_WALL_TIME)] | None = None
     # Fleet only: judge on a host carrying this tag (a single daemon ignores it).
     host_tag: HostTag | None = None
+    source_sha256: Sha256 | None = None  # instead of source: a file of the store
 
 
 class TestResult(msgspec.Struct, omit_defaults=False):
@@ -312,6 +399,8 @@ class SubmissionResult(msgspec.Struct, omit_defaults=False, tag_field="kind", ta
 
 
 def validate_submission(sub: Submission) -> Submission:
+    if not sub.tests:
+        raise SchemaError("tests: at least one test is required")
     for i, arg in enumerate(sub.compile_options):
         if "\0" in arg:
             raise SchemaError(f"compile_options[{i}]: contains NUL")
@@ -325,12 +414,13 @@ def validate_submission(sub: Submission) -> Submission:
         raise SchemaError("checker.program: required when checker.kind is 'custom'")
     if sub.checker.kind != "custom" and sub.checker.program is not None:
         raise SchemaError("checker.program: only for checker.kind 'custom'")
+    file_refs(sub)
     return sub
 
 
 # --- Wire messages (Unix socket and HTTP share them; see docs/protocol.md) ----
 
-Op = Literal["run", "submit", "get", "wait", "cancel", "status", "languages", "ping"]
+Op = Literal["run", "submit", "get", "wait", "cancel", "status", "languages", "ping", "files"]
 ErrorCode = Literal[
     "bad_request",
     "not_found",
@@ -344,6 +434,7 @@ ErrorCode = Literal[
     "forbidden",
     "rate_limited",  # a tenant's rate, concurrency cap or daily CPU quota
     "conflict",  # an idempotency key sent again with a different request
+    "too_large",  # a file upload over files.max_file
     "internal",
 ]
 
@@ -362,6 +453,14 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 class JobRef(msgspec.Struct, forbid_unknown_fields=True):
     job: str
+
+
+class FilesRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The socket's `files` op: put (content, checked against sha256), head, get."""
+
+    action: Literal["put", "head", "get"]
+    sha256: Sha256
+    content: bytes = b""
 
 
 class Error(msgspec.Struct):

@@ -21,7 +21,7 @@ import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import cors, pages, replies, sessions, sse, tenantauth, textmode
+from sandboxd.api import cors, files, pages, replies, sessions, sse, tenantauth, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
@@ -204,7 +204,7 @@ async def with_body(
     memory.  A body declared larger than max_body is left to the handler's own
     read, which refuses it in its API's format after max_body bytes, under the
     same deadline and reservation."""
-    if not request.body_exists:
+    if not request.body_exists or request.match_info.handler in STREAMING:
         return await handler(request)
     inbound, max_body = request.app[INBOUND], request.app[SVC_MAX_BODY]
     declared = request.content_length
@@ -330,6 +330,22 @@ async def readyz(req: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
+async def put_file(req: web.Request) -> web.Response:
+    return await files.put(req, req.app[SVC], req.app[INBOUND].body_timeout)
+
+
+async def head_file(req: web.Request) -> web.Response:
+    return await files.head(req, req.app[SVC])
+
+
+async def get_file(req: web.Request) -> web.StreamResponse:
+    return await files.get(req, req.app[SVC])
+
+
+# Handlers that read their body themselves, as it comes (an upload goes to disk, not memory).
+STREAMING: frozenset[object] = frozenset({put_file})
+
+
 async def openapi(req: web.Request) -> web.Response:
     return web.json_response(document(req.app.get(MOUNTED, ())))
 
@@ -369,6 +385,9 @@ def make_app(
     live = getattr(svc, "sessions", None)  # a host daemon's; a coordinator proxies in its extra_routes
     if isinstance(live, sessions.Sessions):
         add_sessions(app, live)
+    app.router.add_put(files.ROUTE, put_file)
+    app.router.add_route("HEAD", files.ROUTE, head_file)
+    app.router.add_get(files.ROUTE, get_file, allow_head=False)
     if extra_routes is not None:
         extra_routes(app)
     # The registered APIs on the same Frontend: a host daemon runs their jobs

@@ -121,6 +121,34 @@ _TEXT = {
 }
 
 
+_SHA = {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
+_BYTES = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+# The content-addressed store (sandboxd/api/files.py): named by hash in runs and submissions.
+_FILES = {
+    "put": {
+        "summary": "Upload a file once (its SHA-256 is checked); then name it by hash (`*_sha256`, `sha256`)",
+        "parameters": [_SHA],
+        "requestBody": {"required": True, **_BYTES},
+        "responses": {
+            "201": {"description": "stored: {sha256, size, created: true}"},
+            "200": {"description": "stored already: {sha256, size, created: false}"},
+            "400": _resp("ErrorReply", "the body's SHA-256 is another"),
+            "413": _resp("ErrorReply", "larger than files.max_file"),
+        },
+    },
+    "head": {
+        "summary": "Whether the file is stored",
+        "parameters": [_SHA],
+        "responses": {"200": {"description": "stored"}, "404": {"description": "not stored"}},
+    },
+    "get": {
+        "summary": "The file's bytes",
+        "parameters": [_SHA],
+        "responses": {"200": {"description": "OK", **_BYTES}, "404": _resp("ErrorReply", "not stored")},
+    },
+}
+
+
 def document(mounted: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """The document for a listener with these (API name, prefix) mounted."""
     doc = _native()
@@ -202,6 +230,7 @@ def _native() -> dict[str, Any]:
                     "responses": {"200": _resp("JobInfo"), "404": _resp("ErrorReply", "unknown or expired")},
                 },
             },
+            "/v1/files/{sha256}": _FILES,
             "/v1/status": {
                 "get": {"summary": "Pools, queues and recent run times", "responses": {"200": {"description": "OK"}}}
             },

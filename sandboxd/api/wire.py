@@ -7,9 +7,10 @@ same precise error on every transport.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from sandboxd.api import files
 from sandboxd.api.bodies import Format as Format  # (defined there; the transports import it from here)
 from sandboxd.api.bodies import decode as decode
 from sandboxd.api.inbound import decode_body
@@ -62,6 +63,27 @@ class Frontend(Backend, Protocol):
     def ready(self) -> bool: ...
 
 
+async def _ping(svc: Frontend, body: bytes, fmt: Format) -> Any:
+    return {"pong": True}
+
+
+async def _status(svc: Frontend, body: bytes, fmt: Format) -> Any:
+    return await svc.status_info()
+
+
+async def _languages(svc: Frontend, body: bytes, fmt: Format) -> Any:
+    return await svc.language_list()
+
+
+# Ops answered at once, no job: op -> its handler.
+_SIMPLE: dict[str, Callable[[Frontend, bytes, Format], Awaitable[Any]]] = {
+    "ping": _ping,
+    "status": _status,
+    "languages": _languages,
+    "files": files.socket_op,
+}
+
+
 async def dispatch(
     svc: Frontend,
     op: str,
@@ -79,12 +101,8 @@ async def dispatch(
     idempotency_key (run, submit): the same key and request name the same job;
     with `wait`, the reply is that job's result."""
     try:
-        if op == "ping":
-            return {"pong": True}
-        if op == "status":
-            return await svc.status_info()
-        if op == "languages":
-            return await svc.language_list()
+        if op in _SIMPLE:
+            return await _SIMPLE[op](svc, body, fmt)
         if op in ("get", "wait", "cancel"):
             ref = decode(body, JobRef, fmt)
             if op == "cancel":

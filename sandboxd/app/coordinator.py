@@ -23,6 +23,7 @@ from sandboxd.app.listeners import serve_frontend
 from sandboxd.compat import kinds as compat_kinds
 from sandboxd.config import Config
 from sandboxd.fleet.coordinator import Coordinator
+from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.sessionproxy import SessionProxy
 from sandboxd.fleet.sessionproxy import add_route as add_session_route
 from sandboxd.fleet.store import FleetStore
@@ -70,6 +71,8 @@ async def serve(cfg: Config) -> int:
         lease=fleet.lease,
         callback_allow_private=cfg.jobs.callback_allow_private,
     )
+    fc = cfg.files
+    coord.files = RedisFiles(store.redis, store.keys.prefix, fc.fleet_max_bytes, fc.max_file, fc.fleet_keep)
     await coord.start()
 
     async def stopping() -> None:

@@ -14,9 +14,12 @@ from sandboxd.app.listeners import serve_frontend
 from sandboxd.compat import kinds as compat_kinds
 from sandboxd.config import Config
 from sandboxd.engine.engine import Engine, EngineConfig
+from sandboxd.filestore import FileStore
 from sandboxd.fleet.executor import ServiceExecutor
+from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.host import HostSettings, HostWorker
 from sandboxd.fleet.store import FleetStore
+from sandboxd.jobs.files import HostFiles
 from sandboxd.jobs.service import Service
 from sandboxd.jobs.store import JobStore, default_path
 from sandboxd.jobs.tenants import Tenants
@@ -45,12 +48,16 @@ async def serve(cfg: Config) -> int:
                 raise RuntimeError(f"no language passed its self-test: {failed}")
         jc = cfg.jobs
         jobs = JobStore(jc.store or default_path(Path(cfg.state_dir), cfg.instance), jc.results_ttl, jc.store_max_bytes)
+        fc = cfg.files
+        files_dir = Path(fc.dir or Path(cfg.state_dir) / "files" / cfg.instance)
+        files = HostFiles(FileStore(files_dir, fc.max_bytes, fc.max_file))
         svc = Service(
             engine,
             results_ttl=jc.results_ttl,
             callback_allow_private=jc.callback_allow_private,
             store=jobs,
             sessions=cfg.sessions,
+            files=files,
         )
         svc.open()
         tc = cfg.tenants
@@ -67,6 +74,7 @@ async def serve(cfg: Config) -> int:
 
         if cfg.fleet.url:
             store = FleetStore(cfg.fleet.url, cfg.fleet.prefix, jc.results_ttl)
+            files.remote = RedisFiles(store.redis, store.keys.prefix, fc.fleet_max_bytes, fc.max_file, fc.fleet_keep)
             info = {"address": cfg.http.listen, "instance": cfg.instance, "version": __version__}
             # Where a coordinator proxies live sessions to (sandboxd.fleet.sessionproxy).
             sessions_url = cfg.sessions.advertise or (f"http://{cfg.http.listen}" if cfg.http.listen else "")

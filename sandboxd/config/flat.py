@@ -28,6 +28,7 @@ _PREFIX = {
     "jobs": "",
     "fleet": "fleet_",
     "sessions": "session_",
+    "files": "files_",
 }
 # ...except these (a section's main setting was the section's name).
 _EXCEPT = {

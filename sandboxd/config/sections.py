@@ -171,6 +171,21 @@ class SessionsSettings(Section, frozen=True):
     host_token: str = ""
 
 
+class FilesSettings(Section, frozen=True):
+    """The content-addressed file store (sandboxd/filestore.py; README "File store")."""
+
+    dir: str = ""  # "" = STATE_DIR/files/INSTANCE (one directory per instance)
+    # Bytes of files (uploads and compiled programs) a daemon keeps on disk in
+    # state_dir/files/INSTANCE; past it the least recently used go, never one a
+    # queued or running job names.
+    max_bytes: Annotated[int, Meta(ge=1 << 20)] = 4 << 30
+    max_file: Annotated[int, Meta(ge=1024, le=512 << 20)] = 256 << 20  # bytes of one file (upload)
+    # Fleet: bytes of files the fleet's Redis holds (each file one Redis string);
+    # past it the least recently named go, never one named in the last `fleet_keep` seconds.
+    fleet_max_bytes: Annotated[int, Meta(ge=1 << 20)] = 2 << 30
+    fleet_keep: Annotated[float, Meta(ge=0)] = 86400.0
+
+
 class Config(Section, frozen=True):
     # Name of this daemon on the host: cgroups, locks and uid leases are per instance.
     instance: str = "default"
@@ -187,6 +202,7 @@ class Config(Section, frozen=True):
     fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
     tenants: TenantsSettings = msgspec.field(default_factory=TenantsSettings)
     sessions: SessionsSettings = msgspec.field(default_factory=SessionsSettings)
+    files: FilesSettings = msgspec.field(default_factory=FilesSettings)
 
 
 # Section name -> its type, from Config's own fields (declared once, above).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
@@ -26,9 +27,39 @@ class Compiled:
         return self.result is None or self.result.status == "ok"
 
 
-def cache_key(lang_id: str, sources: list[FileIn], options: list[str], limits: Limits | None) -> bytes:
-    """Identical compiles, identical key: everything the compile's result depends on."""
-    return hashlib.sha256(msgspec.msgpack.encode([lang_id, sources, options, limits])).digest()
+def cache_key(
+    lang_id: str, sources: list[FileIn], options: list[str], limits: Limits | None, version: str = ""
+) -> bytes:
+    """Identical compiles, identical key: everything the compile's result depends on
+    (the compiler's version too: the key names a program across a fleet's hosts)."""
+    return hashlib.sha256(msgspec.msgpack.encode([lang_id, version, sources, options, limits])).digest()
+
+
+class CompileStore(Protocol):
+    """Where compiled programs outlive the memory cache: the file store
+    (sandboxd.jobs.files.HostFiles), on disk and, in a fleet, in Redis."""
+
+    async def load(self, key: str) -> bytes | None: ...
+
+    async def save(self, key: str, data: bytes) -> None: ...
+
+
+_Stored = tuple[RunResult, list[FileIn]]
+_dec = msgspec.msgpack.Decoder(_Stored)
+
+
+def encode_compiled(comp: Compiled) -> bytes:
+    assert comp.result is not None
+    return msgspec.msgpack.encode((comp.result, comp.files))
+
+
+def decode_compiled(lang: Language, data: bytes) -> Compiled | None:
+    """A stored compile, or None if it does not read back (cut short, another version's)."""
+    try:
+        res, files = _dec.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return Compiled(lang, res, files)
 
 
 def sources_of(lang: Language, source: bytes, files: list[FileIn] | tuple[FileIn, ...]) -> list[FileIn]:

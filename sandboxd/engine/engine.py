@@ -96,6 +96,9 @@ class Engine:
         self.budget = MemoryBudget(cfg.memory_budget or default_memory_budget())
         # Compiled programs, evicted by bytes (a judge rejudges often: keep what fits).
         self._compiled = ByteLRU[bytes, Compiled](self.budget, "compile_cache", COMPILE_CACHE_SHARE)
+        # Compiled programs on disk and in the fleet (the file store), set by the service.
+        self.compile_store: compiled.CompileStore | None = None
+        self.compile_counts = {"compiled": 0, "hit": 0}  # compiles run, and served from a cache
         self.versions: dict[str, str] = {}
         self.lang_pool: dict[str, str] = {}  # language -> pool (rootfs) name
         self._tree_holds: dict[str, store.TreeHold] = {}  # pool -> its rootfs tree, held in use
@@ -245,7 +248,7 @@ class Engine:
     ) -> RunResult:
         """One run on a warm box, after admission at `priority`.  deadline: the
         monotonic time after which waiting in the queue is given up."""
-        validate_run(req)
+        validate_run(req, resolved=True)  # (a hash left unresolved would run as empty bytes)
         pool = self.pools[rootfs]
         lq = self.lang_queues.get(lang or "") if self.lang_queues else None
         queues = (lq, self.queues[rootfs]) if lq else (self.queues[rootfs],)
@@ -307,15 +310,27 @@ class Engine:
         sources = compiled.sources_of(lang, source, files)
         if not lang.compile:
             return Compiled(lang, None, sources)
-        key = compiled.cache_key(lang_id, sources, list(options), limits)
-        hit = self._compiled.get(key)
+        key = compiled.cache_key(lang_id, sources, list(options), limits, self.versions.get(lang_id, ""))
+        hit = self._compiled.get(key) or await self._stored_compile(lang, key)
         if hit is not None:
+            self.compile_counts["hit"] += 1
             return hit
         req = compiled.compile_request(lang, sources, list(options), limits)
         res = await self.run(req, self.pool_of(lang), priority=priority, deadline=deadline, lang=lang_id)
+        self.compile_counts["compiled"] += 1
         comp = compiled.compiled_from(lang, res)
         if comp.ok:
             self._compiled.put(key, comp, nbytes(comp.files) + nbytes(res))
+            if self.compile_store is not None:
+                await self.compile_store.save(key.hex(), compiled.encode_compiled(comp))
+        return comp
+
+    async def _stored_compile(self, lang: Language, key: bytes) -> Compiled | None:
+        """A compile this host (or, through the file store, the fleet) did before."""
+        data = None if self.compile_store is None else await self.compile_store.load(key.hex())
+        comp = None if data is None else compiled.decode_compiled(lang, data)
+        if comp is not None:
+            self._compiled.put(key, comp, nbytes(comp.files) + nbytes(comp.result))
         return comp
 
     async def run_compiled(

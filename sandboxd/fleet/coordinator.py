@@ -24,11 +24,13 @@ from sandboxd.config import ENGINE, FLEET
 from sandboxd.errors import ServiceError, error
 from sandboxd.fleet import views
 from sandboxd.fleet.events import Events, Snapshot
+from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.keys import COMPAT_QUEUE, RUN_LANG, queue_name
 from sandboxd.fleet.store import FleetStore, OutageLog, transient
 from sandboxd.fleet.views import FINAL, check_servable, job_info, unix
 from sandboxd.jobs import callbacks
 from sandboxd.jobs.backend import Load, Served
+from sandboxd.jobs.files import refs_of
 from sandboxd.jobs.fingerprint import Op, Spec
 from sandboxd.jobs.frontend import Operations, conflict, keyed
 from sandboxd.jobs.kinds import KINDS, SUBMISSION, JobKind, UnknownKind
@@ -78,6 +80,7 @@ class Coordinator(Operations):
     ) -> None:
         super().__init__(CoordinatorMetrics(), callback_allow_private)
         self.store = store
+        self.files: RedisFiles | None = None  # the fleet's file store (sandboxd.fleet.files)
         # Aging must be positive for FIFO within a priority (the score's time term).
         self.aging = max(aging, 1e-6)
         self.queue_depth = queue_depth
@@ -263,7 +266,16 @@ class Coordinator(Operations):
 
         await self.events.relay(jid, progress, is_final)
 
+    async def _check_files(self, spec: RunRequest | Submission) -> None:
+        """Refused before it is queued: a job naming a file the fleet's store lacks."""
+        files = self.files
+        if files is not None:
+            await self._redis("files", lambda: files.check_refs(spec))
+        elif refs_of(spec):
+            raise error("bad_request", f"{refs_of(spec)[0][0]}: this coordinator has no file store")
+
     async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None) -> JobInfo:
+        await self._check_files(req)
         spec = _enc.encode(req)
         idem = _idem(key, "run", req, callback_url)
         return await self._enqueue(
@@ -273,6 +285,7 @@ class Coordinator(Operations):
     async def _start_submission(
         self, sub: Submission, progress: Callable[[TestResult], None] | None, callback_url: str | None, key: str | None
     ) -> JobInfo:
+        await self._check_files(sub)
         spec = _enc.encode(sub)
         return await self._enqueue(
             "submission",

@@ -39,6 +39,7 @@ from sandboxd.schema import (
 if TYPE_CHECKING:
     from sandboxd.engine.compiler import Compiler
     from sandboxd.engine.engine import Engine
+    from sandboxd.jobs.files import HostFiles
     from sandboxd.jobs.metrics import Metrics
     from sandboxd.jobs.table import Job
     from sandboxd.jobs.timeseries import RunTimes
@@ -54,6 +55,7 @@ class Context(Protocol):
     compiler: Compiler
     metrics: Metrics
     recent: RunTimes
+    files: HostFiles | None
 
 
 class JobKind(Generic[S]):
@@ -143,7 +145,7 @@ class SubmissionKind(JobKind[Submission]):
 
         job.state = "running"
         t0 = time.monotonic()
-        res = await judge(ctx.engine, spec, progress)
+        res = await judge(ctx.engine, spec, progress, None if ctx.files is None else ctx.files.store.read)
         ctx.metrics.verdicts.labels("submission", res.verdict).inc()
         ctx.metrics.submission_seconds.labels(spec.lang).observe(time.monotonic() - t0)
         return res

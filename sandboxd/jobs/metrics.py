@@ -42,6 +42,9 @@ class Metrics(FrontendMetrics):
         )
         self.verdicts = Counter("sandboxd_verdicts", "Test and submission verdicts", ["scope", "verdict"], registry=r)
         self.jobs = Gauge("sandboxd_jobs", "Jobs known by state", ["state"], registry=r)
+        # Compiles run, and served from the compile cache (memory, disk or the fleet's store).
+        self.compiles = Gauge("sandboxd_compiles", "Compiles run or served from a cache", ["result"], registry=r)
+        self.files = Gauge("sandboxd_file_store_bytes", "Bytes in the file store", registry=r)
         self.healthy = Gauge("sandboxd_healthy", "1 unless cgroups or boxes were destroyed underneath", registry=r)
         self.heals = Counter("sandboxd_heals", "Times cgroups and boxes were rebuilt after damage", registry=r)
         self.budget_used = Gauge(

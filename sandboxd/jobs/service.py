@@ -28,6 +28,7 @@ from sandboxd.errors import ServiceError, bad_request, error, make
 from sandboxd.jobs import callbacks
 from sandboxd.jobs import status as servicestatus
 from sandboxd.jobs.backend import Load, Served
+from sandboxd.jobs.files import HostFiles, refs_of
 from sandboxd.jobs.fingerprint import Op, Spec
 from sandboxd.jobs.frontend import Operations, Progress, conflict, keyed
 from sandboxd.jobs.kinds import KINDS
@@ -64,6 +65,7 @@ class Service(Operations):
         callback_allow_private: bool = False,
         store: JobStore | None = None,
         sessions: SessionsSettings | None = None,
+        files: HostFiles | None = None,
     ) -> None:
         super().__init__(metrics or Metrics(), callback_allow_private)
         self.engine = engine
@@ -80,6 +82,9 @@ class Service(Operations):
         self.recent = RunTimes()  # recent run wall times and per-second buckets, for status and the dashboard
         self._sweeper: asyncio.Task[None] | None = None
         self._heals_counted = 0  # engine heals already added to the metrics counter
+        self.files = files  # the content-addressed store (sandboxd.jobs.files), if this daemon has one
+        if files is not None:
+            engine.compile_store = files  # compiled programs: kept on disk, shared through the fleet
 
     def _session_ended(self, reason: str) -> None:
         self.metrics.sessions.labels(reason).inc()
@@ -114,6 +119,7 @@ class Service(Operations):
             return
         # Acknowledged by an earlier daemon: admitted whatever the queues and budget hold.
         job.admission = self._admit(job.lang, spec, force=True)
+        self._hold(job, spec)
         self._start(job, s.kind, spec)
 
     async def _sweep(self) -> None:
@@ -147,12 +153,28 @@ class Service(Operations):
 
         async def work() -> None:
             # (the kind's coroutine is made here: a task cancelled before its first step leaves none unawaited)
-            await self._guard(job, kind.execute(self, job, spec))
+            await self._guard(job, self._execute(kind, job, spec))
 
         adm = job.admission
         # (its runs use the queue places promised at admission)
         job.task = asyncio.ensure_future(work()) if adm is None else adm.spawn(work())
         job.task.add_done_callback(lambda _: self._ended(job))
+
+    async def _execute(self, kind: Any, job: Job, spec: Spec) -> Any:
+        if self.files is not None:
+            await self.files.resolve(spec)  # (hashes named: their bytes, fetched from the fleet if need be)
+        return await kind.execute(self, job, spec)
+
+    async def _check_files(self, spec: Spec) -> None:
+        """Refused before it is acknowledged: a job naming a file the store lacks."""
+        if self.files is not None:
+            await self.files.check_refs(spec)
+        elif refs_of(spec):
+            raise error("bad_request", f"{refs_of(spec)[0][0]}: this daemon has no file store")
+
+    def _hold(self, job: Job, spec: Spec) -> None:
+        if self.files is not None:
+            self.files.hold(job.id, spec)
 
     def _ended(self, job: Job) -> None:
         """Its task is over.  A task cancelled before its first step never ran
@@ -191,6 +213,7 @@ class Service(Operations):
                     raise conflict(key, held.id)
                 return self.table.held_info(held)
             job.key, job.fingerprint = key, fp
+        await self._check_files(spec)
         job.charge = self._tenant_admit(job, spec)
         try:
             job.admission = self._admit(job.lang, spec)
@@ -209,6 +232,7 @@ class Service(Operations):
         if progress is not None:
             job.listeners.append(progress)
         self.table.add(job)
+        self._hold(job, spec)
         acc: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
         job.accepted = acc
         if key is not None:  # (others may wait for it: retrieved even if its sender has gone)
@@ -276,12 +300,14 @@ class Service(Operations):
             self._start(job, op, spec)
 
     def _dropped(self, job: Job) -> None:
-        """Not accepted after all: what it holds back."""
+        """Not accepted after all (the store refused it, or its key names another job): what it holds back."""
         self.table.drop(job)
         if job.admission is not None:
             job.admission.close()
         if job.charge is not None:
             job.charge.close()
+        if self.files is not None:
+            self.files.release(job.id)
 
     def _finish(self, job: Job) -> None:
         if job.admission is not None:
@@ -289,6 +315,8 @@ class Service(Operations):
         job.finished, job.finished_at = time.monotonic(), time.time()
         if job.charge is not None:
             job.charge.close(job.result)  # (its CPU seconds to its tenant's quota)
+        if self.files is not None:
+            self.files.release(job.id)
         if job.requeue:
             # "draining" (HTTP 503 + Retry-After), not "cancelled": its waiters retry
             # (with their key) and get the job when the next start has run it.
@@ -352,6 +380,7 @@ class Service(Operations):
             job.listeners.append(progress)
         job.admission = self._admit(job.lang, spec)
         self.table.add(job)
+        self._hold(job, spec)
         self._start(job, op, spec)
         return job
 

@@ -80,6 +80,10 @@ def refresh_metrics(svc: Service) -> None:
     eng = svc.engine
     m.set_budget(eng.budget.limit, eng.budget.used)
     m.set_store(svc.store.usage.snapshot())
+    for result, n in eng.compile_counts.items():
+        m.compiles.labels(result).set(n)
+    if svc.files is not None:
+        m.files.set(svc.files.store.lru.total)
     m.healthy.set(0 if eng.health.check() else 1)
     m.heals.inc(eng.health.heals - svc._heals_counted)
     svc._heals_counted = eng.health.heals

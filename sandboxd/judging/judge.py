@@ -19,6 +19,7 @@ from sandboxd.schema import (
     TestCase,
     TestResult,
     Verdict,
+    resolve_test,
     validate_submission,
 )
 
@@ -41,6 +42,7 @@ STATUS_VERDICT: dict[str, Verdict] = {
 }
 
 Progress = Callable[[TestResult], None]
+Read = Callable[[str], bytes]  # a stored file's bytes by its hash (sandboxd.filestore)
 
 
 def compile_verdict(c: RunResult) -> Verdict:
@@ -74,10 +76,16 @@ def test_result(i: int, verdict: Verdict, r: RunResult, message: str = "") -> Te
 class Judge:
     """One submission's judging; `run()` returns its result."""
 
-    def __init__(self, engine: Engine, sub: Submission, progress: Progress | None = None) -> None:
+    def __init__(
+        self, engine: Engine, sub: Submission, progress: Progress | None = None, read: Read | None = None
+    ) -> None:
         self.engine = engine
         self.sub = validate_submission(sub)
         self.progress = progress
+        self.read = read  # a test's bytes named by hash, read as the test starts (not all at once)
+        # Tests named by hash are read from disk a pool's worth at a time: the
+        # rest wait here, not in memory (all 20 tests of 100 MB would be read at once).
+        self._reading = asyncio.Semaphore(max(1, engine.cfg.pool_size))
         self.deadline = None if sub.queue_deadline is None else time.monotonic() + sub.queue_deadline
 
     async def _compile(self, lang: str, source: bytes, files: list[FileIn], options: list[str]) -> Compiled:
@@ -142,6 +150,12 @@ class Judge:
         return [done[i] for i in sorted(done)]
 
     async def _one(self, i: int, test: TestCase, sol: Compiled) -> TestResult:
+        if self.read is None or (test.input_sha256 is None and test.expected_sha256 is None):
+            return await self._test(i, test, sol)
+        async with self._reading:
+            return await self._test(i, resolve_test(test, self.read), sol)
+
+    async def _test(self, i: int, test: TestCase, sol: Compiled) -> TestResult:
         sub = self.sub
         limits = test.limits.apply(sub.limits) if test.limits else sub.limits
         if self.interactor is not None:
@@ -213,6 +227,8 @@ class Judge:
         return test_result(i, "AC", r, comment)
 
 
-async def judge(engine: Engine, sub: Submission, progress: Progress | None = None) -> SubmissionResult:
+async def judge(
+    engine: Engine, sub: Submission, progress: Progress | None = None, read: Read | None = None
+) -> SubmissionResult:
     """Raises SchemaError for a submission that cannot be judged as given."""
-    return await Judge(engine, sub, progress).run()
+    return await Judge(engine, sub, progress, read).run()

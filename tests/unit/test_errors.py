@@ -33,6 +33,7 @@ NATIVE_STATUS = {
     "queue_full": 429,
     "cancelled": 409,
     "conflict": 422,
+    "too_large": 413,
     "internal": 500,
     "draining": 503,
     "queue_deadline": 504,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import struct
 import threading
@@ -198,6 +199,8 @@ class _Http:
         key: str | None = None,
     ) -> Any:
         assert self.session is not None
+        if op == "files":
+            return await self._files(body)
         w = "true" if wait else "false"
         routes: dict[str, tuple[str, str]] = {
             "run": ("POST", f"/v1/runs?wait={w}"),
@@ -231,6 +234,25 @@ class _Http:
             if resp.status >= 400:
                 raise _http_error(resp.status, resp.headers.get("Retry-After"), payload, raw)
             return payload
+
+    async def _files(self, body: dict[str, Any]) -> Any:
+        """The `files` op as HTTP: PUT/HEAD/GET /v1/files/{sha256}, the bytes as the body."""
+        assert self.session is not None
+        sha, action = body["sha256"], body["action"]
+        method = {"put": "PUT", "head": "HEAD", "get": "GET"}[action]
+        data = body.get("content", b"") if action == "put" else None
+        headers = {"Content-Type": "application/octet-stream"}
+        async with self.session.request(method, f"{self.base}/v1/files/{sha}", data=data, headers=headers) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                payload: Any = {"error": {"code": "not_found", "message": f"no file {sha}"}}
+                with contextlib.suppress(msgspec.DecodeError):
+                    payload = msgspec.json.decode(raw) if raw else payload
+                raise _http_error(resp.status, resp.headers.get("Retry-After"), payload, raw)
+            if action == "put":
+                return msgspec.json.decode(raw)
+            out = {"sha256": sha, "size": int(resp.headers.get("Content-Length", len(raw)))}
+            return {**out, "content": raw} if action == "get" else out
 
     async def close(self) -> None:
         if self.session is not None:
@@ -372,6 +394,28 @@ class AsyncClient:
     async def languages(self) -> list[dict[str, Any]]:
         return list(await self._call("languages", None))
 
+    # The file store (README "File store"): upload once, then name the hash
+    # (`stdin_sha256`, `input_sha256`, `FileIn(sha256=...)`...) in runs and submissions.
+
+    async def upload(self, data: bytes) -> str:
+        """Store `data` (not sent again if stored already); returns its SHA-256 to name it by."""
+        sha = hashlib.sha256(data).hexdigest()
+        if not await self.has_file(sha):
+            await self._call("files", {"action": "put", "sha256": sha, "content": data})
+        return sha
+
+    async def has_file(self, sha: str) -> bool:
+        try:
+            await self._call("files", {"action": "head", "sha256": sha})
+        except SandboxdError as e:
+            if e.code == "not_found":
+                return False
+            raise
+        return True
+
+    async def download(self, sha: str) -> bytes:
+        return bytes((await self._call("files", {"action": "get", "sha256": sha}))["content"])
+
 
 def _key() -> str:
     return uuid.uuid4().hex
@@ -436,3 +480,12 @@ class Client:
 
     def languages(self) -> list[dict[str, Any]]:
         return self._call(self._client.languages())
+
+    def upload(self, data: bytes) -> str:
+        return self._call(self._client.upload(data))
+
+    def has_file(self, sha: str) -> bool:
+        return self._call(self._client.has_file(sha))
+
+    def download(self, sha: str) -> bytes:
+        return self._call(self._client.download(sha))
