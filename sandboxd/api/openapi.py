@@ -10,6 +10,7 @@ they are mounted at on the listener asked.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -121,14 +122,34 @@ _TEXT = {
 }
 
 
-_SHA = {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
+_FILE_EXAMPLE = "3 4\n"  # (a test's input; its hash below is the path's example)
+_SHA = {
+    "name": "sha256",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "example": hashlib.sha256(_FILE_EXAMPLE.encode()).hexdigest(),
+}
 _BYTES = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+_UPLOAD = {
+    "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}, "example": _FILE_EXAMPLE}
+    }
+}
+_TENANT_EXAMPLE = {
+    "name": "class-42",
+    "languages": ["python3", "c"],
+    "rate": 5,
+    "burst": 20,
+    "concurrency": 4,
+    "weight": 1,
+}
 # The content-addressed store (sandboxd/api/files.py): named by hash in runs and submissions.
 _FILES = {
     "put": {
         "summary": "Upload a file once (its SHA-256 is checked); then name it by hash (`*_sha256`, `sha256`)",
         "parameters": [_SHA],
-        "requestBody": {"required": True, **_BYTES},
+        "requestBody": {"required": True, **_UPLOAD},
         "responses": {
             "201": {"description": "stored: {sha256, size, created: true}"},
             "200": {"description": "stored already: {sha256, size, created: false}"},
@@ -258,13 +279,28 @@ def _native() -> dict[str, Any]:
                 "get": {"summary": "Tenants (admin: the bearer token)", "responses": {"200": {"description": "OK"}}},
                 "post": {
                     "summary": "Create a tenant (admin); the reply carries its key, shown once",
+                    "requestBody": {
+                        "required": True,
+                        "description": "name; languages (empty: all); rate (jobs/s, 0: unlimited) and burst; "
+                        "concurrency (jobs in flight, 0: unlimited); cpu_seconds_per_day (0: unlimited); "
+                        "max_priority (higher asks are clamped); weight (its share of boxes when oversubscribed)",
+                        "content": {"application/json": {"example": _TENANT_EXAMPLE}},
+                    },
                     "responses": {"201": {"description": "{tenant, key}"}, **_ERRORS},
                 },
             },
             "/v1/tenants/{name}": {
                 "delete": {
                     "summary": "Delete a tenant (admin)",
-                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "example": _TENANT_EXAMPLE["name"],
+                        }
+                    ],
                     "responses": {"200": {"description": "OK"}, "404": _resp("ErrorReply", "no such tenant")},
                 }
             },

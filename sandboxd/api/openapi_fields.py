@@ -17,6 +17,7 @@ _LIMITS = {
     "open_files": "open file descriptors per process",
     "stack": "bytes of stack (default: = memory)",
 }
+_BY_HASH = "SHA-256 (hex, 64 digits) of a file uploaded with PUT /v1/files/{sha256}, instead of "
 _BYTES = " (bytes: base64 in JSON unless ?text=1 and valid UTF-8; binary in msgpack)"
 
 FIELDS: dict[str, dict[str, str]] = {
@@ -33,11 +34,13 @@ FIELDS: dict[str, dict[str, str]] = {
         "priority": "higher runs first when boxes are short (with aging)",
         "queue_deadline": "seconds the job may wait for a box; then it fails with queue_deadline",
         "host_tag": "fleet: only hosts carrying this tag may run it",
+        "stdin_sha256": _BY_HASH + "`stdin`",
     },
     "FileIn": {
         "path": "where in the box (relative to /box, or absolute under it)",
         "content": "the file's bytes" + _BYTES,
         "executable": "mode 0755 instead of 0644",
+        "sha256": _BY_HASH + "`content`",
     },
     "FileOut": {
         "path": "the path asked for in files_out",
@@ -74,11 +77,14 @@ FIELDS: dict[str, dict[str, str]] = {
         "stop_on_first_failure": "skip the remaining tests after the first failing one",
         "queue_deadline": "seconds the job may wait for a box; then it fails with queue_deadline",
         "host_tag": "fleet: only hosts carrying this tag may run it",
+        "source_sha256": _BY_HASH + "`source`",
     },
     "TestCase": {
         "input": "the test's stdin" + _BYTES,
         "expected": "the expected output; absent: any output passes if the run is ok",
         "limits": "overrides of the submission's limits for this test",
+        "input_sha256": _BY_HASH + "`input`",
+        "expected_sha256": _BY_HASH + "`expected`",
     },
     "Checker": {
         "kind": "exact (bytes), tokens (whitespace-separated), lines, float (with tolerances), custom (a program)",
@@ -90,6 +96,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "lang": "language id of the helper program",
         "source": "its source" + _BYTES,
         "limits": "its limits",
+        "source_sha256": _BY_HASH + "`source`",
     },
     "SubmissionResult": {
         "kind": 'always "submission"',

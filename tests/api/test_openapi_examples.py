@@ -29,12 +29,14 @@ def daemon() -> Iterator[Daemon]:
     assert d.stop() == 0, d.output()
 
 
-def call(d: Daemon, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def call(d: Daemon, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {TOKEN}", "X-Auth-Token": TOKEN, "X-Auth-User": TOKEN}
-    data = None
+    data = raw
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
+    elif raw is not None:
+        headers["Content-Type"] = "application/octet-stream"
     req = urllib.request.Request(d.http + path, data, headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
@@ -98,10 +100,12 @@ def test_every_example_answers_2xx(daemon: Daemon) -> None:
             assert got and not [m for m in got if isinstance(m, dict) and m.get("type") == "error"], (path, got)
             sent.append((method, path))
             continue
-        content = op.get("requestBody", {}).get("content", {}).get("application/json")
-        assert content is None or "example" in content, f"{method} {path}: no example"
+        bodies = op.get("requestBody", {}).get("content", {})
+        content, octets = bodies.get("application/json"), bodies.get("application/octet-stream")
+        assert all("example" in c for c in (content, octets) if c is not None), f"{method} {path}: no example"
         url = _url(path, op, ids)
-        status, answer = call(daemon, method.upper(), url, None if content is None else content["example"])
+        raw = None if octets is None else octets["example"].encode()
+        status, answer = call(daemon, method.upper(), url, None if content is None else content["example"], raw)
         assert 200 <= status < 300, f"{method.upper()} {url} -> {status}: {answer!r}"
         sent.append((method, path))
     assert len(sent) == len(ops)
