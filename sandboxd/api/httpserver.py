@@ -29,6 +29,7 @@ from sandboxd.api.inbound import Inbound, offload
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.openapi import document
 from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
+from sandboxd.bodyhold import BODY
 from sandboxd.config import HTTP
 from sandboxd.errors import ServiceError
 from sandboxd.schema import Error
@@ -146,9 +147,10 @@ def authorized(request: web.Request, token: str) -> bool:
 async def with_body(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """The handler, once the body is in: read first, within http_body_timeout
-    and the daemon-wide max_receiving_bytes (reserved from Content-Length before
-    a byte is read, max_body for a chunked body); handlers then get it from
+    """The handler, once the body is in: read first, within http_body_timeout,
+    the daemon-wide max_receiving_bytes and the memory budget (both reserved
+    from Content-Length before a byte is read, max_body for a chunked body;
+    the budget's until the handler is done); handlers then get it from
     memory.  A body declared larger than max_body is left to the handler's own
     read, which refuses it in its API's format after max_body bytes, under the
     same deadline and reservation."""
@@ -162,19 +164,44 @@ async def with_body(
             f"the daemon is receiving {inbound.receiving.used} bytes of request bodies "
             f"(max_receiving_bytes {inbound.max_receiving_bytes}): retry later"
         )
-        resp = error_reply(request, Error("queue_full", why, RETRY_AFTER), 503)
-        resp.force_close()  # the body stays unread: the connection cannot carry another request
-        return resp
+        return _unread(request, Error("queue_full", why, RETRY_AFTER), 503)
+    try:
+        hold = inbound.hold_body(cost)
+    except ServiceError as e:
+        inbound.receiving.release(cost)
+        return _unread(request, e.err)
+    token = BODY.set(hold)  # (its job's admission takes its place: sandboxd.bodyhold)
+    try:
+        return await _read_then(request, handler, cost, declared is not None and declared > max_body)
+    finally:
+        BODY.reset(token)
+        if hold is not None:
+            hold.release()
+
+
+def _unread(request: web.Request, err: Error, status: int | None = None) -> web.Response:
+    resp = error_reply(request, err, status)
+    resp.force_close()  # the body stays unread: the connection cannot carry another request
+    return resp
+
+
+async def _read_then(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    cost: int,
+    oversize: bool,
+) -> web.StreamResponse:
+    """The body read (max_receiving_bytes' `cost` given back once it is in),
+    then the handler; an oversize body is the handler's to refuse."""
+    inbound = request.app[INBOUND]
     try:
         async with asyncio.timeout(inbound.body_timeout):
-            if declared is not None and declared > max_body:
+            if oversize:
                 return await handler(request)
             await request.read()
     except TimeoutError:
         why = f"body: not received within http_body_timeout ({inbound.body_timeout} s)"
-        resp = error_reply(request, Error("bad_request", why), 408)
-        resp.force_close()
-        return resp
+        return _unread(request, Error("bad_request", why), 408)
     finally:
         inbound.receiving.release(cost)
     return await handler(request)

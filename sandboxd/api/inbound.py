@@ -11,7 +11,9 @@
   once the daemon has started the workers, and typed bodies through
   sandboxd.api.bodies.decode_body.
 - `Inbound`: the daemon-wide state of the transports' limits (connections
-  open, bytes being received), built once from the configuration.
+  open, bytes being received), built once from the configuration; with the
+  daemon's memory budget (sandboxd.engine.budget), `hold_body` reserves a
+  body's bytes from it before the first is read.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import collections
 import concurrent.futures
 import dataclasses
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from sandboxd.api.bodies import Format, decode
 from sandboxd.api.decodepool import DECODE
+from sandboxd.bodyhold import BodyHold
 from sandboxd.config import DEFAULT, Config
+from sandboxd.errors import error
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -36,6 +40,16 @@ MiB = 1 << 20
 INLINE_BELOW = 256 << 10
 OFFLOAD_WORKERS = 2  # jobs decoding at once; the host has few cores and boxes need them
 OFFLOAD_BYTES = 256 * MiB  # input bytes admitted to the pool at once (running or waiting for a thread)
+
+
+class BodyBudget(Protocol):
+    """What the transports use of the daemon's memory budget
+    (sandboxd.engine.budget.MemoryBudget; the API is not to import the engine:
+    a coordinator serves it without one)."""
+
+    def try_reserve(self, holder: str, n: int) -> BodyHold | None: ...
+
+    def refuse(self, n: int, what: str) -> tuple[str, float]: ...
 
 
 class ByteGate:
@@ -141,14 +155,28 @@ class Inbound:
     max_connections: int  # all listeners and the Unix socket together
     max_connections_per_listener: int
     max_receiving_bytes: int
+    # The daemon's memory budget (a coordinator has none: it holds no jobs' bytes).
+    budget: BodyBudget | None = None
     connections: int = 0
     receiving: ByteGate = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.receiving = ByteGate(self.max_receiving_bytes)
 
+    def hold_body(self, n: int) -> BodyHold | None:
+        """n bytes of the memory budget for a body about to be received, held
+        until its handler is done with it (the body, and its copies while it is
+        decoded, live that long); raises queue_full (429, Retry-After) when
+        they do not fit, so the body is refused before a byte of it is read."""
+        if self.budget is None:
+            return None
+        hold = self.budget.try_reserve("receiving", n)
+        if hold is None:
+            raise error("queue_full", *self.budget.refuse(n, "the request body"))
+        return hold
+
     @classmethod
-    def from_config(cls, cfg: Config) -> Inbound:
+    def from_config(cls, cfg: Config, budget: BodyBudget | None = None) -> Inbound:
         http = cfg.http
         return cls(
             header_timeout=http.header_timeout,
@@ -158,6 +186,7 @@ class Inbound:
             max_connections=http.max_connections,
             max_connections_per_listener=http.max_connections_per_listener,
             max_receiving_bytes=http.max_receiving_bytes,
+            budget=budget,
         )
 
 

@@ -21,6 +21,7 @@ from sandboxd.api import unixsocket
 from sandboxd.api.inbound import Inbound, Listener
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.wire import Frontend, dispatch
+from sandboxd.bodyhold import BODY, BodyHold
 from sandboxd.errors import ServiceError, as_error, make
 from sandboxd.schema import Error, Request, TestResult
 
@@ -139,11 +140,19 @@ class _Conn:
                 self.send_error(None, Error("bad_request", f"frame of {n} bytes, more than {self.max_frame}"))
                 await self._drain()
                 return
-            data = await self._body(n)
-            if data is None:
+            try:
+                hold = self.inbound.hold_body(n)  # (refused before a byte of it is read)
+            except ServiceError as e:
+                self.send_error(None, e.err)
                 await self._drain()
                 return
-            self.handle(data)
+            data = await self._body(n)
+            if data is None:
+                if hold is not None:
+                    hold.release()
+                await self._drain()
+                return
+            self.handle(data, hold)
             if not await self._drain():
                 return
 
@@ -168,7 +177,18 @@ class _Conn:
         with contextlib.suppress(ServiceError):
             await self.svc.cancel_job(jid)
 
-    def handle(self, data: bytes) -> None:
+    def handle(self, data: bytes, hold: BodyHold | None = None) -> None:
+        """One frame; `hold` (its bytes in the memory budget) is given back
+        when its request is done with them."""
+        task = self._start(data, hold)
+        if hold is None:
+            return
+        if task is None:
+            hold.release()
+        else:
+            task.add_done_callback(lambda _t: hold.release())
+
+    def _start(self, data: bytes, hold: BodyHold | None) -> asyncio.Task[None] | None:
         try:
             req = _req_dec.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
@@ -180,20 +200,21 @@ class _Conn:
                 if isinstance(raw, dict) and isinstance(raw.get("id"), int | str):
                     rid = raw["id"]
             self.send_error(rid, Error("bad_request", f"request: {e}"))
-            return
+            return None
         if req.id in self.inflight:
             self.send_error(req.id, Error("bad_request", f"id {req.id!r} is already in flight on this connection"))
-            return
+            return None
         if req.op == "cancel" and bytes(req.body):
             with contextlib.suppress(Exception):
                 ref = msgspec.msgpack.decode(bytes(req.body))
                 if isinstance(ref, dict) and "request" in ref:
                     self._cancel_request(req.id, ref["request"])
-                    return
-        task = asyncio.ensure_future(self.run(req))
+                    return None
+        task = asyncio.ensure_future(self.run(req, hold))
         self.inflight[req.id] = task
         rid = req.id
         task.add_done_callback(lambda _t: self.inflight.pop(rid, None))
+        return task
 
     def _cancel_request(self, rid: Any, target: Any) -> None:
         jid = self.jobs.get(target)
@@ -209,7 +230,9 @@ class _Conn:
 
         self._spawn(cancel())
 
-    async def run(self, req: Request) -> None:
+    async def run(self, req: Request, hold: BodyHold | None = None) -> None:
+        BODY.set(hold)  # (this task's own context: its job's admission takes its place, sandboxd.bodyhold)
+
         def progress(t: TestResult) -> None:
             self.send({"id": req.id, "event": "test", "data": t})
 
