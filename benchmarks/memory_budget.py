@@ -49,6 +49,7 @@ class Daemon:
         cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null"]
         cmd += ["--instance", f"bench-budget-{tag}", "--socket", "", "--http", f"127.0.0.1:{port}", "--pool-size", "2"]
         env = {**os.environ, "SANDBOXD_MEMORY_BUDGET": str(budget), "SANDBOXD_SELFTEST": "false"}
+        env["SANDBOXD_PID_FILE"] = f"{self.dir}/sandboxd.pid"  # (not run_dir's: benchmarks run side by side)
         env["PYTHONPATH"] = f"{ROOT}:{env.get('PYTHONPATH', '')}"
         log = open(f"{self.dir}/log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import mmap
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ from sandboxd.api.openapi import document
 from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
 from sandboxd.bodyhold import BODY
 from sandboxd.config import HTTP
-from sandboxd.errors import ServiceError
+from sandboxd.errors import ServiceError, error
 from sandboxd.schema import Error
 
 log = logging.getLogger(__name__)
@@ -198,13 +199,53 @@ async def _read_then(
         async with asyncio.timeout(inbound.body_timeout):
             if oversize:
                 return await handler(request)
-            await request.read()
+            await receive(request)
     except TimeoutError:
         why = f"body: not received within http_body_timeout ({inbound.body_timeout} s)"
         return _unread(request, Error("bad_request", why), 408)
     finally:
         inbound.receiving.release(cost)
     return await handler(request)
+
+
+# Bodies this large are received into anonymous memory (mmap) instead of a bytearray.
+MAPPED_FROM = 1 << 20
+# ...unless they are forms: their parser (aiohttp's request.post()) wants bytes' methods.
+FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def receive(request: web.Request) -> None:
+    """The body, into one buffer of its declared size, a chunk at a time as it
+    arrives; handlers then get that buffer from `request.read()`.
+
+    aiohttp's own read() raises the stream's buffer to client_max_size (so one
+    chunk can be tens of MiB, joined and copied on the event loop at once),
+    grows a bytearray and copies it whole into bytes at the end: with 64 MiB
+    bodies, stalls of the loop (and /healthz) of hundreds of ms.  Here every
+    copy is of one chunk as the transport buffered it (the stream's default
+    limit: about 128 KiB), into a buffer allocated once and handed over as it
+    is (every decoder takes a buffer).  A large one is an anonymous mapping:
+    its zero pages are faulted in chunk by chunk as they are filled, where
+    bytearray(n) would zero all n bytes at once (64 MiB: tens of ms of the
+    loop, more on a busy host).  A body without Content-Length (chunked) is
+    read by aiohttp as before."""
+    n = request.content_length
+    if n is None:
+        await request.read()
+        return
+    buf: bytearray | mmap.mmap = (
+        mmap.mmap(-1, n) if n >= MAPPED_FROM and request.content_type not in FORMS else bytearray(n)
+    )
+    view, got, content = memoryview(buf), 0, request.content
+    while got < n:
+        chunk = await content.readany()
+        if not chunk or got + len(chunk) > n:
+            raise error("bad_request", f"body: {got + len(chunk)} bytes where Content-Length said {n}")
+        view[got : got + len(chunk)] = chunk
+        got += len(chunk)
+    view.release()  # (the mapping is unmapped when the last reference to it goes)
+    # (read() returns what it has read before: aiohttp 3.x keeps it here.)
+    request._read_bytes = buf  # type: ignore[assignment]
 
 
 def _wait_flag(request: web.Request) -> bool:
