@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import mmap
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ from sandboxd import errors
 from sandboxd.api import cors, replies, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
-from sandboxd.api.inbound import Inbound, offload
+from sandboxd.api.inbound import Inbound, offload, receive_buffer
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.openapi import document
 from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
@@ -208,9 +207,7 @@ async def _read_then(
     return await handler(request)
 
 
-# Bodies this large are received into anonymous memory (mmap) instead of a bytearray.
-MAPPED_FROM = 1 << 20
-# ...unless they are forms: their parser (aiohttp's request.post()) wants bytes' methods.
+# (Forms are received into a bytearray: their parser, aiohttp's request.post(), wants bytes' methods.)
 FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -224,18 +221,14 @@ async def receive(request: web.Request) -> None:
     bodies, stalls of the loop (and /healthz) of hundreds of ms.  Here every
     copy is of one chunk as the transport buffered it (the stream's default
     limit: about 128 KiB), into a buffer allocated once and handed over as it
-    is (every decoder takes a buffer).  A large one is an anonymous mapping:
-    its zero pages are faulted in chunk by chunk as they are filled, where
-    bytearray(n) would zero all n bytes at once (64 MiB: tens of ms of the
-    loop, more on a busy host).  A body without Content-Length (chunked) is
-    read by aiohttp as before."""
+    is (every decoder takes a buffer; a large one is an anonymous mapping:
+    sandboxd.api.inbound.receive_buffer).  A body without Content-Length
+    (chunked) is read by aiohttp as before."""
     n = request.content_length
     if n is None:
         await request.read()
         return
-    buf: bytearray | mmap.mmap = (
-        mmap.mmap(-1, n) if n >= MAPPED_FROM and request.content_type not in FORMS else bytearray(n)
-    )
+    buf = receive_buffer(n, request.content_type not in FORMS)
     view, got, content = memoryview(buf), 0, request.content
     while got < n:
         chunk = await content.readany()

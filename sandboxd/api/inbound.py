@@ -22,12 +22,13 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import mmap
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from sandboxd.api.bodies import Format, decode
+from sandboxd.api.bodies import Body, Format, decode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.bodyhold import BodyHold
 from sandboxd.config import DEFAULT, Config
@@ -50,6 +51,20 @@ class BodyBudget(Protocol):
     def try_reserve(self, holder: str, n: int) -> BodyHold | None: ...
 
     def refuse(self, n: int, what: str) -> tuple[str, float]: ...
+
+
+# Bodies this large are received into anonymous memory (mmap) instead of a
+# bytearray: its zero pages are faulted in a chunk at a time as they are filled,
+# where bytearray(n) zeroes all n bytes at once (64 MiB: tens of ms of the event
+# loop, more on a busy host).
+MAPPED_FROM = 1 << 20
+RECEIVE_CHUNK = 1 << 20  # the socket's reads into it (its reader's buffer limit)
+
+
+def receive_buffer(n: int, mapped: bool = True) -> bytearray | mmap.mmap:
+    """A buffer for a body of n bytes, filled by its transport as it arrives and
+    handed over as it is (sandboxd.api.bodies.Body), never copied into bytes."""
+    return mmap.mmap(-1, n) if mapped and n >= MAPPED_FROM else bytearray(n)
 
 
 class ByteGate:
@@ -126,7 +141,7 @@ async def offload(cost: int, fn: Callable[..., T], *args: Any) -> T:
     return await OFFLOAD.run(cost, fn, *args)
 
 
-async def decode_body(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
+async def decode_body(data: Body, typ: type[T], fmt: Format, what: str = "body") -> T:
     """bodies.decode() from the event loop: a large JSON body parsed in a decode
     worker, any other large body on the offload threads, a small one inline."""
     if fmt == "json" and DECODE.takes(len(data)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from sandboxd.api.bodies import Body
 from sandboxd.api.bodies import Format as Format  # (defined there; the transports import it from here)
 from sandboxd.api.bodies import decode as decode
 from sandboxd.api.inbound import decode_body
@@ -58,7 +59,7 @@ class Frontend(Backend, Protocol):
 async def dispatch(
     svc: Frontend,
     op: str,
-    body: bytes,
+    body: Body,
     fmt: Format,
     *,
     wait: bool = True,
