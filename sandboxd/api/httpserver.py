@@ -23,6 +23,7 @@ from aiohttp import web
 
 from sandboxd import errors
 from sandboxd.api import cors, replies, textmode
+from sandboxd.api.bodies import Body
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload, receive_buffer
@@ -241,6 +242,15 @@ async def receive(request: web.Request) -> None:
     request._read_bytes = buf  # type: ignore[assignment]
 
 
+async def take_body(request: web.Request) -> Body:
+    """The body, no longer kept by the request: once decoded it is gone, not
+    held (uncounted: its job's reservation took its place) while the job runs
+    and its sender waits."""
+    body = await request.read()
+    request._read_bytes = None  # (a later read() would find the stream at its end: b"")
+    return body
+
+
 def _wait_flag(request: web.Request) -> bool:
     v = request.query.get("wait", "true").lower()
     if v not in ("true", "false", "1", "0"):
@@ -259,7 +269,7 @@ async def _post(req: web.Request, op: str) -> web.Response:
     cb = req.query.get("callback_url")
     key = idempotency_key(req)
     res = await dispatch(
-        req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
+        req.app[SVC], op, await take_body(req), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
     )
     return await big_reply(req, res, 200 if wait else 202, text)
 

@@ -173,6 +173,7 @@ class _Conn:
                 await self._drain()
                 return
             self.handle(data, hold)
+            del data  # (the frame's buffer is its request's now: not kept while the next is awaited)
             if not await self._drain():
                 return
 
@@ -269,7 +270,7 @@ class _Conn:
             result = await dispatch(
                 self.svc,
                 req.op,
-                memoryview(req.body),  # (a view of the frame: 64 MiB not copied on the loop)
+                _take_body(req),
                 "msgpack",
                 wait=req.wait,
                 progress=progress if req.progress else None,
@@ -288,6 +289,14 @@ class _Conn:
         finally:
             self.jobs.pop(req.id, None)
             self.kept.discard(req.id)
+
+
+def _take_body(req: Request) -> memoryview:
+    """A view of the frame's body (64 MiB not copied on the loop), no longer
+    kept by the request: once decoded it is gone, not held (uncounted: its
+    job's reservation took its place) while the job runs and its sender waits."""
+    body, req.body = memoryview(req.body), msgspec.Raw()
+    return body
 
 
 async def start(

@@ -90,9 +90,11 @@ async def dispatch(
         if op == "run":
             # (Large bodies are decoded off the event loop: sandboxd.api.inbound.)
             req = await decode_body(body, RunRequest, fmt)
+            del body  # (not held while the run is waited for: its job's reservation counts the decoded request)
             info = await svc.start_run(req, callback_url, idempotency_key=key)
         elif op == "submit":
             sub = await decode_body(body, Submission, fmt)
+            del body
             info = await svc.start_submission(sub, progress, callback_url, idempotency_key=key)
         else:
             raise error("bad_request", f"op: unknown {op!r}")
