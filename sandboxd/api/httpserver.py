@@ -224,10 +224,10 @@ async def receive(request: web.Request) -> None:
     limit: about 128 KiB), into a buffer allocated once and handed over as it
     is (every decoder takes a buffer; a large one is an anonymous mapping:
     sandboxd.api.inbound.receive_buffer).  A body without Content-Length
-    (chunked) is read by aiohttp as before."""
+    (chunked) or compressed is read by aiohttp as before."""
     n = request.content_length
-    if n is None:
-        await request.read()
+    if n is None or request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        await request.read()  # (a compressed body's length is not its declared one; read() caps it at max_body)
         return
     buf = receive_buffer(n, request.content_type not in FORMS)
     view, got, content = memoryview(buf), 0, request.content
