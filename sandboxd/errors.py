@@ -26,10 +26,13 @@ class Code(NamedTuple):
 CODES: dict[ErrorCode, Code] = {
     "bad_request": Code(400, None, "bad request"),
     "unauthorized": Code(401, None, "missing or wrong bearer token"),
+    "forbidden": Code(403, None, "not allowed for this caller"),
     "not_found": Code(404, None, "no such job"),
     # (429: this host's queues or memory budget are full; the transports' own
     # overload refusals, before a request is read, are 503: sandboxd.api.httpserver.)
     "queue_full": Code(429, RETRY_AFTER, "the queue is full; retry later"),
+    # (429: a tenant's rate, concurrency or daily CPU quota: sandboxd.jobs.tenants)
+    "rate_limited": Code(429, RETRY_AFTER, "this tenant's limit is reached; retry later"),
     "cancelled": Code(409, None, "cancelled"),
     "conflict": Code(422, None, "an idempotency key was used for a different request; use a new key for this one"),
     "internal": Code(500, None, "internal error"),
@@ -37,6 +40,8 @@ CODES: dict[ErrorCode, Code] = {
     "queue_deadline": Code(504, None, "the job waited in its queue past its queue deadline"),
 }
 INTERNAL = CODES["internal"]
+# A tenant's refusals keep their native status on the compat APIs too (which map the rest their own way).
+TENANT_STATUS = {c: CODES[c].status for c in ("forbidden", "rate_limited")}
 # (Looked up by any string: a code this version does not know is "internal".)
 _BY_NAME: dict[str, Code] = {str(k): v for k, v in CODES.items()}
 

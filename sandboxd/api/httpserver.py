@@ -13,7 +13,6 @@ module names none of them.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -22,18 +21,19 @@ import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import cors, replies, textmode
-from sandboxd.api.bodies import Body
+from sandboxd.api import cors, pages, replies, sessions, sse, tenantauth, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
-from sandboxd.api.inbound import Inbound, offload, receive_buffer
+from sandboxd.api.inbound import Inbound, offload
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.openapi import document
+from sandboxd.api.receive import receive, take_body
 from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
 from sandboxd.bodyhold import BODY
 from sandboxd.config import HTTP
-from sandboxd.errors import ServiceError, error
-from sandboxd.schema import Error
+from sandboxd.errors import ServiceError
+from sandboxd.jobs.tenants import CALLER
+from sandboxd.schema import Error, TestResult
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ SVC: web.AppKey[Frontend] = web.AppKey("service")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 SVC_MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 INBOUND: web.AppKey[Inbound] = web.AppKey("inbound", Inbound)
+# (API name, prefix) of the registered APIs mounted on the app: its OpenAPI document lists them.
+MOUNTED: web.AppKey[tuple[tuple[str, str], ...]] = web.AppKey("mounted", tuple)
 
 # An HTTP API on a Frontend: factory(frontend, **aiohttp.web.Application kwargs).
 MountFactory = Callable[..., web.Application]
@@ -50,16 +52,26 @@ _MOUNTS: dict[str, MountFactory] = {}
 # Judge0's X-Auth-Token), besides `Authorization: Bearer`.
 TOKEN_HEADERS: web.AppKey[tuple[str, ...]] = web.AppKey("token_headers", tuple)
 _TOKEN_HEADERS: dict[str, tuple[str, ...]] = {}
+# An API's body for a route it lacks (404) or a method a route does not take
+# (405): (status, message) -> the JSON body in its own error shape.
+RouteError = Callable[[int, str], Any]
+_ROUTE_ERRORS: dict[str, RouteError] = {}
+ROUTE_ERRORS: web.AppKey[tuple[tuple[str, RouteError], ...]] = web.AppKey("route_errors", tuple)
 
 
-def mount(name: str, factory: MountFactory, token_headers: tuple[str, ...] = ()) -> None:
+def mount(
+    name: str, factory: MountFactory, token_headers: tuple[str, ...] = (), route_error: RouteError | None = None
+) -> None:
     """Register an HTTP API (a plug-in's: "judge0", "piston") to serve on the same Frontend.
-    token_headers: its own auth headers, accepted on its routes (and allowed by its CORS policy)."""
+    token_headers: its own auth headers, accepted on its routes (and allowed by its CORS policy).
+    route_error: its 404/405 body (default: the native one)."""
     known = _MOUNTS.get(name)
     if known is not None and known is not factory:
         raise ValueError(f"HTTP API {name!r} is registered already")
     _MOUNTS[name] = factory
     _TOKEN_HEADERS[name] = token_headers
+    if route_error is not None:
+        _ROUTE_ERRORS[name] = route_error
 
 
 def mounted() -> list[str]:
@@ -120,15 +132,37 @@ async def errors_and_auth(
 async def _handle(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    token = request.app[TOKEN]
-    if token and request.path not in ("/healthz", "/readyz") and not authorized(request, token):
-        return error_reply(request, Error("unauthorized", "missing or wrong bearer token"))
+    if request.path in ("/healthz", "/readyz") or pages.public(request.path) or self_auth(request):
+        return await _served(request, handler)  # (a self-authenticating route checks its caller itself)
+    headers = (h for app in request.match_info.apps for h in app.get(TOKEN_HEADERS, ()))
+    creds = list(tenantauth.presented(request, headers))
+    caller = tenantauth.identify(creds, request.app[TOKEN], request.config_dict[SVC].tenants)
+    if caller is None:
+        return error_reply(request, Error("unauthorized", "missing or wrong bearer token or API key"))
+    if caller.tenant is not None and request.path == "/metrics":  # (every tenant's usage: the operator's)
+        return error_reply(request, Error("forbidden", "/metrics: needs the bearer token, not a tenant's key"))
+    bound = CALLER.set(caller)  # (reset: a keep-alive connection serves its requests in one task)
+    try:
+        resp = await _served(request, handler)
+    finally:
+        CALLER.reset(bound)
+    if caller.limit is not None and not resp.prepared:
+        for k, v in caller.limit.headers().items():
+            resp.headers.setdefault(k, v)  # (a Retry-After of the reply's own wins)
+    return resp
+
+
+async def _served(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await with_body(request, handler)
     except ServiceError as e:
         return error_reply(request, e.err)
     except web.HTTPRequestEntityTooLarge:
         return error_reply(request, Error("bad_request", f"body: larger than {request.app[SVC_MAX_BODY]} bytes"), 413)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as e:
+        return route_error(request, e)
     except web.HTTPException:
         raise
     except Exception as e:
@@ -136,13 +170,31 @@ async def _handle(
         return error_reply(request, Error("internal", f"internal error: {e}"))
 
 
-def authorized(request: web.Request, token: str) -> bool:
-    """The bearer token, or (on a plug-in's routes) one of its own headers carrying it."""
-    want = token.encode()
-    if hmac.compare_digest(request.headers.get("Authorization", "").encode(), b"Bearer " + want):
-        return True
-    headers = (h for app in request.match_info.apps for h in app.get(TOKEN_HEADERS, ()))
-    return any(hmac.compare_digest(request.headers.get(h, "").encode(), want) for h in headers)
+def route_error(request: web.Request, e: web.HTTPNotFound | web.HTTPMethodNotAllowed) -> web.Response:
+    """aiohttp's own 404 and 405 are text/plain: here they are JSON in the error shape of
+    the API the path is under (a mounted API's, else the native one), 405 keeping its Allow."""
+    allow = e.headers.get("Allow")
+    headers = {"Allow": allow} if allow is not None else None
+    what = "no such route" if e.status == 404 else f"method not allowed (Allow: {allow})"
+    message = f"{what}: {request.method} {request.path}"
+    for prefix, body in request.config_dict.get(ROUTE_ERRORS, ()):
+        if not prefix or request.path == prefix or request.path.startswith(prefix + "/"):
+            raw = msgspec.json.encode(body(e.status, message))
+            return web.Response(body=raw, status=e.status, headers=headers, content_type="application/json")
+    if e.status == 404:
+        message += " (the API's routes: /openapi.json)"
+    err = Error("not_found" if e.status == 404 else "bad_request", message)
+    return reply(request, {"error": err}, e.status, headers)
+
+
+SELF_AUTH = "self-auth:"  # route names of handlers that authenticate themselves (WebSocket sessions)
+
+
+def self_auth(request: web.Request) -> bool:
+    """A route that checks the token itself: a browser's WebSocket carries it in
+    its first message, not a header (sandboxd.api.sessions)."""
+    name = request.match_info.route.name
+    return name is not None and name.startswith(SELF_AUTH)
 
 
 async def with_body(
@@ -208,49 +260,6 @@ async def _read_then(
     return await handler(request)
 
 
-# (Forms are received into a bytearray: their parser, aiohttp's request.post(), wants bytes' methods.)
-FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-async def receive(request: web.Request) -> None:
-    """The body, into one buffer of its declared size, a chunk at a time as it
-    arrives; handlers then get that buffer from `request.read()`.
-
-    aiohttp's own read() raises the stream's buffer to client_max_size (so one
-    chunk can be tens of MiB, joined and copied on the event loop at once),
-    grows a bytearray and copies it whole into bytes at the end: with 64 MiB
-    bodies, stalls of the loop (and /healthz) of hundreds of ms.  Here every
-    copy is of one chunk as the transport buffered it (the stream's default
-    limit: about 128 KiB), into a buffer allocated once and handed over as it
-    is (every decoder takes a buffer; a large one is an anonymous mapping:
-    sandboxd.api.inbound.receive_buffer).  A body without Content-Length
-    (chunked) or compressed is read by aiohttp as before."""
-    n = request.content_length
-    if n is None or request.headers.get("Content-Encoding", "identity").lower() != "identity":
-        await request.read()  # (a compressed body's length is not its declared one; read() caps it at max_body)
-        return
-    buf = receive_buffer(n, request.content_type not in FORMS)
-    view, got, content = memoryview(buf), 0, request.content
-    while got < n:
-        chunk = await content.readany()
-        if not chunk or got + len(chunk) > n:
-            raise error("bad_request", f"body: {got + len(chunk)} bytes where Content-Length said {n}")
-        view[got : got + len(chunk)] = chunk
-        got += len(chunk)
-    view.release()  # (the mapping is unmapped when the last reference to it goes)
-    # (read() returns what it has read before: aiohttp 3.x keeps it here.)
-    request._read_bytes = buf  # type: ignore[assignment]
-
-
-async def take_body(request: web.Request) -> Body:
-    """The body, no longer kept by the request: once decoded it is gone, not
-    held (uncounted: its job's reservation took its place) while the job runs
-    and its sender waits."""
-    body = await request.read()
-    request._read_bytes = None  # (a later read() would find the stream at its end: b"")
-    return body
-
-
 def _wait_flag(request: web.Request) -> bool:
     v = request.query.get("wait", "true").lower()
     if v not in ("true", "false", "1", "0"):
@@ -278,8 +287,27 @@ async def post_run(req: web.Request) -> web.Response:
     return await _post(req, "run")
 
 
-async def post_submission(req: web.Request) -> web.Response:
+async def post_submission(req: web.Request) -> web.StreamResponse:
+    if sse.wanted(req):
+        return await _post_events(req)
     return await _post(req, "submit")
+
+
+async def _post_events(req: web.Request) -> web.StreamResponse:
+    """A waited submission whose tests stream as they finish (sandboxd.api.sse)."""
+    refused = sse.refusal(req.app[INBOUND])
+    if refused is not None:
+        return error_reply(req, refused, 503)
+    cb = req.query.get("callback_url")
+    key = idempotency_key(req)
+    body, fmt = await req.read(), _fmt_in(req)
+
+    def start(progress: Callable[[TestResult], None], on_job: Callable[[str], None]) -> Awaitable[Any]:
+        return dispatch(
+            req.app[SVC], "submit", body, fmt, progress=progress, on_job=on_job, callback_url=cb, idempotency_key=key
+        )
+
+    return await sse.stream(req, req.app[INBOUND], start)
 
 
 async def get_job(req: web.Request) -> web.Response:
@@ -302,6 +330,10 @@ async def delete_job(req: web.Request) -> web.Response:
 
 async def status(req: web.Request) -> web.Response:
     return reply(req, {**await req.app[SVC].status_info(), "decode": DECODE.snapshot()})
+
+
+async def dashboard(req: web.Request) -> web.Response:
+    return reply(req, {**await req.app[SVC].dashboard_info(), "decode": DECODE.snapshot()})
 
 
 async def languages(req: web.Request) -> web.Response:
@@ -327,7 +359,7 @@ async def readyz(req: web.Request) -> web.Response:
 
 
 async def openapi(req: web.Request) -> web.Response:
-    return web.json_response(document())
+    return web.json_response(document(req.app.get(MOUNTED, ())))
 
 
 def make_app(
@@ -338,10 +370,12 @@ def make_app(
     extra_routes: Callable[[web.Application], None] | None = None,
     inbound: Inbound | None = None,
     cors_origins: Mapping[str, Sequence[str]] | None = None,
+    api_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> web.Application:
     """The main listener's app.  prefixes: registered API name -> where it is
     mounted ("" or absent: not on this listener).  cors_origins: API name ("" the
-    native one) -> the origins its CORS policy allows (absent: the native one's)."""
+    native one) -> the origins its CORS policy allows (absent: the native one's).
+    api_options: API name -> keyword arguments of its factory (its own settings)."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=max_body)
     app[SVC] = svc
     app[TOKEN] = token
@@ -352,32 +386,47 @@ def make_app(
     app.router.add_get("/v1/jobs/{job}", get_job)
     app.router.add_delete("/v1/jobs/{job}", delete_job)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/dashboard", dashboard)
     app.router.add_get("/v1/languages", languages)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    tenantauth.install(app, svc.tenants, token)
+    pages.add_routes(app)
+    live = getattr(svc, "sessions", None)  # a host daemon's; a coordinator proxies in its extra_routes
+    if isinstance(live, sessions.Sessions):
+        add_sessions(app, live)
     if extra_routes is not None:
         extra_routes(app)
     # The registered APIs on the same Frontend: a host daemon runs their jobs
     # itself, a coordinator enqueues them as fleet jobs (sandboxd.compat).
     origins = cors_origins or {}
     mounted_at = [(name, prefix) for name, prefix in (prefixes or {}).items() if prefix]
+    app[MOUNTED] = tuple(mounted_at)
     for name, prefix in mounted_at:
-        app.add_subapp(prefix, _api(name, svc))
+        app.add_subapp(prefix, _api(name, svc, (api_options or {}).get(name, {})))
+    app[ROUTE_ERRORS] = tuple((p.rstrip("/"), _ROUTE_ERRORS[n]) for n, p in mounted_at if n in _ROUTE_ERRORS)
     native = origins.get("", ())
     by_prefix = [(prefix, _cors(name, origins.get(name, native))) for name, prefix in mounted_at]
     cors.install(app, cors.Policy.of(native), by_prefix)
     return app
 
 
+def add_sessions(app: web.Application, live: sessions.Sessions) -> None:
+    async def handler(req: web.Request) -> web.StreamResponse:
+        return await sessions.serve(req, live, req.app[TOKEN])
+
+    app.router.add_get(sessions.PATH, handler, name=SELF_AUTH + "sessions")
+
+
 def _cors(name: str, origins: Sequence[str]) -> cors.Policy:
     return cors.Policy.of(origins, _TOKEN_HEADERS.get(name, ()))
 
 
-def _api(name: str, svc: Frontend, **app_args: Any) -> web.Application:
+def _api(name: str, svc: Frontend, options: Mapping[str, Any], **app_args: Any) -> web.Application:
     """A registered API's app, told which headers carry its token."""
-    app = _factory(name)(svc, **app_args)
+    app = _factory(name)(svc, **options, **app_args)
     app[TOKEN_HEADERS] = _TOKEN_HEADERS.get(name, ())
     return app
 
@@ -396,11 +445,16 @@ def make_api_app(
     max_body: int = HTTP.max_body,
     inbound: Inbound | None = None,
     cors_origins: Sequence[str] = (),
+    options: Mapping[str, Any] | None = None,
 ) -> web.Application:
     """One registered API at the root of a listener of its own ([http]
-    `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener."""
-    app = _api(api, svc, middlewares=[errors_and_auth], client_max_size=max_body)
+    `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener.
+    options: keyword arguments of its factory (as make_app's api_options)."""
+    app = _api(api, svc, options or {}, middlewares=[errors_and_auth], client_max_size=max_body)
+    if api in _ROUTE_ERRORS:
+        app[ROUTE_ERRORS] = (("", _ROUTE_ERRORS[api]),)  # (everything on this listener is the API's)
     cors.install(app, _cors(api, cors_origins))
+    app[SVC] = svc  # (its callers' tenants: the auth middleware)
     app[TOKEN] = token
     app[SVC_MAX_BODY] = max_body
     app[INBOUND] = inbound or default_inbound()

@@ -23,7 +23,8 @@ from sandboxd.api.inbound import MAPPED_FROM, RECEIVE_CHUNK, Inbound, Listener, 
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.wire import Frontend, dispatch
 from sandboxd.bodyhold import BODY, BodyHold
-from sandboxd.errors import ServiceError, as_error, make
+from sandboxd.errors import ServiceError, as_error, error, make
+from sandboxd.jobs.tenants import CALLER, Caller
 from sandboxd.schema import Error, Request, TestResult
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,12 @@ class _Conn:
 
         self._spawn(cancel())
 
+    def _tenant(self, key: str) -> Caller:
+        st = self.svc.tenants.by_key(key)
+        if st is None:
+            raise error("unauthorized", "api_key: no tenant has this key")
+        return Caller(st)
+
     async def run(self, req: Request, hold: BodyHold | None = None) -> None:
         BODY.set(hold)  # (this task's own context: its job's admission takes its place, sandboxd.bodyhold)
 
@@ -267,6 +274,8 @@ class _Conn:
                 self.send({"id": req.id, "event": "accepted", "data": {"job": jid}})
 
         try:
+            if req.api_key is not None:  # (its own task: the caller is this request's only)
+                CALLER.set(self._tenant(req.api_key))
             result = await dispatch(
                 self.svc,
                 req.op,

@@ -17,6 +17,7 @@ from sandboxd.api.inbound import decode_body
 from sandboxd.errors import bad_request, error
 from sandboxd.jobs.backend import Backend
 from sandboxd.jobs.frontend import check_idempotency_key as check_idempotency_key  # (an entry check, shared)
+from sandboxd.jobs.tenants import Tenants
 from sandboxd.schema import JobInfo, JobRef, RunRequest, SchemaError, Submission, TestResult
 
 T = TypeVar("T")
@@ -29,6 +30,8 @@ class Frontend(Backend, Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+    tenants: Tenants  # (sandboxd.jobs.tenants: the callers' limits)
 
     async def start_run(
         self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
@@ -48,6 +51,10 @@ class Frontend(Backend, Protocol):
     async def cancel_job(self, job_id: str) -> JobInfo: ...
 
     async def status_info(self) -> dict[str, Any]: ...
+
+    async def dashboard_info(self) -> dict[str, Any]:
+        """status_info plus `now` and `series`: run times per second (sandboxd.jobs.timeseries)."""
+        ...
 
     async def language_list(self) -> list[dict[str, Any]]: ...
 

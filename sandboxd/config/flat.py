@@ -20,7 +20,15 @@ from sandboxd.config.sections import SECTIONS, Config, ConfigError
 log = logging.getLogger("sandboxd.config")
 
 # A section's keys were "<prefix><key>" ...
-_PREFIX = {"log": "log_", "socket": "socket_", "http": "http_", "engine": "", "jobs": "", "fleet": "fleet_"}
+_PREFIX = {
+    "log": "log_",
+    "socket": "socket_",
+    "http": "http_",
+    "engine": "",
+    "jobs": "",
+    "fleet": "fleet_",
+    "sessions": "session_",
+}
 # ...except these (a section's main setting was the section's name).
 _EXCEPT = {
     "socket.path": "socket",
@@ -39,6 +47,8 @@ def _table() -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     leaves = 0
     for f in msgspec.structs.fields(Config):
+        if f.name in SECTIONS and f.name not in _PREFIX:
+            continue  # a section born nested ([tenants]) has no flat names
         keys = SECTIONS[f.name].__struct_fields__ if f.name in SECTIONS else ("",)
         for key in keys:
             leaves += 1

@@ -10,13 +10,16 @@ Honest back-pressure: a job is admitted (its queues checked, places promised
 to it: `Ticket`) before it is acknowledged, so an accepted job is never failed
 later for a full queue; and Retry-After is the time the work ahead takes to
 drain at the measured rate (`DrainRate`, `retry_after`).
+
+Across tenants (a Ticket names its job's), waiters are served by weighted fair
+queuing on box-seconds (sandboxd.engine.fairshare); the order above holds
+within each tenant.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import heapq
 import itertools
 import time
 from collections import Counter
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sandboxd.config import ENGINE
+from sandboxd.engine.fairshare import FairQueue
 from sandboxd.rates import DrainRate, retry_after
 
 T = TypeVar("T")
@@ -41,10 +45,12 @@ class Ticket:
     run entering a queue turns one promised place into a real one.  close()
     when the job is final returns what was not used."""
 
-    __slots__ = ("_promised",)
+    __slots__ = ("_promised", "tenant", "weight")
 
-    def __init__(self) -> None:
+    def __init__(self, tenant: str = "", weight: float = 1.0) -> None:
         self._promised: dict[AdmissionQueue, int] = {}
+        # Whose runs these are, for fair share across tenants (sandboxd.engine.fairshare).
+        self.tenant, self.weight = tenant, weight
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         ctx = contextvars.copy_context()
@@ -91,7 +97,7 @@ class AdmissionQueue:
         self.max_depth = max_depth
         self.aging = aging
         self.running = 0
-        self._heap: list[_Waiter] = []
+        self._fair = FairQueue[_Waiter]()  # waiters per tenant, in priority order within each
         self._seq = itertools.count()
         self._queued = Counter[int]()
         self.rejected = 0
@@ -139,14 +145,18 @@ class AdmissionQueue:
 
     def release(self, admitted: float) -> None:
         self.drained.note()
+        ticket = _ADMITTED.get()
+        self._fair.charge("" if ticket is None else ticket.tenant, time.monotonic() - admitted)
         self._release()
 
     async def _acquire(self, priority: int, deadline: float | None) -> None:
         ticket = _ADMITTED.get()
+        tenant, weight = ("", 1.0) if ticket is None else (ticket.tenant, ticket.weight)
         if ticket is not None:
             ticket._enter(self)
         if self.running < self.capacity and not self.depth:
             self.running += 1
+            self._fair.started(tenant, weight)
             return
         if ticket is None:  # a run outside any admitted job (self-test, CLI): checked here
             full = self._full()
@@ -156,7 +166,7 @@ class AdmissionQueue:
         # Min-heap: the smallest key is the highest effective priority.
         key = self.aging * now - priority
         w = _Waiter(key, next(self._seq), priority, asyncio.get_running_loop().create_future())
-        heapq.heappush(self._heap, w)
+        self._fair.push(tenant, weight, w)
         self._queued[priority] += 1
         try:
             if deadline is None:
@@ -176,9 +186,13 @@ class AdmissionQueue:
 
     def _release(self) -> None:
         self.running -= 1
-        while self._heap and self.running < self.capacity:
-            w = heapq.heappop(self._heap)
+        while self.running < self.capacity:
+            nxt = self._fair.pop()
+            if nxt is None:
+                return
+            tenant, w = nxt
             if w.fut.done():
+                self._fair.refund(tenant)
                 continue  # gave up while waiting (already uncounted)
             self._queued[w.priority] -= 1
             self.running += 1

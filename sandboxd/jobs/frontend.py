@@ -20,6 +20,7 @@ from sandboxd.errors import ServiceError, bad_request, error
 from sandboxd.jobs import callbacks
 from sandboxd.jobs.fingerprint import Op, Spec, fingerprint
 from sandboxd.jobs.metrics import FrontendMetrics
+from sandboxd.jobs.tenants import Tenants
 from sandboxd.schema import (
     ErrorCode,
     JobInfo,
@@ -93,6 +94,12 @@ class Operations(ABC):
         self.metrics = metrics
         self.callback_allow_private = callback_allow_private
         self.draining = False
+        self.tenants = Tenants()  # none configured until use_tenants
+
+    def use_tenants(self, tenants: Tenants) -> None:
+        """Serve these tenants (sandboxd.jobs.tenants): their limits at admission, their usage in /metrics."""
+        self.tenants = tenants
+        self.metrics.registry.register(tenants)
 
     # --- entry checks -------------------------------------------------------
 

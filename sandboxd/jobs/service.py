@@ -16,11 +16,10 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Literal
 
-from sandboxd.config import JOBS
+from sandboxd.config import JOBS, SessionsSettings
 from sandboxd.engine.budget import Admission
 from sandboxd.engine.compiler import Compiler
 from sandboxd.engine.engine import Engine
@@ -33,8 +32,11 @@ from sandboxd.jobs.fingerprint import Op, Spec
 from sandboxd.jobs.frontend import Operations, Progress, conflict, keyed
 from sandboxd.jobs.kinds import KINDS
 from sandboxd.jobs.metrics import Metrics
+from sandboxd.jobs.sessions import Sessions
 from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored, StoreFull
 from sandboxd.jobs.table import Job, JobTable, decode_spec, encode_spec, kind_of, lost_info
+from sandboxd.jobs.tenants import Charge
+from sandboxd.jobs.timeseries import RunTimes
 from sandboxd.schema import (
     JobInfo,
     RunRequest,
@@ -61,9 +63,12 @@ class Service(Operations):
         results_ttl: float = JOBS.results_ttl,
         callback_allow_private: bool = False,
         store: JobStore | None = None,
+        sessions: SessionsSettings | None = None,
     ) -> None:
         super().__init__(metrics or Metrics(), callback_allow_private)
         self.engine = engine
+        self.sessions = Sessions(engine, sessions or SessionsSettings(), self._session_ended)
+        self.metrics.sessions_active.set_function(lambda: self.sessions.active)
         self._callbacks: set[asyncio.Task[Any]] = set()
         self.compiler = Compiler(engine)  # single flight for the compat kinds' compiles
         self.compat_pending = 0  # jobs of compat kinds not finished: Judge0's queue count
@@ -71,9 +76,12 @@ class Service(Operations):
         self.store = store or JobStore(":memory:", results_ttl)
         self.table = JobTable(self.store, results_ttl)
         self.jobs = self.table.jobs  # unfinished (and final, not yet saved) jobs by id
-        self.recent: deque[float] = deque(maxlen=200)  # recent run wall times, for status
+        self.recent = RunTimes()  # recent run wall times and per-second buckets, for status and the dashboard
         self._sweeper: asyncio.Task[None] | None = None
         self._heals_counted = 0  # engine heals already added to the metrics counter
+
+    def _session_ended(self, reason: str) -> None:
+        self.metrics.sessions.labels(reason).inc()
 
     # --- start and stop ---------------------------------------------------
 
@@ -182,12 +190,19 @@ class Service(Operations):
                     raise conflict(key, held.id)
                 return self.table.held_info(held)
             job.key, job.fingerprint = key, fp
-        job.admission = self._admit(job.lang, spec)
+        job.charge = self._tenant_admit(job, spec)
+        try:
+            job.admission = self._admit(job.lang, spec)
+            job.admission.ticket.tenant, job.admission.ticket.weight = job.charge.name, job.charge.weight
+        except BaseException:
+            job.charge.close()
+            raise
         data = encode_spec(spec)
         try:
             self.store.check_room(len(data))  # (jobs.store_max_bytes: refused, never dropped later)
         except StoreFull as e:
             job.admission.close()
+            job.charge.close()
             self.metrics.rejections.labels("queue_full").inc()
             raise error("queue_full", str(e), e.retry_after) from None
         if progress is not None:
@@ -203,6 +218,14 @@ class Service(Operations):
         # Unkeyed, not shielded (it costs): if its sender goes, `acc` is cancelled, and the
         # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
         return await (asyncio.shield(acc) if key is not None else acc)
+
+    def _tenant_admit(self, job: Job, spec: Spec) -> Charge:
+        """The calling tenant's limits (sandboxd.jobs.tenants); its priority clamped to the tenant's maximum."""
+        priority = getattr(spec, "priority", None)
+        charge, allowed = self.tenants.admit(job.lang, priority)
+        if allowed is not None and allowed != priority and isinstance(spec, RunRequest | Submission):
+            spec.priority = allowed
+        return charge
 
     async def _replay(self, other: Job, key: str, fp: bytes, progress: Progress | None) -> JobInfo:
         """A keyed request naming a job in memory: that job."""
@@ -230,9 +253,7 @@ class Service(Operations):
         exc = None if ok else val
         held = val if isinstance(val, Stored) else None
         if exc is not None or held is not None:
-            self.table.drop(job)
-            if job.admission is not None:
-                job.admission.close()
+            self._dropped(job)
         if isinstance(exc, JobIdInUse):
             settle(exc=error("bad_request", f"job id {job.id!r} is in use"))
         elif exc is not None:
@@ -253,10 +274,20 @@ class Service(Operations):
             settle(job.info())
             self._start(job, op, spec)
 
+    def _dropped(self, job: Job) -> None:
+        """Not accepted after all: what it holds back."""
+        self.table.drop(job)
+        if job.admission is not None:
+            job.admission.close()
+        if job.charge is not None:
+            job.charge.close()
+
     def _finish(self, job: Job) -> None:
         if job.admission is not None:
             job.admission.close()  # (idempotent: the task's done callback closes it too)
         job.finished, job.finished_at = time.monotonic(), time.time()
+        if job.charge is not None:
+            job.charge.close(job.result)  # (its CPU seconds to its tenant's quota)
         if job.requeue:
             # "draining" (HTTP 503 + Retry-After), not "cancelled": its waiters retry
             # (with their key) and get the job when the next start has run it.
@@ -414,10 +445,16 @@ class Service(Operations):
         return self._cancel(found) if isinstance(found, Job) else found
 
     async def status_info(self) -> dict[str, Any]:
-        return self.status()
+        st = self.status()
+        if self.tenants.configured:
+            st["tenants"] = self.tenants.status()
+        return st
 
     async def language_list(self) -> list[dict[str, Any]]:
         return self.languages()
+
+    async def dashboard_info(self) -> dict[str, Any]:
+        return {**self.status(), "now": time.time(), "series": self.recent.series()}
 
     async def _refresh_metrics(self) -> None:
         self.refresh_metrics()

@@ -31,6 +31,7 @@ from sandboxd.schema import Error, JobInfo, RunResult, SubmissionResult, TestRes
 
 if TYPE_CHECKING:
     from sandboxd.engine.budget import Admission
+    from sandboxd.jobs.tenants import Charge
 
 log = logging.getLogger(__name__)
 State = Literal["queued", "running", "done", "cancelled", "failed", "lost"]
@@ -72,6 +73,7 @@ class Job:
     forgotten: bool = False  # deleted on request (Judge0's DELETE) before its result was saved
     spec_size: int = 0  # its encoded request: a compat job's spec stays with a cached result
     admission: Admission | None = None  # its queue places and request bytes (sandboxd.engine.budget), until final
+    charge: Charge | None = None  # its hold on its tenant (sandboxd.jobs.tenants), until final
 
     def info(self) -> JobInfo:
         return JobInfo(

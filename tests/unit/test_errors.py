@@ -27,6 +27,8 @@ from sandboxd.schema import (
 NATIVE_STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
+    "forbidden": 403,
+    "rate_limited": 429,
     "not_found": 404,
     "queue_full": 429,
     "cancelled": 409,
@@ -48,7 +50,7 @@ def test_a_code_this_version_does_not_know_is_a_500() -> None:
 
 def test_only_refusals_worth_retrying_default_a_retry_after() -> None:
     retryable = {c for c, e in errors.CODES.items() if e.retry_after is not None}
-    assert retryable == {"queue_full", "draining"}
+    assert retryable == {"queue_full", "rate_limited", "draining"}
     assert errors.make("draining", "stopping").retry_after == errors.RETRY_AFTER
     assert errors.make("queue_full", "full", 7.5).retry_after == 7.5  # the raiser's estimate wins
     assert errors.make("not_found", "no job").retry_after is None

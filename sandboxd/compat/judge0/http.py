@@ -13,7 +13,7 @@ from aiohttp import web
 from sandboxd.api.inbound import offload
 from sandboxd.compat.judge0.api import Judge0
 from sandboxd.compat.judge0.tables import ATTRIBUTES, DEFAULT_FIELDS
-from sandboxd.errors import ServiceError
+from sandboxd.errors import TENANT_STATUS, ServiceError
 
 J0: web.AppKey[Judge0] = web.AppKey("judge0", Judge0)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -33,6 +33,12 @@ def reply(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
+def route_error(status: int, message: str) -> dict[str, str]:
+    """A route Judge0 lacks or a method it does not take: its `{"error": ...}` body.
+    (Rails answers both 404 with an HTML page; JSON is what its clients parse.)"""
+    return {"error": message}
+
+
 def handler(fn: Handler) -> Handler:
     async def wrapped(req: web.Request) -> web.StreamResponse:
         try:
@@ -40,7 +46,7 @@ def handler(fn: Handler) -> Handler:
         except J0Error as e:
             return reply(e.body, e.status)
         except ServiceError as e:
-            status = {"draining": 503, "queue_full": 503, "conflict": 422}.get(e.err.code, 400)
+            status = {"draining": 503, "queue_full": 503, "conflict": 422, **TENANT_STATUS}.get(e.err.code, 400)
             return reply({"error": e.err.message}, status)
 
     return wrapped
