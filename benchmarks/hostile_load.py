@@ -90,7 +90,8 @@ class Daemon:
         cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null"]
         cmd += ["--instance", f"bench-hostile-{os.getpid()}", "--socket", self.sock]
         cmd += ["--http", f"127.0.0.1:{self.port}", "--pool-size", str(pool)]
-        env = {**os.environ, "SANDBOXD_SELFTEST": "false"}
+        # (Its own pid file: the default, run_dir's, is one per host, and benchmarks run side by side.)
+        env = {**os.environ, "SANDBOXD_SELFTEST": "false", "SANDBOXD_PID_FILE": f"{self.dir}/sandboxd.pid"}
         self.log = open(f"{self.dir}/log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120

@@ -14,7 +14,7 @@ every 20 ms by a process of its own, so the senders cannot delay it).  Bytes
 being received are bounded by the senders here (2 at a time), not by the
 budget (that is the HTTP layer's bound).
 
-    .venv/bin/python benchmarks/memory_budget.py [--quick] [--json]
+    .venv/bin/python benchmarks/memory_budget.py [--quick] [--json] [--only stdin] [--budgets 256]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class Daemon:
         cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null"]
         cmd += ["--instance", f"bench-budget-{tag}", "--socket", "", "--http", f"127.0.0.1:{port}", "--pool-size", "2"]
         env = {**os.environ, "SANDBOXD_MEMORY_BUDGET": str(budget), "SANDBOXD_SELFTEST": "false"}
+        env["SANDBOXD_PID_FILE"] = f"{self.dir}/sandboxd.pid"  # (not run_dir's: benchmarks run side by side)
         env["PYTHONPATH"] = f"{ROOT}:{env.get('PYTHONPATH', '')}"
         log = open(f"{self.dir}/log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT)
@@ -151,9 +152,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer jobs")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", choices=["stdin", "results"], help="one load")
+    ap.add_argument("--budgets", default="256,8192", help="memory_budget values in MiB, comma-separated")
     a = ap.parse_args()
     sizes = {"stdin": 12 if a.quick else 24, "results": 40 if a.quick else 150}
-    rows = [measure(what, budget, n) for what, n in sizes.items() for budget in (256 * MiB, 8 << 30)]
+    budgets = [int(b) * MiB for b in a.budgets.split(",")]
+    rows = [measure(w, budget, n) for w, n in sizes.items() if a.only in (None, w) for budget in budgets]
     if a.json:
         print(json.dumps(rows))
         return

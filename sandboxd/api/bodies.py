@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import mmap
 import sys
 from typing import Any, Literal, TypeVar
 
@@ -20,13 +21,16 @@ import msgspec
 from sandboxd.errors import error
 
 Format = Literal["json", "msgpack"]
+# A body as the transports hand it over: received into one buffer, never copied
+# into bytes (sandboxd.api.inbound.receive_buffer); every decoder takes a buffer.
+Body = bytes | bytearray | memoryview | mmap.mmap
 T = TypeVar("T")
 
 _json_dec: dict[type, msgspec.json.Decoder[Any]] = {}
 _mp_dec: dict[type, msgspec.msgpack.Decoder[Any]] = {}
 
 
-def decode(data: bytes | bytearray, typ: type[T], fmt: Format, what: str = "body") -> T:
+def decode(data: Body, typ: type[T], fmt: Format, what: str = "body") -> T:
     if not data:
         raise error("bad_request", f"{what}: missing")
     try:

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from sandboxd.api.bodies import decode
+from sandboxd.api.bodies import Body, decode
 from sandboxd.api.decodeworker import HEAD, OK, READY, REPLY
 from sandboxd.errors import error
 
@@ -68,7 +68,7 @@ class _Worker:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
 
-    def call(self, name: str, body: bytes) -> tuple[int, bytearray]:
+    def call(self, name: str, body: Body) -> tuple[int, bytearray]:
         """One body through the worker (blocking: an offload thread's)."""
         try:
             if not self.ready:
@@ -82,7 +82,7 @@ class _Worker:
         except OSError as e:
             raise WorkerDied(str(e)) from None
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: Body) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self.w, view) :]
@@ -134,7 +134,7 @@ class DecodePool:
     def takes(self, n: int) -> bool:
         return self.workers > 0 and n >= IN_PROCESS_FROM
 
-    def _call(self, name: str, body: bytes) -> tuple[int, bytearray]:
+    def _call(self, name: str, body: Body) -> tuple[int, bytearray]:
         w = self._idle.get()
         try:
             status, payload = w.call(name, body)
@@ -154,7 +154,7 @@ class DecodePool:
         self.in_process += 1
         return status, payload
 
-    def typed(self, body: bytes, typ: type[T], what: str = "body") -> T:
+    def typed(self, body: Body, typ: type[T], what: str = "body") -> T:
         """decode(body, typ, "json", what), parsed by a worker (blocking: call it on an offload thread)."""
         status, payload = self._call(f"{typ.__name__}:{what}", body)
         if status == OK:
@@ -162,7 +162,7 @@ class DecodePool:
         code, message = msgspec.msgpack.decode(payload)
         raise error(code, message)
 
-    def untyped(self, body: bytes) -> Any:
+    def untyped(self, body: Body) -> Any:
         """msgspec.json.decode(body), parsed by a worker; raises what it would."""
         status, payload = self._call("", body)
         if status == OK:

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sandboxd.api.bodies import Format, decode
+from sandboxd.api.bodies import Body, Format, decode
 from sandboxd.errors import error
 from sandboxd.filestore import CHUNK, HEX
 from sandboxd.jobs.files import FileOps
@@ -90,7 +90,7 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
         yield data[i : i + CHUNK]
 
 
-async def socket_op(svc: object, body: bytes, fmt: Format) -> dict[str, Any]:
+async def socket_op(svc: object, body: Body, fmt: Format) -> dict[str, Any]:
     """The socket's `files` op: one frame carries the whole file (so at most http.max_body)."""
     req = decode(body, FilesRequest, fmt)
     ops = ops_of(svc)

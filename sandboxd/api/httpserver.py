@@ -27,7 +27,9 @@ from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.openapi import document
+from sandboxd.api.receive import receive, take_body
 from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
+from sandboxd.bodyhold import BODY
 from sandboxd.config import HTTP
 from sandboxd.errors import ServiceError
 from sandboxd.jobs.tenants import CALLER
@@ -198,9 +200,10 @@ def self_auth(request: web.Request) -> bool:
 async def with_body(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """The handler, once the body is in: read first, within http_body_timeout
-    and the daemon-wide max_receiving_bytes (reserved from Content-Length before
-    a byte is read, max_body for a chunked body); handlers then get it from
+    """The handler, once the body is in: read first, within http_body_timeout,
+    the daemon-wide max_receiving_bytes and the memory budget (both reserved
+    from Content-Length before a byte is read, max_body for a chunked body;
+    the budget's until the handler is done); handlers then get it from
     memory.  A body declared larger than max_body is left to the handler's own
     read, which refuses it in its API's format after max_body bytes, under the
     same deadline and reservation."""
@@ -214,19 +217,44 @@ async def with_body(
             f"the daemon is receiving {inbound.receiving.used} bytes of request bodies "
             f"(max_receiving_bytes {inbound.max_receiving_bytes}): retry later"
         )
-        resp = error_reply(request, Error("queue_full", why, RETRY_AFTER), 503)
-        resp.force_close()  # the body stays unread: the connection cannot carry another request
-        return resp
+        return _unread(request, Error("queue_full", why, RETRY_AFTER), 503)
+    try:
+        hold = inbound.hold_body(cost)
+    except ServiceError as e:
+        inbound.receiving.release(cost)
+        return _unread(request, e.err)
+    token = BODY.set(hold)  # (its job's admission takes its place: sandboxd.bodyhold)
+    try:
+        return await _read_then(request, handler, cost, declared is not None and declared > max_body)
+    finally:
+        BODY.reset(token)
+        if hold is not None:
+            hold.release()
+
+
+def _unread(request: web.Request, err: Error, status: int | None = None) -> web.Response:
+    resp = error_reply(request, err, status)
+    resp.force_close()  # the body stays unread: the connection cannot carry another request
+    return resp
+
+
+async def _read_then(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    cost: int,
+    oversize: bool,
+) -> web.StreamResponse:
+    """The body read (max_receiving_bytes' `cost` given back once it is in),
+    then the handler; an oversize body is the handler's to refuse."""
+    inbound = request.app[INBOUND]
     try:
         async with asyncio.timeout(inbound.body_timeout):
-            if declared is not None and declared > max_body:
+            if oversize:
                 return await handler(request)
-            await request.read()
+            await receive(request)
     except TimeoutError:
         why = f"body: not received within http_body_timeout ({inbound.body_timeout} s)"
-        resp = error_reply(request, Error("bad_request", why), 408)
-        resp.force_close()
-        return resp
+        return _unread(request, Error("bad_request", why), 408)
     finally:
         inbound.receiving.release(cost)
     return await handler(request)
@@ -250,7 +278,7 @@ async def _post(req: web.Request, op: str) -> web.Response:
     cb = req.query.get("callback_url")
     key = idempotency_key(req)
     res = await dispatch(
-        req.app[SVC], op, await req.read(), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
+        req.app[SVC], op, await take_body(req), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
     )
     return await big_reply(req, res, 200 if wait else 202, text)
 

@@ -11,7 +11,9 @@
   once the daemon has started the workers, and typed bodies through
   sandboxd.api.bodies.decode_body.
 - `Inbound`: the daemon-wide state of the transports' limits (connections
-  open, bytes being received), built once from the configuration.
+  open, bytes being received), built once from the configuration; with the
+  daemon's memory budget (sandboxd.engine.budget), `hold_body` reserves a
+  body's bytes from it before the first is read.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import mmap
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from sandboxd.api.bodies import Format, decode
+from sandboxd.api.bodies import Body, Format, decode
 from sandboxd.api.decodepool import DECODE
+from sandboxd.bodyhold import BodyHold
 from sandboxd.config import DEFAULT, Config
+from sandboxd.errors import error
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -36,6 +41,30 @@ MiB = 1 << 20
 INLINE_BELOW = 256 << 10
 OFFLOAD_WORKERS = 2  # jobs decoding at once; the host has few cores and boxes need them
 OFFLOAD_BYTES = 256 * MiB  # input bytes admitted to the pool at once (running or waiting for a thread)
+
+
+class BodyBudget(Protocol):
+    """What the transports use of the daemon's memory budget
+    (sandboxd.engine.budget.MemoryBudget; the API is not to import the engine:
+    a coordinator serves it without one)."""
+
+    def try_reserve(self, holder: str, n: int) -> BodyHold | None: ...
+
+    def refuse(self, n: int, what: str) -> tuple[str, float]: ...
+
+
+# Bodies this large are received into anonymous memory (mmap) instead of a
+# bytearray: its zero pages are faulted in a chunk at a time as they are filled,
+# where bytearray(n) zeroes all n bytes at once (64 MiB: tens of ms of the event
+# loop, more on a busy host).
+MAPPED_FROM = 1 << 20
+RECEIVE_CHUNK = 1 << 20  # the socket's reads into it (its reader's buffer limit)
+
+
+def receive_buffer(n: int, mapped: bool = True) -> bytearray | mmap.mmap:
+    """A buffer for a body of n bytes, filled by its transport as it arrives and
+    handed over as it is (sandboxd.api.bodies.Body), never copied into bytes."""
+    return mmap.mmap(-1, n) if mapped and n >= MAPPED_FROM else bytearray(n)
 
 
 class ByteGate:
@@ -112,7 +141,7 @@ async def offload(cost: int, fn: Callable[..., T], *args: Any) -> T:
     return await OFFLOAD.run(cost, fn, *args)
 
 
-async def decode_body(data: bytes, typ: type[T], fmt: Format, what: str = "body") -> T:
+async def decode_body(data: Body, typ: type[T], fmt: Format, what: str = "body") -> T:
     """bodies.decode() from the event loop: a large JSON body parsed in a decode
     worker, any other large body on the offload threads, a small one inline."""
     if fmt == "json" and DECODE.takes(len(data)):
@@ -142,6 +171,8 @@ class Inbound:
     max_connections_per_listener: int
     max_receiving_bytes: int
     max_event_streams: int  # progress streams open at once (sandboxd.api.sse)
+    # The daemon's memory budget (a coordinator has none: it holds no jobs' bytes).
+    budget: BodyBudget | None = None
     connections: int = 0
     event_streams: int = dataclasses.field(default=0, init=False)
     receiving: ByteGate = dataclasses.field(init=False)
@@ -149,8 +180,20 @@ class Inbound:
     def __post_init__(self) -> None:
         self.receiving = ByteGate(self.max_receiving_bytes)
 
+    def hold_body(self, n: int) -> BodyHold | None:
+        """n bytes of the memory budget for a body about to be received, held
+        until its handler is done with it (the body, and its copies while it is
+        decoded, live that long); raises queue_full (429, Retry-After) when
+        they do not fit, so the body is refused before a byte of it is read."""
+        if self.budget is None:
+            return None
+        hold = self.budget.try_reserve("receiving", n)
+        if hold is None:
+            raise error("queue_full", *self.budget.refuse(n, "the request body"))
+        return hold
+
     @classmethod
-    def from_config(cls, cfg: Config) -> Inbound:
+    def from_config(cls, cfg: Config, budget: BodyBudget | None = None) -> Inbound:
         http = cfg.http
         return cls(
             header_timeout=http.header_timeout,
@@ -161,6 +204,7 @@ class Inbound:
             max_connections_per_listener=http.max_connections_per_listener,
             max_receiving_bytes=http.max_receiving_bytes,
             max_event_streams=http.max_event_streams,
+            budget=budget,
         )
 
 

@@ -18,9 +18,11 @@ from typing import Any
 import msgspec
 
 from sandboxd.api import unixsocket
-from sandboxd.api.inbound import Inbound, Listener
+from sandboxd.api.bodies import Body
+from sandboxd.api.inbound import MAPPED_FROM, RECEIVE_CHUNK, Inbound, Listener, receive_buffer
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.wire import Frontend, dispatch
+from sandboxd.bodyhold import BODY, BodyHold
 from sandboxd.errors import ServiceError, as_error, error, make
 from sandboxd.jobs.tenants import CALLER, Caller
 from sandboxd.schema import Error, Request, TestResult
@@ -104,7 +106,7 @@ class _Conn:
                     self.send_error(None, Error("bad_request", why))
                 return None
 
-    async def _body(self, n: int) -> bytes | None:
+    async def _body(self, n: int) -> Body | None:
         """The frame's n bytes, within http_body_timeout and the daemon-wide
         max_receiving_bytes (waited for, up to the same timeout: the socket's
         reader stops reading meanwhile, so the client is held back, not buffered)."""
@@ -118,7 +120,7 @@ class _Conn:
             return None
         try:
             async with asyncio.timeout(timeout):
-                return await self.reader.readexactly(n)
+                return await self._receive(n)
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
         except TimeoutError:
@@ -126,6 +128,25 @@ class _Conn:
             return None
         finally:
             gate.release(n)
+
+    async def _receive(self, n: int) -> Body:
+        """n bytes into one buffer, RECEIVE_CHUNK at a time: readexactly(n)
+        grows the reader's buffer to n (copies on every growth) and copies it
+        out whole at the end, 64 MiB at once on the event loop."""
+        if n < MAPPED_FROM:
+            return await self.reader.readexactly(n)
+        buf = receive_buffer(n)
+        view, got = memoryview(buf), 0
+        try:
+            while got < n:
+                chunk = await self.reader.read(min(n - got, RECEIVE_CHUNK))
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", n)
+                view[got : got + len(chunk)] = chunk
+                got += len(chunk)
+        finally:
+            view.release()
+        return buf
 
     async def _frames(self) -> None:
         first = True
@@ -140,11 +161,20 @@ class _Conn:
                 self.send_error(None, Error("bad_request", f"frame of {n} bytes, more than {self.max_frame}"))
                 await self._drain()
                 return
-            data = await self._body(n)
-            if data is None:
+            try:
+                hold = self.inbound.hold_body(n)  # (refused before a byte of it is read)
+            except ServiceError as e:
+                self.send_error(None, e.err)
                 await self._drain()
                 return
-            self.handle(data)
+            data = await self._body(n)
+            if data is None:
+                if hold is not None:
+                    hold.release()
+                await self._drain()
+                return
+            self.handle(data, hold)
+            del data  # (the frame's buffer is its request's now: not kept while the next is awaited)
             if not await self._drain():
                 return
 
@@ -169,7 +199,18 @@ class _Conn:
         with contextlib.suppress(ServiceError):
             await self.svc.cancel_job(jid)
 
-    def handle(self, data: bytes) -> None:
+    def handle(self, data: Body, hold: BodyHold | None = None) -> None:
+        """One frame; `hold` (its bytes in the memory budget) is given back
+        when its request is done with them."""
+        task = self._start(data, hold)
+        if hold is None:
+            return
+        if task is None:
+            hold.release()
+        else:
+            task.add_done_callback(lambda _t: hold.release())
+
+    def _start(self, data: Body, hold: BodyHold | None) -> asyncio.Task[None] | None:
         try:
             req = _req_dec.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
@@ -181,20 +222,21 @@ class _Conn:
                 if isinstance(raw, dict) and isinstance(raw.get("id"), int | str):
                     rid = raw["id"]
             self.send_error(rid, Error("bad_request", f"request: {e}"))
-            return
+            return None
         if req.id in self.inflight:
             self.send_error(req.id, Error("bad_request", f"id {req.id!r} is already in flight on this connection"))
-            return
+            return None
         if req.op == "cancel" and bytes(req.body):
             with contextlib.suppress(Exception):
                 ref = msgspec.msgpack.decode(bytes(req.body))
                 if isinstance(ref, dict) and "request" in ref:
                     self._cancel_request(req.id, ref["request"])
-                    return
-        task = asyncio.ensure_future(self.run(req))
+                    return None
+        task = asyncio.ensure_future(self.run(req, hold))
         self.inflight[req.id] = task
         rid = req.id
         task.add_done_callback(lambda _t: self.inflight.pop(rid, None))
+        return task
 
     def _cancel_request(self, rid: Any, target: Any) -> None:
         jid = self.jobs.get(target)
@@ -216,7 +258,9 @@ class _Conn:
             raise error("unauthorized", "api_key: no tenant has this key")
         return Caller(st)
 
-    async def run(self, req: Request) -> None:
+    async def run(self, req: Request, hold: BodyHold | None = None) -> None:
+        BODY.set(hold)  # (this task's own context: its job's admission takes its place, sandboxd.bodyhold)
+
         def progress(t: TestResult) -> None:
             self.send({"id": req.id, "event": "test", "data": t})
 
@@ -235,7 +279,7 @@ class _Conn:
             result = await dispatch(
                 self.svc,
                 req.op,
-                bytes(req.body),
+                _take_body(req),
                 "msgpack",
                 wait=req.wait,
                 progress=progress if req.progress else None,
@@ -254,6 +298,14 @@ class _Conn:
         finally:
             self.jobs.pop(req.id, None)
             self.kept.discard(req.id)
+
+
+def _take_body(req: Request) -> memoryview:
+    """A view of the frame's body (64 MiB not copied on the loop), no longer
+    kept by the request: once decoded it is gone, not held (uncounted: its
+    job's reservation took its place) while the job runs and its sender waits."""
+    body, req.body = memoryview(req.body), msgspec.Raw()
+    return body
 
 
 async def start(

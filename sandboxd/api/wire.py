@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from sandboxd.api import files
+from sandboxd.api.bodies import Body
 from sandboxd.api.bodies import Format as Format  # (defined there; the transports import it from here)
 from sandboxd.api.bodies import decode as decode
 from sandboxd.api.inbound import decode_body
@@ -63,20 +64,20 @@ class Frontend(Backend, Protocol):
     def ready(self) -> bool: ...
 
 
-async def _ping(svc: Frontend, body: bytes, fmt: Format) -> Any:
+async def _ping(svc: Frontend, body: Body, fmt: Format) -> Any:
     return {"pong": True}
 
 
-async def _status(svc: Frontend, body: bytes, fmt: Format) -> Any:
+async def _status(svc: Frontend, body: Body, fmt: Format) -> Any:
     return await svc.status_info()
 
 
-async def _languages(svc: Frontend, body: bytes, fmt: Format) -> Any:
+async def _languages(svc: Frontend, body: Body, fmt: Format) -> Any:
     return await svc.language_list()
 
 
 # Ops answered at once, no job: op -> its handler.
-_SIMPLE: dict[str, Callable[[Frontend, bytes, Format], Awaitable[Any]]] = {
+_SIMPLE: dict[str, Callable[[Frontend, Body, Format], Awaitable[Any]]] = {
     "ping": _ping,
     "status": _status,
     "languages": _languages,
@@ -87,7 +88,7 @@ _SIMPLE: dict[str, Callable[[Frontend, bytes, Format], Awaitable[Any]]] = {
 async def dispatch(
     svc: Frontend,
     op: str,
-    body: bytes,
+    body: Body,
     fmt: Format,
     *,
     wait: bool = True,
@@ -114,9 +115,11 @@ async def dispatch(
         if op == "run":
             # (Large bodies are decoded off the event loop: sandboxd.api.inbound.)
             req = await decode_body(body, RunRequest, fmt)
+            del body  # (not held while the run is waited for: its job's reservation counts the decoded request)
             info = await svc.start_run(req, callback_url, idempotency_key=key)
         elif op == "submit":
             sub = await decode_body(body, Submission, fmt)
+            del body
             info = await svc.start_submission(sub, progress, callback_url, idempotency_key=key)
         else:
             raise error("bad_request", f"op: unknown {op!r}")

@@ -101,7 +101,9 @@ async def serve(cfg: Config) -> int:
             f", fleet {cfg.fleet.url} as host {fleet_host_id(cfg)}" if cfg.fleet.url else "",
         )
         pid_file = Path(cfg.pid_file or Path(cfg.run_dir) / "sandboxd.pid")
-        await serve_frontend(cfg, svc, what=what, stopping=stopping, reload=reload, t0=t0, pid_file=pid_file)
+        await serve_frontend(
+            cfg, svc, what=what, stopping=stopping, reload=reload, t0=t0, pid_file=pid_file, budget=engine.budget
+        )
     finally:
         await engine.close()
         log.info("stopped")

@@ -29,7 +29,7 @@ from aiohttp import web
 from sandboxd.api import httpserver, unixserver, unixsocket
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GuardedSite
-from sandboxd.api.inbound import OFFLOAD_WORKERS, Inbound
+from sandboxd.api.inbound import OFFLOAD_WORKERS, BodyBudget, Inbound
 from sandboxd.api.wire import Frontend
 from sandboxd.config import Config, HttpSettings
 from sandboxd.hostlock import HostLock
@@ -90,10 +90,13 @@ async def serve_frontend(
     reload: Callable[[], None] | None = None,
     t0: float | None = None,
     pid_file: Path | None = None,
+    budget: BodyBudget | None = None,
 ) -> None:
     """Serve `frontend` on the Unix socket and HTTP until SIGTERM/SIGINT, with
     systemd's notify protocol; then close the listeners and await `stopping()`.
-    pid_file: written once the socket is bound, removed on exit if still ours."""
+    pid_file: written once the socket is bound, removed on exit if still ours.
+    budget: the daemon's memory budget, which request bodies reserve from
+    before they are read (sandboxd.api.inbound.Inbound.hold_body)."""
     t0 = time.monotonic() if t0 is None else t0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,7 +105,8 @@ async def serve_frontend(
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, reload)
     DECODE.start(OFFLOAD_WORKERS)  # large JSON bodies are parsed in these processes (sandboxd.api.decodepool)
-    listeners = _Listeners(cfg, Inbound.from_config(cfg))  # inbound: connections and bytes being received, daemon-wide
+    # inbound: connections and bytes being received, daemon-wide; bodies reserve from `budget` before they are read
+    listeners = _Listeners(cfg, Inbound.from_config(cfg, budget))
     try:
         await listeners.start(frontend, extra_routes, pid_file)
         _log_ready(cfg, what, t0)

@@ -1,8 +1,9 @@
 """One memory budget for the daemon: every holder of large bytes reserves from it.
 
 Per-request limits bound one request; this bounds them all together.  The
-holders (`HOLDERS`): request bodies of queued and running jobs (stdin, files,
-tests' input and expected output, sources) and the compile cache; results
+holders (`HOLDERS`): request bodies being received and decoded, those of
+queued and running jobs (stdin, files, tests' input and expected output,
+sources) and the compile cache; results
 are not held here (they live in the job store, and memory keeps a bounded
 cache of small ones).  New work that would not fit
 is refused at admission (`BudgetFull`, a `QueueFull`: HTTP 429 with a
@@ -24,13 +25,17 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
+from sandboxd.bodyhold import BODY
 from sandboxd.engine.scheduler import QueueFull, Ticket
 from sandboxd.rates import DrainRate, retry_after
 
 MiB = 1 << 20
 # (Results are not held: they live in the job store, and memory keeps a bounded
 # cache of small ones: sandboxd.jobs.table.HOT x HOT_BYTES.)
-HOLDERS: Final = ("requests", "compile_cache")
+# "receiving": request bodies from before their first byte is read until their
+# handler is done with them (sandboxd.api.inbound.Inbound.hold_body), so a
+# burst of large uploads is refused at its headers, not held in memory first.
+HOLDERS: Final = ("requests", "receiving", "compile_cache")
 # (The default budget, from the host's memory: sandboxd.config.host.default_memory_budget.)
 COMPILE_CACHE_SHARE = 0.25  # of the budget, at most, for compiled programs
 OVERHEAD = 64  # bytes counted per object besides its payload (headers, pointers)
@@ -110,18 +115,37 @@ class MemoryBudget:
     def reserve(self, holder: str, n: int, what: str = "the job") -> Hold:
         hold = self.try_reserve(holder, n)
         if hold is None:
-            self.refused += 1
-            short = self.total + n - self.limit
-            retry = retry_after(short, self.freed.rate())
-            raise BudgetFull(
-                "memory_budget",
-                self.total,
-                retry,
-                f"the daemon's memory budget is full: {what} needs {n} bytes, "
-                f"{max(0, self.limit - self.total)} of memory_budget = {self.limit} are free; "
-                f"retry in {retry:.0f} s",
-            )
+            message, retry = self.refuse(n, what)
+            raise BudgetFull("memory_budget", self.total, retry, message)
         return hold
+
+    def admit_request(self, n: int, what: str) -> Hold:
+        """A new job's "requests" hold of n bytes, taking the place of the hold
+        of the body it came in (sandboxd.bodyhold.BODY) if that is this
+        budget's: the body's bytes are credited, not counted twice."""
+        body = BODY.get()
+        if not isinstance(body, Hold) or body.budget is not self or not body.n:
+            return self.reserve("requests", n, what)
+        credit = body.n
+        body.release(freed=False)
+        try:
+            return self.reserve("requests", n, what)
+        except BudgetFull:
+            self.force(body.holder, credit)  # (still held: the body is not admitted)
+            body.n = credit
+            raise
+
+    def refuse(self, n: int, what: str) -> tuple[str, float]:
+        """Count a refusal of n bytes that did not fit: its message and Retry-After."""
+        self.refused += 1
+        short = self.total + n - self.limit
+        retry = retry_after(short, self.freed.rate())
+        message = (
+            f"the daemon's memory budget is full: {what} needs {n} bytes, "
+            f"{max(0, self.limit - self.total)} of memory_budget = {self.limit} are free; "
+            f"retry in {retry:.0f} s"
+        )
+        return message, retry
 
     def force(self, holder: str, n: int) -> Hold:
         """Account bytes that are held whatever the budget says (small remnants)."""

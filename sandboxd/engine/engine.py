@@ -229,7 +229,7 @@ class Engine:
                 lq.admit(ticket, runs, force)
             self.queues[self.pool_of(spec) if spec else "host"].admit(ticket, runs, force)
             n = nbytes(payload)
-            hold = self.budget.force("requests", n) if force else self.budget.reserve("requests", n, what)
+            hold = self.budget.force("requests", n) if force else self.budget.admit_request(n, what)
         except QueueFull:
             ticket.close()
             raise

@@ -318,6 +318,9 @@ class Box:
             boxfiles.write_in(self.boxfd, f.path, f.content, f.executable, self.uid, self.uid)
         rc = self.cg.prepare(lim.memory, lim.procs)
         stdin_fd, out_r, out_w = _open_stdio(req.stdin, stdio, owned)
+        if stdin_fd != _DEVNULL and not stdio and len(req.stdin) >= STDIN_THREAD_FROM:
+            # (on a dup, which the thread closes: a cancelled run closes stdin_fd under it harmlessly)
+            await asyncio.to_thread(_fill, os.dup(stdin_fd), req.stdin, True)
         if stdio is not None and len(stdio) == 3:
             err_r, err_w = -1, stdio[2]
         else:
@@ -420,6 +423,22 @@ class RunControl:
             self._stop()
 
 
+# Stdin this large is written into its memfd on a thread (os.write gives up the
+# GIL): 48 MiB written on the event loop stopped it (and /healthz) for tens of
+# ms, more on a busy host, while the page cache allocated it.  Below, inline:
+# the per-run path of a common run pays nothing for this.
+STDIN_THREAD_FROM = 1 << 20
+
+
+def _fill(fd: int, data: bytes, close: bool = False) -> None:
+    try:
+        os.write(fd, data)  # memfd: no short writes
+        os.lseek(fd, 0, os.SEEK_SET)  # (a dup shares the offset)
+    finally:
+        if close:
+            os.close(fd)
+
+
 def _open_stdio(stdin: bytes, stdio: Stdio | None, owned: list[int]) -> tuple[int, int, int]:
     """(stdin, stdout's read end or -1 when not captured, stdout's write end)
     for a run; what the agent gets a copy of goes on `owned`, closed once sent."""
@@ -429,8 +448,8 @@ def _open_stdio(stdin: bytes, stdio: Stdio | None, owned: list[int]) -> tuple[in
     if stdin:
         stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
         owned.append(stdin_fd)
-        os.write(stdin_fd, stdin)  # memfd: no short writes
-        os.lseek(stdin_fd, 0, os.SEEK_SET)
+        if len(stdin) < STDIN_THREAD_FROM:
+            _fill(stdin_fd, stdin)  # (a large one is filled on a thread: Box._run)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     owned.append(out_w)
     return stdin_fd, out_r, out_w

@@ -145,7 +145,7 @@ def test_budget_refuses_what_does_not_fit_with_a_clear_message() -> None:
         "limit": 100 * MiB,
         "used": 90 * MiB,
         "refused": 2,
-        "holders": {"requests": 90 * MiB, "compile_cache": 0},
+        "holders": {"requests": 90 * MiB, "receiving": 0, "compile_cache": 0},
     }
 
 
@@ -205,3 +205,48 @@ def test_a_budget_below_max_body_stops_start_up_naming_the_key(tmp_path: Path) -
         config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(MiB)}, default_path=tmp_path / "none.toml")
     cfg = config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(64 * MiB)}, default_path=tmp_path / "none.toml")
     assert cfg.engine.memory_budget == 64 * MiB
+
+
+def test_a_jobs_admission_takes_the_place_of_its_bodys_hold() -> None:
+    # The transport reserved the body (holder "receiving") before reading it;
+    # its job's reservation is credited with it, not counted beside it, so a
+    # job as large as the budget allows fits an idle daemon.
+    from sandboxd.bodyhold import BODY
+
+    b = MemoryBudget(10 * MiB)
+    body = b.reserve("receiving", 8 * MiB, "the request body")
+    token = BODY.set(body)
+    try:
+        job = b.admit_request(7 * MiB, "the run")
+        assert b.used == {"requests": 7 * MiB, "receiving": 0, "compile_cache": 0}
+        assert body.n == 0
+        body.release()  # (the transport's own release, after its handler: a no-op now)
+        assert b.total == 7 * MiB
+        # A second job of the same body (a batch) is not credited again: 7 + 7 > 10.
+        with pytest.raises(BudgetFull):
+            b.admit_request(7 * MiB, "the run")
+        job.release()
+        # Refused: the body's hold stays as it was.
+        body2 = b.reserve("receiving", 6 * MiB, "the request body")
+        BODY.set(body2)
+        with pytest.raises(BudgetFull):
+            b.admit_request(11 * MiB, "the run")
+        assert body2.n == 6 * MiB and b.used["receiving"] == 6 * MiB and b.total == 6 * MiB
+        body2.release()
+        assert b.total == 0
+    finally:
+        BODY.reset(token)
+
+
+def test_another_budgets_body_hold_is_not_credited() -> None:
+    from sandboxd.bodyhold import BODY
+
+    mine, other = MemoryBudget(10 * MiB), MemoryBudget(10 * MiB)
+    token = BODY.set(other.reserve("receiving", 8 * MiB, "the request body"))
+    try:
+        mine.reserve("requests", 4 * MiB)
+        with pytest.raises(BudgetFull):
+            mine.admit_request(7 * MiB, "the run")
+        assert other.total == 8 * MiB
+    finally:
+        BODY.reset(token)
