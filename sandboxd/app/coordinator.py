@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -24,6 +25,7 @@ from sandboxd.compat import kinds as compat_kinds
 from sandboxd.config import Config
 from sandboxd.fleet.coordinator import Coordinator
 from sandboxd.fleet.store import FleetStore
+from sandboxd.fleet.tenants import FleetTenants
 
 __all__ = ["routes", "serve"]
 log = logging.getLogger(__name__)
@@ -62,6 +64,10 @@ async def serve(cfg: Config) -> int:
         max_attempts=fleet.max_attempts,
         lease=fleet.lease,
         callback_allow_private=cfg.jobs.callback_allow_private,
+    )
+    tc = cfg.tenants  # (the same [tenants] as a daemon's; limits kept fleet-wide: sandboxd.fleet.tenants)
+    coord.use_tenants(
+        FleetTenants(Path(tc.file or Path(cfg.state_dir) / "tenants" / f"{cfg.instance}.json"), tc.unnamed_weight)
     )
     await coord.start()
 

@@ -13,7 +13,10 @@
 -- Job hash fields: kind (run|submission|compat) lang tag queue spec prio score cost enq deadline
 -- state (queued|running|done|failed|cancelled) holder host attempts lease
 -- cancel info (the final JobInfo, msgpack) finished notify callback idem (its
--- idempotency key's Redis key).  An idempotency key's hash (key 'idem', the
+-- idempotency key's Redis key) tenant weight (its tenant's name and fair-share
+-- weight; absent: the unnamed tenant).  Tenants' hashes (key 'tenants' ...):
+-- running (name -> jobs in flight: enqueued, not yet final), jobs and cpu
+-- (counters), day:N (CPU seconds of UTC day N; expires after 2 days).  An idempotency key's hash (key 'idem', the
 -- client's key): job fp (the request's fingerprint); it lives as long as its
 -- job: no TTL while the job is pending, the job's results TTL once final.
 
@@ -30,6 +33,11 @@ local function now_ms()
 end
 
 local FINAL = {done = true, failed = true, cancelled = true}
+local DAY_MS = 86400000
+
+local function tenant_day(now)
+  return key('tenants', 'day', string.format('%d', math.floor(now / DAY_MS)))
+end
 
 -- Give a job its one final result: store it, drop it from every index,
 -- start its results TTL, tell the coordinators.
@@ -41,6 +49,13 @@ local function finalize(id, state, info, ttl, host)
   end
   redis.call('ZREM', key('leases'), id)
   redis.call('ZREM', key('deadlines'), id)
+  local tenant = redis.call('HGET', jk, 'tenant')
+  if tenant and tenant ~= '' then
+    -- (whatever made it final: one place under its tenant's concurrency cap freed)
+    if redis.call('HINCRBY', key('tenants', 'running'), tenant, -1) <= 0 then
+      redis.call('HDEL', key('tenants', 'running'), tenant)
+    end
+  end
   redis.call('HSET', jk, 'state', state, 'info', info, 'finished', now_ms())
   if redis.call('HGET', jk, 'kind') ~= 'compat' then
     -- The result is what is read from now on: free the memory.  (A Judge0
@@ -121,8 +136,27 @@ local function keyed(ik, fp)
   return {'dup', f[1]}
 end
 
+-- A tenant's fleet-wide limits at enqueue: its CPU seconds today, its jobs in
+-- flight.  nil if within them, else the refusal and the figure.
+local function tenant_refusal(tenant, cap, quota, now)
+  if quota > 0 then
+    local used = tonumber(redis.call('HGET', tenant_day(now), tenant)) or 0
+    if used >= quota then
+      return {'quota', tostring(used)}
+    end
+  end
+  if cap > 0 then
+    local n = tonumber(redis.call('HGET', key('tenants', 'running'), tenant)) or 0
+    if n >= cap then
+      return {'busy', n}
+    end
+  end
+  return nil
+end
+
 -- enqueue id kind lang tag queue spec prio aging epoch cost deadline_ms depth progress notify callback
---   idem fingerprint
+--   idem fingerprint tenant weight concurrency cpu_quota
+-- (tenant '' or absent, as from a coordinator of an older version: the unnamed tenant, no limits here)
 -- With an idempotency key, the key is bound to the job in the same script
 -- as the enqueue: a client that lost the reply and retries finds the job.
 local function enqueue()
@@ -133,6 +167,8 @@ local function enqueue()
   local notify = ARGV[16] or '0'  -- the final result is to be delivered (finalize queues it)
   local callback = ARGV[17] or ''  -- a native job's callback_url
   local idem, fp = ARGV[18] or '', ARGV[19] or ''
+  local tenant, weight = ARGV[20] or '', ARGV[21] or '1'
+  local t_cap, t_quota = tonumber(ARGV[22] or '0'), tonumber(ARGV[23] or '0')
   local ik = nil
   if idem ~= '' then
     ik = key('idem', idem)
@@ -152,6 +188,12 @@ local function enqueue()
     return {'full', n}
   end
   local now = now_ms()
+  if tenant ~= '' then
+    local refused = tenant_refusal(tenant, t_cap, t_quota, now)
+    if refused then
+      return refused
+    end
+  end
   -- Aging as a static score: a job's effective priority prio + aging * waited
   -- orders like aging * enqueued_at - prio, so older jobs climb without any
   -- rescoring, and equal priorities stay FIFO.
@@ -161,6 +203,11 @@ local function enqueue()
     'notify', notify)
   if callback ~= '' then
     redis.call('HSET', jk, 'callback', callback)
+  end
+  if tenant ~= '' then
+    redis.call('HSET', jk, 'tenant', tenant, 'weight', weight)
+    redis.call('HINCRBY', key('tenants', 'running'), tenant, 1)
+    redis.call('HINCRBY', key('tenants', 'jobs'), tenant, 1)
   end
   if ik then
     redis.call('DEL', ik)  -- (a stale binding to an expired job)
@@ -186,6 +233,7 @@ local function quarantine_entry(queue, id, why)
 end
 
 -- claim host session lease_ms max_n ttl nq {queue pool}*nq np {free cap}*np
+-- Answers 'ok' then per job: id kind spec attempt deadline_left cost pool progress tenant weight.
 -- Pops up to max_n jobs, best (lowest score) first across the host's queues,
 -- each only if its cost fits the free boxes of the pool it runs in.
 local function claim()
@@ -230,7 +278,8 @@ local function claim()
     end
     local queue, pool = queues[best_i], qpool[best_i]
     local jk = key('job', best)
-    local f = redis.call('HMGET', jk, 'state', 'kind', 'spec', 'cost', 'deadline', 'attempts', 'progress')
+    local f = redis.call('HMGET', jk, 'state', 'kind', 'spec', 'cost', 'deadline', 'attempts', 'progress', 'tenant',
+      'weight')
     local state, kind, spec, cost, deadline = f[1], f[2], f[3], tonumber(f[4]), tonumber(f[5])
     if not state then
       quarantine_entry(queue, best, 'queued id has no job hash')
@@ -267,6 +316,8 @@ local function claim()
         out[#out + 1] = need
         out[#out + 1] = pool
         out[#out + 1] = (f[7] == '1') and 1 or 0
+        out[#out + 1] = f[8] or ''
+        out[#out + 1] = f[9] or '1'
         taken = taken + 1
       end
     end
@@ -341,11 +392,26 @@ local function heartbeat()
   return out
 end
 
--- complete id session attempt info state ttl host: the first finished run of
--- a job is its result; a late one from a host that lost the lease is refused.
+-- Charge a job's CPU seconds to its tenant: today's (its daily quota) and the counter.
+local function charge(jk, cpu)
+  local tenant = redis.call('HGET', jk, 'tenant')
+  if not tenant or tenant == '' or not cpu or cpu <= 0 then
+    return
+  end
+  local dk = tenant_day(now_ms())
+  redis.call('HINCRBYFLOAT', dk, tenant, cpu)
+  redis.call('EXPIRE', dk, 2 * DAY_MS / 1000)  -- (yesterday's stays readable past midnight)
+  redis.call('HINCRBYFLOAT', key('tenants', 'cpu'), tenant, cpu)
+end
+
+-- complete id session attempt info state ttl host cpu_seconds: the first
+-- finished run of a job is its result (and its CPU seconds are charged to
+-- its tenant); a late one from a host that lost the lease is refused.  (A
+-- host of an older version sends no cpu_seconds: its jobs are not charged.)
 local function complete()
   local id, session, attempt, info, state, ttl, host = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7],
     ARGV[8], ARGV[9]
+  local cpu = tonumber(ARGV[10] or '0')
   local jk = key('job', id)
   local f = redis.call('HMGET', jk, 'state', 'attempts', 'holder')
   if not f[1] then
@@ -358,6 +424,7 @@ local function complete()
   if attempt > (tonumber(f[2]) or 0) then
     return 'unknown'
   end
+  charge(jk, cpu)
   finalize(id, state, info, ttl, host)
   return 'ok'
 end
