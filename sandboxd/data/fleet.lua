@@ -39,13 +39,123 @@ local function tenant_day(now)
   return key('tenants', 'day', string.format('%d', math.floor(now / DAY_MS)))
 end
 
+-- Fair share across tenants (weighted fair queuing, start-time tags).  A
+-- queued job of a coordinator of this version ('fair' = 1 in its hash) is in
+-- its queue's zset q:Q (as before: depth, old hosts' claims) and in its
+-- tenant's zset fq:Q:T (same score; T '' is the unnamed tenant).  vt:Q holds
+-- the tenants with jobs in Q, scored by their virtual time (hash
+-- tenants:vt, fleet-wide: a tenant's share is of the fleet, not per queue);
+-- tq:T is the set of queues where T has jobs (to rescore it in each);
+-- vclock is the start tag of the last job served.  A claim takes, across
+-- the host's queues, the tenant of least virtual time, then within it the
+-- best score (priority, then age); serving a job of cost c advances its
+-- tenant by c / weight.  O(log n) per pick, plus one ZADD per queue the
+-- tenant has jobs in.  (Tenant names cannot hold ':', so fq:Q:T parses.)
+local function vclock()
+  return tonumber(redis.call('GET', key('vclock'))) or 0
+end
+
+-- Tenant t has a job in queue q: list it there.  A tenant that had none
+-- queued anywhere starts at the current virtual time (no credit for idling).
+local function activate(q, t)
+  local vq = key('vt', q)
+  if redis.call('ZSCORE', vq, t) then
+    return
+  end
+  local v = tonumber(redis.call('HGET', key('tenants', 'vt'), t)) or 0
+  if redis.call('SCARD', key('tq', t)) == 0 then
+    local now = vclock()
+    if v < now then
+      v = now
+      redis.call('HSET', key('tenants', 'vt'), t, tostring(v))
+    end
+  end
+  redis.call('ZADD', vq, v, t)
+  redis.call('SADD', key('tq', t), q)
+end
+
+-- Tenant t may have no job left in q: unlist it there.
+local function deactivate_if_empty(q, t)
+  if redis.call('ZCARD', key('fq', q, t)) == 0 then
+    redis.call('ZREM', key('vt', q), t)
+    redis.call('SREM', key('tq', t), q)
+  end
+end
+
+-- A job of tenant t (nil: not tracked) leaves queue q's indexes.
+local function unqueue(q, id, t)
+  redis.call('ZREM', key('q', q), id)
+  if t then
+    redis.call('ZREM', key('fq', q, t), id)
+    deactivate_if_empty(q, t)
+  end
+end
+
+-- A job of tenant t with virtual start time vt and cost `need` was claimed from q.
+local function served(q, t, vt, need, weight)
+  local nv = vt + need / weight
+  if vt > vclock() then
+    redis.call('SET', key('vclock'), tostring(vt))
+  end
+  redis.call('HSET', key('tenants', 'vt'), t, tostring(nv))
+  for _, q2 in ipairs(redis.call('SMEMBERS', key('tq', t))) do
+    redis.call('ZADD', key('vt', q2), 'XX', nv, t)
+  end
+end
+
+-- The tracked tenant of least virtual time in q and its best job:
+-- {id, tenant, vt, score}, or nil.  Tenants whose zset emptied are unlisted.
+local function fair_head(q)
+  local vq = key('vt', q)
+  for _ = 1, 64 do
+    local top = redis.call('ZRANGE', vq, 0, 0, 'WITHSCORES')
+    if not top[1] then
+      return nil
+    end
+    local head = redis.call('ZRANGE', key('fq', q, top[1]), 0, 0, 'WITHSCORES')
+    if head[1] then
+      return {head[1], top[1], tonumber(top[2]), tonumber(head[2])}
+    end
+    redis.call('ZREM', vq, top[1])
+    redis.call('SREM', key('tq', top[1]), q)
+  end
+  return nil
+end
+
+-- Queue q's candidate for a claim.  Its plain head competes too (as the
+-- unnamed flow at the current virtual time) when no tenant zset holds it: a
+-- job of an older coordinator, or one re-queued by an older host's reaper.
+-- With no tenants configured everything is tenant '' and this is the old
+-- order: least score across the host's queues.
+local function candidate(q)
+  local c = fair_head(q)
+  local head = redis.call('ZRANGE', key('q', q), 0, 0, 'WITHSCORES')
+  if not head[1] or (c and head[1] == c[1]) then
+    return c
+  end
+  local f = redis.call('HMGET', key('job', head[1]), 'fair', 'tenant')
+  if f[1] == '1' and redis.call('ZSCORE', key('fq', q, f[2] or ''), head[1]) then
+    return c
+  end
+  local v, score = vclock(), tonumber(head[2])
+  if not c or v < c[3] or (v == c[3] and score < c[4]) then
+    return {head[1], nil, v, score}
+  end
+  return c
+end
+
+local function before(a, b)
+  return b == nil or a[3] < b[3] or (a[3] == b[3] and a[4] < b[4])
+end
+
 -- Give a job its one final result: store it, drop it from every index,
 -- start its results TTL, tell the coordinators.
 local function finalize(id, state, info, ttl, host)
   local jk = key('job', id)
-  local queue = redis.call('HGET', jk, 'queue')
+  local g = redis.call('HMGET', jk, 'queue', 'fair', 'tenant')
+  local queue = g[1]
   if queue then
-    redis.call('ZREM', key('q', queue), id)
+    unqueue(queue, id, g[2] == '1' and (g[3] or '') or nil)
   end
   redis.call('ZREM', key('leases'), id)
   redis.call('ZREM', key('deadlines'), id)
@@ -105,6 +215,11 @@ end
 
 local function requeue(id, queue, score)
   redis.call('ZADD', key('q', queue), score, id)
+  local f = redis.call('HMGET', key('job', id), 'fair', 'tenant')
+  if f[1] == '1' then
+    redis.call('ZADD', key('fq', queue, f[2] or ''), score, id)
+    activate(queue, f[2] or '')
+  end
   wake(queue)
 end
 
@@ -167,6 +282,7 @@ local function enqueue()
   local notify = ARGV[16] or '0'  -- the final result is to be delivered (finalize queues it)
   local callback = ARGV[17] or ''  -- a native job's callback_url
   local idem, fp = ARGV[18] or '', ARGV[19] or ''
+  local fair = ARGV[20] ~= nil  -- (a coordinator of an older version sends no tenant: its jobs are untracked)
   local tenant, weight = ARGV[20] or '', ARGV[21] or '1'
   local t_cap, t_quota = tonumber(ARGV[22] or '0'), tonumber(ARGV[23] or '0')
   local ik = nil
@@ -205,9 +321,12 @@ local function enqueue()
     redis.call('HSET', jk, 'callback', callback)
   end
   if tenant ~= '' then
-    redis.call('HSET', jk, 'tenant', tenant, 'weight', weight)
+    redis.call('HSET', jk, 'tenant', tenant)
     redis.call('HINCRBY', key('tenants', 'running'), tenant, 1)
     redis.call('HINCRBY', key('tenants', 'jobs'), tenant, 1)
+  end
+  if fair then
+    redis.call('HSET', jk, 'fair', '1', 'weight', weight)
   end
   if ik then
     redis.call('DEL', ik)  -- (a stale binding to an expired job)
@@ -219,6 +338,10 @@ local function enqueue()
     redis.call('ZADD', key('deadlines'), now + deadline, id)
   end
   redis.call('ZADD', qk, score, id)
+  if fair then
+    redis.call('ZADD', key('fq', queue, tenant), score, id)
+    activate(queue, tenant)
+  end
   redis.call('SADD', key('queues'), queue)
   redis.call('HINCRBY', key('stats'), 'enqueued', 1)
   wake(queue)
@@ -264,29 +387,31 @@ local function claim()
   local guard = 0
   while taken < max_n and guard < 1000 do
     guard = guard + 1
-    local best, best_score, best_i = nil, nil, nil
+    local pick, best_i = nil, nil
     for i = 1, nq do
       if free[qpool[i]] > 0 then
-        local head = redis.call('ZRANGE', key('q', queues[i]), 0, 0, 'WITHSCORES')
-        if head[1] and (best_score == nil or tonumber(head[2]) < best_score) then
-          best, best_score, best_i = head[1], tonumber(head[2]), i
+        local c = candidate(queues[i])
+        if c and before(c, pick) then
+          pick, best_i = c, i
         end
       end
     end
-    if not best then
+    if not pick then
       break
     end
+    local best, who = pick[1], pick[2]
     local queue, pool = queues[best_i], qpool[best_i]
     local jk = key('job', best)
     local f = redis.call('HMGET', jk, 'state', 'kind', 'spec', 'cost', 'deadline', 'attempts', 'progress', 'tenant',
       'weight')
     local state, kind, spec, cost, deadline = f[1], f[2], f[3], tonumber(f[4]), tonumber(f[5])
     if not state then
+      unqueue(queue, best, who)
       quarantine_entry(queue, best, 'queued id has no job hash')
     elseif state ~= 'queued' then
-      redis.call('ZREM', key('q', queue), best)  -- a leftover of a finished job
+      unqueue(queue, best, who)  -- a leftover of a finished job (or one an older host claimed)
     elseif (kind ~= 'run' and kind ~= 'submission' and kind ~= 'compat') or not spec or not cost then
-      redis.call('ZREM', key('q', queue), best)
+      unqueue(queue, best, who)
       quarantine_job(best, kind, 'job hash lacks kind, spec or cost', ttl)
     elseif deadline and deadline <= now then
       finalize(best, 'failed', info_error(best, kind, 'failed', 'queue_deadline',
@@ -299,7 +424,10 @@ local function claim()
         free[pool] = 0
       else
         free[pool] = free[pool] - need
-        redis.call('ZREM', key('q', queue), best)
+        unqueue(queue, best, who)
+        if who then
+          served(queue, who, pick[3], need, tonumber(f[9]) or 1)
+        end
         redis.call('ZREM', key('deadlines'), best)
         local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
         redis.call('HSET', jk, 'state', 'running', 'holder', session, 'host', host, 'lease', now + lease,

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from sandboxd.fleet.store import TenantLimits, TenantUsage
-from sandboxd.jobs.tenants import Caller, Tenants, TenantState, Usage
+from sandboxd.jobs.tenants import UNNAMED, Caller, Tenants, TenantState, Usage
 from sandboxd.schema import RunRequest, Submission
 from sandboxd.tenancy import utc_day
 
@@ -32,18 +32,18 @@ class FleetTenants(Tenants):
     def charge(self, st: TenantState, cpu: float) -> None:
         pass  # (the complete script charges it)
 
-    def admit_job(self, lang: str, spec: Any) -> TenantLimits | None:
+    def admit_job(self, lang: str, spec: Any) -> TenantLimits:
         """The calling tenant's local checks for a job of `lang` (its priority
-        clamped in `spec`); what the enqueue script checks of it fleet-wide,
-        None for the unnamed tenant."""
+        clamped in `spec`); what the enqueue script checks of it fleet-wide
+        (the unnamed tenant: name "", no limits)."""
         priority = getattr(spec, "priority", None)
         charge, allowed = self.admit(lang, priority)
         st = charge.state
         charge.close()  # (its place in flight is Redis's: the job's own record)
         if allowed is not None and allowed != priority and isinstance(spec, RunRequest | Submission):
             spec.priority = allowed
-        if st is None:
-            return None
+        if st is None:  # (no limits; its weight still orders it against the tenants: fleet.lua's fair share)
+            return TenantLimits(UNNAMED, self.unnamed_weight, 0, 0.0)
         s = st.spec
         return TenantLimits(s.name, s.weight, s.concurrency, s.cpu_seconds_per_day)
 

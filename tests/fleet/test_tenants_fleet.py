@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +176,54 @@ def test_cpu_quota_is_kept_in_redis_across_a_coordinator_restart(fleet: TenantFl
     st, _, res = fleet.run(key)
     assert st == 429 and "CPU seconds" in res["error"]["message"], res
     assert fleet.run(ADMIN)[0] == 200
+
+
+def claim_order(fleet: TenantFleet, jobs: dict[str, str]) -> list[str]:
+    """The tenants of `jobs` (id -> tenant) in the order the host claimed them
+    (Redis's own clock at each claim; one box: one claim at a time)."""
+    r = fleet.redis.client()
+    started = {j: int(r.hget(K.job(j), "started") or 0) for j in jobs}
+    assert len(set(started.values())) == len(jobs), started
+    return [jobs[j] for j in sorted(jobs, key=started.__getitem__)]
+
+
+def test_fair_claim_order_interleaves_a_light_tenant_with_a_heavy_one(fleet: TenantFleet) -> None:
+    heavy, light = fleet.make(name="heavy"), fleet.make(name="light")
+    (host,) = fleet.http("GET", "/v1/hosts", **AUTH)[2]
+    assert host["capacity"] == 1, host
+    hid = urllib.parse.quote(host["id"], safe="")
+    assert fleet.http("POST", f"/v1/hosts/{hid}/drain", **AUTH)[0] == 200
+    jobs: dict[str, str] = {}
+    try:
+        for name, key, n in (("heavy", heavy, 8), ("light", light, 4)):  # heavy queues all of its jobs first
+            for _ in range(n):
+                st, _, res = fleet.run(key, ["sleep", "0.05"], wait=False)
+                assert st == 202, res
+                jobs[res["job"]] = name
+    finally:
+        assert fleet.http("POST", f"/v1/hosts/{hid}/undrain", **AUTH)[0] == 200
+    for j in jobs:
+        assert fleet.wait(j)["state"] == "done"
+    # Weights 1:1: turns alternate while both have jobs (ties go to the older
+    # job); first come, first served would give heavy's 8 before any of light's.
+    assert claim_order(fleet, jobs) == ["heavy", "light"] * 4 + ["heavy"] * 4
+
+
+def test_a_job_of_an_older_coordinator_is_still_claimed(fleet: TenantFleet) -> None:
+    """Rolling upgrade: a coordinator of the previous version enqueues with the
+    script's old arguments (no tenant, no fair-share index); hosts claim it."""
+    from sandboxd.fleet.keys import EPOCH_MS, queue_name
+    from sandboxd.fleet.store import LUA
+    from sandboxd.schema import RunRequest
+
+    key = fleet.make(name="busy")
+    st, _, res = fleet.run(key, ["sleep", "0.5"], wait=False)  # a tracked job queued alongside
+    assert st == 202, res
+    spec = msgspec.msgpack.encode(RunRequest(cmd=["true"]))
+    queue = queue_name("", None)
+    old_args = ["old-coord-job", "run", "", "", queue, spec, 0, 1.0, EPOCH_MS, 1, 0, 1000, 0, 0, "", "", ""]
+    r = fleet.redis.client()
+    assert r.eval(LUA, 0, "enqueue", K.prefix, *old_args)[0] == b"ok"
+    assert r.hget(K.job("old-coord-job"), "fair") is None
+    assert fleet.wait("old-coord-job")["state"] == "done"
+    assert fleet.wait(res["job"])["state"] == "done"
