@@ -208,6 +208,9 @@ class SimExecutor:
     def languages(self) -> list[dict[str, Any]]:
         return []
 
+    def series(self) -> list[Any]:
+        return []
+
     def definitions(self) -> dict[str, Any]:
         return {}  # no Judge0/Piston jobs
 

@@ -26,7 +26,7 @@ class Code(NamedTuple):
 CODES: dict[ErrorCode, Code] = {
     "bad_request": Code(400, None, "bad request"),
     "unauthorized": Code(401, None, "missing or wrong bearer token"),
-    "forbidden": Code(403, None, "not allowed for this tenant"),
+    "forbidden": Code(403, None, "not allowed for this caller"),
     "not_found": Code(404, None, "no such job"),
     # (429: this host's queues or memory budget are full; the transports' own
     # overload refusals, before a request is read, are 503: sandboxd.api.httpserver.)

@@ -9,7 +9,7 @@ import re
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -47,6 +47,10 @@ class Language(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     version: list[str] | None = None  # argv printing the version
     version_regex: str = r"(\d+(?:\.\d+)+)"
     selftest: str = ""  # a program that copies stdin to stdout
+    # "java": the source is saved as its public class's file (javac wants
+    # Foo.java for `public class Foo`) and the compile gets the class to run in
+    # $SANDBOXD_MAIN_CLASS (sandboxd.engine.javaclass); "": always `source`.
+    entry_class: Literal["", "java"] = ""
 
     def __post_init__(self) -> None:
         for p in self.memory_errors:

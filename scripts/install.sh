@@ -13,9 +13,10 @@ fi
 # gcc/libc6-dev: builds the static agent and serves the c/cpp languages;
 # g++ for cpp; libseccomp2 is what pyseccomp loads; libcap2-bin (capsh) runs a test without CAP_MKNOD; bubblewrap is a benchmark baseline;
 # the JDK, Node.js, Go and Rust serve those languages on the host rootfs;
-# redis-server is the fleet's shared state (tests start their own instances).
+# redis-server is the fleet's shared state (tests start their own instances);
+# chromium + chromium-driver: the tests drive the web pages in a real browser (selenium, the [test] extra).
 pkgs=(gcc g++ libc6-dev libseccomp2 libcap2-bin python3 python3-venv iproute2 bubblewrap
-  openjdk-17-jdk-headless nodejs golang-go rustc mmdebstrap redis-server)
+  openjdk-17-jdk-headless nodejs golang-go rustc mmdebstrap redis-server chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

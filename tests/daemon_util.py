@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,10 +11,39 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
+
+
+def json_http(d: Served, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    """(status, decoded JSON or None) of one request to a server's HTTP listener: `body` as
+    JSON, or `raw` bytes as they are (labelled JSON either way)."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(d.http + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+SUM_C = '#include <stdio.h>\nint main(void){long a,b;scanf("%ld %ld",&a,&b);printf("%ld\\n",a+b);}\n'
+
+
+def sum_tests(tmp: Path, n: int, wrong: int) -> tuple[Path, Path]:
+    """(a `sandboxd submit` tests directory, sum.c): tests 1..n read `i i` and expect 2i,
+    except test `wrong`, which expects 0."""
+    tests = tmp / "tests"
+    tests.mkdir()
+    for i in range(1, n + 1):
+        (tests / f"{i}.in").write_text(f"{i} {i}\n")
+        (tests / f"{i}.out").write_text(f"{2 * i if i != wrong else 0}\n")
+    src = tmp / "sum.c"
+    src.write_text(SUM_C)
+    return tests, src
 
 
 def free_port() -> int:

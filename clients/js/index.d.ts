@@ -163,11 +163,12 @@ export type ErrorCode =
   | "cancelled"
   | "draining"
   | "unauthorized"
+  | "forbidden"
   | "conflict"
   | "internal";
 
 /** Codes of the client itself: no reply came, or a reply that is not sandboxd's JSON. */
-export type ClientErrorCode = "disconnected" | "invalid_reply";
+export type ClientErrorCode = "disconnected" | "invalid_reply" | "closed";
 
 export interface WireError {
   code: ErrorCode;
@@ -277,3 +278,75 @@ export declare class Client {
 
 /** Bytes as text (UTF-8; invalid sequences become U+FFFD). */
 export declare function text(bytes: Uint8Array | null | undefined): string;
+
+// --- Live sessions (GET /v1/sessions, docs/sessions.md) ----------------------
+
+/** The signals a session may send to its program. */
+export type SessionSignal = "INT" | "TERM" | "HUP" | "QUIT" | "USR1" | "USR2" | "KILL";
+
+/** What to run: the start message (schema SessionStart). */
+export interface SessionStart {
+  /** A language id of GET /v1/languages. */
+  language: string;
+  /** The main file's text (or give the program in `files`). */
+  source?: string;
+  files?: FileIn[];
+  /** Arguments after the language's run command. */
+  argv?: string[];
+  /** Written to stdin before anything the session writes. */
+  stdin?: string;
+  /** A run's limits; wall_time is capped by the daemon's session maximum length. */
+  limits?: Limits;
+  /** Seconds with no input and no output before the session ends (capped by the daemon's). */
+  idle_timeout?: number;
+  /** Default: when the language compiles. */
+  compile?: boolean;
+}
+
+/** Why a session ended. */
+export type SessionReason =
+  | "exit"
+  | "compile_error"
+  | "killed"
+  | "idle"
+  | "max_session"
+  | "output_limit"
+  | "closed"
+  | "error";
+
+export interface SessionEnd {
+  /** The run's result (stdout/stderr empty: they were streamed); the compile's on a compile error. */
+  result: RunResult;
+  reason: SessionReason;
+}
+
+export interface SessionOptions {
+  /** Bearer token: a header in Node, the start message's `token` in a browser. */
+  token?: string;
+  /** Program output as it comes, in order. */
+  onOutput?: (stream: "stdout" | "stderr", data: Uint8Array) => void;
+  /** Every control message of the server (compiled, started, result, error). */
+  onEvent?: (msg: { type: string; [k: string]: unknown }) => void;
+}
+
+export declare class Session {
+  /** The end: resolves with the result, rejects with a SandboxdError (a refusal, or the socket lost). */
+  readonly result: Promise<SessionEnd>;
+  /** Resolves when the program runs (after a compile). */
+  readonly started: Promise<void>;
+  /** The compile step's result, once it ran. */
+  readonly compiled: RunResult | null;
+  /** To stdin; resolves once the socket's buffer has room again. */
+  write(data: Uint8Array | ArrayBuffer | string): Promise<void>;
+  eof(): void;
+  signal(signal: SessionSignal): void;
+  kill(): void;
+  /** Leave: the daemon kills the run. */
+  close(): void;
+}
+
+/** Open a live session on a daemon or coordinator (http(s)://host:port) and start `start`. */
+export declare function session(baseUrl: string, start: SessionStart, options?: SessionOptions): Promise<Session>;
+
+/** The ws(s):// session URL of a daemon or coordinator's base URL. */
+export declare function sessionUrl(baseUrl: string): string;

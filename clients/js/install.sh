@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The pinned dev tools of clients/js (typescript, for the type check), with
-# `npm ci` from the committed package-lock.json, only when that lock changed
-# since the last install: offline and instant when they are in place.
-# (The package itself has no dependencies; nothing here is needed to use it.)
+# The pinned packages of clients/js: typescript (the type check) and `ws`
+# (live sessions in Node < 22, which has no global WebSocket), with `npm ci`
+# from the committed package-lock.json, only when that lock changed since the
+# last install: offline and instant when they are in place.
 set -euo pipefail
 cd "$(dirname "$0")"
 major=$(node -p 'process.versions.node.split(".")[0]')

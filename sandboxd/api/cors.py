@@ -70,6 +70,11 @@ def _policy(request: web.Request) -> Policy:
     return default
 
 
+def policy(request: web.Request) -> Policy:
+    """The CORS policy of the API a request is for (WebSocket origins check it too)."""
+    return _policy(request)
+
+
 def is_preflight(request: web.Request) -> bool:
     return (
         request.method == "OPTIONS"

@@ -21,7 +21,7 @@ import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import cors, replies, tenantauth, textmode
+from sandboxd.api import cors, pages, replies, sessions, sse, tenantauth, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound, offload
@@ -31,7 +31,7 @@ from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
 from sandboxd.config import HTTP
 from sandboxd.errors import ServiceError
 from sandboxd.jobs.tenants import CALLER
-from sandboxd.schema import Error
+from sandboxd.schema import Error, TestResult
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ SVC: web.AppKey[Frontend] = web.AppKey("service")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 SVC_MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 INBOUND: web.AppKey[Inbound] = web.AppKey("inbound", Inbound)
+# (API name, prefix) of the registered APIs mounted on the app: its OpenAPI document lists them.
+MOUNTED: web.AppKey[tuple[tuple[str, str], ...]] = web.AppKey("mounted", tuple)
 
 # An HTTP API on a Frontend: factory(frontend, **aiohttp.web.Application kwargs).
 MountFactory = Callable[..., web.Application]
@@ -48,16 +50,26 @@ _MOUNTS: dict[str, MountFactory] = {}
 # Judge0's X-Auth-Token), besides `Authorization: Bearer`.
 TOKEN_HEADERS: web.AppKey[tuple[str, ...]] = web.AppKey("token_headers", tuple)
 _TOKEN_HEADERS: dict[str, tuple[str, ...]] = {}
+# An API's body for a route it lacks (404) or a method a route does not take
+# (405): (status, message) -> the JSON body in its own error shape.
+RouteError = Callable[[int, str], Any]
+_ROUTE_ERRORS: dict[str, RouteError] = {}
+ROUTE_ERRORS: web.AppKey[tuple[tuple[str, RouteError], ...]] = web.AppKey("route_errors", tuple)
 
 
-def mount(name: str, factory: MountFactory, token_headers: tuple[str, ...] = ()) -> None:
+def mount(
+    name: str, factory: MountFactory, token_headers: tuple[str, ...] = (), route_error: RouteError | None = None
+) -> None:
     """Register an HTTP API (a plug-in's: "judge0", "piston") to serve on the same Frontend.
-    token_headers: its own auth headers, accepted on its routes (and allowed by its CORS policy)."""
+    token_headers: its own auth headers, accepted on its routes (and allowed by its CORS policy).
+    route_error: its 404/405 body (default: the native one)."""
     known = _MOUNTS.get(name)
     if known is not None and known is not factory:
         raise ValueError(f"HTTP API {name!r} is registered already")
     _MOUNTS[name] = factory
     _TOKEN_HEADERS[name] = token_headers
+    if route_error is not None:
+        _ROUTE_ERRORS[name] = route_error
 
 
 def mounted() -> list[str]:
@@ -118,8 +130,8 @@ async def errors_and_auth(
 async def _handle(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.path in ("/healthz", "/readyz"):
-        return await _served(request, handler)
+    if request.path in ("/healthz", "/readyz") or pages.public(request.path) or self_auth(request):
+        return await _served(request, handler)  # (a self-authenticating route checks its caller itself)
     headers = (h for app in request.match_info.apps for h in app.get(TOKEN_HEADERS, ()))
     creds = list(tenantauth.presented(request, headers))
     caller = tenantauth.identify(creds, request.app[TOKEN], request.config_dict[SVC].tenants)
@@ -147,11 +159,40 @@ async def _served(
         return error_reply(request, e.err)
     except web.HTTPRequestEntityTooLarge:
         return error_reply(request, Error("bad_request", f"body: larger than {request.app[SVC_MAX_BODY]} bytes"), 413)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as e:
+        return route_error(request, e)
     except web.HTTPException:
         raise
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return error_reply(request, Error("internal", f"internal error: {e}"))
+
+
+def route_error(request: web.Request, e: web.HTTPNotFound | web.HTTPMethodNotAllowed) -> web.Response:
+    """aiohttp's own 404 and 405 are text/plain: here they are JSON in the error shape of
+    the API the path is under (a mounted API's, else the native one), 405 keeping its Allow."""
+    allow = e.headers.get("Allow")
+    headers = {"Allow": allow} if allow is not None else None
+    what = "no such route" if e.status == 404 else f"method not allowed (Allow: {allow})"
+    message = f"{what}: {request.method} {request.path}"
+    for prefix, body in request.config_dict.get(ROUTE_ERRORS, ()):
+        if not prefix or request.path == prefix or request.path.startswith(prefix + "/"):
+            raw = msgspec.json.encode(body(e.status, message))
+            return web.Response(body=raw, status=e.status, headers=headers, content_type="application/json")
+    if e.status == 404:
+        message += " (the API's routes: /openapi.json)"
+    err = Error("not_found" if e.status == 404 else "bad_request", message)
+    return reply(request, {"error": err}, e.status, headers)
+
+
+SELF_AUTH = "self-auth:"  # route names of handlers that authenticate themselves (WebSocket sessions)
+
+
+def self_auth(request: web.Request) -> bool:
+    """A route that checks the token itself: a browser's WebSocket carries it in
+    its first message, not a header (sandboxd.api.sessions)."""
+    name = request.match_info.route.name
+    return name is not None and name.startswith(SELF_AUTH)
 
 
 async def with_body(
@@ -218,8 +259,27 @@ async def post_run(req: web.Request) -> web.Response:
     return await _post(req, "run")
 
 
-async def post_submission(req: web.Request) -> web.Response:
+async def post_submission(req: web.Request) -> web.StreamResponse:
+    if sse.wanted(req):
+        return await _post_events(req)
     return await _post(req, "submit")
+
+
+async def _post_events(req: web.Request) -> web.StreamResponse:
+    """A waited submission whose tests stream as they finish (sandboxd.api.sse)."""
+    refused = sse.refusal(req.app[INBOUND])
+    if refused is not None:
+        return error_reply(req, refused, 503)
+    cb = req.query.get("callback_url")
+    key = idempotency_key(req)
+    body, fmt = await req.read(), _fmt_in(req)
+
+    def start(progress: Callable[[TestResult], None], on_job: Callable[[str], None]) -> Awaitable[Any]:
+        return dispatch(
+            req.app[SVC], "submit", body, fmt, progress=progress, on_job=on_job, callback_url=cb, idempotency_key=key
+        )
+
+    return await sse.stream(req, req.app[INBOUND], start)
 
 
 async def get_job(req: web.Request) -> web.Response:
@@ -242,6 +302,10 @@ async def delete_job(req: web.Request) -> web.Response:
 
 async def status(req: web.Request) -> web.Response:
     return reply(req, {**await req.app[SVC].status_info(), "decode": DECODE.snapshot()})
+
+
+async def dashboard(req: web.Request) -> web.Response:
+    return reply(req, {**await req.app[SVC].dashboard_info(), "decode": DECODE.snapshot()})
 
 
 async def languages(req: web.Request) -> web.Response:
@@ -267,7 +331,7 @@ async def readyz(req: web.Request) -> web.Response:
 
 
 async def openapi(req: web.Request) -> web.Response:
-    return web.json_response(document())
+    return web.json_response(document(req.app.get(MOUNTED, ())))
 
 
 def make_app(
@@ -278,10 +342,12 @@ def make_app(
     extra_routes: Callable[[web.Application], None] | None = None,
     inbound: Inbound | None = None,
     cors_origins: Mapping[str, Sequence[str]] | None = None,
+    api_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> web.Application:
     """The main listener's app.  prefixes: registered API name -> where it is
     mounted ("" or absent: not on this listener).  cors_origins: API name ("" the
-    native one) -> the origins its CORS policy allows (absent: the native one's)."""
+    native one) -> the origins its CORS policy allows (absent: the native one's).
+    api_options: API name -> keyword arguments of its factory (its own settings)."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=max_body)
     app[SVC] = svc
     app[TOKEN] = token
@@ -292,33 +358,47 @@ def make_app(
     app.router.add_get("/v1/jobs/{job}", get_job)
     app.router.add_delete("/v1/jobs/{job}", delete_job)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/dashboard", dashboard)
     app.router.add_get("/v1/languages", languages)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
     tenantauth.install(app, svc.tenants, token)
+    pages.add_routes(app)
+    live = getattr(svc, "sessions", None)  # a host daemon's; a coordinator proxies in its extra_routes
+    if isinstance(live, sessions.Sessions):
+        add_sessions(app, live)
     if extra_routes is not None:
         extra_routes(app)
     # The registered APIs on the same Frontend: a host daemon runs their jobs
     # itself, a coordinator enqueues them as fleet jobs (sandboxd.compat).
     origins = cors_origins or {}
     mounted_at = [(name, prefix) for name, prefix in (prefixes or {}).items() if prefix]
+    app[MOUNTED] = tuple(mounted_at)
     for name, prefix in mounted_at:
-        app.add_subapp(prefix, _api(name, svc))
+        app.add_subapp(prefix, _api(name, svc, (api_options or {}).get(name, {})))
+    app[ROUTE_ERRORS] = tuple((p.rstrip("/"), _ROUTE_ERRORS[n]) for n, p in mounted_at if n in _ROUTE_ERRORS)
     native = origins.get("", ())
     by_prefix = [(prefix, _cors(name, origins.get(name, native))) for name, prefix in mounted_at]
     cors.install(app, cors.Policy.of(native), by_prefix)
     return app
 
 
+def add_sessions(app: web.Application, live: sessions.Sessions) -> None:
+    async def handler(req: web.Request) -> web.StreamResponse:
+        return await sessions.serve(req, live, req.app[TOKEN])
+
+    app.router.add_get(sessions.PATH, handler, name=SELF_AUTH + "sessions")
+
+
 def _cors(name: str, origins: Sequence[str]) -> cors.Policy:
     return cors.Policy.of(origins, _TOKEN_HEADERS.get(name, ()))
 
 
-def _api(name: str, svc: Frontend, **app_args: Any) -> web.Application:
+def _api(name: str, svc: Frontend, options: Mapping[str, Any], **app_args: Any) -> web.Application:
     """A registered API's app, told which headers carry its token."""
-    app = _factory(name)(svc, **app_args)
+    app = _factory(name)(svc, **options, **app_args)
     app[TOKEN_HEADERS] = _TOKEN_HEADERS.get(name, ())
     return app
 
@@ -337,10 +417,14 @@ def make_api_app(
     max_body: int = HTTP.max_body,
     inbound: Inbound | None = None,
     cors_origins: Sequence[str] = (),
+    options: Mapping[str, Any] | None = None,
 ) -> web.Application:
     """One registered API at the root of a listener of its own ([http]
-    `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener."""
-    app = _api(api, svc, middlewares=[errors_and_auth], client_max_size=max_body)
+    `judge0_listen`, `piston_listen`): the same bearer token and body limit as the main listener.
+    options: keyword arguments of its factory (as make_app's api_options)."""
+    app = _api(api, svc, options or {}, middlewares=[errors_and_auth], client_max_size=max_body)
+    if api in _ROUTE_ERRORS:
+        app[ROUTE_ERRORS] = (("", _ROUTE_ERRORS[api]),)  # (everything on this listener is the API's)
     cors.install(app, _cors(api, cors_origins))
     app[SVC] = svc  # (its callers' tenants: the auth middleware)
     app[TOKEN] = token

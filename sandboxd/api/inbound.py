@@ -141,7 +141,9 @@ class Inbound:
     max_connections: int  # all listeners and the Unix socket together
     max_connections_per_listener: int
     max_receiving_bytes: int
+    max_event_streams: int  # progress streams open at once (sandboxd.api.sse)
     connections: int = 0
+    event_streams: int = dataclasses.field(default=0, init=False)
     receiving: ByteGate = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -158,6 +160,7 @@ class Inbound:
             max_connections=http.max_connections,
             max_connections_per_listener=http.max_connections_per_listener,
             max_receiving_bytes=http.max_receiving_bytes,
+            max_event_streams=http.max_event_streams,
         )
 
 

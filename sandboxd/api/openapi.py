@@ -1,18 +1,63 @@
-"""The OpenAPI document, generated from the schema types so it cannot drift from them."""
+"""The OpenAPI document, generated from the schema types so it cannot drift from them.
+
+Each field's description comes from openapi_fields; each operation carries an
+example that works as sent (tests/api/test_openapi_examples.py sends every
+one to a real daemon).  The registered HTTP APIs (Judge0, Piston) add their
+paths with `register`; `document(mounted)` lists them under the prefixes
+they are mounted at on the listener asked.
+"""
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 import msgspec
 
+from sandboxd.api.openapi_fields import describe
 from sandboxd.schema import Error, JobInfo, RunRequest, RunResult, Submission, SubmissionResult
 
+# API name -> its path items, relative to where it is mounted (a plug-in's: sandboxd.compat).
+_PATHS: dict[str, dict[str, Any]] = {}
 
-def _body(ref: str) -> dict[str, Any]:
+
+def register(name: str, paths: Mapping[str, Any]) -> None:
+    """A registered HTTP API's operations, listed under its prefix wherever it is mounted."""
+    _PATHS[name] = dict(paths)
+
+
+def b64(text: str) -> str:
+    """An example's bytes field as JSON carries it."""
+    return base64.b64encode(text.encode()).decode()
+
+
+def example_body(ref: str, example: Any) -> dict[str, Any]:
+    """A JSON request body of schema `ref` (or a plain schema) with its example."""
+    schema = {"$ref": f"#/components/schemas/{ref}"} if ref else {"type": "object"}
+    return {"required": True, "content": {"application/json": {"schema": schema, "example": example}}}
+
+
+RUN_EXAMPLE = {"cmd": ["sh", "-c", "read name; echo hello $name"], "stdin": b64("world\n")}
+# A WebSocket operation: OpenAPI has no words for one, so `x-websocket` lists the
+# text messages a client sends, in order (the examples test sends them and reads
+# to the end); the protocol is in docs/sessions.md.
+SESSION_EXAMPLE = [
+    {"type": "start", "language": "python3", "source": "print(input()[::-1])\n", "stdin": "abc\n"},
+    {"type": "eof"},
+]
+SUBMISSION_EXAMPLE = {
+    "lang": "python3",
+    "source": b64("print(input()[::-1])\n"),
+    "tests": [{"input": b64("abc\n"), "expected": b64("cba\n")}, {"input": b64("xy\n"), "expected": b64("yx\n")}],
+}
+
+
+def _body(ref: str, example: Any = None) -> dict[str, Any]:
     schema = {"$ref": f"#/components/schemas/{ref}"}
-    return {"content": {"application/json": {"schema": schema}, "application/msgpack": {"schema": schema}}}
+    json: dict[str, Any] = {"schema": schema} if example is None else {"schema": schema, "example": example}
+    return {"content": {"application/json": json, "application/msgpack": {"schema": schema}}}
 
 
 def _resp(ref: str, desc: str = "OK") -> dict[str, Any]:
@@ -25,6 +70,12 @@ def _get(summary: str, public: bool = False) -> dict[str, Any]:
         op["security"] = []
     return {"get": op}
 
+
+_PAGES = (
+    ("/", "The playground page (HTML): run and judge programs, a live terminal"),
+    ("/dashboard", "The dashboard page (HTML): pools, queues, throughput and latency, live"),
+    ("/docs", "This document as a page (HTML)"),
+)
 
 _ERRORS = {
     str(code): _resp("ErrorReply", desc)
@@ -70,8 +121,18 @@ _TEXT = {
 }
 
 
+def document(mounted: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """The document for a listener with these (API name, prefix) mounted."""
+    doc = _native()
+    paths = dict(doc["paths"])
+    for name, prefix in mounted:
+        for path, item in _PATHS.get(name, {}).items():
+            paths[prefix.rstrip("/") + path] = item
+    return {**doc, "paths": paths}
+
+
 @cache
-def document() -> dict[str, Any]:
+def _native() -> dict[str, Any]:
     class ErrorReply(msgspec.Struct):
         error: Error
 
@@ -79,7 +140,15 @@ def document() -> dict[str, Any]:
         (RunRequest, RunResult, Submission, SubmissionResult, JobInfo, Error, ErrorReply),
         ref_template="#/components/schemas/{name}",
     )
-    job = {"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}
+    describe(components)
+    job = {
+        "name": "job",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "the job id a POST answered (with ?wait=false: at once)",
+        "example": "j-0123456789abcdef",
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -99,7 +168,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Run one program",
                     "parameters": [_WAIT, _CALLBACK, _KEY, _TEXT],
-                    "requestBody": {"required": True, **_body("RunRequest")},
+                    "requestBody": {"required": True, **_body("RunRequest", RUN_EXAMPLE)},
                     "responses": {"200": _resp("RunResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
                 }
             },
@@ -107,7 +176,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Judge a submission: compile, run tests in parallel, check",
                     "parameters": [_WAIT, _CALLBACK, _KEY, _TEXT],
-                    "requestBody": {"required": True, **_body("Submission")},
+                    "requestBody": {"required": True, **_body("Submission", SUBMISSION_EXAMPLE)},
                     "responses": {"200": _resp("SubmissionResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
                 }
             },
@@ -116,7 +185,13 @@ def document() -> dict[str, Any]:
                     "summary": "A job's state and result",
                     "parameters": [
                         job,
-                        {"name": "wait", "in": "query", "schema": {"type": "number", "maximum": 300}},
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "schema": {"type": "number", "maximum": 300},
+                            "description": "seconds to wait for the job to finish before answering",
+                            "example": 10,
+                        },
                         _TEXT,
                     ],
                     "responses": {"200": _resp("JobInfo"), "404": _resp("ErrorReply", "unknown or expired")},
@@ -130,6 +205,25 @@ def document() -> dict[str, Any]:
             "/v1/status": {
                 "get": {"summary": "Pools, queues and recent run times", "responses": {"200": {"description": "OK"}}}
             },
+            "/v1/sessions": {
+                "get": {
+                    "summary": "A live session (WebSocket): run a program with stdin and output streamed",
+                    "description": "Upgrade to a WebSocket, send a `start` message, then stdin as binary frames "
+                    "and `eof`/`signal`/`kill`; output comes back as binary frames (first byte: 1 stdout, 2 stderr) "
+                    "and a final `result` (docs/sessions.md). Browsers send the token in `start`.",
+                    "x-websocket": SESSION_EXAMPLE,
+                    "responses": {"101": {"description": "switching protocols"}, **_ERRORS},
+                }
+            },
+            "/v1/dashboard": {
+                "get": {
+                    "summary": "The status plus run times per second of the last 10 minutes (the dashboard's data)",
+                    "description": "`series`: [unix second, runs finished, p50 wall s, p99 wall s] per second with "
+                    "runs; through a coordinator also `hosts` (each with its load) and `fleet_queues`",
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
+            **{path: _get(summary, public=True) for path, summary in _PAGES},
             "/v1/languages": {"get": {"summary": "Languages served", "responses": {"200": {"description": "OK"}}}},
             "/v1/tenants": {
                 "get": {"summary": "Tenants (admin: the bearer token)", "responses": {"200": {"description": "OK"}}},

@@ -24,6 +24,8 @@ from sandboxd.app.listeners import serve_frontend
 from sandboxd.compat import kinds as compat_kinds
 from sandboxd.config import Config
 from sandboxd.fleet.coordinator import Coordinator
+from sandboxd.fleet.sessionproxy import SessionProxy
+from sandboxd.fleet.sessionproxy import add_route as add_session_route
 from sandboxd.fleet.store import FleetStore
 from sandboxd.fleet.tenants import FleetTenants
 
@@ -31,8 +33,12 @@ __all__ = ["routes", "serve"]
 log = logging.getLogger(__name__)
 
 
-def routes(coord: Coordinator) -> Callable[[web.Application], None]:
-    """The HTTP routes only a coordinator has: its hosts, and draining them."""
+def routes(coord: Coordinator, cfg: Config | None = None) -> Callable[[web.Application], None]:
+    """The HTTP routes only a coordinator has: its hosts, draining them, and
+    live sessions proxied to a host (sandboxd.fleet.sessionproxy)."""
+    cfg = cfg or Config()
+    token = cfg.http.token
+    proxy = SessionProxy(coord.hosts, cfg.sessions, token, cfg.sessions.host_token or token, coord.metrics)
 
     async def list_hosts(req: web.Request) -> web.Response:
         return reply(req, await coord.hosts())
@@ -47,6 +53,7 @@ def routes(coord: Coordinator) -> Callable[[web.Application], None]:
         app.router.add_get("/v1/hosts", list_hosts)
         app.router.add_post("/v1/hosts/{host}/drain", drain)
         app.router.add_post("/v1/hosts/{host}/undrain", undrain)
+        add_session_route(app, proxy)
 
     return add
 
@@ -81,7 +88,11 @@ async def serve(cfg: Config) -> int:
 
     try:
         await serve_frontend(
-            cfg, coord, what=f"coordinator for the fleet at {fleet.url}", stopping=stopping, extra_routes=routes(coord)
+            cfg,
+            coord,
+            what=f"coordinator for the fleet at {fleet.url}",
+            stopping=stopping,
+            extra_routes=routes(coord, cfg),
         )
     finally:
         await coord.close()

@@ -45,7 +45,13 @@ async def serve(cfg: Config) -> int:
                 raise RuntimeError(f"no language passed its self-test: {failed}")
         jc = cfg.jobs
         jobs = JobStore(jc.store or default_path(Path(cfg.state_dir), cfg.instance), jc.results_ttl, jc.store_max_bytes)
-        svc = Service(engine, results_ttl=jc.results_ttl, callback_allow_private=jc.callback_allow_private, store=jobs)
+        svc = Service(
+            engine,
+            results_ttl=jc.results_ttl,
+            callback_allow_private=jc.callback_allow_private,
+            store=jobs,
+            sessions=cfg.sessions,
+        )
         svc.open()
         tc = cfg.tenants
         svc.use_tenants(
@@ -62,6 +68,10 @@ async def serve(cfg: Config) -> int:
         if cfg.fleet.url:
             store = FleetStore(cfg.fleet.url, cfg.fleet.prefix, jc.results_ttl)
             info = {"address": cfg.http.listen, "instance": cfg.instance, "version": __version__}
+            # Where a coordinator proxies live sessions to (sandboxd.fleet.sessionproxy).
+            sessions_url = cfg.sessions.advertise or (f"http://{cfg.http.listen}" if cfg.http.listen else "")
+            if sessions_url:
+                info["sessions"] = sessions_url
             worker = HostWorker(
                 store, ServiceExecutor(svc), HostSettings.from_config(cfg.fleet, fleet_host_id(cfg), info)
             )

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -30,7 +31,7 @@ from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GuardedSite
 from sandboxd.api.inbound import OFFLOAD_WORKERS, Inbound
 from sandboxd.api.wire import Frontend
-from sandboxd.config import Config
+from sandboxd.config import Config, HttpSettings
 from sandboxd.hostlock import HostLock
 
 log = logging.getLogger("sandboxd")
@@ -187,15 +188,22 @@ def _http_apps(
                     extra_routes,
                     inbound=inbound,
                     cors_origins={"": http.cors_origins, "judge0": http.judge0_cors_origins},
+                    api_options=_api_options(http),
                 ),
             )
         )
     own = ((http.judge0_listen, "judge0", http.judge0_cors_origins), (http.piston_listen, "piston", http.cors_origins))
     for addr, api, origins in own:
         if addr:
-            app = httpserver.make_api_app(frontend, api, http.token, http.max_body, inbound, origins)
+            options = _api_options(http).get(api)
+            app = httpserver.make_api_app(frontend, api, http.token, http.max_body, inbound, origins, options)
             apps.append((addr, app))
     return apps
+
+
+def _api_options(http: HttpSettings) -> dict[str, dict[str, Any]]:
+    """Each registered API's own settings, as its factory's keyword arguments."""
+    return {"piston": {"accept_text_plain": http.piston_accept_text_plain}}
 
 
 def _log_ready(cfg: Config, what: str, t0: float) -> None:

@@ -19,8 +19,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from sandboxd.api import httpserver
+from sandboxd.api import httpserver, openapi
 from sandboxd.compat import judge0, piston
+from sandboxd.compat import openapi as compat_openapi
 from sandboxd.jobs import kinds
 from sandboxd.jobs.kinds import Context, JobKind, Result
 from sandboxd.schema import FileIn, JobInfo, RunResult, SubmissionResult, Verdict, check_box_path
@@ -105,6 +106,8 @@ def register() -> None:
     `piston_http`).  Idempotent."""
     kinds.register(JUDGE0)
     kinds.register(PISTON)
-    httpserver.mount("judge0", judge0.make_app, judge0.TOKEN_HEADERS)
+    httpserver.mount("judge0", judge0.make_app, judge0.TOKEN_HEADERS, judge0.route_error)
     # (Piston's clients send their key as is in Authorization: a tenant's key is taken there too)
-    httpserver.mount("piston", piston.make_app, ("Authorization",))
+    httpserver.mount("piston", piston.make_app, ("Authorization",), piston.route_error)
+    openapi.register("judge0", compat_openapi.JUDGE0)
+    openapi.register("piston", compat_openapi.PISTON)

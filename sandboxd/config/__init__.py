@@ -29,6 +29,7 @@ from sandboxd.config.sections import (
     HttpSettings,
     JobsSettings,
     LogSettings,
+    SessionsSettings,
     SocketSettings,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "HttpSettings",
     "JobsSettings",
     "LogSettings",
+    "SessionsSettings",
     "SocketSettings",
     "default_memory_budget",
     "default_pool_size",

@@ -27,6 +27,7 @@ _PREFIX = {
     "engine": "",
     "jobs": "",
     "fleet": "fleet_",
+    "sessions": "session_",
 }
 # ...except these (a section's main setting was the section's name).
 _EXCEPT = {

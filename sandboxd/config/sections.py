@@ -65,6 +65,9 @@ class HttpSettings(Section, frozen=True):
     # Bytes of request bodies and frames being received at once, daemon-wide
     # (reserved before reading); beyond: 503 + Retry-After (socket: waits).
     max_receiving_bytes: Annotated[int, Meta(ge=1024)] = 256 << 20
+    # Submissions streaming their progress over HTTP at once (Server-Sent
+    # Events, sandboxd/api/sse.py); beyond: 503 + Retry-After.
+    max_event_streams: Annotated[int, Meta(ge=1)] = 256
     # Judge0 CE and Piston v2 compatible APIs on the listener, under these
     # path prefixes (sandboxd/compat); "" disables one.
     judge0_prefix: Prefix = "/judge0"
@@ -79,6 +82,10 @@ class HttpSettings(Section, frozen=True):
     cors_origins: list[CorsOrigin] = msgspec.field(default_factory=list)
     # The same for the Judge0 API: any origin by default, as Judge0 itself allows.
     judge0_cors_origins: list[CorsOrigin] = msgspec.field(default_factory=lambda: ["*"])
+    # Read a Piston request body sent as text/plain as JSON (the npm piston-client
+    # does; Piston answers 415).  Off: a text/plain POST needs no CORS preflight,
+    # so without a token any web page could run programs here (README "Compat").
+    piston_accept_text_plain: bool = False
 
 
 class EngineSettings(Section, frozen=True):
@@ -138,6 +145,32 @@ class TenantsSettings(Section, frozen=True):
     unnamed_weight: Annotated[float, Meta(gt=0, le=1_000_000)] = 1.0
 
 
+class SessionsSettings(Section, frozen=True):
+    """Live sessions over WebSocket (GET /v1/sessions, Piston's /api/v2/connect;
+    sandboxd/jobs/sessions.py, docs/sessions.md)."""
+
+    # Sessions at once, daemon-wide (each holds a warm box for its life); beyond:
+    # queue_full + retry_after.  0: half the pool (at least 1), so batch runs keep boxes.
+    max_sessions: Annotated[int, Meta(ge=0)] = 0
+    # Seconds a session lives at most: its run's wall time limit.
+    max_length: Annotated[float, Meta(gt=0, le=3600)] = 600.0
+    # Seconds with no stdin and no output before a session ends; a start message
+    # may ask for less, never more.
+    idle_timeout: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+    # Seconds the server waits for the start message after the upgrade.
+    start_timeout: Annotated[float, Meta(gt=0)] = 5.0
+    # Seconds a session waits for a box before it is refused (queue_full, retry_after).
+    queue_wait: Annotated[float, Meta(gt=0)] = 5.0
+    # Bytes of output waiting in a WebSocket's send buffer before the box's pipes
+    # are no longer read (back-pressure; stdin is bounded by the pipe into the box).
+    send_buffer: Annotated[int, Meta(ge=4096)] = 256 << 10
+    # The http://host:port a fleet coordinator proxies this host's sessions to,
+    # advertised in its heartbeat; "" = http://[http] listen.
+    advertise: str = ""
+    # Coordinator: the bearer token it sends the hosts' session endpoints; "" = its own [http] token.
+    host_token: str = ""
+
+
 class Config(Section, frozen=True):
     # Name of this daemon on the host: cgroups, locks and uid leases are per instance.
     instance: str = "default"
@@ -153,6 +186,7 @@ class Config(Section, frozen=True):
     jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
     fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
     tenants: TenantsSettings = msgspec.field(default_factory=TenantsSettings)
+    sessions: SessionsSettings = msgspec.field(default_factory=SessionsSettings)
 
 
 # Section name -> its type, from Config's own fields (declared once, above).

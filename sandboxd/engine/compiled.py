@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from sandboxd.engine import javaclass
 from sandboxd.languages import Language
 from sandboxd.schema import FileIn, Limits, RunRequest, RunResult
 
@@ -30,11 +31,22 @@ def cache_key(lang_id: str, sources: list[FileIn], options: list[str], limits: L
     return hashlib.sha256(msgspec.msgpack.encode([lang_id, sources, options, limits])).digest()
 
 
+def sources_of(lang: Language, source: bytes, files: list[FileIn] | tuple[FileIn, ...]) -> list[FileIn]:
+    """The compile's files: the source under the name the language gives it, then the others."""
+    name = javaclass.entry(source, lang.source).file if lang.entry_class == "java" else lang.source
+    return [FileIn(name, source), *files]
+
+
 def compile_request(lang: Language, sources: list[FileIn], options: list[str], limits: Limits | None) -> RunRequest:
     assert lang.compile is not None  # an interpreted language has no compile run
+    env = lang.env
+    if lang.entry_class == "java":
+        # An environment variable, not text in the script: the name comes from the source.
+        entry = javaclass.entry(sources[0].content, lang.source)
+        env = {**(env or {}), "SANDBOXD_SOURCE": entry.file, "SANDBOXD_MAIN_CLASS": entry.main_class}
     return RunRequest(
         cmd=lang.compile + options,
-        env=lang.env,
+        env=env,
         files_in=sources,
         files_out=lang.artifacts,
         limits=lang.fit(limits) if limits else lang.compile_limits,

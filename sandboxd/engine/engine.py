@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from sandboxd.languages import Language, load_dir
 from sandboxd.rootfs import store
 from sandboxd.rootfs.mounts import Rootfs, from_tree, host_default
 from sandboxd.sandbox import agentbin, cgroups, seccomp
-from sandboxd.sandbox.box import AgentDied, Box, BoxSpec
+from sandboxd.sandbox.box import AgentDied, Box, BoxSpec, RunControl, Stdio
 from sandboxd.sandbox.boxfiles import Refused
 from sandboxd.schema import FileIn, Limits, RunRequest, RunResult, SchemaError, validate_run
 
@@ -239,7 +240,8 @@ class Engine:
         priority: int = 0,
         deadline: float | None = None,
         lang: str | None = None,
-        stdio: tuple[int, int] | None = None,
+        stdio: Stdio | None = None,
+        control: RunControl | None = None,
     ) -> RunResult:
         """One run on a warm box, after admission at `priority`.  deadline: the
         monotonic time after which waiting in the queue is given up."""
@@ -248,15 +250,17 @@ class Engine:
         lq = self.lang_queues.get(lang or "") if self.lang_queues else None
         queues = (lq, self.queues[rootfs]) if lq else (self.queues[rootfs],)
         admitted: list[tuple[AdmissionQueue, float]] = []
+        handed = stdio is None  # the caller's fds go to a box, which closes them; else here
         try:
             for q in queues:
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
                 admitted.append((q, await q.acquire(priority, wait)))
             for attempt in (1, 2):
                 box = await pool.acquire()
+                handed = True
                 try:
                     # A retry gets fresh stdio only if the first attempt never started.
-                    return await box.run(req, stdio if attempt == 1 else None)
+                    return await box.run(req, stdio if attempt == 1 else None, control)
                 except AgentDied as e:
                     # The run never started: a transparent retry on a fresh box.
                     box.broken = f"agent died: {e}"
@@ -274,6 +278,10 @@ class Engine:
         finally:
             for q, t in reversed(admitted):
                 q.release(t)
+            if not handed:
+                assert stdio is not None
+                for fd in stdio:
+                    os.close(fd)
         raise AssertionError("unreachable")
 
     def language(self, lang_id: str) -> Language:
@@ -296,7 +304,7 @@ class Engine:
         """Compile once; identical compiles are served from a bounded cache
         (a judge sees the same source many times: rejudges, checkers)."""
         lang = self.language(lang_id)
-        sources = [FileIn(lang.source, source), *files]
+        sources = compiled.sources_of(lang, source, files)
         if not lang.compile:
             return Compiled(lang, None, sources)
         key = compiled.cache_key(lang_id, sources, list(options), limits)
@@ -321,11 +329,14 @@ class Engine:
         args: list[str] | tuple[str, ...] = (),
         priority: int = 0,
         deadline: float | None = None,
-        stdio: tuple[int, int] | None = None,
+        stdio: Stdio | None = None,
+        control: RunControl | None = None,
     ) -> RunResult:
         lang = comp.lang
         req = compiled.run_request(comp, stdin, limits, files_in, files_out, args)
-        res = await self.run(req, self.pool_of(lang), priority=priority, deadline=deadline, lang=lang.id, stdio=stdio)
+        res = await self.run(
+            req, self.pool_of(lang), priority=priority, deadline=deadline, lang=lang.id, stdio=stdio, control=control
+        )
         compiled.runtime_memory_error(lang, res)
         return res
 

@@ -468,6 +468,13 @@ class Coordinator(Operations):
             day = today()
             self.fleet_tenants.refresh(await self.store.tenant_usage(day), day)
 
+    async def dashboard_info(self) -> dict[str, Any]:
+        hosts = await self._redis("status", lambda: self.store.hosts(series=True))
+        queues = await self._redis("status", self.store.queue_depths)
+        prios = await self._redis("status", self.store.queue_priorities)
+        stats = await self._redis("status", self.store.stats)
+        return views.dashboard(hosts, queues, prios, stats, self.draining)
+
     async def language_list(self) -> list[dict[str, Any]]:
         return views.languages(await self._redis("languages", lambda: self._refresh_hosts(force=True)))
 

@@ -18,6 +18,7 @@ from sandboxd.fleet.keys import RUN_LANG
 from sandboxd.jobs.fingerprint import Spec
 from sandboxd.jobs.kinds import KINDS, JobKind, UnknownKind
 from sandboxd.jobs.service import Job, Service
+from sandboxd.jobs.timeseries import SERIES_SECONDS, Bucket
 from sandboxd.schema import JobInfo, SchemaError, TestResult
 
 
@@ -50,6 +51,9 @@ class ServiceExecutor:
 
     def languages(self) -> list[dict[str, Any]]:
         return self.svc.languages()
+
+    def series(self) -> list[Bucket]:
+        return self.svc.recent.series(SERIES_SECONDS)
 
     def definitions(self) -> dict[str, Any]:
         return {lid: msgspec.to_builtins(lang) for lid, lang in self.svc.engine.languages.items()}

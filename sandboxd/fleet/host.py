@@ -32,6 +32,7 @@ from sandboxd.config import FLEET, FleetSettings
 from sandboxd.fleet.keys import RUN_LANG, queue_name
 from sandboxd.fleet.store import Beat, Claimed, Displaced, FleetStore, OutageLog, Unregistered, transient
 from sandboxd.jobs.tenants import cpu_of
+from sandboxd.jobs.timeseries import Bucket
 from sandboxd.schema import Error, JobInfo, TestResult
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,10 @@ class Executor(Protocol):
         ...
 
     def languages(self) -> list[dict[str, Any]]: ...
+
+    def series(self) -> list[Bucket]:
+        """Run times per second, the last SERIES_SECONDS (sandboxd.jobs.timeseries): the coordinator's dashboard."""
+        ...
 
     def definitions(self) -> dict[str, Any]:
         """Language id -> its definition (sandboxd.languages.Language as builtins), for
@@ -201,6 +206,7 @@ class HostWorker:
             "capacity": sum(cap for cap, _ in pools.values()),
             "load": sum(load.values()),
             "running": len(self.inflight),
+            "series": self.ex.series(),
         }
 
     async def _register(self) -> None:

@@ -41,6 +41,10 @@ _enc = msgspec.msgpack.Encoder()
 T = TypeVar("T")
 
 
+# Jobs read per fleet queue to count its priorities (the dashboard's, polled every second).
+PRIORITY_SAMPLE = 1000
+
+
 def _aw(x: Awaitable[T] | T) -> Awaitable[T]:
     # redis-py types each command as sync-or-async; on redis.asyncio they are awaitables.
     return cast(Awaitable[T], x)
@@ -232,9 +236,13 @@ class FleetStore:
         r = await self._call("reap", max_attempts, self.ttl, limit, round(lease * 1000))
         return int(r[0]), int(r[1]), int(r[2])
 
-    async def hosts(self, definitions: bool = False) -> list[dict[str, Any]]:
+    async def hosts(self, definitions: bool = False, series: bool = False) -> list[dict[str, Any]]:
         """Every host with an entry (the entry expires a few leases after its last heartbeat).
-        Its language definitions (long; for the compat APIs) only if asked."""
+        Its language definitions (long; for the compat APIs) and its run-time series
+        (for the dashboard) only if asked."""
+        skip = {"session", "joined", "heartbeat"}
+        skip |= set() if definitions else {"definitions"}
+        skip |= set() if series else {"series"}
         ids = [_s(h) for h in await _aw(self.redis.zrange(self.keys.hosts, 0, -1))]
         drained = {_s(h) for h in await _aw(self.redis.smembers(self.keys.drained))}
         pipe = self.redis.pipeline(transaction=False)
@@ -248,7 +256,7 @@ class FleetStore:
             d = {_s(k): _s(v) for k, v in raw.items()}
             entry: dict[str, Any] = {"id": h, "drained": h in drained}
             for k, v in d.items():
-                if k not in ("session", "joined", "heartbeat") and (definitions or k != "definitions"):
+                if k not in skip:
                     try:
                         entry[k] = msgspec.json.decode(v)
                     except msgspec.DecodeError:
@@ -286,6 +294,26 @@ class FleetStore:
         for field, raw in (("cpu_seconds", cpu), ("cpu_today", today)):
             for t, v in raw.items():
                 setattr(out.setdefault(_s(t), TenantUsage()), field, float(v))
+        return out
+
+    async def queue_priorities(self, sample: int = PRIORITY_SAMPLE) -> dict[str, dict[int, int]]:
+        """Waiting jobs per priority of each fleet queue, from at most `sample` jobs at
+        the head of each (a queue's order is one score of priority and age: the
+        priority is in each job's hash).  Bounded: one pipelined read per queue."""
+        names = sorted(_s(q) for q in await _aw(self.redis.smembers(self.keys.queues)))
+        out: dict[str, dict[int, int]] = {}
+        for q in names:
+            ids = await _aw(self.redis.zrange(self.keys.queue(q), 0, sample - 1))
+            if not ids:
+                continue
+            pipe = self.redis.pipeline(transaction=False)
+            for jid in ids:
+                pipe.hget(self.keys.job(_s(jid)), "prio")
+            counts: dict[int, int] = {}
+            for prio in await pipe.execute():
+                with contextlib.suppress(TypeError, ValueError):  # (a job gone meanwhile, or malformed)
+                    counts[int(prio)] = counts.get(int(prio), 0) + 1
+            out[q] = counts
         return out
 
     async def stats(self) -> dict[str, int]:

@@ -5,12 +5,14 @@ the operations: admission, waits, cancels)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 import msgspec
 
 from sandboxd.errors import error, make
 from sandboxd.fleet.store import FleetStore
+from sandboxd.jobs import timeseries
 from sandboxd.schema import JobInfo
 
 FINAL = ("done", "failed", "cancelled")
@@ -70,6 +72,47 @@ def status(
         "jobs": stats,
         "draining": draining,
     }
+
+
+def dashboard(
+    hosts: list[dict[str, Any]],
+    queues: dict[str, int],
+    priorities: dict[str, dict[int, int]],
+    stats: dict[str, int],
+    draining: bool,
+) -> dict[str, Any]:
+    """The coordinator's dashboard: its status, every host with its load and run
+    times, the fleet's queues (each "language|tag": its depth, and its waiting
+    jobs per priority as FleetStore.queue_priorities counts them), and the
+    hosts' series merged (sandboxd.jobs.timeseries.merge)."""
+    rows = [
+        {
+            "id": h["id"],
+            "drained": h["drained"],
+            "capacity": int(h.get("capacity", 0)),
+            "load": int(h.get("load", 0)),
+            "running": int(h.get("running", 0)),
+            "pools": h.get("pools", {}),
+            "heartbeat_age": h.get("heartbeat_age"),
+            "runs_last_min": sum(int(b[1]) for b in _last(h.get("series"), 60)),
+        }
+        for h in hosts
+    ]
+    series = [s for h in hosts if isinstance(s := h.get("series"), list)]
+    return {
+        **status(hosts, queues, stats, draining),
+        "hosts": rows,
+        "fleet_queues": {q: {"depth": n, "priorities": priorities.get(q, {})} for q, n in queues.items() if n},
+        "now": time.time(),
+        "series": timeseries.merge(series),
+    }
+
+
+def _last(series: Any, seconds: int) -> list[Any]:
+    if not isinstance(series, list):
+        return []
+    since = time.time() - seconds
+    return [b for b in series if isinstance(b, list) and len(b) == 4 and b[0] > since]
 
 
 def languages(hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:

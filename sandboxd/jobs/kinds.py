@@ -20,7 +20,6 @@ an idempotency key keeps naming the same request across the upgrade.
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import msgspec
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from sandboxd.engine.engine import Engine
     from sandboxd.jobs.metrics import Metrics
     from sandboxd.jobs.table import Job
+    from sandboxd.jobs.timeseries import RunTimes
 
 S = TypeVar("S", bound=msgspec.Struct)
 Result = RunResult | SubmissionResult
@@ -53,7 +53,7 @@ class Context(Protocol):
     engine: Engine
     compiler: Compiler
     metrics: Metrics
-    recent: deque[float]
+    recent: RunTimes
 
 
 class JobKind(Generic[S]):

@@ -18,6 +18,9 @@ class FrontendMetrics:
         r = self.registry = registry or CollectorRegistry()
         # reason: the wire code of the refusal (queue_full, queue_deadline, draining)
         self.rejections = Counter("sandboxd_rejections", "Jobs refused", ["reason"], registry=r)
+        # Live sessions (sandboxd/jobs/sessions.py; a coordinator counts those it proxies).
+        self.sessions_active = Gauge("sandboxd_sessions_active", "Live sessions open", registry=r)
+        self.sessions = Counter("sandboxd_sessions", "Live sessions ended, by reason", ["reason"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

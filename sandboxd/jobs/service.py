@@ -16,11 +16,10 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Literal
 
-from sandboxd.config import JOBS
+from sandboxd.config import JOBS, SessionsSettings
 from sandboxd.engine.budget import Admission
 from sandboxd.engine.compiler import Compiler
 from sandboxd.engine.engine import Engine
@@ -33,9 +32,11 @@ from sandboxd.jobs.fingerprint import Op, Spec
 from sandboxd.jobs.frontend import Operations, Progress, conflict, keyed
 from sandboxd.jobs.kinds import KINDS
 from sandboxd.jobs.metrics import Metrics
+from sandboxd.jobs.sessions import Sessions
 from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored, StoreFull
 from sandboxd.jobs.table import Job, JobTable, decode_spec, encode_spec, kind_of, lost_info
 from sandboxd.jobs.tenants import Charge
+from sandboxd.jobs.timeseries import RunTimes
 from sandboxd.schema import (
     JobInfo,
     RunRequest,
@@ -62,9 +63,12 @@ class Service(Operations):
         results_ttl: float = JOBS.results_ttl,
         callback_allow_private: bool = False,
         store: JobStore | None = None,
+        sessions: SessionsSettings | None = None,
     ) -> None:
         super().__init__(metrics or Metrics(), callback_allow_private)
         self.engine = engine
+        self.sessions = Sessions(engine, sessions or SessionsSettings(), self._session_ended)
+        self.metrics.sessions_active.set_function(lambda: self.sessions.active)
         self._callbacks: set[asyncio.Task[Any]] = set()
         self.compiler = Compiler(engine)  # single flight for the compat kinds' compiles
         self.compat_pending = 0  # jobs of compat kinds not finished: Judge0's queue count
@@ -72,9 +76,12 @@ class Service(Operations):
         self.store = store or JobStore(":memory:", results_ttl)
         self.table = JobTable(self.store, results_ttl)
         self.jobs = self.table.jobs  # unfinished (and final, not yet saved) jobs by id
-        self.recent: deque[float] = deque(maxlen=200)  # recent run wall times, for status
+        self.recent = RunTimes()  # recent run wall times and per-second buckets, for status and the dashboard
         self._sweeper: asyncio.Task[None] | None = None
         self._heals_counted = 0  # engine heals already added to the metrics counter
+
+    def _session_ended(self, reason: str) -> None:
+        self.metrics.sessions.labels(reason).inc()
 
     # --- start and stop ---------------------------------------------------
 
@@ -464,6 +471,9 @@ class Service(Operations):
 
     async def language_list(self) -> list[dict[str, Any]]:
         return self.languages()
+
+    async def dashboard_info(self) -> dict[str, Any]:
+        return {**self.status(), "now": time.time(), "series": self.recent.series()}
 
     async def _refresh_metrics(self) -> None:
         self.refresh_metrics()

@@ -12,6 +12,7 @@ MSG_CONFIG = 1
 MSG_RUN = 2
 MSG_RESET = 3
 MSG_KILL = 4
+MSG_SIGNAL = 5  # u32 signo: to every process of the run (live sessions)
 MSG_READY = 100
 MSG_RESULT = 101
 MSG_ERROR = 102
@@ -31,6 +32,7 @@ CONFIG_HDR = struct.Struct("=IIIIQQQ")  # type uid gid seccomp_len box tmp shm
 RUN_HDR = struct.Struct("=IIQQQQQQII")  # type flags cpu wall fsize stack nofile as argc envc
 RESULT = struct.Struct("=IIiiQQQ")  # type flags wstatus err cpu_ns wall_ns maxrss_kb
 KIND = struct.Struct("=I")
+SIGNAL = struct.Struct("=II")  # type signo
 
 MAX_MSG = 1 << 20
 

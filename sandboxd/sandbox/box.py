@@ -36,6 +36,8 @@ DEFAULT_ENV = {
     "LANG": "C.UTF-8",
     "LC_ALL": "C.UTF-8",
 }
+# (stdin, stdout) or (stdin, stdout, stderr) fds a caller hands to a run.
+Stdio = tuple[int, int] | tuple[int, int, int]
 _DEVNULL = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
 _MAX_FDS = 16
 
@@ -290,20 +292,24 @@ class Box:
         # After the tmpfs is emptied: its pages were charged to the box's cgroup.
         self.cg.between_runs()
 
-    async def run(self, req: RunRequest, stdio: tuple[int, int] | None = None) -> RunResult:
+    async def run(self, req: RunRequest, stdio: Stdio | None = None, control: RunControl | None = None) -> RunResult:
         """Run one program.  Raises AgentDied if the agent vanished before the
         run started (the caller may retry on another box).
 
         stdio: (stdin, stdout) fds to hand to the program instead of req.stdin
-        and a captured stdout (interactive problems); always closed here."""
+        and a captured stdout (interactive problems), or (stdin, stdout, stderr)
+        (live sessions: the caller reads both and enforces the output limit);
+        always closed here.  control: signals the run while it runs."""
         owned: list[int] = list(stdio) if stdio else []
         try:
-            return await self._run(req, stdio, owned)
+            return await self._run(req, stdio, owned, control)
         finally:
             for fd in owned:
                 os.close(fd)
 
-    async def _run(self, req: RunRequest, stdio: tuple[int, int] | None, owned: list[int]) -> RunResult:
+    async def _run(
+        self, req: RunRequest, stdio: Stdio | None, owned: list[int], control: RunControl | None
+    ) -> RunResult:
         assert self.chan is not None
         chan = self.chan
         lim = req.limits
@@ -312,12 +318,17 @@ class Box:
             boxfiles.write_in(self.boxfd, f.path, f.content, f.executable, self.uid, self.uid)
         rc = self.cg.prepare(lim.memory, lim.procs)
         stdin_fd, out_r, out_w = _open_stdio(req.stdin, stdio, owned)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        owned.append(err_w)
+        if stdio is not None and len(stdio) == 3:
+            err_r, err_w = -1, stdio[2]
+        else:
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            owned.append(err_w)
         stop = _Stop(chan)
         out = _Capture(out_r, lim.output, stop)
         err = _Capture(err_r, lim.output, stop)
         fut = _send_run(chan, _run_message(req), [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds], owned, rc, out, err)
+        if control is not None:
+            control.attach(stop)
         try:
             res = await _run_result(fut, out, err, stop)
         except (AgentDied, BoxError) as e:
@@ -326,6 +337,8 @@ class Box:
             self.broken = str(e)
             return RunResult(status="internal_error", message=f"the box failed during the run: {e}")
         finally:
+            if control is not None:
+                control.attach(None)
             if not out.done.done() or not err.done.done():
                 out.close()
                 err.close()
@@ -375,7 +388,39 @@ class _Stop:
                 self.chan.send(proto.KIND.pack(proto.MSG_KILL))
 
 
-def _open_stdio(stdin: bytes, stdio: tuple[int, int] | None, owned: list[int]) -> tuple[int, int, int]:
+class RunControl:
+    """A run in progress, signalled from outside its await (a live session's
+    client: Ctrl-C, kill).  Attached by Box.run while the agent runs it; a
+    signal before or after that is dropped (there is no process to get it)."""
+
+    __slots__ = ("_stop", "on_start")
+
+    def __init__(self, on_start: Callable[[], None] | None = None) -> None:
+        self._stop: _Stop | None = None
+        self.on_start = on_start  # called once the agent has the run
+
+    def attach(self, stop: _Stop | None) -> None:
+        self._stop = stop
+        if stop is not None and self.on_start is not None:
+            self.on_start()
+
+    @property
+    def running(self) -> bool:
+        return self._stop is not None
+
+    def signal(self, signo: int) -> None:
+        """To every process of the run (the agent takes only terminal signals)."""
+        if self._stop is not None:
+            with contextlib.suppress(AgentDied):
+                self._stop.chan.send(proto.SIGNAL.pack(proto.MSG_SIGNAL, signo))
+
+    def kill(self) -> None:
+        """End the run now, as a cancelled one."""
+        if self._stop is not None:
+            self._stop()
+
+
+def _open_stdio(stdin: bytes, stdio: Stdio | None, owned: list[int]) -> tuple[int, int, int]:
     """(stdin, stdout's read end or -1 when not captured, stdout's write end)
     for a run; what the agent gets a copy of goes on `owned`, closed once sent."""
     if stdio:

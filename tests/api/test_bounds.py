@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import Daemon
+from daemon_util import Daemon, json_http
 from instances import inst
 from sandboxd_client import Client
 from sandboxd_client import RunRequest as ClientRun
@@ -89,16 +89,6 @@ def _closed_by_peer(s: socket.socket) -> bytes:
         got += b
 
 
-def _http(d: Daemon, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(d.http + path, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
 # --- HTTP transport -----------------------------------------------------------
 
 
@@ -153,7 +143,7 @@ def test_bytes_being_received_are_capped_daemon_wide(tight: Daemon) -> None:
             s.close()
     # Released once those uploads ended: the daemon takes bodies again.
     deadline = time.monotonic() + 20
-    while _http(tight, "POST", "/v1/runs", {"cmd": ["true"]})[0] == 503:
+    while json_http(tight, "POST", "/v1/runs", {"cmd": ["true"]})[0] == 503:
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
@@ -182,7 +172,7 @@ def test_connection_cap_refuses_fast_and_health_stays_reachable(capped: Daemon) 
         for s in held:
             s.close()
     deadline = time.monotonic() + 20
-    while _http(capped, "GET", "/v1/status")[0] != 200:
+    while json_http(capped, "GET", "/v1/status")[0] != 200:
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
@@ -336,7 +326,7 @@ def test_the_client_retries_past_the_receive_bytes_cap(tight: Daemon) -> None:
     ],
 )
 def test_native_paths_are_bad_requests(tight: Daemon, body: dict[str, Any], field: str) -> None:
-    status, reply = _http(tight, "POST", "/v1/runs", body)
+    status, reply = json_http(tight, "POST", "/v1/runs", body)
     assert status == 400, reply
     assert field in reply["error"]["message"], reply
 
@@ -403,7 +393,7 @@ def test_hostile_load_benchmark_quick() -> None:
 
 
 def _decode_counters(d: Daemon) -> dict[str, Any]:
-    status, reply = _http(d, "GET", "/v1/status")
+    status, reply = json_http(d, "GET", "/v1/status")
     assert status == 200, reply
     return dict(reply["decode"])
 
@@ -416,7 +406,7 @@ def test_large_json_bodies_are_parsed_in_decode_worker_processes(capped: Daemon)
     assert before["workers"] == 2 and len(before["pids"]) == 2
     stdin = b"y" * (IN_PROCESS_FROM + 4096)
     body = {"cmd": ["wc", "-c"], "stdin": base64.b64encode(stdin).decode()}
-    status, reply = _http(capped, "POST", "/v1/runs", body)
+    status, reply = json_http(capped, "POST", "/v1/runs", body)
     assert status == 200 and reply["stdout"] == base64.b64encode(b"%d\n" % len(stdin)).decode(), reply
     procs = [
         dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()) for pid in before["pids"]
@@ -424,15 +414,15 @@ def test_large_json_bodies_are_parsed_in_decode_worker_processes(capped: Daemon)
     assert all(int(p["PPid"]) == capped.proc.pid for p in procs)
     # The one that decoded it had confined itself first (the other may still be starting).
     assert any(p["Uid"].split() == ["65534"] * 4 for p in procs), procs
-    status, reply = _http(capped, "POST", "/v1/runs", {**body, "cmd": []})
+    status, reply = json_http(capped, "POST", "/v1/runs", {**body, "cmd": []})
     assert status == 400 and "`body.cmd`" in reply["error"]["message"], reply
     # Judge0 parses its (untyped) JSON there too, and says what is wrong the same way.
     raw = json.dumps({"source_code": "x", "language_id": 71, "stdin": "z" * IN_PROCESS_FROM}).encode()[:-1]
-    status, reply = _http(capped, "POST", "/judge0/submissions", raw=raw)
+    status, reply = json_http(capped, "POST", "/judge0/submissions", raw=raw)
     assert status == 400 and "invalid JSON body" in reply["error"], reply
     after = _decode_counters(capped)
     assert after["in_process"] == before["in_process"] + 3 and after["replaced"] == 0
-    status, reply = _http(capped, "POST", "/v1/runs", {"cmd": ["true"]})  # small: inline, not counted
+    status, reply = json_http(capped, "POST", "/v1/runs", {"cmd": ["true"]})  # small: inline, not counted
     assert status == 200 and _decode_counters(capped)["in_process"] == after["in_process"]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import CallbackSink, Daemon
+from daemon_util import CallbackSink, Daemon, sum_tests
 from instances import inst
 from sandboxd_client import AsyncClient, Client, Limits, RunRequest, SandboxdError, Submission, TestCase
 
@@ -194,15 +194,20 @@ def test_queue_full_is_rejected_with_retry_after() -> None:
     d = Daemon(inst("-qfull"), pool_size=1, env={"SANDBOXD_QUEUE_DEPTH": "2"})
     try:
         with Client(f"unix://{d.sock}") as c:
-            jobs = [c.start(RunRequest(cmd=["sleep", "1"])) for _ in range(3)]  # 1 running + 2 queued
-            time.sleep(0.2)
+            # 1 running + 2 queued; the runner sleeps far longer than any slow
+            # machine needs for the checks below, and is cancelled after them,
+            # so the queue cannot drain before the refusals are looked at.
+            jobs = [c.start(RunRequest(cmd=["sleep", "60"])) for _ in range(3)]
             st, h, raw = http(d, "POST", "/v1/runs", {"cmd": ["true"]})
             assert st == 429 and int(h["Retry-After"]) >= 1
             assert json.loads(raw)["error"]["code"] == "queue_full"
             with pytest.raises(SandboxdError) as e:
                 c.run(RunRequest(cmd=["true"]))
             assert e.value.code == "queue_full"
-            assert all(c.wait(j).state == "done" for j in jobs)
+            for j in jobs:
+                c.cancel(j)
+            assert all(c.wait(j).state in ("cancelled", "done") for j in jobs)
+            assert c.run(RunRequest(cmd=["true"])).exit_code == 0
     finally:
         d.stop()
 
@@ -287,13 +292,7 @@ def test_bad_config_stops_startup_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_submit_command_with_a_tests_directory(daemon: Daemon, tmp_path: Path) -> None:
-    tests = tmp_path / "tests"
-    tests.mkdir()
-    for i in range(1, 13):
-        (tests / f"{i}.in").write_text(f"{i} {i}\n")
-        (tests / f"{i}.out").write_text(f"{2 * i if i != 11 else 0}\n")
-    src = tmp_path / "sum.c"
-    src.write_text('#include <stdio.h>\nint main(void){long a,b;scanf("%ld %ld",&a,&b);printf("%ld\\n",a+b);}\n')
+    tests, src = sum_tests(tmp_path, 12, 11)
     cmd = [sys.executable, "-m", "sandboxd", "submit", "--address", f"unix://{daemon.sock}"]
     p = subprocess.run(
         [*cmd, "--lang", "c", "--tests", str(tests), str(src)], capture_output=True, text=True, timeout=120

@@ -207,6 +207,7 @@ def test_consumers_take_their_defaults_from_the_config() -> None:
         "idle_timeout": config.HTTP.idle_timeout,
         "socket_idle_timeout": config.DEFAULT.socket.idle_timeout,
         "max_connections": config.HTTP.max_connections,
+        "max_event_streams": config.HTTP.max_event_streams,
         "max_connections_per_listener": config.HTTP.max_connections_per_listener,
         "max_receiving_bytes": config.HTTP.max_receiving_bytes,
     }

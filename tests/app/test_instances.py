@@ -168,14 +168,26 @@ def test_what_a_live_daemon_owns_is_refused_and_stale_files_are_replaced(tmp_pat
         assert pid_file.read_text() == f"{a.proc.pid}\n"
         other = ["--instance", inst("-intruder")]
         # A's socket: refused at once, and left alone.
-        p = serve(*other, "--socket", a.sock, "--http", f"127.0.0.1:{free_port()}")
+        # Each refused start names its own pid file, so only the resource under
+        # test can collide (not a default path another run may hold).
+        p = serve(
+            *other, "--socket", a.sock, "--pid-file", str(tmp_path / "a.pid"), "--http", f"127.0.0.1:{free_port()}"
+        )
         assert p.returncode == 1 and f"socket {a.sock}: a live process answers on it" in p.stderr, p.stderr
         # A's pid file, A's HTTP port: refused, naming them.
         p = serve(*other, "--socket", str(tmp_path / "b.sock"), "--pid-file", str(pid_file), "--http", "")
         assert p.returncode == 1 and f"pid file {pid_file}: held by live process {a.proc.pid}" in p.stderr, p.stderr
-        p = serve(*other, "--socket", str(tmp_path / "c.sock"), "--http", f"127.0.0.1:{a.port}")
+        p = serve(
+            *other,
+            "--socket",
+            str(tmp_path / "c.sock"),
+            "--pid-file",
+            str(tmp_path / "c.pid"),
+            "--http",
+            f"127.0.0.1:{a.port}",
+        )
         assert p.returncode == 1 and f"cannot listen on 127.0.0.1:{a.port}: in use" in p.stderr, p.stderr
-        assert not (tmp_path / "b.sock").exists() and not (tmp_path / "c.sock").exists()
+        assert not any((tmp_path / f).exists() for f in ("b.sock", "c.sock", "a.pid", "c.pid"))
         assert pid_file.read_text() == f"{a.proc.pid}\n"
         with Client(f"unix://{a.sock}") as c:
             assert c.run(RunRequest(cmd=["true"])).status == "ok"

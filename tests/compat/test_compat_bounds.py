@@ -9,20 +9,17 @@ hypothesis now fuzzes both APIs as tests/api/test_fuzz.py does the native one: n
 from __future__ import annotations
 
 import base64
-import io
-import json
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Iterator
-from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import Daemon
+from daemon_util import Daemon, json_http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from instances import inst
+from zips import nul_name_zip, zip_bytes
 
 from sandboxd.compat.archive import MAX_EXTRACT_FILES
 
@@ -32,33 +29,6 @@ def daemon() -> Iterator[Daemon]:
     d = Daemon(inst("-bounds-compat"), pool_size=2, env={"SANDBOXD_MAX_BODY": str(4 << 20)})
     yield d
     assert d.stop() == 0, d.output()
-
-
-def _http(d: Daemon, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(d.http + path, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def _zip(entries: dict[str, bytes]) -> bytes:
-    b = io.BytesIO()
-    with zipfile.ZipFile(b, "w") as z:
-        for name, data in entries.items():
-            z.writestr(name, data)
-    return b.getvalue()
-
-
-def _nul_name_zip() -> bytes:
-    data = bytearray(_zip({"Xevil": b"x"}))
-    for sig in (b"PK\x03\x04", b"PK\x01\x02"):
-        i = data.find(sig)
-        off = 30 if sig == b"PK\x03\x04" else 46
-        data[i + off] = 0  # the name now starts with NUL
-    return bytes(data)
 
 
 # --- the compat APIs: bad input is 4xx with the reason, never a 500 ------------
@@ -74,14 +44,14 @@ PY = "print(1)\n"
 @pytest.mark.parametrize(
     ("zipped", "why"),
     [
-        (_nul_name_zip(), "empty name"),
-        (_zip({"a" * 300: b"x"}), "300 bytes"),
-        (_zip({f"f{i}": b"" for i in range(MAX_EXTRACT_FILES + 1)}), "1001 entries"),
+        (nul_name_zip(), "empty name"),
+        (zip_bytes({"a" * 300: b"x"}), "300 bytes"),
+        (zip_bytes({f"f{i}": b"" for i in range(MAX_EXTRACT_FILES + 1)}), "1001 entries"),
     ],
 )
 def test_judge0_bad_zips_are_422(daemon: Daemon, zipped: bytes, why: str) -> None:
     body = {"source_code": PY, "language_id": 71, "additional_files": _b64(zipped)}
-    status, reply = _http(daemon, "POST", "/judge0/submissions?wait=true", body)
+    status, reply = json_http(daemon, "POST", "/judge0/submissions?wait=true", body)
     assert status == 422, reply
     assert any(why in m for m in reply["additional_files"]), reply
 
@@ -96,25 +66,25 @@ def test_judge0_bad_zips_are_422(daemon: Daemon, zipped: bytes, why: str) -> Non
     ],
 )
 def test_judge0_bad_json_is_400(daemon: Daemon, raw: bytes) -> None:
-    status, reply = _http(daemon, "POST", "/judge0/submissions", raw=raw)
+    status, reply = json_http(daemon, "POST", "/judge0/submissions", raw=raw)
     assert status == 400, reply
     assert "invalid JSON body" in reply["error"]
 
 
 def test_piston_bad_input_is_400(daemon: Daemon) -> None:
     deep = b'{"language": "python", "version": "*", "files": ' + b"[" * 5000 + b"]" * 5000 + b"}"
-    status, reply = _http(daemon, "POST", "/piston/api/v2/execute", raw=deep)
+    status, reply = json_http(daemon, "POST", "/piston/api/v2/execute", raw=deep)
     assert status == 400 and "nested deeper" in reply["message"], reply
     files = [{"content": PY}, {"name": "n" * 300, "content": "x"}]
     body = {"language": "python", "version": "*", "files": files}
-    status, reply = _http(daemon, "POST", "/piston/api/v2/execute", body)
+    status, reply = json_http(daemon, "POST", "/piston/api/v2/execute", body)
     assert status == 400 and "files[1].name" in reply["message"] and "300 bytes" in reply["message"], reply
-    status, reply = _http(
+    status, reply = json_http(
         daemon, "POST", "/piston/api/v2/execute", raw=b'{"language": "python", "version": "*", "run_timeout": 1e400}'
     )
     assert status == 400, reply
     not_utf8 = b'{"language": "python", "version": "*", "files": [{"content": "\xff"}]}'
-    status, reply = _http(daemon, "POST", "/piston/api/v2/execute", raw=not_utf8)
+    status, reply = json_http(daemon, "POST", "/piston/api/v2/execute", raw=not_utf8)
     assert status == 400 and "invalid" in reply["message"].lower(), reply
 
 
@@ -125,7 +95,7 @@ scalars = st.none() | st.booleans() | ints | st.floats() | st.text(max_size=20)
 values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3))
 names = st.text(max_size=12) | st.sampled_from(["a" * 300, "\0x", "../x", "/abs", "d/" + "é" * 200, ""])
 zips = st.dictionaries(names.filter(bool), st.binary(max_size=8), max_size=3).map(
-    lambda d: _b64(_zip({k.replace("\0", "") or "x": v for k, v in d.items()}))
+    lambda d: _b64(zip_bytes({k.replace("\0", "") or "x": v for k, v in d.items()}))
 )
 judge0_bodies = st.fixed_dictionaries(
     {
@@ -140,7 +110,7 @@ judge0_bodies = st.fixed_dictionaries(
         "number_of_runs": st.integers(-2, 3) | values,
         "command_line_arguments": st.text(max_size=20),
         "compiler_options": values,
-        "additional_files": zips | st.text(max_size=20) | st.sampled_from([_b64(_nul_name_zip())]),
+        "additional_files": zips | st.text(max_size=20) | st.sampled_from([_b64(nul_name_zip())]),
         "redirect_stderr_to_stdout": values,
         "callback_url": st.sampled_from(["http://127.0.0.1:1/x", "ftp://x", ""]) | values,
     },

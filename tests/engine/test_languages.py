@@ -58,3 +58,28 @@ def test_limits_above_a_language_maximum_are_refused(engine: SyncEngine) -> None
 
     with pytest.raises(SchemaError, match=r"limits\.cpu_time"):
         engine.source("python3", "print(1)", limits=Limits(cpu_time=100.0))
+
+
+JAVA_ENTRIES = {
+    # public class of any name (javac wants it in Foo.java: the engine names the file after it)
+    'public class Foo { public static void main(String[] a) { System.out.println("foo"); } }': "foo",
+    # in a package: the jar's Main-Class is package-qualified
+    'package x.y;\npublic class Sol { public static void main(String[] a) { System.out.println("sol"); } }': "sol",
+    # helpers first, braces and a decoy class in a comment and a string
+    (
+        "import java.util.*;\n// public class Decoy {\n"
+        'class Helper { static String s() { return "}public class X{"; } }\n'
+        "/* public class Decoy2 { */ public final class Program {\n"
+        "  public static void main(String[] a) { System.out.println(Helper.s().length()); } }"
+    ): "16",
+    # no public class: Main if declared (what a native program names), else the first one
+    'class Util {}\nclass Main { public static void main(String[] a) { System.out.println("main"); } }': "main",
+    'class First { public static void main(String[] a) { System.out.println("first"); } }': "first",
+}
+
+
+@pytest.mark.parametrize("src", list(JAVA_ENTRIES))
+def test_java_runs_any_public_class_name(engine: SyncEngine, src: str) -> None:
+    s = engine.source("java", src, limits=LIMITS)
+    assert s.compile is not None and s.compile.status == "ok", s.compile
+    assert s.run is not None and s.run.status == "ok" and s.run.stdout.decode().strip() == JAVA_ENTRIES[src], s.run

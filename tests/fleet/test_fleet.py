@@ -193,13 +193,16 @@ def test_same_api_as_a_host_through_either_coordinator(fleet: Fleet) -> None:
     assert 'sandboxd_fleet_jobs_total{event="done"}' in text
 
 
-def test_progress_events_through_the_coordinator(fleet: Fleet) -> None:
+@pytest.mark.parametrize("transport", ["unix", "http"])
+def test_progress_events_through_the_coordinator(fleet: Fleet, transport: str) -> None:
+    # (http: Server-Sent Events, relayed from the host's pub/sub as the socket's frames are)
     tests = [Case(input=f"{i} {i}".encode(), expected=f"{2 * i}".encode()) for i in range(6)]
     tests[3].expected = b"0"
     seen: list[Result] = []
+    address = f"unix://{fleet.coords[0].sock}" if transport == "unix" else fleet.coords[0].http
 
     async def go() -> SubmissionResult:
-        async with AsyncClient(f"unix://{fleet.coords[0].sock}") as c:
+        async with AsyncClient(address) as c:
             return await c.submit(Submission(lang="c", source=AB, tests=tests), progress=seen.append)
 
     res = asyncio.run(go())

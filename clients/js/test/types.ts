@@ -66,3 +66,20 @@ export const implemented: [
   typeof declared.FINAL_STATES,
   typeof declared.DEFAULT_RETRY,
 ] = [client.Client, errors.SandboxdError, bytes.text, client.FINAL_STATES, retry.DEFAULT_RETRY];
+
+// Live sessions, as a caller types them.
+import { session, type SessionEnd, type SessionStart } from "@sandboxd/client";
+
+async function terminal(): Promise<SessionEnd> {
+  const start: SessionStart = { language: "python3", source: "print(input())", limits: { cpu_time: 1 } };
+  const s = await session("http://127.0.0.1:7070", start, {
+    token: "t",
+    onOutput: (stream: "stdout" | "stderr", data: Uint8Array) => void [stream, data.length],
+  });
+  await s.started;
+  await s.write("hi\n");
+  s.eof();
+  s.signal("INT");
+  return s.result;
+}
+void terminal;

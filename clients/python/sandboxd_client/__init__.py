@@ -14,6 +14,9 @@ HTTP 503 / `draining` and on a refused or dropped connection, with bounded
 exponential backoff honouring Retry-After, for at most `Retry.deadline`
 seconds: a call spanning a daemon restart completes, and its job runs once.
 `Client(address, retry=Retry(deadline=0))` turns retries off.
+
+`LiveSession.open(address, SessionStart(...))` (asyncio, HTTP addresses) is a
+live session: stdin in, output out as it happens (docs/sessions.md).
 """
 
 from sandboxd.schema import (
@@ -24,6 +27,7 @@ from sandboxd.schema import (
     Program,
     RunRequest,
     RunResult,
+    SessionStart,
     Submission,
     SubmissionResult,
     TestCase,
@@ -32,6 +36,7 @@ from sandboxd.schema import (
 
 from .client import AsyncClient, Client, SandboxdError
 from .retry import Retry
+from .session import LiveSession, SessionEnd
 
 __all__ = [
     "AsyncClient",
@@ -40,11 +45,14 @@ __all__ = [
     "FileIn",
     "Limits",
     "LimitsPatch",
+    "LiveSession",
     "Program",
     "Retry",
     "RunRequest",
     "RunResult",
     "SandboxdError",
+    "SessionEnd",
+    "SessionStart",
     "Submission",
     "SubmissionResult",
     "TestCase",

@@ -27,6 +27,7 @@ from .retry import DEFAULT_RETRY, RETRY_CODES, RETRY_EXCEPTIONS, RETRY_STATUSES,
 T = TypeVar("T")
 LEN = struct.Struct(">I")
 Progress = Callable[[TestResult], None]
+EVENT_LINE_MAX = 1 << 30  # bytes of one event's line (a SubmissionResult's JSON)
 
 
 class SandboxdError(Exception):
@@ -212,8 +213,13 @@ class _Http:
         else:
             method, path = routes[op]
             data = msgspec.msgpack.encode(body) if method == "POST" else None
-        headers = {"Idempotency-Key": key} if key is not None else None
+        headers = {"Idempotency-Key": key} if key is not None else {}
+        if op == "submit" and wait and on_event is not None:
+            # Its tests as they finish: Server-Sent Events, as the socket's progress frames.
+            headers["Accept"] = "text/event-stream"
         async with self.session.request(method, self.base + path, data=data, headers=headers) as resp:
+            if resp.status < 400 and resp.content_type == "text/event-stream" and on_event is not None:
+                return await _events(resp, on_event)
             raw = await resp.read()
             try:
                 msgpack = resp.content_type.endswith("msgpack")
@@ -229,6 +235,26 @@ class _Http:
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
+
+
+async def _events(resp: aiohttp.ClientResponse, on_event: Callable[[str, Any], None]) -> Any:
+    """Read a text/event-stream reply: `accepted` and `test` events to on_event,
+    then the `result` (returned) or the `error` (raised)."""
+    event = ""
+    while not resp.content.at_eof():
+        # (One line is one event's data: a result with its outputs can be megabytes.)
+        text = (await resp.content.readuntil(b"\n", max_size=EVENT_LINE_MAX)).decode().rstrip("\r\n")
+        if text.startswith("event:"):
+            event = text[6:].strip()
+        elif text.startswith("data:"):
+            data = msgspec.json.decode(text[5:].strip())
+            if event == "result":
+                return data
+            if event == "error":
+                e = data.get("error", {}) if isinstance(data, dict) else {}
+                raise SandboxdError(e.get("code", "internal"), e.get("message", ""), e.get("retry_after"))
+            on_event(event, data)
+    raise _Lost("the event stream ended before the result")
 
 
 def _http_error(status: int, retry_after: str | None, payload: Any, raw: bytes) -> SandboxdError:

@@ -45,7 +45,7 @@ from sandboxd.compat.archive import decode64, encode64
 from sandboxd.compat.judge0.api import Judge0
 from sandboxd.compat.judge0.callback import deliver_callback
 from sandboxd.compat.judge0.casts import decimal, timestamp
-from sandboxd.compat.judge0.http import J0, J0Error, handler, reply
+from sandboxd.compat.judge0.http import J0, J0Error, handler, reply, route_error
 from sandboxd.compat.judge0.info import system_facts
 from sandboxd.compat.judge0.request import Request
 from sandboxd.compat.judge0.routes import make_app
@@ -104,6 +104,7 @@ __all__ = [
     "make_app",
     "outcome",
     "reply",
+    "route_error",
     "run_job",
     "system_facts",
     "timestamp",

@@ -33,6 +33,12 @@ def reply(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
+def route_error(status: int, message: str) -> dict[str, str]:
+    """A route Judge0 lacks or a method it does not take: its `{"error": ...}` body.
+    (Rails answers both 404 with an HTML page; JSON is what its clients parse.)"""
+    return {"error": message}
+
+
 def handler(fn: Handler) -> Handler:
     async def wrapped(req: web.Request) -> web.StreamResponse:
         try:

@@ -14,6 +14,7 @@ from sandboxd.compat.judge0.request import Request
 from sandboxd.compat.judge0.serializer import view
 from sandboxd.compat.judge0.status import outcome
 from sandboxd.compat.judge0.tables import CONFIG, NOT_UTF8, NOT_UTF8_BATCH, STATUSES
+from sandboxd.schema import JobInfo
 
 
 async def _queue_check(j0: Judge0, n: int) -> None:
@@ -45,14 +46,20 @@ async def create_submission(req: web.Request) -> web.Response:
         return reply({"error": NOT_UTF8, "token": token}, 201)
 
 
-@handler
-async def get_submission(req: web.Request) -> web.Response:
+async def _by_token(req: web.Request) -> tuple[Judge0, str, tuple[str, ...], tuple[Request, JobInfo]]:
+    """(the API, the path's token, the selected fields, its submission); J0Error 404 (empty) if none."""
     j0 = req.app[J0]
     selected = fields(req)
     token = req.match_info["token"]
     found = await j0.get(token)
     if found is None:
-        return reply(None, 404)
+        raise J0Error(404)
+    return j0, token, selected, found
+
+
+@handler
+async def get_submission(req: web.Request) -> web.Response:
+    _, token, selected, found = await _by_token(req)
     try:
         return reply(view(token, *found, selected, b64(req)))
     except UnicodeDecodeError:
@@ -61,12 +68,7 @@ async def get_submission(req: web.Request) -> web.Response:
 
 @handler
 async def delete_submission(req: web.Request) -> web.Response:
-    j0 = req.app[J0]
-    selected = fields(req)
-    token = req.match_info["token"]
-    found = await j0.get(token)
-    if found is None:
-        return reply(None, 404)
+    j0, token, selected, found = await _by_token(req)
     o = outcome(*found)
     gone = "pending" if o.pending else await j0.backend.forget_job(token)
     if gone == "missing":  # deleted by someone else a moment ago

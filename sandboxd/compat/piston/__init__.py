@@ -1,4 +1,4 @@
-"""Piston v2's HTTP API (`POST /api/v2/execute`, `GET /api/v2/runtimes`) on the native engine.
+"""Piston v2's HTTP API (`POST /api/v2/execute`, `GET /api/v2/runtimes`, `/packages`, `/`) on the native engine.
 
 One execute request is one compat job of the backend (see sandboxd.compat:
 the daemon's own, or a fleet job through a coordinator): the cached compile,
@@ -22,8 +22,8 @@ Output is capped at the language's output limit (1 MiB per stream by
 default, where Piston's default is 1 KB).  Known differences (also in
 README): `output` is stdout followed by stderr (not interleaved); a compiled
 language compiles its entry file (other files are present, e.g. headers, but
-not compiled); Java's entry class must be `Main` (javac compiles Main.java);
-version "0.0.0" stands for a version not detected (self-test off).
+not compiled); Java's entry file is named after its public class
+(sandboxd.engine.javaclass), as javac requires; version "0.0.0" stands for a version not detected (self-test off).
 
 The names other modules use are re-exported here (`from sandboxd.compat.piston
 import Job, make_app, run_job`).
@@ -34,7 +34,7 @@ from __future__ import annotations
 from sandboxd.compat.piston.constraints import RUN_CPU_MS, RUN_WALL_MS, MiB, configured, limits
 from sandboxd.compat.piston.errors import PistonError
 from sandboxd.compat.piston.files import content, files_of
-from sandboxd.compat.piston.http import BACKEND, handler, make_app, reply
+from sandboxd.compat.piston.http import BACKEND, handler, make_app, reply, route_error
 from sandboxd.compat.piston.request import Job
 from sandboxd.compat.piston.run import run_job
 from sandboxd.compat.piston.runtime import RUNTIMES, Runtime, find_runtime, runtimes
@@ -59,6 +59,7 @@ __all__ = [
     "make_app",
     "reply",
     "response",
+    "route_error",
     "run_job",
     "runtimes",
     "satisfies",

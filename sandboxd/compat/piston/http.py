@@ -1,4 +1,5 @@
-"""Piston v2's HTTP routes (`POST /api/v2/execute`, `GET /api/v2/runtimes`) as an aiohttp application."""
+"""Piston v2's HTTP routes (`POST /api/v2/execute`, `GET /api/v2/runtimes`, `GET /api/v2/packages`,
+`GET /`, the `/api/v2/connect` WebSocket: sandboxd.compat.piston.connect) as an aiohttp application."""
 
 from __future__ import annotations
 
@@ -10,15 +11,21 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from sandboxd.api import sessions as api_sessions
 from sandboxd.api.inbound import offload
 from sandboxd.compat import Backend
 from sandboxd.compat.piston import request
+from sandboxd.compat.piston.connect import connect
 from sandboxd.compat.piston.errors import PistonError
 from sandboxd.compat.piston.runtime import runtimes
 from sandboxd.compat.piston.view import response
 from sandboxd.errors import TENANT_STATUS, ServiceError
 
 BACKEND: web.AppKey[Backend] = web.AppKey("piston_backend")
+# [http] piston_accept_text_plain: a JSON body labelled text/plain is read as JSON (README "Compat").
+TEXT_PLAIN: web.AppKey[bool] = web.AppKey("piston_accept_text_plain", bool)
+# The Piston release whose API this one follows (its api/package.json), named by `GET /` as Piston does.
+PISTON_VERSION = "3.1.1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -28,9 +35,7 @@ def reply(body: Any, status: int = 200) -> web.Response:
 
 def handler(fn: Handler) -> Handler:
     async def wrapped(req: web.Request) -> web.StreamResponse:
-        if req.method not in ("GET", "HEAD", "OPTIONS") and not req.headers.get("Content-Type", "").startswith(
-            "application/json"
-        ):
+        if req.method not in ("GET", "HEAD", "OPTIONS") and not _json_body(req):
             return reply({"message": "requests must be of type application/json"}, 415)
         try:
             return await fn(req)
@@ -41,6 +46,17 @@ def handler(fn: Handler) -> Handler:
             return reply({"message": e.err.message}, status)
 
     return wrapped
+
+
+def _json_body(req: web.Request) -> bool:
+    """Piston reads only application/json bodies (else 415).  text/plain too when
+    configured: the npm `piston-client` sends its JSON so.  Off by default: a
+    text/plain POST is a CORS "simple request" that a browser sends from any page
+    without a preflight, so on a listener without a token any web page its user
+    opens could run programs here (with a token it cannot: a page cannot add the
+    Authorization header without a preflight)."""
+    ctype = req.headers.get("Content-Type", "")
+    return ctype.startswith("application/json") or (req.app[TEXT_PLAIN] and ctype.startswith("text/plain"))
 
 
 async def _body(req: web.Request) -> dict[str, Any]:
@@ -87,18 +103,49 @@ async def list_runtimes(req: web.Request) -> web.Response:
     return reply(out)
 
 
+@handler
+async def list_packages(req: web.Request) -> web.Response:
+    """Piston's package list: every runtime here is installed (there is no package manager to ask)."""
+    served = await req.app[BACKEND].compat_languages()
+    out = [{"language": rt.language, "language_version": rt.version, "installed": True} for rt in runtimes(served)]
+    return reply(out)
+
+
+async def index(req: web.Request) -> web.Response:
+    return reply({"message": f"Piston v{PISTON_VERSION}"})
+
+
+def route_error(status: int, message: str) -> dict[str, str]:
+    """Express's fall-through answer, `{"message": "Not Found"}`, for any route Piston lacks
+    (it has no 405: a method a route does not take falls through to the same 404)."""
+    return {"message": "Not Found" if status == 404 else message}
+
+
 async def not_found(req: web.Request) -> web.Response:
     return reply({"message": "Not Found"}, 404)
 
 
-def make_app(backend: Backend, **app_args: Any) -> web.Application:
+def make_app(backend: Backend, accept_text_plain: bool = False, **app_args: Any) -> web.Application:
     """The Piston v2 API as a sub-application (mounted under `piston_prefix`), or an app of its own
-    (at the root of `piston_http`; app_args: middlewares, client_max_size)."""
+    (at the root of `piston_http`; app_args: middlewares, client_max_size).
+    accept_text_plain: [http] piston_accept_text_plain."""
     app = web.Application(**app_args)
     app[BACKEND] = backend
+    app[TEXT_PLAIN] = accept_text_plain
+    app.router.add_get("/", index)
     for path in ("/api/v2/execute", "/api/v2/execute/"):  # express routes ignore a trailing slash
         app.router.add_post(path, execute)
     for path in ("/api/v2/runtimes", "/api/v2/runtimes/"):
         app.router.add_get(path, list_runtimes)
+    for path in ("/api/v2/packages", "/api/v2/packages/"):
+        app.router.add_get(path, list_packages)
+    live = getattr(backend, "sessions", None)  # a host daemon's live sessions (a coordinator has none here)
+    if isinstance(live, api_sessions.Sessions):
+
+        async def ws_connect(req: web.Request) -> web.StreamResponse:
+            return await connect(req, backend, live)
+
+        for path in ("/api/v2/connect", "/api/v2/connect/"):
+            app.router.add_get(path, ws_connect)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -68,6 +68,7 @@ enum {
     MSG_RUN = 2,
     MSG_RESET = 3,
     MSG_KILL = 4,
+    MSG_SIGNAL = 5, /* u32 type, u32 signo: to every process of the run (live sessions) */
     MSG_READY = 100,
     MSG_RESULT = 101,
     MSG_ERROR = 102,
@@ -782,6 +783,23 @@ static int kill_all_and_reap(uint64_t budget_ns) {
     }
 }
 
+/* A signal a live session's client asked for, to every process of the run:
+   kill(-1) from the worker reaches all of the namespace but PID 1 and us,
+   whatever group or session the run made.  Only the signals a terminal could
+   send are taken: nothing that stops a process (the run would hang past its
+   idle check) or that the kernel uses to report faults. */
+static void signal_run(const char *p) {
+    uint32_t signo;
+    memcpy(&signo, p, 4);
+    switch (signo) {
+    case SIGHUP: case SIGINT: case SIGQUIT: case SIGKILL: case SIGUSR1: case SIGUSR2: case SIGTERM:
+        kill(-1, (int)signo);
+        break;
+    default:
+        break;
+    }
+}
+
 /* The child runs with CLONE_VM|CLONE_VFORK (like posix_spawn): no page
    tables copied, and we sleep until it has exec'd or failed.  Sharing memory,
    it reports a failure by writing here.  stage 1: setting the run up failed
@@ -997,6 +1015,7 @@ static void do_run(ssize_t len, int *fds, int nfds) {
                     res.flags |= R_CANCELLED;
                     break;
                 }
+                if (type == MSG_SIGNAL && m >= 8) signal_run(msgbuf + 4);
             }
         }
         if (pf[0].revents & POLLIN) {
@@ -1112,6 +1131,8 @@ static void serve(void) {
         } else if (type == MSG_KILL) {
             /* no run in progress: nothing to do */
             kill_all_and_reap(2000000000ull);
+        } else if (type == MSG_SIGNAL) {
+            /* the run it was meant for has ended: nothing to signal */
         } else {
             send_error("unexpected message", EPROTO);
         }

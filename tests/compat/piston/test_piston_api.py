@@ -9,10 +9,12 @@ from typing import Any
 
 import piston_rspy
 import pytest
+from daemon_util import Daemon, free_port
+from instances import inst
 from ultra_piston import File as PistonFile
 from ultra_piston import PistonClient
 
-from compat.util import Server, b64, http
+from compat.util import BODY_ENV, Server, b64, http
 
 OK_PROGRAMS = {
     "bash": "echo OK",
@@ -185,3 +187,49 @@ def test_piston_content_type_and_unknown_routes(server: Server) -> None:
     st, res = http(server, "POST", "/piston/api/v2/execute", b"{nope")
     assert st == 400 and res["stack"].startswith("SyntaxError")
     assert http(server, "GET", "/piston/api/v2/nothing") == (404, {"message": "Not Found"})
+
+
+def test_piston_java_runs_any_public_class(server: Server) -> None:
+    # Piston's own package test for Java (packages/java/*/test.java), under its file name.
+    src = 'public class HelloWorld {\n  public static void main(String[] args) {\n    System.out.println("OK");\n  }\n}'
+    st, res = execute(server, language="java", version="*", files=[{"name": "test.java", "content": src}])
+    assert st == 200 and res["compile"]["code"] == 0 and res["run"]["stdout"] == "OK\n", res
+    pkg = "package judge.sol;\n// public class Decoy {}\npublic final class Sol { public static void main(String[] a) {"
+    st, res = execute(server, language="java", version="*", files=[{"content": pkg + ' System.out.print("P"); } }'}])
+    assert st == 200 and res["run"]["stdout"] == "P", res
+
+
+def test_piston_packages_and_index(server: Server) -> None:
+    st, rts = http(server, "GET", "/piston/api/v2/runtimes")
+    for path in ("/piston/api/v2/packages", "/piston/api/v2/packages/"):
+        st, pkgs = http(server, "GET", path)
+        assert st == 200 and all(list(p) == ["language", "language_version", "installed"] for p in pkgs), pkgs
+        assert {(p["language"], p["language_version"]) for p in pkgs} == {(r["language"], r["version"]) for r in rts}
+        assert all(p["installed"] is True for p in pkgs)
+    assert http(server, "GET", "/piston/") == (200, {"message": "Piston v3.1.1"})
+
+
+def test_piston_text_plain_body_is_opt_in() -> None:
+    body = json.dumps({"language": "python", "version": "*", "files": [{"content": "print(6*7)"}]}).encode()
+    own, j0 = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = {
+        **BODY_ENV,
+        "SANDBOXD_HTTP_PISTON_ACCEPT_TEXT_PLAIN": "true",
+        "SANDBOXD_PISTON_HTTP": own,
+        "SANDBOXD_JUDGE0_HTTP": j0,
+    }
+    d = Daemon(inst("-compat-textplain"), pool_size=1, env=env)
+    try:
+        # under the prefix and on Piston's own listener
+        for base, path in ((d.http, "/piston/api/v2/execute"), (f"http://{own}", "/api/v2/execute")):
+            st, res = http(base, "POST", path, body, ctype="text/plain;charset=UTF-8")
+            assert st == 200 and res["run"]["stdout"] == "42\n", res
+            # (anything else still gets Piston's 415)
+            st, res = http(base, "POST", path, body, ctype="application/x-www-form-urlencoded")
+            assert (st, res) == (415, {"message": "requests must be of type application/json"})
+        # an API alone on its listener answers every unknown route in its own shape
+        assert http(f"http://{own}", "GET", "/v1/status") == (404, {"message": "Not Found"})
+        st, res = http(f"http://{j0}", "GET", "/v1/status")
+        assert st == 404 and set(res) == {"error"} and "/v1/status" in res["error"], res
+    finally:
+        assert d.stop() == 0, d.output()

@@ -13,19 +13,12 @@ import struct
 import zipfile
 
 import pytest
+from zips import nul_name_zip, zip_bytes
 
 from sandboxd.compat.archive import MAX_EXTRACT_FILES, check_entries, extract_zip
 from sandboxd.schema import SchemaError
 
 # --- zips ---------------------------------------------------------------------
-
-
-def _zip(entries: dict[str, bytes]) -> bytes:
-    b = io.BytesIO()
-    with zipfile.ZipFile(b, "w") as z:
-        for name, data in entries.items():
-            z.writestr(name, data)
-    return b.getvalue()
 
 
 def _eocd(data: bytes) -> int:
@@ -34,7 +27,7 @@ def _eocd(data: bytes) -> int:
 
 def test_zip_entry_count_read_before_parsing() -> None:
     # The EOCD claims 1001 entries: refused from that record alone.
-    data = bytearray(_zip({"a": b"x"}))
+    data = bytearray(zip_bytes({"a": b"x"}))
     struct.pack_into("<HH", data, _eocd(data) + 8, MAX_EXTRACT_FILES + 1, MAX_EXTRACT_FILES + 1)
     with pytest.raises(SchemaError, match="1001 entries"):
         check_entries(bytes(data))
@@ -44,7 +37,7 @@ def test_zip_records_counted_only_up_to_the_limit() -> None:
     # 1001 real records, then a corrupt one: the walk stops at the limit, before
     # the corrupt record (main parsed all of them and said "not a valid zip").
     names = {f"f{i}": b"" for i in range(MAX_EXTRACT_FILES + 2)}
-    data = bytearray(_zip(names))
+    data = bytearray(zip_bytes(names))
     eocd = _eocd(data)
     off = struct.unpack_from("<I", data, eocd + 16)[0]
     struct.pack_into("<HH", data, eocd + 8, 1, 1)  # the count lies
@@ -70,26 +63,17 @@ def test_zip64_entry_count_is_read() -> None:
 
 
 def test_zip_bomb_refused_by_declared_size_before_inflating() -> None:
-    data = _zip({"bomb": b"\0" * (11 << 20)})
+    data = zip_bytes({"bomb": b"\0" * (11 << 20)})
     with pytest.raises(SchemaError, match="declares"):
         extract_zip(data, 10 << 20, "main.c")
-
-
-def _nul_name_zip() -> bytes:
-    data = bytearray(_zip({"Xevil": b"x"}))
-    for sig in (b"PK\x03\x04", b"PK\x01\x02"):
-        i = data.find(sig)
-        off = 30 if sig == b"PK\x03\x04" else 46
-        data[i + off] = 0  # the name now starts with NUL
-    return bytes(data)
 
 
 @pytest.mark.parametrize(
     ("data", "why"),
     [
-        (_nul_name_zip(), "empty name"),
-        (_zip({"a" * 300: b"x"}), "component of 300 bytes"),
-        (_zip({"d/" + "é" * 200: b"x"}), "component of 400 bytes"),
+        (nul_name_zip(), "empty name"),
+        (zip_bytes({"a" * 300: b"x"}), "component of 300 bytes"),
+        (zip_bytes({"d/" + "é" * 200: b"x"}), "component of 400 bytes"),
     ],
 )
 def test_bad_zip_names_are_schema_errors(data: bytes, why: str) -> None:
