@@ -259,6 +259,8 @@ class Coordinator(Operations):
             limit = None if tenant is None else self.fleet_tenants.refused(res, tenant.name, n)
             if limit is not None:
                 raise limit
+            if res in ("quota", "busy"):  # (its tenant was deleted meanwhile)
+                raise error("rate_limited", f"the tenant's fleet-wide limits refused the job ({res})", 1.0)
             raise error("bad_request", f"job id {jid!r} is in use")
         return JobInfo(jid, "run" if kind == "run" else "submission", "queued")
 

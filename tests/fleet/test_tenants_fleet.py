@@ -187,8 +187,20 @@ def claim_order(fleet: TenantFleet, jobs: dict[str, str]) -> list[str]:
     return [jobs[j] for j in sorted(jobs, key=started.__getitem__)]
 
 
-def test_fair_claim_order_interleaves_a_light_tenant_with_a_heavy_one(fleet: TenantFleet) -> None:
-    heavy, light = fleet.make(name="heavy"), fleet.make(name="light")
+# Heavy queues 8 jobs, then light 4, on one box.  Weights 1:1: turns
+# alternate while both have jobs (ties go to the older job); 1:2: light gets
+# two turns to heavy's one.  First come, first served would give heavy's 8
+# before any of light's.
+FAIR_ORDERS = {
+    1.0: ["heavy", "light"] * 4 + ["heavy"] * 4,
+    2.0: ["heavy", "light", "light", "heavy", "light", "light"] + ["heavy"] * 6,
+}
+
+
+@pytest.mark.parametrize("light_weight", sorted(FAIR_ORDERS))
+def test_fair_claim_order_interleaves_a_light_tenant_with_a_heavy_one(fleet: TenantFleet, light_weight: float) -> None:
+    sfx = f"-{light_weight:g}"
+    heavy, light = fleet.make(name="heavy" + sfx), fleet.make(name="light" + sfx, weight=light_weight)
     (host,) = fleet.http("GET", "/v1/hosts", **AUTH)[2]
     assert host["capacity"] == 1, host
     hid = urllib.parse.quote(host["id"], safe="")
@@ -204,9 +216,7 @@ def test_fair_claim_order_interleaves_a_light_tenant_with_a_heavy_one(fleet: Ten
         assert fleet.http("POST", f"/v1/hosts/{hid}/undrain", **AUTH)[0] == 200
     for j in jobs:
         assert fleet.wait(j)["state"] == "done"
-    # Weights 1:1: turns alternate while both have jobs (ties go to the older
-    # job); first come, first served would give heavy's 8 before any of light's.
-    assert claim_order(fleet, jobs) == ["heavy", "light"] * 4 + ["heavy"] * 4
+    assert claim_order(fleet, jobs) == FAIR_ORDERS[light_weight]
 
 
 def test_a_job_of_an_older_coordinator_is_still_claimed(fleet: TenantFleet) -> None:
