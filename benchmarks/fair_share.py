@@ -10,7 +10,11 @@ work queued (from its first send to its last result; target: its weight's
 share within 10%), and both tenants' p50 / p99 queue wait (latency minus the
 run's own wall time).
 
-    .venv/bin/python benchmarks/fair_share.py [--quick] [--json]
+--fleet: the same through a fleet: a real redis-server, `sandboxd coordinator`
+(the tenants are the coordinator's) and one host daemon of 2 boxes, so the
+order is the Redis claim script's fair share (sandboxd/data/fleet.lua).
+
+    .venv/bin/python benchmarks/fair_share.py [--quick] [--json] [--fleet]
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from daemon_util import Daemon
+from daemon_util import Daemon, Served
+from fleet_util import Coordinator, Redis
 
 ADMIN = "bench-admin"
 
@@ -37,7 +42,7 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))] if s else 0.0
 
 
-async def flood(d: Daemon, keys: dict[str, str], jobs: dict[str, int], sleep: float) -> dict[str, Any]:
+async def flood(d: Served, keys: dict[str, str], jobs: dict[str, int], sleep: float) -> dict[str, Any]:
     done: list[tuple[str, float, float, float]] = []  # tenant, sent, finished, box wall time
 
     async def one(session: aiohttp.ClientSession, name: str) -> None:
@@ -65,7 +70,7 @@ async def flood(d: Daemon, keys: dict[str, str], jobs: dict[str, int], sleep: fl
     }
 
 
-def make(d: Daemon, name: str, weight: float) -> str:
+def make(d: Served, name: str, weight: float) -> str:
     import urllib.request
 
     req = urllib.request.Request(
@@ -78,10 +83,29 @@ def make(d: Daemon, name: str, weight: float) -> str:
         return str(json.loads(r.read())["key"])
 
 
+def start(cfg: Path, fleet: bool, stack: list[Served | Redis]) -> Served:
+    """The server the tenants send to: a daemon, or a fleet's coordinator (with its host and Redis)."""
+    if not fleet:
+        d = Daemon("bench-fair", pool_size=2, config=cfg)
+        stack.append(d)
+        return d
+    redis = Redis()
+    stack.append(redis)
+    stack.append(Daemon("bench-fair-host", pool_size=2, env={"SANDBOXD_FLEET": redis.url}))
+    coord = Coordinator(redis.url, config=cfg)
+    stack.append(coord)
+    deadline = time.monotonic() + 30
+    while not redis.client().zcard("{sandboxd}:hosts"):  # (the host registered)
+        assert time.monotonic() < deadline, "the host never registered"
+        time.sleep(0.1)
+    return coord
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--fleet", action="store_true", help="through redis + a coordinator + one host")
     a = p.parse_args()
     light_n, sleep = (5, 0.05) if a.quick else (30, 0.1)
     heavy_n = 10 * light_n
@@ -89,9 +113,11 @@ def main() -> int:
     home.mkdir()
     cfg = home / "sandboxd.toml"
     cfg.write_text(f'[http]\ntoken = "{ADMIN}"\n[tenants]\nfile = "{home / "tenants.json"}"\n')
-    d = Daemon("bench-fair", pool_size=2, config=cfg)
-    out: dict[str, Any] = {"bench": "fair_share", "quick": a.quick, "light_jobs": light_n, "heavy_jobs": heavy_n}
+    stack: list[Served | Redis] = []
+    out: dict[str, Any] = {"bench": "fair_share", "quick": a.quick, "fleet": a.fleet}
+    out.update(light_jobs=light_n, heavy_jobs=heavy_n)
     try:
+        d = start(cfg, a.fleet, stack)
         jobs = {"heavy": heavy_n, "light": light_n}
         rounds = {
             "no fair share (one tenant)": ({"heavy": ADMIN, "light": ADMIN}, 0.5),
@@ -110,7 +136,8 @@ def main() -> int:
                 file=sys.stderr if a.json else sys.stdout,
             )
     finally:
-        d.stop()
+        for x in reversed(stack):
+            x.stop()
     if a.json:
         print(json.dumps(out))
     return 0

@@ -214,7 +214,7 @@ class SimExecutor:
     def definitions(self) -> dict[str, Any]:
         return {}  # no Judge0/Piston jobs
 
-    def start(self, kind: str, spec: bytes, deadline_left: float | None, on_test: Any) -> _Done:
+    def start(self, kind: str, spec: bytes, deadline_left: float | None, on_test: Any, tenant: Any = None) -> _Done:
         return _Done()
 
 

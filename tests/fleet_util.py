@@ -65,11 +65,11 @@ class Redis:
 
 
 class Coordinator(Served):
-    def __init__(self, fleet: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, fleet: str, env: dict[str, str] | None = None, config: Path | None = None) -> None:
         super().__init__("sandboxd-coord-")
         self.sock = str(self.dir / "coordinator.sock")
         args = [
-            sys.executable, "-m", "sandboxd", "coordinator", "--config", "/dev/null", "--fleet", fleet,
+            sys.executable, "-m", "sandboxd", "coordinator", "--config", str(config or "/dev/null"), "--fleet", fleet,
             "--socket", self.sock, "--http", f"127.0.0.1:{self.port}",
         ]  # fmt: skip
         self._launch(args, {**os.environ, **(env or {})}, "coordinator", 30)

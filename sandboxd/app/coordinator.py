@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -27,6 +28,7 @@ from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.sessionproxy import SessionProxy
 from sandboxd.fleet.sessionproxy import add_route as add_session_route
 from sandboxd.fleet.store import FleetStore
+from sandboxd.fleet.tenants import FleetTenants
 
 __all__ = ["routes", "serve"]
 log = logging.getLogger(__name__)
@@ -73,6 +75,10 @@ async def serve(cfg: Config) -> int:
     )
     fc = cfg.files
     coord.files = RedisFiles(store.redis, store.keys.prefix, fc.fleet_max_bytes, fc.max_file, fc.fleet_keep)
+    tc = cfg.tenants  # (the same [tenants] as a daemon's; limits kept fleet-wide: sandboxd.fleet.tenants)
+    coord.use_tenants(
+        FleetTenants(Path(tc.file or Path(cfg.state_dir) / "tenants" / f"{cfg.instance}.json"), tc.unnamed_weight)
+    )
     await coord.start()
 
     async def stopping() -> None:

@@ -13,7 +13,10 @@
 -- Job hash fields: kind (run|submission|compat) lang tag queue spec prio score cost enq deadline
 -- state (queued|running|done|failed|cancelled) holder host attempts lease
 -- cancel info (the final JobInfo, msgpack) finished notify callback idem (its
--- idempotency key's Redis key).  An idempotency key's hash (key 'idem', the
+-- idempotency key's Redis key) tenant weight (its tenant's name and fair-share
+-- weight; absent: the unnamed tenant).  Tenants' hashes (key 'tenants' ...):
+-- running (name -> jobs in flight: enqueued, not yet final), jobs and cpu
+-- (counters), day:N (CPU seconds of UTC day N; expires after 2 days).  An idempotency key's hash (key 'idem', the
 -- client's key): job fp (the request's fingerprint); it lives as long as its
 -- job: no TTL while the job is pending, the job's results TTL once final.
 
@@ -30,17 +33,139 @@ local function now_ms()
 end
 
 local FINAL = {done = true, failed = true, cancelled = true}
+local DAY_MS = 86400000
+
+local function tenant_day(now)
+  return key('tenants', 'day', string.format('%d', math.floor(now / DAY_MS)))
+end
+
+-- Fair share across tenants (weighted fair queuing, start-time tags).  A
+-- queued job of a coordinator of this version ('fair' = 1 in its hash) is in
+-- its queue's zset q:Q (as before: depth, old hosts' claims) and in its
+-- tenant's zset fq:Q:T (same score; T '' is the unnamed tenant).  vt:Q holds
+-- the tenants with jobs in Q, scored by their virtual time (hash
+-- tenants:vt, fleet-wide: a tenant's share is of the fleet, not per queue);
+-- tq:T is the set of queues where T has jobs (to rescore it in each);
+-- vclock is the start tag of the last job served.  A claim takes, across
+-- the host's queues, the tenant of least virtual time, then within it the
+-- best score (priority, then age); serving a job of cost c advances its
+-- tenant by c / weight.  O(log n) per pick, plus one ZADD per queue the
+-- tenant has jobs in.  (Tenant names cannot hold ':', so fq:Q:T parses.)
+local function vclock()
+  return tonumber(redis.call('GET', key('vclock'))) or 0
+end
+
+-- Tenant t has a job in queue q: list it there.  A tenant that had none
+-- queued anywhere starts at the current virtual time (no credit for idling).
+local function activate(q, t)
+  local vq = key('vt', q)
+  if redis.call('ZSCORE', vq, t) then
+    return
+  end
+  local v = tonumber(redis.call('HGET', key('tenants', 'vt'), t)) or 0
+  if redis.call('SCARD', key('tq', t)) == 0 then
+    local now = vclock()
+    if v < now then
+      v = now
+      redis.call('HSET', key('tenants', 'vt'), t, tostring(v))
+    end
+  end
+  redis.call('ZADD', vq, v, t)
+  redis.call('SADD', key('tq', t), q)
+end
+
+-- Tenant t may have no job left in q: unlist it there.
+local function deactivate_if_empty(q, t)
+  if redis.call('ZCARD', key('fq', q, t)) == 0 then
+    redis.call('ZREM', key('vt', q), t)
+    redis.call('SREM', key('tq', t), q)
+  end
+end
+
+-- A job of tenant t (nil: not tracked) leaves queue q's indexes.
+local function unqueue(q, id, t)
+  redis.call('ZREM', key('q', q), id)
+  if t then
+    redis.call('ZREM', key('fq', q, t), id)
+    deactivate_if_empty(q, t)
+  end
+end
+
+-- A job of tenant t with virtual start time vt and cost `need` was claimed from q.
+local function served(q, t, vt, need, weight)
+  local nv = vt + need / weight
+  if vt > vclock() then
+    redis.call('SET', key('vclock'), tostring(vt))
+  end
+  redis.call('HSET', key('tenants', 'vt'), t, tostring(nv))
+  for _, q2 in ipairs(redis.call('SMEMBERS', key('tq', t))) do
+    redis.call('ZADD', key('vt', q2), 'XX', nv, t)
+  end
+end
+
+-- The tracked tenant of least virtual time in q and its best job:
+-- {id, tenant, vt, score}, or nil.  Tenants whose zset emptied are unlisted.
+local function fair_head(q)
+  local vq = key('vt', q)
+  for _ = 1, 64 do
+    local top = redis.call('ZRANGE', vq, 0, 0, 'WITHSCORES')
+    if not top[1] then
+      return nil
+    end
+    local head = redis.call('ZRANGE', key('fq', q, top[1]), 0, 0, 'WITHSCORES')
+    if head[1] then
+      return {head[1], top[1], tonumber(top[2]), tonumber(head[2])}
+    end
+    redis.call('ZREM', vq, top[1])
+    redis.call('SREM', key('tq', top[1]), q)
+  end
+  return nil
+end
+
+-- Queue q's candidate for a claim.  Its plain head competes too (as the
+-- unnamed flow at the current virtual time) when no tenant zset holds it: a
+-- job of an older coordinator, or one re-queued by an older host's reaper.
+-- With no tenants configured everything is tenant '' and this is the old
+-- order: least score across the host's queues.
+local function candidate(q)
+  local c = fair_head(q)
+  local head = redis.call('ZRANGE', key('q', q), 0, 0, 'WITHSCORES')
+  if not head[1] or (c and head[1] == c[1]) then
+    return c
+  end
+  local f = redis.call('HMGET', key('job', head[1]), 'fair', 'tenant')
+  if f[1] == '1' and redis.call('ZSCORE', key('fq', q, f[2] or ''), head[1]) then
+    return c
+  end
+  local v, score = vclock(), tonumber(head[2])
+  if not c or v < c[3] or (v == c[3] and score < c[4]) then
+    return {head[1], nil, v, score}
+  end
+  return c
+end
+
+local function before(a, b)
+  return b == nil or a[3] < b[3] or (a[3] == b[3] and a[4] < b[4])
+end
 
 -- Give a job its one final result: store it, drop it from every index,
 -- start its results TTL, tell the coordinators.
 local function finalize(id, state, info, ttl, host)
   local jk = key('job', id)
-  local queue = redis.call('HGET', jk, 'queue')
+  local g = redis.call('HMGET', jk, 'queue', 'fair', 'tenant')
+  local queue = g[1]
   if queue then
-    redis.call('ZREM', key('q', queue), id)
+    unqueue(queue, id, g[2] == '1' and (g[3] or '') or nil)
   end
   redis.call('ZREM', key('leases'), id)
   redis.call('ZREM', key('deadlines'), id)
+  local tenant = redis.call('HGET', jk, 'tenant')
+  if tenant and tenant ~= '' then
+    -- (whatever made it final: one place under its tenant's concurrency cap freed)
+    if redis.call('HINCRBY', key('tenants', 'running'), tenant, -1) <= 0 then
+      redis.call('HDEL', key('tenants', 'running'), tenant)
+    end
+  end
   redis.call('HSET', jk, 'state', state, 'info', info, 'finished', now_ms())
   if redis.call('HGET', jk, 'kind') ~= 'compat' then
     -- The result is what is read from now on: free the memory.  (A Judge0
@@ -90,6 +215,11 @@ end
 
 local function requeue(id, queue, score)
   redis.call('ZADD', key('q', queue), score, id)
+  local f = redis.call('HMGET', key('job', id), 'fair', 'tenant')
+  if f[1] == '1' then
+    redis.call('ZADD', key('fq', queue, f[2] or ''), score, id)
+    activate(queue, f[2] or '')
+  end
   wake(queue)
 end
 
@@ -121,8 +251,27 @@ local function keyed(ik, fp)
   return {'dup', f[1]}
 end
 
+-- A tenant's fleet-wide limits at enqueue: its CPU seconds today, its jobs in
+-- flight.  nil if within them, else the refusal and the figure.
+local function tenant_refusal(tenant, cap, quota, now)
+  if quota > 0 then
+    local used = tonumber(redis.call('HGET', tenant_day(now), tenant)) or 0
+    if used >= quota then
+      return {'quota', tostring(used)}
+    end
+  end
+  if cap > 0 then
+    local n = tonumber(redis.call('HGET', key('tenants', 'running'), tenant)) or 0
+    if n >= cap then
+      return {'busy', n}
+    end
+  end
+  return nil
+end
+
 -- enqueue id kind lang tag queue spec prio aging epoch cost deadline_ms depth progress notify callback
---   idem fingerprint
+--   idem fingerprint tenant weight concurrency cpu_quota
+-- (tenant '' or absent, as from a coordinator of an older version: the unnamed tenant, no limits here)
 -- With an idempotency key, the key is bound to the job in the same script
 -- as the enqueue: a client that lost the reply and retries finds the job.
 local function enqueue()
@@ -133,6 +282,9 @@ local function enqueue()
   local notify = ARGV[16] or '0'  -- the final result is to be delivered (finalize queues it)
   local callback = ARGV[17] or ''  -- a native job's callback_url
   local idem, fp = ARGV[18] or '', ARGV[19] or ''
+  local fair = ARGV[20] ~= nil  -- (a coordinator of an older version sends no tenant: its jobs are untracked)
+  local tenant, weight = ARGV[20] or '', ARGV[21] or '1'
+  local t_cap, t_quota = tonumber(ARGV[22] or '0'), tonumber(ARGV[23] or '0')
   local ik = nil
   if idem ~= '' then
     ik = key('idem', idem)
@@ -152,6 +304,12 @@ local function enqueue()
     return {'full', n}
   end
   local now = now_ms()
+  if tenant ~= '' then
+    local refused = tenant_refusal(tenant, t_cap, t_quota, now)
+    if refused then
+      return refused
+    end
+  end
   -- Aging as a static score: a job's effective priority prio + aging * waited
   -- orders like aging * enqueued_at - prio, so older jobs climb without any
   -- rescoring, and equal priorities stay FIFO.
@@ -161,6 +319,14 @@ local function enqueue()
     'notify', notify)
   if callback ~= '' then
     redis.call('HSET', jk, 'callback', callback)
+  end
+  if tenant ~= '' then
+    redis.call('HSET', jk, 'tenant', tenant)
+    redis.call('HINCRBY', key('tenants', 'running'), tenant, 1)
+    redis.call('HINCRBY', key('tenants', 'jobs'), tenant, 1)
+  end
+  if fair then
+    redis.call('HSET', jk, 'fair', '1', 'weight', weight)
   end
   if ik then
     redis.call('DEL', ik)  -- (a stale binding to an expired job)
@@ -172,6 +338,10 @@ local function enqueue()
     redis.call('ZADD', key('deadlines'), now + deadline, id)
   end
   redis.call('ZADD', qk, score, id)
+  if fair then
+    redis.call('ZADD', key('fq', queue, tenant), score, id)
+    activate(queue, tenant)
+  end
   redis.call('SADD', key('queues'), queue)
   redis.call('HINCRBY', key('stats'), 'enqueued', 1)
   wake(queue)
@@ -186,6 +356,7 @@ local function quarantine_entry(queue, id, why)
 end
 
 -- claim host session lease_ms max_n ttl nq {queue pool}*nq np {free cap}*np
+-- Answers 'ok' then per job: id kind spec attempt deadline_left cost pool progress tenant weight.
 -- Pops up to max_n jobs, best (lowest score) first across the host's queues,
 -- each only if its cost fits the free boxes of the pool it runs in.
 local function claim()
@@ -216,28 +387,31 @@ local function claim()
   local guard = 0
   while taken < max_n and guard < 1000 do
     guard = guard + 1
-    local best, best_score, best_i = nil, nil, nil
+    local pick, best_i = nil, nil
     for i = 1, nq do
       if free[qpool[i]] > 0 then
-        local head = redis.call('ZRANGE', key('q', queues[i]), 0, 0, 'WITHSCORES')
-        if head[1] and (best_score == nil or tonumber(head[2]) < best_score) then
-          best, best_score, best_i = head[1], tonumber(head[2]), i
+        local c = candidate(queues[i])
+        if c and before(c, pick) then
+          pick, best_i = c, i
         end
       end
     end
-    if not best then
+    if not pick then
       break
     end
+    local best, who = pick[1], pick[2]
     local queue, pool = queues[best_i], qpool[best_i]
     local jk = key('job', best)
-    local f = redis.call('HMGET', jk, 'state', 'kind', 'spec', 'cost', 'deadline', 'attempts', 'progress')
+    local f = redis.call('HMGET', jk, 'state', 'kind', 'spec', 'cost', 'deadline', 'attempts', 'progress', 'tenant',
+      'weight')
     local state, kind, spec, cost, deadline = f[1], f[2], f[3], tonumber(f[4]), tonumber(f[5])
     if not state then
+      unqueue(queue, best, who)
       quarantine_entry(queue, best, 'queued id has no job hash')
     elseif state ~= 'queued' then
-      redis.call('ZREM', key('q', queue), best)  -- a leftover of a finished job
+      unqueue(queue, best, who)  -- a leftover of a finished job (or one an older host claimed)
     elseif (kind ~= 'run' and kind ~= 'submission' and kind ~= 'compat') or not spec or not cost then
-      redis.call('ZREM', key('q', queue), best)
+      unqueue(queue, best, who)
       quarantine_job(best, kind, 'job hash lacks kind, spec or cost', ttl)
     elseif deadline and deadline <= now then
       finalize(best, 'failed', info_error(best, kind, 'failed', 'queue_deadline',
@@ -250,7 +424,10 @@ local function claim()
         free[pool] = 0
       else
         free[pool] = free[pool] - need
-        redis.call('ZREM', key('q', queue), best)
+        unqueue(queue, best, who)
+        if who then
+          served(queue, who, pick[3], need, tonumber(f[9]) or 1)
+        end
         redis.call('ZREM', key('deadlines'), best)
         local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
         redis.call('HSET', jk, 'state', 'running', 'holder', session, 'host', host, 'lease', now + lease,
@@ -267,6 +444,8 @@ local function claim()
         out[#out + 1] = need
         out[#out + 1] = pool
         out[#out + 1] = (f[7] == '1') and 1 or 0
+        out[#out + 1] = f[8] or ''
+        out[#out + 1] = f[9] or '1'
         taken = taken + 1
       end
     end
@@ -341,11 +520,26 @@ local function heartbeat()
   return out
 end
 
--- complete id session attempt info state ttl host: the first finished run of
--- a job is its result; a late one from a host that lost the lease is refused.
+-- Charge a job's CPU seconds to its tenant: today's (its daily quota) and the counter.
+local function charge(jk, cpu)
+  local tenant = redis.call('HGET', jk, 'tenant')
+  if not tenant or tenant == '' or not cpu or cpu <= 0 then
+    return
+  end
+  local dk = tenant_day(now_ms())
+  redis.call('HINCRBYFLOAT', dk, tenant, cpu)
+  redis.call('EXPIRE', dk, 2 * DAY_MS / 1000)  -- (yesterday's stays readable past midnight)
+  redis.call('HINCRBYFLOAT', key('tenants', 'cpu'), tenant, cpu)
+end
+
+-- complete id session attempt info state ttl host cpu_seconds: the first
+-- finished run of a job is its result (and its CPU seconds are charged to
+-- its tenant); a late one from a host that lost the lease is refused.  (A
+-- host of an older version sends no cpu_seconds: its jobs are not charged.)
 local function complete()
   local id, session, attempt, info, state, ttl, host = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7],
     ARGV[8], ARGV[9]
+  local cpu = tonumber(ARGV[10] or '0')
   local jk = key('job', id)
   local f = redis.call('HMGET', jk, 'state', 'attempts', 'holder')
   if not f[1] then
@@ -358,6 +552,7 @@ local function complete()
   if attempt > (tonumber(f[2]) or 0) then
     return 'unknown'
   end
+  charge(jk, cpu)
   finalize(id, state, info, ttl, host)
   return 'ok'
 end

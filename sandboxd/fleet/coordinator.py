@@ -26,7 +26,8 @@ from sandboxd.fleet import views
 from sandboxd.fleet.events import Events, Snapshot
 from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.keys import COMPAT_QUEUE, RUN_LANG, queue_name
-from sandboxd.fleet.store import FleetStore, OutageLog, transient
+from sandboxd.fleet.store import FleetStore, OutageLog, TenantLimits, transient
+from sandboxd.fleet.tenants import FleetTenants, today
 from sandboxd.fleet.views import FINAL, check_servable, job_info, unix
 from sandboxd.jobs import callbacks
 from sandboxd.jobs.backend import Load, Served
@@ -35,6 +36,7 @@ from sandboxd.jobs.fingerprint import Op, Spec
 from sandboxd.jobs.frontend import Operations, conflict, keyed
 from sandboxd.jobs.kinds import KINDS, SUBMISSION, JobKind, UnknownKind
 from sandboxd.jobs.metrics import CoordinatorMetrics
+from sandboxd.jobs.tenants import Tenants
 from sandboxd.languages import Language
 from sandboxd.rates import retry_after
 from sandboxd.schema import JobInfo, RunRequest, SchemaError, Submission, TestResult
@@ -79,6 +81,8 @@ class Coordinator(Operations):
         callback_allow_private: bool = False,
     ) -> None:
         super().__init__(CoordinatorMetrics(), callback_allow_private)
+        self.fleet_tenants = FleetTenants()  # none configured until use_tenants
+        self.tenants = self.fleet_tenants
         self.store = store
         self.files: RedisFiles | None = None  # the fleet's file store (sandboxd.fleet.files)
         # Aging must be positive for FIFO within a priority (the score's time term).
@@ -97,6 +101,12 @@ class Coordinator(Operations):
         self.events = Events(store, self._warn)
         self._snapshot = Snapshot()
         self.metrics.registry.register(self._snapshot)
+
+    def use_tenants(self, tenants: Tenants) -> None:
+        if not isinstance(tenants, FleetTenants):
+            raise TypeError("a coordinator's tenants keep their fleet-wide limits in Redis: FleetTenants")
+        super().use_tenants(tenants)
+        self.fleet_tenants = tenants
 
     async def start(self) -> None:
         self._tasks = [asyncio.ensure_future(self.events.listen()), asyncio.ensure_future(self._reap_loop())]
@@ -200,8 +210,10 @@ class Coordinator(Operations):
         callback_url: str | None = None,
         idem: tuple[str, str] | None = None,
         compat: bool = False,
+        tenant: TenantLimits | None = None,
     ) -> JobInfo:
-        """idem: (idempotency key, request fingerprint), bound to the job in the enqueue script."""
+        """idem: (idempotency key, request fingerprint), bound to the job in the enqueue script.
+        tenant: its tenant's fleet-wide limits, checked by the same script (None: the unnamed tenant)."""
         self.refuse_if_draining()
         try:
             await self._check_servable(lang, tag)
@@ -234,6 +246,7 @@ class Coordinator(Operations):
                 notify,
                 callback_url or "",
                 *(idem or ("", "")),
+                tenant=tenant,
             ),
         )
         if res in ("dup", "conflict") and idem is not None:
@@ -245,6 +258,12 @@ class Coordinator(Operations):
             why = f"fleet queue {queue} holds {n} jobs, its limit; retry in {retry:.0f} s"
             raise self.refused("queue_full", why, retry)
         if res != "ok":
+            self.events.stop_relay(jid)
+            limit = None if tenant is None else self.fleet_tenants.refused(res, tenant.name, n)
+            if limit is not None:
+                raise limit
+            if res in ("quota", "busy"):  # (its tenant was deleted meanwhile)
+                raise error("rate_limited", f"the tenant's fleet-wide limits refused the job ({res})", 1.0)
             raise error("bad_request", f"job id {jid!r} is in use")
         return JobInfo(jid, "run" if kind == "run" else "submission", "queued")
 
@@ -276,16 +295,27 @@ class Coordinator(Operations):
 
     async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None) -> JobInfo:
         await self._check_files(req)
+        tenant = self.fleet_tenants.admit_job("", req)
         spec = _enc.encode(req)
         idem = _idem(key, "run", req, callback_url)
         return await self._enqueue(
-            "run", "", spec, req.host_tag, req.priority, 1, req.queue_deadline, callback_url=callback_url, idem=idem
+            "run",
+            "",
+            spec,
+            req.host_tag,
+            req.priority,
+            1,
+            req.queue_deadline,
+            callback_url=callback_url,
+            idem=idem,
+            tenant=tenant,
         )
 
     async def _start_submission(
         self, sub: Submission, progress: Callable[[TestResult], None] | None, callback_url: str | None, key: str | None
     ) -> JobInfo:
         await self._check_files(sub)
+        tenant = self.fleet_tenants.admit_job(sub.lang, sub)
         spec = _enc.encode(sub)
         return await self._enqueue(
             "submission",
@@ -298,6 +328,7 @@ class Coordinator(Operations):
             progress,
             callback_url=callback_url,
             idem=_idem(key, "submit", sub, callback_url),
+            tenant=tenant,
         )
 
     # --- jobs ---------------------------------------------------------------
@@ -357,11 +388,20 @@ class Coordinator(Operations):
 
     async def start_compat(self, spec: Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:
         kind = KINDS.of(spec)
+        tenant = self.fleet_tenants.admit_job(kind.lang(spec), spec)
         data = KINDS.encode(spec)
         idem = _idem(idempotency_key, kind.op, spec)
         notify = kind.notifies(spec)
         return await self._enqueue(
-            kind.fleet, kind.lang(spec), data, None, jid=job_id, notify=notify, idem=idem, compat=kind.compat
+            kind.fleet,
+            kind.lang(spec),
+            data,
+            None,
+            jid=job_id,
+            notify=notify,
+            idem=idem,
+            compat=kind.compat,
+            tenant=tenant,
         )
 
     async def compat_job(self, job_id: str) -> tuple[Spec, JobInfo] | None:
@@ -431,7 +471,17 @@ class Coordinator(Operations):
         hosts = await self._redis("status", lambda: self._refresh_hosts(force=True))
         queues = await self._redis("status", self.store.queue_depths)
         stats = await self._redis("status", self.store.stats)
-        return views.status(hosts, queues, stats, self.draining)
+        st = views.status(hosts, queues, stats, self.draining)
+        if self.tenants.configured:
+            await self._redis("status", self._refresh_tenants)
+            st["tenants"] = self.tenants.status()
+        return st
+
+    async def _refresh_tenants(self) -> None:
+        """The tenants' fleet-wide figures (Redis) into what /v1/status and /metrics report."""
+        if self.tenants.configured:
+            day = today()
+            self.fleet_tenants.refresh(await self.store.tenant_usage(day), day)
 
     async def dashboard_info(self) -> dict[str, Any]:
         hosts = await self._redis("status", lambda: self.store.hosts(series=True))
@@ -461,6 +511,7 @@ class Coordinator(Operations):
                 "queues": await self.store.queue_depths(),
                 "stats": await self.store.stats(),
             }
+            await self._refresh_tenants()
 
     def unready_reason(self) -> str | None:
         if self.draining:

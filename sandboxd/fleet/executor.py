@@ -59,7 +59,12 @@ class ServiceExecutor:
         return {lid: msgspec.to_builtins(lang) for lid, lang in self.svc.engine.languages.items()}
 
     def start(
-        self, kind: str, spec: bytes, deadline_left: float | None, on_test: Callable[[TestResult], None] | None
+        self,
+        kind: str,
+        spec: bytes,
+        deadline_left: float | None,
+        on_test: Callable[[TestResult], None] | None,
+        tenant: tuple[str, float] | None = None,
     ) -> Running:
         handler, job = decode_spec(kind, spec)
         # The fleet queue already used part of the deadline: the host queue gets the rest.
@@ -68,7 +73,7 @@ class ServiceExecutor:
         try:
             # notify=False: a coordinator delivers what follows the result (a Judge0
             # callback) once Redis has it.
-            return _ServiceRun(self.svc, self.svc.submit_spec(job, on_test, notify=False))
+            return _ServiceRun(self.svc, self.svc.submit_spec(job, on_test, notify=False, tenant=tenant))
         except (SchemaError, ServiceError) as e:
             # The spec is valid (decode_spec said so): this host cannot take it
             # now (stopping, or its language went away in a rootfs reload).

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from sandboxd.config import FLEET, FleetSettings
 from sandboxd.fleet.keys import RUN_LANG, queue_name
 from sandboxd.fleet.store import Beat, Claimed, Displaced, FleetStore, OutageLog, Unregistered, transient
+from sandboxd.jobs.tenants import cpu_of
 from sandboxd.jobs.timeseries import Bucket
 from sandboxd.schema import Error, JobInfo, TestResult
 
@@ -75,8 +76,15 @@ class Executor(Protocol):
         ...
 
     def start(
-        self, kind: str, spec: bytes, deadline_left: float | None, on_test: Callable[[TestResult], None] | None
-    ) -> Running: ...
+        self,
+        kind: str,
+        spec: bytes,
+        deadline_left: float | None,
+        on_test: Callable[[TestResult], None] | None,
+        tenant: tuple[str, float] | None = None,
+    ) -> Running:
+        """tenant: (name, weight) of the job's tenant, for the host's fair share; None: the unnamed one."""
+        ...
 
 
 @dataclass(eq=False)
@@ -393,7 +401,9 @@ class HostWorker:
                 item.published.append(asyncio.ensure_future(self._publish(c.id, t)))
 
         try:
-            item.run = self.ex.start(c.kind, c.spec, c.deadline_left, on_test)
+            item.run = self.ex.start(
+                c.kind, c.spec, c.deadline_left, on_test, (c.tenant, c.weight) if c.tenant else None
+            )
         except BadJob as e:
             log.error("fleet: quarantining job %s: %s", c.id, e)
             item.task = asyncio.ensure_future(self._quarantine(item, str(e)))
@@ -454,7 +464,10 @@ class HostWorker:
             info.job, info.host = c.id, self.cfg.host_id
             # (The local job's times are not the fleet job's: readers get those from Redis.)
             info.created_at = info.finished_at = None
-            r = await self._retry(lambda: self.store.complete(c.id, self.session, c.attempt, info, self.cfg.host_id))
+            cpu = cpu_of(info.result)  # (charged to its tenant in the same script)
+            r = await self._retry(
+                lambda: self.store.complete(c.id, self.session, c.attempt, info, self.cfg.host_id, cpu)
+            )
             if r != "ok":
                 log.info("fleet: result of job %s not taken (%s): another run finished first", c.id, r)
         except Exception:

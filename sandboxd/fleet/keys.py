@@ -86,6 +86,23 @@ class Keys:
     def notify(self) -> str:  # list of final job ids whose result is to be delivered (callbacks)
         return self._k("notify")
 
+    # --- tenants (sandboxd.fleet.tenants; fleet.lua keeps them) ----------------
+
+    @property
+    def tenant_running(self) -> str:  # hash: tenant -> its jobs in flight (queued or running) in the fleet
+        return self._k("tenants", "running")
+
+    @property
+    def tenant_jobs(self) -> str:  # hash: tenant -> jobs admitted (a counter)
+        return self._k("tenants", "jobs")
+
+    @property
+    def tenant_cpu(self) -> str:  # hash: tenant -> CPU seconds charged (a counter)
+        return self._k("tenants", "cpu")
+
+    def tenant_day(self, day: int) -> str:  # hash: tenant -> CPU seconds of that UTC day; expires after 2 days
+        return self._k("tenants", "day", str(day))
+
     @property
     def events(self) -> str:  # pub/sub channel: "job id\nfinal JobInfo (msgpack)"
         return self._k("events")

@@ -88,6 +88,28 @@ class Claimed:
     cost: int
     pool: int  # index into the pools the claim was made for
     progress: bool = False  # publish each test's result (a client is listening)
+    tenant: str = ""  # whose job ("": the unnamed tenant), for the host's fair share and metrics
+    weight: float = 1.0  # its tenant's fair-share weight
+
+
+@dataclass
+class TenantLimits:
+    """What the enqueue script checks of a tenant fleet-wide (sandboxd.fleet.tenants)."""
+
+    name: str
+    weight: float
+    concurrency: int  # its jobs in flight at once; 0: unlimited
+    cpu_quota: float  # CPU seconds per UTC day; 0: unlimited
+
+
+@dataclass
+class TenantUsage:
+    """A tenant's fleet-wide figures, as Redis keeps them."""
+
+    running: int = 0
+    jobs: int = 0
+    cpu_seconds: float = 0.0
+    cpu_today: float = 0.0
 
 
 @dataclass
@@ -153,16 +175,19 @@ class FleetStore:
         callback: str = "",
         idem: str = "",
         fingerprint: str = "",
+        tenant: TenantLimits | None = None,
     ) -> tuple[str, str]:
         """notify: queue the job's id for delivery once final (callback: a native
         job's URL; a Judge0 job's is in its spec).  idem: an idempotency key,
         bound to the job in the same script.  Returns ('ok', enqueued at),
-        ('full', depth), ('exists', ''), or ('dup' | 'conflict', the key's job)."""
+        ('full', depth), ('exists', ''), ('dup' | 'conflict', the key's job), or
+        the tenant's limits: ('quota', CPU seconds used today), ('busy', its jobs in flight)."""
         dl = 0 if deadline is None else max(1, round(deadline * 1000))
         r = await self._call(
             "enqueue",
             *(job_id, kind, lang, tag, queue, spec, priority, aging, EPOCH_MS, cost, dl, depth),
             *(int(progress), int(notify or bool(callback)), callback, idem, fingerprint),
+            *(() if tenant is None else (tenant.name, repr(tenant.weight), tenant.concurrency, repr(tenant.cpu_quota))),
         )
         return _s(r[0]), _s(r[1]) if len(r) > 1 else ""
 
@@ -255,6 +280,22 @@ class FleetStore:
             pipe.zcard(self.keys.queue(q))
         return dict(zip(names, (int(n) for n in await pipe.execute()), strict=True))
 
+    async def tenant_usage(self, day: int) -> dict[str, TenantUsage]:
+        """Every tenant's fleet-wide figures (of UTC day `day` for CPU today)."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        for name in (k.tenant_running, k.tenant_jobs, k.tenant_cpu, k.tenant_day(day)):
+            pipe.hgetall(name)
+        running, jobs, cpu, today = await pipe.execute()
+        out: dict[str, TenantUsage] = {}
+        for field, raw, conv in (("running", running, int), ("jobs", jobs, int)):
+            for t, v in raw.items():
+                setattr(out.setdefault(_s(t), TenantUsage()), field, conv(v))
+        for field, raw in (("cpu_seconds", cpu), ("cpu_today", today)):
+            for t, v in raw.items():
+                setattr(out.setdefault(_s(t), TenantUsage()), field, float(v))
+        return out
+
     async def queue_priorities(self, sample: int = PRIORITY_SAMPLE) -> dict[str, dict[int, int]]:
         """Waiting jobs per priority of each fleet queue, from at most `sample` jobs at
         the head of each (a queue's order is one score of priority and age: the
@@ -342,7 +383,7 @@ class FleetStore:
             return None
         self._session_check(head)
         out = []
-        for i in range(1, len(r), 8):
+        for i in range(1, len(r), 10):
             left = int(r[i + 4])
             out.append(
                 Claimed(
@@ -354,6 +395,8 @@ class FleetStore:
                     cost=int(r[i + 5]),
                     pool=int(r[i + 6]) - 1,
                     progress=bool(int(r[i + 7])),
+                    tenant=_s(r[i + 8]),
+                    weight=float(r[i + 9]),
                 )
             )
         return out
@@ -371,9 +414,13 @@ class FleetStore:
         """Put back a token this host took but cannot use (its boxes filled up meanwhile)."""
         await _aw(self.redis.lpush(self.keys.wake(queue), "1"))
 
-    async def complete(self, job_id: str, session: str, attempt: int, info: JobInfo, host_id: str) -> str:
+    async def complete(
+        self, job_id: str, session: str, attempt: int, info: JobInfo, host_id: str, cpu_seconds: float = 0.0
+    ) -> str:
+        """cpu_seconds: what the job's result reports, charged to its tenant's daily quota."""
         data = _enc.encode(info)
-        return _s(await self._call("complete", job_id, session, attempt, data, info.state, self.ttl, host_id))
+        args = (job_id, session, attempt, data, info.state, self.ttl, host_id, repr(cpu_seconds))
+        return _s(await self._call("complete", *args))
 
     async def publish_progress(self, job_id: str, test: TestResult) -> None:
         await _aw(self.redis.publish(self.keys.progress(job_id), _enc.encode(test)))

@@ -348,13 +348,22 @@ class Service(Operations):
 
     # Jobs of a fleet host (sandboxd.fleet.executor): started at once, not durable here.
 
-    def submit_spec(self, spec: Spec, progress: Progress | None = None, *, notify: bool = True) -> Job:
+    def submit_spec(
+        self,
+        spec: Spec,
+        progress: Progress | None = None,
+        *,
+        notify: bool = True,
+        tenant: tuple[str, float] | None = None,
+    ) -> Job:
         """A job of any registered kind (sandboxd.jobs.kinds), its spec checked as
         one read back from Redis.  A compat kind's (Judge0, Piston) is a native job
         of kind "submission" (ids, draining refusal, state, errors, cancellation,
         expiry, metrics as for every job) whose work is the kind's own translation
         onto the engine.  notify=False: the caller delivers what follows the result
-        (a fleet host, once Redis has taken it)."""
+        (a fleet host, once Redis has taken it).  tenant: (name, weight) of a
+        fleet job's tenant (its limits were applied by the coordinator): whose
+        share of this host's boxes the job's runs take."""
         kind = KINDS.of(spec)
         kind.check(spec)
         lang = kind.lang(spec)
@@ -362,7 +371,7 @@ class Service(Operations):
             self._check_compat(spec)
         job = self._new_job(kind.public, lang)
         job.notify = notify
-        return self._start_now(job, kind.op, spec, None, progress)
+        return self._start_now(job, kind.op, spec, None, progress, tenant)
 
     def submit_run(self, req: RunRequest, callback_url: str | None = None) -> Job:
         validate_run(req)
@@ -373,12 +382,22 @@ class Service(Operations):
         self.engine.language(sub.lang)
         return self._start_now(self._new_job("submission", sub.lang), "submit", sub, callback_url, progress)
 
-    def _start_now(self, job: Job, op: Op, spec: Spec, cb: str | None, progress: Progress | None = None) -> Job:
+    def _start_now(
+        self,
+        job: Job,
+        op: Op,
+        spec: Spec,
+        cb: str | None,
+        progress: Progress | None = None,
+        tenant: tuple[str, float] | None = None,
+    ) -> Job:
         """Admitted and started at once, not durable here (a fleet host's: its HostWorker holds it)."""
         job.callback_url = cb
         if progress is not None:
             job.listeners.append(progress)
         job.admission = self._admit(job.lang, spec)
+        if tenant is not None:
+            job.admission.ticket.tenant, job.admission.ticket.weight = tenant
         self.table.add(job)
         self._hold(job, spec)
         self._start(job, op, spec)

@@ -228,13 +228,30 @@ class Tenants:
         if spec.cpu_seconds_per_day > 0:
             used = self._used(spec.name, now)
             if used >= spec.cpu_seconds_per_day:
-                wait = until_midnight(now)
-                caller.limit = RateInfo(spec.cpu_seconds_per_day, 0, wait, wait)
-                raise self._refuse(
-                    st, "quota", f"used {used:.1f} of its {spec.cpu_seconds_per_day:g} CPU seconds today", wait
-                )
+                raise self.over_quota(st, used)
         if spec.concurrency and st.running >= spec.concurrency:
-            raise self._refuse(st, "concurrency", f"has {st.running} jobs in flight (its cap: {spec.concurrency})", 1.0)
+            raise self.over_concurrency(st, st.running)
+        self._rate(st, caller)
+
+    def over_quota(self, st: TenantState, used: float) -> ServiceError:
+        """The refusal of a job of a tenant that used `used` of its daily CPU quota (RateLimit figures set)."""
+        spec, wait = st.spec, until_midnight(time.time())
+        caller = CALLER.get()
+        if caller is not None:
+            caller.limit = RateInfo(spec.cpu_seconds_per_day, 0, wait, wait)
+        return self._refuse(st, "quota", f"used {used:.1f} of its {spec.cpu_seconds_per_day:g} CPU seconds today", wait)
+
+    def over_concurrency(self, st: TenantState, running: int) -> ServiceError:
+        return self._refuse(st, "concurrency", f"has {running} jobs in flight (its cap: {st.spec.concurrency})", 1.0)
+
+    def state(self, name: str) -> TenantState | None:
+        return self._by_name.get(name)
+
+    def states(self) -> Iterator[TenantState]:
+        return iter(self._by_name.values())
+
+    def _rate(self, st: TenantState, caller: Caller) -> None:
+        spec = st.spec
         b = st.bucket
         if b is not None:
             wait = b.take()
