@@ -25,18 +25,9 @@ from sandboxd.api import cors, tenantauth
 from sandboxd.config import SessionsSettings
 from sandboxd.errors import ServiceError
 from sandboxd.jobs.tenants import CALLER, Tenants
-from sandboxd.schema import (
-    Error,
-    Limits,
-    RunResult,
-    SchemaError,
-    SessionEof,
-    SessionKill,
-    SessionSignal,
-    SessionSignalName,
-    SessionStart,
-)
-from sandboxd.schema import decode_session_message as decode
+from sandboxd.schema import Error, Limits, RunResult, SchemaError
+from sandboxd.sessionschema import SessionEof, SessionKill, SessionSignal, SessionSignalName, SessionStart
+from sandboxd.sessionschema import decode_session_message as decode
 
 if TYPE_CHECKING:
     from sandboxd.jobs.sessions import Ended, Peer
@@ -46,7 +37,7 @@ log = logging.getLogger(__name__)
 PATH = "/v1/sessions"
 # WebSocket close codes (RFC 6455): policy (bad or forbidden start), try again later, internal.
 CLOSE_OK, CLOSE_POLICY, CLOSE_AGAIN, CLOSE_INTERNAL = 1000, 1008, 1013, 1011
-MAX_MESSAGE = 20 << 20  # a start message carries the source (16 MiB at most, schema.MAX_SESSION_SOURCE)
+MAX_MESSAGE = 20 << 20  # a start message carries the source (16 MiB at most, sessionschema.MAX_SESSION_SOURCE)
 
 
 class LiveSession(Protocol):

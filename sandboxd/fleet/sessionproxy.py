@@ -30,7 +30,8 @@ from sandboxd.api.httpserver import SELF_AUTH
 from sandboxd.config import SessionsSettings
 from sandboxd.errors import ServiceError
 from sandboxd.jobs.metrics import FrontendMetrics
-from sandboxd.schema import Error, SessionStart
+from sandboxd.schema import Error
+from sandboxd.sessionschema import SessionStart
 
 log = logging.getLogger(__name__)
 Hosts = Callable[[], Awaitable[list[dict[str, Any]]]]

@@ -34,7 +34,8 @@ from sandboxd.engine.engine import Compiled, Engine
 from sandboxd.engine.scheduler import QueueDeadline, QueueFull
 from sandboxd.jobs.tenants import Charge, Tenants
 from sandboxd.sandbox.box import RunControl
-from sandboxd.schema import FileIn, Limits, RunResult, SchemaError, SessionSignalName, SessionStart
+from sandboxd.schema import FileIn, Limits, RunResult, SchemaError
+from sandboxd.sessionschema import SessionSignalName, SessionStart
 
 STDOUT, STDERR = 1, 2
 _CHUNK = 1 << 16

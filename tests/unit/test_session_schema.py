@@ -1,11 +1,12 @@
-"""The live session's messages (sandboxd.schema SessionStart & co.): what is
+"""The live session's messages (sandboxd.sessionschema SessionStart & co.): what is
 refused names the field."""
 
 from __future__ import annotations
 
 import pytest
 
-from sandboxd.schema import SchemaError, SessionEof, SessionKill, SessionSignal, SessionStart, decode_session_message
+from sandboxd.schema import SchemaError
+from sandboxd.sessionschema import SessionEof, SessionKill, SessionSignal, SessionStart, decode_session_message
 
 
 def test_messages_decode_by_type() -> None:

@@ -27,12 +27,12 @@ from sandboxd.schema import (
     Program,
     RunRequest,
     RunResult,
-    SessionStart,
     Submission,
     SubmissionResult,
     TestCase,
     TestResult,
 )
+from sandboxd.sessionschema import SessionStart
 
 from .client import AsyncClient, Client, SandboxdError
 from .retry import Retry

@@ -23,7 +23,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from sandboxd.schema import RunResult, SessionSignalName, SessionStart
+from sandboxd.schema import RunResult
+from sandboxd.sessionschema import SessionSignalName, SessionStart
 
 from .client import SandboxdError
 

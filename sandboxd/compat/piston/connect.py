@@ -32,7 +32,8 @@ from sandboxd.compat.piston import request
 from sandboxd.compat.piston.errors import PistonError
 from sandboxd.compat.piston.view import stage
 from sandboxd.errors import ServiceError
-from sandboxd.schema import RunResult, SessionSignalName, SessionStart
+from sandboxd.schema import RunResult
+from sandboxd.sessionschema import SessionSignalName, SessionStart
 
 DONE, AGAIN, TIMEOUT, ERROR, NOT_INIT, NOT_STDIN, BAD_SIGNAL = 4999, 4000, 4001, 4002, 4003, 4004, 4005
 _SIGNALS = {"SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL"}
