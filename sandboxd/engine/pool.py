@@ -147,6 +147,11 @@ class Pool:
     def release(self, box: Box) -> None:
         """Give a box back; it is reset (or replaced) in the background."""
         self.stats.busy -= 1
+        if box.fresh and box.broken is None and box.runs < self.max_runs and not self._closed:
+            # Reset by its agent in the run's reply (Box.run then_reset): no
+            # round trip, no task.
+            self._put(box)
+            return
         self._spawn(self._recycle(box))
 
     async def _recycle(self, box: Box) -> None:
