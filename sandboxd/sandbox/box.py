@@ -230,6 +230,7 @@ class Box:
         # The last run's reply said the agent reset the box and its cgroup
         # needs nothing more: the pool may hand it out again without reset().
         self.fresh = False
+        self._agent_reset = False  # ... and only the cgroup's between-runs step is left
 
     @classmethod
     async def create(cls, name: str, uid: int, spec: BoxSpec, cg: BoxCgroup) -> Box:
@@ -282,6 +283,12 @@ class Box:
         left; accounting cleared."""
         assert self.chan is not None
         self.fresh = False
+        if self._agent_reset:
+            # The last run's reply said the agent reset the box already; its
+            # cgroup wanted more than finish() does (v1: force_empty).
+            self._agent_reset = False
+            self.cg.between_runs()
+            return
         data, fds = await self.chan.request(proto.KIND.pack(proto.MSG_RESET))
         _check_reply(data, fds, proto.MSG_READY)
         self._take_boxfd(fds)
@@ -322,7 +329,7 @@ class Box:
         chan = self.chan
         lim = req.limits
         self.runs += 1
-        self.fresh = False
+        self.fresh = self._agent_reset = False
         for f in req.files_in:
             boxfiles.write_in(self.boxfd, f.path, f.content, f.executable, self.uid, self.uid)
         rc = self.cg.prepare(lim.memory, lim.procs)
@@ -352,17 +359,14 @@ class Box:
     ) -> RunResult:
         """The run's result, once every process of it is gone and its output read."""
         reset = bool(res.flags & proto.R_RESET_DONE)
-        mem = self.cg.finish(rc)
+        mem = self.cg.finish(rc, reset)
         if res.flags & proto.R_LEFTOVERS:
             self.broken = "processes survived SIGKILL"
         result = classify(res, mem, out, err, req, killed)
         if req.files_out:
             result.files = boxfiles.read_files_out(self.boxfd, req.files_out, req.limits.file_size, MAX_FILES_OUT_BYTES)
-        if reset:
-            # The tmpfs is emptied already: the cgroup's between-runs step
-            # belongs here, as after reset().
-            self.cg.between_runs()
-            self.fresh = True
+        self._agent_reset = reset
+        self.fresh = reset and self.cg.settled
         return result
 
     async def close(self) -> None:
