@@ -256,7 +256,7 @@ class Engine:
                 box = await pool.acquire()
                 try:
                     # A retry gets fresh stdio only if the first attempt never started.
-                    return await box.run(req, stdio if attempt == 1 else None)
+                    return await box.run(req, stdio if attempt == 1 else None, then_reset=pool.fold_reset())
                 except AgentDied as e:
                     # The run never started: a transparent retry on a fresh box.
                     box.broken = f"agent died: {e}"

@@ -23,9 +23,11 @@ R_CANCELLED = 4
 R_EXEC_FAILED = 8
 R_LEFTOVERS = 16
 R_SETUP_FAILED = 32
+R_RESET_DONE = 64  # F_RESET_AFTER honoured: the box is reset (a new /box fd rides along)
 
 # RUN flags
 F_HAS_CPU_FD = 1
+F_RESET_AFTER = 2  # reset before replying (no RESET round trip); the agent may decline
 
 CONFIG_HDR = struct.Struct("=IIIIQQQ")  # type uid gid seccomp_len box tmp shm
 RUN_HDR = struct.Struct("=IIQQQQQQII")  # type flags cpu wall fsize stack nofile as argc envc

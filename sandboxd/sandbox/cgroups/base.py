@@ -61,13 +61,20 @@ class BoxCgroup:
     _runs: int = 0
     _fds: dict[str, int] = field(default_factory=dict)
     _residue: int = 0  # v1: kernel memory an earlier run left that force_empty could not drop
+    # v1: the group's oom_kill count as the last run's finish read it: the next
+    # run's baseline (no process is in the group between runs).
+    _oom_kills: int | None = None
+    settled: bool = False  # the last finish(reset_done=True) did the between-runs step too
 
     def prepare(self, memory: int, procs: int) -> RunCgroup:
         return self.backend.prepare(self, memory, procs)
 
-    def finish(self, run: RunCgroup) -> MemoryUse:
-        """Memory of the run that just ended."""
-        return self.backend.finish(self, run)
+    def finish(self, run: RunCgroup, reset_done: bool = False) -> MemoryUse:
+        """Memory of the run that just ended.  reset_done: the box's work
+        areas are emptied already, so the between-runs step can reuse this
+        read of the counters; `settled` says whether it was done (False: it
+        needs more, e.g. v1's force_empty, left to between_runs())."""
+        return self.backend.finish(self, run, reset_done)
 
     def between_runs(self) -> None:
         self.backend.between_runs(self)
@@ -89,7 +96,7 @@ class Backend:
     def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
         raise NotImplementedError
 
-    def finish(self, box: BoxCgroup, run: RunCgroup) -> MemoryUse:
+    def finish(self, box: BoxCgroup, run: RunCgroup, reset_done: bool = False) -> MemoryUse:
         raise NotImplementedError
 
     def between_runs(self, box: BoxCgroup) -> None:

@@ -90,8 +90,9 @@ class V2(Backend):
         cpu = os.open(leaf / "cpu.stat", os.O_RDONLY | os.O_CLOEXEC)
         return RunCgroup(join, cpu, memory, path=leaf)
 
-    def finish(self, box: BoxCgroup, run: RunCgroup) -> MemoryUse:
+    def finish(self, box: BoxCgroup, run: RunCgroup, reset_done: bool = False) -> MemoryUse:
         assert run.path is not None
+        box.settled = reset_done  # no between-runs step: the next run gets a new leaf
         stat = read(run.path / "memory.stat")
         try:
             raw = int(read(run.path / "memory.peak"))
