@@ -58,6 +58,12 @@ class BoxSpec:
     tmp_bytes: int = 64 << 20
     shm_bytes: int = 64 << 20
     hostname: str = "sandbox"
+    # cgroup v2: runs born in their leaf (clone3 CLONE_INTO_CGROUP) where the
+    # agent finds it works.  seccomp must then let clone3 through for the
+    # worker (seccomp.compile_default(worker_clone3=True)), and guard_clone3
+    # be set: the agent stacks a filter hiding clone3 on every run's program.
+    clone_into: bool = False
+    guard_clone3: bool = False
 
 
 class _Channel:
@@ -226,6 +232,7 @@ class Box:
         self.chan: _Channel | None = None
         self.boxfd = -1
         self.runs = 0
+        self.clone_into = False  # the agent said READY_CLONE_INTO
         self.broken: str | None = None  # why this box must not be reused
         # The last run's reply said the agent reset the box and its cgroup
         # needs nothing more: the pool may hand it out again without reset().
@@ -248,7 +255,7 @@ class Box:
             # Room for the largest run request (argv+env are capped well below).
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * proto.MAX_MSG)
             self.proc = subprocess.Popen(
-                [str(self.spec.agent), str(os.getpid()), str(theirs.fileno())],
+                [str(self.spec.agent), str(os.getpid()), str(theirs.fileno()), *_agent_mode(self.spec)],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -268,9 +275,11 @@ class Box:
             str(self.spec.newroot),
             self.spec.hostname,
             self.spec.rootfs.ops(self.uid, self.uid),
+            proto.C_GUARD_CLONE3 if self.spec.guard_clone3 else 0,
         )
         data, fds = await self.chan.request(cfg)
         _check_reply(data, fds, proto.MSG_READY)
+        self.clone_into = proto.ready_flags(data) & proto.READY_CLONE_INTO != 0
         self.boxfd = fds[0]
 
     @property
@@ -332,14 +341,15 @@ class Box:
         self.fresh = self._agent_reset = False
         for f in req.files_in:
             boxfiles.write_in(self.boxfd, f.path, f.content, f.executable, self.uid, self.uid)
-        rc = self.cg.prepare(lim.memory, lim.procs)
+        rc = self.cg.prepare(lim.memory, lim.procs, self.clone_into)
         stdin_fd, out_r, out_w = _open_stdio(req.stdin, stdio, owned)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         owned.append(err_w)
         stop = _Stop(chan)
         out = _Capture(out_r, lim.output, stop)
         err = _Capture(err_r, lim.output, stop)
-        msg = _run_message(req, proto.F_HAS_CPU_FD | (proto.F_RESET_AFTER if then_reset else 0))
+        flags = proto.F_HAS_CPU_FD | (proto.F_RESET_AFTER if then_reset else 0)
+        msg = _run_message(req, flags | (proto.F_INTO_CGROUP if rc.into else 0))
         fut = _send_run(chan, msg, [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds], owned, rc, out, err)
         try:
             res = await _run_result(fut, out, err, stop, self._take_boxfd)
@@ -359,6 +369,7 @@ class Box:
     ) -> RunResult:
         """The run's result, once every process of it is gone and its output read."""
         reset = bool(res.flags & proto.R_RESET_DONE)
+        rc.born_in = bool(res.flags & proto.R_BORN_IN_CGROUP)
         mem = self.cg.finish(rc, reset)
         if res.flags & proto.R_LEFTOVERS:
             self.broken = "processes survived SIGKILL"
@@ -415,6 +426,10 @@ def _open_stdio(stdin: bytes, stdio: tuple[int, int] | None, owned: list[int]) -
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     owned.append(out_w)
     return stdin_fd, out_r, out_w
+
+
+def _agent_mode(spec: BoxSpec) -> list[str]:
+    return ["clone-into-cgroup"] if spec.clone_into else []
 
 
 def _run_message(req: RunRequest, flags: int) -> bytes:

@@ -67,7 +67,7 @@ class V1(Backend):
             return False
         return True
 
-    def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
+    def prepare(self, box: BoxCgroup, memory: int, procs: int, into: bool = False) -> RunCgroup:
         mem, pids = box.dirs["memory"], box.dirs["pids"]
         cur_mem, cur_procs = box._limits
         set_mem = memory
