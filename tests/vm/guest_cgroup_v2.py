@@ -215,8 +215,8 @@ async def check_runs(eng: Engine, res: dict[str, Any]) -> None:
     ok = [await run(eng, ["/bin/true"]) for _ in range(3)]
     res["true"] = ok
     res["own_cgroup_in_box"] = await run(eng, ["cat", "/proc/self/cgroup"])
-    # The program's first read: /proc/self/cgroup before anything else ran in
-    # it (the fast path puts it there at birth, the fallback before exec).
+    # The program's first read of /proc/self/cgroup, before anything else ran
+    # in it (the fast path puts it there at birth, the old path before exec).
     res["own_cgroup_first_read"] = await run(eng, ["python3", "-S", "-c", CGROUP_FIRST])
     # The worker may call clone3 for CLONE_INTO_CGROUP; the program may not.
     res["clone3_in_box"] = await run(eng, ["python3", "-S", "-c", CLONE3_ERRNO])
