@@ -901,7 +901,8 @@ static void child_exec(struct run_hdr *h, char **argv, char **envp, const char *
     if (setresgid(box_gid, box_gid, box_gid) < 0) child_fail(errno);
     if (setresuid(box_uid, box_uid, box_uid) < 0) child_fail(errno);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) child_fail(errno);
-    if (guard_clone3 && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &clone3_guard) < 0)
+    /* clone_into too: an agent that may call clone3 never lets a program do so */
+    if ((guard_clone3 || clone_into) && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &clone3_guard) < 0)
         child_fail(errno);
     exec_with_path(argv, envp);
     child_fail_stage(2, errno);
