@@ -24,6 +24,15 @@ run.  A diagnostic, not a benchmark: the hooks add a few µs, and they name
 internals, so a hook whose target has moved is reported and skipped.
 
     .venv/bin/python benchmarks/breakdown.py [--quick] [--runs 1000] [--json]
+
+`--cpu ROUNDS` measures only the daemon's CPU per Engine.run(), with no hooks
+installed (they cost CPU of their own): ROUNDS rounds of --runs sequential
+runs, each charged the process time until the pool is warm again (the
+background resets of its runs), reported per round and as the median.  The
+CPU a process is charged grows with the machine's load (caches, migrations):
+compare two checkouts by alternating them, not against a number from an
+earlier day.  `--cgroup N` times the per-run cgroup work alone on a real box
+cgroup (prepare, finish, the between-runs step), N iterations per round.
 """
 
 from __future__ import annotations
@@ -228,6 +237,41 @@ async def measure(eng: Engine, mode: str, n: int, block: int, hooks: Hooks) -> d
     return out
 
 
+async def cpu_rounds(eng: Engine, n: int, rounds: int) -> list[float]:
+    """µs of this process's CPU per Engine.run(), one figure per round."""
+    req = RunRequest(cmd=CMD)
+    pool = eng.pools["host"]
+    out: list[float] = []
+    for _ in range(rounds):
+        while pool.stats.warm < pool.size:
+            await asyncio.sleep(0.001)
+        c0 = time.process_time()
+        for _ in range(n):
+            r = await eng.run(req)
+            if r.status != "ok":
+                raise RuntimeError(f"eng.run: {r.status} {r.message}")
+        while pool.stats.warm < pool.size:
+            await asyncio.sleep(0.0005)
+        out.append((time.process_time() - c0) / n * 1e6)
+    return out
+
+
+def cgroup_rounds(box: boxmod.Box, n: int, rounds: int) -> list[float]:
+    """µs of CPU per prepare + finish + between-runs step, one figure per round."""
+    cg = box.cg
+    out: list[float] = []
+    for _ in range(rounds):
+        c0 = time.process_time()
+        for _ in range(n):
+            rc = cg.prepare(256 << 20, 64)
+            rc.close_fds()
+            cg.finish(rc, True)
+            if not cg.settled:
+                cg.between_runs()
+        out.append((time.process_time() - c0) / n * 1e6)
+    return out
+
+
 def report(o: bl.Out, m: dict[str, Any], res: list[dict[str, Any]], missing: list[str]) -> None:
     o.print(f"Machine: {bl.machine_line(m)}")
     o.print()
@@ -272,10 +316,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block", type=int, default=100, help="runs between bare reference blocks (default 100)")
     p.add_argument("--pool-size", type=int, default=4)
     p.add_argument("--instance", default="bench-breakdown", help="sandboxd instance name")
+    p.add_argument("--cpu", type=int, metavar="ROUNDS", default=0, help="only the daemon CPU per run, no hooks")
+    p.add_argument("--cgroup", type=int, metavar="N", default=0, help="only the per-run cgroup work, N per round")
     a = p.parse_args(argv)
     if a.quick:
         a.runs, a.block = 40, 20
     return a
+
+
+async def cpu_main(a: argparse.Namespace, o: bl.Out, m: dict[str, Any]) -> int:
+    try:
+        eng = await Engine.start(
+            EngineConfig(instance=a.instance, pool_size=a.pool_size, languages_dir=bl.no_languages_dir())
+        )
+    except InstanceBusy as e:
+        o.print(f"sandboxd: {e} (another benchmark running?)")
+        return 2
+    try:
+        for _ in range(50):  # warm-up
+            await eng.run(RunRequest(cmd=CMD))
+        if a.cgroup:
+            box = await eng.box()
+            try:
+                per_round = cgroup_rounds(box, a.cgroup, a.cpu or 5)
+            finally:
+                eng.release(box)
+        else:
+            per_round = await cpu_rounds(eng, a.runs, a.cpu)
+    finally:
+        await eng.close()
+    med = bl.percentile(sorted(per_round), 50)
+    o.print(f"Machine: {bl.machine_line(m)}")
+    what = f"cgroup work per run, {a.cgroup} iterations" if a.cgroup else f"Engine.run(/bin/true), {a.runs} runs"
+    o.print(f"daemon CPU per {what} x {len(per_round)} rounds, µs: median {med:.1f}")
+    o.print("  rounds: " + " ".join(f"{x:.1f}" for x in per_round))
+    res = {"bench": "breakdown-cpu", "machine": m, "runs": a.runs, "rounds": per_round, "median_us": med}
+    o.json(bl.clean_floats(res, 1))
+    return 0
 
 
 async def amain(a: argparse.Namespace) -> int:
@@ -284,6 +361,8 @@ async def amain(a: argparse.Namespace) -> int:
     warn = bl.load_warning(m)
     if warn:
         o.print(warn)
+    if a.cpu or a.cgroup:
+        return await cpu_main(a, o, m)
     res: list[dict[str, Any]] = []
     hooks = Hooks()
     # Installed before the engine starts: a channel binds its reader callback

@@ -28,14 +28,14 @@ int main(void) { char b[4096]; size_t n; while ((n = fread(b, 1, sizeof b, stdin
 """
 
 
-def start_daemon(pool: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_daemon(pool: int, timeout: float = 15.0) -> tuple[subprocess.Popen[bytes], str]:
     d = tempfile.mkdtemp(prefix="sandboxd-bench-")
     sock = f"{d}/sandboxd.sock"
     cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null", "--instance", "bench-daemon"]
     cmd += ["--socket", sock, "--http", "", "--pool-size", str(pool), "--log-format", "json"]
     cmd += ["--pid-file", f"{d}/sandboxd.pid"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "wb"))  # noqa: SIM115
-    for _ in range(300):
+    for _ in range(int(timeout / 0.05)):
         if os.path.exists(sock):
             return proc, sock
         time.sleep(0.05)

@@ -130,7 +130,8 @@ class Engine:
         newroot = cfg.run_dir / "newroot"
         newroot.mkdir(parents=True, exist_ok=True)
         agent = agentbin.ensure(cfg.state_dir)
-        bpf = seccomp.compile_default()
+        clone_into = self.backend.clone_into
+        bpf = seccomp.compile_default(worker_clone3=clone_into)
         base = cfg.uid_base if cfg.uid_base is not None else self.instance.lease_uids(cfg.uid_count)
         uids = UidAllocator(base, cfg.uid_count)
         self._box_spec = functools.partial(
@@ -141,6 +142,8 @@ class Engine:
             box_bytes=cfg.box_bytes,
             tmp_bytes=cfg.tmp_bytes,
             shm_bytes=cfg.shm_bytes,
+            clone_into=clone_into,
+            guard_clone3=clone_into,
         )
         self._uids = uids
         await self._add_pool("host", host_default())
@@ -263,7 +266,7 @@ class Engine:
                 handed = True
                 try:
                     # A retry gets fresh stdio only if the first attempt never started.
-                    return await box.run(req, stdio if attempt == 1 else None, control)
+                    return await box.run(req, stdio if attempt == 1 else None, control, then_reset=pool.fold_reset())
                 except AgentDied as e:
                     # The run never started: a transparent retry on a fresh box.
                     box.broken = f"agent died: {e}"

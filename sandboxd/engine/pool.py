@@ -144,9 +144,22 @@ class Pool:
             box.broken = "agent died while idle"
             self.release(box)
 
+    def fold_reset(self) -> bool:
+        """Whether a run on a box just acquired gets its reset in the agent's
+        reply (Box.run then_reset): when other runs are in flight.  Then the
+        CPU is contended, and the RESET round trip it saves is the daemon's
+        CPU (and a background reset would compete with those runs); a lone
+        run keeps the reset off its own path: it runs after the result."""
+        return self.stats.busy > 1
+
     def release(self, box: Box) -> None:
         """Give a box back; it is reset (or replaced) in the background."""
         self.stats.busy -= 1
+        if box.fresh and box.broken is None and box.runs < self.max_runs and not self._closed:
+            # Reset by its agent in the run's reply (Box.run then_reset): no
+            # round trip, no task.
+            self._put(box)
+            return
         self._spawn(self._recycle(box))
 
     async def _recycle(self, box: Box) -> None:

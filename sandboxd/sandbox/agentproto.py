@@ -24,15 +24,26 @@ R_CANCELLED = 4
 R_EXEC_FAILED = 8
 R_LEFTOVERS = 16
 R_SETUP_FAILED = 32
+R_RESET_DONE = 64  # F_RESET_AFTER honoured: the box is reset (a new /box fd rides along)
+R_BORN_IN_CGROUP = 128  # F_INTO_CGROUP honoured: clone3(CLONE_INTO_CGROUP) placed the run
 
 # RUN flags
 F_HAS_CPU_FD = 1
+F_RESET_AFTER = 2  # reset before replying (no RESET round trip); the agent may decline
+F_INTO_CGROUP = 4  # the one join fd is the run's cgroup v2 directory (clone3 CLONE_INTO_CGROUP)
 
-CONFIG_HDR = struct.Struct("=IIIIQQQ")  # type uid gid seccomp_len box tmp shm
+# READY flags (the uint32 after the type)
+READY_CLONE_INTO = 1  # the agent places runs with clone3(CLONE_INTO_CGROUP): pass F_INTO_CGROUP + the leaf's dir
+
+# CONFIG flags
+C_GUARD_CLONE3 = 1  # the worker's program allows clone3; each run's program gets it ENOSYS
+
+CONFIG_HDR = struct.Struct("=IIIIQQQII")  # type uid gid seccomp_len box tmp shm flags pad
 RUN_HDR = struct.Struct("=IIQQQQQQII")  # type flags cpu wall fsize stack nofile as argc envc
 RESULT = struct.Struct("=IIiiQQQ")  # type flags wstatus err cpu_ns wall_ns maxrss_kb
 KIND = struct.Struct("=I")
 SIGNAL = struct.Struct("=II")  # type signo
+READY = struct.Struct("=II")  # type flags
 
 MAX_MSG = 1 << 20
 
@@ -47,6 +58,11 @@ class AgentResult:
     maxrss_kb: int
 
 
+def ready_flags(data: bytes) -> int:
+    """READY's flags; 0 from an agent that sends the type alone."""
+    return READY.unpack_from(data)[1] if len(data) >= READY.size else 0
+
+
 def encode_config(
     uid: int,
     gid: int,
@@ -57,12 +73,13 @@ def encode_config(
     newroot: str,
     hostname: str,
     ops: list[tuple[str, ...]],
+    flags: int = 0,
 ) -> bytes:
     strings = [newroot, hostname]
     for op in ops:
         strings.extend(op)
     tail = b"".join(s.encode() + b"\0" for s in strings)
-    hdr = CONFIG_HDR.pack(MSG_CONFIG, uid, gid, len(seccomp), box_bytes, tmp_bytes, shm_bytes)
+    hdr = CONFIG_HDR.pack(MSG_CONFIG, uid, gid, len(seccomp), box_bytes, tmp_bytes, shm_bytes, flags, 0)
     return hdr + seccomp + tail
 
 

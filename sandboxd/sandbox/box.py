@@ -60,6 +60,12 @@ class BoxSpec:
     tmp_bytes: int = 64 << 20
     shm_bytes: int = 64 << 20
     hostname: str = "sandbox"
+    # cgroup v2: runs born in their leaf (clone3 CLONE_INTO_CGROUP) where the
+    # agent finds it works.  seccomp must then let clone3 through for the
+    # worker (seccomp.compile_default(worker_clone3=True)), and guard_clone3
+    # be set: the agent stacks a filter hiding clone3 on every run's program.
+    clone_into: bool = False
+    guard_clone3: bool = False
 
 
 class _Channel:
@@ -228,7 +234,12 @@ class Box:
         self.chan: _Channel | None = None
         self.boxfd = -1
         self.runs = 0
+        self.clone_into = False  # the agent said READY_CLONE_INTO
         self.broken: str | None = None  # why this box must not be reused
+        # The last run's reply said the agent reset the box and its cgroup
+        # needs nothing more: the pool may hand it out again without reset().
+        self.fresh = False
+        self._agent_reset = False  # ... and only the cgroup's between-runs step is left
 
     @classmethod
     async def create(cls, name: str, uid: int, spec: BoxSpec, cg: BoxCgroup) -> Box:
@@ -246,7 +257,7 @@ class Box:
             # Room for the largest run request (argv+env are capped well below).
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * proto.MAX_MSG)
             self.proc = subprocess.Popen(
-                [str(self.spec.agent), str(os.getpid()), str(theirs.fileno())],
+                [str(self.spec.agent), str(os.getpid()), str(theirs.fileno()), *_agent_mode(self.spec)],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -266,9 +277,11 @@ class Box:
             str(self.spec.newroot),
             self.spec.hostname,
             self.spec.rootfs.ops(self.uid, self.uid),
+            proto.C_GUARD_CLONE3 if self.spec.guard_clone3 else 0,
         )
         data, fds = await self.chan.request(cfg)
         _check_reply(data, fds, proto.MSG_READY)
+        self.clone_into = proto.ready_flags(data) & proto.READY_CLONE_INTO != 0
         self.boxfd = fds[0]
 
     @property
@@ -280,8 +293,20 @@ class Box:
         """Empty /box, /tmp, /dev/shm, /dev/mqueue; no process or SysV object
         left; accounting cleared."""
         assert self.chan is not None
+        self.fresh = False
+        if self._agent_reset:
+            # The last run's reply said the agent reset the box already; its
+            # cgroup wanted more than finish() does (v1: force_empty).
+            self._agent_reset = False
+            self.cg.between_runs()
+            return
         data, fds = await self.chan.request(proto.KIND.pack(proto.MSG_RESET))
         _check_reply(data, fds, proto.MSG_READY)
+        self._take_boxfd(fds)
+        # After the tmpfs is emptied: its pages were charged to the box's cgroup.
+        self.cg.between_runs()
+
+    def _take_boxfd(self, fds: list[int]) -> None:
         if fds:
             # The agent replaced /box with a fresh tmpfs (what the job left
             # could not be emptied in place): files go through the new root.
@@ -289,34 +314,48 @@ class Box:
             self.boxfd = fds[0]
             for fd in fds[1:]:
                 os.close(fd)
-        # After the tmpfs is emptied: its pages were charged to the box's cgroup.
-        self.cg.between_runs()
 
-    async def run(self, req: RunRequest, stdio: Stdio | None = None, control: RunControl | None = None) -> RunResult:
+    async def run(
+        self,
+        req: RunRequest,
+        stdio: Stdio | None = None,
+        control: RunControl | None = None,
+        *,
+        then_reset: bool = False,
+    ) -> RunResult:
         """Run one program.  Raises AgentDied if the agent vanished before the
         run started (the caller may retry on another box).
 
         stdio: (stdin, stdout) fds to hand to the program instead of req.stdin
         and a captured stdout (interactive problems), or (stdin, stdout, stderr)
         (live sessions: the caller reads both and enforces the output limit);
-        always closed here.  control: signals the run while it runs."""
+        always closed here.  control: signals the run while it runs.
+        then_reset: the box goes back to a pool after this run: the agent
+        resets it before replying (not when files_out are still to be read),
+        and `fresh` tells whether it did."""
         owned: list[int] = list(stdio) if stdio else []
         try:
-            return await self._run(req, stdio, owned, control)
+            return await self._run(req, stdio, owned, control, then_reset and not req.files_out)
         finally:
             for fd in owned:
                 os.close(fd)
 
     async def _run(
-        self, req: RunRequest, stdio: Stdio | None, owned: list[int], control: RunControl | None
+        self,
+        req: RunRequest,
+        stdio: Stdio | None,
+        owned: list[int],
+        control: RunControl | None,
+        then_reset: bool,
     ) -> RunResult:
         assert self.chan is not None
         chan = self.chan
         lim = req.limits
         self.runs += 1
+        self.fresh = self._agent_reset = False
         for f in req.files_in:
             boxfiles.write_in(self.boxfd, f.path, f.content, f.executable, self.uid, self.uid)
-        rc = self.cg.prepare(lim.memory, lim.procs)
+        rc = self.cg.prepare(lim.memory, lim.procs, self.clone_into)
         stdin_fd, out_r, out_w = _open_stdio(req.stdin, stdio, owned)
         if stdin_fd != _DEVNULL and not stdio and len(req.stdin) >= STDIN_THREAD_FROM:
             # (on a dup, which the thread closes: a cancelled run closes stdin_fd under it harmlessly)
@@ -329,11 +368,13 @@ class Box:
         stop = _Stop(chan)
         out = _Capture(out_r, lim.output, stop)
         err = _Capture(err_r, lim.output, stop)
-        fut = _send_run(chan, _run_message(req), [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds], owned, rc, out, err)
+        flags = proto.F_HAS_CPU_FD | (proto.F_RESET_AFTER if then_reset else 0)
+        msg = _run_message(req, flags | (proto.F_INTO_CGROUP if rc.into else 0))
+        fut = _send_run(chan, msg, [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds], owned, rc, out, err)
         if control is not None:
             control.attach(stop)
         try:
-            res = await _run_result(fut, out, err, stop)
+            res = await _run_result(fut, out, err, stop, self._take_boxfd)
         except (AgentDied, BoxError) as e:
             out.close()
             err.close()
@@ -351,12 +392,16 @@ class Box:
         self, req: RunRequest, res: proto.AgentResult, rc: RunCgroup, out: _Capture, err: _Capture, killed: bool
     ) -> RunResult:
         """The run's result, once every process of it is gone and its output read."""
-        mem = self.cg.finish(rc)
+        reset = bool(res.flags & proto.R_RESET_DONE)
+        rc.born_in = bool(res.flags & proto.R_BORN_IN_CGROUP)
+        mem = self.cg.finish(rc, reset)
         if res.flags & proto.R_LEFTOVERS:
             self.broken = "processes survived SIGKILL"
         result = classify(res, mem, out, err, req, killed)
         if req.files_out:
             result.files = boxfiles.read_files_out(self.boxfd, req.files_out, req.limits.file_size, MAX_FILES_OUT_BYTES)
+        self._agent_reset = reset
+        self.fresh = reset and self.cg.settled
         return result
 
     async def close(self) -> None:
@@ -455,11 +500,15 @@ def _open_stdio(stdin: bytes, stdio: Stdio | None, owned: list[int]) -> tuple[in
     return stdin_fd, out_r, out_w
 
 
-def _run_message(req: RunRequest) -> bytes:
+def _agent_mode(spec: BoxSpec) -> list[str]:
+    return ["clone-into-cgroup"] if spec.clone_into else []
+
+
+def _run_message(req: RunRequest, flags: int) -> bytes:
     lim = req.limits
     env = req.env if req.env is not None else DEFAULT_ENV
     return proto.encode_run(
-        proto.F_HAS_CPU_FD,
+        flags,
         int(lim.cpu_time * 1e9),
         int(lim.wall * 1e9),
         lim.file_size or 1,
@@ -494,17 +543,25 @@ def _send_run(
 
 
 async def _run_result(
-    fut: asyncio.Future[tuple[bytes, list[int]]], out: _Capture, err: _Capture, stop: _Stop
+    fut: asyncio.Future[tuple[bytes, list[int]]],
+    out: _Capture,
+    err: _Capture,
+    stop: _Stop,
+    take_boxfd: Callable[[list[int]], None],
 ) -> proto.AgentResult:
     """The agent's result, and the run's output read to its end."""
     try:
         data, fds = await asyncio.shield(fut)
     except asyncio.CancelledError:
-        # Cancelled by our caller: stop the run, keep the box consistent.
+        # Cancelled by our caller: stop the run, keep the box consistent
+        # (a /box fd its reset sent must replace ours even so).
         stop()
         data, fds = await fut
+        if proto.KIND.unpack_from(data)[0] == proto.MSG_RESULT:
+            take_boxfd(fds)
         raise
     _check_reply(data, fds, proto.MSG_RESULT)
+    take_boxfd(fds)
     res = proto.decode_result(data)
     # Every process of the run is dead now, so the pipes are at EOF.
     if not (out.drain() and err.drain()):

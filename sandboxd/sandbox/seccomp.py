@@ -116,10 +116,18 @@ def load_policy() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-@lru_cache(maxsize=1)
-def compile_default() -> bytes:
-    """BPF bytes (struct sock_filter[]) of the default policy."""
-    return compile_policy(load_policy())
+@lru_cache(maxsize=2)
+def compile_default(worker_clone3: bool = False) -> bytes:
+    """BPF bytes (struct sock_filter[]) of the default policy.  worker_clone3:
+    the agent's worker (which the program inherits the filter from) needs
+    clone3 for CLONE_INTO_CGROUP; the agent then stacks its own filter making
+    clone3 ENOSYS on every run's program (C_GUARD_CLONE3), so what the program
+    may do is the same."""
+    policy = load_policy()
+    if worker_clone3:
+        enosys = policy["errno"]["ENOSYS"]
+        enosys["syscalls"] = [s for s in enosys["syscalls"] if s != "clone3"]
+    return compile_policy(policy)
 
 
 def compile_policy(policy: dict[str, Any]) -> bytes:

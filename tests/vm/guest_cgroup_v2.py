@@ -68,6 +68,13 @@ except OSError as e:
     print(n, e.errno, flush=True)
 """
 
+CGROUP_FIRST = "print(open('/proc/self/cgroup').read().strip())"
+# syscall(SYS_clone3, NULL, 0): ENOSYS (38) where seccomp hides it, EINVAL
+# (22, size 0) where it reaches the kernel.
+CLONE3_ERRNO = (
+    "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.syscall(435, None, 0), ctypes.get_errno())"
+)
+
 log = logging.getLogger("guest")
 finished: list[dict[str, Any]] = []  # what each run's leaf showed right before removal
 _orig_finish = cgroups.V2.finish
@@ -82,9 +89,12 @@ def _kv(path: Path) -> dict[str, int]:
     return out
 
 
-def _finish_spy(self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup) -> MemoryUse:
+def _finish_spy(
+    self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup, reset_done: bool = False
+) -> MemoryUse:
     assert run.path is not None
-    seen: dict[str, Any] = {"path": str(run.path)}
+    # into: sandboxd asked for clone3(CLONE_INTO_CGROUP); born_in: the agent did it.
+    seen: dict[str, Any] = {"path": str(run.path), "into": run.into, "born_in": run.born_in}
     for name in ("memory.max", "memory.swap.max", "memory.oom.group", "pids.max", "memory.peak"):
         try:
             seen[name] = (run.path / name).read_text().strip()
@@ -95,7 +105,7 @@ def _finish_spy(self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup
             seen[name] = _kv(run.path / name)
         except OSError as e:
             seen[name] = f"error: {e}"
-    mem = _orig_finish(self, box, run)
+    mem = _orig_finish(self, box, run, reset_done)
     seen["peak"], seen["oom"], seen["oom_event"] = mem.peak, mem.oom_kill, mem.oom
     finished.append(seen)
     return mem
@@ -205,6 +215,11 @@ async def check_runs(eng: Engine, res: dict[str, Any]) -> None:
     ok = [await run(eng, ["/bin/true"]) for _ in range(3)]
     res["true"] = ok
     res["own_cgroup_in_box"] = await run(eng, ["cat", "/proc/self/cgroup"])
+    # The program's first read of /proc/self/cgroup, before anything else ran
+    # in it (the fast path puts it there at birth, the old path before exec).
+    res["own_cgroup_first_read"] = await run(eng, ["python3", "-S", "-c", CGROUP_FIRST])
+    # The worker may call clone3 for CLONE_INTO_CGROUP; the program may not.
+    res["clone3_in_box"] = await run(eng, ["python3", "-S", "-c", CLONE3_ERRNO])
     res["echo"] = await run(eng, ["sh", "-c", "echo hello; echo err >&2; exit 3"])
 
 

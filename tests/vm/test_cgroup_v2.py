@@ -69,6 +69,15 @@ def is_idle_pool(groups: list[str]) -> bool:
     return len(groups) >= 2 and all(re.fullmatch(r"host-\d+", g) for g in groups)
 
 
+def assert_born_in_leaf(res: dict[str, Any]) -> None:
+    """Every run a check recorded (limits included) was placed by clone3, not migrated."""
+    runs = [v for v in res.values() if isinstance(v, dict) and isinstance(v.get("cgroup"), dict)]
+    runs += [r for v in res.values() if isinstance(v, list) for r in v if isinstance(r, dict) and r.get("cgroup")]
+    assert len(runs) >= 10, sorted(res)
+    for r in runs:
+        assert r["cgroup"]["into"] and r["cgroup"]["born_in"], r
+
+
 def check_results(res: dict[str, Any], mode: str) -> None:
     ctx = f"[{mode}] guest stderr:\n{res['_stderr']}\nerrors:\n" + "\n".join(res["errors"].values())
     assert not res["errors"], ctx
@@ -104,9 +113,19 @@ def check_results(res: dict[str, Any], mode: str) -> None:
     for r in res["true"]:
         assert r["status"] == "ok" and r["exit_code"] == 0, r
         assert RUN_LEAF.search(r["cgroup"]["path"]), r
-    box_cg = res["own_cgroup_in_box"]
-    assert box_cg["status"] == "ok", box_cg
-    assert RUN_LEAF.search(box_cg["stdout"].strip().removeprefix("0::")), box_cg
+    # Born in its leaf with CLONE_NEWCGROUP, the run's cgroup namespace is
+    # rooted at the leaf itself (the kernel makes the child's new css_set the
+    # namespace's root): the box sees "/" and nothing of the hierarchy, where
+    # the old path (a namespace of the agent's) showed "/../vmtest/host-N/runM".
+    # The host side saw the same runs in their leaf (RUN_LEAF on the spy's path).
+    for name in ("own_cgroup_in_box", "own_cgroup_first_read"):
+        r = res[name]
+        assert (r["status"], r["stdout"]) == ("ok", "0::/\n"), r
+        assert RUN_LEAF.search(r["cgroup"]["path"]), r
+    # The v2 fast path: every run was started in its leaf by clone3(CLONE_INTO_CGROUP).
+    assert_born_in_leaf(res)
+    clone3 = res["clone3_in_box"]
+    assert (clone3["status"], clone3["stdout"].split()) == ("ok", ["-1", "38"]), clone3  # ENOSYS
     echo = res["echo"]
     assert (echo["status"], echo["exit_code"], echo["stdout"], echo["stderr"]) == (
         "nonzero_exit",

@@ -57,6 +57,7 @@
 #include <sys/xattr.h>
 #include <linux/limits.h>
 #include <time.h>
+#include <limits.h>
 #include <unistd.h>
 
 static int SOCK_FD = 3; /* argv[2] */
@@ -82,11 +83,20 @@ enum {
     R_EXEC_FAILED = 8,
     R_LEFTOVERS = 16,
     R_SETUP_FAILED = 32,
+    R_RESET_DONE = 64, /* F_RESET_AFTER: the box is reset; a new /box fd, if any, rides along */
+    R_BORN_IN_CGROUP = 128, /* F_INTO_CGROUP: clone3(CLONE_INTO_CGROUP) placed the run, no migration */
 };
 
 /* RUN flags */
 enum {
     F_HAS_CPU_FD = 1,
+    F_RESET_AFTER = 2, /* reset the box before replying: the daemon need not send RESET */
+    F_INTO_CGROUP = 4, /* the one join fd is the run's cgroup v2 directory, not its cgroup.procs */
+};
+
+/* CONFIG flags */
+enum {
+    C_GUARD_CLONE3 = 1, /* the worker's program allows clone3: each run gets a filter making it ENOSYS */
 };
 
 struct config_hdr {
@@ -97,6 +107,8 @@ struct config_hdr {
     uint64_t box_bytes;
     uint64_t tmp_bytes;
     uint64_t shm_bytes;
+    uint32_t flags;
+    uint32_t pad;
     /* then: seccomp program, then NUL-separated strings:
        newroot, hostname, then ops until the end of the message */
 };
@@ -126,6 +138,8 @@ struct result_msg {
 };
 
 static struct sock_fprog seccomp_prog;
+static int guard_clone3;
+static int clone_into; /* runs are placed by clone3_into (decided once, at start: clone3_probe) */
 static uint32_t box_uid, box_gid;
 static uint64_t box_bytes, tmp_bytes, shm_bytes;
 static long ncpu = 1;
@@ -593,6 +607,7 @@ static int setup_box(ssize_t len) {
     box_bytes = h.box_bytes;
     tmp_bytes = h.tmp_bytes;
     shm_bytes = h.shm_bytes;
+    guard_clone3 = (h.flags & C_GUARD_CLONE3) != 0;
     char *p = msgbuf + sizeof h;
     char *end = msgbuf + len;
     if (h.seccomp_len % sizeof(struct sock_filter) || p + h.seccomp_len > end)
@@ -848,10 +863,23 @@ static void exec_with_path(char *const argv[], char *const envp[]) {
     errno = err;
 }
 
+/* The program's half of the seccomp policy when the worker's own program
+   allows clone3 (to place runs with CLONE_INTO_CGROUP): clone3 passes its
+   flags in memory seccomp cannot read, so the program must find it absent and
+   use clone(), whose flags the worker's program checks.  Filters stack: the
+   stricter answer wins, so this adds a denial and can lift none.  Other
+   architectures are the worker's program's business (it kills them). */
+static struct sock_filter clone3_guard_insns[] = {
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+};
+static struct sock_fprog clone3_guard = {sizeof clone3_guard_insns / sizeof clone3_guard_insns[0],
+                                         clone3_guard_insns};
+
 static void child_exec(struct run_hdr *h, char **argv, char **envp, const char *cwd, int *fds,
-                       int nfds) {
-    int njoin = nfds - 3 - ((h->flags & F_HAS_CPU_FD) ? 1 : 0);
-    int *join = fds + nfds - njoin;
+                       const int *join, int njoin) {
     for (int i = 0; i < njoin; i++)
         if (write(join[i], "0\n", 2) != 2) child_fail(errno);
     sigset_t none;
@@ -891,6 +919,9 @@ static void child_exec(struct run_hdr *h, char **argv, char **envp, const char *
     if (setresgid(box_gid, box_gid, box_gid) < 0) child_fail(errno);
     if (setresuid(box_uid, box_uid, box_uid) < 0) child_fail(errno);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) child_fail(errno);
+    /* clone_into too: an agent that may call clone3 never lets a program do so */
+    if ((guard_clone3 || clone_into) && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &clone3_guard) < 0)
+        child_fail(errno);
     exec_with_path(argv, envp);
     child_fail_stage(2, errno);
 }
@@ -900,16 +931,116 @@ struct child_args {
     char **argv, **envp;
     const char *cwd;
     int *fds;
-    int nfds;
+    const int *join; /* cgroup.procs fds the child writes itself into */
+    int njoin;
 };
 
 static int child_main(void *arg) {
     struct child_args *a = arg;
-    child_exec(a->h, a->argv, a->envp, a->cwd, a->fds, a->nfds);
+    child_exec(a->h, a->argv, a->envp, a->cwd, a->fds, a->join, a->njoin);
     return 127;
 }
 
 static char child_stack[256 * 1024] __attribute__((aligned(16)));
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+/* struct clone_args as of Linux 5.7 (CLONE_ARGS_SIZE_VER2): declared here
+   so the build does not depend on how new the installed headers are. */
+struct clone_args_v2 {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+        set_tid_size, cgroup;
+};
+
+/* clone3 with CLONE_VM|CLONE_VFORK, like clone() above, born in the cgroup
+   whose directory is `cgfd`: the kernel charges it there from its first
+   instruction, and no write to cgroup.procs migrates it (a migration takes
+   the cgroup threadgroup rwsem for writing).  The kernel checks the move
+   against the caller's cgroup namespace (with nsdelegate both ends must be
+   inside it), so in this mode the agent keeps the daemon's and gives each
+   run's first process a new one here instead (CLONE_NEWCGROUP, rooted where
+   the agent's would have been: the worker's cgroup).  glibc has no clone3 wrapper
+   that runs a function on a new stack, and a vfork child cannot return
+   through the caller's frames, so the child's side is a few instructions of
+   assembly: call fn(arg) on the new stack, then exit.  Returns the pid or
+   -errno; -ENOSYS where it cannot be done. */
+static long clone3_into(int cgfd, int (*fn)(void *), void *arg) {
+#if defined(__x86_64__)
+    struct clone_args_v2 ca = {
+        .flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP | CLONE_NEWCGROUP,
+        .exit_signal = SIGCHLD,
+        .stack = (uint64_t)(uintptr_t)child_stack,
+        .stack_size = sizeof child_stack,
+        .cgroup = (uint64_t)cgfd,
+    };
+    register long rax __asm__("rax") = SYS_clone3;
+    register void *r12 __asm__("r12") = (void *)fn;
+    register void *r13 __asm__("r13") = arg;
+    __asm__ volatile("syscall\n\t"
+                     "test %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     /* child: rsp is the top of child_stack (16-aligned) */
+                     "mov %%r13, %%rdi\n\t"
+                     "call *%%r12\n\t"
+                     "mov %%eax, %%edi\n\t"
+                     "mov $60, %%eax\n\t" /* SYS_exit */
+                     "syscall\n\t"
+                     "hlt\n\t"
+                     "1:\n\t"
+                     : "+r"(rax)
+                     : "D"(&ca), "S"(sizeof ca), "r"(r12), "r"(r13)
+                     : "rcx", "r11", "memory");
+    return rax;
+#else
+    (void)cgfd, (void)fn, (void)arg;
+    return -ENOSYS;
+#endif
+}
+
+
+/* Whether clone3 with CLONE_INTO_CGROUP works here, asked with a closed fd
+   (INT_MAX: a larger one is EINVAL) so that nothing is created: EBADF means
+   the kernel got as far as the fd.  ENOSYS: no clone3, or a container's
+   seccomp hides it (docker's does); E2BIG/EINVAL: clone3 without
+   CLONE_INTO_CGROUP (Linux 5.3-5.6). */
+static int clone3_probe(void) {
+#if defined(__x86_64__)
+    struct clone_args_v2 ca = {.flags = CLONE_INTO_CGROUP, .exit_signal = SIGCHLD, .cgroup = INT_MAX};
+    long r = syscall(SYS_clone3, &ca, sizeof ca);
+    if (r == 0) _exit(0); /* a kernel that ignored the fd: the child goes at once */
+    if (r > 0) {
+        waitpid((pid_t)r, NULL, 0);
+        return 0;
+    }
+    return errno == EBADF;
+#else
+    return 0;
+#endif
+}
+
+/* Start the run's first process: born in the cgroup of `cgfd` when >= 0,
+   else by clone() (the child then writes itself into ca->join). */
+static pid_t spawn_child(struct child_args *ca, int cgfd, int *err) {
+    if (cgfd >= 0) {
+        long r = clone3_into(cgfd, child_main, ca);
+        *err = r < 0 ? (int)-r : 0;
+        return r < 0 ? -1 : (pid_t)r;
+    }
+    pid_t pid = clone(child_main, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, ca);
+    *err = errno;
+    return pid;
+}
+
+/* MSG_RESET's work after a run (every process of it is already reaped),
+   short of a new worker: a run that touched the network namespace gets no
+   R_RESET_DONE, and the daemon's RESET that follows hands over.  A failure
+   likewise leaves it to that RESET, which reports it. */
+static int reset_in_reply(void) {
+    if (reset_box() < 0 || net_dirty()) return -1;
+    set_last_pid(RUN_FIRST_PID - 1);
+    return 0;
+}
 
 static void do_run(ssize_t len, int *fds, int nfds) {
     struct result_msg res = {.type = MSG_RESULT};
@@ -954,10 +1085,31 @@ static void do_run(ssize_t len, int *fds, int nfds) {
     getrusage(RUSAGE_CHILDREN, &ru_before);
     uint64_t cpu0 = cpu_fd >= 0 ? read_cpu_ns(cpu_fd) : 0;
     uint64_t t0 = now_ns();
-    struct child_args ca = {&h, argv, envp, cwd, fds, nfds};
+    int njoin = nfds - 3 - ((h.flags & F_HAS_CPU_FD) ? 1 : 0);
+    int *join = fds + nfds - njoin;
+    int cgfd = -1;
+    if (h.flags & F_INTO_CGROUP) {
+        if (njoin != 1 || !clone_into) {
+            free(argv);
+            free(envp);
+            send_error("bad run request: F_INTO_CGROUP wants one cgroup fd, and READY_CLONE_INTO", EINVAL);
+            goto out;
+        }
+        cgfd = join[0];
+        njoin = 0;
+    } else if (clone_into) {
+        /* This agent gave its cgroup namespace up for one per run, which
+           only clone3_into makes: no run without it. */
+        free(argv);
+        free(envp);
+        send_error("bad run request: this agent starts runs with F_INTO_CGROUP only", EINVAL);
+        goto out;
+    }
+    struct child_args ca = {&h, argv, envp, cwd, fds, join, njoin};
     child_stage = child_err = 0;
-    pid_t pid = clone(child_main, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &ca);
-    int clone_errno = errno;
+    int clone_errno = 0;
+    pid_t pid = spawn_child(&ca, cgfd, &clone_errno);
+    if (pid >= 0 && cgfd >= 0) res.flags |= R_BORN_IN_CGROUP;
     free(argv);
     free(envp);
     /* Our copies of the job's fds must go now: holding the stdout pipe open
@@ -1053,6 +1205,15 @@ static void do_run(ssize_t len, int *fds, int nfds) {
     }
 reply:
     if (cpu_fd >= 0) close(cpu_fd);
+    if ((h.flags & F_RESET_AFTER) && !(res.flags & R_LEFTOVERS) && reset_in_reply() == 0) {
+        /* One message instead of RESULT, RESET, READY: the reset costs the
+           daemon no second round trip. */
+        res.flags |= R_RESET_DONE;
+        send_with_fd(&res, sizeof res, pending_boxfd);
+        if (pending_boxfd >= 0) close(pending_boxfd);
+        pending_boxfd = -1;
+        return;
+    }
     send_with_fd(&res, sizeof res, -1);
     return;
 out:
@@ -1084,9 +1245,11 @@ static int priv_call(unsigned char cmd, unsigned char arg) {
     return n == (ssize_t)sizeof err ? err : EIO;
 }
 
+enum { READY_CLONE_INTO = 1 }; /* runs are born in the cgroup whose directory F_INTO_CGROUP passes */
+
 static void send_ready(void) {
-    uint32_t t = MSG_READY;
-    send_with_fd(&t, 4, pending_boxfd);
+    uint32_t t[2] = {MSG_READY, clone_into ? READY_CLONE_INTO : 0};
+    send_with_fd(t, sizeof t, pending_boxfd);
     if (pending_boxfd >= 0) close(pending_boxfd);
     pending_boxfd = -1;
 }
@@ -1233,8 +1396,12 @@ int main(int argc, char **argv) {
     if (!msgbuf) return 122;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     if (n > 0) ncpu = n;
+    /* argv[3] "clone-into-cgroup": the daemon's cgroup v2 backend wants runs
+       born in their cgroup; then each run gets its cgroup namespace at birth
+       (clone3_into) instead of the agent getting one here. */
+    clone_into = argc > 3 && strcmp(argv[3], "clone-into-cgroup") == 0 && clone3_probe();
     if (unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
-                CLONE_NEWCGROUP) < 0)
+                (clone_into ? 0 : CLONE_NEWCGROUP)) < 0)
         die("unshare");
     pid_t inner = fork();
     if (inner < 0) die("fork");

@@ -43,6 +43,8 @@ class RunCgroup:
     path: Path | None = None  # v2 per-run leaf
     oom_before: int = 0
     owned: bool = True  # False: the fds belong to the box (v1 keeps them open across runs)
+    into: bool = False  # v2: join_fds is [the leaf's directory], for clone3(CLONE_INTO_CGROUP)
+    born_in: bool = False  # the agent placed the run with it (False: it fell back to a write)
 
     def close_fds(self) -> None:
         if self.owned:
@@ -61,13 +63,22 @@ class BoxCgroup:
     _runs: int = 0
     _fds: dict[str, int] = field(default_factory=dict)
     _residue: int = 0  # v1: kernel memory an earlier run left that force_empty could not drop
+    # v1: the group's oom_kill count as the last run's finish read it: the next
+    # run's baseline (no process is in the group between runs).
+    _oom_kills: int | None = None
+    settled: bool = False  # the last finish(reset_done=True) did the between-runs step too
 
-    def prepare(self, memory: int, procs: int) -> RunCgroup:
-        return self.backend.prepare(self, memory, procs)
+    def prepare(self, memory: int, procs: int, into: bool = False) -> RunCgroup:
+        """into: the agent will start the run in its cgroup (clone3
+        CLONE_INTO_CGROUP); the backend hands over a directory, if it can."""
+        return self.backend.prepare(self, memory, procs, into)
 
-    def finish(self, run: RunCgroup) -> MemoryUse:
-        """Memory of the run that just ended."""
-        return self.backend.finish(self, run)
+    def finish(self, run: RunCgroup, reset_done: bool = False) -> MemoryUse:
+        """Memory of the run that just ended.  reset_done: the box's work
+        areas are emptied already, so the between-runs step can reuse this
+        read of the counters; `settled` says whether it was done (False: it
+        needs more, e.g. v1's force_empty, left to between_runs())."""
+        return self.backend.finish(self, run, reset_done)
 
     def between_runs(self) -> None:
         self.backend.between_runs(self)
@@ -81,15 +92,18 @@ class BoxCgroup:
 
 class Backend:
     version: int
+    # Runs are started in their cgroup by clone3(CLONE_INTO_CGROUP) (v2);
+    # the agent falls back to a write where the kernel lacks it.
+    clone_into: bool = False
     root: Path  # instance root (v2) / instance path below each controller (v1)
 
     def create_box(self, name: str) -> BoxCgroup:
         raise NotImplementedError
 
-    def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
+    def prepare(self, box: BoxCgroup, memory: int, procs: int, into: bool = False) -> RunCgroup:
         raise NotImplementedError
 
-    def finish(self, box: BoxCgroup, run: RunCgroup) -> MemoryUse:
+    def finish(self, box: BoxCgroup, run: RunCgroup, reset_done: bool = False) -> MemoryUse:
         raise NotImplementedError
 
     def between_runs(self, box: BoxCgroup) -> None:

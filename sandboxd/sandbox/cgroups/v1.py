@@ -67,7 +67,7 @@ class V1(Backend):
             return False
         return True
 
-    def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
+    def prepare(self, box: BoxCgroup, memory: int, procs: int, into: bool = False) -> RunCgroup:
         mem, pids = box.dirs["memory"], box.dirs["pids"]
         cur_mem, cur_procs = box._limits
         set_mem = memory
@@ -88,16 +88,37 @@ class V1(Backend):
             for c, d in box.dirs.items():
                 fds[f"join-{c}"] = os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
         os.pwrite(fds["peak"], b"0", 0)
-        oom = keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill")
+        oom = box._oom_kills
+        if oom is None:
+            oom = keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill")
         join = [fds[f"join-{c}"] for c in box.dirs]
         return RunCgroup(join, fds["cpu"], memory, oom_before=oom, owned=False)
 
-    def finish(self, box: BoxCgroup, run: RunCgroup) -> MemoryUse:
+    def finish(self, box: BoxCgroup, run: RunCgroup, reset_done: bool = False) -> MemoryUse:
         fds = box._fds
-        peak = measured(int(os.pread(fds["peak"], 64, 0)), v1_file_bytes(fds["numa"]) + box._residue)
+        file_bytes = v1_file_bytes(fds["numa"])
+        peak = measured(int(os.pread(fds["peak"], 64, 0)), file_bytes + box._residue)
         # No v1 count of refused charges (failcnt counts reclaim): OOM kills (oom_kill_disable=0).
-        oom = keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill") > run.oom_before
-        return MemoryUse(peak, oom, oom)
+        kills = keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill")
+        box._oom_kills = kills
+        box.settled = False
+        if reset_done:
+            # The between-runs check on the same stat read: nothing left to
+            # drop is the common case, then the box needs nothing more.
+            left = self._left(box, file_bytes)
+            if left <= box._residue + FORCE_EMPTY_ABOVE:
+                box._residue = min(box._residue, left)
+                box.settled = True
+        return MemoryUse(peak, kills > run.oom_before, kills > run.oom_before)
+
+    @staticmethod
+    def _left(box: BoxCgroup, file_bytes: int | None = None) -> int:
+        """Non-file memory still charged to the box's group (0 below the threshold)."""
+        fds = box._fds
+        usage = int(os.pread(fds["usage"], 64, 0))
+        if usage <= FORCE_EMPTY_ABOVE:
+            return 0
+        return usage - (v1_file_bytes(fds["numa"]) if file_bytes is None else file_bytes)  # stat read: ~10 us
 
     def between_runs(self, box: BoxCgroup) -> None:
         # Page cache stays (module docstring); kernel memory left would count
@@ -108,8 +129,7 @@ class V1(Backend):
         if not fds:
             return  # no run yet
         try:
-            usage = int(os.pread(fds["usage"], 64, 0))
-            left = usage - v1_file_bytes(fds["numa"]) if usage > FORCE_EMPTY_ABOVE else 0  # stat read: ~10 us
+            left = self._left(box)
             if left > box._residue + FORCE_EMPTY_ABOVE:
                 write(mem / "memory.force_empty", "0")
                 # It leaves some (dentries its shrinker pass did not reach: ~4

@@ -27,6 +27,7 @@ V2_CONTROLLERS = ("memory", "pids", "cpu")
 
 class V2(Backend):
     version = 2
+    clone_into = True  # benchmarks/cgroup_v2.py turns it off for the old path
 
     def __init__(self, instance: str, mount: Path) -> None:
         self.mount = mount
@@ -78,7 +79,7 @@ class V2(Backend):
         box.dirs["box"] = d
         return box
 
-    def prepare(self, box: BoxCgroup, memory: int, procs: int) -> RunCgroup:
+    def prepare(self, box: BoxCgroup, memory: int, procs: int, into: bool = False) -> RunCgroup:
         box._runs += 1
         leaf = box.dirs["box"] / f"run{box._runs}"
         leaf.mkdir()
@@ -86,12 +87,19 @@ class V2(Backend):
         write(leaf / "memory.swap.max", "0")
         write(leaf / "memory.oom.group", "1")
         write(leaf / "pids.max", str(procs))
-        join = [os.open(leaf / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)]
+        # The leaf's directory: the agent starts the run in it with
+        # clone3(CLONE_INTO_CGROUP), no migration (it falls back to writing
+        # the directory's cgroup.procs where the kernel lacks that).
+        if into:
+            join = [os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+        else:
+            join = [os.open(leaf / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)]
         cpu = os.open(leaf / "cpu.stat", os.O_RDONLY | os.O_CLOEXEC)
-        return RunCgroup(join, cpu, memory, path=leaf)
+        return RunCgroup(join, cpu, memory, path=leaf, into=into)
 
-    def finish(self, box: BoxCgroup, run: RunCgroup) -> MemoryUse:
+    def finish(self, box: BoxCgroup, run: RunCgroup, reset_done: bool = False) -> MemoryUse:
         assert run.path is not None
+        box.settled = reset_done  # no between-runs step: the next run gets a new leaf
         stat = read(run.path / "memory.stat")
         try:
             raw = int(read(run.path / "memory.peak"))

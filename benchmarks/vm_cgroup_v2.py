@@ -1,0 +1,49 @@
+"""Boot the tests/vm guest (Debian 12, pure cgroup v2, qemu TCG), install this
+checkout in it and run benchmarks/cgroup_v2.py there in a unit with
+Delegate=yes (as production runs).  TCG emulates the CPU: only the ratios
+mean anything.  Prints the guest's output.
+
+    .venv/bin/python benchmarks/vm_cgroup_v2.py [--rounds 5] [--block 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "vm"))
+
+import build_image  # noqa: E402
+from harness import VM  # noqa: E402
+
+GUEST_SRC = "/root/sandboxd"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--block", type=int, default=100)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    vm = VM(build_image.build())
+    vm.boot(timeout=300)
+    try:
+        vm.copy_in(REPO, GUEST_SRC)
+        pip = f"{build_image.GUEST_VENV}/bin/pip"
+        install = [pip, "install", "-q", "--no-index", "--no-deps", "--no-build-isolation", GUEST_SRC]
+        vm.run(install, timeout=600, check=True)
+        cmd = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", "-p", "Delegate=yes"]
+        cmd += [build_image.GUEST_PYTHON, f"{GUEST_SRC}/benchmarks/cgroup_v2.py"]
+        cmd += ["--rounds", str(a.rounds), "--block", str(a.block), *(["--json"] if a.json else [])]
+        r = vm.run(cmd, timeout=3000)
+        print(r.stdout)
+        print(r.stderr, file=sys.stderr)
+        return r.returncode
+    finally:
+        vm.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
