@@ -49,6 +49,7 @@ from typing import Any
 
 import benchlib as bl
 
+import sandboxd.sandbox.agentchan as agentchan
 import sandboxd.sandbox.agentproto as proto
 import sandboxd.sandbox.box as boxmod
 import sandboxd.sandbox.cgroups as cgroups
@@ -150,8 +151,8 @@ class Hooks:
 
             return w
 
-        self.patch(boxmod._Channel, "expect", expect_)
-        self.patch(boxmod._Channel, "_readable", readable_)
+        self.patch(agentchan.Channel, "expect", expect_)
+        self.patch(agentchan.Channel, "_readable", readable_)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -160,7 +161,7 @@ class Hooks:
         state: dict[int, list[Any]] = defaultdict(lambda: ["run", 0, 0])
         self._hook_box(state)
         self._hook_channel(state)
-        self.timed(boxmod._Channel, "send", "send")
+        self.timed(agentchan.Channel, "send", "send")
         for backend_cls in (cgroups.V1, cgroups.V2):
             self.timed(backend_cls, "prepare", "cg_prepare")
             self.timed(backend_cls, "finish", "cg_finish")

@@ -32,7 +32,8 @@ from sandboxd.languages import Language, load_dir
 from sandboxd.rootfs import store
 from sandboxd.rootfs.mounts import Rootfs, from_tree, host_default
 from sandboxd.sandbox import agentbin, cgroups, seccomp
-from sandboxd.sandbox.box import AgentDied, Box, BoxSpec, RunControl, Stdio
+from sandboxd.sandbox.agentchan import AgentDied
+from sandboxd.sandbox.box import Box, BoxSpec, RunControl, Stdio
 from sandboxd.sandbox.boxfiles import Refused
 from sandboxd.schema import FileIn, Limits, RunRequest, RunResult, SchemaError, validate_run
 

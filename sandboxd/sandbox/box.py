@@ -8,7 +8,6 @@ clean slate, so nothing of one job survives into the next.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import logging
@@ -23,6 +22,7 @@ from pathlib import Path
 from sandboxd.rootfs.mounts import Rootfs
 from sandboxd.sandbox import agentproto as proto
 from sandboxd.sandbox import boxfiles
+from sandboxd.sandbox.agentchan import AgentDied, BoxError, Capture, Channel, check_reply
 from sandboxd.sandbox.cgroups import BoxCgroup, RunCgroup
 from sandboxd.sandbox.classify import classify
 from sandboxd.schema import MAX_FILES_OUT_BYTES, RunRequest, RunResult
@@ -39,15 +39,6 @@ DEFAULT_ENV = {
 # (stdin, stdout) or (stdin, stdout, stderr) fds a caller hands to a run.
 Stdio = tuple[int, int] | tuple[int, int, int]
 _DEVNULL = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-_MAX_FDS = 16
-
-
-class AgentDied(Exception):
-    """The agent is gone; the box is unusable."""
-
-
-class BoxError(Exception):
-    """The agent refused or failed a request; the box is unusable."""
 
 
 @dataclass(frozen=True)
@@ -68,162 +59,6 @@ class BoxSpec:
     guard_clone3: bool = False
 
 
-class _Channel:
-    """Request/reply over the agent's SOCK_SEQPACKET socket, on the event loop."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.loop = asyncio.get_running_loop()
-        self.waiter: asyncio.Future[tuple[bytes, list[int]]] | None = None
-        self.dead: Exception | None = None
-        sock.setblocking(False)
-        self.loop.add_reader(sock.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        try:
-            # (CLOEXEC: a received /box fd must never reach a process the daemon starts.)
-            data, anc, _flags, _ = self.sock.recvmsg(
-                proto.MAX_MSG, socket.CMSG_SPACE(4 * _MAX_FDS), socket.MSG_CMSG_CLOEXEC
-            )
-        except BlockingIOError:
-            return
-        except OSError as e:
-            self._fail(AgentDied(f"agent socket: {e}"))
-            return
-        fds: list[int] = []
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                a = array.array("i")
-                a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
-                fds.extend(a)
-        if not data:
-            self._fail(AgentDied("agent exited"))
-            return
-        w = self.waiter
-        if w is None or w.done():
-            for fd in fds:
-                os.close(fd)
-            log.warning("unexpected message from agent: %r", data[:64])
-            return
-        w.set_result((data, fds))
-
-    def _fail(self, exc: Exception) -> None:
-        if self.dead is None:
-            self.dead = exc
-            self.loop.remove_reader(self.sock.fileno())
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
-
-    def expect(self) -> asyncio.Future[tuple[bytes, list[int]]]:
-        if self.dead is not None:
-            raise self.dead
-        self.waiter = self.loop.create_future()
-        return self.waiter
-
-    def send(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
-        if self.dead is not None:
-            raise self.dead
-        try:
-            if fds:
-                self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-            else:
-                self.sock.send(data)
-        except OSError as e:
-            self._fail(AgentDied(f"agent socket: {e}"))
-            raise self.dead from e  # type: ignore[misc]
-
-    async def request(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> tuple[bytes, list[int]]:
-        fut = self.expect()
-        self.send(data, fds)
-        return await fut
-
-    def close(self) -> None:
-        if self.dead is None:
-            self.loop.remove_reader(self.sock.fileno())
-            self.dead = AgentDied("box closed")
-        self.sock.close()
-
-
-def _check_reply(data: bytes, fds: list[int], want: int) -> None:
-    (kind,) = proto.KIND.unpack_from(data)
-    if kind == want:
-        return
-    for fd in fds:
-        os.close(fd)
-    if kind == proto.MSG_ERROR:
-        raise BoxError(data[4:].decode(errors="replace"))
-    raise BoxError(f"agent sent message type {kind}, expected {want}")
-
-
-class _Capture:
-    """Reads one output pipe up to a limit; past it, asks for the run to be killed."""
-
-    def __init__(self, fd: int, limit: int, on_overflow: Callable[[], None]) -> None:
-        self.fd = fd
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.truncated = False
-        self.on_overflow = on_overflow
-        self.loop = asyncio.get_running_loop()
-        self.done: asyncio.Future[None] = self.loop.create_future()
-        if fd < 0:  # nothing to capture
-            self.done.set_result(None)
-            return
-        os.set_blocking(fd, False)
-        self.loop.add_reader(fd, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            b = os.read(self.fd, 1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            b = b""
-        self._take(b)
-
-    def drain(self) -> bool:
-        """Read to EOF now, without the event loop; False if a writer is still
-        alive (then wait for `done`).  After a run's result every process of
-        the box is dead, so this is the common case and saves a loop round."""
-        while self.fd >= 0:
-            try:
-                b = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                return False
-            except OSError:
-                b = b""
-            self._take(b)
-        return True
-
-    def _take(self, b: bytes) -> None:
-        if not b:
-            self.close()
-            return
-        if not self.truncated:
-            room = self.limit - self.size
-            if len(b) > room:
-                self.chunks.append(b[:room])
-                self.size = self.limit
-                self.truncated = True
-                self.on_overflow()
-            else:
-                self.chunks.append(b)
-                self.size += len(b)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            self.loop.remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-        if not self.done.done():
-            self.done.set_result(None)
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.chunks)
-
-
 class Box:
     def __init__(self, name: str, uid: int, spec: BoxSpec, cg: BoxCgroup) -> None:
         self.name = name
@@ -231,7 +66,7 @@ class Box:
         self.spec = spec
         self.cg = cg
         self.proc: subprocess.Popen[bytes] | None = None
-        self.chan: _Channel | None = None
+        self.chan: Channel | None = None
         self.boxfd = -1
         self.runs = 0
         self.clone_into = False  # the agent said READY_CLONE_INTO
@@ -266,7 +101,7 @@ class Box:
             )
         finally:
             theirs.close()
-        self.chan = _Channel(ours)
+        self.chan = Channel(ours)
         cfg = proto.encode_config(
             self.uid,
             self.uid,
@@ -280,7 +115,7 @@ class Box:
             proto.C_GUARD_CLONE3 if self.spec.guard_clone3 else 0,
         )
         data, fds = await self.chan.request(cfg)
-        _check_reply(data, fds, proto.MSG_READY)
+        check_reply(data, fds, proto.MSG_READY)
         self.clone_into = proto.ready_flags(data) & proto.READY_CLONE_INTO != 0
         self.boxfd = fds[0]
 
@@ -301,7 +136,7 @@ class Box:
             self.cg.between_runs()
             return
         data, fds = await self.chan.request(proto.KIND.pack(proto.MSG_RESET))
-        _check_reply(data, fds, proto.MSG_READY)
+        check_reply(data, fds, proto.MSG_READY)
         self._take_boxfd(fds)
         # After the tmpfs is emptied: its pages were charged to the box's cgroup.
         self.cg.between_runs()
@@ -366,8 +201,8 @@ class Box:
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             owned.append(err_w)
         stop = _Stop(chan)
-        out = _Capture(out_r, lim.output, stop)
-        err = _Capture(err_r, lim.output, stop)
+        out = Capture(out_r, lim.output, stop)
+        err = Capture(err_r, lim.output, stop)
         flags = proto.F_HAS_CPU_FD | (proto.F_RESET_AFTER if then_reset else 0)
         msg = _run_message(req, flags | (proto.F_INTO_CGROUP if rc.into else 0))
         fut = _send_run(chan, msg, [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds], owned, rc, out, err)
@@ -389,7 +224,7 @@ class Box:
         return self._finish(req, res, rc, out, err, stop.killed)
 
     def _finish(
-        self, req: RunRequest, res: proto.AgentResult, rc: RunCgroup, out: _Capture, err: _Capture, killed: bool
+        self, req: RunRequest, res: proto.AgentResult, rc: RunCgroup, out: Capture, err: Capture, killed: bool
     ) -> RunResult:
         """The run's result, once every process of it is gone and its output read."""
         reset = bool(res.flags & proto.R_RESET_DONE)
@@ -425,7 +260,7 @@ class _Stop:
 
     __slots__ = ("chan", "killed")
 
-    def __init__(self, chan: _Channel) -> None:
+    def __init__(self, chan: Channel) -> None:
         self.chan = chan
         self.killed = False
 
@@ -522,7 +357,7 @@ def _run_message(req: RunRequest, flags: int) -> bytes:
 
 
 def _send_run(
-    chan: _Channel, msg: bytes, fds: list[int], owned: list[int], rc: RunCgroup, out: _Capture, err: _Capture
+    chan: Channel, msg: bytes, fds: list[int], owned: list[int], rc: RunCgroup, out: Capture, err: Capture
 ) -> asyncio.Future[tuple[bytes, list[int]]]:
     """Hand the run to the agent; returns the future of its reply."""
     try:
@@ -544,8 +379,8 @@ def _send_run(
 
 async def _run_result(
     fut: asyncio.Future[tuple[bytes, list[int]]],
-    out: _Capture,
-    err: _Capture,
+    out: Capture,
+    err: Capture,
     stop: _Stop,
     take_boxfd: Callable[[list[int]], None],
 ) -> proto.AgentResult:
@@ -560,7 +395,7 @@ async def _run_result(
         if proto.KIND.unpack_from(data)[0] == proto.MSG_RESULT:
             take_boxfd(fds)
         raise
-    _check_reply(data, fds, proto.MSG_RESULT)
+    check_reply(data, fds, proto.MSG_RESULT)
     take_boxfd(fds)
     res = proto.decode_result(data)
     # Every process of the run is dead now, so the pipes are at EOF.

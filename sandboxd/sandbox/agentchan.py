@@ -1,0 +1,182 @@
+"""The daemon's end of one agent: its SOCK_SEQPACKET channel (one message per
+packet, fds as SCM_RIGHTS; sandboxd.sandbox.agentproto), and the run's output
+pipes read to their limit.  Split from box.py, which drives them."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from sandboxd.sandbox import agentproto as proto
+
+log = logging.getLogger(__name__)
+
+MAX_FDS = 16  # fds one agent message may carry
+
+
+class AgentDied(Exception):
+    """The agent is gone; the box is unusable."""
+
+
+class BoxError(Exception):
+    """The agent refused or failed a request; the box is unusable."""
+
+
+class Channel:
+    """Request/reply over the agent's SOCK_SEQPACKET socket, on the event loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.waiter: asyncio.Future[tuple[bytes, list[int]]] | None = None
+        self.dead: Exception | None = None
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            # (CLOEXEC: a received /box fd must never reach a process the daemon starts.)
+            data, anc, _flags, _ = self.sock.recvmsg(
+                proto.MAX_MSG, socket.CMSG_SPACE(4 * MAX_FDS), socket.MSG_CMSG_CLOEXEC
+            )
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._fail(AgentDied(f"agent socket: {e}"))
+            return
+        fds: list[int] = []
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
+                fds.extend(a)
+        if not data:
+            self._fail(AgentDied("agent exited"))
+            return
+        w = self.waiter
+        if w is None or w.done():
+            for fd in fds:
+                os.close(fd)
+            log.warning("unexpected message from agent: %r", data[:64])
+            return
+        w.set_result((data, fds))
+
+    def _fail(self, exc: Exception) -> None:
+        if self.dead is None:
+            self.dead = exc
+            self.loop.remove_reader(self.sock.fileno())
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    def expect(self) -> asyncio.Future[tuple[bytes, list[int]]]:
+        if self.dead is not None:
+            raise self.dead
+        self.waiter = self.loop.create_future()
+        return self.waiter
+
+    def send(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+        if self.dead is not None:
+            raise self.dead
+        try:
+            if fds:
+                self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            else:
+                self.sock.send(data)
+        except OSError as e:
+            self._fail(AgentDied(f"agent socket: {e}"))
+            raise self.dead from e  # type: ignore[misc]
+
+    async def request(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> tuple[bytes, list[int]]:
+        fut = self.expect()
+        self.send(data, fds)
+        return await fut
+
+    def close(self) -> None:
+        if self.dead is None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.dead = AgentDied("box closed")
+        self.sock.close()
+
+
+def check_reply(data: bytes, fds: list[int], want: int) -> None:
+    (kind,) = proto.KIND.unpack_from(data)
+    if kind == want:
+        return
+    for fd in fds:
+        os.close(fd)
+    if kind == proto.MSG_ERROR:
+        raise BoxError(data[4:].decode(errors="replace"))
+    raise BoxError(f"agent sent message type {kind}, expected {want}")
+
+
+class Capture:
+    """Reads one output pipe up to a limit; past it, asks for the run to be killed."""
+
+    def __init__(self, fd: int, limit: int, on_overflow: Callable[[], None]) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+        self.on_overflow = on_overflow
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        if fd < 0:  # nothing to capture
+            self.done.set_result(None)
+            return
+        os.set_blocking(fd, False)
+        self.loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            b = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            b = b""
+        self._take(b)
+
+    def drain(self) -> bool:
+        """Read to EOF now, without the event loop; False if a writer is still
+        alive (then wait for `done`).  After a run's result every process of
+        the box is dead, so this is the common case and saves a loop round."""
+        while self.fd >= 0:
+            try:
+                b = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return False
+            except OSError:
+                b = b""
+            self._take(b)
+        return True
+
+    def _take(self, b: bytes) -> None:
+        if not b:
+            self.close()
+            return
+        if not self.truncated:
+            room = self.limit - self.size
+            if len(b) > room:
+                self.chunks.append(b[:room])
+                self.size = self.limit
+                self.truncated = True
+                self.on_overflow()
+            else:
+                self.chunks.append(b)
+                self.size += len(b)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        if not self.done.done():
+            self.done.set_result(None)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
