@@ -29,6 +29,7 @@ _PREFIX = {
     "fleet": "fleet_",
     "sessions": "session_",
     "files": "files_",
+    "tenants": "tenants_",
 }
 # ...except these (a section's main setting was the section's name).
 _EXCEPT = {

@@ -200,7 +200,7 @@ def test_consumers_take_their_defaults_from_the_config() -> None:
     assert defaults_of(Service)["results_ttl"] == j.results_ttl
     assert defaults_of(httpserver.make_app)["max_body"] == config.HTTP.max_body
     assert defaults_of(httpserver.make_api_app)["max_body"] == config.HTTP.max_body
-    limits = [f.name for f in dataclasses.fields(Inbound) if f.init and f.name != "connections"]
+    limits = [f.name for f in dataclasses.fields(Inbound) if f.init and f.name not in ("connections", "budget")]
     assert {k: getattr(default(), k) for k in limits} == {
         "header_timeout": config.HTTP.header_timeout,
         "body_timeout": config.HTTP.body_timeout,
