@@ -179,6 +179,16 @@ def _check_files_out(paths: list[str]) -> list[str]:
     return out
 
 
+def check_files_in(files: list[FileIn], what: str) -> None:
+    """Each file's path normalised in place, and checked (in the box, no two alike)."""
+    seen: set[str] = set()
+    for i, f in enumerate(files):
+        f.path = check_box_path(f.path, f"{what}[{i}].path")
+        if f.path in seen:
+            raise SchemaError(f"{what}[{i}].path: {f.path!r} given twice")
+        seen.add(f.path)
+
+
 def _utf8_len(s: str, what: str) -> int:
     try:
         return len(s.encode())
@@ -201,12 +211,7 @@ def validate_run(req: RunRequest, resolved: bool = False) -> RunRequest:
     if size > MAX_ARGV_BYTES:
         raise SchemaError(f"cmd+env: {size} bytes, more than {MAX_ARGV_BYTES}")
     _check_cwd(req.cwd)
-    seen: set[str] = set()
-    for i, f in enumerate(req.files_in):
-        f.path = check_box_path(f.path, f"files_in[{i}].path")
-        if f.path in seen:
-            raise SchemaError(f"files_in[{i}].path: {f.path!r} given twice")
-        seen.add(f.path)
+    check_files_in(req.files_in, "files_in")
     req.files_out = _check_files_out(req.files_out)
     refs = file_refs(req)  # (inline and by hash at once: refused)
     if resolved and refs:
@@ -404,12 +409,7 @@ def validate_submission(sub: Submission) -> Submission:
     for i, arg in enumerate(sub.compile_options):
         if "\0" in arg:
             raise SchemaError(f"compile_options[{i}]: contains NUL")
-    seen: set[str] = set()
-    for i, f in enumerate(sub.files):
-        f.path = check_box_path(f.path, f"files[{i}].path")
-        if f.path in seen:
-            raise SchemaError(f"files[{i}].path: {f.path!r} given twice")
-        seen.add(f.path)
+    check_files_in(sub.files, "files")
     if sub.checker.kind == "custom" and sub.checker.program is None:
         raise SchemaError("checker.program: required when checker.kind is 'custom'")
     if sub.checker.kind != "custom" and sub.checker.program is not None:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, field
 
-from sandboxd.schema import MAX_WALL_TIME, FileIn, Limits, MiB, SchemaError, check_box_path
+from sandboxd.schema import MAX_WALL_TIME, FileIn, Limits, MiB, SchemaError, check_files_in
 
 # The signals a session's client may send: what a terminal sends, and KILL.
 SessionSignalName = Literal["INT", "TERM", "HUP", "QUIT", "USR1", "USR2", "KILL"]
@@ -68,10 +68,5 @@ def validate_session(start: SessionStart) -> SessionStart:
             raise SchemaError(f"argv[{i}]: contains NUL")
     if start.source is None and not start.files:
         raise SchemaError("source: required (or files)")
-    seen: set[str] = set()
-    for i, f in enumerate(start.files):
-        f.path = check_box_path(f.path, f"files[{i}].path")
-        if f.path in seen:
-            raise SchemaError(f"files[{i}].path: {f.path!r} given twice")
-        seen.add(f.path)
+    check_files_in(start.files, "files")
     return start
