@@ -1,8 +1,10 @@
-"""Real processes for fleet tests: redis-server and `sandboxd coordinator`."""
+"""Real processes for fleet tests: redis-server, `sandboxd coordinator` and a
+fleet of both with host daemons."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -12,11 +14,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import redis
-from daemon_util import Served, free_port
+from daemon_util import Daemon, Served, free_port
 
 
 class Redis:
@@ -78,6 +82,71 @@ class Coordinator(Served):
         rc = super().stop(sig, timeout)
         shutil.rmtree(self.dir, ignore_errors=True)
         return rc
+
+
+class Host(NamedTuple):
+    """A host daemon of a Fleet: its instance name, boxes and environment
+    (SANDBOXD_FLEET is added: the fleet's Redis)."""
+
+    instance: str
+    pool_size: int = 1
+    env: dict[str, str] = {}
+
+
+class Fleet:
+    """A redis-server, host daemons and a coordinator, in that order; if any
+    fails to start, what did is stopped.  `ready` (given the coordinator's
+    GET /v1/hosts) is waited for after each coordinator start."""
+
+    def __init__(
+        self,
+        hosts: dict[str, Host],
+        coord_env: dict[str, str],
+        config: Path | None = None,
+        headers: dict[str, str] | None = None,
+        ready: Callable[[list[dict[str, Any]]], bool] | None = None,
+    ) -> None:
+        self.redis = Redis()
+        self.hosts: dict[str, Daemon] = {}
+        self.coord: Coordinator | None = None
+        self.coord_env, self.config, self.headers, self.ready = coord_env, config, headers or {}, ready
+        try:
+            for name, h in hosts.items():
+                self.hosts[name] = Daemon(h.instance, h.pool_size, env={**h.env, "SANDBOXD_FLEET": self.redis.url})
+            self.start_coordinator()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def host(self) -> Daemon:
+        """The host of a one-host fleet."""
+        (h,) = self.hosts.values()
+        return h
+
+    def start_coordinator(self) -> None:
+        self.coord = Coordinator(self.redis.url, self.coord_env, config=self.config)
+        if self.ready is not None:
+            self.wait_hosts(self.ready)
+
+    def wait_hosts(self, ready: Callable[[list[dict[str, Any]]], bool], timeout: float = 20) -> list[dict[str, Any]]:
+        assert self.coord is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            req = urllib.request.Request(self.coord.http + "/v1/hosts", headers=self.headers)
+            with urllib.request.urlopen(req, timeout=10) as r:
+                hosts: list[dict[str, Any]] = json.loads(r.read())
+            if ready(hosts):
+                return hosts
+            assert time.monotonic() < deadline, f"hosts listed: {hosts}"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.coord is not None:
+            self.coord.stop()
+        for h in self.hosts.values():
+            h.stop()
+        self.redis.stop()
 
 
 class ReplyCutter:

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from daemon_util import Daemon
-from fleet_util import Coordinator, Redis
+from fleet_util import Coordinator, Fleet, Host
 from instances import inst
 from session_util import C_ECHO, PY_SLEEP_FOREVER, PY_TRAP_INT, Transcript, run, session, take
 
@@ -24,52 +24,26 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_HTTP_TOKEN": TOKEN}
 
 
-class Fleet:
-    def __init__(self) -> None:
-        self.redis = Redis()
-        self.host: Daemon | None = None
-        self.coord: Coordinator | None = None
-        try:
-            env = {**ENV, "SANDBOXD_FLEET": self.redis.url, "SANDBOXD_FLEET_HOST_ID": "s1"}
-            self.host = Daemon(inst("-fleet-sessions"), pool_size=2, env=env)
-            self.coord = Coordinator(self.redis.url, ENV)
-            self.wait_host()
-        except BaseException:
-            self.stop()
-            raise
+class SessionFleet(Fleet):
+    """One host of two boxes, waited for until it advertises its session URL."""
 
-    def wait_host(self) -> None:
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.coord is not None
-            req = urllib.request.Request(self.coord.http + "/v1/hosts", headers=AUTH)
-            with urllib.request.urlopen(req, timeout=10) as r:
-                hosts = json.loads(r.read())
-            if hosts and hosts[0].get("sessions"):
-                return
-            assert time.monotonic() < deadline, hosts
-            time.sleep(0.1)
+    def __init__(self) -> None:
+        host = Host(inst("-fleet-sessions"), 2, {**ENV, "SANDBOXD_FLEET_HOST_ID": "s1"})
+        super().__init__({"s1": host}, ENV, headers=AUTH, ready=lambda hosts: bool(hosts and hosts[0].get("sessions")))
 
     def url(self) -> str:
         assert self.coord is not None
         return self.coord.http.replace("http://", "ws://") + "/v1/sessions"
 
-    def stop(self) -> None:
-        if self.coord is not None:
-            self.coord.stop()
-        if self.host is not None:
-            self.host.stop()
-        self.redis.stop()
-
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = Fleet()
+def fleet() -> Iterator[SessionFleet]:
+    f = SessionFleet()
     yield f
     f.stop()
 
 
-def live(f: Fleet, start: dict[str, Any], stdin: list[Any] = [], **kw: Any) -> Transcript:  # noqa: B006
+def live(f: SessionFleet, start: dict[str, Any], stdin: list[Any] = [], **kw: Any) -> Transcript:  # noqa: B006
     return run(session(f.url(), start, stdin, headers=kw.pop("headers", AUTH), **kw))  # type: ignore[no-any-return]
 
 
@@ -82,7 +56,7 @@ def metric(d: Daemon | Coordinator, name: str) -> float:
     return 0.0
 
 
-def test_echo_through_the_coordinator(fleet: Fleet) -> None:
+def test_echo_through_the_coordinator(fleet: SessionFleet) -> None:
     t = live(fleet, {"language": "c", "source": C_ECHO}, [b"one\n", b"two\n", {"type": "eof"}])
     assert [e["type"] for e in t.events] == ["compiled", "started", "result"]
     assert (t.stdout, t.stderr) == (b"one\ntwo\n", b"bye\n")
@@ -90,7 +64,7 @@ def test_echo_through_the_coordinator(fleet: Fleet) -> None:
     assert t.close_code == 1000
 
 
-def test_token_in_start_and_signal_through_the_coordinator(fleet: Fleet) -> None:
+def test_token_in_start_and_signal_through_the_coordinator(fleet: SessionFleet) -> None:
     async def go() -> Transcript:
         t = Transcript()
         async with aiohttp.ClientSession() as http, http.ws_connect(fleet.url()) as ws:
@@ -107,7 +81,7 @@ def test_token_in_start_and_signal_through_the_coordinator(fleet: Fleet) -> None
     assert t.result["result"]["exit_code"] == 7
 
 
-def test_refusals_at_the_coordinator(fleet: Fleet) -> None:
+def test_refusals_at_the_coordinator(fleet: SessionFleet) -> None:
     t = live(fleet, {"language": "python3", "source": "print(1)"}, headers={})
     assert (t.error["code"], t.close_code) == ("unauthorized", 1008)
     t = live(fleet, {"language": "python3", "source": "print(1)", "limits": {"memory": 1}})
@@ -126,7 +100,7 @@ def test_refusals_at_the_coordinator(fleet: Fleet) -> None:
     assert run(foreign()) == 403
 
 
-def test_client_leaving_ends_the_run_on_the_host(fleet: Fleet) -> None:
+def test_client_leaving_ends_the_run_on_the_host(fleet: SessionFleet) -> None:
     assert fleet.host is not None
     before = metric(fleet.host, 'sandboxd_sessions_total{reason="closed"}')
 

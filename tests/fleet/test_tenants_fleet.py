@@ -18,8 +18,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import Daemon
-from fleet_util import Coordinator, Redis
+from fleet_util import Fleet, Host
 from instances import inst
 
 from sandboxd.fleet.keys import Keys
@@ -33,36 +32,15 @@ HOST_ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SAN
 BURN = ["sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"]  # > 0.2 CPU seconds
 
 
-class TenantFleet:
+class TenantFleet(Fleet):
     """Redis, one coordinator with a tenants file, one host of one box."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.config = home / "coordinator.toml"
-        self.config.write_text(f'[http]\ntoken = "{ADMIN}"\n[tenants]\nfile = "{home / "tenants.json"}"\n')
-        self.redis = Redis()
-        self.coord: Coordinator | None = None
-        self.host: Daemon | None = None
-        try:
-            self.host = Daemon(inst("-fleet-tenants"), pool_size=1, env={**HOST_ENV, "SANDBOXD_FLEET": self.redis.url})
-            self.start_coordinator()
-        except BaseException:
-            self.stop()
-            raise
-
-    def start_coordinator(self) -> None:
-        self.coord = Coordinator(self.redis.url, COORD_ENV, config=self.config)
-        deadline = time.monotonic() + 20
-        while not self.http("GET", "/v1/hosts", **AUTH)[2]:
-            assert time.monotonic() < deadline, "the host never registered"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.coord is not None:
-            self.coord.stop()
-        if self.host is not None:
-            self.host.stop()
-        self.redis.stop()
+        config = home / "coordinator.toml"
+        config.write_text(f'[http]\ntoken = "{ADMIN}"\n[tenants]\nfile = "{home / "tenants.json"}"\n')
+        host = Host(inst("-fleet-tenants"), 1, HOST_ENV)
+        super().__init__({"h": host}, COORD_ENV, config=config, headers=AUTH, ready=bool)
 
     def http(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, dict[str, str], Any]:
         assert self.coord is not None
