@@ -94,9 +94,9 @@ class Host(NamedTuple):
 
 
 class Fleet:
-    """A redis-server, host daemons and a coordinator, in that order; if any
-    fails to start, what did is stopped.  `ready` (given the coordinator's
-    GET /v1/hosts) is waited for after each coordinator start."""
+    """A redis-server, host daemons and `replicas` coordinators, in that order;
+    if any fails to start, what did is stopped.  `ready` (given the first
+    coordinator's GET /v1/hosts) is waited for after each coordinator start."""
 
     def __init__(
         self,
@@ -105,18 +105,26 @@ class Fleet:
         config: Path | None = None,
         headers: dict[str, str] | None = None,
         ready: Callable[[list[dict[str, Any]]], bool] | None = None,
+        replicas: int = 1,
     ) -> None:
         self.redis = Redis()
+        self.specs = hosts
         self.hosts: dict[str, Daemon] = {}
-        self.coord: Coordinator | None = None
+        self.coords: list[Coordinator] = []
         self.coord_env, self.config, self.headers, self.ready = coord_env, config, headers or {}, ready
         try:
-            for name, h in hosts.items():
-                self.hosts[name] = Daemon(h.instance, h.pool_size, env={**h.env, "SANDBOXD_FLEET": self.redis.url})
-            self.start_coordinator()
+            for name in hosts:
+                self.start_host(name)
+            for i in range(replicas):
+                self.start_coordinator(i)
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def coord(self) -> Coordinator | None:
+        """The first coordinator (the only one of a one-replica fleet)."""
+        return self.coords[0] if self.coords else None
 
     @property
     def host(self) -> Daemon:
@@ -124,8 +132,18 @@ class Fleet:
         (h,) = self.hosts.values()
         return h
 
-    def start_coordinator(self) -> None:
-        self.coord = Coordinator(self.redis.url, self.coord_env, config=self.config)
+    def start_host(self, name: str) -> None:
+        """Host `name` (again: after a test killed it)."""
+        h = self.specs[name]
+        self.hosts[name] = Daemon(h.instance, h.pool_size, env={**h.env, "SANDBOXD_FLEET": self.redis.url})
+
+    def start_coordinator(self, i: int = 0) -> None:
+        """Coordinator i (again: after a test stopped it)."""
+        c = Coordinator(self.redis.url, self.coord_env, config=self.config)
+        if i < len(self.coords):
+            self.coords[i] = c
+        else:
+            self.coords.append(c)
         if self.ready is not None:
             self.wait_hosts(self.ready)
 
@@ -142,11 +160,16 @@ class Fleet:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.coord is not None:
-            self.coord.stop()
+        for c in self.coords:
+            c.stop()
         for h in self.hosts.values():
             h.stop()
         self.redis.stop()
+
+
+def listing(names: set[str]) -> Callable[[list[dict[str, Any]]], bool]:
+    """A `ready` for Fleet.wait_hosts: exactly these hosts listed."""
+    return lambda hosts: {h["id"] for h in hosts} == names
 
 
 class ReplyCutter:
