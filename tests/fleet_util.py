@@ -14,11 +14,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import redis
 from daemon_util import Daemon, Served, free_port
 
@@ -158,6 +160,54 @@ class Fleet:
                 return hosts
             assert time.monotonic() < deadline, f"hosts listed: {hosts}"
             time.sleep(0.1)
+
+    def api(self, method: str, path: str, body: Any = None, coord: int = 0, timeout: float = 60) -> tuple[int, Any]:
+        """A JSON request to coordinator `coord`: (status, decoded body)."""
+        data = None if body is None else msgspec.json.encode(body)
+        req = urllib.request.Request(
+            self.coords[coord].http + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", **self.headers},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, msgspec.json.decode(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, msgspec.json.decode(e.read())
+
+    def start(self, body: dict[str, Any], coord: int = 0, what: str = "runs") -> str:
+        st, res = self.api("POST", f"/v1/{what}?wait=false", body, coord)
+        assert st == 202, res
+        return str(res["job"])
+
+    def wait(self, job: str, coord: int = 0, timeout: float = 60) -> dict[str, Any]:
+        """The job once final, or as it is after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st, res = self.api("GET", f"/v1/jobs/{job}?wait={max(0.1, deadline - time.monotonic()):.1f}", coord=coord)
+            assert st == 200, res
+            if res["state"] not in ("queued", "running") or time.monotonic() > deadline:
+                return dict(res)
+
+    def wait_state(self, job: str, state: str, timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            _, res = self.api("GET", f"/v1/jobs/{job}")
+            if res.get("state") == state:
+                return dict(res)
+            assert time.monotonic() < deadline, res
+            time.sleep(0.05)
+
+    def drain(self, *names: str, on: bool = True) -> None:
+        for n in names:
+            st, res = self.api("POST", f"/v1/hosts/{n}/{'drain' if on else 'undrain'}")
+            assert st == 200 and res["drained"] is on, res
+        # A host stops claiming at once (the claim script checks the set);
+        # /v1/hosts shows it from the same set.
+
+    def r(self) -> redis.Redis:
+        return self.redis.client()
 
     def stop(self) -> None:
         for c in self.coords:

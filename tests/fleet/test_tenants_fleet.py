@@ -63,15 +63,6 @@ class TenantFleet(Fleet):
         path = "/v1/runs" if wait else "/v1/runs?wait=false"
         return self.http("POST", path, {"cmd": cmd or ["true"]}, Authorization=f"Bearer {key}")
 
-    def wait(self, job: str, timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            st, _, res = self.http("GET", f"/v1/jobs/{job}?wait=5", **AUTH)
-            assert st == 200, res
-            if res["state"] not in ("queued", "running"):
-                return res
-            assert time.monotonic() < deadline, res
-
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TenantFleet]:
