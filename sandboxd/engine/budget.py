@@ -120,19 +120,22 @@ class MemoryBudget:
         return hold
 
     def admit_request(self, n: int, what: str) -> Hold:
-        """A new job's "requests" hold of n bytes, taking the place of the hold
-        of the body it came in (sandboxd.bodyhold.BODY) if that is this
-        budget's: the body's bytes are credited, not counted twice."""
+        """A new job's "requests" hold of n bytes, taking its share of the
+        place of the hold of the body it came in (sandboxd.bodyhold.BODY) if
+        that is this budget's: up to n of the body's bytes are credited, not
+        counted twice; the rest of the body's hold (its other copies) stays
+        until the job's spec is stored (sandboxd.bodyhold.stored)."""
         body = BODY.get()
         if not isinstance(body, Hold) or body.budget is not self or not body.n:
             return self.reserve("requests", n, what)
-        credit = body.n
-        body.release(freed=False)
+        credit = min(n, body.n)
+        self._give_back(body.holder, credit, False)
+        body.n -= credit
         try:
             return self.reserve("requests", n, what)
         except BudgetFull:
             self.force(body.holder, credit)  # (still held: the body is not admitted)
-            body.n = credit
+            body.n += credit
             raise
 
     def refuse(self, n: int, what: str) -> tuple[str, float]:
