@@ -435,7 +435,8 @@ def make_app(
 
 def add_sessions(app: web.Application, live: sessions.Sessions) -> None:
     async def handler(req: web.Request) -> web.StreamResponse:
-        return await sessions.serve(req, live, req.app[TOKEN], req.config_dict[SVC].tenants)
+        budget = req.config_dict[INBOUND].budget  # (the session's frames are held from it)
+        return await sessions.serve(req, live, req.app[TOKEN], req.config_dict[SVC].tenants, budget)
 
     app.router.add_get(sessions.PATH, handler, name=SELF_AUTH + "sessions")
 

@@ -35,7 +35,8 @@ MiB = 1 << 20
 # "receiving": request bodies from before their first byte is read until their
 # handler is done with them (sandboxd.api.inbound.Inbound.hold_body), so a
 # burst of large uploads is refused at its headers, not held in memory first.
-HOLDERS: Final = ("requests", "receiving", "compile_cache")
+# "sessions": each live session's frames (sandboxd.api.sessions.FRAMES_HOLD).
+HOLDERS: Final = ("requests", "receiving", "sessions", "compile_cache")
 # (The default budget, from the host's memory: sandboxd.config.host.default_memory_budget.)
 COMPILE_CACHE_SHARE = 0.25  # of the budget, at most, for compiled programs
 OVERHEAD = 64  # bytes counted per object besides its payload (headers, pointers)

@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from sandboxd.api import sessions as api_sessions
+from sandboxd.api.httpserver import INBOUND
 from sandboxd.api.inbound import offload
 from sandboxd.compat import Backend
 from sandboxd.compat.piston import request
@@ -143,7 +144,8 @@ def make_app(backend: Backend, accept_text_plain: bool = False, **app_args: Any)
     if isinstance(live, api_sessions.Sessions):
 
         async def ws_connect(req: web.Request) -> web.StreamResponse:
-            return await connect(req, backend, live)
+            inbound = req.config_dict.get(INBOUND)  # (the session's frames are held from its budget)
+            return await connect(req, backend, live, inbound.budget if inbound is not None else None)
 
         for path in ("/api/v2/connect", "/api/v2/connect/"):
             app.router.add_get(path, ws_connect)
