@@ -14,6 +14,7 @@ from aiohttp import web
 from sandboxd.api import sessions as api_sessions
 from sandboxd.api.httpserver import INBOUND
 from sandboxd.api.inbound import offload
+from sandboxd.bodyhold import stored
 from sandboxd.compat import Backend
 from sandboxd.compat.piston import request
 from sandboxd.compat.piston.connect import connect
@@ -84,6 +85,7 @@ async def execute(req: web.Request) -> web.Response:
     job = await request.build(backend, await _body(req))
     job_id = str(uuid.uuid4())
     await backend.start_compat(job, job_id)
+    stored()  # (its body's other copies are gone: not held while it runs)
     # (A client that hangs up does not stop the run: aiohttp does not cancel
     # handlers, and the run is bounded by its own timeouts.)
     info = await backend.wait_job(job_id)
