@@ -16,11 +16,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
-import aiohttp
 import pytest
 from daemon_util import Daemon
 from instances import inst
-from session_util import PY_SLEEP_FOREVER, Transcript, run, session
+from session_util import Transcript, run, session, while_one_runs
 
 from sandboxd.api.sessions import FRAMES_HOLD
 
@@ -63,18 +62,11 @@ def _url(d: Daemon) -> str:
 
 def test_a_session_beyond_the_budget_is_refused_with_a_close_reason(daemon: Daemon) -> None:
     async def two() -> tuple[dict[str, int], Transcript]:
-        async with aiohttp.ClientSession() as http, http.ws_connect(_url(daemon), headers=AUTH) as first:
-            await first.send_str(json.dumps({"type": "start", "language": "python3", "source": PY_SLEEP_FOREVER}))
-            msg = await first.receive(30)
-            assert json.loads(msg.data)["type"] == "started", msg
+        async def during() -> tuple[dict[str, int], Transcript]:
             held = await asyncio.to_thread(_holders, daemon)
-            second = await session(_url(daemon), {"language": "python3", "source": "print(1)"}, headers=AUTH)
-            await first.send_str(json.dumps({"type": "kill"}))
-            async with asyncio.timeout(30):
-                async for msg in first:
-                    if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] == "result":
-                        break
-            return held, second
+            return held, await session(_url(daemon), {"language": "python3", "source": "print(1)"}, headers=AUTH)
+
+        return await while_one_runs(_url(daemon), AUTH, during)
 
     held, second = run(two())
     assert held["sessions"] == FRAMES_HOLD, held
