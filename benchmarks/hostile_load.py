@@ -242,7 +242,7 @@ def load_uploads(d: Daemon, s: Sizes) -> str:
                 c.sendall(chunk)
         c.settimeout(0)  # (with a timeout, recv would poll for it whatever its flags)
         with contextlib.suppress(OSError):
-            if c.recv(100).startswith(b"HTTP/1.1 503"):
+            if c.recv(100).startswith((b"HTTP/1.1 503", b"HTTP/1.1 429")):  # (receiving bytes, memory budget)
                 refused += 1
 
     try:
