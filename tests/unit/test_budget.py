@@ -146,7 +146,7 @@ def test_budget_refuses_what_does_not_fit_with_a_clear_message() -> None:
         "limit": 100 * MiB,
         "used": 90 * MiB,
         "refused": 2,
-        "holders": {"requests": 90 * MiB, "receiving": 0, "compile_cache": 0},
+        "holders": {"requests": 90 * MiB, "receiving": 0, "sessions": 0, "compile_cache": 0},
     }
 
 
@@ -224,7 +224,7 @@ def test_a_jobs_admission_takes_its_share_of_its_bodys_hold() -> None:
     token = BODY.set(body)
     try:
         job = b.admit_request(7 * MiB, "the run")
-        assert b.used == {"requests": 7 * MiB, "receiving": 9 * MiB, "compile_cache": 0}
+        assert b.used == {"requests": 7 * MiB, "receiving": 9 * MiB, "sessions": 0, "compile_cache": 0}
         assert body.n == 9 * MiB
         stored()  # (the spec in the job store: the body's other copies are gone)
         assert body.n == 0 and b.total == 7 * MiB
