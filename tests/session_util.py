@@ -89,5 +89,22 @@ async def session(
     return t
 
 
+async def while_one_runs(url: str, headers: dict[str, str], during: Any) -> Any:
+    """await during() while a session sleeping forever is live (started),
+    then kill it and read it to its result (a session still ending holds its
+    place and its memory budget, so the next test would find them taken)."""
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as first:
+        await first.send_str(json.dumps({"type": "start", "language": "python3", "source": PY_SLEEP_FOREVER}))
+        msg = await first.receive(30)
+        assert json.loads(msg.data)["type"] == "started", msg
+        got = await during()
+        await first.send_str(json.dumps({"type": "kill"}))
+        async with asyncio.timeout(30):
+            async for msg in first:
+                if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] == "result":
+                    break
+        return got
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)

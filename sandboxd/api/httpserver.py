@@ -203,7 +203,8 @@ async def with_body(
     """The handler, once the body is in: read first, within http_body_timeout,
     the daemon-wide max_receiving_bytes and the memory budget (both reserved
     from Content-Length before a byte is read, max_body for a chunked body;
-    the budget's until the handler is done); handlers then get it from
+    the budget's with the body's copies, until its job is stored or the
+    handler is done: sandboxd.bodyhold); handlers then get it from
     memory.  A body declared larger than max_body is left to the handler's own
     read, which refuses it in its API's format after max_body bytes, under the
     same deadline and reservation."""
@@ -219,7 +220,7 @@ async def with_body(
         )
         return _unread(request, Error("queue_full", why, RETRY_AFTER), 503)
     try:
-        hold = inbound.hold_body(cost)
+        hold = inbound.hold_body(cost, _fmt_in(request) == "msgpack")
     except ServiceError as e:
         inbound.receiving.release(cost)
         return _unread(request, e.err)
@@ -434,7 +435,8 @@ def make_app(
 
 def add_sessions(app: web.Application, live: sessions.Sessions) -> None:
     async def handler(req: web.Request) -> web.StreamResponse:
-        return await sessions.serve(req, live, req.app[TOKEN], req.config_dict[SVC].tenants)
+        budget = req.config_dict[INBOUND].budget  # (the session's frames are held from it)
+        return await sessions.serve(req, live, req.app[TOKEN], req.config_dict[SVC].tenants, budget)
 
     app.router.add_get(sessions.PATH, handler, name=SELF_AUTH + "sessions")
 

@@ -30,7 +30,7 @@ import msgspec
 
 from sandboxd.api.bodies import Body, Format, decode
 from sandboxd.api.decodepool import DECODE
-from sandboxd.bodyhold import BodyHold
+from sandboxd.bodyhold import BodyHold, copies
 from sandboxd.config import DEFAULT, Config
 from sandboxd.errors import error
 
@@ -180,16 +180,19 @@ class Inbound:
     def __post_init__(self) -> None:
         self.receiving = ByteGate(self.max_receiving_bytes)
 
-    def hold_body(self, n: int) -> BodyHold | None:
-        """n bytes of the memory budget for a body about to be received, held
-        until its handler is done with it (the body, and its copies while it is
-        decoded, live that long); raises queue_full (429, Retry-After) when
-        they do not fit, so the body is refused before a byte of it is read."""
+    def hold_body(self, n: int, msgpack: bool = True) -> BodyHold | None:
+        """The memory budget's bytes for a body of n bytes about to be
+        received and every copy of it its request makes on its way in
+        (sandboxd.bodyhold.copies), held until its job's spec is stored or
+        its handler is done; raises queue_full (429, Retry-After) when they
+        do not fit, so the body is refused before a byte of it is read."""
         if self.budget is None:
             return None
-        hold = self.budget.try_reserve("receiving", n)
+        cost = copies(n, msgpack)
+        hold = self.budget.try_reserve("receiving", cost)
         if hold is None:
-            raise error("queue_full", *self.budget.refuse(n, "the request body"))
+            what = f"the request body ({n} bytes received and decoded)"
+            raise error("queue_full", *self.budget.refuse(cost, what))
         return hold
 
     @classmethod

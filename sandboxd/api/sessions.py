@@ -22,6 +22,8 @@ from aiohttp import WSMsgType, web
 
 from sandboxd import errors
 from sandboxd.api import cors, tenantauth
+from sandboxd.api.inbound import BodyBudget
+from sandboxd.bodyhold import BodyHold
 from sandboxd.config import SessionsSettings
 from sandboxd.errors import ServiceError
 from sandboxd.jobs.tenants import CALLER, Tenants
@@ -38,6 +40,13 @@ PATH = "/v1/sessions"
 # WebSocket close codes (RFC 6455): policy (bad or forbidden start), try again later, internal.
 CLOSE_OK, CLOSE_POLICY, CLOSE_AGAIN, CLOSE_INTERNAL = 1000, 1008, 1013, 1011
 MAX_MESSAGE = 20 << 20  # a start message carries the source (16 MiB at most, sessionschema.MAX_SESSION_SOURCE)
+# What one session holds of the memory budget for its life (holder "sessions"):
+# the frame being received (aiohttp keeps a message whole until it is
+# complete, up to MAX_MESSAGE) and its copy once complete (bytes or str, then
+# the decoded start).  A frame cap cannot change after the upgrade (it is
+# the parser's, in C), so the bytes a frame may hold are reserved before it.
+FRAMES_HOLD = 2 * MAX_MESSAGE
+REFUSED_MESSAGE = 4096  # a refused session's cap: nothing it sends is buffered while it is told why
 
 
 class LiveSession(Protocol):
@@ -107,9 +116,30 @@ def forbidden_origin() -> web.Response:
     return web.json_response({"error": msgspec.to_builtins(err)}, status=errors.http_status(err.code))
 
 
-async def upgrade(request: web.Request, send_buffer: int) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, writer_limit=send_buffer, heartbeat=30.0)
+async def upgrade(request: web.Request, send_buffer: int, max_msg_size: int = MAX_MESSAGE) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(max_msg_size=max_msg_size, writer_limit=send_buffer, heartbeat=30.0)
     await ws.prepare(request)
+    return ws
+
+
+def hold_frames(budget: BodyBudget | None) -> BodyHold | None:
+    """The memory budget's bytes for one session's frames (FRAMES_HOLD),
+    reserved before the upgrade; queue_full (retry_after) when they do not
+    fit: the session is refused before a frame of it is read."""
+    if budget is None:  # (a coordinator: it relays frames one at a time and holds no jobs)
+        return None
+    hold = budget.try_reserve("sessions", FRAMES_HOLD)
+    if hold is None:
+        raise errors.error("queue_full", *budget.refuse(FRAMES_HOLD, "a session's frames"))
+    return hold
+
+
+async def refuse(request: web.Request, err: Error) -> web.WebSocketResponse:
+    """A session refused before it starts: upgraded (a browser sees only a
+    WebSocket's messages and close code, not an HTTP status) with a frame
+    cap too small to buffer anything, told why, closed (1013: try again)."""
+    ws = await upgrade(request, REFUSED_MESSAGE, REFUSED_MESSAGE)
+    await send_error(ws, err)
     return ws
 
 
@@ -187,9 +217,23 @@ async def drive(ws: web.WebSocketResponse, session: LiveSession) -> None:
     await ws.close(code=CLOSE_OK)
 
 
-async def serve(request: web.Request, sessions: Sessions, token: str, tenants: Tenants) -> web.StreamResponse:
+async def serve(
+    request: web.Request, sessions: Sessions, token: str, tenants: Tenants, budget: BodyBudget | None = None
+) -> web.StreamResponse:
     if not origin_allowed(request):
         return forbidden_origin()
+    try:
+        hold = hold_frames(budget)
+    except ServiceError as e:
+        return await refuse(request, e.err)
+    try:
+        return await _serve(request, sessions, token, tenants)
+    finally:
+        if hold is not None:
+            hold.release()
+
+
+async def _serve(request: web.Request, sessions: Sessions, token: str, tenants: Tenants) -> web.StreamResponse:
     ws = await upgrade(request, sessions.settings.send_buffer)
     try:
         start = await read_start(ws, sessions.settings.start_timeout)

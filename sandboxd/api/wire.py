@@ -15,6 +15,7 @@ from sandboxd.api.bodies import Body
 from sandboxd.api.bodies import Format as Format  # (defined there; the transports import it from here)
 from sandboxd.api.bodies import decode as decode
 from sandboxd.api.inbound import decode_body
+from sandboxd.bodyhold import stored
 from sandboxd.errors import bad_request, error
 from sandboxd.jobs.backend import Backend
 from sandboxd.jobs.frontend import check_idempotency_key as check_idempotency_key  # (an entry check, shared)
@@ -123,6 +124,7 @@ async def dispatch(
             info = await svc.start_submission(sub, progress, callback_url, idempotency_key=key)
         else:
             raise error("bad_request", f"op: unknown {op!r}")
+        stored()  # (its body's copies are gone: the rest of its hold given back, not kept while it is waited for)
     except SchemaError as e:
         raise bad_request(e) from None
     if on_job is not None:

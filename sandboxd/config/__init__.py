@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from sandboxd.bodyhold import MAX_COPIES
 from sandboxd.config.flat import FLAT, PLACE, get, nest, put
 from sandboxd.config.host import default_memory_budget, default_pool_size
 from sandboxd.config.sections import (
@@ -178,9 +179,11 @@ def _check_listeners(http: HttpSettings) -> None:
 def check(cfg: Config) -> None:
     _check_listeners(cfg.http)
     budget = cfg.engine.memory_budget or default_memory_budget()
-    if budget < cfg.http.max_body:  # a request within max_body must be admissible
+    need = int(MAX_COPIES * cfg.http.max_body)  # a request within max_body, with its copies, must be admissible
+    if budget < need:
         raise ConfigError(
-            f"engine.memory_budget: {budget} bytes is less than http.max_body ({cfg.http.max_body}); raise it"
+            f"engine.memory_budget: {budget} bytes is less than {MAX_COPIES:g} x http.max_body ({need}: "
+            "a body and its decoded copies are held at once); raise it or lower http.max_body"
         )
     if not cfg.socket.path and not cfg.http.listen:
         raise ConfigError("socket.path, http.listen: at least one must be enabled")

@@ -35,7 +35,8 @@ MiB = 1 << 20
 # "receiving": request bodies from before their first byte is read until their
 # handler is done with them (sandboxd.api.inbound.Inbound.hold_body), so a
 # burst of large uploads is refused at its headers, not held in memory first.
-HOLDERS: Final = ("requests", "receiving", "compile_cache")
+# "sessions": each live session's frames (sandboxd.api.sessions.FRAMES_HOLD).
+HOLDERS: Final = ("requests", "receiving", "sessions", "compile_cache")
 # (The default budget, from the host's memory: sandboxd.config.host.default_memory_budget.)
 COMPILE_CACHE_SHARE = 0.25  # of the budget, at most, for compiled programs
 OVERHEAD = 64  # bytes counted per object besides its payload (headers, pointers)
@@ -120,19 +121,22 @@ class MemoryBudget:
         return hold
 
     def admit_request(self, n: int, what: str) -> Hold:
-        """A new job's "requests" hold of n bytes, taking the place of the hold
-        of the body it came in (sandboxd.bodyhold.BODY) if that is this
-        budget's: the body's bytes are credited, not counted twice."""
+        """A new job's "requests" hold of n bytes, taking its share of the
+        place of the hold of the body it came in (sandboxd.bodyhold.BODY) if
+        that is this budget's: up to n of the body's bytes are credited, not
+        counted twice; the rest of the body's hold (its other copies) stays
+        until the job's spec is stored (sandboxd.bodyhold.stored)."""
         body = BODY.get()
         if not isinstance(body, Hold) or body.budget is not self or not body.n:
             return self.reserve("requests", n, what)
-        credit = body.n
-        body.release(freed=False)
+        credit = min(n, body.n)
+        self._give_back(body.holder, credit, False)
+        body.n -= credit
         try:
             return self.reserve("requests", n, what)
         except BudgetFull:
             self.force(body.holder, credit)  # (still held: the body is not admitted)
-            body.n = credit
+            body.n += credit
             raise
 
     def refuse(self, n: int, what: str) -> tuple[str, float]:

@@ -65,6 +65,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sandboxd.jobs import blobs
 from sandboxd.jobs.storerows import (
     BY_KEY,
     EVICTED,
@@ -364,7 +365,7 @@ class JobStore:
                     if held is not None:
                         return held
                 raise JobIdInUse(job.id) from None
-            db.execute("INSERT INTO specs (seq, spec) VALUES (?, ?)", (cur.lastrowid, job.spec))
+            blobs.insert(db, "specs", "seq", "spec", cur.lastrowid, job.spec)  # (no copies of a large spec)
             return None
 
         def then(ok: bool, val: Any) -> None:

@@ -26,9 +26,12 @@ import pytest
 from daemon_util import Daemon
 from instances import inst
 
+from sandboxd.bodyhold import copies
+
 MiB = 1 << 20
 BUDGET = 24 * MiB
-BODY = 16 * MiB  # max_body (the budget must hold one: the configuration checks it)
+BODY = 8 * MiB  # max_body (the budget must hold one with its copies, 2.5 x: the configuration checks it)
+HELD = copies(BODY, msgpack=False)  # what a JSON body of BODY bytes holds from its headers (20 MiB)
 ENV = {"SANDBOXD_MEMORY_BUDGET": str(BUDGET), "SANDBOXD_MAX_BODY": str(BODY), "SANDBOXD_HTTP_BODY_TIMEOUT": "30"}
 HEAD = b"POST /v1/runs?wait=false HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 
@@ -74,8 +77,8 @@ def _wait_receiving(d: Daemon, want: int, holder: str = "receiving") -> None:
 
 
 def test_http_body_beyond_what_is_free_is_refused_before_it_is_read(budgeted: Daemon) -> None:
-    # A queued job's stdin holds 12 MiB of the 24: a 16 MiB body does not fit beside it.
-    job = msgspec.msgpack.encode({"cmd": ["sh", "-c", "sleep 4; wc -c"], "stdin": b"x" * (12 * MiB)})
+    # A queued job's stdin holds 6 MiB of the 24: an 8 MiB JSON body (20 with its copies) does not fit beside it.
+    job = msgspec.msgpack.encode({"cmd": ["sh", "-c", "sleep 4; wc -c"], "stdin": b"x" * (6 * MiB)})
     req = urllib.request.Request(
         budgeted.http + "/v1/runs?wait=false", data=job, headers={"Content-Type": "application/msgpack"}
     )
@@ -86,15 +89,15 @@ def test_http_body_beyond_what_is_free_is_refused_before_it_is_read(budgeted: Da
         reply = _reply(s)
     assert reply.startswith(b"HTTP/1.1 429"), reply[:300]
     assert b"Retry-After: " in reply and b"memory budget is full" in reply, reply[:600]
-    assert b'"queue_full"' in reply and b"the request body needs" in reply
+    assert b'"queue_full"' in reply and b"the request body (8388608 bytes received and decoded) needs" in reply
     _wait_receiving(budgeted, 0, "requests")  # (the job done: the budget free for the next test)
 
 
 def test_body_being_received_holds_its_bytes_of_the_budget(budgeted: Daemon) -> None:
     with _tcp(budgeted) as held:
-        held.sendall(HEAD % BODY + b"{")  # mid-upload: its 16 MiB are reserved, not yet read
-        _wait_receiving(budgeted, BODY)
-        with _tcp(budgeted) as s:  # 16 + 16 MiB do not fit 24: refused at its headers
+        held.sendall(HEAD % BODY + b"{")  # mid-upload: its 8 MiB and their copies are reserved, not yet read
+        _wait_receiving(budgeted, HELD)
+        with _tcp(budgeted) as s:  # 20 + 20 MiB do not fit 24: refused at its headers
             s.sendall(HEAD % BODY)
             reply = _reply(s)
         assert reply.startswith(b"HTTP/1.1 429"), reply[:300]
@@ -104,6 +107,33 @@ def test_body_being_received_holds_its_bytes_of_the_budget(budgeted: Daemon) -> 
     with urllib.request.urlopen(req, timeout=60) as r:
         assert r.status == 200
     assert _holders(budgeted)["receiving"] == 0  # given back once its handler was done
+
+
+def test_a_body_is_charged_with_its_decoded_copy_until_its_job_is_stored(budgeted: Daemon) -> None:
+    # Two queued jobs of 7 MiB stdin hold 14 MiB of the 24.  A third such
+    # body fits what is free by itself (lead: accepted, its received buffer,
+    # decoded request and stored spec held at once, two of them uncounted),
+    # not with its copies (14 MiB > 10): refused at its headers.
+    job = msgspec.msgpack.encode({"cmd": ["sh", "-c", "sleep 6; wc -c"], "stdin": b"x" * (7 * MiB)})
+
+    def post() -> tuple[int, bytes]:
+        req = urllib.request.Request(
+            budgeted.http + "/v1/runs?wait=false", data=job, headers={"Content-Type": "application/msgpack"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    assert [post()[0], post()[0]] == [202, 202]
+    held = _holders(budgeted)
+    # Stored: the bodies' copies given back at once, only the queued jobs' requests held.
+    assert held["receiving"] == 0 and 14 * MiB < held["requests"] < 15 * MiB, held
+    status, reply = post()
+    assert status == 429, (status, reply[:300])
+    assert b"memory budget is full" in reply and b"received and decoded" in reply, reply[:600]
+    _wait_receiving(budgeted, 0, "requests")
 
 
 def _unix(d: Daemon) -> socket.socket:
@@ -124,10 +154,10 @@ def _frame_from(s: socket.socket) -> Any:
 
 def test_socket_frame_beyond_what_is_free_is_refused_before_it_is_read(budgeted: Daemon) -> None:
     with _tcp(budgeted) as held:
-        held.sendall(HEAD % BODY + b"{")  # an HTTP upload holds 16 MiB of the 24
-        _wait_receiving(budgeted, BODY)
+        held.sendall(HEAD % BODY + b"{")  # an HTTP upload holds 20 MiB of the 24
+        _wait_receiving(budgeted, HELD)
         with _unix(budgeted) as s:
-            s.sendall(struct.pack(">I", 12 * MiB))  # the frame's length only
+            s.sendall(struct.pack(">I", 3 * MiB))  # the frame's length only (6 MiB with its decoded copy)
             msg = _frame_from(s)
     assert msg["ok"] is False and msg["error"]["code"] == "queue_full", msg
     assert "memory budget is full" in msg["error"]["message"] and msg["error"]["retry_after"] >= 1, msg

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from daemon_util import Daemon
 from instances import inst
-from session_util import C_ECHO, PY_SLEEP_FOREVER, PY_TRAP_INT, Transcript, run, session, take
+from session_util import C_ECHO, PY_SLEEP_FOREVER, PY_TRAP_INT, Transcript, run, session, take, while_one_runs
 
 TOKEN = "session-test-token"
 ORIGIN = "https://ide.example.org"
@@ -45,7 +45,7 @@ def url(d: Daemon) -> str:
 
 
 def live(d: Daemon, start: dict[str, Any], stdin: list[Any] = [], **kw: Any) -> Transcript:  # noqa: B006
-    return run(session(url(d), start, stdin, headers=kw.pop("headers", AUTH), **kw))  # type: ignore[no-any-return]
+    return run(session(url(d), start, stdin, headers=kw.pop("headers", AUTH), **kw))
 
 
 def metric(d: Daemon, name: str) -> float:
@@ -188,18 +188,8 @@ def test_origin_refused_before_upgrade(daemon: Daemon) -> None:
 
 def test_session_cap(daemon: Daemon) -> None:
     async def two() -> Transcript:
-        async with aiohttp.ClientSession() as http, http.ws_connect(url(daemon), headers=AUTH) as first:
-            await first.send_str(json.dumps({"type": "start", "language": "python3", "source": PY_SLEEP_FOREVER}))
-            msg = await first.receive(30)
-            assert json.loads(msg.data)["type"] == "started"
-            second = await session(url(daemon), {"language": "python3", "source": "print(1)"}, headers=AUTH)
-            await first.send_str(json.dumps({"type": "kill"}))
-            # Its end, before the next test: a session still ending holds the one place.
-            async with asyncio.timeout(30):
-                async for msg in first:
-                    if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] == "result":
-                        break
-            return second
+        second = session(url(daemon), {"language": "python3", "source": "print(1)"}, headers=AUTH)
+        return await while_one_runs(url(daemon), AUTH, lambda: second)
 
     t = run(two())
     assert t.error["code"] == "queue_full"

@@ -220,7 +220,7 @@ def test_engine_and_host_settings_are_built_from_their_sections(tmp_path: Path) 
     p = write(
         tmp_path,
         'instance = "i"\nstate_dir = "/s"\nrun_dir = "/r"\n[engine]\npool_size = 3\nmax_runs_per_box = 7\n'
-        'queue_depth = 9\naging = 2.5\nlang_capacity = { c = 1 }\nmemory_budget = 134217728\nlanguages_dir = "/l"\n'
+        'queue_depth = 9\naging = 2.5\nlang_capacity = { c = 1 }\nmemory_budget = 167772160\nlanguages_dir = "/l"\n'
         '[fleet]\nurl = "redis://h"\ntags = ["t"]\nonly_tagged = true\nlease = 30.0\nheartbeat = 2.0\n'
         "max_attempts = 5\n",
     )
@@ -233,7 +233,7 @@ def test_engine_and_host_settings_are_built_from_their_sections(tmp_path: Path) 
         Path("/l"),
     )
     assert (ecfg.pool_size, ecfg.max_runs_per_box, ecfg.queue_depth, ecfg.aging) == (3, 7, 9, 2.5)
-    assert (ecfg.lang_capacity, ecfg.memory_budget) == ({"c": 1}, 128 << 20)
+    assert (ecfg.lang_capacity, ecfg.memory_budget) == ({"c": 1}, 160 << 20)
     assert EngineConfig.from_config(config.Config()).languages_dir is None  # "": the packaged files
     hs = HostSettings.from_config(cfg.fleet, "h1", {"address": "a"})
     assert (hs.host_id, hs.tags, hs.only_tagged, hs.lease, hs.heartbeat, hs.max_attempts, hs.info) == (

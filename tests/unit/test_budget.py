@@ -10,6 +10,7 @@ import pytest
 import uvloop
 
 from sandboxd import config, schema
+from sandboxd.bodyhold import BODY, copies, stored
 from sandboxd.config.host import DEFAULT_CAP, DEFAULT_FLOOR, default_memory_budget
 from sandboxd.engine.budget import OVERHEAD, BudgetFull, ByteLRU, MemoryBudget, nbytes
 from sandboxd.engine.scheduler import AdmissionQueue, QueueFull, Ticket
@@ -145,7 +146,7 @@ def test_budget_refuses_what_does_not_fit_with_a_clear_message() -> None:
         "limit": 100 * MiB,
         "used": 90 * MiB,
         "refused": 2,
-        "holders": {"requests": 90 * MiB, "receiving": 0, "compile_cache": 0},
+        "holders": {"requests": 90 * MiB, "receiving": 0, "sessions": 0, "compile_cache": 0},
     }
 
 
@@ -200,47 +201,52 @@ def test_default_budget_is_a_quarter_of_memory_within_floor_and_cap(tmp_path: Pa
     assert default_memory_budget(str(tmp_path / "missing")) == DEFAULT_FLOOR
 
 
-def test_a_budget_below_max_body_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+def test_a_budget_below_max_body_with_its_copies_stops_start_up_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="memory_budget"):
         config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(MiB)}, default_path=tmp_path / "none.toml")
-    cfg = config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(64 * MiB)}, default_path=tmp_path / "none.toml")
-    assert cfg.engine.memory_budget == 64 * MiB
+    # 2 x max_body (64 MiB) was enough on lead; a maximal body and its decoded copies are not.
+    with pytest.raises(config.ConfigError, match=r"2\.5 x http\.max_body"):
+        config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(128 * MiB)}, default_path=tmp_path / "none.toml")
+    cfg = config.load(None, env={"SANDBOXD_MEMORY_BUDGET": str(160 * MiB)}, default_path=tmp_path / "none.toml")
+    assert cfg.engine.memory_budget == 160 * MiB
 
 
-def test_a_jobs_admission_takes_the_place_of_its_bodys_hold() -> None:
-    # The transport reserved the body (holder "receiving") before reading it;
-    # its job's reservation is credited with it, not counted beside it, so a
-    # job as large as the budget allows fits an idle daemon.
-    from sandboxd.bodyhold import BODY
+def test_a_body_holds_its_copies_until_its_spec_is_stored() -> None:
+    assert (copies(8 * MiB, msgpack=True), copies(8 * MiB, msgpack=False)) == (16 * MiB, 20 * MiB)
 
-    b = MemoryBudget(10 * MiB)
-    body = b.reserve("receiving", 8 * MiB, "the request body")
+
+def test_a_jobs_admission_takes_its_share_of_its_bodys_hold() -> None:
+    # The transport reserved the body with its copies (holder "receiving")
+    # before reading it; its job's reservation is credited with its share (not
+    # counted beside it), the rest held until the job's spec is stored.
+    b = MemoryBudget(20 * MiB)
+    body = b.reserve("receiving", copies(8 * MiB, msgpack=True), "the request body")
     token = BODY.set(body)
     try:
         job = b.admit_request(7 * MiB, "the run")
-        assert b.used == {"requests": 7 * MiB, "receiving": 0, "compile_cache": 0}
-        assert body.n == 0
+        assert b.used == {"requests": 7 * MiB, "receiving": 9 * MiB, "sessions": 0, "compile_cache": 0}
+        assert body.n == 9 * MiB
+        stored()  # (the spec in the job store: the body's other copies are gone)
+        assert body.n == 0 and b.total == 7 * MiB
         body.release()  # (the transport's own release, after its handler: a no-op now)
         assert b.total == 7 * MiB
-        # A second job of the same body (a batch) is not credited again: 7 + 7 > 10.
+        # A second job of the same body (a batch) is not credited again: 7 + 14 > 20.
         with pytest.raises(BudgetFull):
-            b.admit_request(7 * MiB, "the run")
-        job.release()
+            b.admit_request(14 * MiB, "the run")
         # Refused: the body's hold stays as it was.
-        body2 = b.reserve("receiving", 6 * MiB, "the request body")
+        body2 = b.reserve("receiving", 12 * MiB, "the request body")
         BODY.set(body2)
         with pytest.raises(BudgetFull):
-            b.admit_request(11 * MiB, "the run")
-        assert body2.n == 6 * MiB and b.used["receiving"] == 6 * MiB and b.total == 6 * MiB
+            b.admit_request(14 * MiB, "the run")
+        assert body2.n == 12 * MiB and b.used["receiving"] == 12 * MiB and b.total == 19 * MiB
         body2.release()
+        job.release()
         assert b.total == 0
     finally:
         BODY.reset(token)
 
 
 def test_another_budgets_body_hold_is_not_credited() -> None:
-    from sandboxd.bodyhold import BODY
-
     mine, other = MemoryBudget(10 * MiB), MemoryBudget(10 * MiB)
     token = BODY.set(other.reserve("receiving", 8 * MiB, "the request body"))
     try:

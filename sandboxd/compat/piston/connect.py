@@ -27,6 +27,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from sandboxd.api import sessions as api
+from sandboxd.api.inbound import BodyBudget
 from sandboxd.compat import Backend
 from sandboxd.compat.piston import request
 from sandboxd.compat.piston.errors import PistonError
@@ -142,9 +143,23 @@ async def _relay(ws: web.WebSocketResponse, session: api.LiveSession) -> int | N
     return None
 
 
-async def connect(req: web.Request, backend: Backend, sessions: api.Sessions) -> web.StreamResponse:
+async def connect(
+    req: web.Request, backend: Backend, sessions: api.Sessions, budget: BodyBudget | None = None
+) -> web.StreamResponse:
     if not api.origin_allowed(req):
         return api.forbidden_origin()
+    try:
+        hold = api.hold_frames(budget)  # (as /v1/sessions: its frames' bytes, before the upgrade)
+    except ServiceError as e:
+        return await api.refuse(req, e.err)
+    try:
+        return await _connect(req, backend, sessions)
+    finally:
+        if hold is not None:
+            hold.release()
+
+
+async def _connect(req: web.Request, backend: Backend, sessions: api.Sessions) -> web.StreamResponse:
     ws = await api.upgrade(req, sessions.settings.send_buffer)
     session = await _start(ws, backend, sessions)
     if session is None:

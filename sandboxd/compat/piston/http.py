@@ -12,7 +12,9 @@ import msgspec
 from aiohttp import web
 
 from sandboxd.api import sessions as api_sessions
+from sandboxd.api.httpserver import INBOUND
 from sandboxd.api.inbound import offload
+from sandboxd.bodyhold import stored
 from sandboxd.compat import Backend
 from sandboxd.compat.piston import request
 from sandboxd.compat.piston.connect import connect
@@ -83,6 +85,7 @@ async def execute(req: web.Request) -> web.Response:
     job = await request.build(backend, await _body(req))
     job_id = str(uuid.uuid4())
     await backend.start_compat(job, job_id)
+    stored()  # (its body's other copies are gone: not held while it runs)
     # (A client that hangs up does not stop the run: aiohttp does not cancel
     # handlers, and the run is bounded by its own timeouts.)
     info = await backend.wait_job(job_id)
@@ -143,7 +146,8 @@ def make_app(backend: Backend, accept_text_plain: bool = False, **app_args: Any)
     if isinstance(live, api_sessions.Sessions):
 
         async def ws_connect(req: web.Request) -> web.StreamResponse:
-            return await connect(req, backend, live)
+            inbound = req.config_dict.get(INBOUND)  # (the session's frames are held from its budget)
+            return await connect(req, backend, live, inbound.budget if inbound is not None else None)
 
         for path in ("/api/v2/connect", "/api/v2/connect/"):
             app.router.add_get(path, ws_connect)

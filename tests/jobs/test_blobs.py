@@ -1,0 +1,60 @@
+"""Large specs go into the job store without copies of them (sandboxd.jobs.blobs, issue 13).
+
+On lead a spec was bound to its INSERT: SQLite's transient copy of it and the
+record built from it held twice its size at once beside the caller's bytes
+(82 MiB of peak RSS for a 40 MiB spec; with 2 senders of 40 MiB stdin the
+daemon's peak went past its memory budget).  Written in place a chunk at a
+time, it costs a chunk's worth.  On a real SQLite file, measured on this
+process's own peak RSS (VmHWM, reset first): a memory bound, not a timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from sandboxd.jobs.store import JobStore, NewJob, Stored
+
+MiB = 1 << 20
+
+
+def _hwm() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def _reset_hwm() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _add(s: JobStore, r: NewJob) -> asyncio.Future[Stored | None]:
+    fut: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
+    s.add(r, lambda ok, val: fut.set_result(val) if ok else fut.set_exception(val))
+    return fut
+
+
+def test_a_large_spec_is_stored_without_copies_and_reads_back_whole(tmp_path: Path) -> None:
+    size = 32 * MiB
+    big, small = os.urandom(size), b"small spec"  # (random: no page of it is shared or zero)
+    path = tmp_path / "j.sqlite3"
+
+    async def scenario() -> int:
+        s = JobStore(path, 600)
+        await _add(s, NewJob("warm", "run", small, time.time()))  # (the connection's own caches, first)
+        _reset_hwm()
+        before = _hwm()
+        await _add(s, NewJob("big", "run", big, time.time()))
+        grown = _hwm() - before
+        await _add(s, NewJob("small", "run", small, time.time()))
+        await s.close()
+        return grown
+
+    grown = asyncio.run(scenario())
+    assert grown < size // 4, f"storing a {size // MiB} MiB spec grew the peak by {grown / MiB:.1f} MiB"
+    again = JobStore(path, 600)
+    jobs, lost = again.recover(lambda st: b"")
+    assert [(j.id, j.spec) for j in jobs] == [("warm", small), ("big", big), ("small", small)] and lost == []
+    asyncio.run(again.close())
