@@ -83,27 +83,6 @@ def proc_cpu(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds of the live processes under `root` (its agents), itself excluded."""
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int(d.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    todo, total = list(kids.get(root, [])), 0.0
-    while todo:
-        pid = todo.pop()
-        todo += kids.get(pid, [])
-        try:
-            total += proc_cpu(pid)
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
 def boxes_cpu() -> float:
     """CPU seconds of what ran in the instance's boxes (cgroup v1 cpuacct; 0 where absent)."""
     try:
@@ -143,9 +122,9 @@ def main() -> None:
             for k in range(a.rounds):
                 l0 = os.getloadavg()[0]
                 spy = profile(proc.pid, a.profile, 10**6) if a.profile and k == 0 else None
-                h0, d0, c0, a0, b0 = host_cpu(), proc_cpu(proc.pid), self_cpu(), tree_cpu(proc.pid), boxes_cpu()
+                h0, d0, c0, b0 = host_cpu(), proc_cpu(proc.pid), self_cpu(), boxes_cpu()
                 wall, lat, bad = uvloop.run(sandboxd_round(sock, a.subs, a.tests, a.concurrency))
-                h1, d1, c1, a1, b1 = host_cpu(), proc_cpu(proc.pid), self_cpu(), tree_cpu(proc.pid), boxes_cpu()
+                h1, d1, c1, b1 = host_cpu(), proc_cpu(proc.pid), self_cpu(), boxes_cpu()
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)  # (SIGTERM would lose the profile)
                     spy.wait(30)
@@ -157,7 +136,7 @@ def main() -> None:
                 lat_all += lat
                 rows.append((k + 1, wall, bare, f"{l0:.1f}/{l1:.1f}", f"{l1:.1f}/{l2:.1f}"))
                 n = a.subs * a.tests / 1e6  # CPU per run in microseconds
-                cpu.append(((h1 - h0) / n, (d1 - d0) / n, (c1 - c0) / n, (a1 - a0) / n, (b1 - b0) / n, (h2 - h1) / n))
+                cpu.append(((h1 - h0) / n, (d1 - d0) / n, (c1 - c0) / n, (b1 - b0) / n, (h2 - h1) / n))
     finally:
         proc.terminate()
         proc.wait(60)
@@ -172,9 +151,9 @@ def main() -> None:
     xs = sorted(lat_all)
     print(f"\nmedian: sandboxd {w:.2f} s ({runs / w:.0f} runs/s), bare {b:.2f} s ({runs / b:.0f} runs/s): {w / b:.2f}x")
     print("\nCPU per run, µs: the whole machine during the round (other helpers' work included), of it")
-    print("the daemon, the client, the agents, the boxes' cgroups (the programs); bare: the whole machine")
-    for k, (h, d, c, ag, bx, hb) in enumerate(cpu):
-        parts = f"daemon {d:.0f}, client {c:.0f}, agents {ag:.0f}, boxes {bx:.0f}"
+    print("the daemon, the client, the boxes' cgroups (the programs, from joining it to exit); bare: the whole machine")
+    for k, (h, d, c, bx, hb) in enumerate(cpu):
+        parts = f"daemon {d:.0f}, client {c:.0f}, boxes {bx:.0f}"
         print(f"  round {k + 1}: sandboxd {h:.0f} ({parts}), bare {hb:.0f}")
     print(f"per-submission latency p50 {percentile(xs, 50):.1f} ms, p99 {percentile(xs, 99):.1f} ms; 0 not AC")
 
