@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from sandboxd.config import DEFAULT, ENGINE, Config, default_memory_budget, default_pool_size
 from sandboxd.engine import compiled
 from sandboxd.engine.budget import COMPILE_CACHE_SHARE, Admission, ByteLRU, MemoryBudget, nbytes
@@ -80,6 +82,14 @@ class EngineConfig:
             memory_budget=e.memory_budget,
             languages_dir=Path(e.languages_dir) if e.languages_dir else None,
         )
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A compiled program's checked run request without stdin (Engine.prepare_run)."""
+
+    comp: Compiled
+    request: RunRequest
 
 
 @dataclass
@@ -253,6 +263,19 @@ class Engine:
         """One run on a warm box, after admission at `priority`.  deadline: the
         monotonic time after which waiting in the queue is given up."""
         validate_run(req, resolved=True)  # (a hash left unresolved would run as empty bytes)
+        return await self._run_checked(req, rootfs, priority, deadline, lang, stdio, control)
+
+    async def _run_checked(
+        self,
+        req: RunRequest,
+        rootfs: str,
+        priority: int,
+        deadline: float | None,
+        lang: str | None,
+        stdio: Stdio | None,
+        control: RunControl | None,
+    ) -> RunResult:
+        """`run` of a request validate_run has passed (`run`, or `prepare_run` once for many)."""
         pool = self.pools[rootfs]
         lq = self.lang_queues.get(lang or "") if self.lang_queues else None
         queues = (lq, self.queues[rootfs]) if lq else (self.queues[rootfs],)
@@ -336,6 +359,25 @@ class Engine:
         if comp is not None:
             self._compiled.put(key, comp, nbytes(comp.files) + nbytes(comp.result))
         return comp
+
+    def prepare_run(self, comp: Compiled, limits: Limits | None = None) -> PreparedRun:
+        """The runs of one compiled program under one set of limits, built and
+        checked once: a submission's tests differ only in their stdin (bytes,
+        which need no check), so validate_run and the request's assembly are
+        paid once per submission instead of once per test."""
+        req = validate_run(compiled.run_request(comp, b"", limits, (), None, ()), resolved=True)
+        return PreparedRun(comp, req)
+
+    async def run_prepared(
+        self, prep: PreparedRun, stdin: bytes, *, priority: int = 0, deadline: float | None = None
+    ) -> RunResult:
+        """`run_compiled(comp, stdin, limits)` of a prepare_run's program and limits."""
+        # (a copy: the prepared request is shared by every test, never changed)
+        req = msgspec.structs.replace(prep.request, stdin=stdin)
+        lang = prep.comp.lang
+        res = await self._run_checked(req, self.pool_of(lang), priority, deadline, lang.id, None, None)
+        compiled.runtime_memory_error(lang, res)
+        return res
 
     async def run_compiled(
         self,

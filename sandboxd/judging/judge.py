@@ -24,7 +24,7 @@ from sandboxd.schema import (
 )
 
 if TYPE_CHECKING:  # (annotations only: the compat APIs' views, which a coordinator loads, use this module's rules)
-    from sandboxd.engine.engine import Compiled, Engine
+    from sandboxd.engine.engine import Compiled, Engine, PreparedRun
 
 PREVIEW = 4096  # bytes of a test's stdout/stderr kept in its result
 # testlib's exit codes: 0 OK, 1 WA, 2 presentation error (judged as WA); others mean the checker failed.
@@ -87,6 +87,7 @@ class Judge:
         # rest wait here, not in memory (all 20 tests of 100 MB would be read at once).
         self._reading = asyncio.Semaphore(max(1, engine.cfg.pool_size))
         self.deadline = None if sub.queue_deadline is None else time.monotonic() + sub.queue_deadline
+        self.prepared: PreparedRun | None = None  # set once the solution has compiled (run)
 
     async def _compile(self, lang: str, source: bytes, files: list[FileIn], options: list[str]) -> Compiled:
         return await self.engine.compile(
@@ -117,6 +118,8 @@ class Judge:
                 return SubmissionResult("IE", compile=sol.result, message=f"the {what} does not compile: {err}")
         self.checker = comps[1] if sub.checker.program is not None else None
         self.interactor = comps[-1] if sub.interactor is not None else None
+        # The solution's runs under the submission's limits, checked once for all its tests.
+        self.prepared = self.engine.prepare_run(sol, sub.limits)
         results = await self._run_tests(sol)
         failed = next((t for t in results if t.verdict != "AC"), None)
         return SubmissionResult(
@@ -160,7 +163,10 @@ class Judge:
         limits = test.limits.apply(sub.limits) if test.limits else sub.limits
         if self.interactor is not None:
             return await self._interactive(i, test, sol, limits)
-        r = await self.engine.run_compiled(sol, test.input, limits, priority=sub.priority, deadline=self.deadline)
+        if test.limits or self.prepared is None:
+            r = await self.engine.run_compiled(sol, test.input, limits, priority=sub.priority, deadline=self.deadline)
+        else:
+            r = await self.engine.run_prepared(self.prepared, test.input, priority=sub.priority, deadline=self.deadline)
         if r.status != "ok":
             return test_result(i, STATUS_VERDICT[r.status], r)
         if self.checker is not None:

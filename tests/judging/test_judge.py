@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 from box_fixtures import SyncEngine
 
+from sandboxd.engine.compiled import Compiled
 from sandboxd.judging.judge import judge
-from sandboxd.schema import Checker, Limits, LimitsPatch, Program, Submission, SubmissionResult, TestCase
+from sandboxd.schema import (
+    Checker,
+    FileIn,
+    Limits,
+    LimitsPatch,
+    Program,
+    SchemaError,
+    Submission,
+    SubmissionResult,
+    TestCase,
+)
 
 ECHO_C = """#include <stdio.h>
 int main(void) { char b[4096]; size_t n; while ((n = fread(b, 1, sizeof b, stdin)) > 0) fwrite(b, 1, n, stdout); }
@@ -180,3 +192,28 @@ def test_stop_on_first_failure(engine: SyncEngine) -> None:
     r = judged(engine, sub)
     assert r.verdict == "WA"
     assert [x.index for x in r.tests][:2] == [0, 1] and len(r.tests) < 22
+
+
+def test_prepared_runs_are_checked_once_and_each_test_gets_its_own_stdin(engine: SyncEngine) -> None:
+    """A submission's tests share one checked request (Engine.prepare_run): each
+    run still gets its own stdin, a test with limits of its own runs under them,
+    and the shared request is never changed by the runs made from it."""
+    eng = engine.engine
+    comp = engine.call(eng.compile("c", ECHO_C.encode()))
+    prep = eng.prepare_run(comp, Limits(cpu_time=2.0))
+    before = prep.request.stdin, [f.path for f in prep.request.files_in], prep.request.limits
+    outs = engine.gather(*(eng.run_prepared(prep, f"{i}\n".encode()) for i in range(6)))
+    assert [r.stdout for r in outs] == [f"{i}\n".encode() for i in range(6)]
+    assert (prep.request.stdin, [f.path for f in prep.request.files_in], prep.request.limits) == before
+    tests = [t("a\n", "a\n"), t("b\n", "b\n", limits=LimitsPatch(cpu_time=0.5)), t("c\n", "c\n")]
+    r = judged(engine, Submission(lang="c", source=ECHO_C.encode(), tests=tests))
+    assert [x.verdict for x in r.tests] == ["AC", "AC", "AC"] and r.verdict == "AC"
+
+
+def test_a_prepared_run_is_still_checked(engine: SyncEngine) -> None:
+    """prepare_run refuses what Engine.run refuses (validate_run, once): a
+    compiled program whose files would land outside /box never runs."""
+    eng = engine.engine
+    bad = Compiled(eng.language("c"), None, [FileIn("../main", b"x", executable=True)])
+    with pytest.raises(SchemaError, match="inside /box"):
+        eng.prepare_run(bad)
