@@ -28,7 +28,7 @@ from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.keys import COMPAT_QUEUE, RUN_LANG, queue_name
 from sandboxd.fleet.store import FleetStore, OutageLog, TenantLimits, transient
 from sandboxd.fleet.tenants import FleetTenants, today
-from sandboxd.fleet.views import FINAL, check_servable, job_info, unix
+from sandboxd.fleet.views import FINAL, check_servable, hash_field, job_info, unix
 from sandboxd.jobs import callbacks
 from sandboxd.jobs.backend import Load, Served
 from sandboxd.jobs.files import refs_of
@@ -195,8 +195,8 @@ class Coordinator(Operations):
 
     # --- admission ----------------------------------------------------------
 
-    async def _check_servable(self, lang: str, tag: str | None) -> None:
-        check_servable(await self._redis("hosts", self._refresh_hosts), lang, tag)
+    async def _check_servable(self, lang: str, tag: str | None, by_hash: str = "") -> None:
+        check_servable(await self._redis("hosts", self._refresh_hosts), lang, tag, by_hash)
 
     async def _enqueue(
         self,
@@ -214,12 +214,14 @@ class Coordinator(Operations):
         idem: tuple[str, str] | None = None,
         compat: bool = False,
         tenant: TenantLimits | None = None,
+        by_hash: str = "",
     ) -> JobInfo:
         """idem: (idempotency key, request fingerprint), bound to the job in the enqueue script.
-        tenant: its tenant's fleet-wide limits, checked by the same script (None: the unnamed tenant)."""
+        tenant: its tenant's fleet-wide limits, checked by the same script (None: the unnamed tenant).
+        by_hash: the first field naming a file by hash ("": none): the job goes to a hash queue (keys.HASH_QUEUE)."""
         self.refuse_if_draining()
         try:
-            await self._check_servable(lang, tag)
+            await self._check_servable(lang, tag, by_hash)
         except ServiceError:
             # A retry of a job accepted before its hosts went away: the job is the answer.
             found = None if idem is None else await self._redis("enqueue", lambda: self.store.keyed(idem[0]))
@@ -227,7 +229,7 @@ class Coordinator(Operations):
                 raise
             return await self._replayed(idem, "dup" if found[1] == idem[1] else "conflict", found[0], progress)
         jid = jid or secrets.token_urlsafe(12)
-        queue = queue_name(lang or RUN_LANG, tag, compat=compat)
+        queue = queue_name(lang or RUN_LANG, tag, compat=compat, by_hash=bool(by_hash))
         if progress is not None:
             # Listening before the job exists, so no test's event can be missed.
             await self._redis("progress", lambda: self._relay(jid, progress))
@@ -312,6 +314,7 @@ class Coordinator(Operations):
             callback_url=callback_url,
             idem=idem,
             tenant=tenant,
+            by_hash=hash_field(req),
         )
 
     async def _start_submission(
@@ -332,6 +335,7 @@ class Coordinator(Operations):
             callback_url=callback_url,
             idem=_idem(key, "submit", sub, callback_url),
             tenant=tenant,
+            by_hash=hash_field(sub),
         )
 
     # --- jobs ---------------------------------------------------------------
