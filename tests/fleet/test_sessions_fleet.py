@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 import pytest
 from daemon_util import Daemon
-from fleet_util import Coordinator, Redis
+from fleet_util import Coordinator, Redis, http_json
 from instances import inst
-from session_util import C_ECHO, PY_SLEEP_FOREVER, PY_TRAP_INT, Transcript, run, session, take
+from session_util import C_ECHO, PY_SLEEP_FOREVER, PY_TRAP_INT, Seen, Transcript, read_piston, run, session, take
 
 TOKEN = "fleet-session-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -72,16 +72,10 @@ class Fleet:
 
     def http(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, dict[str, str], Any]:
         assert self.coord is not None
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.coord.http + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, dict(r.headers), json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), json.loads(e.read() or b"null")
+        return http_json(self.coord.http, method, path, body, **headers)
 
     def tenant(self, **spec: Any) -> str:
-        st, _, res = self.http("POST", "/v1/tenants", spec, **AUTH, **{"Content-Type": "application/json"})
+        st, _, res = self.http("POST", "/v1/tenants", spec, **AUTH)
         assert st == 201, res
         return str(res["key"])
 
@@ -177,30 +171,6 @@ def test_client_leaving_ends_the_run_on_the_host(fleet: Fleet) -> None:
 # --- Piston's connect through the coordinator ----------------------------------
 
 
-class Seen:
-    def __init__(self) -> None:
-        self.msgs: list[dict[str, Any]] = []
-        self.close: tuple[int | None, str] = (None, "")
-
-    def types(self) -> list[str]:
-        return [m["type"] for m in self.msgs]
-
-    def stdout(self) -> str:
-        return "".join(m["data"] for m in self.msgs if m["type"] == "data" and m["stream"] == "stdout")
-
-
-async def _read(ws: aiohttp.ClientWebSocketResponse, seen: Seen, until: str | None = None) -> None:
-    while True:
-        msg = await ws.receive()
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            seen.msgs.append(json.loads(msg.data))
-            if until is not None and until in seen.stdout():
-                return
-        elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-            seen.close = (ws.close_code, msg.extra or "")
-            return
-
-
 def piston(f: Fleet, send: list[dict[str, Any]], auth: str = TOKEN) -> Seen:
     async def go() -> Seen:
         seen = Seen()
@@ -210,7 +180,7 @@ def piston(f: Fleet, send: list[dict[str, Any]], auth: str = TOKEN) -> Seen:
             for m in send:
                 await ws.send_str(json.dumps(m))
             async with asyncio.timeout(60):
-                await _read(ws, seen)
+                await read_piston(ws, seen)
         return seen
 
     return run(go())  # type: ignore[no-any-return]
@@ -224,7 +194,7 @@ def test_piston_connect_through_the_coordinator(fleet: Fleet) -> None:
     s = piston(fleet, [init("python", "print(input()[::-1])"), {"type": "data", "stream": "stdin", "data": "abc\n"}])
     assert s.types()[:3] == ["runtime", "stage", "data"], s.msgs
     assert s.msgs[0]["language"] == "python"
-    assert s.stdout() == "cba\n"
+    assert s.data("stdout") == "cba\n"
     assert s.msgs[-1] == {"type": "exit", "stage": "run", "error": None, "code": 0, "signal": None}
     assert s.close == (4999, "Job Completed")
 

@@ -7,7 +7,6 @@ lives in Redis, so a coordinator restart forgets none of it.
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.parse
@@ -19,7 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 from daemon_util import Daemon
-from fleet_util import Coordinator, Redis
+from fleet_util import Coordinator, Redis, http_json
 from instances import inst
 
 from sandboxd.fleet.keys import Keys
@@ -66,15 +65,7 @@ class TenantFleet:
 
     def http(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, dict[str, str], Any]:
         assert self.coord is not None
-        data = None if body is None else msgspec.json.encode(body)
-        req = urllib.request.Request(
-            self.coord.http + path, data=data, method=method, headers={"Content-Type": "application/json", **headers}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, dict(r.headers), json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), json.loads(e.read() or b"null")
+        return http_json(self.coord.http, method, path, body, **headers)
 
     def make(self, **spec: Any) -> str:
         st, _, res = self.http("POST", "/v1/tenants", spec, **AUTH)
