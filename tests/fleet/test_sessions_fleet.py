@@ -206,6 +206,19 @@ def test_piston_refusals_at_the_coordinator(fleet: Fleet) -> None:
     s = piston(fleet, [{"type": "data", "stream": "stdin", "data": "x"}])
     assert s.close == (4003, "Not yet initialized")
 
+    async def handshake(headers: dict[str, str]) -> int:
+        assert fleet.coord is not None
+        url = fleet.coord.http.replace("http://", "ws://") + "/piston/api/v2/connect"
+        async with aiohttp.ClientSession() as http:
+            try:
+                async with http.ws_connect(url, headers=headers):
+                    return 101
+            except aiohttp.WSServerHandshakeError as e:
+                return e.status
+
+    assert run(handshake({})) == 401  # (the HTTP middleware's: Piston's Authorization header)
+    assert run(handshake({"Authorization": TOKEN, "Origin": "https://evil.example"})) == 403
+
 
 # --- tenants' keys and the coordinator's cap ------------------------------------
 
