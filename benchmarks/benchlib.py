@@ -1,22 +1,34 @@
 """Helpers shared by the benchmark scripts: statistics, tables, tool lookup,
-machine facts.  Kept free of sandboxd imports so a broken engine still lets
-the baselines run."""
+machine facts, timing loops, a process's memory.  Imports nothing of sandboxd
+at load time (start_engine imports it when called) so a broken engine still
+lets the baselines run."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import math
 import os
 import platform
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
-from collections.abc import Coroutine, Sequence
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
+
+if TYPE_CHECKING:
+    from sandboxd.engine.engine import Engine
+
+T = TypeVar("T")
 
 # The same environment for every tool, so the programs start identically
 # (python3's start-up in particular reads LANG/LC_ALL).  Mirrors
@@ -211,3 +223,137 @@ def system_cpu_busy() -> tuple[float, float]:
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     total = sum(fields[:8])  # guest time is already inside user/nice
     return float(total - idle), float(total)
+
+
+# --- timing loops ---------------------------------------------------------
+
+_DEVNULL = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+# posix_spawn's file actions run in the child: stdio to /dev/null, like
+# sandboxd's empty stdin (its stdout/stderr are pipes the daemon drains).
+SPAWN_STDIO = [(os.POSIX_SPAWN_DUP2, _DEVNULL, fd) for fd in (0, 1, 2)]
+
+
+def spawn_wait(argv: list[str]) -> int:
+    """One bare run, the two calls every baseline pays (posix_spawn + waitpid): its wait status."""
+    pid = os.posix_spawn(argv[0], argv, BOX_ENV, file_actions=SPAWN_STDIO)
+    return os.waitpid(pid, 0)[1]
+
+
+def timed(n: int, out: list[int] | None, fn: Callable[..., object], *args: Any) -> None:
+    """n calls of fn(*args), the ns of each appended to out (None: a warm-up, not kept)."""
+    keep = [] if out is None else out
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        fn(*args)
+        keep.append(clock() - t0)
+
+
+async def timed_async(n: int, out: list[int] | None, fn: Callable[..., Awaitable[T]], *args: Any) -> list[T]:
+    """n awaited calls of fn(*args), timed like `timed`; their results, for the caller to check
+    (gathered outside the timed part)."""
+    keep = [] if out is None else out
+    clock = time.perf_counter_ns
+    results: list[T] = []
+    for _ in range(n):
+        t0 = clock()
+        r = await fn(*args)
+        keep.append(clock() - t0)
+        results.append(r)
+    return results
+
+
+async def pool_warm(pool: Any, timeout: float = math.inf, step: float = 0.001) -> None:
+    """Until every box of a sandboxd Pool is warm again (or timeout s): the
+    resets a block of runs leaves running belong to that block, not the next."""
+    end = time.monotonic() + timeout
+    while pool.stats.warm < pool.size and time.monotonic() < end:
+        await asyncio.sleep(step)
+
+
+def begin(json_mode: bool) -> tuple[Out, dict[str, Any]]:
+    """A benchmark's output and the machine's facts, warning first when the machine is busy."""
+    o = Out(json_mode)
+    m = machine()
+    warn = load_warning(m)
+    if warn:
+        o.print(warn)
+    return o, m
+
+
+async def start_engine(o: Out, instance: str, pool_size: int) -> Engine | None:
+    """An engine with only the host pool (no_languages_dir); None, said on `o`,
+    when another benchmark holds the instance."""
+    from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
+
+    try:
+        config = EngineConfig(instance=instance, pool_size=pool_size, languages_dir=no_languages_dir())
+        return await Engine.start(config)
+    except InstanceBusy as e:
+        o.print(f"sandboxd: {e} (another benchmark running?)")
+        return None
+
+
+# --- a daemon process's memory and life -------------------------------------
+
+
+def free_port() -> int:
+    """A loopback TCP port free a moment ago (for a daemon's --http)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_status(pid: int, *keys: str) -> dict[str, int]:
+    """Those fields of /proc/PID/status, as numbers (sizes in KiB, as the kernel writes them)."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in keys:
+                out[k] = int(v.split()[0])
+    return out
+
+
+def rss_bytes(pid: int, key: str = "VmRSS") -> int:
+    """A memory figure of /proc/PID/status in bytes: VmRSS now, VmHWM the peak."""
+    return proc_status(pid, key)[key] * 1024
+
+
+def healthz_ms(port: int) -> float | None:
+    """One GET /healthz on a loopback port: ms to the answer, None for a failure."""
+    t = time.perf_counter()
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/healthz")
+        ok = c.getresponse().status == 200
+        c.close()
+    except OSError:
+        ok = False
+    return (time.perf_counter() - t) * 1000 if ok else None
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: str, timeout: float = 60) -> None:
+    """Until GET {url}/readyz answers 200; a daemon that exits or takes longer
+    is killed and the benchmark ends naming its log."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"daemon did not start; see {log}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """SIGTERM (a daemon's clean stop), SIGKILL if it has not ended within timeout."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import json
 import multiprocessing
 import socket
@@ -44,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from benchlib import markdown_table, percentile
+from benchlib import free_port, healthz_ms, markdown_table, percentile
 from hostile_load import Daemon, Phase
 
 CONTROL = """
@@ -87,9 +86,7 @@ class Floor(Daemon):
     what receiving bodies this large costs an event loop by itself."""
 
     def __init__(self, max_body: int) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, "-c", FLOOR, str(self.port), str(max_body)])
         while True:
             try:
@@ -103,24 +100,12 @@ class Floor(Daemon):
         self.proc.wait()
 
 
-def _get_ms(port: int) -> float | None:
-    t = time.perf_counter()
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        c.request("GET", "/healthz")
-        ok = c.getresponse().status == 200
-        c.close()
-    except OSError:
-        ok = False
-    return (time.perf_counter() - t) * 1000 if ok else None
-
-
 def sample(port: int, control: int, stop: Any, out: Any) -> None:
     """(time, daemon /healthz ms or None for a failure, control ms) every ~20 ms."""
     samples: list[tuple[float, float | None, float | None]] = []
     while not stop.is_set():
         t = time.monotonic()
-        samples.append((t, _get_ms(port), _get_ms(control)))
+        samples.append((t, healthz_ms(port), healthz_ms(control)))
         time.sleep(max(0.0, 0.02 - (time.monotonic() - t)))
     out.send(samples)
 

@@ -50,7 +50,6 @@ from typing import Any
 
 import benchlib as bl
 
-from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
 from sandboxd.engine.pool import Pool
 from sandboxd.sandbox.box import Box, BoxSpec
 from sandboxd.sandbox.cgroups import V1, Backend, BoxCgroup
@@ -449,17 +448,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def amain(a: argparse.Namespace) -> int:
-    o = bl.Out(a.json)
-    m = bl.machine()
-    warn = bl.load_warning(m)
-    if warn:
-        o.print(warn)
-    try:
-        # pool_size=1: the engine needs a pool for its spec, uids and
-        # backend; one idle box is noise the deltas below do not see.
-        eng = await Engine.start(EngineConfig(instance=a.instance, pool_size=1, languages_dir=bl.no_languages_dir()))
-    except InstanceBusy as e:
-        o.print(f"sandboxd: {e} (another benchmark running?)")
+    o, m = bl.begin(a.json)
+    # pool_size=1: the engine needs a pool for its spec, uids and
+    # backend; one idle box is noise the deltas below do not see.
+    eng = await bl.start_engine(o, a.instance, 1)
+    if eng is None:
         return 2
     builds: list[dict[str, Any]] = []
     mem: dict[str, Any] | None = None

@@ -38,9 +38,7 @@ cgroup (prepare, finish, the between-runs step), N iterations per round.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import os
 import sys
 import time
 from collections import defaultdict
@@ -53,12 +51,10 @@ import sandboxd.sandbox.agentchan as agentchan
 import sandboxd.sandbox.agentproto as proto
 import sandboxd.sandbox.box as boxmod
 import sandboxd.sandbox.cgroups as cgroups
-from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
+from sandboxd.engine.engine import Engine
 from sandboxd.schema import RunRequest
 
 CMD = ["/bin/true"]
-_DEVNULL = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-_STDIO = [(os.POSIX_SPAWN_DUP2, _DEVNULL, 0), (os.POSIX_SPAWN_DUP2, _DEVNULL, 1), (os.POSIX_SPAWN_DUP2, _DEVNULL, 2)]
 now = time.perf_counter_ns
 
 
@@ -180,14 +176,6 @@ def p50_us(xs: list[int]) -> float:
     return bl.percentile(sorted(xs), 50) / 1e3 if xs else float("nan")
 
 
-def bare_block(n: int, out: list[int]) -> None:
-    for _ in range(n):
-        t0 = now()
-        pid = os.posix_spawn(CMD[0], CMD, bl.BOX_ENV, file_actions=_STDIO)
-        os.waitpid(pid, 0)
-        out.append(now() - t0)
-
-
 async def measure(eng: Engine, mode: str, n: int, block: int, hooks: Hooks) -> dict[str, Any]:
     req = RunRequest(cmd=CMD)
     pool = eng.pools["host"]
@@ -199,21 +187,17 @@ async def measure(eng: Engine, mode: str, n: int, block: int, hooks: Hooks) -> d
     done = 0
     while done < n:
         k = min(block, n - done)
-        bare_block(k, bare)  # interleaved: the reference sees the same background load
+        bl.timed(k, bare, bl.spawn_wait, CMD)  # interleaved: the reference sees the same background load
         box = await eng.box() if mode == "box.run" else None
         c0 = time.process_time()
-        for _ in range(k):
-            t0 = now()
-            r = await (box.run(req) if box is not None else eng.run(req))
-            total.append(now() - t0)
+        for r in await bl.timed_async(k, total, box.run if box is not None else eng.run, req):
             wall.append(int(r.wall_time * 1e9))
             if r.status != "ok":
                 raise RuntimeError(f"{mode}: {r.status} {r.message}")
         if box is not None:
             eng.release(box)
         # The background resets of this block belong to its CPU figure.
-        while pool.stats.warm < pool.size:
-            await asyncio.sleep(0.001)
+        await bl.pool_warm(pool)
         cpu += time.process_time() - c0
         done += k
     t = hooks.t
@@ -244,15 +228,13 @@ async def cpu_rounds(eng: Engine, n: int, rounds: int) -> list[float]:
     pool = eng.pools["host"]
     out: list[float] = []
     for _ in range(rounds):
-        while pool.stats.warm < pool.size:
-            await asyncio.sleep(0.001)
+        await bl.pool_warm(pool)
         c0 = time.process_time()
         for _ in range(n):
             r = await eng.run(req)
             if r.status != "ok":
                 raise RuntimeError(f"eng.run: {r.status} {r.message}")
-        while pool.stats.warm < pool.size:
-            await asyncio.sleep(0.0005)
+        await bl.pool_warm(pool, step=0.0005)
         out.append((time.process_time() - c0) / n * 1e6)
     return out
 
@@ -326,12 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def cpu_main(a: argparse.Namespace, o: bl.Out, m: dict[str, Any]) -> int:
-    try:
-        eng = await Engine.start(
-            EngineConfig(instance=a.instance, pool_size=a.pool_size, languages_dir=bl.no_languages_dir())
-        )
-    except InstanceBusy as e:
-        o.print(f"sandboxd: {e} (another benchmark running?)")
+    eng = await bl.start_engine(o, a.instance, a.pool_size)
+    if eng is None:
         return 2
     try:
         for _ in range(50):  # warm-up
@@ -357,11 +335,7 @@ async def cpu_main(a: argparse.Namespace, o: bl.Out, m: dict[str, Any]) -> int:
 
 
 async def amain(a: argparse.Namespace) -> int:
-    o = bl.Out(a.json)
-    m = bl.machine()
-    warn = bl.load_warning(m)
-    if warn:
-        o.print(warn)
+    o, m = bl.begin(a.json)
     if a.cpu or a.cgroup:
         return await cpu_main(a, o, m)
     res: list[dict[str, Any]] = []
@@ -369,12 +343,8 @@ async def amain(a: argparse.Namespace) -> int:
     # Installed before the engine starts: a channel binds its reader callback
     # when its box is built.
     with hooks.installed():
-        try:
-            eng = await Engine.start(
-                EngineConfig(instance=a.instance, pool_size=a.pool_size, languages_dir=bl.no_languages_dir())
-            )
-        except InstanceBusy as e:
-            o.print(f"sandboxd: {e} (another benchmark running?)")
+        eng = await bl.start_engine(o, a.instance, a.pool_size)
+        if eng is None:
             return 2
         try:
             for _ in range(20):  # warm-up: caches, the agent's first pages

@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import benchlib as bl
@@ -30,13 +29,6 @@ from sandboxd.sandbox import cgroups
 from sandboxd.schema import RunRequest
 
 TRUE = ["/bin/true"]
-_DEVNULL = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-_STDIO = [(os.POSIX_SPAWN_DUP2, _DEVNULL, 0), (os.POSIX_SPAWN_DUP2, _DEVNULL, 1), (os.POSIX_SPAWN_DUP2, _DEVNULL, 2)]
-
-
-def bare_once() -> None:
-    pid = os.posix_spawn(TRUE[0], TRUE, bl.BOX_ENV, file_actions=_STDIO)
-    os.waitpid(pid, 0)
 
 
 async def start(instance: str, clone_into: bool) -> Engine:
@@ -53,15 +45,11 @@ async def start(instance: str, clone_into: bool) -> Engine:
 
 
 async def block(name: str, eng: Engine | None, n: int, out: dict[str, list[int]]) -> None:
-    req = RunRequest(cmd=TRUE)
-    for _ in range(n):
-        t = time.perf_counter_ns()
-        if eng is None:
-            bare_once()
-        else:
-            r = await eng.run(req)
-            assert r.status == "ok", r
-        out[name].append(time.perf_counter_ns() - t)
+    if eng is None:
+        bl.timed(n, out[name], bl.spawn_wait, TRUE)
+        return
+    for r in await bl.timed_async(n, out[name], eng.run, RunRequest(cmd=TRUE)):
+        assert r.status == "ok", r
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib as bl
 import uvloop
 from sandboxd_client import AsyncClient, RunRequest
 
@@ -88,10 +89,7 @@ class Daemon:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return bl.rss_bytes(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import benchlib as bl
 import msgspec
 
 MiB = 1 << 20
@@ -43,9 +43,7 @@ SOURCE = b"wc -c\n"
 class Daemon:
     def __init__(self, tag: str) -> None:
         self.dir = tempfile.mkdtemp(prefix=f"sandboxd-bench-files-{tag}-")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = bl.free_port()
         self.url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null"]
         cmd += ["--instance", f"bench-files-{tag}", "--socket", "", "--http", f"127.0.0.1:{port}", "--pool-size", "2"]
@@ -61,16 +59,7 @@ class Daemon:
         }
         log = open(f"{self.dir}/log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT)
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.proc.kill()
-        raise SystemExit(f"daemon did not start; see {self.dir}/log")
+        bl.wait_ready(self.url, self.proc, f"{self.dir}/log")
 
     def send(self, method: str, path: str, data: bytes) -> tuple[int, bytes]:
         req = urllib.request.Request(
@@ -83,16 +72,10 @@ class Daemon:
             return e.code, e.read()
 
     def peak_rss(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+        return bl.rss_bytes(self.proc.pid, "VmHWM")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        bl.stop_process(self.proc)
 
 
 def tests_data(t: int, size: int) -> list[bytes]:

@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 import redis
 import uvloop
-from benchlib import summary_ms
+from benchlib import free_port, summary_ms
 from sandboxd_client import AsyncClient, RunRequest
 
 from sandboxd.fleet.host import HostSettings, HostWorker
@@ -47,14 +47,6 @@ from sandboxd.schema import JobInfo, RunResult
 
 TMP = Path(tempfile.mkdtemp(prefix="sandboxd-bench-fleet-"))
 PROCS: list[subprocess.Popen[bytes]] = []
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -26,17 +26,13 @@ import uuid
 from pathlib import Path
 
 import redis
-from benchlib import summary_ms
+from benchlib import free_port, summary_ms
 
 from sandboxd.fleet.store import FleetStore
 
 
 def start_redis(appendfsync: str, d: Path) -> tuple[subprocess.Popen[bytes], int]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--appendonly", "yes",
             "--appendfsync", appendfsync, "--save", ""]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -34,7 +34,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -46,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import benchlib as bl
 from benchlib import markdown_table, percentile
 
 MiB = 1 << 20
@@ -83,9 +83,7 @@ class Phase:
 class Daemon:
     def __init__(self, pool: int) -> None:
         self.dir = tempfile.mkdtemp(prefix="sandboxd-hostile-")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = bl.free_port()
         self.sock = f"{self.dir}/sandboxd.sock"
         cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null"]
         cmd += ["--instance", f"bench-hostile-{os.getpid()}", "--socket", self.sock]
@@ -94,16 +92,7 @@ class Daemon:
         env = {**os.environ, "SANDBOXD_SELFTEST": "false", "SANDBOXD_PID_FILE": f"{self.dir}/sandboxd.pid"}
         self.log = open(f"{self.dir}/log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if self.get("/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"daemon did not start; see {self.dir}/log")
-            time.sleep(0.1)
+        bl.wait_ready(f"http://127.0.0.1:{self.port}", self.proc, f"{self.dir}/log", timeout=120)
 
     def conn(self, timeout: float = 120) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -128,21 +117,10 @@ class Daemon:
             c.close()
 
     def proc_status(self) -> dict[str, int]:
-        out = {}
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("VmRSS", "VmHWM"):
-                    out[k] = int(v.split()[0]) * 1024
-        return out
+        return {k: v * 1024 for k, v in bl.proc_status(self.proc.pid, "VmRSS", "VmHWM").items()}
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        bl.stop_process(self.proc)
         self.log.close()
 
 
@@ -151,20 +129,12 @@ def sample(port: int, pid: int, stop: Any, out: Any) -> None:
     (time, /healthz ms or None for a failure, VmRSS) every ~20 ms."""
     samples: list[tuple[float, float | None, int]] = []
     while not stop.is_set():
-        t = time.perf_counter()
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/healthz")
-            ok = c.getresponse().status == 200
-            c.close()
-        except OSError:
-            ok = False
-        dt = (time.perf_counter() - t) * 1000
+        ms = bl.healthz_ms(port)
         rss = 0
-        with contextlib.suppress(OSError, KeyError, ValueError), open(f"/proc/{pid}/status") as f:
-            rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-        samples.append((time.monotonic(), dt if ok else None, rss))
-        time.sleep(max(0.0, 0.02 - dt / 1000))
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            rss = bl.rss_bytes(pid)
+        samples.append((time.monotonic(), ms, rss))
+        time.sleep(max(0.0, 0.02 - (ms or 0.0) / 1000))
     out.send(samples)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,13 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import free_port
+
 ORIGIN = "https://bench.example"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start(tree: Path, name: str, cors: bool) -> tuple[subprocess.Popen[bytes], int]:

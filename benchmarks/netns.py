@@ -30,7 +30,7 @@ from typing import Any
 
 import benchlib as bl
 
-from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
+from sandboxd.engine.engine import Engine
 from sandboxd.sandbox.box import Box
 from sandboxd.schema import Limits, RunRequest
 
@@ -158,15 +158,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def amain(a: argparse.Namespace) -> int:
-    o = bl.Out(a.json)
-    m = bl.machine()
-    warn = bl.load_warning(m)
-    if warn:
-        o.print(warn)
-    try:
-        eng = await Engine.start(EngineConfig(instance=a.instance, pool_size=1, languages_dir=bl.no_languages_dir()))
-    except InstanceBusy as e:
-        o.print(f"sandboxd: {e} (another benchmark running?)")
+    o, m = bl.begin(a.json)
+    eng = await bl.start_engine(o, a.instance, 1)
+    if eng is None:
         return 2
     try:
         res = await measure(eng, a.n)

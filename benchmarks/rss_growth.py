@@ -20,17 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+import benchlib as bl
 import uvloop
 from daemon import start_daemon
 from sandboxd_client import AsyncClient, RunRequest
 
 
 def status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "RssAnon", "RssFile", "Threads"):
-            out[k] = int(v.split()[0])
+    out = bl.proc_status(pid, "VmRSS", "RssAnon", "RssFile", "Threads")
     out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
     return out
 

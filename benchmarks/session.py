@@ -23,7 +23,6 @@ import json
 import os
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any
 
 import aiohttp
 import uvloop
-from benchlib import machine, machine_line, markdown_table, summary_ms
+from benchlib import free_port, machine, machine_line, markdown_table, summary_ms
 
 ECHO_C = r"""#include <stdio.h>
 int main(void) {
@@ -44,12 +43,6 @@ int main(void) {
     return 0;
 }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_daemon(pool: int) -> tuple[subprocess.Popen[bytes], str, str]:

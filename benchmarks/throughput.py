@@ -24,13 +24,11 @@ from typing import Any
 
 import benchlib as bl
 
-from sandboxd.engine.engine import Engine, EngineConfig, InstanceBusy
+from sandboxd.engine.engine import Engine
 from sandboxd.schema import RunRequest
 
 CMD = ["/bin/true"]
 TARGET_RUNS_PER_S = 1000.0
-_DEVNULL = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-_STDIO = [(os.POSIX_SPAWN_DUP2, _DEVNULL, 0), (os.POSIX_SPAWN_DUP2, _DEVNULL, 1), (os.POSIX_SPAWN_DUP2, _DEVNULL, 2)]
 
 
 async def load(eng: Engine, callers: int, seconds: float, max_runs: int) -> dict[str, Any]:
@@ -132,11 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def amain(a: argparse.Namespace) -> int:
-    o = bl.Out(a.json)
-    m = bl.machine()
-    warn = bl.load_warning(m)
-    if warn:
-        o.print(warn)
+    o, m = bl.begin(a.json)
     callers = [int(x) for x in str(a.callers).split(",")]
     base: list[dict[str, Any]] = []
     if not a.no_baseline:
@@ -144,12 +138,8 @@ async def amain(a: argparse.Namespace) -> int:
         for procs in (1, 2):
             base.append(bare_rate(procs, min(a.seconds, 2.0)))
     results: list[dict[str, Any]] = []
-    try:
-        eng = await Engine.start(
-            EngineConfig(instance=a.instance, pool_size=a.pool_size, languages_dir=bl.no_languages_dir())
-        )
-    except InstanceBusy as e:
-        o.print(f"sandboxd: {e} (another benchmark running?)")
+    eng = await bl.start_engine(o, a.instance, a.pool_size)
+    if eng is None:
         return 2
     try:
         for k in callers:

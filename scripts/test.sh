@@ -4,7 +4,8 @@
 # Two pytest runs, each test in one of them: the unit suite (tests/unit: pure
 # logic, seconds, needs no root) first, so a broken schema or checker fails
 # before the long root suite starts; then everything else.  Arguments go to
-# the second run (e.g. scripts/test.sh tests/sandbox/test_box.py -k seccomp).
+# the second run (e.g. scripts/test.sh tests/sandbox/test_box.py -k seccomp),
+# which names its 25 slowest tests, so every CI log shows where the time goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
@@ -14,4 +15,4 @@ scripts/install.sh
 .venv/bin/mypy
 .venv/bin/lint-imports
 .venv/bin/pytest -q -ra tests/unit
-exec .venv/bin/pytest -q -ra --ignore=tests/unit "$@"
+exec .venv/bin/pytest -q -ra --durations=25 --ignore=tests/unit "$@"

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 
 def json_http(d: Served, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
@@ -44,6 +47,19 @@ def sum_tests(tmp: Path, n: int, wrong: int) -> tuple[Path, Path]:
     src = tmp / "sum.c"
     src.write_text(SUM_C)
     return tests, src
+
+
+def frame(obj: Any) -> bytes:
+    """One frame of the Unix-socket protocol (docs/protocol.md): a 4-byte
+    big-endian length, then msgpack (bytes are sent as they are)."""
+    data = obj if isinstance(obj, bytes) else msgspec.msgpack.encode(obj)
+    return struct.pack(">I", len(data)) + data
+
+
+def recv_frame(s: socket.socket) -> Any:
+    """The next frame the daemon sends on `s`, decoded."""
+    (n,) = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))
+    return msgspec.msgpack.decode(s.recv(n, socket.MSG_WAITALL))
 
 
 def free_port() -> int:

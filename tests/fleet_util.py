@@ -1,4 +1,5 @@
-"""Real processes for fleet tests: redis-server and `sandboxd coordinator`."""
+"""Real processes for fleet tests: redis-server, `sandboxd coordinator` and a
+fleet of both with host daemons."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import msgspec
 import redis
-from daemon_util import Served, free_port
+from daemon_util import Daemon, Served, free_port
 
 
 class Redis:
@@ -68,19 +70,6 @@ class Redis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def http_json(base: str, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, dict[str, str], Any]:
-    """One HTTP call with a JSON body (if any): (status, headers, the decoded JSON reply or None)."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        base + path, data=data, method=method, headers={"Content-Type": "application/json", **headers}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, dict(r.headers), json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), json.loads(e.read() or b"null")
-
-
 class Coordinator(Served):
     def __init__(self, fleet: str, env: dict[str, str] | None = None, config: Path | None = None) -> None:
         super().__init__("sandboxd-coord-")
@@ -95,6 +84,142 @@ class Coordinator(Served):
         rc = super().stop(sig, timeout)
         shutil.rmtree(self.dir, ignore_errors=True)
         return rc
+
+
+class Host(NamedTuple):
+    """A host daemon of a Fleet: its instance name, boxes and environment
+    (SANDBOXD_FLEET is added: the fleet's Redis)."""
+
+    instance: str
+    pool_size: int = 1
+    env: dict[str, str] = {}
+
+
+class Fleet:
+    """A redis-server, host daemons and `replicas` coordinators, in that order;
+    if any fails to start, what did is stopped.  `ready` (given the first
+    coordinator's GET /v1/hosts) is waited for after each coordinator start."""
+
+    def __init__(
+        self,
+        hosts: dict[str, Host],
+        coord_env: dict[str, str],
+        config: Path | None = None,
+        headers: dict[str, str] | None = None,
+        ready: Callable[[list[dict[str, Any]]], bool] | None = None,
+        replicas: int = 1,
+    ) -> None:
+        self.redis = Redis()
+        self.specs = hosts
+        self.hosts: dict[str, Daemon] = {}
+        self.coords: list[Coordinator] = []
+        self.coord_env, self.config, self.headers, self.ready = coord_env, config, headers or {}, ready
+        try:
+            for name in hosts:
+                self.start_host(name)
+            for i in range(replicas):
+                self.start_coordinator(i)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def coord(self) -> Coordinator | None:
+        """The first coordinator (the only one of a one-replica fleet)."""
+        return self.coords[0] if self.coords else None
+
+    @property
+    def host(self) -> Daemon:
+        """The host of a one-host fleet."""
+        (h,) = self.hosts.values()
+        return h
+
+    def start_host(self, name: str) -> None:
+        """Host `name` (again: after a test killed it)."""
+        h = self.specs[name]
+        self.hosts[name] = Daemon(h.instance, h.pool_size, env={**h.env, "SANDBOXD_FLEET": self.redis.url})
+
+    def start_coordinator(self, i: int = 0) -> None:
+        """Coordinator i (again: after a test stopped it)."""
+        c = Coordinator(self.redis.url, self.coord_env, config=self.config)
+        if i < len(self.coords):
+            self.coords[i] = c
+        else:
+            self.coords.append(c)
+        if self.ready is not None:
+            self.wait_hosts(self.ready)
+
+    def wait_hosts(self, ready: Callable[[list[dict[str, Any]]], bool], timeout: float = 20) -> list[dict[str, Any]]:
+        assert self.coord is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            req = urllib.request.Request(self.coord.http + "/v1/hosts", headers=self.headers)
+            with urllib.request.urlopen(req, timeout=10) as r:
+                hosts: list[dict[str, Any]] = json.loads(r.read())
+            if ready(hosts):
+                return hosts
+            assert time.monotonic() < deadline, f"hosts listed: {hosts}"
+            time.sleep(0.1)
+
+    def api(self, method: str, path: str, body: Any = None, coord: int = 0, timeout: float = 60) -> tuple[int, Any]:
+        """A JSON request to coordinator `coord`: (status, decoded body)."""
+        data = None if body is None else msgspec.json.encode(body)
+        req = urllib.request.Request(
+            self.coords[coord].http + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", **self.headers},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, msgspec.json.decode(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, msgspec.json.decode(e.read())
+
+    def start(self, body: dict[str, Any], coord: int = 0, what: str = "runs") -> str:
+        st, res = self.api("POST", f"/v1/{what}?wait=false", body, coord)
+        assert st == 202, res
+        return str(res["job"])
+
+    def wait(self, job: str, coord: int = 0, timeout: float = 60) -> dict[str, Any]:
+        """The job once final, or as it is after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st, res = self.api("GET", f"/v1/jobs/{job}?wait={max(0.1, deadline - time.monotonic()):.1f}", coord=coord)
+            assert st == 200, res
+            if res["state"] not in ("queued", "running") or time.monotonic() > deadline:
+                return dict(res)
+
+    def wait_state(self, job: str, state: str, timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            _, res = self.api("GET", f"/v1/jobs/{job}")
+            if res.get("state") == state:
+                return dict(res)
+            assert time.monotonic() < deadline, res
+            time.sleep(0.05)
+
+    def drain(self, *names: str, on: bool = True) -> None:
+        for n in names:
+            st, res = self.api("POST", f"/v1/hosts/{n}/{'drain' if on else 'undrain'}")
+            assert st == 200 and res["drained"] is on, res
+        # A host stops claiming at once (the claim script checks the set);
+        # /v1/hosts shows it from the same set.
+
+    def r(self) -> redis.Redis:
+        return self.redis.client()
+
+    def stop(self) -> None:
+        for c in self.coords:
+            c.stop()
+        for h in self.hosts.values():
+            h.stop()
+        self.redis.stop()
+
+
+def listing(names: set[str]) -> Callable[[list[dict[str, Any]]], bool]:
+    """A `ready` for Fleet.wait_hosts: exactly these hosts listed."""
+    return lambda hosts: {h["id"] for h in hosts} == names
 
 
 class ReplyCutter:

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import Daemon, json_http
+from daemon_util import Daemon, frame, json_http
 from instances import inst
 from sandboxd_client import Client
 from sandboxd_client import RunRequest as ClientRun
@@ -196,11 +196,6 @@ def _frames(data: bytes) -> list[Any]:
     return out
 
 
-def _frame(msg: Any) -> bytes:
-    b = msgspec.msgpack.encode(msg)
-    return struct.pack(">I", len(b)) + b
-
-
 def test_half_open_socket_connection_is_closed(tight: Daemon) -> None:
     with _unix(tight) as s:
         assert _closed_by_peer(s) == b""
@@ -215,7 +210,7 @@ def test_trickling_frame_is_cut_with_a_reason(tight: Daemon) -> None:
 
 def test_idle_socket_connection_is_closed_with_a_reason(tight: Daemon) -> None:
     with _unix(tight) as s:
-        s.sendall(_frame({"id": 1, "op": "ping"}))
+        s.sendall(frame({"id": 1, "op": "ping"}))
         pong, err = _frames(_closed_by_peer(s))
     assert pong["ok"] is True
     assert err["id"] is None and "socket_idle_timeout" in err["error"]["message"]
@@ -228,7 +223,7 @@ def test_socket_frames_wait_for_bytes_being_received(tight: Daemon) -> None:
             s.sendall(struct.pack(">I", 1 << 20) + b"\x82")
         time.sleep(0.3)
         with _unix(tight) as s:
-            s.sendall(_frame({"id": 9, "op": "ping"}))
+            s.sendall(frame({"id": 9, "op": "ping"}))
             # Held back (not read into memory) while the stalled frames hold the bytes...
             s.settimeout(0.5)
             with pytest.raises(TimeoutError):
@@ -249,7 +244,7 @@ def test_socket_connection_cap(capped: Daemon) -> None:
     held = [_unix(capped) for _ in range(4)]
     try:
         for s in held:
-            s.sendall(_frame({"id": 1, "op": "ping"}))
+            s.sendall(frame({"id": 1, "op": "ping"}))
             assert _frames(s.recv(1000))[0]["ok"] is True
         with _unix(capped) as s:
             (err,) = _frames(_closed_by_peer(s))
@@ -291,7 +286,7 @@ def test_the_client_retries_past_the_connection_cap(capped: Daemon, transport: s
     else:
         held = [_unix(capped) for _ in range(4)]
         for s in held:
-            s.sendall(_frame({"id": 1, "op": "ping"}))
+            s.sendall(frame({"id": 1, "op": "ping"}))
             assert _frames(s.recv(1000))[0]["ok"] is True
         address = f"unix://{capped.sock}"
     time.sleep(0.3)
@@ -342,8 +337,8 @@ def test_native_deep_nesting_is_a_bad_request(tight: Daemon, fmt: str) -> None:
         urllib.request.urlopen(req, timeout=30)
     assert e.value.code == 400
     with _unix(tight) as s:  # and the socket answers the frame (main: dropped the connection)
-        s.sendall(_frame({"id": 7, "op": "run", "body": msgspec.Raw(b"\x91" * 5000 + b"\xc0")}))
-        s.sendall(_frame({"id": 8, "op": "ping"}))
+        s.sendall(frame({"id": 7, "op": "run", "body": msgspec.Raw(b"\x91" * 5000 + b"\xc0")}))
+        s.sendall(frame({"id": 8, "op": "ping"}))
         got = _frames(_recv_n(s, 2))
     assert got[0]["error"]["code"] == "bad_request" and got[1]["ok"] is True
 

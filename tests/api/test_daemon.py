@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import CallbackSink, Daemon, sum_tests
+from daemon_util import CallbackSink, Daemon, frame, recv_frame, sum_tests
 from instances import inst
 from sandboxd_client import AsyncClient, Client, Limits, RunRequest, SandboxdError, Submission, TestCase
 
@@ -145,35 +145,24 @@ def test_client_disconnect_cancels_its_jobs(daemon: Daemon) -> None:
         assert c.status()["pools"]["host"]["busy"] == 0
 
 
-def _frame(obj: Any) -> bytes:
-    data = obj if isinstance(obj, bytes) else msgspec.msgpack.encode(obj)
-    return struct.pack(">I", len(data)) + data
-
-
-def _recv(s: socket.socket) -> Any:
-    head = s.recv(4, socket.MSG_WAITALL)
-    (n,) = struct.unpack(">I", head)
-    return msgspec.msgpack.decode(s.recv(n, socket.MSG_WAITALL))
-
-
 def test_malformed_frames_get_errors_and_the_connection_survives(daemon: Daemon) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(daemon.sock)
         s.settimeout(10)
-        s.sendall(_frame(b"\xc1garbage"))
-        assert _recv(s)["error"]["code"] == "bad_request"
-        s.sendall(_frame({"id": 7, "op": "explode"}))
-        r = _recv(s)
+        s.sendall(frame(b"\xc1garbage"))
+        assert recv_frame(s)["error"]["code"] == "bad_request"
+        s.sendall(frame({"id": 7, "op": "explode"}))
+        r = recv_frame(s)
         assert r["id"] == 7 and r["error"]["code"] == "bad_request"
-        s.sendall(_frame({"id": 8, "op": "run", "body": {"cmd": "not a list"}}))
-        r = _recv(s)
+        s.sendall(frame({"id": 8, "op": "run", "body": {"cmd": "not a list"}}))
+        r = recv_frame(s)
         assert r["id"] == 8 and "cmd" in r["error"]["message"]
-        s.sendall(_frame(b"\x82\xa2id\x05\xa2op\xa2\xff\xfe"))  # invalid UTF-8 in a msgpack str
-        assert _recv(s)["error"]["code"] == "bad_request"
-        s.sendall(_frame({"id": 9, "op": "ping"}))
-        assert _recv(s) == {"id": 9, "ok": True, "result": {"pong": True}}
+        s.sendall(frame(b"\x82\xa2id\x05\xa2op\xa2\xff\xfe"))  # invalid UTF-8 in a msgpack str
+        assert recv_frame(s)["error"]["code"] == "bad_request"
+        s.sendall(frame({"id": 9, "op": "ping"}))
+        assert recv_frame(s) == {"id": 9, "ok": True, "result": {"pong": True}}
         s.sendall(struct.pack(">I", 1 << 30))  # larger than max_body: error, then hang up
-        assert "frame of" in _recv(s)["error"]["message"]
+        assert "frame of" in recv_frame(s)["error"]["message"]
 
 
 def test_metrics_health_and_status(daemon: Daemon) -> None:

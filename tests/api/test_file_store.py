@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
-import struct
 import tempfile
 import time
 import urllib.error
@@ -17,7 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import Daemon
+from daemon_util import Daemon, frame, recv_frame
 from instances import inst
 from sandboxd_client import Client, Submission
 from sandboxd_client import TestCase as Case  # (not Test*: pytest would collect it)
@@ -140,29 +139,19 @@ def test_eviction_keeps_a_pinned_file(daemon: Daemon) -> None:
     assert info["state"] == "done" and base64.b64decode(info["result"]["stdout"]).strip() == str(len(a)).encode(), info
 
 
-def _frame(obj: Any) -> bytes:
-    data = msgspec.msgpack.encode(obj)
-    return struct.pack(">I", len(data)) + data
-
-
-def _recv(s: socket.socket) -> Any:
-    (n,) = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))
-    return msgspec.msgpack.decode(s.recv(n, socket.MSG_WAITALL))
-
-
 def test_the_socket_files_op(daemon: Daemon) -> None:
     data = b"over the socket"
     sha = hashlib.sha256(data).hexdigest()
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(daemon.sock)
-        s.sendall(_frame({"id": 1, "op": "files", "body": {"action": "head", "sha256": sha}}))
-        assert _recv(s)["error"]["code"] == "not_found"
-        s.sendall(_frame({"id": 2, "op": "files", "body": {"action": "put", "sha256": "1" * 64, "content": data}}))
-        assert _recv(s)["error"]["code"] == "bad_request"
-        s.sendall(_frame({"id": 3, "op": "files", "body": {"action": "put", "sha256": sha, "content": data}}))
-        assert _recv(s)["result"] == {"sha256": sha, "size": len(data), "created": True}
-        s.sendall(_frame({"id": 4, "op": "files", "body": {"action": "get", "sha256": sha}}))
-        assert _recv(s)["result"]["content"] == data
+        s.sendall(frame({"id": 1, "op": "files", "body": {"action": "head", "sha256": sha}}))
+        assert recv_frame(s)["error"]["code"] == "not_found"
+        s.sendall(frame({"id": 2, "op": "files", "body": {"action": "put", "sha256": "1" * 64, "content": data}}))
+        assert recv_frame(s)["error"]["code"] == "bad_request"
+        s.sendall(frame({"id": 3, "op": "files", "body": {"action": "put", "sha256": sha, "content": data}}))
+        assert recv_frame(s)["result"] == {"sha256": sha, "size": len(data), "created": True}
+        s.sendall(frame({"id": 4, "op": "files", "body": {"action": "get", "sha256": sha}}))
+        assert recv_frame(s)["result"]["content"] == data
     assert http(daemon, "GET", f"/v1/files/{sha}")[1] == data
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import Daemon
+from daemon_util import Daemon, frame, recv_frame
 from instances import inst
 from session_util import Transcript, session
 from session_util import run as session_run
@@ -131,17 +131,14 @@ def test_cpu_quota_refuses_until_midnight_and_survives_a_restart(home: Path) -> 
 
 def test_socket_api_key_gets_the_same_refusal(daemon: Daemon) -> None:
     import socket
-    import struct
 
     key = make(daemon, name="sock", rate=0.01, burst=1)
 
     def ask(s: socket.socket, rid: int, api_key: str) -> Any:
         body = msgspec.msgpack.encode({"cmd": ["true"]})
         req = {"id": rid, "op": "run", "body": msgspec.Raw(body), "api_key": api_key}
-        data = msgspec.msgpack.encode(req)
-        s.sendall(struct.pack(">I", len(data)) + data)
-        n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
-        return msgspec.msgpack.decode(s.recv(n, socket.MSG_WAITALL))
+        s.sendall(frame(req))
+        return recv_frame(s)
 
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(daemon.sock)

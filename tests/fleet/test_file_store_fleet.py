@@ -19,7 +19,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 from daemon_util import Daemon
-from fleet_util import Coordinator, Redis
+from fleet_util import Fleet, Host
 from instances import inst
 from sandboxd_client import Client, Submission
 from sandboxd_client import TestCase as Case  # (not Test*: pytest would collect it)
@@ -30,38 +30,21 @@ from sandboxd.fleet.files import RedisFiles
 ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_DRAIN_TIMEOUT": "1"}
 
 
-class Fleet:
-    def __init__(self) -> None:
-        self.redis = Redis()
-        self.hosts: dict[str, Daemon] = {}
-        self.coord: Coordinator | None = None
-        try:
-            for name in ("one", "two"):
-                env = {
-                    **ENV,
-                    "SANDBOXD_FLEET": self.redis.url,
-                    "SANDBOXD_FLEET_HOST_ID": name,
-                    "SANDBOXD_FLEET_TAGS": f'["{name}"]',
-                    "SANDBOXD_FLEET_ONLY_TAGGED": "true",
-                    "SANDBOXD_FILES_DIR": tempfile.mkdtemp(prefix=f"sandboxd-files-{name}-"),
-                }
-                self.hosts[name] = Daemon(inst(f"-ffiles-{name}"), pool_size=1, env=env)
-            self.coord = Coordinator(self.redis.url, ENV)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.coord is not None:
-            self.coord.stop()
-        for h in self.hosts.values():
-            h.stop()
-        self.redis.stop()
+def tagged_host(name: str) -> Host:
+    """A host taking only jobs tagged with its name, with a file store of its own."""
+    env = {
+        **ENV,
+        "SANDBOXD_FLEET_HOST_ID": name,
+        "SANDBOXD_FLEET_TAGS": f'["{name}"]',
+        "SANDBOXD_FLEET_ONLY_TAGGED": "true",
+        "SANDBOXD_FILES_DIR": tempfile.mkdtemp(prefix=f"sandboxd-files-{name}-"),
+    }
+    return Host(inst(f"-ffiles-{name}"), 1, env)
 
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    f = Fleet()
+    f = Fleet({name: tagged_host(name) for name in ("one", "two")}, ENV)
     yield f
     f.stop()
 

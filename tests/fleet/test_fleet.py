@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 from daemon_util import CallbackSink, Daemon
-from fleet_util import Coordinator, Redis
+from fleet_util import Coordinator, Fleet, Host, Redis, listing
 from instances import inst
 from sandboxd_client import AsyncClient, Client, RunRequest, Submission, SubmissionResult
 from sandboxd_client import TestCase as Case  # (not Test*: pytest would collect them)
@@ -43,98 +43,32 @@ COORD_ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SA
 K = Keys("sandboxd")
 
 
-class Fleet:
-    def __init__(self) -> None:
-        self.redis = Redis()
-        self.hosts: dict[str, Daemon] = {}
-        self.coords: list[Coordinator] = []
-        try:
-            for name in POOLS:
-                self.start_host(name)
-            self.coords = [Coordinator(self.redis.url, COORD_ENV), Coordinator(self.redis.url, COORD_ENV)]
-            self.wait_hosts(set(POOLS))
-        except BaseException:
-            self.stop()
-            raise
+def host(name: str) -> Host:
+    env = {**HOST_ENV, "SANDBOXD_FLEET_HOST_ID": name}
+    if name in TAGS:
+        env["SANDBOXD_FLEET_TAGS"] = TAGS[name]
+    return Host(inst(f"-fleet-{name}"), POOLS[name], env)
 
-    def start_host(self, name: str) -> None:
-        env = {**HOST_ENV, "SANDBOXD_FLEET": self.redis.url, "SANDBOXD_FLEET_HOST_ID": name}
-        if name in TAGS:
-            env["SANDBOXD_FLEET_TAGS"] = TAGS[name]
-        self.hosts[name] = Daemon(inst(f"-fleet-{name}"), pool_size=POOLS[name], env=env)
+
+class ApiFleet(Fleet):
+    """Three hosts (POOLS) and two coordinators, spoken to over HTTP."""
+
+    def __init__(self) -> None:
+        super().__init__({name: host(name) for name in POOLS}, COORD_ENV, ready=listing(set(POOLS)), replicas=2)
 
     def host_alive(self, name: str) -> bool:
         return self.hosts[name].proc.poll() is None
 
-    def wait_hosts(self, names: set[str], timeout: float = 20) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            listed = self.api("GET", "/v1/hosts")[1]
-            if {h["id"] for h in listed} == names:
-                return list(listed)
-            assert time.monotonic() < deadline, f"hosts listed: {listed}"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        for c in self.coords:
-            c.stop()
-        for d in self.hosts.values():
-            d.stop()
-        self.redis.stop()
-
-    def api(self, method: str, path: str, body: Any = None, coord: int = 0, timeout: float = 60) -> tuple[int, Any]:
-        data = None if body is None else msgspec.json.encode(body)
-        req = urllib.request.Request(
-            self.coords[coord].http + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, msgspec.json.decode(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, msgspec.json.decode(e.read())
-
-    def start(self, body: dict[str, Any], coord: int = 0, what: str = "runs") -> str:
-        st, res = self.api("POST", f"/v1/{what}?wait=false", body, coord)
-        assert st == 202, res
-        return str(res["job"])
-
-    def wait(self, job: str, coord: int = 0, timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            st, res = self.api("GET", f"/v1/jobs/{job}?wait={max(0.1, deadline - time.monotonic()):.1f}", coord=coord)
-            assert st == 200, res
-            if res["state"] not in ("queued", "running") or time.monotonic() > deadline:
-                return dict(res)
-
-    def wait_state(self, job: str, state: str, timeout: float = 20) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            _, res = self.api("GET", f"/v1/jobs/{job}")
-            if res.get("state") == state:
-                return dict(res)
-            assert time.monotonic() < deadline, res
-            time.sleep(0.05)
-
-    def drain(self, *names: str, on: bool = True) -> None:
-        for n in names:
-            st, res = self.api("POST", f"/v1/hosts/{n}/{'drain' if on else 'undrain'}")
-            assert st == 200 and res["drained"] is on, res
-        # A host stops claiming at once (the claim script checks the set);
-        # /v1/hosts shows it from the same set.
-
-    def r(self) -> Any:
-        return self.redis.client()
-
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = Fleet()
+def fleet() -> Iterator[ApiFleet]:
+    f = ApiFleet()
     yield f
     f.stop()
 
 
 @pytest.fixture(autouse=True)
-def healthy(fleet: Fleet) -> Iterator[None]:
+def healthy(fleet: ApiFleet) -> Iterator[None]:
     """Every test starts with all hosts up, undrained and idle, both coordinators up."""
     for name in POOLS:
         if not fleet.host_alive(name):
@@ -143,9 +77,9 @@ def healthy(fleet: Fleet) -> Iterator[None]:
     for i, c in enumerate(fleet.coords):
         if c.proc.poll() is not None:
             c.stop()
-            fleet.coords[i] = Coordinator(fleet.redis.url, COORD_ENV)
+            fleet.start_coordinator(i)
     fleet.r().delete(K.drained)
-    hosts = fleet.wait_hosts(set(POOLS))
+    hosts = fleet.wait_hosts(listing(set(POOLS)))
     deadline = time.monotonic() + 20
     while any(h["load"] for h in hosts):
         assert time.monotonic() < deadline, hosts
@@ -161,7 +95,7 @@ def sleep_job(secs: float, **kw: Any) -> dict[str, Any]:
 AB = b'#include <stdio.h>\nint main(){int a,b;scanf("%d %d",&a,&b);printf("%d\\n",a+b);}\n'
 
 
-def test_same_api_as_a_host_through_either_coordinator(fleet: Fleet) -> None:
+def test_same_api_as_a_host_through_either_coordinator(fleet: ApiFleet) -> None:
     for i in (0, 1):
         st, res = fleet.api("POST", "/v1/runs", {"cmd": ["/bin/echo", "hi"]}, coord=i)
         assert st == 200 and res["status"] == "ok" and res["stdout"] == "aGkK", res
@@ -194,7 +128,7 @@ def test_same_api_as_a_host_through_either_coordinator(fleet: Fleet) -> None:
 
 
 @pytest.mark.parametrize("transport", ["unix", "http"])
-def test_progress_events_through_the_coordinator(fleet: Fleet, transport: str) -> None:
+def test_progress_events_through_the_coordinator(fleet: ApiFleet, transport: str) -> None:
     # (http: Server-Sent Events, relayed from the host's pub/sub as the socket's frames are)
     tests = [Case(input=f"{i} {i}".encode(), expected=f"{2 * i}".encode()) for i in range(6)]
     tests[3].expected = b"0"
@@ -211,7 +145,7 @@ def test_progress_events_through_the_coordinator(fleet: Fleet, transport: str) -
     assert {t.index: t.verdict for t in seen} == {t.index: t.verdict for t in res.tests}
 
 
-def test_bad_input_gets_clear_errors(fleet: Fleet) -> None:
+def test_bad_input_gets_clear_errors(fleet: ApiFleet) -> None:
     st, res = fleet.api("POST", "/v1/submissions", {"lang": "cobol", "source": "", "tests": [{}]})
     assert st == 400 and "no host serves 'cobol'" in res["error"]["message"], res
     st, res = fleet.api("POST", "/v1/runs", {"cmd": ["/bin/true"], "host_tag": "contest-9"})
@@ -227,7 +161,7 @@ def test_bad_input_gets_clear_errors(fleet: Fleet) -> None:
     # (Judge0 and Piston through the coordinator: tests/compat/ runs all of them through a fleet.)
 
 
-def test_priority_order_under_contention(fleet: Fleet) -> None:
+def test_priority_order_under_contention(fleet: ApiFleet) -> None:
     # Host a (1 box) is the only one with tag "solo": hold its box, then queue.
     blocker = fleet.start(sleep_job(1, host_tag="solo"))
     fleet.wait_state(blocker, "running")
@@ -273,7 +207,7 @@ def test_aging_lets_old_low_priority_jobs_overtake() -> None:
         red.stop()
 
 
-def test_balance_follows_capacity(fleet: Fleet) -> None:
+def test_balance_follows_capacity(fleet: ApiFleet) -> None:
     jobs = [fleet.start(sleep_job(0.3), coord=i % 2) for i in range(70)]
     hosts = Counter(fleet.wait(j, timeout=60)["host"] for j in jobs)
     total = sum(POOLS.values())
@@ -284,7 +218,7 @@ def test_balance_follows_capacity(fleet: Fleet) -> None:
         assert abs(shares[h] - expected[h]) < 0.1, (shares, expected)
 
 
-def test_a_job_never_waits_behind_a_busy_host(fleet: Fleet) -> None:
+def test_a_job_never_waits_behind_a_busy_host(fleet: ApiFleet) -> None:
     busy = fleet.start(sleep_job(3, host_tag="solo"))
     fleet.wait_state(busy, "running")
     t0 = time.monotonic()
@@ -294,7 +228,7 @@ def test_a_job_never_waits_behind_a_busy_host(fleet: Fleet) -> None:
     fleet.wait(busy)
 
 
-def _pin_to(fleet: Fleet, host: str, body: dict[str, Any]) -> str:
+def _pin_to(fleet: ApiFleet, host: str, body: dict[str, Any]) -> str:
     """Start a job on `host` by draining the others until it runs, then undrain them."""
     others = [h for h in POOLS if h != host]
     fleet.drain(*others)
@@ -307,7 +241,7 @@ def _pin_to(fleet: Fleet, host: str, body: dict[str, Any]) -> str:
         fleet.drain(*others, on=False)
 
 
-def test_host_killed_mid_job_its_job_finishes_elsewhere_once(fleet: Fleet) -> None:
+def test_host_killed_mid_job_its_job_finishes_elsewhere_once(fleet: ApiFleet) -> None:
     job = _pin_to(fleet, "b", sleep_job(1.5))
     fleet.hosts["b"].proc.kill()  # kill -9: no goodbye, the lease has to run out
     res = fleet.wait(job, timeout=30)
@@ -318,7 +252,7 @@ def test_host_killed_mid_job_its_job_finishes_elsewhere_once(fleet: Fleet) -> No
     assert int(r.hget(K.stats, "requeued")) >= 1
 
 
-def test_a_job_two_hosts_ran_has_one_result(fleet: Fleet) -> None:
+def test_a_job_two_hosts_ran_has_one_result(fleet: ApiFleet) -> None:
     job = _pin_to(fleet, "c", sleep_job(1))
     proc = fleet.hosts["c"].proc
     proc.send_signal(signal.SIGSTOP)  # hung, not dead: it will wake up and want to report
@@ -334,14 +268,14 @@ def test_a_job_two_hosts_ran_has_one_result(fleet: Fleet) -> None:
     assert "lost the lease of job" in log or "not taken" in log, log[-2000:]
 
 
-def test_coordinator_killed_nothing_lost(fleet: Fleet) -> None:
+def test_coordinator_killed_nothing_lost(fleet: ApiFleet) -> None:
     jobs = [fleet.start(sleep_job(0.3), coord=0) for _ in range(10)]
     fleet.coords[0].proc.kill()
     for j in jobs:
         assert fleet.wait(j, coord=1)["state"] == "done"
 
 
-def test_redis_restart_loses_nothing_acknowledged(fleet: Fleet) -> None:
+def test_redis_restart_loses_nothing_acknowledged(fleet: ApiFleet) -> None:
     fleet.drain(*POOLS)
     jobs = [fleet.start({"cmd": ["/bin/echo", str(i)]}) for i in range(5)]
     fleet.redis.kill()
@@ -360,10 +294,10 @@ def test_redis_restart_loses_nothing_acknowledged(fleet: Fleet) -> None:
         assert res["state"] == "done" and res["result"]["stdout"] == base64.b64encode(f"{i}\n".encode()).decode()
     # Hosts re-joined on their own and take new work.
     assert fleet.wait(fleet.start({"cmd": ["/bin/true"]}))["state"] == "done"
-    fleet.wait_hosts(set(POOLS))
+    fleet.wait_hosts(listing(set(POOLS)))
 
 
-def test_redis_outage_does_not_take_running_jobs_away(fleet: Fleet) -> None:
+def test_redis_outage_does_not_take_running_jobs_away(fleet: ApiFleet) -> None:
     """Redis down longer than a lease: no host could renew, so after the
     restart the hosts get one lease to come back instead of losing their jobs."""
     job = fleet.start(sleep_job(6))
@@ -379,10 +313,10 @@ def test_redis_outage_does_not_take_running_jobs_away(fleet: Fleet) -> None:
     res = fleet.wait(job, timeout=30)
     assert res["state"] == "done" and res["result"]["stdout"] == "ZG9uZQo=", res
     assert int(fleet.r().hget(K.job(job), "attempts")) == 1  # ran once, not re-queued
-    fleet.wait_hosts(set(POOLS))
+    fleet.wait_hosts(listing(set(POOLS)))
 
 
-def test_a_malformed_running_job_does_not_stop_the_reaper(fleet: Fleet) -> None:
+def test_a_malformed_running_job_does_not_stop_the_reaper(fleet: ApiFleet) -> None:
     r = fleet.r()
     r.hset(K.job("broken-lease"), mapping={"state": "running", "kind": "run", "holder": "nobody"})
     r.zadd(K.leases, {"broken-lease": 0})
@@ -394,7 +328,7 @@ def test_a_malformed_running_job_does_not_stop_the_reaper(fleet: Fleet) -> None:
     assert fleet.wait(job, timeout=30)["host"] in ("b", "c")
 
 
-def test_drain_a_busy_host(fleet: Fleet) -> None:
+def test_drain_a_busy_host(fleet: ApiFleet) -> None:
     job = _pin_to(fleet, "c", sleep_job(1.5))
     fleet.drain("c")
     deadline = time.monotonic() + 3
@@ -417,7 +351,7 @@ def test_drain_a_busy_host(fleet: Fleet) -> None:
     assert fleet.wait(fleet.start({"cmd": ["/bin/true"]}))["host"] == "c"
 
 
-def test_malformed_jobs_in_redis_are_quarantined(fleet: Fleet) -> None:
+def test_malformed_jobs_in_redis_are_quarantined(fleet: ApiFleet) -> None:
     r = fleet.r()
     q = queue_name("", None)
     # Written by hand: a spec that is not msgpack, a hash without a spec, and a
@@ -443,7 +377,7 @@ def test_malformed_jobs_in_redis_are_quarantined(fleet: Fleet) -> None:
     assert fleet.wait(fleet.start({"cmd": ["/bin/true"]}))["state"] == "done"
 
 
-def test_cancel_wherever_the_job_is(fleet: Fleet) -> None:
+def test_cancel_wherever_the_job_is(fleet: ApiFleet) -> None:
     fleet.drain(*POOLS)
     queued = fleet.start({"cmd": ["/bin/true"]})
     st, res = fleet.api("DELETE", f"/v1/jobs/{queued}")
@@ -457,7 +391,7 @@ def test_cancel_wherever_the_job_is(fleet: Fleet) -> None:
     assert res["state"] == "cancelled" and time.monotonic() - t0 < 5, res
 
 
-def test_result_callbacks_through_the_coordinator_once_each(fleet: Fleet) -> None:
+def test_result_callbacks_through_the_coordinator_once_each(fleet: ApiFleet) -> None:
     """POSTed by one coordinator replica once Redis has the final result, whatever
     made it final: a host's result or a cancel."""
     sink = CallbackSink()
@@ -484,7 +418,7 @@ def test_result_callbacks_through_the_coordinator_once_each(fleet: Fleet) -> Non
         sink.close()
 
 
-def test_queue_deadline_and_bounded_depth(fleet: Fleet) -> None:
+def test_queue_deadline_and_bounded_depth(fleet: ApiFleet) -> None:
     fleet.drain(*POOLS)
     late = fleet.start({"cmd": ["/bin/true"], "queue_deadline": 0.3})
     res = fleet.wait(late, timeout=10)
@@ -505,7 +439,7 @@ def test_queue_deadline_and_bounded_depth(fleet: Fleet) -> None:
         small.stop()
 
 
-def test_sigterm_host_hands_back_its_jobs(fleet: Fleet) -> None:
+def test_sigterm_host_hands_back_its_jobs(fleet: ApiFleet) -> None:
     job = _pin_to(fleet, "b", sleep_job(4))
     t0 = time.monotonic()
     assert fleet.hosts["b"].stop() == 0  # drain_timeout is 1 s: it hands the job back
@@ -517,7 +451,7 @@ def test_sigterm_host_hands_back_its_jobs(fleet: Fleet) -> None:
     assert "handed job" in (fleet.hosts["b"].dir / "log").read_text()
 
 
-def test_reserved_host_takes_only_its_tag(fleet: Fleet) -> None:
+def test_reserved_host_takes_only_its_tag(fleet: ApiFleet) -> None:
     env = {
         **HOST_ENV,
         "SANDBOXD_FLEET": fleet.redis.url,
@@ -527,7 +461,7 @@ def test_reserved_host_takes_only_its_tag(fleet: Fleet) -> None:
     }
     reserved = Daemon(inst("-fleet-r"), pool_size=1, env=env)
     try:
-        fleet.wait_hosts({*POOLS, "r"})
+        fleet.wait_hosts(listing({*POOLS, "r"}))
         fleet.drain(*POOLS)
         untagged = fleet.start({"cmd": ["/bin/true"]})
         tagged = fleet.start({"cmd": ["/bin/true"], "host_tag": "contest"})

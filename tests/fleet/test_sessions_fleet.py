@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from daemon_util import Daemon
-from fleet_util import Coordinator, Redis, http_json
+from fleet_util import Coordinator, Fleet, Host
 from instances import inst
 from session_util import C_ECHO, PY_SLEEP_FOREVER, PY_TRAP_INT, Seen, Transcript, read_piston, run, session, take
 
@@ -29,65 +29,42 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_HTTP_TOKEN": TOKEN}
 
 
-class Fleet:
-    def __init__(self) -> None:
-        self.redis = Redis()
-        self.host: Daemon | None = None
-        self.coord: Coordinator | None = None
-        self.home = Path(tempfile.mkdtemp(prefix="sandboxd-fleet-sessions-"))
-        # (the coordinator's own tenants file: never a shared state_dir's)
-        self.coord_env = {**ENV, "SANDBOXD_TENANTS_FILE": str(self.home / "tenants.json")}
-        try:
-            env = {**ENV, "SANDBOXD_FLEET": self.redis.url, "SANDBOXD_FLEET_HOST_ID": "s1"}
-            self.host = Daemon(inst("-fleet-sessions"), pool_size=2, env=env)
-            self.coord = Coordinator(self.redis.url, self.coord_env)
-            self.wait_host()
-        except BaseException:
-            self.stop()
-            raise
+class SessionFleet(Fleet):
+    """One host of two boxes, waited for until it advertises its session URLs."""
 
-    def wait_host(self) -> None:
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.coord is not None
-            req = urllib.request.Request(self.coord.http + "/v1/hosts", headers=AUTH)
-            with urllib.request.urlopen(req, timeout=10) as r:
-                hosts = json.loads(r.read())
-            if hosts and hosts[0].get("sessions") and hosts[0].get("piston"):
-                return
-            assert time.monotonic() < deadline, hosts
-            time.sleep(0.1)
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="sandboxd-fleet-sessions-"))
+        host = Host(inst("-fleet-sessions"), 2, {**ENV, "SANDBOXD_FLEET_HOST_ID": "s1"})
+        # (the coordinator's own tenants file: never a shared state_dir's)
+        coord_env = {**ENV, "SANDBOXD_TENANTS_FILE": str(self.home / "tenants.json")}
+        super().__init__({"s1": host}, coord_env, headers=AUTH, ready=advertised)
+
+    def tenant(self, **spec: Any) -> str:
+        st, res = self.api("POST", "/v1/tenants", spec)
+        assert st == 201, res
+        return str(res["key"])
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.home, ignore_errors=True)
 
     def url(self) -> str:
         assert self.coord is not None
         return self.coord.http.replace("http://", "ws://") + "/v1/sessions"
 
-    def stop(self) -> None:
-        if self.coord is not None:
-            self.coord.stop()
-        if self.host is not None:
-            self.host.stop()
-        self.redis.stop()
-        shutil.rmtree(self.home, ignore_errors=True)
 
-    def http(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, dict[str, str], Any]:
-        assert self.coord is not None
-        return http_json(self.coord.http, method, path, body, **headers)
-
-    def tenant(self, **spec: Any) -> str:
-        st, _, res = self.http("POST", "/v1/tenants", spec, **AUTH)
-        assert st == 201, res
-        return str(res["key"])
+def advertised(hosts: list[dict[str, Any]]) -> bool:
+    return bool(hosts and hosts[0].get("sessions") and hosts[0].get("piston"))
 
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = Fleet()
+def fleet() -> Iterator[SessionFleet]:
+    f = SessionFleet()
     yield f
     f.stop()
 
 
-def live(f: Fleet, start: dict[str, Any], stdin: list[Any] = [], **kw: Any) -> Transcript:  # noqa: B006
+def live(f: SessionFleet, start: dict[str, Any], stdin: list[Any] = [], **kw: Any) -> Transcript:  # noqa: B006
     return run(session(f.url(), start, stdin, headers=kw.pop("headers", AUTH), **kw))  # type: ignore[no-any-return]
 
 
@@ -100,7 +77,7 @@ def metric(d: Daemon | Coordinator, name: str) -> float:
     return 0.0
 
 
-def test_echo_through_the_coordinator(fleet: Fleet) -> None:
+def test_echo_through_the_coordinator(fleet: SessionFleet) -> None:
     t = live(fleet, {"language": "c", "source": C_ECHO}, [b"one\n", b"two\n", {"type": "eof"}])
     assert [e["type"] for e in t.events] == ["compiled", "started", "result"]
     assert (t.stdout, t.stderr) == (b"one\ntwo\n", b"bye\n")
@@ -108,7 +85,7 @@ def test_echo_through_the_coordinator(fleet: Fleet) -> None:
     assert t.close_code == 1000
 
 
-def test_token_in_start_and_signal_through_the_coordinator(fleet: Fleet) -> None:
+def test_token_in_start_and_signal_through_the_coordinator(fleet: SessionFleet) -> None:
     async def go() -> Transcript:
         t = Transcript()
         async with aiohttp.ClientSession() as http, http.ws_connect(fleet.url()) as ws:
@@ -125,7 +102,7 @@ def test_token_in_start_and_signal_through_the_coordinator(fleet: Fleet) -> None
     assert t.result["result"]["exit_code"] == 7
 
 
-def test_refusals_at_the_coordinator(fleet: Fleet) -> None:
+def test_refusals_at_the_coordinator(fleet: SessionFleet) -> None:
     t = live(fleet, {"language": "python3", "source": "print(1)"}, headers={})
     assert (t.error["code"], t.close_code) == ("unauthorized", 1008)
     t = live(fleet, {"language": "python3", "source": "print(1)", "limits": {"memory": 1}})
@@ -144,7 +121,7 @@ def test_refusals_at_the_coordinator(fleet: Fleet) -> None:
     assert run(foreign()) == 403
 
 
-def test_client_leaving_ends_the_run_on_the_host(fleet: Fleet) -> None:
+def test_client_leaving_ends_the_run_on_the_host(fleet: SessionFleet) -> None:
     assert fleet.host is not None
     before = metric(fleet.host, 'sandboxd_sessions_total{reason="closed"}')
 
@@ -171,7 +148,7 @@ def test_client_leaving_ends_the_run_on_the_host(fleet: Fleet) -> None:
 # --- Piston's connect through the coordinator ----------------------------------
 
 
-def piston(f: Fleet, send: list[dict[str, Any]], auth: str = TOKEN) -> Seen:
+def piston(f: SessionFleet, send: list[dict[str, Any]], auth: str = TOKEN) -> Seen:
     async def go() -> Seen:
         seen = Seen()
         assert f.coord is not None
@@ -190,7 +167,7 @@ def init(language: str, source: str) -> dict[str, Any]:
     return {"type": "init", "language": language, "version": "*", "files": [{"content": source}]}
 
 
-def test_piston_connect_through_the_coordinator(fleet: Fleet) -> None:
+def test_piston_connect_through_the_coordinator(fleet: SessionFleet) -> None:
     s = piston(fleet, [init("python", "print(input()[::-1])"), {"type": "data", "stream": "stdin", "data": "abc\n"}])
     assert s.types()[:3] == ["runtime", "stage", "data"], s.msgs
     assert s.msgs[0]["language"] == "python"
@@ -199,7 +176,7 @@ def test_piston_connect_through_the_coordinator(fleet: Fleet) -> None:
     assert s.close == (4999, "Job Completed")
 
 
-def test_piston_refusals_at_the_coordinator(fleet: Fleet) -> None:
+def test_piston_refusals_at_the_coordinator(fleet: SessionFleet) -> None:
     s = piston(fleet, [init("nosuch", "x")])
     assert s.types() == ["error"] and "runtime is unknown" in s.msgs[0]["message"], s.msgs
     assert s.close[0] == 4002
@@ -234,7 +211,7 @@ async def _hold(url: str, headers: dict[str, str], start: dict[str, Any]) -> tup
     return http, ws
 
 
-def test_tenant_keys_and_limits_on_coordinator_sessions(fleet: Fleet) -> None:
+def test_tenant_keys_and_limits_on_coordinator_sessions(fleet: SessionFleet) -> None:
     key = fleet.tenant(name="sess", languages=["python3"], concurrency=1)
     # The key in the header, and in the start message (a browser's way).
     t = live(fleet, {"language": "python3", "source": "print(6*7)"}, headers={"Authorization": f"Bearer {key}"})
@@ -264,7 +241,7 @@ def test_tenant_keys_and_limits_on_coordinator_sessions(fleet: Fleet) -> None:
     assert third.stdout == b"3\n"  # the place was freed
 
 
-def test_coordinator_cap_refuses_before_the_upgrade(fleet: Fleet) -> None:
+def test_coordinator_cap_refuses_before_the_upgrade(fleet: SessionFleet) -> None:
     capped = Coordinator(fleet.redis.url, {**fleet.coord_env, "SANDBOXD_SESSION_MAX_PROXIED": "1"})
     url = capped.http.replace("http://", "ws://") + "/v1/sessions"
 
@@ -324,7 +301,7 @@ def wait_sessions(c: Coordinator) -> None:
         time.sleep(0.1)
 
 
-def host_idle(f: Fleet) -> None:
+def host_idle(f: SessionFleet) -> None:
     """The host's session place freed (its cap is 1: a session the client left ends there a moment later)."""
     assert f.host is not None
     deadline = time.monotonic() + 20

@@ -7,6 +7,7 @@ lives in Redis, so a coordinator restart forgets none of it.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.parse
@@ -17,8 +18,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from daemon_util import Daemon
-from fleet_util import Coordinator, Redis, http_json
+from fleet_util import Fleet, Host
 from instances import inst
 
 from sandboxd.fleet.keys import Keys
@@ -32,40 +32,27 @@ HOST_ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SAN
 BURN = ["sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"]  # > 0.2 CPU seconds
 
 
-class TenantFleet:
+class TenantFleet(Fleet):
     """Redis, one coordinator with a tenants file, one host of one box."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.config = home / "coordinator.toml"
-        self.config.write_text(f'[http]\ntoken = "{ADMIN}"\n[tenants]\nfile = "{home / "tenants.json"}"\n')
-        self.redis = Redis()
-        self.coord: Coordinator | None = None
-        self.host: Daemon | None = None
-        try:
-            self.host = Daemon(inst("-fleet-tenants"), pool_size=1, env={**HOST_ENV, "SANDBOXD_FLEET": self.redis.url})
-            self.start_coordinator()
-        except BaseException:
-            self.stop()
-            raise
-
-    def start_coordinator(self) -> None:
-        self.coord = Coordinator(self.redis.url, COORD_ENV, config=self.config)
-        deadline = time.monotonic() + 20
-        while not self.http("GET", "/v1/hosts", **AUTH)[2]:
-            assert time.monotonic() < deadline, "the host never registered"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.coord is not None:
-            self.coord.stop()
-        if self.host is not None:
-            self.host.stop()
-        self.redis.stop()
+        config = home / "coordinator.toml"
+        config.write_text(f'[http]\ntoken = "{ADMIN}"\n[tenants]\nfile = "{home / "tenants.json"}"\n')
+        host = Host(inst("-fleet-tenants"), 1, HOST_ENV)
+        super().__init__({"h": host}, COORD_ENV, config=config, headers=AUTH, ready=bool)
 
     def http(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, dict[str, str], Any]:
         assert self.coord is not None
-        return http_json(self.coord.http, method, path, body, **headers)
+        data = None if body is None else msgspec.json.encode(body)
+        req = urllib.request.Request(
+            self.coord.http + path, data=data, method=method, headers={"Content-Type": "application/json", **headers}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, dict(r.headers), json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), json.loads(e.read() or b"null")
 
     def make(self, **spec: Any) -> str:
         st, _, res = self.http("POST", "/v1/tenants", spec, **AUTH)
@@ -75,15 +62,6 @@ class TenantFleet:
     def run(self, key: str, cmd: list[str] | None = None, wait: bool = True) -> tuple[int, dict[str, str], Any]:
         path = "/v1/runs" if wait else "/v1/runs?wait=false"
         return self.http("POST", path, {"cmd": cmd or ["true"]}, Authorization=f"Bearer {key}")
-
-    def wait(self, job: str, timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            st, _, res = self.http("GET", f"/v1/jobs/{job}?wait=5", **AUTH)
-            assert st == 200, res
-            if res["state"] not in ("queued", "running"):
-                return res
-            assert time.monotonic() < deadline, res
 
 
 @pytest.fixture(scope="module")

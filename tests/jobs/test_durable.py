@@ -12,7 +12,6 @@ import base64
 import re
 import signal
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from daemon_util import Daemon
+from daemon_util import Daemon, frame, recv_frame
 from instances import inst
 
 FINAL = ("done", "failed", "cancelled", "lost")
@@ -57,16 +56,6 @@ def poll(d: Daemon, jid: str, timeout: float = 120) -> dict[str, Any]:
 
 def store_env(tmp: Path, **more: str) -> dict[str, str]:
     return {"SANDBOXD_JOB_STORE": str(tmp / "jobs.sqlite3"), **more}
-
-
-def _frame(obj: Any) -> bytes:
-    data = msgspec.msgpack.encode(obj)
-    return struct.pack(">I", len(data)) + data
-
-
-def _recv(s: socket.socket) -> Any:
-    (n,) = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))
-    return msgspec.msgpack.decode(s.recv(n, socket.MSG_WAITALL))
 
 
 class Load:
@@ -191,25 +180,25 @@ def test_idempotency_keys() -> None:
             s.connect(d.sock)
             s.settimeout(30)
             run = {"cmd": UUID_CMD}
-            s.sendall(_frame({"id": 1, "op": "run", "body": run, "wait": False, "idempotency_key": "sock-1"}))
-            a = _recv(s)
-            s.sendall(_frame({"id": 2, "op": "run", "body": run, "wait": False, "idempotency_key": "sock-1"}))
-            b = _recv(s)
+            s.sendall(frame({"id": 1, "op": "run", "body": run, "wait": False, "idempotency_key": "sock-1"}))
+            a = recv_frame(s)
+            s.sendall(frame({"id": 2, "op": "run", "body": run, "wait": False, "idempotency_key": "sock-1"}))
+            b = recv_frame(s)
             assert a["ok"] and b["ok"] and a["result"]["job"] == b["result"]["job"]
-            s.sendall(_frame({"id": 3, "op": "run", "body": {"cmd": ["true"]}, "idempotency_key": "sock-1"}))
-            r = _recv(s)
+            s.sendall(frame({"id": 3, "op": "run", "body": {"cmd": ["true"]}, "idempotency_key": "sock-1"}))
+            r = recv_frame(s)
             assert r["id"] == 3 and r["error"]["code"] == "conflict"
-            s.sendall(_frame({"id": 4, "op": "run", "body": run, "idempotency_key": "caf\u00e9"}))
-            r = _recv(s)
+            s.sendall(frame({"id": 4, "op": "run", "body": run, "idempotency_key": "caf\u00e9"}))
+            r = recv_frame(s)
             assert r["id"] == 4 and r["error"]["code"] == "bad_request" and "idempotency_key" in r["error"]["message"]
             # ...and a keyed job outlives the connection that started it (its client comes back).
             slow = {"cmd": ["sh", "-c", "sleep 1; echo kept"]}
-            s.sendall(_frame({"id": 5, "op": "run", "body": slow, "progress": True, "idempotency_key": "sock-2"}))
-            ev = _recv(s)
+            s.sendall(frame({"id": 5, "op": "run", "body": slow, "progress": True, "idempotency_key": "sock-2"}))
+            ev = recv_frame(s)
             assert ev["event"] == "accepted"
             kept = ev["data"]["job"]
-            s.sendall(_frame({"id": 6, "op": "run", "body": slow, "progress": True}))
-            cancelled = _recv(s)["data"]["job"]
+            s.sendall(frame({"id": 6, "op": "run", "body": slow, "progress": True}))
+            cancelled = recv_frame(s)["data"]["job"]
         info = poll(d, kept)
         assert info["state"] == "done" and base64.b64decode(info["result"]["stdout"]) == b"kept\n", info
         assert poll(d, cancelled)["state"] == "cancelled"  # (no key: a vanished client's job stops)
