@@ -108,3 +108,36 @@ async def while_one_runs(url: str, headers: dict[str, str], during: Any) -> Any:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+# --- Piston's /api/v2/connect, as a Piston client speaks it -------------------
+
+
+class Seen:
+    """What a Piston connect sent: its messages, and how it closed."""
+
+    def __init__(self) -> None:
+        self.msgs: list[dict[str, Any]] = []
+        self.close: tuple[int | None, str] = (None, "")
+
+    def types(self) -> list[str]:
+        return [m["type"] for m in self.msgs]
+
+    def data(self, stream: str) -> str:
+        return "".join(m["data"] for m in self.msgs if m["type"] == "data" and m["stream"] == stream)
+
+    def exits(self) -> dict[str, dict[str, Any]]:
+        return {m["stage"]: m for m in self.msgs if m["type"] == "exit"}
+
+
+async def read_piston(ws: aiohttp.ClientWebSocketResponse, seen: Seen, until: str | None = None) -> None:
+    """Read until the socket closes, or until stdout holds `until`."""
+    while True:
+        msg = await ws.receive()
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            seen.msgs.append(json.loads(msg.data))
+            if until is not None and until in seen.data("stdout"):
+                return
+        elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            seen.close = (ws.close_code, msg.extra or "")
+            return

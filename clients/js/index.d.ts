@@ -30,6 +30,8 @@ export interface FileIn {
   /** Relative to /box. */
   path: string;
   content?: BytesLike;
+  /** Instead of content: a file of the store (Client.upload's hash). */
+  sha256?: string;
   executable?: boolean;
 }
 
@@ -38,6 +40,8 @@ export interface RunRequest {
   cmd: string[];
   env?: Record<string, string> | null;
   stdin?: BytesLike;
+  /** Instead of stdin: a file of the store. */
+  stdin_sha256?: string;
   files_in?: FileIn[];
   /** Paths relative to /box to copy out (at most 64). */
   files_out?: string[];
@@ -53,7 +57,9 @@ export interface RunRequest {
 
 export interface Program {
   lang: string;
-  source: BytesLike;
+  /** The source, or source_sha256. */
+  source?: BytesLike;
+  source_sha256?: string;
   limits?: Limits;
 }
 
@@ -71,13 +77,18 @@ export interface TestCase {
   input?: BytesLike;
   /** null/absent: any output passes if the run is ok. */
   expected?: BytesLike | null;
+  /** Instead of input / expected: files of the store. */
+  input_sha256?: string;
+  expected_sha256?: string;
   limits?: LimitsPatch | null;
 }
 
 export interface Submission {
   /** A language id from languages(). */
   lang: string;
-  source: BytesLike;
+  /** The source, or source_sha256 (a file of the store). */
+  source?: BytesLike;
+  source_sha256?: string;
   /** 1..1000 tests. */
   tests: TestCase[];
   files?: FileIn[];
@@ -241,6 +252,12 @@ export interface WaitOptions extends CallOptions {
   timeout?: number;
 }
 
+/** One event of submitEvents(): the job queued, a test finished, the result (the last). */
+export type SubmissionEvent =
+  | { type: "accepted"; job: string }
+  | { type: "test"; test: TestResult }
+  | { type: "result"; result: SubmissionResult };
+
 export declare const FINAL_STATES: ReadonlySet<JobState>;
 export declare const DEFAULT_RETRY: Readonly<Required<RetryPolicy>>;
 
@@ -265,6 +282,14 @@ export declare class Client {
   readonly baseUrl: string;
   run(req: RunRequest, options?: StartOptions): Promise<RunResult>;
   submit(sub: Submission, options?: StartOptions): Promise<SubmissionResult>;
+  /** The submission's progress as it happens (Server-Sent Events); ends after the `result` event. */
+  submitEvents(sub: Submission, options?: StartOptions): AsyncGenerator<SubmissionEvent, void, undefined>;
+  /** Store `data` in the file store unless it is there; its SHA-256 (hex), to name it by. */
+  upload(data: BytesLike, options?: CallOptions): Promise<string>;
+  /** Whether the file store holds the file of this SHA-256 (hex). */
+  hasFile(sha256: string, options?: CallOptions): Promise<boolean>;
+  /** The stored file's bytes, checked against the hash; SandboxdError "not_found" if not stored. */
+  download(sha256: string, options?: CallOptions): Promise<Uint8Array>;
   startRun(req: RunRequest, options?: StartOptions): Promise<JobInfo>;
   startSubmission(sub: Submission, options?: StartOptions): Promise<JobInfo>;
   job(id: string, options?: CallOptions): Promise<JobInfo>;

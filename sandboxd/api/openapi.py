@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from sandboxd.api import sse
 from sandboxd.api.openapi_fields import describe
 from sandboxd.schema import Error, JobInfo, RunRequest, RunResult, Submission, SubmissionResult
 
@@ -63,6 +64,37 @@ def _body(ref: str, example: Any = None) -> dict[str, Any]:
 
 def _resp(ref: str, desc: str = "OK") -> dict[str, Any]:
     return {"description": desc, **_body(ref)}
+
+
+# POST /v1/submissions with `Accept: text/event-stream` (sandboxd/api/sse.py): the
+# progress as Server-Sent Events, each `data` one line of JSON.  OpenAPI 3.1 has no
+# schema for a stream's items: the events are named, each with its data's schema,
+# in `x-events` (and in the description, which /docs shows).
+_SSE_EVENTS = {
+    "accepted": {"type": "object", "properties": {"job": {"type": "string"}}, "required": ["job"]},
+    "test": {"$ref": "#/components/schemas/TestResult"},
+    "result": {"$ref": "#/components/schemas/SubmissionResult"},
+    "error": {"$ref": "#/components/schemas/ErrorReply"},
+}
+_SSE_EXAMPLE = (
+    'event: accepted\ndata: {"job":"j-0123456789abcdef"}\n\n'
+    'event: test\ndata: {"index":0,"verdict":"AC",...}\n\n'
+    'event: result\ndata: {"verdict":"AC","tests":[...],...}\n\n'
+)
+_SSE = {
+    sse.MEDIA: {
+        "schema": {
+            "type": "string",
+            "description": "With `Accept: text/event-stream`: Server-Sent Events, each `data` one line of JSON. "
+            "`accepted` ({job}) once the job is queued, one `test` (a TestResult) per finished test (the oldest "
+            "dropped first for a client that reads slower than tests finish: `result` carries every test), then "
+            "`result` (the SubmissionResult) or `error` ({error: {code, message}}). A refusal before the job "
+            "is accepted is a plain JSON error reply instead; past [http] max_event_streams, 503 + Retry-After.",
+        },
+        "example": _SSE_EXAMPLE,
+        "x-events": _SSE_EVENTS,
+    }
+}
 
 
 def _get(summary: str, public: bool = False) -> dict[str, Any]:
@@ -226,7 +258,14 @@ def _native() -> dict[str, Any]:
                     "summary": "Judge a submission: compile, run tests in parallel, check",
                     "parameters": [_WAIT, _CALLBACK, _KEY, _TEXT],
                     "requestBody": {"required": True, **_body("Submission", SUBMISSION_EXAMPLE)},
-                    "responses": {"200": _resp("SubmissionResult"), "202": _resp("JobInfo", "queued"), **_ERRORS},
+                    "responses": {
+                        "200": {
+                            "description": "the result (waited); with Accept: text/event-stream, its progress",
+                            "content": {**_body("SubmissionResult")["content"], **_SSE},
+                        },
+                        "202": _resp("JobInfo", "queued"),
+                        **_ERRORS,
+                    },
                 }
             },
             "/v1/jobs/{job}": {

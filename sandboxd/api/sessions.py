@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 PATH = "/v1/sessions"
 # WebSocket close codes (RFC 6455): policy (bad or forbidden start), try again later, internal.
 CLOSE_OK, CLOSE_POLICY, CLOSE_AGAIN, CLOSE_INTERNAL = 1000, 1008, 1013, 1011
+UNAUTHORIZED = "token: missing or wrong (Authorization: Bearer, or the start's token; or an API key)"
 MAX_MESSAGE = 20 << 20  # a start message carries the source (16 MiB at most, sessionschema.MAX_SESSION_SOURCE)
 # What one session holds of the memory budget for its life (holder "sessions"):
 # the frame being received (aiohttp keeps a message whole until it is
@@ -241,9 +242,7 @@ async def _serve(request: web.Request, sessions: Sessions, token: str, tenants: 
         creds = [*tenantauth.presented(request, iter(())), *([start.token] if start.token else [])]
         caller = tenantauth.identify(creds, token, tenants)
         if caller is None:
-            raise errors.error(
-                "unauthorized", "token: missing or wrong (Authorization: Bearer, or the start's token; or an API key)"
-            )
+            raise errors.error("unauthorized", UNAUTHORIZED)
         bound = CALLER.set(caller)
         try:
             live = sessions.open(start)

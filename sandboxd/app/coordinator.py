@@ -39,7 +39,16 @@ def routes(coord: Coordinator, cfg: Config | None = None) -> Callable[[web.Appli
     live sessions proxied to a host (sandboxd.fleet.sessionproxy)."""
     cfg = cfg or Config()
     token = cfg.http.token
-    proxy = SessionProxy(coord.hosts, cfg.sessions, token, cfg.sessions.host_token or token, coord.metrics)
+    proxy = SessionProxy(
+        coord.hosts,
+        cfg.sessions,
+        token,
+        cfg.sessions.host_token or token,
+        coord.metrics,
+        lambda: coord.tenants,
+        coord.store.tenant_running,
+    )
+    coord.sessions = proxy  # (Piston's app finds its connect here: sandboxd.compat.piston.http)
 
     async def list_hosts(req: web.Request) -> web.Response:
         return reply(req, await coord.hosts())

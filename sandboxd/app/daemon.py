@@ -80,6 +80,8 @@ async def serve(cfg: Config) -> int:
             sessions_url = cfg.sessions.advertise or (f"http://{cfg.http.listen}" if cfg.http.listen else "")
             if sessions_url:
                 info["sessions"] = sessions_url
+                if cfg.http.piston_prefix:  # (Piston's connect on the same listener; its own listener is not proxied)
+                    info["piston"] = sessions_url.rstrip("/") + cfg.http.piston_prefix.rstrip("/") + "/api/v2/connect"
             worker = HostWorker(
                 store, ServiceExecutor(svc), HostSettings.from_config(cfg.fleet, fleet_host_id(cfg), info)
             )

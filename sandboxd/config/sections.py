@@ -169,6 +169,10 @@ class SessionsSettings(Section, frozen=True):
     advertise: str = ""
     # Coordinator: the bearer token it sends the hosts' session endpoints; "" = its own [http] token.
     host_token: str = ""
+    # Coordinator: sessions it proxies at once (both routes); beyond, queue_full (429 +
+    # Retry-After) before the upgrade.  Each holds two sockets and up to a frame each
+    # way (the start message up to 20 MiB), whatever the hosts' own caps allow.
+    max_proxied: Annotated[int, Meta(ge=1)] = 512
 
 
 class FilesSettings(Section, frozen=True):

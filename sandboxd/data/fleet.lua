@@ -128,9 +128,15 @@ end
 -- With no tenants configured everything is tenant '' and this is the old
 -- order: least score across the host's queues.
 local function candidate(q)
-  local c = fair_head(q)
   local head = redis.call('ZRANGE', key('q', q), 0, 0, 'WITHSCORES')
-  if not head[1] or (c and head[1] == c[1]) then
+  if not head[1] then
+    -- Every queued job is in q's zset: an empty one has none to give, whatever
+    -- its tenant zsets still list (a leftover, dropped when q next has work).
+    -- One call for the many empty queues a host lists.
+    return nil
+  end
+  local c = fair_head(q)
+  if c and head[1] == c[1] then
     return c
   end
   local f = redis.call('HMGET', key('job', head[1]), 'fair', 'tenant')
@@ -385,13 +391,18 @@ local function claim()
   local out = {'ok'}
   local taken = 0
   local guard = 0
+  -- A queue found empty stays empty for this claim (it only takes jobs out):
+  -- not looked at again (a host lists every queue it could serve, most empty).
+  local empty = {}
   while taken < max_n and guard < 1000 do
     guard = guard + 1
     local pick, best_i = nil, nil
     for i = 1, nq do
-      if free[qpool[i]] > 0 then
+      if free[qpool[i]] > 0 and not empty[i] then
         local c = candidate(queues[i])
-        if c and before(c, pick) then
+        if not c then
+          empty[i] = true
+        elseif before(c, pick) then
           pick, best_i = c, i
         end
       end
@@ -456,7 +467,7 @@ local function claim()
   -- Wake-ups follow the work: a queue this host left non-empty wakes one more
   -- host; an empty queue's stale tokens are dropped (no empty claims later).
   for i = 1, nq do
-    if redis.call('ZCARD', key('q', queues[i])) > 0 then
+    if not empty[i] and redis.call('ZCARD', key('q', queues[i])) > 0 then
       if taken > 0 or free[qpool[i]] == 0 then
         wake(queues[i])
       end

@@ -19,7 +19,7 @@ from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.keys import RUN_LANG, queue_name
 from sandboxd.fleet.store import FleetStore, TenantLimits, transient
 from sandboxd.fleet.tenants import FleetTenants
-from sandboxd.fleet.views import FINAL, check_servable
+from sandboxd.fleet.views import FINAL, check_servable, hash_field
 from sandboxd.jobs.files import refs_of
 from sandboxd.jobs.fingerprint import Op, Spec
 from sandboxd.jobs.frontend import Operations, conflict, keyed
@@ -73,8 +73,8 @@ class Admission(Operations):
             self._redis_ok = False
             raise error("draining", f"{what}: the fleet's Redis is unreachable ({e}); retry") from None
 
-    async def _check_servable(self, lang: str, tag: str | None) -> None:
-        check_servable(await self._redis("hosts", self._refresh_hosts), lang, tag)
+    async def _check_servable(self, lang: str, tag: str | None, by_hash: str = "") -> None:
+        check_servable(await self._redis("hosts", self._refresh_hosts), lang, tag, by_hash)
 
     async def _enqueue(
         self,
@@ -92,12 +92,14 @@ class Admission(Operations):
         idem: tuple[str, str] | None = None,
         compat: bool = False,
         tenant: TenantLimits | None = None,
+        by_hash: str = "",
     ) -> JobInfo:
         """idem: (idempotency key, request fingerprint), bound to the job in the enqueue script.
-        tenant: its tenant's fleet-wide limits, checked by the same script (None: the unnamed tenant)."""
+        tenant: its tenant's fleet-wide limits, checked by the same script (None: the unnamed tenant).
+        by_hash: the first field naming a file by hash ("": none): the job goes to a hash queue (keys.HASH_QUEUE)."""
         self.refuse_if_draining()
         try:
-            await self._check_servable(lang, tag)
+            await self._check_servable(lang, tag, by_hash)
         except ServiceError:
             # A retry of a job accepted before its hosts went away: the job is the answer.
             found = None if idem is None else await self._redis("enqueue", lambda: self.store.keyed(idem[0]))
@@ -105,7 +107,7 @@ class Admission(Operations):
                 raise
             return await self._replayed(idem, "dup" if found[1] == idem[1] else "conflict", found[0], progress)
         jid = jid or secrets.token_urlsafe(12)
-        queue = queue_name(lang or RUN_LANG, tag, compat=compat)
+        queue = queue_name(lang or RUN_LANG, tag, compat=compat, by_hash=bool(by_hash))
         if progress is not None:
             # Listening before the job exists, so no test's event can be missed.
             await self._redis("progress", lambda: self._relay(jid, progress))
@@ -190,6 +192,7 @@ class Admission(Operations):
             callback_url=callback_url,
             idem=idem,
             tenant=tenant,
+            by_hash=hash_field(req),
         )
 
     async def _start_submission(
@@ -210,6 +213,7 @@ class Admission(Operations):
             callback_url=callback_url,
             idem=_idem(key, "submit", sub, callback_url),
             tenant=tenant,
+            by_hash=hash_field(sub),
         )
 
     async def start_compat(self, spec: Spec, job_id: str, *, idempotency_key: str | None = None) -> JobInfo:

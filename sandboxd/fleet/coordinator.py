@@ -52,6 +52,9 @@ class Coordinator(Admission):
 
     role, elsewhere = "coordinator", "coordinator"
     metrics: CoordinatorMetrics
+    # The session proxy (sandboxd.fleet.sessionproxy), set by sandboxd.app.coordinator:
+    # the Piston app's /api/v2/connect finds it here, as a daemon's its Sessions.
+    sessions: object = None
 
     def __init__(
         self,

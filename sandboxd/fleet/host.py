@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sandboxd.config import FLEET, FleetSettings
-from sandboxd.fleet.keys import RUN_LANG, queue_name
+from sandboxd.fleet.keys import BY_HASH, RUN_LANG, queue_name
 from sandboxd.fleet.store import Beat, Claimed, Displaced, FleetStore, OutageLog, Unregistered, transient
 from sandboxd.jobs.tenants import cpu_of
 from sandboxd.jobs.timeseries import Bucket
@@ -225,6 +225,7 @@ class HostWorker:
                     "definitions": definitions,
                     "tags": self.cfg.tags,
                     "only_tagged": self.cfg.only_tagged,
+                    BY_HASH: True,  # (it claims the jobs that name files by hash: keys.HASH_QUEUE)
                     "pid": os.getpid(),
                     **self.cfg.info,
                 }
@@ -312,6 +313,7 @@ class HostWorker:
                 continue
             for tag in tags:
                 queues.append((queue_name(lang or RUN_LANG, tag), index[pool]))
+                queues.append((queue_name(lang or RUN_LANG, tag, by_hash=True), index[pool]))
             if lang in self.compat_langs and not self.cfg.only_tagged:  # (compat jobs name no tag)
                 queues.append((queue_name(lang, None, compat=True), index[pool]))
         return queues, caps, names

@@ -15,14 +15,19 @@ EPOCH_MS = 1_767_225_600_000
 RUN_LANG = "@run"
 
 
-def queue_name(lang: str, tag: str | None, compat: bool = False) -> str:
+def queue_name(lang: str, tag: str | None, compat: bool = False, by_hash: bool = False) -> str:
     """One queue per (language, required tag); "" is "any host".  Judge0/Piston
-    jobs have queues of their own so that a host of an older version, which
-    cannot run them, never claims one during a rolling upgrade."""
-    return f"{lang or RUN_LANG}|{tag or ''}" + (COMPAT_QUEUE if compat else "")
+    jobs, and jobs that name files by hash (`stdin_sha256`, ...), have queues of
+    their own so that a host of an older version, which cannot decode them,
+    never claims one during a rolling upgrade: it does not know their names."""
+    return f"{lang or RUN_LANG}|{tag or ''}" + (COMPAT_QUEUE if compat else "") + (HASH_QUEUE if by_hash else "")
 
 
 COMPAT_QUEUE = "|compat"  # the suffix of a compat queue's name
+HASH_QUEUE = "|hash"  # the suffix of the queue of jobs naming files by hash
+# What a host that claims from HASH_QUEUE queues says in its heartbeat (the
+# coordinator refuses such a job while no live host would take it).
+BY_HASH = "by_hash"
 
 
 class Keys:

@@ -280,6 +280,10 @@ class FleetStore:
             pipe.zcard(self.keys.queue(q))
         return dict(zip(names, (int(n) for n in await pipe.execute()), strict=True))
 
+    async def tenant_running(self, name: str) -> int:
+        """A tenant's jobs in flight fleet-wide (the enqueue script's count)."""
+        return int(await _aw(self.redis.hget(self.keys.tenant_running, name)) or 0)
+
     async def tenant_usage(self, day: int) -> dict[str, TenantUsage]:
         """Every tenant's fleet-wide figures (of UTC day `day` for CPU today)."""
         k = self.keys

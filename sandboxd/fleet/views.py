@@ -11,8 +11,10 @@ from typing import Any, Literal
 import msgspec
 
 from sandboxd.errors import error, make
+from sandboxd.fleet.keys import BY_HASH
 from sandboxd.fleet.store import FleetStore
 from sandboxd.jobs import timeseries
+from sandboxd.jobs.files import refs_of
 from sandboxd.schema import JobInfo
 
 FINAL = ("done", "failed", "cancelled")
@@ -43,8 +45,15 @@ def job_info(job_id: str, d: dict[str, bytes]) -> JobInfo:
     return info
 
 
-def check_servable(hosts: list[dict[str, Any]], lang: str, tag: str | None) -> None:
-    """Refuse a job no live host could take (lang "": a run, any host)."""
+def hash_field(spec: object) -> str:
+    """The first field of a native job naming a file by hash; "" if none."""
+    refs = refs_of(spec)
+    return refs[0][0] if refs else ""
+
+
+def check_servable(hosts: list[dict[str, Any]], lang: str, tag: str | None, by_hash: str = "") -> None:
+    """Refuse a job no live host could take (lang "": a run, any host; by_hash:
+    the field naming a file by hash, which only a host advertising BY_HASH decodes)."""
     if not hosts:
         raise error("draining", "no host has joined the fleet; retry later")
     ok_lang = [h for h in hosts if not lang or any(x.get("id") == lang for x in h.get("languages", []))]
@@ -56,6 +65,9 @@ def check_servable(hosts: list[dict[str, Any]], lang: str, tag: str | None) -> N
             raise error("bad_request", "host_tag: every host serving this job is reserved; name its tag")
     elif not any(tag in h.get("tags", []) for h in ok_lang):
         raise error("bad_request", f"host_tag: no live host carries tag {tag!r}" + (f" for {lang!r}" if lang else ""))
+    if by_hash and not any(h.get(BY_HASH) for h in ok_lang if tag is None or tag in h.get("tags", [])):
+        why = "no live host serving this job takes files by hash (older hosts: a rolling upgrade?)"
+        raise error("bad_request", f"{by_hash}: {why}; send the bytes inline, or retry once the hosts are upgraded")
 
 
 def status(

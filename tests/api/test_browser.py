@@ -220,6 +220,16 @@ def test_docs_lists_every_operation(daemon: Daemon, browser: Any) -> None:
     assert ("POST", "/judge0/submissions") in shown and ("POST", "/piston/api/v2/execute") in shown
     assert browser.find_elements(By.CSS_SELECTOR, "#ops pre.example")
     assert browser.find_elements(By.CSS_SELECTOR, "#schema-RunRequest td")
+    # POST /v1/submissions' event stream: its media type, its events and their schemas.
+    (sub,) = [
+        o
+        for o in browser.find_elements(By.CSS_SELECTOR, "#ops .op")
+        if o.find_element(By.TAG_NAME, "h3").text == "POST /v1/submissions"
+    ]
+    assert "text/event-stream: With `Accept: text/event-stream`" in sub.text
+    for event in ("accepted", "test TestResult", "result SubmissionResult", "error ErrorReply"):
+        assert event in sub.text, event
+    assert "event: accepted" in sub.text
     browser.save_screenshot(str(SHOTS / "docs.png"))
 
 

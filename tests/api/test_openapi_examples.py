@@ -121,3 +121,35 @@ def test_every_example_answers_2xx(daemon: Daemon) -> None:
     assert b"".join(m[1:] for m in live if isinstance(m, bytes) and m[:1] == b"\x01") == b"cba\n"
     piston = websocket(daemon, "/piston/api/v2/connect", paths["/piston/api/v2/connect"]["get"]["x-websocket"])
     assert {"type": "data", "stream": "stdout", "data": "hi\n"} in piston, piston
+
+
+def test_the_event_stream_is_what_the_document_describes(daemon: Daemon) -> None:
+    """POST /v1/submissions with Accept: text/event-stream: the events the daemon
+    sends are the ones the document names, in its order, each data of its schema."""
+    _, doc = call(daemon, "GET", "/openapi.json")
+    post = doc["paths"]["/v1/submissions"]["post"]
+    stream = post["responses"]["200"]["content"]["text/event-stream"]
+    events = stream["x-events"]
+    assert set(events) == {"accepted", "test", "result", "error"}
+    example = post["requestBody"]["content"]["application/json"]["example"]
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json", "Accept": "text/event-stream"}
+    req = urllib.request.Request(daemon.http + "/v1/submissions", json.dumps(example).encode(), headers, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        text = r.read().decode()
+    got = []
+    for block in text.split("\n\n"):
+        lines = dict(ln.split(": ", 1) for ln in block.splitlines() if ln and not ln.startswith(":"))
+        if lines:
+            got.append((lines["event"], json.loads(lines["data"])))
+    names = [name for name, _ in got]
+    assert set(names) <= set(events) and names[0] == "accepted" and names[-1] == "result", names
+    assert "test" in names
+    schemas = doc["components"]["schemas"]
+    for name, data in got:
+        ref = events[name].get("$ref")
+        props = schemas[ref.rsplit("/", 1)[1]]["properties"] if ref else events[name]["properties"]
+        assert set(data) <= set(props), (name, data)
+    # The example in the document is in the format the daemon sends.
+    described = [b.split("\n", 1)[0] for b in stream["example"].split("\n\n") if b]
+    assert described == ["event: accepted", "event: test", "event: result"]

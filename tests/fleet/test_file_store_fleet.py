@@ -171,3 +171,69 @@ def test_the_fleets_store_evicts_by_bytes_but_keeps_recently_named_files(fleet: 
 async def chunks(data: bytes) -> AsyncIterator[bytes]:
     for i in range(0, len(data), 100_000):
         yield data[i : i + 100_000]
+
+
+def test_by_hash_jobs_go_only_to_hosts_that_decode_them(fleet: Fleet) -> None:
+    """Rolling upgrade: a host of a version before the file store cannot decode a
+    spec naming files by hash.  Such a job waits in a queue of its own
+    (keys.HASH_QUEUE: a name an older host never claims from) and is refused
+    while no live host that would take it advertises `by_hash`."""
+    from sandboxd.fleet.keys import BY_HASH, HASH_QUEUE, Keys, queue_name
+    from sandboxd.fleet.store import FleetStore
+
+    data = b"by hash\n"
+    sha = put(fleet, data)
+    by_hash = {"lang": "bash", "source": base64.b64encode(b"cat\n").decode(), "tests": [{"input_sha256": sha}]}
+    # A current host decodes it: queued apart, claimed, run.
+    st, raw = http(
+        coord(fleet), "POST", "/v1/submissions?wait=false", msgspec.json.encode({**by_hash, "host_tag": "one"})
+    )
+    assert st == 202, raw
+    job = msgspec.json.decode(raw)["job"]
+    keys = Keys("sandboxd")
+    assert fleet.redis.client().hget(keys.job(job), "queue") == queue_name("bash", "one", by_hash=True).encode()
+    assert queue_name("bash", "one", by_hash=True).endswith(HASH_QUEUE)
+    deadline = time.monotonic() + 60
+    while (info := msgspec.json.decode(http(coord(fleet), "GET", f"/v1/jobs/{job}?wait=5")[1]))["state"] != "done":
+        assert time.monotonic() < deadline, info
+    assert info["result"]["verdict"] == "AC" and base64.b64decode(info["result"]["tests"][0]["stdout"]) == data
+
+    # An older host (its heartbeat entry as that version writes it: no by_hash) is the only one tagged "old".
+    hosts = msgspec.json.decode(http(coord(fleet), "GET", "/v1/hosts")[1])
+    assert all(h.get(BY_HASH) is True for h in hosts)
+    mine = next(h for h in hosts if h["id"] == "one")
+    old = {k: mine[k] for k in ("languages", "pools", "capacity", "load", "running")}
+
+    async def register() -> None:
+        store = FleetStore(fleet.redis.url)
+        try:
+            await store.register("old-host", "old-session", 60.0, {**old, "tags": ["old"], "only_tagged": True})
+        finally:
+            await store.close()
+
+    asyncio.run(register())
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # (the coordinator reads the hosts again within a second)
+            st, raw = queue(fleet, {**by_hash, "host_tag": "old"})
+            if b"host_tag: no live host" not in raw:
+                break
+            assert time.monotonic() < deadline, raw
+        err = msgspec.json.decode(raw)["error"]
+        assert st == 400 and err["code"] == "bad_request", (st, raw)
+        assert err["message"].startswith("tests[0].input_sha256: ") and "by hash" in err["message"], err
+        # The same job with its bytes inline is the older host's to take.
+        inline = {**by_hash, "tests": [{"input": base64.b64encode(data).decode()}], "host_tag": "old"}
+        st, raw = queue(fleet, inline)
+        assert st == 202, raw
+        queued = msgspec.json.decode(raw)["job"]
+        assert fleet.redis.client().hget(keys.job(queued), "queue") == queue_name("bash", "old").encode()
+        assert http(coord(fleet), "DELETE", f"/v1/jobs/{queued}")[0] == 200
+    finally:
+        r = fleet.redis.client()
+        r.zrem(keys.hosts, "old-host")
+        r.delete(keys.host("old-host"))
+
+
+def queue(f: Fleet, sub: dict[str, Any]) -> tuple[int, bytes]:
+    return http(coord(f), "POST", "/v1/submissions?wait=false", msgspec.json.encode(sub))

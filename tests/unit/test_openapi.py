@@ -26,3 +26,14 @@ def test_mounted_apis_are_listed_under_their_prefix() -> None:
     doc = document((("judge0", "/j0"), ("piston", "/p")))
     assert "/j0/submissions" in doc["paths"] and "/p/api/v2/execute" in doc["paths"]
     assert not any(p.startswith("/judge0") for p in document()["paths"])
+
+
+def test_the_submissions_event_stream_is_described() -> None:
+    doc = document()
+    content = doc["paths"]["/v1/submissions"]["post"]["responses"]["200"]["content"]
+    assert {"application/json", "application/msgpack", "text/event-stream"} <= set(content)
+    stream = content["text/event-stream"]
+    assert "Server-Sent Events" in stream["schema"]["description"] and stream["example"].startswith("event: accepted")
+    schemas = doc["components"]["schemas"]
+    refs = [e["$ref"].rsplit("/", 1)[1] for e in stream["x-events"].values() if "$ref" in e]
+    assert refs and all(r in schemas for r in refs), refs

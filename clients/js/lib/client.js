@@ -2,8 +2,10 @@
 // coordinator): JSON bodies over fetch, which Node 18+ and browsers have, so
 // the package needs nothing at run time.
 
-import { decodeJobInfo, decodeRunResult, decodeSubmissionResult, encodeRun, encodeSubmission } from "./codec.js";
+import { decodeJobInfo, decodeRunResult, decodeSubmissionResult, decodeTest, encodeRun, encodeSubmission } from "./codec.js";
 import { SandboxdError, httpError } from "./errors.js";
+import { readEvents } from "./events.js";
+import { filePath, sha256, toBytes } from "./files.js";
 import { backoff, policy, retryable, sleep } from "./retry.js";
 
 /**
@@ -20,7 +22,11 @@ import { backoff, policy, retryable, sleep } from "./retry.js";
  * @typedef {import("../index.js").Language} Language
  * @typedef {import("../index.js").Readiness} Readiness
  * @typedef {import("../index.js").RetryPolicy} RetryPolicy
- * @typedef {{ body?: unknown, key?: string, resendable: boolean, signal?: AbortSignal, accept?: number[] }} Call
+ * @typedef {import("../index.js").SubmissionEvent} SubmissionEvent
+ * @typedef {import("../index.js").BytesLike} BytesLike
+ * @typedef {"json" | "events" | "bytes"} Reply what a call reads: JSON, a text/event-stream, or raw bytes
+ * @typedef {{ body?: unknown, raw?: Uint8Array<ArrayBuffer>, key?: string, resendable: boolean, signal?: AbortSignal,
+ *   accept?: number[], reply?: Reply }} Call
  */
 
 /** @type {ReadonlySet<JobState>} */
@@ -87,6 +93,83 @@ export class Client {
    */
   async submit(sub, options = {}) {
     return decodeSubmissionResult(await this.#post("/v1/submissions", encodeSubmission(sub), true, options));
+  }
+
+  /**
+   * Judge a submission and follow it: `accepted` (its job id) once it is queued,
+   * one `test` per finished test (under a slow reader the daemon drops the
+   * oldest: `result` has them all), then `result`, after which the iteration
+   * ends.  The job's `error` event rejects with a SandboxdError.  Leaving the
+   * loop early closes the stream; the job goes on (see job()/wait()).
+   * Opening the stream is retried as submit() is; a stream cut afterwards
+   * is not (a SandboxdError "disconnected": the job id came with `accepted`).
+   * @param {Submission} sub
+   * @param {StartOptions} [options]
+   * @returns {AsyncGenerator<SubmissionEvent, void, undefined>}
+   */
+  async *submitEvents(sub, options = {}) {
+    /** @type {any} */
+    const opened = await this.#post("/v1/submissions", encodeSubmission(sub), true, options, "events");
+    if (!(opened instanceof EventStream)) {
+      // (A server that answered JSON, not a stream: the result alone.)
+      yield { type: "result", result: decodeSubmissionResult(opened) };
+      return;
+    }
+    for await (const ev of readEvents(opened.body)) {
+      const data = parseEvent(ev);
+      if (ev.event === "accepted") yield { type: "accepted", job: String(data.job) };
+      else if (ev.event === "test") yield { type: "test", test: decodeTest(data) };
+      else if (ev.event === "result") {
+        yield { type: "result", result: decodeSubmissionResult(data) };
+        return;
+      } else if (ev.event === "error") throw httpError(200, null, data, ev.data);
+    }
+    throw new SandboxdError("disconnected", `the event stream from ${this.#base} ended before the result`);
+  }
+
+  /**
+   * Store `data` in the daemon's (or the fleet's) file store, unless it is
+   * there already; its SHA-256 (hex), to name it by in runs and submissions.
+   * @param {BytesLike} data
+   * @param {CallOptions} [options]
+   * @returns {Promise<string>}
+   */
+  async upload(data, options = {}) {
+    const bytes = toBytes(data);
+    const sha = await sha256(bytes, await webcrypto());
+    if (!(await this.hasFile(sha, options))) {
+      // (Idempotent by its nature: the same bytes under the same name, resent at will.)
+      await this.#call("PUT", filePath(sha), { raw: bytes, resendable: true, signal: options.signal });
+    }
+    return sha;
+  }
+
+  /**
+   * Whether the store holds the file of this SHA-256.
+   * @param {string} sha
+   * @param {CallOptions} [options]
+   * @returns {Promise<boolean>}
+   */
+  async hasFile(sha, options = {}) {
+    /** @type {any} */
+    const got = await this.#call("HEAD", filePath(sha), { resendable: true, accept: [404], signal: options.signal });
+    return got.status === 200;
+  }
+
+  /**
+   * The stored file's bytes (checked against its SHA-256); SandboxdError "not_found" if not stored.
+   * @param {string} sha
+   * @param {CallOptions} [options]
+   * @returns {Promise<Uint8Array>}
+   */
+  async download(sha, options = {}) {
+    const path = filePath(sha);
+    /** @type {any} */
+    const bytes = await this.#call("GET", path, { resendable: true, reply: "bytes", signal: options.signal });
+    if ((await sha256(bytes, await webcrypto())) !== sha) {
+      throw new SandboxdError("invalid_reply", `GET ${path}: the bytes received do not hash to ${sha}`);
+    }
+    return bytes;
   }
 
   /**
@@ -192,12 +275,13 @@ export class Client {
    * @param {unknown} body
    * @param {boolean} wait
    * @param {StartOptions} options
+   * @param {Reply} [reply]
    */
-  async #post(path, body, wait, options) {
+  async #post(path, body, wait, options, reply = "json") {
     const key = await idempotencyKey(options.idempotencyKey);
     let q = `?wait=${wait}`;
     if (options.callbackUrl !== undefined) q += `&callback_url=${encodeURIComponent(options.callbackUrl)}`;
-    return this.#call("POST", path + q, { body, key, resendable: key !== undefined, signal: options.signal });
+    return this.#call("POST", path + q, { body, key, resendable: key !== undefined, signal: options.signal, reply });
   }
 
   /**
@@ -240,16 +324,24 @@ export class Client {
    */
   async #once(method, path, call) {
     /** @type {Record<string, string>} */
-    const headers = { ...this.#headers };
+    const headers = { ...this.#headers, ...ACCEPT[call.reply ?? "json"] };
     if (call.body !== undefined) headers["Content-Type"] = "application/json";
+    if (call.raw !== undefined) headers["Content-Type"] = "application/octet-stream";
     if (call.key !== undefined) headers["Idempotency-Key"] = call.key;
-    const body = call.body === undefined ? undefined : JSON.stringify(call.body);
+    const body = call.raw ?? (call.body === undefined ? undefined : JSON.stringify(call.body));
     let raw;
     /** @type {Response} */
     let resp;
     try {
       resp = await this.#fetch(this.#base + path, { method, headers, body, signal: call.signal });
-      raw = await resp.text();
+      const ctype = resp.headers.get("Content-Type") ?? "";
+      if (resp.status < 400 && call.reply === "events" && ctype.startsWith("text/event-stream") && resp.body) {
+        return new EventStream(resp.body);
+      }
+      if (resp.status < 400 && call.reply === "bytes") return new Uint8Array(await resp.arrayBuffer());
+      // (HEAD: no body; the status is the answer.)
+      if (method === "HEAD" && (resp.status < 400 || call.accept?.includes(resp.status))) return { status: resp.status };
+      raw = method === "HEAD" ? "" : await resp.text();
     } catch (err) {
       // The caller's abort is the caller's: given back as it is, never retried.
       if (call.signal?.aborted) throw call.signal.reason ?? err;
@@ -265,6 +357,35 @@ export class Client {
       throw new SandboxdError("invalid_reply", what, { status: resp.status });
     }
     return payload;
+  }
+}
+
+// The Accept header of each kind of reply.
+/** @type {Record<Reply, Record<string, string>>} */
+const ACCEPT = {
+  json: {},
+  events: { Accept: "text/event-stream" },
+  bytes: { Accept: "application/octet-stream, application/json" },
+};
+
+/** A text/event-stream reply, opened (the events are read by the caller). */
+class EventStream {
+  /** @param {ReadableStream<Uint8Array>} body */
+  constructor(body) {
+    this.body = body;
+  }
+}
+
+/**
+ * An event's data: one line of JSON.
+ * @param {{ event: string, data: string }} ev
+ * @returns {any}
+ */
+function parseEvent(ev) {
+  try {
+    return JSON.parse(ev.data);
+  } catch {
+    throw new SandboxdError("invalid_reply", `event ${ev.event}: data that is not JSON: ${ev.data.slice(0, 200)}`);
   }
 }
 

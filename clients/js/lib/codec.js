@@ -109,7 +109,7 @@ export function decodeRunResult(r) {
  * @param {any} t
  * @returns {TestResult}
  */
-function decodeTest(t) {
+export function decodeTest(t) {
   return { ...t, stdout: decodeBytes(t.stdout), stderr: decodeBytes(t.stderr) };
 }
 

@@ -181,3 +181,88 @@ test("an AbortSignal ends a waited call with its reason", async () => {
   await assert.rejects(job, (e) => e === reason);
   await assert.rejects(c.languages({ signal: AbortSignal.abort() }), { name: "AbortError" });
 });
+
+// --- the submission's event stream (POST /v1/submissions, Accept: text/event-stream) ---
+
+const DOUBLER = { lang: "python3", source: "print(int(input()) * 2)" };
+
+test("submitEvents: accepted, one test event per test, then the result, decoded", async () => {
+  const rec = recording();
+  const k = new Client(daemon.url, { token: TOKEN, fetch: rec.fetch });
+  const tests = [1, 2, 3].map((n) => ({ input: `${n}\n`, expected: `${n * 2}\n` }));
+  const events = [];
+  for await (const ev of k.submitEvents({ ...DOUBLER, tests })) events.push(ev);
+  assert.equal(rec.sent[0].headers.Accept, "text/event-stream");
+  assert.equal(events[0].type, "accepted");
+  assert.match(events[0].job, /\S/);
+  const seen = events.filter((e) => e.type === "test");
+  assert.deepEqual(seen.map((e) => e.test.index).sort(), [0, 1, 2]);
+  assert.ok(seen.every((e) => e.test.verdict === "AC" && e.test.stdout instanceof Uint8Array));
+  const last = events.at(-1);
+  assert.equal(last.type, "result");
+  assert.equal(last.result.verdict, "AC");
+  assert.equal(text(last.result.tests[2].stdout), "6\n");
+  assert.equal(events.length, 5);
+  assert.equal((await c.job(events[0].job)).state, "done");
+});
+
+test("submitEvents: a refusal before the job rejects as submit does; the job's own failure is an error event", async () => {
+  await assert.rejects(
+    async () => {
+      for await (const ev of c.submitEvents({ lang: "nosuch", source: "x", tests: [{}] })) void ev;
+    },
+    (e) => e instanceof SandboxdError && e.code === "bad_request" && e.status === 400,
+  );
+  // The one box busy: the queued submission's deadline passes after it was accepted.
+  const busy = await c.startRun({ cmd: ["sleep", "5"], limits: { wall_time: 10 } });
+  const seen = [];
+  await assert.rejects(
+    async () => {
+      for await (const ev of c.submitEvents({ ...DOUBLER, tests: [{}], queue_deadline: 0.3 })) seen.push(ev.type);
+    },
+    (e) => e instanceof SandboxdError && e.code === "queue_deadline",
+  );
+  assert.deepEqual(seen, ["accepted"]);
+  await c.cancel(busy.job);
+});
+
+test("submitEvents: leaving the loop early closes the stream, and the job goes on", async () => {
+  let job = "";
+  for await (const ev of c.submitEvents({ ...DOUBLER, tests: [{ input: "5\n", expected: "10\n" }] })) {
+    assert.equal(ev.type, "accepted");
+    job = ev.job;
+    break;
+  }
+  const done = await c.wait(job);
+  assert.equal(done.state, "done");
+  assert.equal(done.result.verdict, "AC");
+});
+
+// --- the file store (PUT/HEAD/GET /v1/files/{sha256}) ---
+
+import { createHash, randomBytes } from "node:crypto";
+
+test("upload, hasFile, download: the hash computed here, sent once, named in a submission", async () => {
+  const data = new Uint8Array([...randomBytes(1000), 0, 255]);
+  const want = createHash("sha256").update(data).digest("hex");
+  assert.equal(await c.hasFile(want), false);
+  const rec = recording();
+  const k = new Client(daemon.url, { token: TOKEN, fetch: rec.fetch });
+  assert.equal(await k.upload(data), want);
+  assert.deepEqual(rec.sent.map((s) => s.method), ["HEAD", "PUT"]);
+  assert.equal(await k.upload(data.buffer.slice(0)), want, "an ArrayBuffer hashes the same");
+  assert.deepEqual(rec.sent.map((s) => s.method), ["HEAD", "PUT", "HEAD"], "stored already: not sent again");
+  assert.equal(await c.hasFile(want), true);
+  assert.deepEqual(await c.download(want), data);
+
+  const input = await c.upload("21\n");
+  assert.equal(input, createHash("sha256").update("21\n").digest("hex"));
+  const res = await c.submit({ ...DOUBLER, tests: [{ input_sha256: input, expected: "42\n" }] });
+  assert.equal(res.verdict, "AC");
+});
+
+test("download: a file not stored is not_found; a malformed hash is refused before sending", async () => {
+  const missing = createHash("sha256").update("never uploaded").digest("hex");
+  await assert.rejects(c.download(missing), (e) => e instanceof SandboxdError && e.code === "not_found" && e.status === 404);
+  await assert.rejects(c.hasFile("ABC"), TypeError);
+});

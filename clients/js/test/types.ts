@@ -83,3 +83,24 @@ async function terminal(): Promise<SessionEnd> {
   return s.result;
 }
 void terminal;
+
+// The submission's event stream and the file store, as a caller types them.
+import type { SubmissionEvent, TestResult } from "@sandboxd/client";
+
+async function follow(c: Client, signal: AbortSignal): Promise<string> {
+  const sha: string = await c.upload(new Uint8Array([1, 2]), { signal });
+  const there: boolean = await c.hasFile(sha);
+  const back: Uint8Array = await c.download(sha);
+  void [there, back];
+  const tests: TestResult[] = [];
+  for await (const ev of c.submitEvents({ lang: "c", source_sha256: sha, tests: [{ input_sha256: sha }] }, { signal })) {
+    const e: SubmissionEvent = ev;
+    if (e.type === "accepted") void e.job.length;
+    else if (e.type === "test") tests.push(e.test);
+    else return e.result.verdict;
+  }
+  // @ts-expect-error -- a hash is a string, not bytes
+  await c.submit({ lang: "c", source_sha256: new Uint8Array(1), tests: [{}] });
+  return "none";
+}
+void follow;

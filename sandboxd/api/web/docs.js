@@ -53,7 +53,20 @@ function operation(path, method, op) {
     return el("li", {}, el("code", {}, code), " ", r.description || "", " ", c ? link(refName(c.schema)) : "");
   });
   box.append(el("ul", { class: "responses" }, ...resp));
+  for (const r of Object.values(op.responses || {})) {
+    for (const [media, c] of Object.entries(r.content || {})) if (c["x-events"]) box.append(...eventStream(media, c));
+  }
   return [box, el("a", { href: `#${id}` }, `${method.toUpperCase()} ${path}`)];
+}
+
+// A streamed response (text/event-stream): its events, each with its data's schema, and an example.
+function eventStream(media, c) {
+  const items = Object.entries(c["x-events"]).map(([name, s]) =>
+    el("li", {}, el("code", {}, name), " ", link(refName(s)) || typeOf(s)));
+  const out = [el("p", {}, el("code", {}, media), ": ", (c.schema && c.schema.description) || ""),
+    el("ul", { class: "responses" }, ...items)];
+  if (c.example) out.push(el("pre", { class: "example" }, c.example));
+  return out;
 }
 
 function schema(name, s) {

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import msgspec
 from aiohttp import WSMsgType, web
@@ -39,6 +39,14 @@ from sandboxd.sessionschema import SessionSignalName, SessionStart
 DONE, AGAIN, TIMEOUT, ERROR, NOT_INIT, NOT_STDIN, BAD_SIGNAL = 4999, 4000, 4001, 4002, 4003, 4004, 4005
 _SIGNALS = {"SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL"}
 STREAMS = {1: "stdout", 2: "stderr"}
+
+
+@runtime_checkable
+class ConnectProxy(Protocol):
+    """A coordinator's sessions (sandboxd.fleet.sessionproxy.SessionProxy):
+    the connect proxied to a host that serves the language."""
+
+    async def piston_connect(self, req: web.Request, backend: Backend) -> web.StreamResponse: ...
 
 
 class _Peer:
@@ -71,7 +79,7 @@ class _Peer:
         await self.send({"type": "exit", "stage": name, "error": None, "code": st["code"], "signal": st["signal"]})
 
 
-async def _fail(ws: web.WebSocketResponse, message: str, code: int = ERROR) -> None:
+async def fail(ws: web.WebSocketResponse, message: str, code: int = ERROR) -> None:
     # Piston: the message goes over the socket first (a close reason is at most 123 bytes).
     if code == ERROR:
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -82,10 +90,11 @@ async def _fail(ws: web.WebSocketResponse, message: str, code: int = ERROR) -> N
 _REASONS = {AGAIN: "Already Initialized", NOT_INIT: "Not yet initialized", NOT_STDIN: "Can only write to stdin"}
 
 
-async def _start(ws: web.WebSocketResponse, backend: Backend, sessions: api.Sessions) -> api.LiveSession | None:
-    """The init message into a session; None once the socket is closed with Piston's code."""
+async def read_init(ws: web.WebSocketResponse, backend: Backend, timeout: float) -> tuple[request.Job, str] | None:
+    """The init message, checked as an execute request: its job and its text
+    (a coordinator forwards it as sent); None once the socket is closed with Piston's code."""
     try:
-        msg = await ws.receive(sessions.settings.start_timeout)
+        msg = await ws.receive(timeout)
     except TimeoutError:
         await ws.close(code=TIMEOUT, message=b"Initialization Timeout")
         return None
@@ -94,17 +103,26 @@ async def _start(ws: web.WebSocketResponse, backend: Backend, sessions: api.Sess
         if body is not None and body.get("type") in ("data", "signal"):
             await ws.close(code=NOT_INIT, message=b"Not yet initialized")
         else:
-            await _fail(ws, "the first message must be init")
+            await fail(ws, "the first message must be init")
         return None
     try:
-        job = await request.build(backend, body)
+        return await request.build(backend, body), str(msg.data)
+    except PistonError as e:
+        await fail(ws, str(e.body.get("message", e)))
+        return None
+
+
+async def _start(ws: web.WebSocketResponse, backend: Backend, sessions: api.Sessions) -> api.LiveSession | None:
+    """The init message into a session; None once the socket is closed with Piston's code."""
+    init = await read_init(ws, backend, sessions.settings.start_timeout)
+    if init is None:
+        return None
+    job = init[0]
+    try:
         start = SessionStart(language=job.lang, files=[job.entry, *job.others], argv=job.args, limits=job.run_limits)
         session = sessions.open(start, job.compile_limits)
-    except PistonError as e:
-        await _fail(ws, str(e.body.get("message", e)))
-        return None
     except ServiceError as e:
-        await _fail(ws, e.err.message)
+        await fail(ws, e.err.message)
         return None
     await ws.send_str(json.dumps({"type": "runtime", "language": job.language, "version": job.version}))
     return session
@@ -173,7 +191,7 @@ async def _connect(req: web.Request, backend: Backend, sessions: api.Sessions) -
             session.abandon()
         ended = await run
     except ServiceError as e:
-        await _fail(ws, e.err.message)
+        await fail(ws, e.err.message)
         return ws
     finally:
         reader.cancel()

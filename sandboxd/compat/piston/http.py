@@ -17,7 +17,7 @@ from sandboxd.api.inbound import offload
 from sandboxd.bodyhold import stored
 from sandboxd.compat import Backend
 from sandboxd.compat.piston import request
-from sandboxd.compat.piston.connect import connect
+from sandboxd.compat.piston.connect import ConnectProxy, connect
 from sandboxd.compat.piston.errors import PistonError
 from sandboxd.compat.piston.runtime import runtimes
 from sandboxd.compat.piston.view import response
@@ -128,6 +128,28 @@ async def not_found(req: web.Request) -> web.Response:
     return reply({"message": "Not Found"}, 404)
 
 
+def _connect_route(backend: Backend) -> Callable[[web.Request], Awaitable[web.StreamResponse]] | None:
+    """/api/v2/connect's handler: a host daemon runs the session, a coordinator
+    proxies it to a host (sandboxd.fleet.sessionproxy); None: neither (no route)."""
+    live = getattr(backend, "sessions", None)
+    if isinstance(live, api_sessions.Sessions):
+        sessions = live
+
+        async def run_here(req: web.Request) -> web.StreamResponse:
+            inbound = req.config_dict.get(INBOUND)  # (the session's frames are held from its budget)
+            return await connect(req, backend, sessions, inbound.budget if inbound is not None else None)
+
+        return run_here
+    if isinstance(live, ConnectProxy):
+        proxy = live
+
+        async def proxied(req: web.Request) -> web.StreamResponse:
+            return await proxy.piston_connect(req, backend)
+
+        return proxied
+    return None
+
+
 def make_app(backend: Backend, accept_text_plain: bool = False, **app_args: Any) -> web.Application:
     """The Piston v2 API as a sub-application (mounted under `piston_prefix`), or an app of its own
     (at the root of `piston_http`; app_args: middlewares, client_max_size).
@@ -142,13 +164,8 @@ def make_app(backend: Backend, accept_text_plain: bool = False, **app_args: Any)
         app.router.add_get(path, list_runtimes)
     for path in ("/api/v2/packages", "/api/v2/packages/"):
         app.router.add_get(path, list_packages)
-    live = getattr(backend, "sessions", None)  # a host daemon's live sessions (a coordinator has none here)
-    if isinstance(live, api_sessions.Sessions):
-
-        async def ws_connect(req: web.Request) -> web.StreamResponse:
-            inbound = req.config_dict.get(INBOUND)  # (the session's frames are held from its budget)
-            return await connect(req, backend, live, inbound.budget if inbound is not None else None)
-
+    ws_connect = _connect_route(backend)
+    if ws_connect is not None:
         for path in ("/api/v2/connect", "/api/v2/connect/"):
             app.router.add_get(path, ws_connect)
     app.router.add_route("*", "/{tail:.*}", not_found)

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from daemon_util import Daemon
 from instances import inst
-from session_util import C_ECHO, PY_TRAP_INT
+from session_util import C_ECHO, PY_TRAP_INT, Seen, read_piston
 
 
 @pytest.fixture(scope="module")
@@ -21,33 +21,6 @@ def daemon() -> Iterator[Daemon]:
     d = Daemon(inst("-piston-connect"), pool_size=2)
     yield d
     assert d.stop() == 0, d.output()
-
-
-class Seen:
-    def __init__(self) -> None:
-        self.msgs: list[dict[str, Any]] = []
-        self.close: tuple[int | None, str] = (None, "")
-
-    def types(self) -> list[str]:
-        return [m["type"] for m in self.msgs]
-
-    def data(self, stream: str) -> str:
-        return "".join(m["data"] for m in self.msgs if m["type"] == "data" and m["stream"] == stream)
-
-    def exits(self) -> dict[str, dict[str, Any]]:
-        return {m["stage"]: m for m in self.msgs if m["type"] == "exit"}
-
-
-async def _read(ws: aiohttp.ClientWebSocketResponse, seen: Seen, until: str | None = None) -> None:
-    while True:
-        msg = await ws.receive()
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            seen.msgs.append(json.loads(msg.data))
-            if until is not None and until in seen.data("stdout"):
-                return
-        elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-            seen.close = (ws.close_code, msg.extra or "")
-            return
 
 
 def piston(d: Daemon, send: list[dict[str, Any]], wait_for: str | None = None, then: list[dict[str, Any]] = []) -> Seen:  # noqa: B006
@@ -59,10 +32,10 @@ def piston(d: Daemon, send: list[dict[str, Any]], wait_for: str | None = None, t
                 await ws.send_str(json.dumps(m))
             async with asyncio.timeout(60):
                 if wait_for is not None:
-                    await _read(ws, seen, wait_for)
+                    await read_piston(ws, seen, wait_for)
                     for m in then:
                         await ws.send_str(json.dumps(m))
-                await _read(ws, seen)
+                await read_piston(ws, seen)
         return seen
 
     return asyncio.run(go())
