@@ -48,7 +48,7 @@ INDEXES = "CREATE INDEX IF NOT EXISTS jobs_results ON jobs(finished_at) WHERE fi
 class NewJob:
     id: str
     kind: str
-    spec: bytes
+    spec: bytes | bytearray  # (a big spec's buffer, encoded in a thread: sandboxd.jobs.accept)
     created_at: float
     callback_url: str | None = None
     key: str | None = None

@@ -1,0 +1,108 @@
+"""Per-run cost of one tree against another (issue 18), measured in the same run:
+both daemons up at once, rounds alternating with bare posix_spawn, so the
+machine's noise falls on all three.  Per round and tree: the Unix socket round
+trip of `/bin/true` (Python AsyncClient, a fresh idempotency key per call, as
+the client sends), the HTTP round trip (POST /v1/runs, keep-alive, keyed), and
+the daemon's CPU per run (utime+stime of its process over the round).
+
+    git -C /work/main worktree add --detach /tmp/base lead
+    PYTHONPATH=$PWD:$PWD/clients/python .venv/bin/python benchmarks/ab_roundtrip.py /tmp/base . [--rounds 6] [--n 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import uvloop
+from benchlib import summary_ms
+from daemon import bare_true, round_trip
+from http_overhead import free_port
+
+BODY = b'{"cmd": ["/bin/true"]}'
+
+
+def start(tree: Path, name: str) -> tuple[subprocess.Popen[bytes], str, int]:
+    d, port = tempfile.mkdtemp(prefix=f"sandboxd-bench-ab-{name}-"), free_port()
+    env = {**os.environ, "PYTHONPATH": str(tree), "SANDBOXD_SELFTEST": "false", "SANDBOXD_JOB_STORE": f"{d}/j.sqlite3"}
+    sock = f"{d}/s.sock"
+    cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null", "--instance", f"bench-ab-{name}"]
+    cmd += ["--socket", sock, "--http", f"127.0.0.1:{port}", "--pool-size", "2", "--pid-file", f"{d}/p.pid"]
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "wb"))  # noqa: SIM115
+    for _ in range(600):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/readyz")
+            if c.getresponse().status == 200:
+                return proc, sock, port
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"{name}: the daemon did not start (log in {d})")
+
+
+def cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def http_trip(port: int, n: int) -> list[int]:
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    out = []
+    for i in range(n + 20):
+        t = time.perf_counter_ns()
+        c.request("POST", "/v1/runs", BODY, {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())})
+        r = c.getresponse()
+        r.read()
+        if i >= 20:
+            out.append(time.perf_counter_ns() - t)
+        assert r.status == 200, r.status
+    c.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("base", type=Path)
+    ap.add_argument("new", type=Path)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--n", type=int, default=300)
+    a = ap.parse_args()
+    trees = {"base": start(a.base.resolve(), "base"), "new": start(a.new.resolve(), "new")}
+    lat: dict[str, list[int]] = {"bare": []}
+    cpu_us: dict[str, list[float]] = {}
+    try:
+        for _ in range(a.rounds):
+            lat["bare"] += bare_true(a.n)
+            for name, (proc, sock, port) in trees.items():
+                c0 = cpu(proc.pid)
+                lat.setdefault(f"{name} socket", []).extend(uvloop.run(round_trip(sock, a.n)))
+                cpu_us.setdefault(name, []).append((cpu(proc.pid) - c0) / (a.n + 20) * 1e6)
+                lat.setdefault(f"{name} http", []).extend(http_trip(port, a.n))
+    finally:
+        for proc, _, _ in trees.values():
+            proc.terminate()
+            proc.wait(60)
+    bare = summary_ms(lat["bare"])
+    print(f"load average {os.getloadavg()[0]:.2f}; {a.rounds} rounds x {a.n}")
+    for what, xs in lat.items():
+        s = summary_ms(xs)
+        print(
+            f"{what:12s} p50 {s['p50']:.3f} ms p99 {s['p99']:.3f} ms"
+            f"  x{s['p50'] / bare['p50']:.2f} p50, x{s['p99'] / bare['p99']:.2f} p99"
+        )
+    for name, us in cpu_us.items():
+        us.sort()
+        print(f"{name} daemon CPU per socket run: median {us[len(us) // 2]:.0f} us")
+
+
+if __name__ == "__main__":
+    main()
