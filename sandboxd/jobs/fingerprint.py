@@ -53,26 +53,32 @@ def _defaults_as_omitted(value: Any) -> Any:
     only when it *is* the default object, so a request that spells a default
     out (`"cwd": "/box"`) would otherwise encode, and fingerprint, differently
     from the same request without it.  Requests that spell nothing out encode
-    exactly as before, so fingerprints already stored stay valid."""
+    exactly as before, so fingerprints already stored stay valid.  (On every
+    keyed request: a scalar field is compared in place, and a struct or list
+    is copied only if something in it changes.)"""
     if isinstance(value, list):
-        return [_defaults_as_omitted(v) for v in value]
+        out = [_defaults_as_omitted(v) if isinstance(v, _NESTED) else v for v in value]
+        return value if all(w is v for w, v in zip(out, value, strict=True)) else out
     if not isinstance(value, msgspec.Struct):
         return value
     changes: dict[str, Any] = {}
-    for f in _fields(type(value)):
-        v = getattr(value, f.name)
-        w = _defaults_as_omitted(v)
-        if f.default is not msgspec.NODEFAULT and type(w) is type(f.default) and w == f.default:
-            w = f.default
+    for name, default in _defaults(type(value)):
+        v = getattr(value, name)
+        w = _defaults_as_omitted(v) if isinstance(v, _NESTED) else v
+        if w is not default and default is not msgspec.NODEFAULT and type(w) is type(default) and w == default:
+            w = default
         if w is not v:
-            changes[f.name] = w
+            changes[name] = w
     return msgspec.structs.replace(value, **changes) if changes else value
 
 
+_NESTED = (list, msgspec.Struct)
+
+
 @functools.cache
-def _fields(cls: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInfo, ...]:
+def _defaults(cls: type[msgspec.Struct]) -> tuple[tuple[str, Any], ...]:
     """msgspec.structs.fields resolves the class's annotations (typing's
     ForwardRef evaluation) on every call: about 0.4 ms per request, most of a
     socket round trip's daemon CPU (py-spy, issue 18).  A struct's fields never
     change, and the kinds are a handful of classes, so once per class."""
-    return msgspec.structs.fields(cls)
+    return tuple((f.name, f.default) for f in msgspec.structs.fields(cls))
