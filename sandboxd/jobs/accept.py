@@ -12,8 +12,8 @@ canonical msgpack is both what its fingerprint hashes and what the store keeps.
 
 Work proportional to a request's size runs off the event loop (issue 13): a
 spec of INLINE_BYTES or more (its admission's estimate) is encoded and hashed
-in a thread, into a buffer made ahead (hashlib releases the GIL; msgspec's
-encode is one copy), so that `/healthz` and small jobs are not held up behind
+in a thread (hashlib releases the GIL over a big buffer; msgspec's encode, one
+copy of the request, does not), so that `/healthz` and small jobs are not held up behind
 a 40 MiB stdin; smaller ones stay inline, where the hop would cost more.
 """
 
@@ -38,23 +38,23 @@ if TYPE_CHECKING:
 
 
 class Encoded(NamedTuple):
-    data: bytes | bytearray  # what the store keeps
+    data: bytes  # what the store keeps
     fingerprint: bytes | None  # a keyed request's (sandboxd.jobs.fingerprint)
 
 
-def encoded(op: Op, spec: Spec, callback_url: str | None, keyed: bool, size_hint: int = 0) -> Encoded:
+def encoded(op: Op, spec: Spec, callback_url: str | None, keyed: bool) -> Encoded:
     """The spec's stored bytes and, keyed, its fingerprint from the same bytes."""
-    if not keyed and not size_hint:
+    if not keyed:
         return Encoded(encode_spec(spec), None)
-    data = canonical(spec, size_hint)
-    return Encoded(data, fingerprint_of(op, data, callback_url) if keyed else None)
+    data = canonical(spec)
+    return Encoded(data, fingerprint_of(op, data, callback_url))
 
 
 async def encode(op: Op, spec: Spec, callback_url: str | None, keyed: bool, size: int) -> Encoded:
     """encoded(), in a thread for a spec of INLINE_BYTES or more (size: its estimate, nbytes)."""
     if size < INLINE_BYTES:
         return encoded(op, spec, callback_url, keyed)
-    return await asyncio.to_thread(encoded, op, spec, callback_url, keyed, size)
+    return await asyncio.to_thread(encoded, op, spec, callback_url, keyed)
 
 
 class Acceptance(Operations):

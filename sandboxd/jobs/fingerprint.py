@@ -22,21 +22,14 @@ def fingerprint(op: Op, spec: Spec, callback_url: str | None) -> bytes:
     return fingerprint_of(op, canonical(spec), callback_url)
 
 
-def canonical(spec: Spec, size_hint: int = 0) -> bytes | bytearray:
+def canonical(spec: Spec) -> bytes:
     """The spec's canonical msgpack: what its fingerprint hashes, and a stored
     spec that decodes to the same request (a map's keys in any order decode
-    alike), so a keyed job's spec is encoded once.  size_hint: a big spec is
-    encoded into a buffer of that size made ahead (no doubling reallocations
-    copying tens of MiB with the GIL held: its caller runs this in a thread)."""
-    value = _defaults_as_omitted(spec)
-    if size_hint < 1 << 16:
-        return _canon.encode(value)
-    buf = bytearray(size_hint)
-    _canon.encode_into(value, buf)
-    return buf
+    alike), so a keyed job's spec is encoded once."""
+    return _canon.encode(_defaults_as_omitted(spec))
 
 
-def fingerprint_of(op: Op, canon: bytes | bytearray, callback_url: str | None) -> bytes:
+def fingerprint_of(op: Op, canon: bytes, callback_url: str | None) -> bytes:
     """fingerprint() of a spec whose canonical() bytes are `canon`: the hash of
     [spec, callback_url] as one msgpack array (0x92: a fixarray of two), fed
     in pieces (hashlib releases the GIL over a large buffer, and nothing is

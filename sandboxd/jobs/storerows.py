@@ -55,7 +55,7 @@ DROP INDEX IF EXISTS jobs_finished;
 class NewJob:
     id: str
     kind: str
-    spec: bytes | bytearray  # (a big spec's buffer, encoded in a thread: sandboxd.jobs.accept)
+    spec: bytes
     created_at: float
     callback_url: str | None = None
     key: str | None = None
