@@ -29,7 +29,7 @@ from pathlib import Path
 import uvloop
 from benchlib import summary_ms
 from daemon import bare_true, round_trip, throughput
-from http_overhead import free_port
+from http_overhead import free_port, wait_ready
 
 BODY = b'{"cmd": ["/bin/true"]}'
 
@@ -41,17 +41,8 @@ def start(tree: Path, name: str) -> tuple[subprocess.Popen[bytes], str, int]:
     cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null", "--instance", f"bench-ab-{name}"]
     cmd += ["--socket", sock, "--http", f"127.0.0.1:{port}", "--pool-size", "2", "--pid-file", f"{d}/p.pid"]
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "wb"))  # noqa: SIM115
-    for _ in range(600):
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/readyz")
-            if c.getresponse().status == 200:
-                return proc, sock, port
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{name}: the daemon did not start (log in {d})")
+    wait_ready(proc, port, f"{name}: the daemon did not start (log in {d})")
+    return proc, sock, port
 
 
 def cpu(pid: int) -> float:
