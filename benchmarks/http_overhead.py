@@ -32,17 +32,23 @@ def start(tree: Path, name: str, cors: bool) -> tuple[subprocess.Popen[bytes], i
     cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null", "--instance", f"bench-http-{name}"]
     cmd += ["--socket", f"{d}/s.sock", "--http", f"127.0.0.1:{port}", "--pool-size", "1", "--pid-file", f"{d}/p.pid"]
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "wb"))  # noqa: SIM115
+    wait_ready(proc, port, f"{name}: the daemon did not start (log in {d})")
+    return proc, port
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, failed: str) -> None:
+    """Until /readyz says 200 (a minute at most: then the daemon is killed, and `failed` said)."""
     for _ in range(600):
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             c.request("GET", "/readyz")
             if c.getresponse().status == 200:
-                return proc, port
+                return
         except OSError:
             pass
         time.sleep(0.1)
     proc.kill()
-    raise SystemExit(f"{name}: the daemon did not start (log in {d})")
+    raise SystemExit(failed)
 
 
 def one_round(port: int, n: int, origin: bool) -> float:

@@ -43,16 +43,37 @@ OVERHEAD = 64  # bytes counted per object besides its payload (headers, pointers
 
 
 def nbytes(obj: Any) -> int:
-    """Estimated bytes an object holds: payload plus OVERHEAD per object."""
+    """Estimated bytes an object holds: payload plus OVERHEAD per object.
+    (Every job's admission walks its request: a struct's fields are counted in
+    one loop, leaves by exact type, recursing only into what nests.)"""
+    t = type(obj)
+    if t in _LEAF:
+        return OVERHEAD + len(obj)
+    if obj is None:
+        return 0
+    if isinstance(obj, msgspec.Struct):
+        n = OVERHEAD
+        for f in obj.__struct_fields__:
+            v = getattr(obj, f)
+            tv = type(v)
+            if tv in _LEAF:
+                n += OVERHEAD + len(v)
+            elif tv in _SCALAR:
+                n += OVERHEAD
+            elif v is not None:
+                n += nbytes(v)
+        return n
     if isinstance(obj, bytes | bytearray | str):
         return OVERHEAD + len(obj)
-    if isinstance(obj, msgspec.Struct):
-        return OVERHEAD + sum(nbytes(getattr(obj, f)) for f in obj.__struct_fields__)
     if isinstance(obj, list | tuple):
         return OVERHEAD + sum(nbytes(x) for x in obj)
     if isinstance(obj, dict):
         return OVERHEAD + sum(nbytes(k) + nbytes(v) for k, v in obj.items())
-    return 0 if obj is None else OVERHEAD
+    return OVERHEAD
+
+
+_LEAF = frozenset((bytes, str, bytearray))  # (exact types; subclasses take isinstance's way)
+_SCALAR = frozenset((int, float, bool))
 
 
 class BudgetFull(QueueFull):

@@ -19,7 +19,25 @@ _canon = msgspec.msgpack.Encoder(order="sorted")
 
 
 def fingerprint(op: Op, spec: Spec, callback_url: str | None) -> bytes:
-    return hashlib.sha256(op.encode() + b"\0" + _canon.encode([_defaults_as_omitted(spec), callback_url])).digest()
+    return fingerprint_of(op, canonical(spec), callback_url)
+
+
+def canonical(spec: Spec) -> bytes:
+    """The spec's canonical msgpack: what its fingerprint hashes, and a stored
+    spec that decodes to the same request (a map's keys in any order decode
+    alike), so a keyed job's spec is encoded once."""
+    return _canon.encode(_defaults_as_omitted(spec))
+
+
+def fingerprint_of(op: Op, canon: bytes, callback_url: str | None) -> bytes:
+    """fingerprint() of a spec whose canonical() bytes are `canon`: the hash of
+    [spec, callback_url] as one msgpack array (0x92: a fixarray of two), fed
+    in pieces (hashlib releases the GIL over a large buffer, and nothing is
+    concatenated)."""
+    h = hashlib.sha256(op.encode() + b"\0\x92")
+    h.update(canon)
+    h.update(_canon.encode(callback_url))
+    return h.digest()
 
 
 def _defaults_as_omitted(value: Any) -> Any:
@@ -28,26 +46,32 @@ def _defaults_as_omitted(value: Any) -> Any:
     only when it *is* the default object, so a request that spells a default
     out (`"cwd": "/box"`) would otherwise encode, and fingerprint, differently
     from the same request without it.  Requests that spell nothing out encode
-    exactly as before, so fingerprints already stored stay valid."""
+    exactly as before, so fingerprints already stored stay valid.  (On every
+    keyed request: a scalar field is compared in place, and a struct or list
+    is copied only if something in it changes.)"""
     if isinstance(value, list):
-        return [_defaults_as_omitted(v) for v in value]
+        out = [_defaults_as_omitted(v) if isinstance(v, _NESTED) else v for v in value]
+        return value if all(w is v for w, v in zip(out, value, strict=True)) else out
     if not isinstance(value, msgspec.Struct):
         return value
     changes: dict[str, Any] = {}
-    for f in _fields(type(value)):
-        v = getattr(value, f.name)
-        w = _defaults_as_omitted(v)
-        if f.default is not msgspec.NODEFAULT and type(w) is type(f.default) and w == f.default:
-            w = f.default
+    for name, default in _defaults(type(value)):
+        v = getattr(value, name)
+        w = _defaults_as_omitted(v) if isinstance(v, _NESTED) else v
+        if w is not default and default is not msgspec.NODEFAULT and type(w) is type(default) and w == default:
+            w = default
         if w is not v:
-            changes[f.name] = w
+            changes[name] = w
     return msgspec.structs.replace(value, **changes) if changes else value
 
 
+_NESTED = (list, msgspec.Struct)
+
+
 @functools.cache
-def _fields(cls: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInfo, ...]:
+def _defaults(cls: type[msgspec.Struct]) -> tuple[tuple[str, Any], ...]:
     """msgspec.structs.fields resolves the class's annotations (typing's
     ForwardRef evaluation) on every call: about 0.4 ms per request, most of a
     socket round trip's daemon CPU (py-spy, issue 18).  A struct's fields never
     change, and the kinds are a handful of classes, so once per class."""
-    return msgspec.structs.fields(cls)
+    return tuple((f.name, f.default) for f in msgspec.structs.fields(cls))

@@ -24,19 +24,19 @@ from sandboxd.engine.budget import Admission
 from sandboxd.engine.compiler import Compiler
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.scheduler import QueueDeadline, QueueFull
-from sandboxd.errors import ServiceError, bad_request, error, make
+from sandboxd.errors import bad_request, error, make
 from sandboxd.jobs import callbacks
 from sandboxd.jobs import status as servicestatus
+from sandboxd.jobs.accept import Acceptance
 from sandboxd.jobs.backend import Load, Served
 from sandboxd.jobs.files import HostFiles, refs_of
 from sandboxd.jobs.fingerprint import Op, Spec
-from sandboxd.jobs.frontend import Operations, Progress, conflict, keyed
+from sandboxd.jobs.frontend import Progress
 from sandboxd.jobs.kinds import KINDS
 from sandboxd.jobs.metrics import Metrics
 from sandboxd.jobs.sessions import Sessions
-from sandboxd.jobs.store import JobIdInUse, JobStore, NewJob, Stored, StoreFull
-from sandboxd.jobs.table import Job, JobTable, decode_spec, encode_spec, kind_of, lost_info
-from sandboxd.jobs.tenants import Charge
+from sandboxd.jobs.store import JobStore, Stored
+from sandboxd.jobs.table import Job, JobTable, decode_spec, kind_of, lost_info
 from sandboxd.jobs.timeseries import RunTimes
 from sandboxd.schema import (
     JobInfo,
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 REQUEUED = "the daemon stopped before the job finished; it runs again when the daemon starts"
 
 
-class Service(Operations):
+class Service(Acceptance):
     """wire.Frontend over this host's engine (entry checks: sandboxd.jobs.frontend)."""
 
     metrics: Metrics
@@ -194,120 +194,6 @@ class Service(Operations):
             return self.engine.admit(lang or None, runs, spec, "the run" if runs == 1 else "the submission", force)
         except QueueFull as e:
             raise self.refused("queue_full", str(e), e.retry_after) from None
-
-    async def _accept(self, job: Job, op: Op, spec: Spec, key: str | None, progress: Progress | None = None) -> JobInfo:
-        """Commit the job to the store, then start it; returns what its sender
-        is told (another job's, if its idempotency key already names one)."""
-        job.durable = True
-        bound = keyed(key, op, spec, job.callback_url)
-        if bound is not None:
-            key, fp = bound
-            other = self.table.keys.get(key)
-            if other is not None:
-                return await self._replay(other, key, fp, progress)
-            # Not in memory (finished and saved): the store, before admission,
-            # so that a full queue never refuses a retry of a job that exists.
-            held = self.store.by_key(key)
-            if held is not None:
-                if held.fingerprint != fp:
-                    raise conflict(key, held.id)
-                return self.table.held_info(held)
-            job.key, job.fingerprint = key, fp
-        await self._check_files(spec)
-        job.charge = self._tenant_admit(job, spec)
-        try:
-            job.admission = self._admit(job.lang, spec)
-            job.admission.ticket.tenant, job.admission.ticket.weight = job.charge.name, job.charge.weight
-        except BaseException:
-            job.charge.close()
-            raise
-        data = encode_spec(spec)
-        try:
-            self.store.check_room(len(data))  # (jobs.store_max_bytes: refused, never dropped later)
-        except StoreFull as e:
-            job.admission.close()
-            job.charge.close()
-            self.metrics.rejections.labels("queue_full").inc()
-            raise error("queue_full", str(e), e.retry_after) from None
-        if progress is not None:
-            job.listeners.append(progress)
-        self.table.add(job)
-        self._hold(job, spec)
-        acc: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
-        job.accepted = acc
-        if key is not None:  # (others may wait for it: retrieved even if its sender has gone)
-            acc.add_done_callback(lambda f: f.cancelled() or f.exception())
-        job.spec_size = len(data)
-        row = NewJob(job.id, op, data, job.created_at, job.callback_url, job.key, job.fingerprint)
-        self.store.add(row, lambda ok, val: self._committed(job, op, spec, ok, val))
-        # Unkeyed, not shielded (it costs): if its sender goes, `acc` is cancelled, and the
-        # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
-        return await (asyncio.shield(acc) if key is not None else acc)
-
-    def _tenant_admit(self, job: Job, spec: Spec) -> Charge:
-        """The calling tenant's limits (sandboxd.jobs.tenants); its priority clamped to the tenant's maximum."""
-        priority = getattr(spec, "priority", None)
-        charge, allowed = self.tenants.admit(job.lang, priority)
-        if allowed is not None and allowed != priority and isinstance(spec, RunRequest | Submission):
-            spec.priority = allowed
-        return charge
-
-    async def _replay(self, other: Job, key: str, fp: bytes, progress: Progress | None) -> JobInfo:
-        """A keyed request naming a job in memory: that job."""
-        if other.fingerprint != fp:
-            raise conflict(key, other.id)
-        if progress is not None:
-            other.listeners.append(progress)
-        if other.accepted is None:  # (restored at start: committed long ago)
-            return other.info()
-        info = await asyncio.shield(other.accepted)
-        return other.info() if info.job == other.id else info
-
-    def _committed(self, job: Job, op: Op, spec: Spec, ok: bool, val: Stored | Exception | None) -> None:
-        acc = job.accepted
-        assert acc is not None
-
-        def settle(info: JobInfo | None = None, exc: BaseException | None = None) -> None:
-            if acc.done():  # (cancelled: its sender has gone)
-                return
-            if exc is not None:
-                acc.set_exception(exc)
-            elif info is not None:
-                acc.set_result(info)
-
-        exc = None if ok else val
-        held = val if isinstance(val, Stored) else None
-        if exc is not None or held is not None:
-            self._dropped(job)
-        if isinstance(exc, JobIdInUse):
-            settle(exc=error("bad_request", f"job id {job.id!r} is in use"))
-        elif exc is not None:
-            settle(exc=error("internal", f"the job store refused the job: {exc}"))
-        elif held is not None:
-            if held.fingerprint != job.fingerprint:
-                settle(exc=conflict(job.key or "", held.id))
-            else:
-                try:
-                    settle(self.table.held_info(held))
-                except ServiceError as e:
-                    settle(exc=e)
-        elif self.draining:  # (accepted as the stop began: the next start runs it)
-            settle(job.info())
-            job.requeue, job.state = True, "cancelled"
-            self._finish(job)
-        else:
-            settle(job.info())
-            self._start(job, op, spec)
-
-    def _dropped(self, job: Job) -> None:
-        """Not accepted after all (the store refused it, or its key names another job): what it holds back."""
-        self.table.drop(job)
-        if job.admission is not None:
-            job.admission.close()
-        if job.charge is not None:
-            job.charge.close()
-        if self.files is not None:
-            self.files.release(job.id)
 
     def _finish(self, job: Job) -> None:
         if job.admission is not None:

@@ -125,7 +125,7 @@ class JobStore:
         self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         self.db.executescript(SCHEMA)
         migrate(self.db)
-        self.db.execute(INDEXES)
+        self.db.executescript(INDEXES)
         self.usage = Usage(self.db, max_bytes or default_max_bytes(self.path))
         self._pending: list[Op] = []
         self._scheduled = False  # a flush is due in the next loop iteration
@@ -419,8 +419,11 @@ class JobStore:
         (and on the writer thread: nobody waits for a sweep)."""
         now = time.time() if now is None else now
         done = 0
-        expire = f"seq IN (SELECT seq FROM jobs WHERE finished_at < ? AND {LIVE} LIMIT {SWEEP_CHUNK})"
-        delete = f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at < ? LIMIT {SWEEP_CHUNK})"
+        # (`size`: each query on its partial index, results or tombstones; every row
+        # finished 2 x results_ttl ago is a tombstone once the first query is done.)
+        expire = f"seq IN (SELECT seq FROM jobs WHERE finished_at < ? AND size > 0 AND {LIVE} LIMIT {SWEEP_CHUNK})"
+        old = f"SELECT seq FROM jobs WHERE finished_at < ? AND size = 0 LIMIT {SWEEP_CHUNK}"
+        delete = f"DELETE FROM jobs WHERE seq IN ({old})"
         for sql, cutoff in ((expire, now - self.ttl), (delete, now - 2 * self.ttl)):
 
             def chunk(db: sqlite3.Connection, sql: str = sql, cutoff: float = cutoff) -> tuple[int, int]:

@@ -210,3 +210,24 @@ def test_live_sessions_take_tenant_keys_and_their_limits(daemon: Daemon) -> None
     raw = http(daemon, "GET", "/v1/status", **AUTH)[2]
     ide = json.loads(raw)["tenants"]["ide"]
     assert ide["jobs"] >= 2 and ide["cpu_seconds"] > 0, ide
+
+
+def test_a_keyed_retry_of_a_run_whose_priority_was_clamped_is_the_same_job(daemon: Daemon) -> None:
+    """The key binds the request as sent (priority 5), not as the tenant's
+    max_priority clamped it: a retry while the job is in memory, and one after
+    it is saved, get that job; another request with the key is a conflict."""
+    key = make(daemon, name="clamped", max_priority=0)
+    auth = {"Authorization": f"Bearer {key}", "Idempotency-Key": "clamp-1"}
+    body = {"cmd": ["sleep", "0.5"], "priority": 5}
+    st, _, raw = http(daemon, "POST", "/v1/runs?wait=false", body, **auth)
+    assert st == 202, raw
+    job = json.loads(raw)["job"]
+    st, _, raw = http(daemon, "POST", "/v1/runs?wait=false", body, **auth)  # (running: in memory)
+    assert st == 202 and json.loads(raw)["job"] == job, raw
+    st, _, raw = http(daemon, "GET", f"/v1/jobs/{job}?wait=30", Authorization=f"Bearer {key}")
+    assert st == 200 and json.loads(raw)["state"] == "done", raw
+    time.sleep(0.3)  # (its result saved: out of the in-memory table)
+    st, _, raw = http(daemon, "POST", "/v1/runs?wait=false", body, **auth)
+    assert st == 202 and json.loads(raw)["job"] == job, raw
+    st, _, raw = http(daemon, "POST", "/v1/runs?wait=false", {**body, "priority": 4}, **auth)
+    assert st == 422 and json.loads(raw)["error"]["code"] == "conflict", raw

@@ -109,6 +109,39 @@ def test_sweep_leaves_a_tombstone_then_deletes(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_finish_enters_one_finished_index_and_old_files_lose_the_other(tmp_path: Path) -> None:
+    """Issue 18: a finished row is in jobs_results (size > 0) or jobs_tombstones
+    (size = 0), never in both: a finish writes one index entry (on c50a363
+    jobs_finished took a second, a WAL page per run).  A file made before has
+    its jobs_finished dropped at open, and sweeps then run on the new indexes."""
+    path = tmp_path / "j.sqlite3"
+    asyncio.run(JobStore(path, 10).close())
+    db = sqlite3.connect(path)
+    db.execute("CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL")
+    db.close()
+
+    async def scenario() -> None:
+        s = JobStore(path, 10)
+        names = {r[1] for r in s.db.execute("PRAGMA index_list(jobs)")}
+        assert "jobs_finished" not in names and {"jobs_results", "jobs_tombstones"} <= names, names
+        await added(s, row(1))
+        s.finish("job-1", "done", b"info", 1000.0)
+        await s.count()  # (the finish committed)
+
+        def entries(index: str) -> int:  # (the index's own cells, from SQLite's dbstat table)
+            q = "SELECT coalesce(sum(ncell), 0) FROM dbstat WHERE name=? AND pagetype='leaf'"
+            return int(s.db.execute(q, (index,)).fetchone()[0])
+
+        assert entries("jobs_results") == 1 and entries("jobs_tombstones") == 0
+        assert await s.sweep(now=1011.0) == 1  # expired: a tombstone...
+        assert entries("jobs_results") == 0 and entries("jobs_tombstones") == 1
+        assert await s.sweep(now=1021.0) == 1  # ...then deleted
+        assert entries("jobs_tombstones") == 0 and await s.get("job-1") is None
+        await s.close()
+
+    asyncio.run(scenario())
+
+
 # --- bounded in bytes (issue 13: [jobs] store_max_bytes) ----------------------------
 
 
