@@ -301,11 +301,20 @@ async def _post_events(req: web.Request) -> web.StreamResponse:
         return error_reply(req, refused, 503)
     cb = req.query.get("callback_url")
     key = idempotency_key(req)
-    body, fmt = await req.read(), _fmt_in(req)
+    # take_body, as _post: the request and this closure do not keep the body while the
+    # stream lasts (its job's reservation counts the decoded submission instead).
+    body, fmt = [await take_body(req)], _fmt_in(req)
 
     def start(progress: Callable[[TestResult], None], on_job: Callable[[str], None]) -> Awaitable[Any]:
         return dispatch(
-            req.app[SVC], "submit", body, fmt, progress=progress, on_job=on_job, callback_url=cb, idempotency_key=key
+            req.app[SVC],
+            "submit",
+            body.pop(),
+            fmt,
+            progress=progress,
+            on_job=on_job,
+            callback_url=cb,
+            idempotency_key=key,
         )
 
     return await sse.stream(req, req.app[INBOUND], start)

@@ -139,6 +139,12 @@ class Judge:
                 try:
                     res = await fut
                 except asyncio.CancelledError:
+                    # A test cancelled by stop_on_first_failure is skipped; the job's own
+                    # cancel (a cancel, its client gone, a drain) lands on this await too,
+                    # and swallowing it judged the submission AC with no tests.
+                    me = asyncio.current_task()
+                    if me is not None and me.cancelling():
+                        raise
                     continue
                 done[res.index] = res
                 if self.progress is not None:

@@ -12,6 +12,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -141,3 +142,41 @@ def test_submit_command_draws_its_bar_over_http(daemon: Daemon, tmp_path: Path) 
     frames = [f for f in bar.decode().split("\r") if f.strip()]
     assert [f.split("]")[1].split()[0] for f in frames] == [f"{i}/6" for i in range(1, 7)], bar
     assert frames[-1].strip().endswith("6/6  failed 1"), bar
+
+
+def test_a_submission_cancelled_mid_stream_ends_with_a_cancelled_error(daemon: Daemon) -> None:
+    """Not with a `result` (it once ended 'AC' with no tests: the judge swallowed its cancel)."""
+    slow = submission(2, "import time\ntime.sleep(30)\n", "python3")
+    job: list[str] = []
+    lines: list[str] = []
+    accepted = threading.Event()
+
+    def reader() -> None:
+        req = urllib.request.Request(
+            f"{daemon.http}/v1/submissions",
+            data=json.dumps(encoded(slow)).encode(),
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            for raw in r:
+                line = raw.decode()
+                lines.append(line)
+                if line.startswith("data: ") and not job:
+                    job.append(json.loads(line[6:])["job"])
+                    accepted.set()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        assert accepted.wait(60), lines
+        time.sleep(1.5)  # (compiled; its tests sleeping in their boxes)
+        req = urllib.request.Request(f"{daemon.http}/v1/jobs/{job[0]}", method="DELETE")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+    finally:
+        t.join(60)
+    events = [line.split(": ", 1)[1].strip() for line in lines if line.startswith("event: ")]
+    assert events[0] == "accepted" and events[-1] == "error" and "result" not in events, lines
+    assert '"cancelled"' in lines[-2] or '"cancelled"' in "".join(lines[-3:]), lines
+    with urllib.request.urlopen(f"{daemon.http}/v1/jobs/{job[0]}", timeout=30) as r:
+        assert json.loads(r.read())["state"] == "cancelled"

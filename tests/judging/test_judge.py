@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from box_fixtures import SyncEngine
 
@@ -217,3 +219,19 @@ def test_a_prepared_run_is_still_checked(engine: SyncEngine) -> None:
     bad = Compiled(eng.language("c"), None, [FileIn("../main", b"x", executable=True)])
     with pytest.raises(SchemaError, match="inside /box"):
         eng.prepare_run(bad)
+
+
+def test_a_submission_cancelled_while_its_tests_run_is_cancelled_not_judged(engine: SyncEngine) -> None:
+    """Cancelling the judging task (a cancel, a client gone, a drain) must end it
+    cancelled: as_completed's await is where that cancel lands, and a swallowed
+    one returned verdict AC with no tests."""
+    sub = Submission(lang="python3", source=b"import time\ntime.sleep(30)\n", tests=[t("", ""), t("", "")])
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(judge(engine.engine, sub))
+        await asyncio.sleep(1.5)  # (compiled and its tests running)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 20)
+
+    engine.call(scenario())
