@@ -46,13 +46,18 @@ def encoded(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "source": b64(body["source"]), "tests": tests}
 
 
-def stream(d: Daemon, body: dict[str, Any]) -> tuple[int, str, list[tuple[str, Any]]]:
-    """(status, Content-Type, [(event, data)]) of a submission asked for as an event stream."""
-    req = urllib.request.Request(
+def events_request(d: Daemon, body: dict[str, Any]) -> urllib.request.Request:
+    """POST /v1/submissions of `body`, asking for its events."""
+    return urllib.request.Request(
         f"{d.http}/v1/submissions",
         data=json.dumps(encoded(body)).encode(),
         headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
     )
+
+
+def stream(d: Daemon, body: dict[str, Any]) -> tuple[int, str, list[tuple[str, Any]]]:
+    """(status, Content-Type, [(event, data)]) of a submission asked for as an event stream."""
+    req = events_request(d, body)
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             st, ctype, raw = r.status, r.headers.get("Content-Type", ""), r.read().decode()
@@ -90,11 +95,7 @@ def test_event_streams_are_capped(daemon: Daemon) -> None:
     opened, lines = threading.Event(), []
 
     def first() -> None:  # the one stream the daemon allows, read as it comes
-        req = urllib.request.Request(
-            f"{daemon.http}/v1/submissions",
-            data=json.dumps(encoded(slow)).encode(),
-            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
-        )
+        req = events_request(daemon, slow)
         with urllib.request.urlopen(req, timeout=120) as r:
             for line in r:
                 lines.append(line.decode())
@@ -152,11 +153,7 @@ def test_a_submission_cancelled_mid_stream_ends_with_a_cancelled_error(daemon: D
     accepted = threading.Event()
 
     def reader() -> None:
-        req = urllib.request.Request(
-            f"{daemon.http}/v1/submissions",
-            data=json.dumps(encoded(slow)).encode(),
-            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
-        )
+        req = events_request(daemon, slow)
         with urllib.request.urlopen(req, timeout=120) as r:
             for raw in r:
                 line = raw.decode()
