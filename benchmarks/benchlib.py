@@ -357,3 +357,11 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def no_redis() -> bool:
+    """True (said on stderr) when redis-server is missing: the fleet benchmarks exit 2."""
+    if shutil.which("redis-server") is None:
+        print("redis-server is not installed: run scripts/install.sh", file=sys.stderr)
+        return True
+    return False

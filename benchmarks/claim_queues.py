@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 
 import redis
+from benchlib import no_redis
 from fleet_keys import cpu, start_redis
 
 from sandboxd.fleet.keys import RUN_LANG, queue_name
@@ -96,8 +97,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
     ns = ap.parse_args()
-    if shutil.which("redis-server") is None:
-        print("redis-server is not installed: run scripts/install.sh", file=sys.stderr)
+    if no_redis():
         return 2
     n, rounds = (200, 2) if ns.quick else (1000, 5)
     d = Path(tempfile.mkdtemp(prefix="sandboxd-bench-claims-"))

@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 import redis
 import uvloop
-from benchlib import free_port, summary_ms
+from benchlib import free_port, no_redis, summary_ms
 from sandboxd_client import AsyncClient, RunRequest
 
 from sandboxd.fleet.host import HostSettings, HostWorker
@@ -302,8 +302,7 @@ def main() -> int:
     if ns.sim_hosts:
         uvloop.run(sim_hosts(ns.sim_hosts[0], int(ns.sim_hosts[1]), int(ns.sim_hosts[2])))
         return 0
-    if shutil.which("redis-server") is None:
-        print("redis-server is not installed: run scripts/install.sh", file=sys.stderr)
+    if no_redis():
         return 2
     n, seconds, hosts, slots, inflight = (50, 2.0, 5, 4, 20) if ns.quick else (500, 10.0, 50, 32, 256)
     out: dict[str, Any] = {}

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 import redis
-from benchlib import free_port, summary_ms
+from benchlib import free_port, no_redis, summary_ms
 
 from sandboxd.fleet.store import FleetStore
 
@@ -85,8 +85,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--appendfsync", choices=["always", "everysec"], default="always")
     ns = ap.parse_args()
-    if shutil.which("redis-server") is None:
-        print("redis-server is not installed: run scripts/install.sh", file=sys.stderr)
+    if no_redis():
         return 2
     n, rounds = (200, 2) if ns.quick else (1000, 6)
     d = Path(tempfile.mkdtemp(prefix="sandboxd-bench-keys-"))
