@@ -265,6 +265,8 @@ class Acceptance(Operations):
         if job.done.is_set() or spec is None or job.handler is None:
             return  # (ended: its final row, queued, settles acc)
         op = job.handler.op
+        # (its request as the job holds it: the tenant's clamped priority; files it names
+        # possibly resolved into it already, which a restart runs the same way)
         data = (await encode(op, spec, job.callback_url, True, nbytes(spec))).data
         if job.done.is_set():  # (ended while it was encoded: as above)
             return
