@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from box_fixtures import SyncEngine
+from test_accept_path import saved
 
 from sandboxd.errors import ServiceError
 from sandboxd.jobs.fingerprint import fingerprint
@@ -32,15 +33,6 @@ def _svc(engine: SyncEngine, path: Path, **kw: int) -> tuple[Service, list[str]]
 
 def _count(writes: list[str], head: str) -> int:
     return sum(1 for w in writes if w.lstrip().upper().startswith(head))
-
-
-async def _saved(svc: Service, job_id: str) -> None:
-    """Until its result is in the store and the job out of the unfinished table."""
-    for _ in range(250):
-        if job_id not in svc.jobs:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} never left memory")
 
 
 async def _running(svc: Service, job_id: str) -> None:
@@ -70,7 +62,7 @@ def test_a_waited_job_is_written_once_at_its_end(engine: SyncEngine, tmp_path: P
             assert _count(writes, "INSERT") == 0, writes
             info = await svc.wait_job(acked.job)
             assert info.state == "done" and info.result is not None and info.result.status == "ok", info
-            await _saved(svc, acked.job)
+            await saved(svc, acked.job)
             # One row, final when written: its result, key and fingerprint, no spec.
             assert _count(writes, "INSERT INTO JOBS") == 1 and _count(writes, "UPDATE") == 0, writes
             assert _count(writes, "INSERT INTO SPECS") == 0, writes
@@ -120,7 +112,7 @@ def test_a_keyed_retry_while_it_runs_is_that_job_and_an_acknowledging_one_stores
             assert svc.store.db.execute("SELECT count(*) FROM specs").fetchone()[0] == 1  # (what recover reads)
             info = await svc.wait_job(first.job)
             assert info.state == "done", info
-            await _saved(svc, first.job)
+            await saved(svc, first.job)
             row = await svc.store.get(first.job)
             assert row is not None and row.state == "done"
             assert _count(writes, "INSERT INTO JOBS") == 1 and _count(writes, "UPDATE") == 1, writes
