@@ -241,6 +241,9 @@ class Acceptance(Operations):
         if progress is not None:
             other.listeners.append(progress)
         if other.waited and not waited:
+            # (a retry that began before a stop: the job may be dropped by it, and told
+            # nothing, its client retries on the next daemon, which finds what was saved)
+            self.refuse_if_draining()
             await self._acknowledge(other)
         if other.accepted is None:  # (restored at start: committed long ago; or waited: its result answers)
             return other.info()
