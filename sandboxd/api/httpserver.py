@@ -278,8 +278,17 @@ async def _post(req: web.Request, op: str) -> web.Response:
     text = textmode.wanted(req.query)  # (checked before the job starts)
     cb = req.query.get("callback_url")
     key = idempotency_key(req)
+    # (result_only: a 200 with the result is this call's only answer; SSE, which sends
+    # the job id first, is _post_events)
     res = await dispatch(
-        req.app[SVC], op, await take_body(req), _fmt_in(req), wait=wait, callback_url=cb, idempotency_key=key
+        req.app[SVC],
+        op,
+        await take_body(req),
+        _fmt_in(req),
+        wait=wait,
+        callback_url=cb,
+        idempotency_key=key,
+        result_only=True,
     )
     return await big_reply(req, res, 200 if wait else 202, text)
 

@@ -285,6 +285,7 @@ class _Conn:
                 progress=progress if req.progress else None,
                 on_job=on_job,
                 idempotency_key=req.idempotency_key,
+                result_only=not req.progress,  # (with progress, on_job sends the job id first)
             )
             self.send({"id": req.id, "ok": True, "result": result})
         except asyncio.CancelledError:

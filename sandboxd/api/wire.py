@@ -36,7 +36,12 @@ class Frontend(Backend, Protocol):
     tenants: Tenants  # (sandboxd.jobs.tenants: the callers' limits)
 
     async def start_run(
-        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
+        self,
+        req: RunRequest,
+        callback_url: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        waited: bool = False,
     ) -> JobInfo: ...
 
     async def start_submission(
@@ -46,6 +51,7 @@ class Frontend(Backend, Protocol):
         callback_url: str | None = None,
         *,
         idempotency_key: str | None = None,
+        waited: bool = False,
     ) -> JobInfo: ...
 
     async def job_info(self, job_id: str) -> JobInfo: ...
@@ -98,10 +104,15 @@ async def dispatch(
     on_job: Callable[[str], None] | None = None,
     callback_url: str | None = None,
     idempotency_key: str | None = None,
+    result_only: bool = False,
 ) -> Any:
     """Run one op; returns the reply payload (a schema object or plain data).
     idempotency_key (run, submit): the same key and request name the same job;
-    with `wait`, the reply is that job's result."""
+    with `wait`, the reply is that job's result.  result_only: the transport
+    sends its client nothing of the job before that result (no job id: no
+    `accepted` event or frame), so a waited job is acknowledged only by its
+    result and is not written to the job store before it (Frontend.start_run's
+    `waited`); False (the default) keeps the commit before the acknowledgement."""
     try:
         if op in _SIMPLE:
             return await _SIMPLE[op](svc, body, fmt)
@@ -113,15 +124,16 @@ async def dispatch(
                 return await svc.wait_job(ref.job, timeout)
             return await svc.job_info(ref.job)
         key = check_idempotency_key(idempotency_key)
+        waited = wait and result_only
         if op == "run":
             # (Large bodies are decoded off the event loop: sandboxd.api.inbound.)
             req = await decode_body(body, RunRequest, fmt)
             del body  # (not held while the run is waited for: its job's reservation counts the decoded request)
-            info = await svc.start_run(req, callback_url, idempotency_key=key)
+            info = await svc.start_run(req, callback_url, idempotency_key=key, waited=waited)
         elif op == "submit":
             sub = await decode_body(body, Submission, fmt)
             del body
-            info = await svc.start_submission(sub, progress, callback_url, idempotency_key=key)
+            info = await svc.start_submission(sub, progress, callback_url, idempotency_key=key, waited=waited)
         else:
             raise error("bad_request", f"op: unknown {op!r}")
         stored()  # (its body's copies are gone: the rest of its hold given back, not kept while it is waited for)

@@ -176,7 +176,8 @@ class Admission(Operations):
         elif refs_of(spec):
             raise error("bad_request", f"{refs_of(spec)[0][0]}: this coordinator has no file store")
 
-    async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None) -> JobInfo:
+    async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None, waited: bool) -> JobInfo:
+        # (waited or not: a fleet job is in Redis before any host can run it)
         await self._check_files(req)
         tenant = self.fleet_tenants.admit_job("", req)
         spec = _enc.encode(req)
@@ -196,7 +197,12 @@ class Admission(Operations):
         )
 
     async def _start_submission(
-        self, sub: Submission, progress: Callable[[TestResult], None] | None, callback_url: str | None, key: str | None
+        self,
+        sub: Submission,
+        progress: Callable[[TestResult], None] | None,
+        callback_url: str | None,
+        key: str | None,
+        waited: bool,
     ) -> JobInfo:
         await self._check_files(sub)
         tenant = self.fleet_tenants.admit_job(sub.lang, sub)

@@ -79,26 +79,43 @@ class Acceptance(Operations):
     def _finish(self, job: Job) -> None:
         raise NotImplementedError
 
-    async def _accept(self, job: Job, op: Op, spec: Spec, key: str | None, progress: Progress | None = None) -> JobInfo:
+    async def _accept(
+        self,
+        job: Job,
+        op: Op,
+        spec: Spec,
+        key: str | None,
+        progress: Progress | None = None,
+        waited: bool = False,
+    ) -> JobInfo:
         """Commit the job to the store, then start it; returns what its sender
-        is told (another job's, if its idempotency key already names one)."""
+        is told (another job's, if its idempotency key already names one).
+        waited (its sender hears of it only by its result): started at once,
+        its one row written at its end (_start_waited)."""
         job.durable = True
         if check_idempotency_key(key) is not None:
             other = self.table.keys.get(str(key))
             if other is not None:
                 fp = (await encode(op, spec, job.callback_url, True, nbytes(spec))).fingerprint
                 assert fp is not None
-                return await self._replay(other, str(key), fp, progress)
+                return await self._replay(other, str(key), fp, progress, waited)
         asked: list[int | None] = []  # the priority as sent, if the tenant's maximum clamped it
         try:
-            enc = await self._take(job, op, spec, key, asked)
+            enc = await self._take(job, op, spec, key, asked, waited)
         except ServiceError:
             held = None if key is None else await self._held(job, op, spec, key, asked)
             if held is None:
                 raise
             return held
+        if key is not None:
+            taken = await self._taken(job, key, waited, progress)
+            if taken is not None:
+                return taken
         if progress is not None:
             job.listeners.append(progress)
+        if waited:
+            return self._start_waited(job, op, spec)
+        assert enc is not None
         self.table.add(job)
         self._hold(job, spec)
         acc: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
@@ -112,17 +129,41 @@ class Acceptance(Operations):
         # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
         return await (asyncio.shield(acc) if key is not None else acc)
 
-    async def _take(self, job: Job, op: Op, spec: Spec, key: str | None, asked: list[int | None]) -> Encoded:
+    def _start_waited(self, job: Job, op: Op, spec: Spec) -> JobInfo:
+        """A job its sender hears of only by its result (issue 14 promises to
+        finish what was acknowledged: this is acknowledged by its result
+        alone): not in the store while it runs, so no INSERT and commit before
+        it starts; table.save writes its one, final row (result, key and
+        fingerprint) when it ends.  A daemon that dies meanwhile leaves nothing
+        of it, and its client's keyed retry runs it again."""
+        if self.draining:  # (the stop began while it was admitted: nothing acknowledged, its client retries)
+            self._let_go(job)
+            self.refuse_if_draining()
+        job.waited = True
+        if job.key is not None:  # (a keyed retry may acknowledge it: _acknowledge stores it)
+            job.request = spec  # (no copy: its task holds it anyway)
+        self.table.add(job)
+        self._hold(job, spec)
+        self._start(job, op, spec)
+        return job.info()
+
+    async def _take(
+        self, job: Job, op: Op, spec: Spec, key: str | None, asked: list[int | None], waited: bool
+    ) -> Encoded | None:
         """What the job holds once accepted (its files named, its tenant's charge, its
-        queue places and bytes, its room in the store), and its encoded spec; or the
+        queue places and bytes, its room in the store), and its encoded spec (None for
+        an unkeyed waited job: no spec is stored for it, nothing runs it again); or the
         refusal, with nothing held."""
         await self._check_files(spec)
         job.charge = self._tenant_admit(job, spec, asked)
         try:
             job.admission = self._admit(job.lang, spec)
             job.admission.ticket.tenant, job.admission.ticket.weight = job.charge.name, job.charge.weight
-            enc = await self._encoded(op, spec, job.callback_url, key, job.admission.hold.n, asked)
-            self.store.check_room(len(enc.data))  # (jobs.store_max_bytes: refused, never dropped later)
+            size = job.admission.hold.n
+            enc = None if waited and key is None else await self._encoded(op, spec, job.callback_url, key, size, asked)
+            # (jobs.store_max_bytes: refused, never dropped later.  A waited job is
+            # checked as any, by its request's size: its result needs room too.)
+            self.store.check_room(size if enc is None else len(enc.data))
         except StoreFull as e:
             self._let_go(job)
             self.metrics.rejections.labels("queue_full").inc()
@@ -131,8 +172,29 @@ class Acceptance(Operations):
             self._let_go(job)
             raise
         if key is not None:
+            assert enc is not None
             job.key, job.fingerprint = key, enc.fingerprint
         return enc
+
+    async def _taken(self, job: Job, key: str, waited: bool, progress: Progress | None) -> JobInfo | None:
+        """After _take's awaits, before the job takes its key (nothing awaited in
+        between, so no other request slips in): the job the key names by now, in
+        memory (accepted meanwhile), or, for a waited job, in the store (saved
+        and out of memory: a durable job's INSERT meets it itself), as this
+        sender's answer; None if the key is free."""
+        other = self.table.keys.get(key)
+        held = self.store.by_key(key) if other is None and waited else None
+        if other is None and held is None:
+            return None
+        self._let_go(job)  # (neither in the table nor pinning files yet)
+        fp = job.fingerprint
+        assert fp is not None
+        if other is not None:
+            return await self._replay(other, key, fp, progress, waited)
+        assert held is not None
+        if held.fingerprint != fp:
+            raise conflict(key, held.id)
+        return self.table.held_info(held)
 
     @staticmethod
     def _let_go(job: Job) -> None:
@@ -170,16 +232,59 @@ class Acceptance(Operations):
             asked.append(priority)
         return charge
 
-    async def _replay(self, other: Job, key: str, fp: bytes, progress: Progress | None) -> JobInfo:
-        """A keyed request naming a job in memory: that job."""
+    async def _replay(self, other: Job, key: str, fp: bytes, progress: Progress | None, waited: bool) -> JobInfo:
+        """A keyed request naming a job in memory: that job (waited: this
+        request's answer is that job's result; not waited: its answer is the
+        job id, so a waited job is first put in the store, _acknowledge)."""
         if other.fingerprint != fp:
             raise conflict(key, other.id)
         if progress is not None:
             other.listeners.append(progress)
-        if other.accepted is None:  # (restored at start: committed long ago)
+        if other.waited and not waited:
+            # (a retry that began before a stop: the job may be dropped by it, and told
+            # nothing, its client retries on the next daemon, which finds what was saved)
+            self.refuse_if_draining()
+            await self._acknowledge(other)
+        if other.accepted is None:  # (restored at start: committed long ago; or waited: its result answers)
             return other.info()
         info = await asyncio.shield(other.accepted)
         return other.info() if info.job == other.id else info
+
+    async def _acknowledge(self, job: Job) -> None:
+        """A waited job a keyed retry is about to acknowledge (with its id: a
+        202, an SSE or socket `accepted`): in the store before that answer, as
+        every acknowledged job.  Running: inserted now as an unfinished job
+        (its request as accepted), and its end updates that row; ended: its
+        final row, once written, is the acknowledgement (JobTable._saved settles
+        `job.accepted`; a stop that dropped it, Service._finish)."""
+        if job.accepted is not None:  # (being acknowledged already)
+            return
+        if job.done.is_set() and self.table.jobs.get(job.id) is not job:
+            return  # (its final row is written)
+        acc: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
+        acc.add_done_callback(lambda f: f.cancelled() or f.exception())  # (its waiters may all go)
+        job.accepted = acc
+        spec = job.request
+        if job.done.is_set() or spec is None or job.handler is None:
+            return  # (ended: its final row, queued, settles acc)
+        op = job.handler.op
+        # (its request as the job holds it: the tenant's clamped priority; files it names
+        # possibly resolved into it already, which a restart runs the same way)
+        data = (await encode(op, spec, job.callback_url, True, nbytes(spec))).data
+        if job.done.is_set():  # (ended while it was encoded: as above)
+            return
+        job.waited, job.request, job.spec_size = False, None, len(data)
+        row = NewJob(job.id, op, data, job.created_at, job.callback_url, job.key, job.fingerprint)
+        self.store.add(row, lambda ok, val: self._acknowledged(acc, job, ok, val))
+
+    @staticmethod
+    def _acknowledged(acc: asyncio.Future[JobInfo], job: Job, ok: bool, val: Stored | Exception | None) -> None:
+        if acc.done():
+            return
+        if ok and val is None:
+            acc.set_result(job.info())
+        else:  # (its key held in the store, or the store refused it: its end still writes its row)
+            acc.set_exception(error("internal", f"the job store refused job {job.id}: {val}"))
 
     def _committed(self, job: Job, op: Op, spec: Spec, ok: bool, val: Stored | Exception | None) -> None:
         acc = job.accepted

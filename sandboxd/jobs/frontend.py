@@ -127,11 +127,20 @@ class Operations(ABC):
     # --- the operations -----------------------------------------------------
 
     async def start_run(
-        self, req: RunRequest, callback_url: str | None = None, *, idempotency_key: str | None = None
+        self,
+        req: RunRequest,
+        callback_url: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        waited: bool = False,
     ) -> JobInfo:
+        """waited: its client hears of the job only by its result (a waited call
+        that is sent no job id first): nothing is acknowledged before the end,
+        so a host daemon writes it to its job store once, at its end
+        (sandboxd.jobs.accept).  False (the default) is always safe."""
         key = await self._entry(req, callback_url, idempotency_key)
         try:
-            return await self._start_run(req, callback_url, key)
+            return await self._start_run(req, callback_url, key, waited)
         except SchemaError as e:  # (the back end's own checks: a language it does not serve...)
             raise bad_request(e) from None
 
@@ -142,10 +151,12 @@ class Operations(ABC):
         callback_url: str | None = None,
         *,
         idempotency_key: str | None = None,
+        waited: bool = False,
     ) -> JobInfo:
+        """waited: as start_run's."""
         key = await self._entry(sub, callback_url, idempotency_key)
         try:
-            return await self._start_submission(sub, progress, callback_url, key)
+            return await self._start_submission(sub, progress, callback_url, key, waited)
         except SchemaError as e:
             raise bad_request(e) from None
 
@@ -159,11 +170,11 @@ class Operations(ABC):
     # --- the back end's -----------------------------------------------------
 
     @abstractmethod
-    async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None) -> JobInfo: ...
+    async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None, waited: bool) -> JobInfo: ...
 
     @abstractmethod
     async def _start_submission(
-        self, sub: Submission, progress: Progress | None, callback_url: str | None, key: str | None
+        self, sub: Submission, progress: Progress | None, callback_url: str | None, key: str | None, waited: bool
     ) -> JobInfo: ...
 
     @abstractmethod

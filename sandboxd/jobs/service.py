@@ -5,6 +5,8 @@ or transport.  A job accepted through a transport is in the durable store
 (sandboxd.jobs.store) before it is acknowledged, runs again if the daemon dies
 before it finishes, and its result stays readable from the store until
 `results_ttl` after it finished (sandboxd.jobs.table: what stays in memory).
+A waited job acknowledged only by its result (sandboxd.jobs.accept) is
+written there once, at its end.
 An idempotency key names one job: the same key with the same request gets
 that job again, with another request a `conflict`.
 """
@@ -50,6 +52,8 @@ from sandboxd.schema import (
 __all__ = ["Job", "Service"]
 log = logging.getLogger(__name__)
 REQUEUED = "the daemon stopped before the job finished; it runs again when the daemon starts"
+# (a waited job: never in the store, so nothing of it is kept for the next start)
+STOPPED = "the daemon stopped before the job finished; retry it (with its idempotency key) when the daemon is back"
 
 
 class Service(Acceptance):
@@ -206,7 +210,7 @@ class Service(Acceptance):
         if job.requeue:
             # "draining" (HTTP 503 + Retry-After), not "cancelled": its waiters retry
             # (with their key) and get the job when the next start has run it.
-            job.error = make("draining", REQUEUED)
+            job.error = make("draining", STOPPED if job.waited else REQUEUED)
         job.done.set()
         if job.callback_url and not job.requeue:
             self._background(callbacks.deliver(job.callback_url, job.info(), self.callback_allow_private))
@@ -215,8 +219,12 @@ class Service(Acceptance):
             self.compat_pending -= 1
         if kind is not None and job.spec is not None and job.notify and not job.requeue and kind.notifies(job.spec):
             self._background(kind.finished(job.id, job.spec, job.info(), self.callback_allow_private))
-        if not job.durable:
-            self.table.drop(job)  # (a fleet job: its HostWorker holds it until Redis has the result)
+        if not job.durable or (job.requeue and job.waited):
+            # (a fleet job: its HostWorker holds it until Redis has the result; a waited
+            # job cut off by a stop: nothing kept, its client's retry runs it again)
+            self.table.drop(job)
+            if job.accepted is not None and not job.accepted.done():  # (a retry about to acknowledge it)
+                job.accepted.set_exception(error("draining", STOPPED))
         elif job.requeue:
             self.store.release(job.id)
         else:
@@ -334,18 +342,18 @@ class Service(Acceptance):
 
     # --- the transports' view (wire.Frontend) ------------------------------
 
-    async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None) -> JobInfo:
+    async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None, waited: bool) -> JobInfo:
         job = self._new_job("run")
         job.callback_url = callback_url
-        return await self._accept(job, "run", req, key)
+        return await self._accept(job, "run", req, key, waited=waited)
 
     async def _start_submission(
-        self, sub: Submission, progress: Progress | None, callback_url: str | None, key: str | None
+        self, sub: Submission, progress: Progress | None, callback_url: str | None, key: str | None, waited: bool
     ) -> JobInfo:
         self.engine.language(sub.lang)
         job = self._new_job("submission", sub.lang)
         job.callback_url = callback_url
-        return await self._accept(job, "submit", sub, key, progress)
+        return await self._accept(job, "submit", sub, key, progress, waited)
 
     async def job_info(self, job_id: str) -> JobInfo:
         found = await self.table.find(job_id)
@@ -425,7 +433,8 @@ class Service(Acceptance):
             _, late = await asyncio.wait(pending, timeout=grace)
             for j in unfinished:
                 if j.task in late:
-                    # Acknowledged, so kept: it runs again at the next start.
+                    # Acknowledged, so kept: it runs again at the next start (a waited
+                    # one, acknowledged by nothing yet, is not: its waiter is told to retry).
                     j.requeue = j.durable
                     j.task.cancel()
             if late:

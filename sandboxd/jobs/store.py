@@ -41,7 +41,9 @@ request's msgpack, in `specs`), updated once when final (state, the
 JobInfo's msgpack, finished_at), turned into a small tombstone (state
 "expired", spec and result dropped, the key freed) `results_ttl` after it
 finished, so a lookup can still tell "expired" from "never issued", and
-deleted another `results_ttl` later.
+deleted another `results_ttl` later.  A waited job acknowledged only by its
+result (sandboxd.jobs.accept) is inserted once, final (`record`: no spec,
+nothing runs it again), batched as results are.
 
 Bounded in bytes (`max_bytes`, config [jobs] store_max_bytes): the specs and
 results the store holds (`size` per row).  A result that takes the store
@@ -70,6 +72,7 @@ from sandboxd.jobs.storerows import (
     BY_KEY,
     EVICTED,
     EXPIRED,
+    FINAL,
     GET,
     INDEXES,
     LIVE,
@@ -390,6 +393,24 @@ class JobStore:
 
         self._then(lambda db: db.execute(sql + " RETURNING size", params).fetchone(), then, LATER, len(info))
 
+    def record(self, job: NewJob, state: str, info: bytes, finished_at: float, done: Done | None = None) -> None:
+        """A waited job's one row, final when written (sandboxd.jobs.accept: it
+        was not in the store while it ran), batched as finish() is: its result,
+        its key and fingerprint (a keyed retry finds it after it has left
+        memory), no spec (nothing runs it again; job.spec is not written).
+        done(False, IntegrityError) if its id or key is taken."""
+        n = len(info)
+        j = job
+        row = (j.id, j.kind, j.callback_url, j.key, j.fingerprint, state, j.created_at, finished_at, info, n)
+
+        def then(ok: bool, val: Any) -> None:
+            if ok:
+                self.usage.done += n
+            if done is not None:
+                done(ok, val)
+
+        self._then(lambda db: db.execute(FINAL, row).rowcount, then, LATER, n)
+
     def release(self, job_id: str) -> None:
         """Left unfinished by a clean stop: runs again at the next start, and
         the stop does not count against it as a crash would."""
@@ -402,8 +423,12 @@ class JobStore:
     def by_key(self, key: str) -> Stored | None:
         """The job an idempotency key names, if committed and not yet expired.
         Synchronous (one indexed SELECT): a keyed retry finds its job before
-        admission, so a full queue never refuses it."""
-        return stored(self.rdb.execute(BY_KEY, (key,)).fetchone())
+        admission, so a full queue never refuses it.  On the writer's own
+        connection between batches (it sees exactly the committed rows then):
+        the readers' re-reads its pages after every commit, ~10 µs more per
+        lookup, and a waited keyed job makes one per run (sandboxd.jobs.accept)."""
+        db = self.db if self._writing is None else self.rdb
+        return stored(db.execute(BY_KEY, (key,)).fetchone())
 
     async def forget(self, job_id: str) -> bool:
         """A finished job's record dropped now (Judge0's DELETE): a tombstone."""

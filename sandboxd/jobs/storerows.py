@@ -96,6 +96,11 @@ SPEC = "(SELECT spec FROM specs WHERE specs.seq=jobs.seq)"
 # A lookup reads a spec only for a compat job (Judge0 shows its request back), not a run's 48 MiB stdin.
 GET = "SELECT " + cols(f"CASE kind WHEN 'compat' THEN {SPEC} END") + " FROM jobs WHERE id=?"
 BY_KEY = f"SELECT {cols('NULL')} FROM jobs WHERE idem_key=? AND idem_key IS NOT NULL"  # (uses the partial jobs_key)
+# A waited job's row, final at once (JobStore.record).
+FINAL = (
+    "INSERT INTO jobs (id, kind, callback_url, idem_key, fingerprint, state, created_at, finished_at, info, size)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 LIVE = f"state NOT IN ('{EXPIRED}', '{EVICTED}')"  # a row that is not a tombstone
 # The oldest results first (tombstones have size 0: the partial index jobs_results skips them).
 OLDEST = "SELECT seq, size FROM jobs WHERE finished_at IS NOT NULL AND size > 0 ORDER BY finished_at LIMIT ?"

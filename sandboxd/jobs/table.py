@@ -1,7 +1,8 @@
 """Where a daemon's jobs are kept: unfinished ones in memory, results in the store.
 
 A job accepted through a transport is durable: it is in the JobStore before
-it is acknowledged, and its result goes there when it is final.  Memory holds
+it is acknowledged, and its result goes there when it is final (a waited job
+acknowledged only by its result: only then, its one row).  Memory holds
 only what is unfinished (a job's task, its waiters, its progress listeners),
 plus a small cache of recent small results, so the daemon's size does not
 grow with the job rate: a lookup that misses memory reads the store.
@@ -14,6 +15,7 @@ its HostWorker holds it while it reports the result.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict, deque
@@ -26,7 +28,7 @@ import msgspec
 from sandboxd.errors import ServiceError, error
 from sandboxd.jobs.fingerprint import Spec
 from sandboxd.jobs.kinds import KINDS, JobKind
-from sandboxd.jobs.store import EVICTED, EXPIRED, JobStore, Stored
+from sandboxd.jobs.store import EVICTED, EXPIRED, JobStore, NewJob, Stored
 from sandboxd.schema import Error, JobInfo, RunResult, SubmissionResult, TestResult
 
 if TYPE_CHECKING:
@@ -65,7 +67,9 @@ class Job:
     handler: JobKind[Any] | None = None  # its kind (sandboxd.jobs.kinds), once started
     spec: Spec | None = None  # the request of a kind whose record keeps it (a Judge0/Piston job's)
     notify: bool = True  # deliver what follows its result here (not when a fleet host runs it)
-    durable: bool = False  # in the store (accepted through a transport)
+    durable: bool = False  # in the store (accepted through a transport), or its result once final (waited)
+    waited: bool = False  # acknowledged only by its result: written to the store once, at its end
+    request: Spec | None = None  # a keyed waited job's request, until final (sandboxd.jobs.accept._acknowledge)
     key: str | None = None  # its idempotency key
     fingerprint: bytes | None = None  # of the request the key was sent with
     accepted: asyncio.Future[JobInfo] | None = None  # resolves when the store has it
@@ -137,21 +141,33 @@ class JobTable:
             del self.keys[job.key]
 
     def save(self, job: Job) -> None:
-        """A final durable job: into the store, then out of memory (a small
-        result stays in the cache).  Until its row is written it stays in
-        `jobs`, so a lookup never falls between memory and store."""
+        """A final durable job: into the store (its row updated, or a waited
+        job's one row inserted), then out of memory (a small result stays in
+        the cache).  Until its row is written it stays in `jobs` (and its key
+        in `keys`), so a lookup never falls between memory and store."""
         blob = _enc.encode(job.info())
         size = len(blob) + (job.spec_size if job.spec is not None else 0)
-        self.store.finish(
-            job.id, job.state, blob, job.finished_at or time.time(), lambda ok, e: self._saved(job, size, ok, e)
-        )
+        at = job.finished_at or time.time()
+        done = functools.partial(self._saved, job, size)
+        if not job.waited:
+            self.store.finish(job.id, job.state, blob, at, done)
+            return
+        op = job.handler.op if job.handler is not None else job.kind
+        row = NewJob(job.id, op, b"", job.created_at, job.callback_url, job.key, job.fingerprint)
+        self.store.record(row, job.state, blob, at, done)
 
     def _saved(self, job: Job, size: int, ok: bool, err: Any) -> None:
         if not ok:
             log.error("job store: the result of job %s was not saved: %s", job.id, err)
         self.drop(job)
         job.listeners.clear()  # (closures over connections that may be gone)
-        job.task = None
+        job.task = job.request = None
+        acc = job.accepted
+        if acc is not None and not acc.done():  # (a waited job a keyed retry acknowledges: this row is its ack)
+            if ok:
+                acc.set_result(job.info())
+            else:
+                acc.set_exception(error("internal", f"the job store did not save job {job.id}: {err}"))
         if size <= HOT_BYTES and not job.forgotten:
             self.hot[job.id] = job
             while len(self.hot) > HOT:

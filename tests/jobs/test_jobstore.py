@@ -262,3 +262,31 @@ def test_a_full_store_refuses_new_jobs_with_queue_full_and_retry_after(engine: S
             await svc.close()
 
     engine.call(scenario())
+
+
+def test_a_waited_jobs_record_is_one_final_row(tmp_path: Path) -> None:
+    """JobStore.record (sandboxd.jobs.accept's waited jobs): inserted final, no
+    spec, its key found by by_key, its bytes counted as a result; nothing of
+    it for recover; a key taken meanwhile fails it and counts nothing."""
+
+    async def scenario() -> None:
+        s = JobStore(tmp_path / "j.sqlite3", 600)
+
+        def recorded(r: NewJob, info: bytes) -> asyncio.Future[tuple[bool, object]]:
+            fut: asyncio.Future[tuple[bool, object]] = asyncio.get_running_loop().create_future()
+            s.record(r, "done", info, time.time(), lambda ok, val: fut.set_result((ok, val)))
+            return fut
+
+        ok, _ = await recorded(NewJob("w-1", "run", b"", time.time(), key="k", fingerprint=b"fp"), b"i" * 100)
+        assert ok and s.usage.done == 100 and s.usage.open == 0
+        got = s.by_key("k")
+        assert got is not None and got.id == "w-1" and got.state == "done" and got.info == b"i" * 100
+        assert s.db.execute("SELECT count(*) FROM specs").fetchone()[0] == 0
+        ok, err = await recorded(NewJob("w-2", "run", b"", time.time(), key="k", fingerprint=b"fp"), b"j" * 50)
+        assert not ok and isinstance(err, sqlite3.IntegrityError) and s.usage.done == 100
+        await s.close()
+        again = JobStore(tmp_path / "j.sqlite3", 600)
+        assert again.recover(lambda st: b"") == ([], []) and again.usage.done == 100
+        await again.close()
+
+    asyncio.run(scenario())

@@ -54,9 +54,11 @@ def test_a_keyed_retry_of_a_finished_job_is_answered_when_the_queue_is_full(daem
 @pytest.mark.parametrize("transport", ["http", "unix"])
 def test_a_waited_call_spanning_a_clean_stop_completes_with_its_job(daemon: Restartable, transport: str) -> None:
     """SIGTERM while the call's job runs, drain_timeout shorter than the job:
-    the job is kept for the next start, its waiter is told "draining" (not
-    "cancelled", which is final), and the client's keyed retry gets the
-    job's result from the restarted daemon."""
+    its waiter is told "draining" (not "cancelled", which is final), and the
+    client's keyed retry gets the job's result from the restarted daemon (a
+    waited call, acknowledged only by its result, is not kept for the next
+    start: the retry runs it there; an acknowledged job is kept,
+    tests/jobs/test_durable.py)."""
     address = daemon.http if transport == "http" else f"unix://{daemon.sock}"
     with Client(address) as c:
         out: list[Any] = []

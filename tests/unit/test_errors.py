@@ -124,12 +124,14 @@ class _Recorder(Operations):
         super().__init__(FrontendMetrics(), callback_allow_private=False)
         self.got: list[tuple[object, str | None]] = []
 
-    async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None) -> JobInfo:
+    async def _start_run(self, req: RunRequest, callback_url: str | None, key: str | None, waited: bool) -> JobInfo:
         self.refuse_if_draining()
         self.got.append((req, key))
         return JobInfo("j1", "run", "queued")
 
-    async def _start_submission(self, sub: Submission, progress: object, cb: str | None, key: str | None) -> JobInfo:
+    async def _start_submission(
+        self, sub: Submission, progress: object, cb: str | None, key: str | None, waited: bool
+    ) -> JobInfo:
         if sub.lang != "c":
             raise SchemaError(f"lang: {sub.lang!r} is not served here")
         self.got.append((sub, key))
