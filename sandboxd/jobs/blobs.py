@@ -1,4 +1,4 @@
-"""Large blobs into SQLite without copies of them (the job store's specs).
+"""Large blobs into SQLite without copies of them (the job store's specs and results).
 
 `INSERT ... VALUES (?)` with a bound blob costs twice its size at once
 beside the caller's bytes: the sqlite3 module binds it as a transient copy,
@@ -8,6 +8,13 @@ inserted instead (SQLite writes its zero pages without building them in
 memory) and filled in place through incremental blob I/O a chunk at a time
 from a view of the caller's bytes: a chunk's worth of memory (2 MiB for the
 same spec).  Small blobs are bound as before: one statement is cheaper.
+
+Read back through incremental blob I/O too: a SELECT of a blob holds it
+twice (SQLite assembles the value from its overflow pages, then the module
+copies it into a bytes object), a blob handle reads the pages straight into
+the one bytes object returned.  In place works only for a blob in a table
+of its own (a key and the blob, the last column): SQLite builds the whole
+record of a row it updates, so a zeroblob in a wider row gains nothing.
 """
 
 from __future__ import annotations
@@ -32,3 +39,13 @@ def insert(db: sqlite3.Connection, table: str, key: str, column: str, rowid: int
     with db.blobopen(table, column, rowid) as blob:
         for at in range(0, len(view), CHUNK):
             blob.write(view[at : at + CHUNK])
+
+
+def read(db: sqlite3.Connection, table: str, column: str, rowid: int) -> bytes | None:
+    """The blob of row `rowid` in one copy of it; None: no such row."""
+    try:
+        blob = db.blobopen(table, column, rowid, readonly=True)
+    except sqlite3.OperationalError:  # ("no such rowid")
+        return None
+    with blob:
+        return blob.read()

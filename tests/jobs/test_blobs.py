@@ -14,6 +14,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from sandboxd.jobs.store import JobStore, NewJob, Stored
 
@@ -58,3 +59,38 @@ def test_a_large_spec_is_stored_without_copies_and_reads_back_whole(tmp_path: Pa
     jobs, lost = again.recover(lambda st: b"")
     assert [(j.id, j.spec) for j in jobs] == [("warm", small), ("big", big), ("small", small)] and lost == []
     asyncio.run(again.close())
+
+
+def test_a_large_result_is_saved_without_copies_and_read_back_in_one(tmp_path: Path) -> None:
+    # On lead2 `info` was a column of `jobs` (not its last): the bound blob and the
+    # record SQLite built from it grew the peak by twice the result (66 MiB for 32).
+    size = 32 * MiB
+    big = os.urandom(size)
+    path = tmp_path / "j.sqlite3"
+
+    async def scenario() -> tuple[int, int]:
+        s = JobStore(path, 600)
+        for jid in ("warm", "big"):
+            await _add(s, NewJob(jid, "run", b"spec", time.time()))
+        saved: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        s.finish("warm", "done", b"small", time.time(), lambda ok, val: saved.set_result(val))
+        await saved
+        _reset_hwm()
+        before = _hwm()
+        saved = asyncio.get_running_loop().create_future()
+        s.finish("big", "done", big, time.time(), lambda ok, val: saved.set_result((ok, val)))
+        assert await saved == (True, (len(b"spec") + size,))
+        written = _hwm() - before
+        _reset_hwm()
+        before = _hwm()
+        got = await s.get("big")
+        read = _hwm() - before
+        assert got is not None and got.info == big and got.state == "done"
+        del got
+        await s.close()
+        return written, read
+
+    written, read = asyncio.run(scenario())
+    assert written < size // 4, f"saving a {size // MiB} MiB result grew the peak by {written / MiB:.1f} MiB"
+    # (one copy: the bytes returned; a SELECT held SQLite's value of it beside them)
+    assert read < size + size // 4, f"reading it back grew the peak by {read / MiB:.1f} MiB"
