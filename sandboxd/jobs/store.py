@@ -82,6 +82,7 @@ from sandboxd.jobs.storerows import (
     UNFINISHED,
     JobIdInUse,
     NewJob,
+    Split,
     Stored,
     StoreFull,
     Usage,
@@ -94,7 +95,7 @@ from sandboxd.jobs.storerows import (
 )
 
 # (The rows' names are sandboxd.jobs.storerows'; the store's users import them from here.)
-__all__ = ["EVICTED", "EXPIRED", "JobIdInUse", "JobStore", "NewJob", "StoreFull", "Stored", "default_path"]
+__all__ = ["EVICTED", "EXPIRED", "JobIdInUse", "JobStore", "NewJob", "Split", "StoreFull", "Stored", "default_path"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Done = Callable[[bool, Any], None]  # after a batch: (ok, the operation's result or exception)
@@ -371,9 +372,12 @@ class JobStore:
 
         self._then(insert, then, cost=n)
 
-    def finish(self, job_id: str, state: str, info: bytes, finished_at: float, done: Done | None = None) -> None:
-        """The final JobInfo of an unfinished job (`info`, msgpack) saved: done(True,
-        (its row's size,)), or done(True, None) if it was not unfinished."""
+    def finish(
+        self, job_id: str, state: str, info: bytes | Split, finished_at: float, done: Done | None = None
+    ) -> None:
+        """The final JobInfo of an unfinished job saved (`info`: msgpack, or a
+        large one split, sandboxd.jobs.resultblob): done(True, (its row's
+        size,)), or done(True, None) if it was not unfinished."""
         params = (state, finished_at, len(info), job_id)
         sql = "UPDATE jobs SET state=?, finished_at=?, size=size+? WHERE id=? AND finished_at IS NULL"
         sql += " RETURNING seq, size"

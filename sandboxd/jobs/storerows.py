@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from sandboxd.jobs import blobs
 from sandboxd.rates import DrainRate, retry_after
 
@@ -38,6 +40,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS specs (seq INTEGER PRIMARY KEY, spec BLOB NOT NULL);
 -- The final JobInfo, msgpack; deleted likewise.  A table of its own, the blob
 -- its last column, so that a large one is written and read in place (blobs).
+-- A large result (Split) is stored as SPLIT, its layout's length and layout, its head, its pieces.
 CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, info BLOB NOT NULL);
 -- Partial: a job without a key costs no entry in it.
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
@@ -67,12 +70,25 @@ class NewJob:
 
 
 @dataclass
+class Split:
+    """A result stored as a small head and its large bytes after it, written
+    from and read into bytes of their own, never joined (sandboxd.jobs.resultblob)."""
+
+    head: bytes
+    index: bytes  # resultblob's: where each piece goes back
+    pieces: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.head) + sum(len(p) for p in self.pieces)
+
+
+@dataclass
 class Stored:
     id: str
     kind: str
     state: str
     spec: bytes | None
-    info: bytes | None
+    info: bytes | Split | None
     fingerprint: bytes | None
     callback_url: str | None
     created_at: float
@@ -116,12 +132,39 @@ def stored(db: sqlite3.Connection, row: Any) -> Stored | None:
         return None
     fields = list(row)
     seq = fields[4]
-    fields[4] = None if seq is None else blobs.read(db, "results", "info", seq)
+    fields[4] = None if seq is None else read_result(db, seq)
     return Stored(*fields)
 
 
-def put_result(db: sqlite3.Connection, seq: int, info: bytes) -> None:
-    blobs.insert(db, "results", "seq", "info", seq, info)  # (a large result: in place, no copies)
+# A split result's blob starts with this byte, which no msgpack value starts
+# with (a JobInfo's msgpack, a map, is what any other result's starts with),
+# then its layout's length (4 bytes, big-endian) and its layout: (index, sizes
+# of its head and of each piece).
+SPLIT = b"\xc1"
+_layout = msgspec.msgpack.Decoder(tuple[bytes, list[int]])
+
+
+def read_result(db: sqlite3.Connection, seq: int) -> bytes | Split | None:
+    """One copy of it: a blob read whole, or a split one's pieces each into bytes of their own."""
+    with blobs.opened(db, "results", "info", seq) as blob:
+        if blob is None:
+            return None
+        if blob.read(len(SPLIT)) != SPLIT:
+            blob.seek(0)
+            return blob.read()
+        index, sizes = _layout.decode(blob.read(int.from_bytes(blob.read(4), "big")))
+        pieces = [blob.read(n) for n in sizes]
+        return Split(pieces[0], index, pieces[1:])
+
+
+def put_result(db: sqlite3.Connection, seq: int, info: bytes | Split) -> None:
+    """In place, from the caller's bytes (sandboxd.jobs.blobs): no copies of a large result."""
+    if isinstance(info, bytes):
+        blobs.insert(db, "results", "seq", "info", seq, info)
+        return
+    layout = msgspec.msgpack.encode((info.index, [len(info.head), *(len(p) for p in info.pieces)]))
+    start = SPLIT + len(layout).to_bytes(4, "big") + layout
+    blobs.insert(db, "results", "seq", "info", seq, start, more=[info.head, *info.pieces])
 
 
 def tombstones(db: sqlite3.Connection, state: str, where: str, params: tuple[Any, ...]) -> tuple[int, int]:
