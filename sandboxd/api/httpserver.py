@@ -107,8 +107,15 @@ async def big_reply(req: web.Request, payload: Any, status: int = 200, text: boo
     files out in base64 JSON: 24 MiB took the loop for a second; sandboxd.api.replies).
     text: JSON's text mode, as the request asked (sandboxd.api.textmode)."""
     fmt = _fmt_out(req)
-    body = await offload(replies.payload_bytes(payload), replies.encode, fmt, payload, text)
-    return web.Response(body=body, status=status, content_type=MSGPACK[0] if fmt == "msgpack" else "application/json")
+    n = replies.payload_bytes(payload)
+    hold = req.config_dict[INBOUND].hold_reply(n, fmt == "msgpack")  # (until written: replies.HeldResponse)
+    try:
+        body = await offload(n, replies.encode, fmt, payload, text)
+    except BaseException:
+        if hold is not None:
+            hold.release()
+        raise
+    return replies.response(body, status, MSGPACK[0] if fmt == "msgpack" else "application/json", hold)
 
 
 def error_reply(req: web.Request, err: Error, status: int | None = None) -> web.Response:

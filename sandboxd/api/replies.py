@@ -6,20 +6,63 @@ hundreds of milliseconds even on a worker thread.  `encode` (run on the
 offload pool, sandboxd.api.inbound) base64-encodes each large bytes field in 3 MiB
 C calls first, so the event loop gets the GIL between them, and hands msgspec
 the result as msgspec.Raw to copy.
+
+A large reply is counted in the daemon's memory budget (holder "results",
+sandboxd.api.inbound.Inbound.hold_reply) from its encoding until it is
+written (`HeldResponse`): the result it encodes (its job's own hold may be
+given back once the job store has it) and the copies encoding makes.
 """
 
 from __future__ import annotations
 
 import binascii
+import weakref
 from typing import Any, Literal
 
 import msgspec
+from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from sandboxd.api import textmode
+from sandboxd.bodyhold import BodyHold
 from sandboxd.schema import FileOut, JobInfo, RunResult, SubmissionResult
 
 LARGE = 1 << 20  # bytes fields above this are pre-encoded in chunks
 _CHUNK = 3 << 20  # a multiple of 3: chunks encode to base64 without padding
+# Copies of a large reply's payload held at once, the result included.  msgpack:
+# the result and its encoding (a socket frame is written as header + body, not
+# joined).  JSON: the result, its bytes' base64 in chunks then joined (2 x 4/3),
+# then the JSON document beside the joined Raw (4/3 more, the chunks gone).
+REPLY_COPIES_MSGPACK = 2.0
+REPLY_COPIES_JSON = 1 + 8 / 3
+
+
+def reply_cost(payload: int, msgpack: bool) -> int:
+    """The budget a reply carrying `payload` bytes holds while encoded and written."""
+    return int(payload * (REPLY_COPIES_MSGPACK if msgpack else REPLY_COPIES_JSON))
+
+
+class HeldResponse(web.Response):
+    """A large response: its bytes in the memory budget until its body is
+    written out (write_eof returns once the transport has drained it), or
+    the response is dropped unsent (a client gone: the finalizer).  Its
+    headers go out on their own first: aiohttp coalesces them with the body
+    by joining the two on Python < 3.12 (SKIP_WRITELINES), a copy of it all."""
+
+    def hold(self, hold: BodyHold) -> None:
+        self._held = hold
+        weakref.finalize(self, hold.release)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        try:
+            writer = self._payload_writer
+            if isinstance(writer, StreamWriter):
+                writer.send_headers()
+            await super().write_eof(data)
+        finally:
+            held = getattr(self, "_held", None)
+            if held is not None:
+                held.release()
 
 
 def payload_bytes(payload: Any) -> int:
@@ -38,7 +81,7 @@ def _b64(data: bytes) -> Any:
         return data
     view = memoryview(data)
     parts = [binascii.b2a_base64(view[i : i + _CHUNK], newline=False) for i in range(0, len(data), _CHUNK)]
-    return msgspec.Raw(b'"' + b"".join(parts) + b'"')
+    return msgspec.Raw(b"".join([b'"', *parts, b'"']))  # (one join: `b'"' + joined + b'"'` made two more copies)
 
 
 def _run(r: RunResult) -> RunResult:
@@ -66,3 +109,12 @@ def encode(fmt: Literal["json", "msgpack"], payload: Any, text: bool = False) ->
     if text:
         return msgspec.json.encode(textmode.tree(payload, _b64))
     return msgspec.json.encode(_prepared(payload))
+
+
+def response(body: bytes, status: int, ctype: str, hold: BodyHold | None) -> web.Response:
+    """The reply: a held (large) one a HeldResponse, a small one in one write."""
+    if hold is None:
+        return web.Response(body=body, status=status, content_type=ctype)
+    resp = HeldResponse(body=body, status=status, content_type=ctype)
+    resp.hold(hold)
+    return resp
