@@ -198,7 +198,7 @@ class Inbound:
             raise error("queue_full", *self.budget.refuse(cost, what))
         return hold
 
-    def hold_reply(self, payload: int, msgpack: bool) -> BodyHold | None:
+    def hold_reply(self, payload: int, how: replies.Encoding) -> BodyHold | None:
         """The memory budget's count of a reply carrying `payload` bytes of
         results (replies.reply_cost), while it is encoded and written; a small
         one (under replies.LARGE) is not counted.  Forced, not refused: the
@@ -206,7 +206,7 @@ class Inbound:
         wait at admission instead."""
         if self.budget is None or payload < replies.LARGE:
             return None
-        return self.budget.force("results", replies.reply_cost(payload, msgpack))
+        return self.budget.force("results", replies.reply_cost(payload, how))
 
     @classmethod
     def from_config(cls, cfg: Config, budget: BodyBudget | None = None) -> Inbound:

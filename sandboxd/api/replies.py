@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import binascii
 import weakref
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Final, Literal
 
 import msgspec
 from aiohttp import web
@@ -31,15 +32,16 @@ LARGE = 1 << 20  # bytes fields above this are pre-encoded in chunks
 _CHUNK = 3 << 20  # a multiple of 3: chunks encode to base64 without padding
 # Copies of a large reply's payload held at once, the result included.  msgpack:
 # the result and its encoding (a socket frame is written as header + body, not
-# joined).  JSON: the result, its bytes' base64 in chunks then joined (2 x 4/3),
-# then the JSON document beside the joined Raw (4/3 more, the chunks gone).
-REPLY_COPIES_MSGPACK = 2.0
-REPLY_COPIES_JSON = 1 + 8 / 3
+# joined).  JSON, whole (text mode): the result, its bytes' base64 in chunks then
+# joined (2 x 4/3), then the document beside the joined Raw (4/3 more, the chunks
+# gone).  JSON streamed (sandboxd.api.streamjson): the result, and a chunk.
+REPLY_COPIES: Final = {"msgpack": 2.0, "json": 1 + 8 / 3, "stream": 1.0}
+Encoding = Literal["msgpack", "json", "stream"]
 
 
-def reply_cost(payload: int, msgpack: bool) -> int:
+def reply_cost(payload: int, how: Encoding) -> int:
     """The budget a reply carrying `payload` bytes holds while encoded and written."""
-    return int(payload * (REPLY_COPIES_MSGPACK if msgpack else REPLY_COPIES_JSON))
+    return int(payload * REPLY_COPIES[how])
 
 
 class HeldResponse(web.Response):
@@ -84,21 +86,25 @@ def _b64(data: bytes) -> Any:
     return msgspec.Raw(b"".join([b'"', *parts, b'"']))  # (one join: `b'"' + joined + b'"'` made two more copies)
 
 
-def _run(r: RunResult) -> RunResult:
+Big = Callable[[bytes], Any]  # what a bytes field becomes in the JSON (a large one: Raw)
+
+
+def _run(r: RunResult, big: Big) -> RunResult:
     if payload_bytes(r) <= LARGE:
         return r
     # (Raw where bytes are declared: msgspec encodes what it is given, unchecked.)
-    files = [FileOut(f.path, _b64(f.content), f.error) if f.content else f for f in r.files]
-    return msgspec.structs.replace(r, stdout=_b64(r.stdout), stderr=_b64(r.stderr), files=files)
+    files = [FileOut(f.path, big(f.content), f.error) if f.content else f for f in r.files]
+    return msgspec.structs.replace(r, stdout=big(r.stdout), stderr=big(r.stderr), files=files)
 
 
-def _prepared(payload: Any) -> Any:
+def prepared(payload: Any, big: Big = _b64) -> Any:
+    """The payload for msgspec.json.encode, each bytes field as `big` makes it."""
     if isinstance(payload, JobInfo) and payload.result is not None:
-        return msgspec.structs.replace(payload, result=_prepared(payload.result))
+        return msgspec.structs.replace(payload, result=prepared(payload.result, big))
     if isinstance(payload, RunResult):
-        return _run(payload)
+        return _run(payload, big)
     if isinstance(payload, SubmissionResult) and payload.runs:
-        return msgspec.structs.replace(payload, runs=[_run(r) for r in payload.runs])
+        return msgspec.structs.replace(payload, runs=[_run(r, big) for r in payload.runs])
     return payload
 
 
@@ -108,7 +114,7 @@ def encode(fmt: Literal["json", "msgpack"], payload: Any, text: bool = False) ->
         return msgspec.msgpack.encode(payload)  # bytes are copied as they are: no base64 to spread out
     if text:
         return msgspec.json.encode(textmode.tree(payload, _b64))
-    return msgspec.json.encode(_prepared(payload))
+    return msgspec.json.encode(prepared(payload))
 
 
 def response(body: bytes, status: int, ctype: str, hold: BodyHold | None) -> web.Response:

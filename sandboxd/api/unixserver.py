@@ -288,7 +288,7 @@ class _Conn:
                 on_job=on_job,
                 idempotency_key=req.idempotency_key,
             )
-            hold = self.inbound.hold_reply(payload_bytes(result), True)  # (encoded and handed to the socket)
+            hold = self.inbound.hold_reply(payload_bytes(result), "msgpack")  # (encoded and handed to the socket)
             try:
                 self.send({"id": req.id, "ok": True, "result": result})
             finally:

@@ -85,7 +85,7 @@ def test_a_large_reply_is_held_while_it_is_sent_and_given_back_when_its_client_g
             + body
         )
         s.recv(1)  # (the reply has begun)
-        reply = reply_cost(size, msgpack=False)  # the result and its encoding's copies
+        reply = reply_cost(size, "stream")  # the result (its base64 is made a chunk at a time)
         deadline = time.monotonic() + 30
         while results_held(d) != reply and time.monotonic() < deadline:
             time.sleep(0.05)  # (the job's own hold, RESULT_COPIES x, is given back once its result is saved)
