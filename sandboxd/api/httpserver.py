@@ -21,10 +21,10 @@ import msgspec
 from aiohttp import web
 
 from sandboxd import errors
-from sandboxd.api import cors, files, pages, replies, sessions, sse, tenantauth, textmode
+from sandboxd.api import cors, files, pages, sessions, sse, streamjson, tenantauth, textmode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
-from sandboxd.api.inbound import Inbound, offload
+from sandboxd.api.inbound import Inbound
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.openapi import document
 from sandboxd.api.receive import receive, take_body
@@ -32,7 +32,7 @@ from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
 from sandboxd.bodyhold import BODY
 from sandboxd.config import HTTP
 from sandboxd.errors import ServiceError
-from sandboxd.jobs.tenants import CALLER
+from sandboxd.jobs.tenants import CALLER, Caller
 from sandboxd.schema import Error, TestResult
 
 log = logging.getLogger(__name__)
@@ -102,13 +102,11 @@ def reply(req: web.Request, payload: Any, status: int = 200, headers: dict[str, 
     return web.Response(body=body, status=status, content_type=ctype, headers=headers)
 
 
-async def big_reply(req: web.Request, payload: Any, status: int = 200, text: bool = False) -> web.Response:
-    """reply(), encoded off the event loop when the result is large (a run's
-    files out in base64 JSON: 24 MiB took the loop for a second; sandboxd.api.replies).
+async def big_reply(req: web.Request, payload: Any, status: int = 200, text: bool = False) -> web.StreamResponse:
+    """reply() of a result, which may be large (sandboxd.api.streamjson.reply).
     text: JSON's text mode, as the request asked (sandboxd.api.textmode)."""
-    fmt = _fmt_out(req)
-    body = await offload(replies.payload_bytes(payload), replies.encode, fmt, payload, text)
-    return web.Response(body=body, status=status, content_type=MSGPACK[0] if fmt == "msgpack" else "application/json")
+    fmt, inbound = _fmt_out(req), req.config_dict[INBOUND]
+    return await streamjson.reply(req, payload, fmt, status, text, inbound, lambda r: _limit_headers(r, CALLER.get()))
 
 
 def error_reply(req: web.Request, err: Error, status: int | None = None) -> web.Response:
@@ -146,10 +144,15 @@ async def _handle(
         resp = await _served(request, handler)
     finally:
         CALLER.reset(bound)
-    if caller.limit is not None and not resp.prepared:
+    if not resp.prepared:
+        _limit_headers(resp, caller)
+    return resp
+
+
+def _limit_headers(resp: web.StreamResponse, caller: Caller | None) -> None:
+    if caller is not None and caller.limit is not None:
         for k, v in caller.limit.headers().items():
             resp.headers.setdefault(k, v)  # (a Retry-After of the reply's own wins)
-    return resp
 
 
 async def _served(
@@ -273,7 +276,7 @@ def idempotency_key(req: web.Request) -> str | None:
     return check_idempotency_key(req.headers.get("Idempotency-Key"), "Idempotency-Key header")
 
 
-async def _post(req: web.Request, op: str) -> web.Response:
+async def _post(req: web.Request, op: str) -> web.StreamResponse:
     wait = _wait_flag(req)
     text = textmode.wanted(req.query)  # (checked before the job starts)
     cb = req.query.get("callback_url")
@@ -293,7 +296,7 @@ async def _post(req: web.Request, op: str) -> web.Response:
     return await big_reply(req, res, 200 if wait else 202, text)
 
 
-async def post_run(req: web.Request) -> web.Response:
+async def post_run(req: web.Request) -> web.StreamResponse:
     return await _post(req, "run")
 
 
@@ -329,7 +332,7 @@ async def _post_events(req: web.Request) -> web.StreamResponse:
     return await sse.stream(req, req.app[INBOUND], start)
 
 
-async def get_job(req: web.Request) -> web.Response:
+async def get_job(req: web.Request) -> web.StreamResponse:
     ref = msgspec.json.encode({"job": req.match_info["job"]})
     text = textmode.wanted(req.query)
     timeout = req.query.get("wait")

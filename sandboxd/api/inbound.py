@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from sandboxd.api import replies
 from sandboxd.api.bodies import Body, Format, decode
 from sandboxd.api.decodepool import DECODE
 from sandboxd.bodyhold import BodyHold, copies
@@ -49,6 +50,8 @@ class BodyBudget(Protocol):
     a coordinator serves it without one)."""
 
     def try_reserve(self, holder: str, n: int) -> BodyHold | None: ...
+
+    def force(self, holder: str, n: int) -> BodyHold: ...
 
     def refuse(self, n: int, what: str) -> tuple[str, float]: ...
 
@@ -194,6 +197,16 @@ class Inbound:
             what = f"the request body ({n} bytes received and decoded)"
             raise error("queue_full", *self.budget.refuse(cost, what))
         return hold
+
+    def hold_reply(self, payload: int, how: replies.Encoding) -> BodyHold | None:
+        """The memory budget's count of a reply carrying `payload` bytes of
+        results (replies.reply_cost), while it is encoded and written; a small
+        one (under replies.LARGE) is not counted.  Forced, not refused: the
+        result exists (a waited job is done), and what it holds makes new work
+        wait at admission instead."""
+        if self.budget is None or payload < replies.LARGE:
+            return None
+        return self.budget.force("results", replies.reply_cost(payload, how))
 
     @classmethod
     def from_config(cls, cfg: Config, budget: BodyBudget | None = None) -> Inbound:

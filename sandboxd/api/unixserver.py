@@ -21,6 +21,7 @@ from sandboxd.api import unixsocket
 from sandboxd.api.bodies import Body
 from sandboxd.api.inbound import MAPPED_FROM, RECEIVE_CHUNK, Inbound, Listener, receive_buffer
 from sandboxd.api.inbound import default as default_inbound
+from sandboxd.api.replies import payload_bytes
 from sandboxd.api.wire import Frontend, dispatch
 from sandboxd.bodyhold import BODY, BodyHold
 from sandboxd.errors import ServiceError, as_error, error, make
@@ -58,7 +59,8 @@ class _Conn:
         if self.writer.is_closing():
             return
         data = _enc.encode(msg)
-        self.writer.write(LEN.pack(len(data)) + data)  # one write: frames never interleave
+        # One call (frames never interleave), not joined: a 64 MiB result's frame is not copied again.
+        self.writer.writelines((LEN.pack(len(data)), data))
 
     def send_error(self, rid: Any, err: Error) -> None:
         self.send({"id": rid, "ok": False, "error": err})
@@ -287,7 +289,12 @@ class _Conn:
                 idempotency_key=req.idempotency_key,
                 result_only=not req.progress,  # (with progress, on_job sends the job id first)
             )
-            self.send({"id": req.id, "ok": True, "result": result})
+            hold = self.inbound.hold_reply(payload_bytes(result), "msgpack")  # (encoded and handed to the socket)
+            try:
+                self.send({"id": req.id, "ok": True, "result": result})
+            finally:
+                if hold is not None:
+                    hold.release()
         except asyncio.CancelledError:
             raise
         except Exception as e:

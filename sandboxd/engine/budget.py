@@ -3,8 +3,8 @@
 Per-request limits bound one request; this bounds them all together.  The
 holders (`HOLDERS`): request bodies being received and decoded, those of
 queued and running jobs (stdin, files, tests' input and expected output,
-sources) and the compile cache; results
-are not held here (they live in the job store, and memory keeps a bounded
+sources), the compile cache, and jobs' results from the box's output until
+they are in the job store (`ResultHold`; memory then keeps only a bounded
 cache of small ones).  New work that would not fit
 is refused at admission (`BudgetFull`, a `QueueFull`: HTTP 429 with a
 Retry-After from the rate at which the budget is being freed), never accepted
@@ -30,13 +30,18 @@ from sandboxd.engine.scheduler import QueueFull, Ticket
 from sandboxd.rates import DrainRate, retry_after
 
 MiB = 1 << 20
-# (Results are not held: they live in the job store, and memory keeps a bounded
-# cache of small ones: sandboxd.jobs.table.HOT x HOT_BYTES.)
+# "results": a job's result from its files out being read until it is in the
+# job store (ResultHold; saved results live there, and memory keeps a bounded
+# cache of small ones: sandboxd.jobs.table.HOT x HOT_BYTES).
 # "receiving": request bodies from before their first byte is read until their
 # handler is done with them (sandboxd.api.inbound.Inbound.hold_body), so a
 # burst of large uploads is refused at its headers, not held in memory first.
 # "sessions": each live session's frames (sandboxd.api.sessions.FRAMES_HOLD).
-HOLDERS: Final = ("requests", "receiving", "sessions", "compile_cache")
+HOLDERS: Final = ("requests", "receiving", "sessions", "compile_cache", "results")
+# Copies of a result held at once until it is saved: the result alone.  The job
+# store is handed a large one split, its bytes written from the result's own
+# objects (sandboxd.jobs.resultblob); a small one's msgpack (under 64 KiB) is not counted.
+RESULT_COPIES = 1
 # (The default budget, from the host's memory: sandboxd.config.host.default_memory_budget.)
 COMPILE_CACHE_SHARE = 0.25  # of the budget, at most, for compiled programs
 OVERHEAD = 64  # bytes counted per object besides its payload (headers, pointers)
@@ -238,6 +243,52 @@ class ByteLRU(Generic[K, V]):
 
     def shrink(self, need: int) -> int:
         return self._evict(need)
+
+
+class ResultHold:
+    """One job's result in the budget (holder "results"), from its box's
+    files out until the job store has it.  A file out is read only if its
+    bytes fit (`room`, before a byte of it is read): one that does not is
+    refused with the budget's message and the run's other files go on, so a
+    load of large results never holds more than the budget.  Output the run
+    has already captured (bounded per run by limits.output) is counted as it
+    is (`settle`).  release() is idempotent."""
+
+    __slots__ = ("budget", "hold", "size")
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.hold = Hold(budget, "results", 0)
+        self.size = 0  # the final result's bytes (nbytes), once settled
+
+    @property
+    def n(self) -> int:
+        return self.hold.n
+
+    def room(self, size: int) -> str | None:
+        """For sandboxd.sandbox.boxfiles (Room): None if a file of `size`
+        bytes may be read (its bytes now held), else the reason it may not."""
+        cost = size * RESULT_COPIES
+        got = self.budget.try_reserve("results", cost)
+        if got is None:
+            why, _ = self.budget.refuse(cost, f"this file out ({size} bytes)")
+            return f"not read: {why}"
+        self._take(got)
+        return None
+
+    def settle(self, payload: object) -> None:
+        """The final result: what it holds beyond the files already counted."""
+        self.size = nbytes(payload)
+        short = self.size * RESULT_COPIES - self.hold.n
+        if short > 0:
+            self._take(self.budget.force("results", short))
+
+    def _take(self, got: Hold) -> None:
+        self.hold.n += got.n
+        got.n = 0  # (one Hold, released once)
+
+    def release(self) -> None:
+        self.hold.release()
 
 
 class Admission:

@@ -36,7 +36,7 @@ from sandboxd.rootfs.mounts import Rootfs, from_tree, host_default
 from sandboxd.sandbox import agentbin, cgroups, seccomp
 from sandboxd.sandbox.agentchan import AgentDied
 from sandboxd.sandbox.box import Box, BoxSpec, RunControl, Stdio
-from sandboxd.sandbox.boxfiles import Refused
+from sandboxd.sandbox.boxfiles import Refused, Room
 from sandboxd.schema import FileIn, Limits, RunRequest, RunResult, SchemaError, validate_run
 
 log = logging.getLogger(__name__)
@@ -259,11 +259,13 @@ class Engine:
         lang: str | None = None,
         stdio: Stdio | None = None,
         control: RunControl | None = None,
+        room: Room | None = None,
     ) -> RunResult:
         """One run on a warm box, after admission at `priority`.  deadline: the
-        monotonic time after which waiting in the queue is given up."""
+        monotonic time after which waiting in the queue is given up.  room: the
+        memory budget's leave for each file out (budget.ResultHold.room)."""
         validate_run(req, resolved=True)  # (a hash left unresolved would run as empty bytes)
-        return await self._run_checked(req, rootfs, priority, deadline, lang, stdio, control)
+        return await self._run_checked(req, rootfs, priority, deadline, lang, stdio, control, room)
 
     async def _run_checked(
         self,
@@ -274,6 +276,7 @@ class Engine:
         lang: str | None,
         stdio: Stdio | None,
         control: RunControl | None,
+        room: Room | None = None,
     ) -> RunResult:
         """`run` of a request validate_run has passed (`run`, or `prepare_run` once for many)."""
         pool = self.pools[rootfs]
@@ -290,7 +293,9 @@ class Engine:
                 handed = True
                 try:
                     # A retry gets fresh stdio only if the first attempt never started.
-                    return await box.run(req, stdio if attempt == 1 else None, control, then_reset=pool.fold_reset())
+                    return await box.run(
+                        req, stdio if attempt == 1 else None, control, then_reset=pool.fold_reset(), room=room
+                    )
                 except AgentDied as e:
                     # The run never started: a transparent retry on a fresh box.
                     box.broken = f"agent died: {e}"

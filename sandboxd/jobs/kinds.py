@@ -115,7 +115,8 @@ class RunKind(JobKind[RunRequest]):
         job.state = "running"
         t0 = time.monotonic()
         deadline = None if spec.queue_deadline is None else job.created + spec.queue_deadline
-        res = await ctx.engine.run(spec, priority=spec.priority, deadline=deadline)
+        room = job.results.room if job.results is not None and spec.files_out else None
+        res = await ctx.engine.run(spec, priority=spec.priority, deadline=deadline, room=room)
         ctx.recent.append(res.wall_time)
         ctx.metrics.run_seconds.labels(res.status).observe(time.monotonic() - t0)
         return res

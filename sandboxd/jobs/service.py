@@ -22,7 +22,7 @@ from collections.abc import Coroutine
 from typing import Any, Literal
 
 from sandboxd.config import JOBS, SessionsSettings
-from sandboxd.engine.budget import Admission
+from sandboxd.engine.budget import Admission, ResultHold
 from sandboxd.engine.compiler import Compiler
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.scheduler import QueueDeadline, QueueFull
@@ -151,6 +151,7 @@ class Service(Acceptance):
 
     def _start(self, job: Job, op: Op, spec: Spec) -> None:
         kind = job.handler = KINDS.of(spec)
+        job.results = ResultHold(self.engine.budget)
         if kind.compat:
             job.spec, job.lang = spec, kind.lang(spec)
             self.compat_pending += 1
@@ -219,16 +220,19 @@ class Service(Acceptance):
             self.compat_pending -= 1
         if kind is not None and job.spec is not None and job.notify and not job.requeue and kind.notifies(job.spec):
             self._background(kind.finished(job.id, job.spec, job.info(), self.callback_allow_private))
-        if not job.durable or (job.requeue and job.waited):
+        if job.durable and not job.requeue:
+            self.table.save(job)  # (its result's hold given back once saved)
+            return
+        if job.results is not None:
+            job.results.release()
+        if not job.durable or job.waited:
             # (a fleet job: its HostWorker holds it until Redis has the result; a waited
             # job cut off by a stop: nothing kept, its client's retry runs it again)
             self.table.drop(job)
             if job.accepted is not None and not job.accepted.done():  # (a retry about to acknowledge it)
                 job.accepted.set_exception(error("draining", STOPPED))
-        elif job.requeue:
-            self.store.release(job.id)
         else:
-            self.table.save(job)
+            self.store.release(job.id)
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         t = asyncio.ensure_future(coro)
@@ -301,6 +305,8 @@ class Service(Acceptance):
         try:
             job.result = await work
             job.state = "done"
+            if job.results is not None:
+                job.results.settle(job.result)  # (its output and figures: its files out are counted)
         except asyncio.CancelledError:
             job.state = "cancelled"
             job.error = make("cancelled")

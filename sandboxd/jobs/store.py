@@ -32,13 +32,16 @@ of their own: they see every committed row, and none of a batch in flight.
 Large rows are written off the loop: a batch carrying at least
 INLINE_BYTES of specs and results (a 48 MiB stdin is ~12,000 WAL pages, a
 quarter of a second of write(2)s) runs on the writer thread instead
-(sqlite3 releases the GIL while SQLite works).  Specs live in a table of their own: a job's row is
-updated when it finishes and when it expires, and SQLite rewrites a whole
-row on update, spec included.
+(sqlite3 releases the GIL while SQLite works).  Specs and results live in
+tables of their own: a job's row is updated when it finishes and when it
+expires, and SQLite rewrites a whole row on update, spec included; and a
+blob that is its row's last column is written and read in place, a chunk at
+a time (sandboxd.jobs.blobs: a 64 MiB result costs its size once, not three
+times).
 
 Rows: a job is inserted at acceptance (state "accepted", its spec: the
-request's msgpack, in `specs`), updated once when final (state, the
-JobInfo's msgpack, finished_at), turned into a small tombstone (state
+request's msgpack, in `specs`), updated once when final (state, finished_at;
+the JobInfo's msgpack into `results`), turned into a small tombstone (state
 "expired", spec and result dropped, the key freed) `results_ttl` after it
 finished, so a lookup can still tell "expired" from "never issued", and
 deleted another `results_ttl` later.  A waited job acknowledged only by its
@@ -79,22 +82,23 @@ from sandboxd.jobs.storerows import (
     OLDEST,
     OPEN,
     SCHEMA,
-    SPEC,
+    UNFINISHED,
     JobIdInUse,
     NewJob,
+    Split,
     Stored,
     StoreFull,
     Usage,
-    cols,
     default_max_bytes,
     default_path,
     migrate,
+    put_result,
     stored,
     tombstones,
 )
 
 # (The rows' names are sandboxd.jobs.storerows'; the store's users import them from here.)
-__all__ = ["EVICTED", "EXPIRED", "JobIdInUse", "JobStore", "NewJob", "StoreFull", "Stored", "default_path"]
+__all__ = ["EVICTED", "EXPIRED", "JobIdInUse", "JobStore", "NewJob", "Split", "StoreFull", "Stored", "default_path"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Done = Callable[[bool, Any], None]  # after a batch: (ok, the operation's result or exception)
@@ -158,22 +162,15 @@ class JobStore:
         once (so two daemons died with them) become final as lost instead:
         returns (to re-queue, lost ids).  A clean stop that kept a job
         (`release`) does not count."""
-        rows = [
-            s
-            for r in self.db.execute(f"SELECT {cols(SPEC)} FROM jobs WHERE finished_at IS NULL ORDER BY seq")
-            for s in [stored(r)]
-            if s is not None
-        ]
+        rows = [s for r in self.db.execute(UNFINISHED) for s in [stored(self.db, r)] if s is not None]
         again, lost = [], []
         now = time.time()
         self.db.execute("BEGIN IMMEDIATE")
         for s in rows:
             if s.restarts >= 1:
                 info = lost_info(s)
-                self.db.execute(
-                    "UPDATE jobs SET state='lost', info=?, finished_at=?, size=size+? WHERE id=?",
-                    (info, now, len(info), s.id),
-                )
+                sql = "UPDATE jobs SET state='lost', finished_at=?, size=size+? WHERE id=? RETURNING seq"
+                put_result(self.db, self.db.execute(sql, (now, len(info), s.id)).fetchone()[0], info)
                 lost.append(s.id)
             else:
                 self.db.execute("UPDATE jobs SET restarts=restarts+1 WHERE id=?", (s.id,))
@@ -364,7 +361,7 @@ class JobStore:
                 )
             except sqlite3.IntegrityError:
                 if job.key is not None:
-                    held = stored(db.execute(BY_KEY, (job.key,)).fetchone())
+                    held = stored(db, db.execute(BY_KEY, (job.key,)).fetchone())
                     if held is not None:
                         return held
                 raise JobIdInUse(job.id) from None
@@ -378,9 +375,28 @@ class JobStore:
 
         self._then(insert, then, cost=n)
 
-    def finish(self, job_id: str, state: str, info: bytes, finished_at: float, done: Done | None = None) -> None:
-        params = (state, info, finished_at, len(info), job_id)
-        sql = "UPDATE jobs SET state=?, info=?, finished_at=?, size=size+? WHERE id=? AND finished_at IS NULL"
+    def finish(
+        self, job_id: str, state: str, info: bytes | Split, finished_at: float, done: Done | None = None
+    ) -> None:
+        """The final JobInfo of an unfinished job saved (`info`: msgpack, or a
+        large one split, sandboxd.jobs.resultblob): done(True, (its row's
+        size,)), or done(True, None) if it was not unfinished."""
+        params = (state, finished_at, len(info), job_id)
+        sql = "UPDATE jobs SET state=?, finished_at=?, size=size+? WHERE id=? AND finished_at IS NULL"
+        sql += " RETURNING seq, size"
+
+        def write(db: sqlite3.Connection) -> tuple[int] | None:
+            db.execute("SAVEPOINT finish")  # (both or neither: an error undoes the failing statement only)
+            try:
+                row = db.execute(sql, params).fetchone()
+                if row is not None:
+                    put_result(db, row[0], info)  # (its own table: a large one in place, no copies)
+            except BaseException:
+                db.execute("ROLLBACK TO finish")
+                raise
+            finally:
+                db.execute("RELEASE finish")
+            return None if row is None else (row[1],)
 
         def then(ok: bool, val: Any) -> None:
             if ok and val is not None:
@@ -391,9 +407,11 @@ class JobStore:
             if done is not None:
                 done(ok, val)
 
-        self._then(lambda db: db.execute(sql + " RETURNING size", params).fetchone(), then, LATER, len(info))
+        self._then(write, then, LATER, len(info))
 
-    def record(self, job: NewJob, state: str, info: bytes, finished_at: float, done: Done | None = None) -> None:
+    def record(
+        self, job: NewJob, state: str, info: bytes | Split, finished_at: float, done: Done | None = None
+    ) -> None:
         """A waited job's one row, final when written (sandboxd.jobs.accept: it
         was not in the store while it ran), batched as finish() is: its result,
         its key and fingerprint (a keyed retry finds it after it has left
@@ -401,7 +419,20 @@ class JobStore:
         done(False, IntegrityError) if its id or key is taken."""
         n = len(info)
         j = job
-        row = (j.id, j.kind, j.callback_url, j.key, j.fingerprint, state, j.created_at, finished_at, info, n)
+        row = (j.id, j.kind, j.callback_url, j.key, j.fingerprint, state, j.created_at, finished_at, n)
+
+        def write(db: sqlite3.Connection) -> int:
+            db.execute("SAVEPOINT record")  # (both or neither, as finish)
+            try:
+                seq = db.execute(FINAL, row).lastrowid
+                assert seq is not None
+                put_result(db, seq, info)
+            except BaseException:
+                db.execute("ROLLBACK TO record")
+                raise
+            finally:
+                db.execute("RELEASE record")
+            return 1
 
         def then(ok: bool, val: Any) -> None:
             if ok:
@@ -409,7 +440,7 @@ class JobStore:
             if done is not None:
                 done(ok, val)
 
-        self._then(lambda db: db.execute(FINAL, row).rowcount, then, LATER, n)
+        self._then(write, then, LATER, n)
 
     def release(self, job_id: str) -> None:
         """Left unfinished by a clean stop: runs again at the next start, and
@@ -418,7 +449,7 @@ class JobStore:
 
     async def get(self, job_id: str) -> Stored | None:
         # (The readers' connection: it sees only committed rows, and never waits for a batch.)
-        return stored(self.rdb.execute(GET, (job_id,)).fetchone())
+        return self._read(GET, job_id)
 
     def by_key(self, key: str) -> Stored | None:
         """The job an idempotency key names, if committed and not yet expired.
@@ -427,8 +458,17 @@ class JobStore:
         connection between batches (it sees exactly the committed rows then):
         the readers' re-reads its pages after every commit, ~10 µs more per
         lookup, and a waited keyed job makes one per run (sandboxd.jobs.accept)."""
-        db = self.db if self._writing is None else self.rdb
-        return stored(db.execute(BY_KEY, (key,)).fetchone())
+        return self._read(BY_KEY, key, self.db if self._writing is None else self.rdb)
+
+    def _read(self, sql: str, param: str, db: sqlite3.Connection | None = None) -> Stored | None:
+        """A row and its result in one read transaction: the writer thread may
+        make it a tombstone between the two statements otherwise."""
+        db = self.rdb if db is None else db
+        db.execute("BEGIN")
+        try:
+            return stored(db, db.execute(sql, (param,)).fetchone())
+        finally:
+            db.execute("COMMIT")
 
     async def forget(self, job_id: str) -> bool:
         """A finished job's record dropped now (Judge0's DELETE): a tombstone."""

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from sandboxd.jobs import blobs
 from sandboxd.rates import DrainRate, retry_after
 
 OPEN = "accepted"  # the state of a job not yet final
@@ -30,11 +33,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     restarts INTEGER NOT NULL DEFAULT 0,  -- daemons that died with it unfinished (-1: stopped cleanly)
     created_at REAL NOT NULL,
     finished_at REAL,
-    info BLOB,                    -- the final JobInfo, msgpack
-    size INTEGER NOT NULL DEFAULT 0  -- bytes of its spec and info (0 once a tombstone): max_bytes counts these
+    info BLOB,                    -- unused (NULL): results are in `results` (files written before: moved at open)
+    size INTEGER NOT NULL DEFAULT 0  -- bytes of its spec and result (0 once a tombstone): max_bytes counts these
 );
 -- The request, msgpack; deleted when its job becomes a tombstone.
 CREATE TABLE IF NOT EXISTS specs (seq INTEGER PRIMARY KEY, spec BLOB NOT NULL);
+-- The final JobInfo, msgpack; deleted likewise.  A table of its own, the blob
+-- its last column, so that a large one is written and read in place (blobs).
+-- A large result (Split) is stored as SPLIT, its layout's length and layout, its head, its pieces.
+CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, info BLOB NOT NULL);
 -- Partial: a job without a key costs no entry in it.
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(seq) WHERE finished_at IS NULL;
@@ -63,12 +70,25 @@ class NewJob:
 
 
 @dataclass
+class Split:
+    """A result stored as a small head and its large bytes after it, written
+    from and read into bytes of their own, never joined (sandboxd.jobs.resultblob)."""
+
+    head: bytes
+    index: bytes  # resultblob's: where each piece goes back
+    pieces: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.head) + sum(len(p) for p in self.pieces)
+
+
+@dataclass
 class Stored:
     id: str
     kind: str
     state: str
     spec: bytes | None
-    info: bytes | None
+    info: bytes | Split | None
     fingerprint: bytes | None
     callback_url: str | None
     created_at: float
@@ -88,33 +108,76 @@ class StoreFull(Exception):
         self.retry_after = retry_after
 
 
-def cols(spec: str) -> str:
-    return f"id, kind, state, {spec}, info, fingerprint, callback_url, created_at, restarts, idem_key"
+def cols(spec: str, result: str = "CASE WHEN finished_at IS NOT NULL THEN seq END") -> str:
+    """A Stored's columns; in the result's place the row's seq (its `results` row,
+    read in place by `stored`) once it is final, else NULL (no result yet)."""
+    return f"id, kind, state, {spec}, {result}, fingerprint, callback_url, created_at, restarts, idem_key"
 
 
 SPEC = "(SELECT spec FROM specs WHERE specs.seq=jobs.seq)"
 # A lookup reads a spec only for a compat job (Judge0 shows its request back), not a run's 48 MiB stdin.
 GET = "SELECT " + cols(f"CASE kind WHEN 'compat' THEN {SPEC} END") + " FROM jobs WHERE id=?"
 BY_KEY = f"SELECT {cols('NULL')} FROM jobs WHERE idem_key=? AND idem_key IS NOT NULL"  # (uses the partial jobs_key)
-# A waited job's row, final at once (JobStore.record).
+# A waited job's row, final at once (JobStore.record; its result into `results`).
 FINAL = (
-    "INSERT INTO jobs (id, kind, callback_url, idem_key, fingerprint, state, created_at, finished_at, info, size)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO jobs (id, kind, callback_url, idem_key, fingerprint, state, created_at, finished_at, size)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+UNFINISHED = f"SELECT {cols(SPEC, 'NULL')} FROM jobs WHERE finished_at IS NULL ORDER BY seq"
 LIVE = f"state NOT IN ('{EXPIRED}', '{EVICTED}')"  # a row that is not a tombstone
 # The oldest results first (tombstones have size 0: the partial index jobs_results skips them).
 OLDEST = "SELECT seq, size FROM jobs WHERE finished_at IS NOT NULL AND size > 0 ORDER BY finished_at LIMIT ?"
-TOMBSTONE = "UPDATE jobs SET state=?, info=NULL, idem_key=NULL, fingerprint=NULL, size=0 WHERE "
+TOMBSTONE = "UPDATE jobs SET state=?, idem_key=NULL, fingerprint=NULL, size=0 WHERE "
 
 
-def stored(row: Any) -> Stored | None:
-    return None if row is None else Stored(*row)
+def stored(db: sqlite3.Connection, row: Any) -> Stored | None:
+    """A row of `cols`, its result read from `results` (in one copy: blobs.read).
+    Within one transaction, or the row may have become a tombstone in between."""
+    if row is None:
+        return None
+    fields = list(row)
+    seq = fields[4]
+    fields[4] = None if seq is None else read_result(db, seq)
+    return Stored(*fields)
+
+
+# A split result's blob starts with this byte, which no msgpack value starts
+# with (a JobInfo's msgpack, a map, is what any other result's starts with),
+# then its layout's length (4 bytes, big-endian) and its layout: (index, sizes
+# of its head and of each piece).
+SPLIT = b"\xc1"
+_layout = msgspec.msgpack.Decoder(tuple[bytes, list[int]])
+
+
+def read_result(db: sqlite3.Connection, seq: int) -> bytes | Split | None:
+    """One copy of it: a blob read whole, or a split one's pieces each into bytes of their own."""
+    with blobs.opened(db, "results", "info", seq) as blob:
+        if blob is None:
+            return None
+        if blob.read(len(SPLIT)) != SPLIT:
+            blob.seek(0)
+            return blob.read()
+        index, sizes = _layout.decode(blob.read(int.from_bytes(blob.read(4), "big")))
+        pieces = [blob.read(n) for n in sizes]
+        return Split(pieces[0], index, pieces[1:])
+
+
+def put_result(db: sqlite3.Connection, seq: int, info: bytes | Split) -> None:
+    """In place, from the caller's bytes (sandboxd.jobs.blobs): no copies of a large result."""
+    if isinstance(info, bytes):
+        blobs.insert(db, "results", "seq", "info", seq, info)
+        return
+    layout = msgspec.msgpack.encode((info.index, [len(info.head), *(len(p) for p in info.pieces)]))
+    start = SPLIT + len(layout).to_bytes(4, "big") + layout
+    blobs.insert(db, "results", "seq", "info", seq, start, more=[info.head, *info.pieces])
 
 
 def tombstones(db: sqlite3.Connection, state: str, where: str, params: tuple[Any, ...]) -> tuple[int, int]:
     """Rows matching `where` made tombstones (spec and result gone); (rows, bytes freed)."""
     rows = db.execute(TOMBSTONE + where + " RETURNING seq, size", (state, *params)).fetchall()
-    db.executemany("DELETE FROM specs WHERE seq=?", [(seq,) for seq, _ in rows])
+    seqs = [(seq,) for seq, _ in rows]
+    db.executemany("DELETE FROM specs WHERE seq=?", seqs)
+    db.executemany("DELETE FROM results WHERE seq=?", seqs)
     return len(rows), sum(size for _, size in rows)
 
 
@@ -131,14 +194,25 @@ def default_max_bytes(path: str) -> int:
     return max(MAX_BYTES_MIN, min(MAX_BYTES_MAX, st.f_blocks * st.f_frsize // 10))
 
 
+RESULTS_OWN_TABLE = 1  # PRAGMA user_version from which results are in `results`
+
+
 def migrate(db: sqlite3.Connection) -> None:
-    """A file written before specs had a table of their own (and rows a size): moved, once."""
-    if any(col[1] == "size" for col in db.execute("PRAGMA table_info(jobs)")):
+    """A file written before specs had a table of their own (and rows a size),
+    or before results had theirs: moved, once each."""
+    if not any(col[1] == "size" for col in db.execute("PRAGMA table_info(jobs)")):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ALTER TABLE jobs ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+        db.execute("INSERT INTO specs (seq, spec) SELECT seq, spec FROM jobs WHERE spec IS NOT NULL")
+        db.execute("UPDATE jobs SET size=coalesce(length(spec), 0) + coalesce(length(info), 0), spec=NULL")
+        db.execute("COMMIT")
+    if db.execute("PRAGMA user_version").fetchone()[0] >= RESULTS_OWN_TABLE:
         return
+    # (A new file too, once: it has no row to move.  user_version, not a scan of `info`, says it is done.)
     db.execute("BEGIN IMMEDIATE")
-    db.execute("ALTER TABLE jobs ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
-    db.execute("INSERT INTO specs (seq, spec) SELECT seq, spec FROM jobs WHERE spec IS NOT NULL")
-    db.execute("UPDATE jobs SET size=coalesce(length(spec), 0) + coalesce(length(info), 0), spec=NULL")
+    db.execute("INSERT INTO results (seq, info) SELECT seq, info FROM jobs WHERE info IS NOT NULL")
+    db.execute("UPDATE jobs SET info=NULL WHERE info IS NOT NULL")
+    db.execute(f"PRAGMA user_version={RESULTS_OWN_TABLE}")
     db.execute("COMMIT")
 
 

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from sandboxd.errors import ServiceError, error
+from sandboxd.jobs import resultblob
 from sandboxd.jobs.fingerprint import Spec
 from sandboxd.jobs.kinds import KINDS, JobKind
 from sandboxd.jobs.store import EVICTED, EXPIRED, JobStore, NewJob, Stored
 from sandboxd.schema import Error, JobInfo, RunResult, SubmissionResult, TestResult
 
 if TYPE_CHECKING:
-    from sandboxd.engine.budget import Admission
+    from sandboxd.engine.budget import Admission, ResultHold
     from sandboxd.jobs.tenants import Charge
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ HOT_BYTES = 64 << 10
 LISTENERS = 8
 
 _enc = msgspec.msgpack.Encoder()
-_info_dec = msgspec.msgpack.Decoder(JobInfo)
 
 
 @dataclass(eq=False)
@@ -78,6 +78,7 @@ class Job:
     spec_size: int = 0  # its encoded request: a compat job's spec stays with a cached result
     admission: Admission | None = None  # its queue places and request bytes (sandboxd.engine.budget), until final
     charge: Charge | None = None  # its hold on its tenant (sandboxd.jobs.tenants), until final
+    results: ResultHold | None = None  # its result's bytes in the memory budget, until saved
 
     def info(self) -> JobInfo:
         return JobInfo(
@@ -145,7 +146,8 @@ class JobTable:
         job's one row inserted), then out of memory (a small result stays in
         the cache).  Until its row is written it stays in `jobs` (and its key
         in `keys`), so a lookup never falls between memory and store."""
-        blob = _enc.encode(job.info())
+        # (a large result is split, not encoded: written from its own bytes, sandboxd.jobs.resultblob)
+        blob = resultblob.encode(job.info(), 0 if job.results is None else job.results.size)
         size = len(blob) + (job.spec_size if job.spec is not None else 0)
         at = job.finished_at or time.time()
         done = functools.partial(self._saved, job, size)
@@ -160,6 +162,8 @@ class JobTable:
         if not ok:
             log.error("job store: the result of job %s was not saved: %s", job.id, err)
         self.drop(job)
+        if job.results is not None:
+            job.results.release()  # (the store has it; memory keeps it only if small: `hot`)
         job.listeners.clear()  # (closures over connections that may be gone)
         job.task = job.request = None
         acc = job.accepted
@@ -194,7 +198,7 @@ class JobTable:
             raise error("not_found", why)
         if s.info is None:  # committed, its task about to start
             return JobInfo(s.id, kind_of(s.kind), "queued", created_at=s.created_at)
-        info = _info_dec.decode(s.info)
+        info = resultblob.decode(s.info)
         if info.finished_at is not None and time.time() - info.finished_at > self.ttl:
             raise self._expired(s.id)  # (not yet swept)
         return info

@@ -157,6 +157,7 @@ class Box:
         control: RunControl | None = None,
         *,
         then_reset: bool = False,
+        room: boxfiles.Room | None = None,
     ) -> RunResult:
         """Run one program.  Raises AgentDied if the agent vanished before the
         run started (the caller may retry on another box).
@@ -167,10 +168,11 @@ class Box:
         always closed here.  control: signals the run while it runs.
         then_reset: the box goes back to a pool after this run: the agent
         resets it before replying (not when files_out are still to be read),
-        and `fresh` tells whether it did."""
+        and `fresh` tells whether it did.  room: asked before each file out is
+        read (boxfiles.read_files_out: the daemon's memory budget)."""
         owned: list[int] = list(stdio) if stdio else []
         try:
-            return await self._run(req, stdio, owned, control, then_reset and not req.files_out)
+            return await self._run(req, stdio, owned, control, then_reset and not req.files_out, room)
         finally:
             for fd in owned:
                 os.close(fd)
@@ -182,6 +184,7 @@ class Box:
         owned: list[int],
         control: RunControl | None,
         then_reset: bool,
+        room: boxfiles.Room | None,
     ) -> RunResult:
         assert self.chan is not None
         chan = self.chan
@@ -221,7 +224,11 @@ class Box:
             if not out.done.done() or not err.done.done():
                 out.close()
                 err.close()
-        return self._finish(req, res, rc, out, err, stop.killed)
+        result = self._finish(req, res, rc, out, err, stop.killed)
+        if req.files_out:
+            lim = req.limits
+            result.files = boxfiles.read_files_out(self.boxfd, req.files_out, lim.file_size, MAX_FILES_OUT_BYTES, room)
+        return result
 
     def _finish(
         self, req: RunRequest, res: proto.AgentResult, rc: RunCgroup, out: Capture, err: Capture, killed: bool
@@ -233,8 +240,6 @@ class Box:
         if res.flags & proto.R_LEFTOVERS:
             self.broken = "processes survived SIGKILL"
         result = classify(res, mem, out, err, req, killed)
-        if req.files_out:
-            result.files = boxfiles.read_files_out(self.boxfd, req.files_out, req.limits.file_size, MAX_FILES_OUT_BYTES)
         self._agent_reset = reset
         self.fresh = reset and self.cg.settled
         return result

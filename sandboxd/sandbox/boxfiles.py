@@ -14,9 +14,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 
 from sandboxd.schema import FileOut
 
+# room(n): None if n more bytes of files out may be held, else why not (sandboxd.engine.budget.ResultHold).
+Room = Callable[[int], str | None]
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -77,7 +80,10 @@ def write_in(boxfd: int, path: str, data: bytes, executable: bool, uid: int, gid
         os.close(fd)
 
 
-def read_out(boxfd: int, path: str, max_size: int) -> bytes:
+def read_out(boxfd: int, path: str, max_size: int, room: Room | None = None) -> bytes:
+    """The file's bytes, read into one buffer of its size (no chunks joined:
+    a second copy of a 16 MiB file).  room: asked for the size before a byte
+    is read (the daemon's memory budget); its refusal is the file's."""
     *dirs, name = path.split("/")
     dfd = _walk(boxfd, dirs, False, 0, 0)
     try:
@@ -96,41 +102,58 @@ def read_out(boxfd: int, path: str, max_size: int) -> bytes:
     finally:
         os.close(dfd)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused("not a regular file")
-        if st.st_nlink != 1:
-            raise Refused("has hard links")
-        if st.st_dev != box_dev:
-            raise Refused("not on the box's file system")
-        if st.st_size > max_size:
-            raise Refused(f"{st.st_size} bytes, more than the limit of {max_size}")
-        chunks = []
-        left = max_size + 1
-        while left > 0:
-            b = os.read(fd, min(left, 1 << 20))
-            if not b:
-                break
-            chunks.append(b)
-            left -= len(b)
-        data = b"".join(chunks)
-        if len(data) > max_size:
-            raise Refused(f"more than the limit of {max_size} bytes")
-        return data
+        size = _checked_size(fd, box_dev, max_size)
+        why = None if room is None else room(size)
+        if why is not None:
+            raise Refused(why)
+        return _read_whole(fd, size)
     finally:
         os.close(fd)
 
 
-def read_files_out(boxfd: int, paths: list[str], max_size: int, max_total: int) -> list[FileOut]:
+def _checked_size(fd: int, box_dev: int, max_size: int) -> int:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise Refused("not a regular file")
+    if st.st_nlink != 1:
+        raise Refused("has hard links")
+    if st.st_dev != box_dev:
+        raise Refused("not on the box's file system")
+    if st.st_size > max_size:
+        raise Refused(f"{st.st_size} bytes, more than the limit of {max_size}")
+    return st.st_size
+
+
+def _read_whole(fd: int, size: int) -> bytes:
+    """Exactly `size` bytes, normally in one read(2) into one bytes object (a
+    regular file on tmpfs is read whole; os.read trims its buffer in place).
+    Every process of the box is dead by now, so the file cannot change; one
+    that did anyway (a longer or shorter read) is refused, not returned in part."""
+    data = os.read(fd, size + 1) if size else b""
+    while 0 < len(data) < size:  # (a short read: a signal; the rest appended, a copy, rarely)
+        more = os.read(fd, size + 1 - len(data))
+        if not more:
+            break
+        data += more
+    if len(data) != size or (not size and os.read(fd, 1)):
+        raise Refused("changed while it was read")
+    return data
+
+
+def read_files_out(
+    boxfd: int, paths: list[str], max_size: int, max_total: int, room: Room | None = None
+) -> list[FileOut]:
     """Each of `paths` (distinct: the schema refuses duplicates), at most
     `max_size` bytes each and `max_total` together: a file that would take the
-    run past the total is refused by its size before a byte of it is read."""
+    run past the total is refused by its size before a byte of it is read.
+    room(n): the daemon's leave to hold n bytes more, asked before each file
+    is read (None: granted; else the reason it is not, which the file gets)."""
     out: list[FileOut] = []
     left = max_total
     for p in paths:
         limit = min(max_size, left)
         try:
-            data = read_out(boxfd, p, limit)
+            data = read_out(boxfd, p, limit, room)
         except Refused as e:
             msg = str(e)
             if limit < max_size and "limit" in msg:

@@ -238,6 +238,38 @@ def test_a_file_from_before_specs_had_their_own_table_is_migrated(tmp_path: Path
     asyncio.run(check())
 
 
+def test_a_file_from_before_results_had_their_own_table_is_migrated(tmp_path: Path) -> None:
+    # lead2's schema: specs in `specs`, results in jobs.info (user_version 0).
+    path = tmp_path / "j.sqlite3"
+    s = JobStore(path, 1e9)
+    asyncio.run(s.close())
+    old = sqlite3.connect(path)
+    old.executescript(
+        "PRAGMA user_version=0; DROP TABLE results;"
+        "INSERT INTO jobs (seq, id, kind, state, created_at, finished_at, info, size, idem_key)"
+        " VALUES (7, 'b', 'run', 'done', 1.0, 2.0, x'0607', 4, 'k');"
+        "INSERT INTO specs (seq, spec) VALUES (7, x'0102');"
+    )
+    old.commit()
+    old.close()
+    s = JobStore(path, 1e9)
+    assert s.db.execute("SELECT count(*) FROM jobs WHERE info IS NOT NULL").fetchone() == (0,)
+    assert s.db.execute("PRAGMA user_version").fetchone() == (1,)
+
+    async def check() -> None:
+        b = await s.get("b")
+        assert b is not None and b.state == "done" and b.info == b"\x06\x07"
+        k = s.by_key("k")
+        assert k is not None and k.id == "b" and k.info == b"\x06\x07"
+        assert await s.forget("b")  # a tombstone: its result row goes with it
+        assert s.db.execute("SELECT count(*) FROM results").fetchone() == (0,)
+        gone = await s.get("b")
+        assert gone is not None and gone.state == EXPIRED and gone.info is None
+        await s.close()
+
+    asyncio.run(check())
+
+
 def test_a_full_store_refuses_new_jobs_with_queue_full_and_retry_after(engine: SyncEngine, tmp_path: Path) -> None:
     """Through a real Service: jobs accepted while they fit, then 429-style refusals
     (nothing accepted is dropped), and the store's bytes in /v1/status and /metrics."""

@@ -91,6 +91,37 @@ def test_a_waited_job_is_written_once_at_its_end(engine: SyncEngine, tmp_path: P
     engine.call(scenario())
 
 
+def test_a_waited_job_with_a_large_result_is_stored_split_and_read_back_whole(
+    engine: SyncEngine, tmp_path: Path
+) -> None:
+    """The waited job's one row carries a split result (sandboxd.jobs.resultblob)
+    like finish() does: in `results`, not in the unused jobs.info column, and a
+    keyed retry after it left memory gets every byte back."""
+
+    async def scenario() -> None:
+        svc, writes = _svc(engine, tmp_path / "j.sqlite3")
+        try:
+            req = RunRequest(cmd=["head", "-c", str(512 << 10), "/dev/zero"])  # past resultblob.SPLIT_FROM
+            acked = await svc.start_run(req, idempotency_key="w-big", waited=True)
+            info = await svc.wait_job(acked.job)
+            assert info.result is not None and len(info.result.stdout) == 512 << 10, info.state
+            await saved(svc, acked.job)
+            assert _count(writes, "INSERT INTO JOBS") == 1 and _count(writes, "UPDATE JOBS") == 0, writes
+            db = svc.store.db
+            assert db.execute("SELECT info FROM jobs WHERE id=?", (acked.job,)).fetchone()[0] is None
+            (n,) = db.execute(
+                "SELECT length(results.info) FROM results JOIN jobs USING (seq) WHERE id=?", (acked.job,)
+            ).fetchone()
+            assert n > 512 << 10
+            svc.table.hot.clear()
+            again = await svc.start_run(req, idempotency_key="w-big", waited=True)
+            assert again == info and _idle(engine)
+        finally:
+            await svc.close()
+
+    engine.call(scenario())
+
+
 def test_a_keyed_retry_while_it_runs_is_that_job_and_an_acknowledging_one_stores_it(
     engine: SyncEngine, tmp_path: Path
 ) -> None:

@@ -214,6 +214,26 @@ def test_files_in_and_out(engine: SyncEngine) -> None:
     assert got["missing.txt"].content is None and got["missing.txt"].error
 
 
+def _hwm() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def test_a_file_out_is_read_into_one_buffer_not_joined_from_chunks(engine: SyncEngine) -> None:
+    # On lead2 read_out kept 1 MiB chunks and joined them: twice the file at once.
+    size = 32 << 20
+    make = ["sh", "-c", f"head -c {size} /dev/urandom > f"]
+    limits = Limits(file_size=size, memory=128 << 20)
+    engine.run(make, files_out=["f"], limits=limits)  # (warm: the allocator's first large blocks)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _hwm()
+    r = engine.run(make, files_out=["f"], limits=limits)
+    grown = _hwm() - before
+    assert r.status == "ok" and len(r.files[0].content or b"") == size, r.files[0].error
+    assert grown < size * 3 // 2, f"a {size >> 20} MiB file out grew the peak by {grown / (1 << 20):.1f} MiB"
+
+
 def test_stdin_passes_through(engine: SyncEngine) -> None:
     data = os.urandom(1 << 20)
     r = engine.run(["sha256sum"], stdin=data)

@@ -12,7 +12,7 @@ import uvloop
 from sandboxd import config, schema
 from sandboxd.bodyhold import BODY, copies, stored
 from sandboxd.config.host import DEFAULT_CAP, DEFAULT_FLOOR, default_memory_budget
-from sandboxd.engine.budget import OVERHEAD, BudgetFull, ByteLRU, MemoryBudget, nbytes
+from sandboxd.engine.budget import OVERHEAD, RESULT_COPIES, BudgetFull, ByteLRU, MemoryBudget, ResultHold, nbytes
 from sandboxd.engine.scheduler import AdmissionQueue, QueueFull, Ticket
 from sandboxd.rates import RETRY_MAX, RETRY_MIN, DrainRate, retry_after
 from sandboxd.schema import Submission
@@ -146,7 +146,7 @@ def test_budget_refuses_what_does_not_fit_with_a_clear_message() -> None:
         "limit": 100 * MiB,
         "used": 90 * MiB,
         "refused": 2,
-        "holders": {"requests": 90 * MiB, "receiving": 0, "sessions": 0, "compile_cache": 0},
+        "holders": {"requests": 90 * MiB, "receiving": 0, "sessions": 0, "compile_cache": 0, "results": 0},
     }
 
 
@@ -224,7 +224,7 @@ def test_a_jobs_admission_takes_its_share_of_its_bodys_hold() -> None:
     token = BODY.set(body)
     try:
         job = b.admit_request(7 * MiB, "the run")
-        assert b.used == {"requests": 7 * MiB, "receiving": 9 * MiB, "sessions": 0, "compile_cache": 0}
+        assert b.used == {"requests": 7 * MiB, "receiving": 9 * MiB, "sessions": 0, "compile_cache": 0, "results": 0}
         assert body.n == 9 * MiB
         stored()  # (the spec in the job store: the body's other copies are gone)
         assert body.n == 0 and b.total == 7 * MiB
@@ -256,3 +256,16 @@ def test_another_budgets_body_hold_is_not_credited() -> None:
         assert other.total == 8 * MiB
     finally:
         BODY.reset(token)
+
+
+def test_a_result_hold_reads_a_file_only_if_it_fits_and_settles_the_rest_once() -> None:
+    b = MemoryBudget(10 * MiB)
+    r = ResultHold(b)
+    assert r.room(6 * MiB) is None and b.used["results"] == 6 * MiB * RESULT_COPIES
+    why = r.room(6 * MiB)
+    assert why is not None and why.startswith("not read: ") and "memory budget is full" in why
+    r.settle(b"x" * (6 * MiB))  # (the result: its file already counted, no more forced)
+    assert r.size == nbytes(b"x" * (6 * MiB)) and b.used["results"] == r.size * RESULT_COPIES
+    r.release()
+    r.release()  # (idempotent)
+    assert b.total == 0 and b.refused == 1
