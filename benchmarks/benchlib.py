@@ -6,6 +6,7 @@ lets the baselines run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import math
@@ -357,6 +358,20 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def scratch_store(env: dict[str, str], d: str) -> dict[str, str]:
+    """env with the daemon's job store in the benchmark's own directory d
+    (SANDBOXD_JOB_STORE), not state_dir/jobs/INSTANCE: a hostile load leaves
+    gigabytes of results there, one file per run of the benchmark.  Dropped
+    by drop_store once the daemon has stopped."""
+    return {**env, "SANDBOXD_JOB_STORE": f"{d}/jobs.sqlite3"}
+
+
+def drop_store(d: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{d}/jobs.sqlite3{suffix}")
 
 
 def no_redis() -> bool:

@@ -91,6 +91,7 @@ class Daemon:
         cmd += ["--http", f"127.0.0.1:{self.port}", "--pool-size", str(pool)]
         # (Its own pid file: the default, run_dir's, is one per host, and benchmarks run side by side.)
         env = {**os.environ, "SANDBOXD_SELFTEST": "false", "SANDBOXD_PID_FILE": f"{self.dir}/sandboxd.pid"}
+        env = bl.scratch_store(env, self.dir)
         if budget:  # (else the daemon's default, from the host's memory)
             env["SANDBOXD_MEMORY_BUDGET"] = str(budget)
         self.log = open(f"{self.dir}/log", "wb")  # noqa: SIM115 - closed in stop()
@@ -125,6 +126,7 @@ class Daemon:
     def stop(self) -> None:
         bl.stop_process(self.proc)
         self.log.close()
+        bl.drop_store(self.dir)
 
 
 def sample(port: int, pid: int, stop: Any, out: Any) -> None:

@@ -49,6 +49,7 @@ class Daemon:
         env = {**os.environ, "SANDBOXD_MEMORY_BUDGET": str(budget), "SANDBOXD_SELFTEST": "false"}
         env["SANDBOXD_PID_FILE"] = f"{self.dir}/sandboxd.pid"  # (not run_dir's: benchmarks run side by side)
         env["PYTHONPATH"] = f"{ROOT}:{env.get('PYTHONPATH', '')}"
+        env = bl.scratch_store(env, self.dir)
         log = open(f"{self.dir}/log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT)
         bl.wait_ready(self.url, self.proc, f"{self.dir}/log")
@@ -74,6 +75,7 @@ class Daemon:
 
     def stop(self) -> None:
         bl.stop_process(self.proc)
+        bl.drop_store(self.dir)
 
 
 def load(d: Daemon, what: str, n: int) -> list[int]:
