@@ -134,7 +134,9 @@ async def _handle(
         return await _served(request, handler)  # (a self-authenticating route checks its caller itself)
     headers = (h for app in request.match_info.apps for h in app.get(TOKEN_HEADERS, ()))
     creds = list(tenantauth.presented(request, headers))
-    caller = tenantauth.identify(creds, request.app[TOKEN], request.config_dict[SVC].tenants)
+    caller = tenantauth.identify(
+        creds, request.app[TOKEN], request.config_dict[SVC].tenants, tenantauth.billed(request)
+    )
     if caller is None:
         return error_reply(request, Error("unauthorized", "missing or wrong bearer token or API key"))
     if caller.tenant is not None and request.path == "/metrics":  # (every tenant's usage: the operator's)

@@ -240,7 +240,7 @@ async def _serve(request: web.Request, sessions: Sessions, token: str, tenants: 
         start = await read_start(ws, sessions.settings.start_timeout)
         # The bearer token or a tenant's key, in the header or the start message.
         creds = [*tenantauth.presented(request, iter(())), *([start.token] if start.token else [])]
-        caller = tenantauth.identify(creds, token, tenants)
+        caller = tenantauth.identify(creds, token, tenants, tenantauth.billed(request))
         if caller is None:
             raise errors.error("unauthorized", UNAUTHORIZED)
         bound = CALLER.set(caller)

@@ -12,6 +12,7 @@ is that tenant.  The admin API is the bearer token's only: a tenant key gets
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Iterator
 
 import msgspec
@@ -22,6 +23,10 @@ from sandboxd.jobs.tenants import CALLER, Caller, Tenants
 from sandboxd.tenancy import Tenant
 
 BEARER = "Bearer "
+# The tenant a coordinator proxies a live session for (sandboxd.fleet.sessionproxy),
+# believed only from the holder of the bearer token: a host's coordinators.
+BILLED_HEADER = "X-Sandboxd-Tenant"
+_TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # (tenancy.TenantName)
 
 
 def presented(request: web.Request, token_headers: Iterator[str]) -> Iterator[str]:
@@ -35,11 +40,19 @@ def presented(request: web.Request, token_headers: Iterator[str]) -> Iterator[st
             yield v
 
 
-def identify(creds: list[str], token: str, tenants: Tenants) -> Caller | None:
-    """The caller, or None: unauthorized."""
+def billed(request: web.Request) -> str:
+    """The BILLED_HEADER's tenant name, "" if absent or not a tenant name."""
+    name = request.headers.get(BILLED_HEADER, "")
+    return name if _TENANT_NAME.fullmatch(name) else ""
+
+
+def identify(creds: list[str], token: str, tenants: Tenants, billed: str = "") -> Caller | None:
+    """The caller, or None: unauthorized.  billed (BILLED_HEADER) is kept only
+    for the bearer token's holder, and only when a token is set: with none,
+    anyone is the admin and could bill another tenant."""
     want = token.encode()
     if token and any(hmac.compare_digest(c.encode(), want) for c in creds):
-        return Caller(admin=True)
+        return Caller(admin=True, billed=billed)
     for c in creds:
         st = tenants.by_key(c)
         if st is not None:

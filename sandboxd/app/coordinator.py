@@ -28,7 +28,7 @@ from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.sessionproxy import SessionProxy
 from sandboxd.fleet.sessionproxy import add_route as add_session_route
 from sandboxd.fleet.store import FleetStore
-from sandboxd.fleet.tenants import FleetTenants
+from sandboxd.fleet.tenants import FleetTenants, today
 
 __all__ = ["routes", "serve"]
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def routes(coord: Coordinator, cfg: Config | None = None) -> Callable[[web.Appli
         coord.metrics,
         lambda: coord.tenants,
         coord.store.tenant_running,
+        lambda name: coord.store.tenant_cpu_today(name, today()),
     )
     coord.sessions = proxy  # (Piston's app finds its connect here: sandboxd.compat.piston.http)
 

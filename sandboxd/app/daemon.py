@@ -19,6 +19,7 @@ from sandboxd.fleet.executor import ServiceExecutor
 from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.host import HostSettings, HostWorker
 from sandboxd.fleet.store import FleetStore
+from sandboxd.fleet.tenants import SessionBills
 from sandboxd.jobs.files import HostFiles
 from sandboxd.jobs.service import Service
 from sandboxd.jobs.store import JobStore, default_path
@@ -41,6 +42,7 @@ async def serve(cfg: Config) -> int:
         unixsocket.check_free(cfg.socket.path)  # before the pool is built: refuse at once
     engine = await Engine.start(EngineConfig.from_config(cfg))
     worker: HostWorker | None = None
+    bills: SessionBills | None = None
     try:
         if cfg.engine.selftest:
             failed = await engine.selftest()
@@ -86,15 +88,20 @@ async def serve(cfg: Config) -> int:
                 store, ServiceExecutor(svc), HostSettings.from_config(cfg.fleet, fleet_host_id(cfg), info)
             )
             await worker.start()
+            bills = SessionBills(store)
+            svc.sessions.bill = bills
 
         async def stopping() -> None:
             if worker is not None:
                 # Fleet jobs first: finished or handed back, so the fleet re-queues
                 # them at once instead of waiting for a lease to run out.
                 await worker.leave(cfg.drain_timeout)
-                await worker.store.close()
             await svc.drain(cfg.drain_timeout)
             await svc.close()
+            if worker is not None:  # (after the drain: the sessions it ended bill their tenants)
+                if bills is not None:
+                    await bills.close()
+                await worker.store.close()
 
         what = "instance {}, {} cgroups, pool {}{}".format(
             cfg.instance,

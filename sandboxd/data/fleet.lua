@@ -531,9 +531,8 @@ local function heartbeat()
   return out
 end
 
--- Charge a job's CPU seconds to its tenant: today's (its daily quota) and the counter.
-local function charge(jk, cpu)
-  local tenant = redis.call('HGET', jk, 'tenant')
+-- Charge CPU seconds to a tenant: today's (its daily quota) and the counter.
+local function charge_tenant(tenant, cpu)
   if not tenant or tenant == '' or not cpu or cpu <= 0 then
     return
   end
@@ -541,6 +540,18 @@ local function charge(jk, cpu)
   redis.call('HINCRBYFLOAT', dk, tenant, cpu)
   redis.call('EXPIRE', dk, 2 * DAY_MS / 1000)  -- (yesterday's stays readable past midnight)
   redis.call('HINCRBYFLOAT', key('tenants', 'cpu'), tenant, cpu)
+end
+
+-- A job's CPU seconds to its tenant.
+local function charge(jk, cpu)
+  charge_tenant(redis.call('HGET', jk, 'tenant'), cpu)
+end
+
+-- bill tenant cpu_seconds: a live session's CPU (sessions are not fleet jobs:
+-- the host that ran one, proxied by a coordinator, reports it when it ends).
+local function bill()
+  charge_tenant(ARGV[3], tonumber(ARGV[4] or '0'))
+  return 'ok'
 end
 
 -- complete id session attempt info state ttl host cpu_seconds: the first
@@ -715,6 +726,7 @@ end
 local ops = {
   enqueue = enqueue, claim = claim, register = register, heartbeat = heartbeat, complete = complete,
   quarantine = quarantine, cancel = cancel, release = release, reap = reap, leave = leave, forget = forget,
+  bill = bill,
 }
 local f = ops[op]
 if not f then

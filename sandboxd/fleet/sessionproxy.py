@@ -37,7 +37,7 @@ from sandboxd.compat.piston import connect as piston
 from sandboxd.config import SessionsSettings
 from sandboxd.errors import ServiceError
 from sandboxd.jobs.metrics import FrontendMetrics
-from sandboxd.jobs.tenants import CALLER, Caller, Tenants
+from sandboxd.jobs.tenants import CALLER, Caller, Tenants, TenantState
 from sandboxd.schema import Error
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class SessionProxy:
         metrics: FrontendMetrics,
         tenants: Callable[[], Tenants],
         running: Callable[[str], Awaitable[int]],
+        cpu_today: Callable[[str], Awaitable[float]],
     ) -> None:
         self.hosts = hosts
         self.settings = settings
@@ -78,6 +79,7 @@ class SessionProxy:
         self.metrics = metrics
         self.tenants = tenants  # the coordinator's (read at each session: the admin API may replace them)
         self.running = running  # a tenant's jobs in flight fleet-wide (Redis)
+        self.cpu_today = cpu_today  # a tenant's CPU seconds today fleet-wide (Redis; sessions' billed by their hosts)
         self.active = 0
         self.held: Counter[str] = Counter()  # live sessions per tenant, on this coordinator
         metrics.sessions_active.set_function(lambda: self.active)
@@ -107,7 +109,7 @@ class SessionProxy:
                 raise errors.error("unauthorized", api.UNAUTHORIZED)
             held = await self._admit(caller, start.language)
             start.token = ""  # (the client's credential is the coordinator's; the host gets its own in the header)
-            reason = await self._proxy(ws, "sessions", start.language, msgspec.json.encode(start).decode())
+            reason = await self._proxy(ws, "sessions", start.language, msgspec.json.encode(start).decode(), held)
         except ServiceError as e:
             await api.send_error(ws, e.err)
         except Exception as e:
@@ -135,7 +137,7 @@ class SessionProxy:
             if init is not None:
                 job, text = init
                 held = await self._admit(CALLER.get(), job.lang)
-                reason = await self._proxy(ws, "piston", job.lang, text)
+                reason = await self._proxy(ws, "piston", job.lang, text, held)
         except ServiceError as e:
             await piston.fail(ws, e.err.message)
         except Exception as e:
@@ -162,12 +164,26 @@ class SessionProxy:
             return None
         name = st.spec.name
         self.held[name] += 1  # (before the await: sessions opening at once all count)
-        if st.spec.concurrency:
-            n = self.held[name] - 1 + await self.running(name)
-            if n >= st.spec.concurrency:
-                self._release(name)
-                raise tenants.over_concurrency(st, n)
+        try:
+            await self._within(tenants, st)
+        except ServiceError:
+            self._release(name)
+            raise
         return name
+
+    async def _within(self, tenants: Tenants, st: TenantState) -> None:
+        """The fleet-wide limits the enqueue script checks of a job: its daily
+        CPU quota (a session's CPU is billed by its host when it ends) and
+        its concurrency (this coordinator's sessions and its jobs in flight)."""
+        spec = st.spec
+        if spec.cpu_seconds_per_day:
+            used = await self.cpu_today(spec.name)
+            if used >= spec.cpu_seconds_per_day:
+                raise tenants.over_quota(st, used)
+        if spec.concurrency:
+            n = self.held[spec.name] - 1 + await self.running(spec.name)
+            if n >= spec.concurrency:
+                raise tenants.over_concurrency(st, n)
 
     def _release(self, name: str | None) -> None:
         if name is not None:
@@ -180,11 +196,13 @@ class SessionProxy:
         self.active -= 1
         self.metrics.sessions.labels(reason).inc()
 
-    async def _proxy(self, ws: web.WebSocketResponse, route: Route, lang: str, first: str) -> str:
+    async def _proxy(self, ws: web.WebSocketResponse, route: Route, lang: str, first: str, tenant: str | None) -> str:
         host = pick_host(await self.hosts(), lang, route)
         if host is None:
             raise errors.error("queue_full", f"no live host serves {lang!r} sessions; retry later", 1.0)
         headers = {"Authorization": f"Bearer {self.host_token}"} if self.host_token else {}
+        if tenant is not None and self.host_token:  # (the host bills the session's CPU to it: SessionBills)
+            headers[tenantauth.BILLED_HEADER] = tenant
         timeout = aiohttp.ClientWSTimeout(ws_close=5.0)
         async with (
             aiohttp.ClientSession() as http,

@@ -426,6 +426,16 @@ class FleetStore:
         args = (job_id, session, attempt, data, info.state, self.ttl, host_id, repr(cpu_seconds))
         return _s(await self._call("complete", *args))
 
+    async def bill(self, tenant: str, cpu_seconds: float) -> None:
+        """A live session's CPU seconds to its tenant's daily quota (a session is
+        not a fleet job: no complete script charges it)."""
+        await self._call("bill", tenant, repr(cpu_seconds))
+
+    async def tenant_cpu_today(self, name: str, day: int) -> float:
+        """A tenant's CPU seconds of UTC day `day` (what the enqueue script checks its quota against)."""
+        raw = await _aw(self.redis.hget(self.keys.tenant_day(day), name))
+        return float(raw or 0.0)
+
     async def publish_progress(self, job_id: str, test: TestResult) -> None:
         await _aw(self.redis.publish(self.keys.progress(job_id), _enc.encode(test)))
 

@@ -8,19 +8,27 @@ Checked in the enqueue script, atomically across replicas: the concurrency cap
 (the tenant's jobs in flight anywhere in the fleet, freed when the job turns
 final whatever made it so) and the daily CPU quota (charged by the complete
 script from the CPU seconds the host reports, so exactly once and with no
-coordinator involved).  Figures for /metrics and /v1/status are read back
+coordinator involved).  A live session is no fleet job: the coordinator
+checks the quota when it opens one, and the host that ran it bills its CPU
+seconds when it ends (SessionBills).  Figures for /metrics and /v1/status are read back
 from Redis (`refresh`), so every replica shows the fleet's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
-from sandboxd.fleet.store import TenantLimits, TenantUsage
+from sandboxd.fleet.store import FleetStore, TenantLimits, TenantUsage, transient
 from sandboxd.jobs.tenants import UNNAMED, Caller, Tenants, TenantState, Usage
 from sandboxd.schema import RunRequest, Submission
 from sandboxd.tenancy import utc_day
+
+log = logging.getLogger(__name__)
+BILLS_PENDING = 1024  # bills waiting for Redis at once (an outage); past it one is dropped, and logged
+BILL_FOR = 60.0  # seconds a bill is retried through an outage
 
 
 class FleetTenants(Tenants):
@@ -66,3 +74,48 @@ class FleetTenants(Tenants):
 
 def today() -> int:
     return utc_day(time.time())
+
+
+class SessionBills:
+    """A fleet host's proxied sessions' CPU seconds to their tenants' quota
+    (FleetStore.bill, sandboxd.jobs.sessions.Sessions.bill): sent in the
+    background, retried through a Redis outage for BILL_FOR seconds."""
+
+    def __init__(self, store: FleetStore) -> None:
+        self.store = store
+        self.pending: set[asyncio.Task[None]] = set()
+
+    def __call__(self, tenant: str, cpu_seconds: float) -> None:
+        if cpu_seconds <= 0:
+            return
+        if len(self.pending) >= BILLS_PENDING:
+            log.warning(
+                "fleet: %d session bills wait for Redis; %.3f CPU s of %s not billed",
+                len(self.pending),
+                cpu_seconds,
+                tenant,
+            )
+            return
+        t = asyncio.ensure_future(self._send(tenant, cpu_seconds))
+        self.pending.add(t)
+        t.add_done_callback(self.pending.discard)
+
+    async def _send(self, tenant: str, cpu_seconds: float) -> None:
+        give_up, delay = time.monotonic() + BILL_FOR, 0.05
+        while True:
+            try:
+                await self.store.bill(tenant, cpu_seconds)
+                return
+            except Exception as e:
+                if not transient(e) or time.monotonic() > give_up:
+                    log.error("fleet: %.3f CPU s of a session of %s not billed: %s", cpu_seconds, tenant, e)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """At stop: the bills still waiting get `grace` seconds."""
+        if self.pending:
+            _, late = await asyncio.wait(list(self.pending), timeout=grace)
+            for t in late:
+                t.cancel()

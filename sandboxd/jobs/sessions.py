@@ -32,7 +32,7 @@ from sandboxd import errors
 from sandboxd.config import SessionsSettings
 from sandboxd.engine.engine import Compiled, Engine
 from sandboxd.engine.scheduler import QueueDeadline, QueueFull
-from sandboxd.jobs.tenants import Charge, Tenants
+from sandboxd.jobs.tenants import CALLER, Charge, Tenants
 from sandboxd.sandbox.box import RunControl
 from sandboxd.schema import FileIn, Limits, RunResult, SchemaError
 from sandboxd.sessionschema import SessionSignalName, SessionStart
@@ -96,6 +96,9 @@ class Sessions:
         # The daemon's tenants (read at each open: the admin API may replace them);
         # None: no tenant limits (an engine without a Service).
         self.tenants: Callable[[], Tenants] | None = None
+        # A fleet host's: a proxied session's CPU seconds to the fleet tenant it
+        # ran for (Caller.billed), when it ends.  None: not in a fleet.
+        self.bill: Callable[[str, float], None] | None = None
 
     def open(self, start: SessionStart, compile_limits: Limits | None = None) -> LiveSession:
         """A session for `start`, counted against the cap and the calling tenant's
@@ -110,8 +113,11 @@ class Sessions:
             why = f"{self.active} live sessions, the most this daemon runs at once (sessions.max_sessions); retry later"
             raise errors.error("queue_full", why, self.settings.queue_wait)
         charge = None if self.tenants is None else self.tenants().admit(start.language, None)[0]
+        caller = CALLER.get()
         self.active += 1
-        return LiveSession(self, start, compile_limits, charge)
+        session = LiveSession(self, start, compile_limits, charge)
+        session.billed = "" if caller is None or self.bill is None else caller.billed
+        return session
 
     def _closed(self, reason: str) -> None:
         self.active -= 1
@@ -125,6 +131,7 @@ class LiveSession:
     ) -> None:
         self.owner = owner
         self.charge = charge  # its tenant's hold: released, with the CPU used, when the session ends
+        self.billed = ""  # the fleet tenant its CPU is billed to when it ends (Sessions.bill)
         self.start = start
         self.compile_limits = compile_limits  # None: the language's (Piston's init may set them)
         s = owner.settings
@@ -217,8 +224,11 @@ class LiveSession:
             self._done = True
             self._close_stdin()
             self.owner._closed(self.reason or "error")
+            used = _used(ended)
             if self.charge is not None:
-                self.charge.close(_used(ended))
+                self.charge.close(used)
+            if self.billed and used is not None and self.owner.bill is not None:
+                self.owner.bill(self.billed, used.cpu_time)
         self.reason = ended.reason
         return ended
 

@@ -74,6 +74,9 @@ class Caller:
     tenant: TenantState | None = None
     admin: bool = False
     limit: RateInfo | None = None  # set by Tenants.admit, read by the HTTP reply
+    # The fleet tenant a coordinator proxies a live session for (its CPU billed
+    # to that tenant's fleet-wide quota, sandboxd.fleet.sessionproxy); "": none.
+    billed: str = ""
 
 
 CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("sandboxd_caller", default=None)

@@ -24,6 +24,10 @@ from fleet_util import Coordinator, Fleet, Host
 from instances import inst
 from session_util import C_ECHO, PY_SLEEP_FOREVER, PY_TRAP_INT, Seen, Transcript, read_piston, run, session, take
 
+from sandboxd.fleet.keys import Keys
+from sandboxd.tenancy import utc_day
+
+K = Keys("sandboxd")
 TOKEN = "fleet-session-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENV = {"SANDBOXD_FLEET_LEASE": "2", "SANDBOXD_FLEET_HEARTBEAT": "0.5", "SANDBOXD_HTTP_TOKEN": TOKEN}
@@ -239,6 +243,49 @@ def test_tenant_keys_and_limits_on_coordinator_sessions(fleet: SessionFleet) -> 
     assert (second.error["code"], second.close_code) == ("rate_limited", 1013), second.events
     assert "cap: 1" in second.error["message"] and second.error["retry_after"] > 0
     assert third.stdout == b"3\n"  # the place was freed
+
+
+PY_BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\nprint('burnt')"
+
+
+def billed_today(f: SessionFleet, name: str, above: float) -> float:
+    """The tenant's CPU seconds today in Redis, once above `above` (the host bills a session as it ends)."""
+    r, day = f.redis.client(), K.tenant_day(utc_day(time.time()))
+    deadline = time.monotonic() + 20
+    while (used := float(r.hget(day, name) or 0)) <= above:
+        assert time.monotonic() < deadline, f"{name} billed {used} CPU s, not above {above}"
+        time.sleep(0.1)
+    return used
+
+
+def test_sessions_count_against_the_tenants_daily_cpu_quota(fleet: SessionFleet) -> None:
+    """A session is no fleet job, so no complete script charged it: on main a
+    tenant with a 0.3 s daily quota could burn CPU in sessions all day.  Its
+    host bills each proxied session's CPU (compile included) to the tenant
+    named by the coordinator, and the coordinator refuses a session once the
+    quota is used, on both routes."""
+    key = fleet.tenant(name="sess-quota", cpu_seconds_per_day=0.3)
+    t = live(fleet, {"language": "python3", "source": PY_BURN, "token": key}, headers={})
+    assert t.stdout == b"burnt\n", t.events
+    cpu = t.result["result"]["cpu_time"]
+    assert cpu >= 0.4, t.result
+    used = billed_today(fleet, "sess-quota", 0.3)
+    assert abs(used - cpu) < 1e-6, (used, cpu)  # (billed once, what the host measured)
+    host_idle(fleet)
+    t = live(fleet, {"language": "python3", "source": "print(1)", "token": key}, headers={})
+    assert (t.error["code"], t.close_code) == ("rate_limited", 1013), t.events
+    assert "CPU seconds today" in t.error["message"] and "sess-quota" in t.error["message"], t.error
+    s = piston(fleet, [init("python", "print(1)")], auth=key)
+    assert s.types() == ["error"] and "CPU seconds today" in s.msgs[0]["message"], s.msgs
+    # Piston's connect is billed too (its exit message carries no CPU time: the host's figure is the one).
+    key2 = fleet.tenant(name="sess-quota-piston", cpu_seconds_per_day=100)
+    s = piston(fleet, [init("python", PY_BURN)], auth=key2)
+    assert "burnt" in "".join(m.get("data", "") for m in s.msgs), s.msgs
+    assert billed_today(fleet, "sess-quota-piston", 0.0) >= 0.4
+    # The token's own sessions (the unnamed tenant) bill no one.
+    assert live(fleet, {"language": "python3", "source": "print(2)"}).stdout == b"2\n"
+    billed = set(fleet.redis.client().hkeys(K.tenant_day(utc_day(time.time()))))
+    assert billed <= {b"sess", b"sess-quota", b"sess-quota-piston"}, billed
 
 
 def test_coordinator_cap_refuses_before_the_upgrade(fleet: SessionFleet) -> None:
