@@ -17,7 +17,8 @@ from sandboxd.errors import ServiceError, error
 from sandboxd.fleet.events import Events
 from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.keys import RUN_LANG, queue_name
-from sandboxd.fleet.store import FleetStore, TenantLimits, transient
+from sandboxd.fleet.outage import transient
+from sandboxd.fleet.store import FleetStore, TenantLimits
 from sandboxd.fleet.tenants import FleetTenants
 from sandboxd.fleet.views import FINAL, check_servable, hash_field
 from sandboxd.jobs.files import refs_of

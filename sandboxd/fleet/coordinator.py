@@ -26,7 +26,8 @@ from sandboxd.fleet.admission import Admission
 from sandboxd.fleet.events import Events, Snapshot
 from sandboxd.fleet.files import RedisFiles
 from sandboxd.fleet.keys import COMPAT_QUEUE
-from sandboxd.fleet.store import FleetStore, OutageLog
+from sandboxd.fleet.outage import OutageLog
+from sandboxd.fleet.store import FleetStore
 from sandboxd.fleet.tenants import FleetTenants, today
 from sandboxd.fleet.views import FINAL, job_info, unix
 from sandboxd.jobs import callbacks

@@ -18,7 +18,8 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sandboxd.fleet.store import FleetStore, OutageLog
+from sandboxd.fleet.outage import Backoff, OutageLog
+from sandboxd.fleet.store import FleetStore
 from sandboxd.rates import DrainRate
 from sandboxd.schema import JobInfo, TestResult
 
@@ -48,12 +49,12 @@ class Events:
 
     async def listen(self) -> None:
         """Results arrive on one channel for the whole fleet; resolve the waiters of this replica."""
-        delay = 0.1
+        backoff = Backoff(0.1)
         while True:
             pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.store.keys.events)
-                delay = 0.1
+                backoff.reset()
                 while True:
                     msg = await pubsub.get_message(timeout=5.0)
                     if msg is not None and msg.get("type") == "message":
@@ -62,8 +63,7 @@ class Events:
                 raise
             except Exception as e:
                 self._warn("result subscription", e)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+                await backoff.wait()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -23,14 +23,14 @@ import contextlib
 import logging
 import os
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sandboxd.config import FLEET, FleetSettings
 from sandboxd.fleet.keys import BY_HASH, RUN_LANG, queue_name
-from sandboxd.fleet.store import Beat, Claimed, Displaced, FleetStore, OutageLog, Unregistered, transient
+from sandboxd.fleet.outage import Backoff, OutageLog, retry_transient, transient
+from sandboxd.fleet.store import Beat, Claimed, Displaced, FleetStore, Unregistered
 from sandboxd.jobs.tenants import cpu_of
 from sandboxd.jobs.timeseries import Bucket
 from sandboxd.schema import Error, JobInfo, TestResult
@@ -214,7 +214,7 @@ class HostWorker:
         if self.displaced:
             # The process that displaced us has gone: come back as a new session.
             self.session, self.displaced = secrets.token_hex(8), False
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 definitions = self.ex.definitions()
@@ -239,8 +239,7 @@ class HostWorker:
                     self._warn("cannot register", e)
                 else:
                     log.error("fleet: cannot register: %s (retrying)", e)
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
+                await backoff.wait()
 
     async def _heartbeat_loop(self) -> None:
         await self._register()
@@ -320,7 +319,7 @@ class HostWorker:
 
     async def _claim_loop(self) -> None:
         await self.registered.wait()
-        delay = 0.05
+        backoff = Backoff()
         while not self.leaving:
             self._freed.clear()
             if self.drained or self.displaced or not self.registered.is_set():
@@ -335,7 +334,7 @@ class HostWorker:
                 claimed = await self.store.claim(
                     self.cfg.host_id, self.session, self.cfg.lease, self.cfg.batch, queues, pools
                 )
-                delay = 0.05
+                backoff.reset()
             except (Unregistered, Displaced):
                 await self._idle([], 0.5)  # the heartbeat loop sorts registration out
                 continue
@@ -344,8 +343,7 @@ class HostWorker:
                     self._warn("claim", e)
                 else:
                     log.error("fleet: claim failed: %s", e)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+                await backoff.wait()
                 continue
             if claimed is None:
                 self.drained = True
@@ -479,14 +477,4 @@ class HostWorker:
 
     async def _retry(self, call: Callable[[], Any], limit: float = 600.0) -> Any:
         # A result exists only here until Redis takes it: keep trying through an outage.
-        t0 = time.monotonic()
-        delay = 0.05
-        while True:
-            try:
-                return await call()
-            except Exception as e:
-                if not transient(e) or time.monotonic() - t0 > limit:
-                    raise
-                self._warn("reporting a result", e)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+        return await retry_transient(call, limit, lambda e: self._warn("reporting a result", e))

@@ -17,9 +17,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from sandboxd.config import FLEET, JOBS
 from sandboxd.fleet.keys import EPOCH_MS, Keys
@@ -27,10 +25,6 @@ from sandboxd.schema import Error, JobInfo, TestResult
 
 log = logging.getLogger(__name__)
 LUA = resources.files("sandboxd").joinpath("data/fleet.lua").read_text()
-
-# What a transient Redis outage looks like (restart, failover, AOF loading):
-# the loops retry these; anything else is a bug or bad data and is raised.
-TRANSIENT: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _info_dec = msgspec.msgpack.Decoder(JobInfo)
 _test_dec = msgspec.msgpack.Decoder(TestResult)
@@ -48,26 +42,6 @@ PRIORITY_SAMPLE = 1000
 def _aw(x: Awaitable[T] | T) -> Awaitable[T]:
     # redis-py types each command as sync-or-async; on redis.asyncio they are awaitables.
     return cast(Awaitable[T], x)
-
-
-def transient(e: BaseException) -> bool:
-    if isinstance(e, TRANSIENT):
-        return True
-    # A Redis that is still loading its AOF after a restart answers LOADING.
-    return isinstance(e, ResponseError) and str(e).startswith("LOADING")
-
-
-class OutageLog:
-    """Redis outages are retried quietly: one warning line every few seconds, not a flood."""
-
-    def __init__(self, logger: logging.Logger, every: float = 5.0) -> None:
-        self.logger, self.every, self.last = logger, every, 0.0
-
-    def __call__(self, what: str, e: BaseException) -> None:
-        now = time.monotonic()
-        if now - self.last > self.every:
-            self.last = now
-            self.logger.warning("fleet: %s: %s (retrying)", what, e)
 
 
 def _json(v: Any) -> str:

@@ -21,7 +21,8 @@ import logging
 import time
 from typing import Any
 
-from sandboxd.fleet.store import FleetStore, TenantLimits, TenantUsage, transient
+from sandboxd.fleet.outage import retry_transient
+from sandboxd.fleet.store import FleetStore, TenantLimits, TenantUsage
 from sandboxd.jobs.tenants import UNNAMED, Caller, Tenants, TenantState, Usage
 from sandboxd.schema import RunRequest, Submission
 from sandboxd.tenancy import utc_day
@@ -101,17 +102,10 @@ class SessionBills:
         t.add_done_callback(self.pending.discard)
 
     async def _send(self, tenant: str, cpu_seconds: float) -> None:
-        give_up, delay = time.monotonic() + BILL_FOR, 0.05
-        while True:
-            try:
-                await self.store.bill(tenant, cpu_seconds)
-                return
-            except Exception as e:
-                if not transient(e) or time.monotonic() > give_up:
-                    log.error("fleet: %.3f CPU s of a session of %s not billed: %s", cpu_seconds, tenant, e)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+        try:
+            await retry_transient(lambda: self.store.bill(tenant, cpu_seconds), BILL_FOR, lambda e: None)
+        except Exception as e:
+            log.error("fleet: %.3f CPU s of a session of %s not billed: %s", cpu_seconds, tenant, e)
 
     async def close(self, grace: float = 5.0) -> None:
         """At stop: the bills still waiting get `grace` seconds."""
