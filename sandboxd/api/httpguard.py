@@ -19,11 +19,6 @@ connections pass through `_Guard`, a protocol wrapped around aiohttp's own:
 
 The body deadline and the daemon-wide cap on bytes being received are the
 middleware's (httpserver.with_body): it knows Content-Length before reading.
-A request it refuses from its headers gets an `UnreadReply`: once written,
-the connection is shut for writing and no longer read, and cut after
-UNREAD_GRACE.  (aiohttp would "linger": read and discard the body for up to
-10 s, at the sender's pace: 18 refused 50 MiB uploads read at ~1 GB/s made
-each turn of the loop ~100 ms long.)
 """
 
 from __future__ import annotations
@@ -43,9 +38,6 @@ PROBE_TIMEOUT = 2.0
 HEALTH = (b"GET /healthz ", b"GET /readyz ", b"HEAD /healthz ", b"HEAD /readyz ")
 RETRY_AFTER = 1
 BACKLOG = 4096
-# A reply to a request whose body stays unread (refused from its headers):
-# seconds its client has to read it before the connection is cut.
-UNREAD_GRACE = 2.0
 
 
 def refusal(message: str, status: bytes = b"503 Service Unavailable") -> bytes:
@@ -101,20 +93,6 @@ class _Guard(asyncio.Protocol):
         self.wtimer = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()  # a client that stopped reading its reply holds it in memory
-
-    def close_unread(self) -> None:
-        """The reply is written and the request's body is not to be read: the
-        client gets the reply and EOF, its bytes are no longer read (its sends
-        stall once the socket's buffers are full), and the connection is cut
-        after UNREAD_GRACE (on Linux a reset leaves a reply already received
-        readable)."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        self.state = "closed"
-        self.transport.pause_reading()
-        if self.transport.can_write_eof():
-            self.transport.write_eof()  # (after what is buffered: the reply)
-        self._arm(UNREAD_GRACE, "unread")
 
     def busy(self) -> None:
         self.state = "busy"
@@ -223,24 +201,6 @@ class _Guard(asyncio.Protocol):
             self.wtimer.cancel()
             self.wtimer = None
         self.inner.resume_writing()
-
-
-class UnreadReply(web.Response):
-    """A reply to a request whose body is left unread: its connection ends
-    once it is written (_Guard.close_unread), without reading the body."""
-
-    @classmethod
-    def of(cls, reply: web.Response) -> UnreadReply:
-        resp = cls(body=reply.body, status=reply.status, headers=reply.headers)
-        resp.force_close()  # (the body stays unread: the connection cannot carry another request)
-        return resp
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        req = self._req  # (write_eof forgets it)
-        await super().write_eof(data)
-        guard = GUARDS.get(req.transport) if req is not None else None
-        if guard is not None:
-            guard.close_unread()
 
 
 class GuardedSite(web.TCPSite):

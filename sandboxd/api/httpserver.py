@@ -23,7 +23,7 @@ from aiohttp import web
 from sandboxd import errors
 from sandboxd.api import cors, files, pages, sessions, sse, streamjson, tenantauth, textmode
 from sandboxd.api.decodepool import DECODE
-from sandboxd.api.httpguard import GUARDS, RETRY_AFTER, UnreadReply
+from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound
 from sandboxd.api.inbound import default as default_inbound
 from sandboxd.api.openapi import document
@@ -237,7 +237,9 @@ async def with_body(
 
 
 def _unread(request: web.Request, err: Error, status: int | None = None) -> web.Response:
-    return UnreadReply.of(error_reply(request, err, status))  # (its connection ends once it is written)
+    resp = error_reply(request, err, status)
+    resp.force_close()  # the body stays unread: the connection cannot carry another request
+    return resp
 
 
 async def _read_then(

@@ -93,22 +93,6 @@ def test_http_body_beyond_what_is_free_is_refused_before_it_is_read(budgeted: Da
     _wait_receiving(budgeted, 0, "requests")  # (the job done: the budget free for the next test)
 
 
-def test_a_refused_body_is_not_read_its_connection_ends_after_the_reply(budgeted: Daemon) -> None:
-    """Refused from its headers, a body is not waited for nor read (aiohttp
-    would read and discard it for up to 10 s, on the event loop: 18 refused
-    50 MiB uploads made /healthz take 100s of ms): the reply, then EOF."""
-    with _tcp(budgeted) as held:
-        held.sendall(HEAD % BODY + b"{")
-        _wait_receiving(budgeted, HELD)
-        with _tcp(budgeted) as s:
-            s.settimeout(5)  # (less than aiohttp's 10 s linger)
-            s.sendall(HEAD % BODY)  # no body byte sent: the daemon must not wait for one
-            reply = _reply(s)
-            assert reply.startswith(b"HTTP/1.1 429"), reply[:300]
-            assert s.recv(65536) == b""  # EOF at once: the connection is over
-    _wait_receiving(budgeted, 0)
-
-
 def test_body_being_received_holds_its_bytes_of_the_budget(budgeted: Daemon) -> None:
     with _tcp(budgeted) as held:
         held.sendall(HEAD % BODY + b"{")  # mid-upload: its 8 MiB and their copies are reserved, not yet read
