@@ -44,23 +44,7 @@ from typing import Any
 
 import msgspec
 from benchlib import free_port, healthz_ms, markdown_table, percentile
-from hostile_load import Daemon, Phase
-
-CONTROL = """
-import asyncio, sys
-async def answer(r, w):
-    try:
-        while await r.readuntil(b"\\r\\n\\r\\n"):
-            w.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 11\\r\\n\\r\\n{\\"ok\\":true}")
-    except Exception:
-        pass
-    w.close()
-async def main():
-    s = await asyncio.start_server(answer, "127.0.0.1", 0)
-    print(s.sockets[0].getsockname()[1], flush=True)
-    await s.serve_forever()
-asyncio.run(main())
-"""
+from hostile_load import CONTROL, Daemon, Phase
 
 MiB = 1 << 20
 MAX_BODY = 64 * MiB  # the daemon's default max_body

@@ -12,9 +12,10 @@ socket and port), then applies one load after another:
   stdin      24 queued runs with 40 MiB of stdin each
   results    150 Judge0 submissions whose results (2 MiB of stdout each) are kept
 
-Throughout, a thread asks /healthz every ~20 ms on a fresh connection and reads
-the daemon's VmRSS/VmHWM from /proc.  Prints one row per load: /healthz
-p50/p99/max and failures, the peak sampled RSS, VmHWM after the load, and
+Throughout, a process asks /healthz every ~20 ms on a fresh connection, asks
+the same of a bare control server right after (what scheduling alone costs
+on this machine), and reads the daemon's VmRSS/VmHWM from /proc.  Prints one
+row per load: /healthz p50/p99/max, the control's p99/max, and failures, the peak sampled RSS, VmHWM after the load, and
 the configured memory budget (GET /v1/status "memory_budget") when the
 daemon has one.
 
@@ -50,6 +51,23 @@ import benchlib as bl
 from benchlib import markdown_table, percentile
 
 MiB = 1 << 20
+# A bare asyncio server answering any request with 200: its latency, sampled
+# beside the daemon's, is what this machine's scheduling alone costs.
+CONTROL = """
+import asyncio, sys
+async def answer(r, w):
+    try:
+        while await r.readuntil(b"\\r\\n\\r\\n"):
+            w.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 11\\r\\n\\r\\n{\\"ok\\":true}")
+    except Exception:
+        pass
+    w.close()
+async def main():
+    s = await asyncio.start_server(answer, "127.0.0.1", 0)
+    print(s.sockets[0].getsockname()[1], flush=True)
+    await s.serve_forever()
+asyncio.run(main())
+"""
 
 
 @dataclass
@@ -77,6 +95,7 @@ class Phase:
     lat_ms: list[float] = field(default_factory=list)
     fails: int = 0
     rss: list[int] = field(default_factory=list)
+    control_ms: list[float] = field(default_factory=list)
     hwm: int = 0
     note: str = ""
 
@@ -129,22 +148,23 @@ class Daemon:
         bl.drop_store(self.dir)
 
 
-def sample(port: int, pid: int, stop: Any, out: Any) -> None:
+def sample(port: int, control: int, pid: int, stop: Any, out: Any) -> None:
     """In a process of its own (the load generator's GIL must not delay it):
-    (time, /healthz ms or None for a failure, VmRSS) every ~20 ms."""
-    samples: list[tuple[float, float | None, int]] = []
+    (time, /healthz ms or None for a failure, VmRSS, the control's ms) every ~20 ms."""
+    samples: list[tuple[float, float | None, int, float | None]] = []
     while not stop.is_set():
+        t = time.monotonic()
         ms = bl.healthz_ms(port)
         rss = 0
         with contextlib.suppress(OSError, KeyError, ValueError):
             rss = bl.rss_bytes(pid)
-        samples.append((time.monotonic(), ms, rss))
-        time.sleep(max(0.0, 0.02 - (ms or 0.0) / 1000))
+        samples.append((t, ms, rss, bl.healthz_ms(control)))
+        time.sleep(max(0.0, 0.02 - (time.monotonic() - t)))
     out.send(samples)
 
 
 def assign(phases: list[Phase], windows: list[tuple[float, float]], samples: list[Any]) -> None:
-    for t, dt, rss in samples:
+    for t, dt, rss, ctl in samples:
         for ph, (a, b) in zip(phases, windows, strict=True):
             if a <= t < b:
                 if dt is None:
@@ -153,6 +173,8 @@ def assign(phases: list[Phase], windows: list[tuple[float, float]], samples: lis
                     ph.lat_ms.append(dt)
                 if rss:
                     ph.rss.append(rss)
+                if ctl is not None:
+                    ph.control_ms.append(ctl)
 
 
 # --- the loads ------------------------------------------------------------------
@@ -293,9 +315,12 @@ def main() -> None:
     args = ap.parse_args()
     sizes = QUICK if args.quick else FULL
     d = Daemon(pool=2, budget=args.budget * MiB)
+    ctl_proc = subprocess.Popen([sys.executable, "-c", CONTROL], stdout=subprocess.PIPE, text=True)
+    assert ctl_proc.stdout is not None
+    control = int(ctl_proc.stdout.readline())
     stop = multiprocessing.Event()
     recv, send = multiprocessing.Pipe(duplex=False)
-    sampler = multiprocessing.Process(target=sample, args=(d.port, d.proc.pid, stop, send), daemon=True)
+    sampler = multiprocessing.Process(target=sample, args=(d.port, control, d.proc.pid, stop, send), daemon=True)
     phases: list[Phase] = []
     windows: list[tuple[float, float]] = []
     try:
@@ -324,9 +349,13 @@ def main() -> None:
     finally:
         stop.set()
         d.stop()
+        ctl_proc.kill()
+        ctl_proc.wait()
     print(table(phases, budget))
     worst = max((max(p.lat_ms, default=0.0) for p in phases), default=0.0)
-    print(f"\n/healthz max {worst:.1f} ms over all loads; failures {sum(p.fails for p in phases)}")
+    ctl = max((max(p.control_ms, default=0.0) for p in phases), default=0.0)
+    fails = sum(p.fails for p in phases)
+    print(f"\n/healthz max {worst:.1f} ms over all loads (the control's: {ctl:.1f} ms); failures {fails}")
     if budget:
         peak = max(p.hwm for p in phases)
         grown = peak - phases[0].hwm  # (over the idle daemon: its code and warm boxes' bookkeeping)
@@ -341,7 +370,7 @@ def main() -> None:
 def table(phases: list[Phase], budget: int | None) -> str:
     rows = []
     for p in phases:
-        xs = sorted(p.lat_ms)
+        xs, cs = sorted(p.lat_ms), sorted(p.control_ms)
         rows.append(
             [
                 p.name,
@@ -349,13 +378,25 @@ def table(phases: list[Phase], budget: int | None) -> str:
                 f"{percentile(xs, 50):.1f}",
                 f"{percentile(xs, 99):.1f}",
                 f"{xs[-1]:.1f}" if xs else "-",
+                f"{percentile(cs, 99):.1f} / {cs[-1]:.1f}" if cs else "-",
                 str(p.fails),
                 f"{max(p.rss, default=0) >> 20}",
                 f"{p.hwm >> 20}",
                 p.note,
             ]
         )
-    head = ["load", "healthz n", "p50 ms", "p99 ms", "max ms", "fail", "peak RSS MiB", "VmHWM MiB", "what"]
+    head = [
+        "load",
+        "healthz n",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "control p99 / max",
+        "fail",
+        "peak RSS MiB",
+        "VmHWM MiB",
+        "what",
+    ]
     return markdown_table(head, rows)
 
 

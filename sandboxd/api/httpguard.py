@@ -30,6 +30,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from sandboxd.api import accept
 from sandboxd.api.inbound import Inbound, Listener
 
 PROBE_SLOTS = 64
@@ -204,7 +205,8 @@ class _Guard(asyncio.Protocol):
 
 class GuardedSite(web.TCPSite):
     """A TCPSite whose connections go through _Guard (aiohttp 3.x's TCPSite.start,
-    with the protocol factory wrapped)."""
+    with the protocol factory wrapped), accepted a batch per turn of the loop
+    (sandboxd.api.accept)."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, inbound: Inbound) -> None:
         # A burst of connections (500 opened at once) overflowed aiohttp's
@@ -218,11 +220,12 @@ class GuardedSite(web.TCPSite):
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
-        loop = asyncio.get_running_loop()
 
         def factory() -> _Guard:
             return _Guard(server(), self.listener, self.inbound)
 
-        self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog)
-        if self._server.sockets:
-            self._bound_port = self._server.sockets[0].getsockname()[1]
+        # (Not loop.create_server: uvloop accepts one connection per turn of
+        # the loop; sandboxd.api.accept takes all that wait.)
+        socks = await accept.listening(self._host, self._port, self._backlog)
+        self._server = accept.Acceptor(socks, factory)
+        self._bound_port = socks[0].getsockname()[1] if socks else self._port

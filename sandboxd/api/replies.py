@@ -3,9 +3,9 @@
 A run's files out and output travel in the result: 64 MiB of files is ~86 MiB
 of base64 in JSON, and one msgspec.json.encode call over it held the GIL for
 hundreds of milliseconds even on a worker thread.  `encode` (run on the
-offload pool, sandboxd.api.inbound) base64-encodes each large bytes field in 3 MiB
-C calls first, so the event loop gets the GIL between them, and hands msgspec
-the result as msgspec.Raw to copy.
+offload pool, sandboxd.api.inbound) base64-encodes each large bytes field in
+B64_CHUNK C calls first, so the event loop gets the GIL between them, and
+hands msgspec the result as msgspec.Raw to copy.
 
 A large reply is counted in the daemon's memory budget (holder "results",
 sandboxd.api.inbound.Inbound.hold_reply) from its encoding until it is
@@ -29,7 +29,13 @@ from sandboxd.bodyhold import BodyHold
 from sandboxd.schema import FileOut, JobInfo, RunResult, SubmissionResult
 
 LARGE = 1 << 20  # bytes fields above this are pre-encoded in chunks
-_CHUNK = 3 << 20  # a multiple of 3: chunks encode to base64 without padding
+# Bytes per base64 call (a multiple of 3: chunks encode without padding).
+# binascii holds the GIL throughout a call, on a thread as on the event loop,
+# and on this loaded 2-core host 3 MiB took 9-120 ms (the output's fresh pages
+# faulted in): 192 KiB takes well under a millisecond, so no slice of the
+# loop spent on a reply's base64 (here or in sandboxd.api.streamjson) nears
+# the 100 ms /healthz bound (benchmarks/hostile_load.py).
+B64_CHUNK = 3 << 16
 # Copies of a large reply's payload held at once, the result included.  msgpack:
 # the result and its encoding (a socket frame is written as header + body, not
 # joined).  JSON, whole (text mode): the result, its bytes' base64 in chunks then
@@ -82,7 +88,8 @@ def _b64(data: bytes) -> Any:
     if len(data) <= LARGE:
         return data
     view = memoryview(data)
-    parts = [binascii.b2a_base64(view[i : i + _CHUNK], newline=False) for i in range(0, len(data), _CHUNK)]
+    step = B64_CHUNK
+    parts = [binascii.b2a_base64(view[i : i + step], newline=False) for i in range(0, len(data), step)]
     return msgspec.Raw(b"".join([b'"', *parts, b'"']))  # (one join: `b'"' + joined + b'"'` made two more copies)
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from typing import Any
 
 from box_fixtures import SyncEngine
 
@@ -232,6 +235,34 @@ def test_a_file_out_is_read_into_one_buffer_not_joined_from_chunks(engine: SyncE
     grown = _hwm() - before
     assert r.status == "ok" and len(r.files[0].content or b"") == size, r.files[0].error
     assert grown < size * 3 // 2, f"a {size >> 20} MiB file out grew the peak by {grown / (1 << 20):.1f} MiB"
+
+
+def test_files_out_are_read_off_the_event_loop_and_room_asked_on_it(engine: SyncEngine) -> None:
+    """Files out are read on a thread (os.read of 64 MiB held the loop, and
+    /healthz, 360 ms); the budget's room() is still answered on the loop's
+    thread, while the reading thread waits for it inside read_files_out."""
+    asked: list[tuple[bool, bool, int]] = []
+
+    def reading_elsewhere() -> bool:
+        me = threading.get_ident()
+        for ident, frame in sys._current_frames().items():
+            f: Any = frame
+            while ident != me and f is not None:
+                if f.f_code.co_name == "read_files_out":
+                    return True
+                f = f.f_back
+        return False
+
+    def room(n: int) -> str | None:
+        asked.append((threading.get_ident() == threading.main_thread().ident, reading_elsewhere(), n))
+        return None
+
+    size = 8 << 20
+    make = ["sh", "-c", f"head -c {size} /dev/zero > f"]
+    req = RunRequest(cmd=make, files_out=["f"], limits=Limits(file_size=size, memory=64 << 20))
+    r = engine.call(engine.engine.run(req, room=room))
+    assert r.status == "ok" and len(r.files[0].content or b"") == size, r.files[0].error
+    assert asked == [(True, True, size)]
 
 
 def test_stdin_passes_through(engine: SyncEngine) -> None:

@@ -37,3 +37,16 @@ def test_the_streamed_document_is_the_whole_one(payload: object) -> None:
     body = b"".join(streamjson.pieces(segments, fields))
     assert body == replies.encode("json", payload)
     assert streamjson.length(segments, fields) == len(body)
+
+
+def test_a_large_field_is_written_a_small_chunk_at_a_time() -> None:
+    """Each piece is one slice of the event loop (its base64 made there, holding
+    the GIL): a 9 MiB field goes in pieces of at most B64_CHUNK's base64, not
+    in megabytes at once, and they still make the whole document."""
+    payload = RunResult(status="ok", stdout=os.urandom(9 << 20))
+    segments, fields = streamjson.split(payload)
+    pieces = list(streamjson.pieces(segments, fields))
+    assert max(len(p) for p in pieces) <= max(4 * replies.B64_CHUNK // 3, *(len(s) + 1 for s in segments))
+    assert replies.B64_CHUNK <= 256 << 10 and replies.B64_CHUNK % 3 == 0
+    assert len(pieces) >= (9 << 20) // replies.B64_CHUNK
+    assert b"".join(pieces) == replies.encode("json", payload)
