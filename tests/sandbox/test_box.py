@@ -371,3 +371,55 @@ def test_network_namespace_is_replaced_only_after_the_network_was_used(engine: S
     nss = [ns for ns, _, _ in seen]
     # A run that never used the network keeps the namespace (it costs ~0.8 ms to make one).
     assert nss[0] == nss[1] and nss[2] != nss[1] and nss[3] == nss[2] and nss[4] != nss[3] and nss[5] == nss[4], seen
+
+
+# Only unix sockets, no IP socket: the worker's socket watch never hears of
+# these runs, so only the reset's count of the namespace's sockets tells.
+_UNIX_IN_FLIGHT = """
+import array, socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(b"\\\\0sandboxd-in-flight")
+p, q = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+p.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [s.fileno(), p.fileno(), q.fileno()]))])
+"""
+_UNIX_CLOSED = "import socket\np, q = socket.socketpair(); p.send(b'x'); q.recv(1); p.close(); q.close()"
+_UNIX_PROBE = """
+import os, socket
+print(os.readlink("/proc/self/ns/net"))
+try:
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).bind(b"\\\\0sandboxd-in-flight")
+    print("free")
+except OSError as e:
+    print(e.strerror)
+"""
+
+
+def test_unix_socket_left_in_flight_gets_the_next_run_a_fresh_network_namespace(engine: SyncEngine) -> None:
+    # The in-flight cycle outlives the run's processes until the kernel's unix
+    # GC frees it (host-wide, ~1 s here): meanwhile the abstract name is bound.
+    eng = engine.engine
+    py = ["python3", "-S", "-c"]
+    runs = [_UNIX_CLOSED, _UNIX_IN_FLIGHT, _UNIX_CLOSED]
+
+    async def scenario() -> list[list[str]]:
+        box = await eng.box()
+        try:
+            seen = []
+            for code in runs:
+                p = await box.run(RunRequest(cmd=[*py, _UNIX_PROBE]))
+                await box.reset()
+                r = await box.run(RunRequest(cmd=[*py, code]))
+                assert r.status == "ok", r
+                await box.reset()
+                q = await box.run(RunRequest(cmd=[*py, _UNIX_PROBE]))
+                await box.reset()
+                seen.append(p.stdout.decode().split("\n", 1) + q.stdout.decode().split("\n", 1))
+            return seen
+        finally:
+            eng.release(box)
+
+    seen = engine.call(scenario())
+    assert [(s[1], s[3]) for s in seen] == [("free\n", "free\n")] * 3, seen
+    closed, in_flight, closed_again = ((s[0], s[2]) for s in seen)
+    assert closed[0] == closed[1] and closed_again[0] == closed_again[1], seen  # closed sockets: namespace kept
+    assert in_flight[0] != in_flight[1], seen  # one left in flight: a new namespace before the next run
