@@ -6,9 +6,9 @@ walls.c, does what the agent does for each, nothing else):
                  (one pwrite of ns_last_pid), the SysV check (three *_INFO
                  calls), against 9a299e5's three /proc/sysvipc listings it
                  replaced; in a new net + pid + IPC namespace, as a worker is.
-                 On cgroup v1, the daemon's reads after each run: the
-                 memory.numa_stat read that keeps clean page cache out of the
-                 memory figure (new), the two it read before.
+                 On cgroup v1, the daemon's reads right after a python3 run
+                 in a group: the memory.numa_stat read that keeps clean page
+                 cache out of the memory figure (new), the two it read before.
   the run        vfork + exec + wait of `/bin/true` and `python3 -c pass`
                  with: no filter; 9a299e5's seccomp policy (with --base);
                  this tree's; this tree's + the worker's socket-watch filter
@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import benchlib as bl
+import pyseccomp as sc
+from seccomp_filter import bpf_trace
 
 from sandboxd.sandbox import seccomp
 
@@ -107,44 +110,69 @@ def time_runs(
 
 
 V1_MEMORY = Path("/sys/fs/cgroup/memory")
-CG_READS = {"memory.numa_stat": 4096, "memory.max_usage_in_bytes": 64, "memory.oom_control": 256}
 
 
-def _join(procs: str) -> None:
-    with open(procs, "w") as f:
-        f.write(str(os.getpid()))
-
-
-def time_cgroup_reads(n: int, rounds: int) -> dict[str, float]:
-    """cgroup v1 (the host's hierarchy here): the daemon's reads after a run,
-    on a group of our own that a python3 run has charged pages to.  Since
-    9a299e5 a run's figure leaves out clean page cache: one more pread, of
-    memory.numa_stat (its `file=` count); the other two were read before."""
+def time_cgroup_reads(exe: Path, n: int, rounds: int) -> dict[str, float]:
+    """cgroup v1 (the host's hierarchy here): the daemon's reads right after a
+    run (the run's charges not yet flushed into the group's stats), on a
+    group of our own.  Since 9a299e5 a run's figure leaves out clean page
+    cache: one more pread, of memory.numa_stat (its `file=` count); the
+    other two were read before too."""
     if not (V1_MEMORY / "memory.numa_stat").exists():
         return {}
     cg = V1_MEMORY / f"sandboxd-bench-walls-{os.getpid()}"
     cg.mkdir()
-    fds: dict[str, int] = {}
+    got: dict[str, list[float]] = {}
     try:
-        cmd = ["/usr/bin/python3", "-c", "import json, decimal"]
-        subprocess.run(cmd, check=True, preexec_fn=lambda: _join(str(cg / "cgroup.procs")))
-        fds = {name: os.open(cg / name, os.O_RDONLY | os.O_CLOEXEC) for name in CG_READS}
-        got: dict[str, list[float]] = {name: [] for name in CG_READS}
         for _ in range(rounds):
-            for name, size in CG_READS.items():
-                t0 = time.perf_counter_ns()
-                for _ in range(n):
-                    os.pread(fds[name], size, 0)
-                got[name].append((time.perf_counter_ns() - t0) / n)
-        return {f"cgroup v1 {k} (Python pread)": statistics.median(v) for k, v in got.items()}
+            cmd = [str(exe), "cgreads", str(n), str(cg), *PROGRAMS["python3 -c pass"]]
+            for line in subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines():
+                name, ns = line.rsplit(" ", 1)
+                got.setdefault(name, []).append(float(ns))
+        return {k: statistics.median(v) for k, v in got.items()}
     finally:
-        for fd in fds.values():
-            os.close(fd)
         cg.rmdir()
 
 
-def report(steps: dict[str, float], runs: dict[str, dict[str, list[int]]], bpf_len: dict[str, int]) -> str:
+STRACE_LINE = re.compile(r"^\d+\s+(\w+)\(([^)]*)\)\s+=")
+
+
+def filter_work(policies: dict[str, Path]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Deterministic: per program run (its calls as `strace -f -e raw=all`
+    shows them), how many calls each policy's filter runs for (the path reads
+    an argument, so the kernel's per-syscall cache cannot answer) and how many
+    BPF instructions they execute in all."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return {}
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for prog, argv in PROGRAMS.items():
+        with tempfile.NamedTemporaryFile("r", suffix=".strace") as f:
+            subprocess.run([strace, "-f", "-qq", "-e", "raw=all", "-o", f.name, *argv], check=True)
+            calls = [m.groups() for m in map(STRACE_LINE.match, f.read().splitlines()) if m]
+        for pol, path in policies.items():
+            bpf, n_calls, insns = path.read_bytes(), 0, 0
+            for name, args in calls:
+                nr = sc.resolve_syscall(sc.Arch.NATIVE, name)
+                vals = tuple(int(a, 0) for a in args.split(", ") if a)
+                steps, _, uncached = bpf_trace(bpf, nr, vals)
+                n_calls += uncached
+                insns += steps if uncached else 0
+            out.setdefault(prog, {})[pol] = (n_calls, insns)
+    return out
+
+
+def report(
+    steps: dict[str, float],
+    runs: dict[str, dict[str, list[int]]],
+    bpf_len: dict[str, int],
+    work: dict[str, dict[str, tuple[int, int]]],
+) -> str:
     lines = [f"Machine: {bl.machine_line(bl.machine())}", "", f"Filter sizes (BPF instructions): {bpf_len}", ""]
+    rows = [[prog, pol, str(c), str(i)] for prog, by in work.items() for pol, (c, i) in by.items()]
+    if rows:
+        head = ["program", "policy", "calls the filter runs for", "BPF instructions run"]
+        lines += ["Per run (strace -f):", "", bl.markdown_table(head, rows), ""]
     rows = [[name.replace("  ", "&nbsp;&nbsp;"), f"{ns / 1000:.2f}"] for name, ns in steps.items()]
     lines += [bl.markdown_table(["between runs: step", "median µs"], rows), ""]
     for prog, by in runs.items():
@@ -184,9 +212,10 @@ def main() -> int:
             policies["base"] = d / "base.bpf"
             policies["base"].write_bytes(base_bpf(a.base.resolve()))
         bpf_len = {k: v.stat().st_size // 8 for k, v in policies.items()}
-        steps = time_steps(exe, a.n * 10, a.rounds) | time_cgroup_reads(a.n * 10, a.rounds)
+        steps = time_steps(exe, a.n * 10, a.rounds) | time_cgroup_reads(exe, max(a.n // 5, 10), a.rounds)
         runs = time_runs(exe, policies, variants, a.n, a.rounds, a.block)
-    print(report(steps, runs, bpf_len))
+        work = filter_work(policies)
+    print(report(steps, runs, bpf_len, work))
     return 0
 
 
