@@ -1,5 +1,7 @@
 /* Helper of benchmarks/walls.py: issue 13's per-run walls, each timed alone,
-   doing what sandboxd/sandbox/agent/agent.c does for it (keep in step).
+   doing what sandboxd/sandbox/agent/agent.c does for it (its two filters and
+   arch constants come from agent.c at build time, see walls.py; the steps
+   are written again here: keep them in step).
 
    walls steps N
        In a new net + pid + IPC namespace, as a box's worker is: N times each
@@ -14,6 +16,7 @@
        Joins cgroup v1 memory group CG, runs PROG N times, and after each
        run times the daemon's reads of CG's files; prints their medians. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -34,13 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#if defined(__x86_64__)
-#define NATIVE_ARCH AUDIT_ARCH_X86_64
-#define X32_BIT 0x40000000u
-#elif defined(__aarch64__)
-#define NATIVE_ARCH AUDIT_ARCH_AARCH64
-#define X32_BIT 0xffffffffu
-#endif
+/* NATIVE_ARCH, X32_BIT: from agent.c too (see AGENT_WATCH_INSNS below). */
 
 static long long now(void) {
     struct timespec t;
@@ -170,27 +167,11 @@ static int load(struct sock_filter *f, unsigned short len, unsigned flags) {
     return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &p);
 }
 
-/* agent: watch_sockets() */
-static struct sock_filter watch[] = {
-    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 0, 6),
-    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-    BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_BIT, 4, 0),
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 4),
-    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 1, 0),
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 0, 1),
-    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-};
-
-/* agent: clone3_guard_insns */
-static struct sock_filter guard[4] = {
-    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1),
-    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | 38 /* ENOSYS */),
-    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-};
+/* The agent's own two filters, taken from agent.c by walls.py at build time
+   (-include of a header it writes: AGENT_WATCH_INSNS, AGENT_GUARD_INSNS),
+   so what is timed is what the agent loads. */
+static struct sock_filter watch[] = {AGENT_WATCH_INSNS};
+static struct sock_filter guard[4] = {AGENT_GUARD_INSNS};
 
 /* Its own frame: nothing of the caller's lives across the vfork. */
 static __attribute__((noinline)) long long one_run(int devnull, int with_guard, char **argv) {

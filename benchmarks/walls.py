@@ -59,9 +59,35 @@ def base_bpf(tree: Path) -> bytes:
     return subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True).stdout
 
 
+AGENT_C = Path(__file__).resolve().parent.parent / "sandboxd" / "sandbox" / "agent" / "agent.c"
+# The agent's architecture constants, verbatim; the bodies of its socket-watch filter (in
+# watch_sockets) and of its clone3 guard, as macros.
+AGENT_ARCH = re.compile(r"^#if defined\(__x86_64__\)\n#define NATIVE_ARCH .*?^#endif$", re.S | re.M)
+AGENT_FILTERS = {
+    "AGENT_WATCH_INSNS": re.compile(
+        r"static void watch_sockets\(void\) \{\s*struct sock_filter f\[\] = \{(.*?)\};", re.S
+    ),
+    "AGENT_GUARD_INSNS": re.compile(r"static struct sock_filter clone3_guard_insns\[\] = \{(.*?)\};", re.S),
+}
+
+
 def helper(d: Path) -> Path:
+    """walls.c built with the agent's two filters, as agent.c declares them."""
+    src = AGENT_C.read_text()
+    header = d / "agent_filters.h"
+    arch = AGENT_ARCH.search(src)
+    if arch is None:
+        raise SystemExit(f"walls.py: agent.c no longer defines NATIVE_ARCH as expected ({AGENT_ARCH.pattern})")
+    lines = ["#include <linux/audit.h>", arch.group(0)]
+    for name, pattern in AGENT_FILTERS.items():
+        m = pattern.search(src)
+        if m is None:
+            raise SystemExit(f"walls.py: {name}: agent.c no longer declares it as expected ({pattern.pattern})")
+        lines.append(f"#define {name} " + " ".join(m.group(1).split()))
+    header.write_text("\n".join(lines) + "\n")
     exe = d / "walls"
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(Path(__file__).with_name("walls.c"))], check=True)
+    cc = ["gcc", "-O2", "-include", str(header), "-o", str(exe), str(Path(__file__).with_name("walls.c"))]
+    subprocess.run(cc, check=True)
     return exe
 
 
