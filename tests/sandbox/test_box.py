@@ -6,6 +6,7 @@ import os
 
 from box_fixtures import SyncEngine
 
+from sandboxd.sandbox.box import Box
 from sandboxd.schema import FileIn, Limits, MiB, RunRequest, RunResult
 
 
@@ -396,30 +397,40 @@ except OSError as e:
 
 def test_unix_socket_left_in_flight_gets_the_next_run_a_fresh_network_namespace(engine: SyncEngine) -> None:
     # The in-flight cycle outlives the run's processes until the kernel's unix
-    # GC frees it (host-wide, ~1 s here): meanwhile the abstract name is bound.
+    # GC frees it, host-wide and asynchronously (~1 s after here when the host
+    # is quiet, sometimes before the reset when it is busy): meanwhile the
+    # abstract name stays bound.  So: the name is free in every next run, and
+    # within a few tries the reset finds the socket and renews the namespace.
     eng = engine.engine
     py = ["python3", "-S", "-c"]
-    runs = [_UNIX_CLOSED, _UNIX_IN_FLIGHT, _UNIX_CLOSED]
 
-    async def scenario() -> list[list[str]]:
+    async def cycle(box: Box, code: str) -> tuple[str, str, str]:
+        """(namespace before, namespace after, bind result after) of one run of `code`."""
+        before = await box.run(RunRequest(cmd=[*py, _UNIX_PROBE]))
+        await box.reset()
+        r = await box.run(RunRequest(cmd=[*py, code]))
+        assert r.status == "ok", r
+        await box.reset()
+        after = await box.run(RunRequest(cmd=[*py, _UNIX_PROBE]))
+        await box.reset()
+        ns_before, ns_after = before.stdout.decode().split()[0], after.stdout.decode().split()[0]
+        return ns_before, ns_after, after.stdout.decode().split("\n")[1]
+
+    async def scenario() -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
         box = await eng.box()
         try:
-            seen = []
-            for code in runs:
-                p = await box.run(RunRequest(cmd=[*py, _UNIX_PROBE]))
-                await box.reset()
-                r = await box.run(RunRequest(cmd=[*py, code]))
-                assert r.status == "ok", r
-                await box.reset()
-                q = await box.run(RunRequest(cmd=[*py, _UNIX_PROBE]))
-                await box.reset()
-                seen.append(p.stdout.decode().split("\n", 1) + q.stdout.decode().split("\n", 1))
-            return seen
+            quiet = [await cycle(box, _UNIX_CLOSED)]
+            left = []
+            for _ in range(5):
+                left.append(await cycle(box, _UNIX_IN_FLIGHT))
+                if left[-1][0] != left[-1][1]:
+                    break
+            quiet.append(await cycle(box, _UNIX_CLOSED))
+            return quiet, left
         finally:
             eng.release(box)
 
-    seen = engine.call(scenario())
-    assert [(s[1], s[3]) for s in seen] == [("free\n", "free\n")] * 3, seen
-    closed, in_flight, closed_again = ((s[0], s[2]) for s in seen)
-    assert closed[0] == closed[1] and closed_again[0] == closed_again[1], seen  # closed sockets: namespace kept
-    assert in_flight[0] != in_flight[1], seen  # one left in flight: a new namespace before the next run
+    quiet, left = engine.call(scenario())
+    assert [bound for _, _, bound in quiet + left] == ["free"] * len(quiet + left), (quiet, left)
+    assert all(a == b for a, b, _ in quiet), quiet  # sockets closed by the run: the namespace is kept
+    assert any(a != b for a, b, _ in left), left  # one left in flight: a new namespace before the next run
