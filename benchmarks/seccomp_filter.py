@@ -88,6 +88,14 @@ TYPICAL = (
 
 def bpf_steps(bpf: bytes, nr: int, args: tuple[int, ...]) -> tuple[int, int]:
     """(instructions executed, return value) of a classic-BPF seccomp program."""
+    steps, ret, _ = bpf_trace(bpf, nr, args)
+    return steps, ret
+
+
+def bpf_trace(bpf: bytes, nr: int, args: tuple[int, ...]) -> tuple[int, int, bool]:
+    """bpf_steps, and whether the path read an argument: when it did not, the
+    kernel's per-syscall action cache answers that call without the filter."""
+    read_args = False
     data = struct.pack(
         "<IIQ6Q", nr, AUDIT_ARCH_X86_64, 0, *((a & (1 << 64) - 1) for a in (*args, 0, 0, 0, 0, 0, 0)[:6])
     )
@@ -99,8 +107,9 @@ def bpf_steps(bpf: bytes, nr: int, args: tuple[int, ...]) -> tuple[int, int]:
         pc += 1
         if code == 0x20:  # ld [k]
             acc = struct.unpack_from("<I", data, k)[0]
+            read_args |= k >= 8  # seccomp_data: nr, arch, then ip and the args
         elif code == 0x06:  # ret k
-            return steps, k
+            return steps, k, read_args
         elif code == 0x54:  # and k
             acc &= k
         elif code in (0x15, 0x25, 0x35, 0x45):  # jeq, jgt, jge, jset k
