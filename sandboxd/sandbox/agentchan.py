@@ -40,8 +40,8 @@ class Channel:
     def _readable(self) -> None:
         try:
             # (CLOEXEC: a received /box fd must never reach a process the daemon starts.)
-            data, anc, _flags, _ = self.sock.recvmsg(
-                proto.MAX_MSG, socket.CMSG_SPACE(4 * MAX_FDS), socket.MSG_CMSG_CLOEXEC
+            data, anc, flags, _ = self.sock.recvmsg(
+                proto.MAX_REPLY, socket.CMSG_SPACE(4 * MAX_FDS), socket.MSG_CMSG_CLOEXEC
             )
         except BlockingIOError:
             return
@@ -54,6 +54,11 @@ class Channel:
                 a = array.array("i")
                 a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
                 fds.extend(a)
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            for fd in fds:
+                os.close(fd)
+            self._fail(AgentDied(f"agent sent a reply over {proto.MAX_REPLY} bytes or {MAX_FDS} fds"))
+            return
         if not data:
             self._fail(AgentDied("agent exited"))
             return
