@@ -118,23 +118,39 @@ def check_reply(data: bytes, fds: list[int], want: int) -> None:
     raise BoxError(f"agent sent message type {kind}, expected {want}")
 
 
+# A run's output pipes are watched by the event loop from this long into the
+# run, not from its start: most runs are over by then, and their output (less
+# than a pipe's 64 KiB) is read once their result is in (Capture.drain), which
+# saves two readers added and removed (five syscalls each on uvloop) and two
+# loop wake-ups (the pipes' EOFs, just before the result) per run, issue 18.
+# A program writing more waits at most this long for its first read.
+WATCH_AFTER = 0.001
+
+
 class Capture:
     """Reads one output pipe up to a limit; past it, asks for the run to be killed."""
 
-    def __init__(self, fd: int, limit: int, on_overflow: Callable[[], None]) -> None:
+    def __init__(self, fd: int, limit: int, on_overflow: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
         self.fd = fd
         self.limit = limit
         self.chunks: list[bytes] = []
         self.size = 0
         self.truncated = False
         self.on_overflow = on_overflow
-        self.loop = asyncio.get_running_loop()
-        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.loop = loop
+        self.watched = False
+        self.done: asyncio.Future[None] = loop.create_future()
         if fd < 0:  # nothing to capture
             self.done.set_result(None)
             return
         os.set_blocking(fd, False)
-        self.loop.add_reader(fd, self._readable)
+
+    def watch(self) -> None:
+        """Read as the program writes (WATCH_AFTER into its run, or when the
+        result came while a writer is still alive)."""
+        if self.fd >= 0 and not self.watched:
+            self.watched = True
+            self.loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
         try:
@@ -176,7 +192,8 @@ class Capture:
 
     def close(self) -> None:
         if self.fd >= 0:
-            self.loop.remove_reader(self.fd)
+            if self.watched:
+                self.loop.remove_reader(self.fd)
             os.close(self.fd)
             self.fd = -1
         if not self.done.done():
