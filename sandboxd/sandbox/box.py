@@ -22,7 +22,7 @@ from pathlib import Path
 from sandboxd.rootfs.mounts import Rootfs
 from sandboxd.sandbox import agentproto as proto
 from sandboxd.sandbox import boxfiles
-from sandboxd.sandbox.agentchan import WATCH_AFTER, AgentDied, BoxError, Capture, Channel, check_reply
+from sandboxd.sandbox.agentchan import WATCH_AFTER, AgentDied, BoxError, Capture, Channel, check_reply, output_pipe
 from sandboxd.sandbox.cgroups import BoxCgroup, RunCgroup
 from sandboxd.sandbox.classify import classify
 from sandboxd.schema import MAX_FILES_OUT_BYTES, RunRequest, RunResult
@@ -201,7 +201,7 @@ class Box:
         if stdio is not None and len(stdio) == 3:
             err_r, err_w = -1, stdio[2]
         else:
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = output_pipe()
             owned.append(err_w)
         stop = _Stop(chan)
         out = Capture(out_r, lim.output, stop, chan.loop)
@@ -342,7 +342,7 @@ def _open_stdio(stdin: bytes, stdio: Stdio | None, owned: list[int]) -> tuple[in
         owned.append(stdin_fd)
         if len(stdin) < STDIN_THREAD_FROM:
             _fill(stdin_fd, stdin)  # (a large one is filled on a thread: Box._run)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = output_pipe()
     owned.append(out_w)
     return stdin_fd, out_r, out_w
 

@@ -137,12 +137,12 @@ def test_output_limit_stops_a_flood(engine: SyncEngine) -> None:
 
 
 def test_output_past_a_pipes_capacity_arrives_whole(engine: SyncEngine) -> None:
-    # (the output pipes are watched from agentchan.WATCH_AFTER into a run: a
+    # (past agentchan.PIPE_BYTES: the pipes are watched from WATCH_AFTER into a run, a
     # writer blocked on a full pipe before that goes on once they are)
-    script = "head -c 1000000 /dev/zero | tr '\\0' o; head -c 300000 /dev/zero | tr '\\0' e >&2"
+    script = "head -c 1500000 /dev/zero | tr '\\0' o; head -c 300000 /dev/zero | tr '\\0' e >&2"
     r = engine.run(["sh", "-c", script], limits=Limits(output=2 * MiB))
     assert r.status == "ok", r
-    assert r.stdout == b"o" * 1000000 and r.stderr == b"e" * 300000
+    assert r.stdout == b"o" * 1500000 and r.stderr == b"e" * 300000
     assert not r.stdout_truncated
 
 
