@@ -128,16 +128,18 @@ def check_reply(data: bytes, fds: list[int], want: int) -> None:
 # wake-ups (the pipes' EOFs, just before the result) per run, issue 18.  A
 # program writing more than PIPE_BYTES waits at most this long for its first read.
 WATCH_AFTER = 0.005
-# An output pipe's capacity (F_SETPIPE_SZ; Linux's default pipe-max-size): the
-# kernel allocates its pages only as they are written, charged to the writer's
-# memory cgroup (the box's), so a small output costs what it did with 64 KiB.
-PIPE_BYTES = 1 << 20
+# An output pipe's capacity (F_SETPIPE_SZ, default 64 KiB).  Its pages are
+# allocated only as they are written, and charged to the writer's memory
+# cgroup: output waiting in a pipe counts in the run's `memory` (memstat.py),
+# so a run whose output exceeds 64 KiB may show up to 2 x 192 KiB more than
+# when every pipe was read as it filled; not more, to keep that small.
+PIPE_BYTES = 256 << 10
 
 
 def output_pipe() -> tuple[int, int]:
     """(read end, write end) of a run's output pipe, PIPE_BYTES if the kernel allows."""
     r, w = os.pipe2(os.O_CLOEXEC)
-    with contextlib.suppress(OSError):  # (a lower pipe-max-size: the default, watched sooner)
+    with contextlib.suppress(OSError):  # (a lower pipe-max-size: 64 KiB; more waits for WATCH_AFTER)
         fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     return r, w
 
