@@ -113,13 +113,14 @@ class _Conn:
         max_receiving_bytes (waited for, up to the same timeout: the socket's
         reader stops reading meanwhile, so the client is held back, not buffered)."""
         gate, timeout = self.inbound.receiving, self.inbound.body_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await gate.acquire(n)
-        except TimeoutError:
-            why = f"the daemon is receiving {gate.used} bytes (max_receiving_bytes {gate.capacity}): retry"
-            self.send_error(None, make("queue_full", why))
-            return None
+        if not gate.try_acquire(n):  # (the common case takes no timer: issue 18)
+            try:
+                async with asyncio.timeout(timeout):
+                    await gate.acquire(n)
+            except TimeoutError:
+                why = f"the daemon is receiving {gate.used} bytes (max_receiving_bytes {gate.capacity}): retry"
+                self.send_error(None, make("queue_full", why))
+                return None
         try:
             async with asyncio.timeout(timeout):
                 return await self._receive(n)
@@ -182,6 +183,8 @@ class _Conn:
 
     async def _drain(self) -> bool:
         """False when the client has not read its replies for http_body_timeout."""
+        if not self.writer.transport.get_write_buffer_size() and not self.writer.is_closing():
+            return True  # (nothing to wait for: no timer, issue 18)
         try:
             async with asyncio.timeout(self.inbound.body_timeout):
                 await self.writer.drain()

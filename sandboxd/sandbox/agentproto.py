@@ -46,6 +46,11 @@ SIGNAL = struct.Struct("=II")  # type signo
 READY = struct.Struct("=II")  # type flags
 
 MAX_MSG = 1 << 20
+# The agent's replies are small (its largest, an ERROR, is at most 600 bytes:
+# agent.c's send_error/die); the daemon's receive buffer is this, not
+# MAX_MSG: a 1 MiB recvmsg buffer is an mmap, page faults, mremap and munmap
+# per reply, ~35 µs each, twice a run (issue 18).  Longer is a broken agent.
+MAX_REPLY = 4096
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from sandboxd.rootfs.mounts import Rootfs
 from sandboxd.sandbox import agentproto as proto
 from sandboxd.sandbox import boxfiles
-from sandboxd.sandbox.agentchan import AgentDied, BoxError, Capture, Channel, check_reply
+from sandboxd.sandbox.agentchan import WATCH_AFTER, AgentDied, BoxError, Capture, Channel, check_reply, output_pipe
 from sandboxd.sandbox.cgroups import BoxCgroup, RunCgroup
 from sandboxd.sandbox.classify import classify
 from sandboxd.schema import MAX_FILES_OUT_BYTES, RunRequest, RunResult
@@ -202,14 +202,15 @@ class Box:
         if stdio is not None and len(stdio) == 3:
             err_r, err_w = -1, stdio[2]
         else:
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = output_pipe()
             owned.append(err_w)
         stop = _Stop(chan)
-        out = Capture(out_r, lim.output, stop)
-        err = Capture(err_r, lim.output, stop)
+        out = Capture(out_r, lim.output, stop, chan.loop)
+        err = Capture(err_r, lim.output, stop, chan.loop)
         flags = proto.F_HAS_CPU_FD | (proto.F_RESET_AFTER if then_reset else 0)
         msg = _run_message(req, flags | (proto.F_INTO_CGROUP if rc.into else 0))
         fut = _send_run(chan, msg, [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds], owned, rc, out, err)
+        watch = chan.loop.call_later(WATCH_AFTER, _watch, out, err)
         if control is not None:
             control.attach(stop)
         try:
@@ -220,6 +221,7 @@ class Box:
             self.broken = str(e)
             return RunResult(status="internal_error", message=f"the box failed during the run: {e}")
         finally:
+            watch.cancel()
             if control is not None:
                 control.attach(None)
             if not out.done.done() or not err.done.done():
@@ -328,6 +330,11 @@ def _fill(fd: int, data: bytes, close: bool = False) -> None:
             os.close(fd)
 
 
+def _watch(out: Capture, err: Capture) -> None:
+    out.watch()
+    err.watch()
+
+
 def _open_stdio(stdin: bytes, stdio: Stdio | None, owned: list[int]) -> tuple[int, int, int]:
     """(stdin, stdout's read end or -1 when not captured, stdout's write end)
     for a run; what the agent gets a copy of goes on `owned`, closed once sent."""
@@ -339,7 +346,7 @@ def _open_stdio(stdin: bytes, stdio: Stdio | None, owned: list[int]) -> tuple[in
         owned.append(stdin_fd)
         if len(stdin) < STDIN_THREAD_FROM:
             _fill(stdin_fd, stdin)  # (a large one is filled on a thread: Box._run)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = output_pipe()
     owned.append(out_w)
     return stdin_fd, out_r, out_w
 
@@ -409,6 +416,7 @@ async def _run_result(
     res = proto.decode_result(data)
     # Every process of the run is dead now, so the pipes are at EOF.
     if not (out.drain() and err.drain()):
+        _watch(out, err)
         await asyncio.gather(out.done, err.done)
     return res
 

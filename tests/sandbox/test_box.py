@@ -140,6 +140,16 @@ def test_output_limit_stops_a_flood(engine: SyncEngine) -> None:
     assert r.wall_time < 10  # stopped at the limit, not at the CPU limit
 
 
+def test_output_past_a_pipes_capacity_arrives_whole(engine: SyncEngine) -> None:
+    # (past agentchan.PIPE_BYTES: the pipes are watched from WATCH_AFTER into a run, a
+    # writer blocked on a full pipe before that goes on once they are)
+    script = "head -c 1500000 /dev/zero | tr '\\0' o; head -c 300000 /dev/zero | tr '\\0' e >&2"
+    r = engine.run(["sh", "-c", script], limits=Limits(output=2 * MiB))
+    assert r.status == "ok", r
+    assert r.stdout == b"o" * 1500000 and r.stderr == b"e" * 300000
+    assert not r.stdout_truncated
+
+
 def test_fork_bomb_is_contained_and_box_stays_usable(engine: SyncEngine) -> None:
     r = engine.run(["sh", "-c", "f() { f | f & }; f"], limits=Limits(procs=16, cpu_time=1, wall_time=2))
     assert r.status != "internal_error", r
