@@ -136,6 +136,34 @@ def test_a_body_is_charged_with_its_decoded_copy_until_its_job_is_stored(budgete
     _wait_receiving(budgeted, 0, "requests")
 
 
+def _mapped(d: Daemon, size: int) -> int:
+    """The daemon's shared anonymous mappings of `size` bytes (page-rounded): receive buffers."""
+    size = -(-size // 4096) * 4096
+    n = 0
+    with open(f"/proc/{d.proc.pid}/maps") as f:
+        for line in f:
+            lo, _, hi = line.split()[0].partition("-")
+            n += int(hi, 16) - int(lo, 16) == size and "/dev/zero" in line
+    return n
+
+
+def test_a_body_cut_short_is_unmapped_when_its_hold_is_given_back(budgeted: Daemon) -> None:
+    # lead3: the buffer of an upload whose client went away stayed mapped (the
+    # request's stream keeps the connection's error, whose traceback holds the
+    # receiving frame: a cycle) after its hold was given back: two stalled 50 MiB
+    # uploads left 98 MiB resident that the budget no longer counted.
+    n = BODY - 12345  # (a size no other mapping has)
+    with _tcp(budgeted) as s:
+        s.sendall(HEAD % n + b"{" + b" " * (n // 2))
+        _wait_receiving(budgeted, copies(n, msgpack=False))
+        deadline = time.monotonic() + 20
+        while not _mapped(budgeted, n):  # (its buffer, mapped once its handler starts reading)
+            assert time.monotonic() < deadline, "no receive buffer of the body's size"
+            time.sleep(0.05)
+    _wait_receiving(budgeted, 0)  # the client went away: given back
+    assert _mapped(budgeted, n) == 0, "the cut-short body's buffer is still mapped"
+
+
 def _unix(d: Daemon) -> socket.socket:
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
