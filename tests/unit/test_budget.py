@@ -12,7 +12,16 @@ import uvloop
 from sandboxd import config, schema
 from sandboxd.bodyhold import BODY, copies, stored
 from sandboxd.config.host import DEFAULT_CAP, DEFAULT_FLOOR, default_memory_budget
-from sandboxd.engine.budget import OVERHEAD, RESULT_COPIES, BudgetFull, ByteLRU, MemoryBudget, ResultHold, nbytes
+from sandboxd.engine.budget import (
+    OVERHEAD,
+    RESULT_COPIES,
+    BudgetFull,
+    ByteLRU,
+    HeapTrim,
+    MemoryBudget,
+    ResultHold,
+    nbytes,
+)
 from sandboxd.engine.scheduler import AdmissionQueue, QueueFull, Ticket
 from sandboxd.rates import RETRY_MAX, RETRY_MIN, DrainRate, retry_after
 from sandboxd.schema import Submission
@@ -147,6 +156,7 @@ def test_budget_refuses_what_does_not_fit_with_a_clear_message() -> None:
         "used": 90 * MiB,
         "refused": 2,
         "holders": {"requests": 90 * MiB, "receiving": 0, "sessions": 0, "compile_cache": 0, "results": 0},
+        "trims": 0,  # (no event loop running: no trim scheduled)
     }
 
 
@@ -269,3 +279,38 @@ def test_a_result_hold_reads_a_file_only_if_it_fits_and_settles_the_rest_once() 
     r.release()
     r.release()  # (idempotent)
     assert b.total == 0 and b.refused == 1
+
+
+def test_the_heap_is_trimmed_once_enough_was_reserved_or_given_back() -> None:
+    # lead3: glibc kept what large bodies freed (20-45 MiB per load, uncounted)
+    async def main() -> tuple[int, int, int]:
+        t = HeapTrim(every=10 * MiB, delay=0)
+        assert t.fn is not None  # (glibc: the daemon's C library here)
+        t.note(6 * MiB)
+        await asyncio.sleep(0.05)
+        before = t.trims
+        t.note(6 * MiB)  # crosses it: one trim, on a thread
+        t.note(20 * MiB)  # (one at a time: counted, not scheduled again)
+        for _ in range(200):
+            if t.trims:
+                break
+            await asyncio.sleep(0.01)
+        return before, t.trims, t.owed
+
+    before, trims, owed = uvloop.run(main())
+    assert (before, trims) == (0, 1)
+    assert owed == 0
+
+
+def test_a_budget_trims_after_large_releases() -> None:
+    async def main() -> int:
+        b = MemoryBudget(100 * MiB)
+        b.trim.delay = 0
+        b.reserve("requests", 30 * MiB).release()
+        for _ in range(200):
+            if b.trim.trims:
+                break
+            await asyncio.sleep(0.01)
+        return int(b.snapshot()["trims"])
+
+    assert uvloop.run(main()) >= 1
