@@ -175,6 +175,7 @@ class Hold:
 class MemoryBudget:
     def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
+        self.room = limit  # (what the holders may take together: keep())
         self.used: dict[str, int] = dict.fromkeys(HOLDERS, 0)
         self.total = 0
         self.refused = 0
@@ -182,18 +183,22 @@ class MemoryBudget:
         self._reclaimers: list[Reclaimable] = []
         self.trim = HeapTrim()
 
+    def keep(self, n: int) -> None:
+        """Leave n bytes of the limit to what no holder counts (sandboxd.bodyhold.headroom)."""
+        self.room = self.limit - n
+
     def add_reclaimer(self, r: Reclaimable) -> None:
         self._reclaimers.append(r)
 
     def _fits(self, n: int) -> bool:
-        short = self.total + n - self.limit
+        short = self.total + n - self.room
         if short > sum(r.bytes for r in self._reclaimers):
             return False  # (evicting would not make it fit: keep the cache)
         for r in self._reclaimers:
             if short <= 0:
                 break
             short -= r.shrink(short)
-        return self.total + n <= self.limit
+        return self.total + n <= self.room
 
     def try_reserve(self, holder: str, n: int) -> Hold | None:
         if not self._fits(n):
@@ -229,11 +234,12 @@ class MemoryBudget:
     def refuse(self, n: int, what: str) -> tuple[str, float]:
         """Count a refusal of n bytes that did not fit: its message and Retry-After."""
         self.refused += 1
-        short = self.total + n - self.limit
+        short = self.total + n - self.room
         retry = retry_after(short, self.freed.rate())
         message = (
             f"the daemon's memory budget is full: {what} needs {n} bytes, "
-            f"{max(0, self.limit - self.total)} of memory_budget = {self.limit} are free; "
+            f"{max(0, self.room - self.total)} of memory_budget = {self.limit} are free "
+            f"({self.limit - self.room} of it kept for the daemon itself); "
             f"retry in {retry:.0f} s"
         )
         return message, retry
@@ -255,6 +261,7 @@ class MemoryBudget:
     def snapshot(self) -> dict[str, Any]:
         return {
             "limit": self.limit,
+            "room": self.room,  # (the holders' share: limit less its headroom)
             "used": self.total,
             "refused": self.refused,
             "holders": dict(self.used),

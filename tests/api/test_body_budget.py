@@ -110,11 +110,12 @@ def test_body_being_received_holds_its_bytes_of_the_budget(budgeted: Daemon) -> 
 
 
 def test_a_body_is_charged_with_its_decoded_copy_until_its_job_is_stored(budgeted: Daemon) -> None:
-    # Two queued jobs of 7 MiB stdin hold 14 MiB of the 24.  A third such
-    # body fits what is free by itself (lead: accepted, its received buffer,
-    # decoded request and stored spec held at once, two of them uncounted),
-    # not with its copies (14 MiB > 10): refused at its headers.
-    job = msgspec.msgpack.encode({"cmd": ["sh", "-c", "sleep 6; wc -c"], "stdin": b"x" * (7 * MiB)})
+    # Two queued jobs of 6 MiB stdin hold 12 MiB of the holders' 21 (the
+    # budget's 24 less its headroom, 3).  A third such body fits what is free
+    # by itself (lead: accepted, its received buffer, decoded request and
+    # stored spec held at once, two of them uncounted), not with its copies
+    # (12 MiB > 9): refused at its headers.
+    job = msgspec.msgpack.encode({"cmd": ["sh", "-c", "sleep 6; wc -c"], "stdin": b"x" * (6 * MiB)})
 
     def post() -> tuple[int, bytes]:
         req = urllib.request.Request(
@@ -129,7 +130,7 @@ def test_a_body_is_charged_with_its_decoded_copy_until_its_job_is_stored(budgete
     assert [post()[0], post()[0]] == [202, 202]
     held = _holders(budgeted)
     # Stored: the bodies' copies given back at once, only the queued jobs' requests held.
-    assert held["receiving"] == 0 and 14 * MiB < held["requests"] < 15 * MiB, held
+    assert held["receiving"] == 0 and 12 * MiB < held["requests"] < 13 * MiB, held
     status, reply = post()
     assert status == 429, (status, reply[:300])
     assert b"memory budget is full" in reply and b"received and decoded" in reply, reply[:600]

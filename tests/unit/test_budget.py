@@ -10,7 +10,7 @@ import pytest
 import uvloop
 
 from sandboxd import config, schema
-from sandboxd.bodyhold import BODY, copies, stored
+from sandboxd.bodyhold import BODY, copies, headroom, stored
 from sandboxd.config.host import DEFAULT_CAP, DEFAULT_FLOOR, default_memory_budget
 from sandboxd.engine.budget import (
     OVERHEAD,
@@ -153,6 +153,7 @@ def test_budget_refuses_what_does_not_fit_with_a_clear_message() -> None:
     assert RETRY_MIN <= e.value.retry_after < 5
     assert b.snapshot() == {
         "limit": 100 * MiB,
+        "room": 100 * MiB,  # (no headroom asked for)
         "used": 90 * MiB,
         "refused": 2,
         "holders": {"requests": 90 * MiB, "receiving": 0, "sessions": 0, "compile_cache": 0, "results": 0},
@@ -314,3 +315,22 @@ def test_a_budget_trims_after_large_releases() -> None:
         return int(b.snapshot()["trims"])
 
     assert uvloop.run(main()) >= 1
+
+
+def test_a_budgets_headroom_is_left_to_the_daemon() -> None:
+    # lead3: holders could take the whole limit, and the daemon's RSS grew
+    # 10-15 MiB past their count under hostile_load's stdin (262 MiB over
+    # idle against 256).
+    limit, need = 256 * MiB, 160 * MiB  # (2.5 x the default max_body)
+    assert headroom(limit, need) == 32 * MiB and headroom(8 << 30, need) == 64 * MiB  # (a share, capped)
+    assert headroom(170 * MiB, need) == 10 * MiB and headroom(need, need) == 0  # (a maximal body still fits)
+    b = MemoryBudget(limit)
+    b.keep(headroom(limit, need))
+    held = [b.reserve("receiving", 80 * MiB) for _ in range(2)]
+    b.reserve("requests", 40 * MiB)  # 200 MiB
+    with pytest.raises(BudgetFull) as e:
+        b.reserve("receiving", 40 * MiB)  # 240 > the holders' 224
+    assert "kept for the daemon itself" in str(e.value)
+    held[0].release()
+    b.reserve("receiving", 40 * MiB)
+    assert b.snapshot()["room"] == 224 * MiB
