@@ -76,8 +76,7 @@ class HeapTrim:
     """Free heap returned to the host once TRIM_AFTER bytes were reserved from
     or given back to the budget since the last time, on a thread (it takes the allocator's
     locks, not the GIL: ctypes releases it), at most one at a time.  Off the
-    event loop's thread a release only adds to the count: the loop's next
-    release schedules the trim."""
+    event loop's thread nothing is scheduled."""
 
     def __init__(self, every: int = TRIM_AFTER, delay: float = TRIM_DELAY) -> None:
         self.every, self.delay = every, delay
@@ -92,7 +91,8 @@ class HeapTrim:
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:
+        except RuntimeError:  # (not the loop's thread: counted again from nothing, not raised on every call)
+            self.owed = 0
             return
         self._pending = True
         loop.call_later(self.delay, self._run, loop)
