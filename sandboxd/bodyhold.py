@@ -32,6 +32,23 @@ COPIES_OTHER = 2.5
 MAX_COPIES = max(COPIES_MSGPACK, COPIES_OTHER)
 
 
+# Of memory_budget, the part its holders leave free: what no holder counts
+# and the daemon's RSS still grows by under load (per-connection and
+# per-request interpreter objects, allocator slack, code pages first touched),
+# measured at 10-15 MiB over the holders' count under issue 13's loads
+# (benchmarks/hostile_load.py).  So the budget bounds the daemon's RSS growth,
+# not only its holders' sum.  Never so much that a maximal body (`need`:
+# MAX_COPIES x max_body, which the configuration checks the budget holds)
+# would not fit: a small budget keeps less.
+HEADROOM_SHARE = 1 / 8
+HEADROOM_MAX = 64 << 20
+
+
+def headroom(limit: int, need: int) -> int:
+    """The bytes of a memory budget of `limit` its holders leave free."""
+    return max(0, min(int(limit * HEADROOM_SHARE), HEADROOM_MAX, limit - need))
+
+
 def copies(n: int, msgpack: bool) -> int:
     """The budget a body of n bytes holds from its headers until its job's spec is stored."""
     return int(n * (COPIES_MSGPACK if msgpack else COPIES_OTHER))

@@ -164,7 +164,17 @@ class DecodePool:
 
     def untyped(self, body: Body) -> Any:
         """msgspec.json.decode(body), parsed by a worker; raises what it would."""
-        status, payload = self._call("", body)
+        return self._value(*self._call("", body))
+
+    def untyped_from(self, held: list[Body]) -> Any:
+        """untyped() of the one body in `held`, taken out of it: with no other
+        reference to it left, the body is freed once the worker has read it,
+        before the value is built from the worker's msgpack (so the daemon
+        holds two of the three at a time, not all three: sandboxd.bodyhold)."""
+        return self._value(*self._call("", held.pop()))
+
+    @staticmethod
+    def _value(status: int, payload: bytearray) -> Any:
         if status == OK:
             return msgspec.msgpack.decode(payload)
         name, message = msgspec.msgpack.decode(payload)

@@ -31,7 +31,7 @@ import msgspec
 from sandboxd.api import replies
 from sandboxd.api.bodies import Body, Format, decode
 from sandboxd.api.decodepool import DECODE
-from sandboxd.bodyhold import BodyHold, copies
+from sandboxd.bodyhold import MAX_COPIES, BodyHold, copies, headroom
 from sandboxd.config import DEFAULT, Config
 from sandboxd.errors import error
 
@@ -49,11 +49,15 @@ class BodyBudget(Protocol):
     (sandboxd.engine.budget.MemoryBudget; the API is not to import the engine:
     a coordinator serves it without one)."""
 
+    limit: int
+
     def try_reserve(self, holder: str, n: int) -> BodyHold | None: ...
 
     def force(self, holder: str, n: int) -> BodyHold: ...
 
     def refuse(self, n: int, what: str) -> tuple[str, float]: ...
+
+    def keep(self, n: int) -> None: ...
 
 
 # Bodies this large are received into anonymous memory (mmap) instead of a
@@ -211,6 +215,8 @@ class Inbound:
     @classmethod
     def from_config(cls, cfg: Config, budget: BodyBudget | None = None) -> Inbound:
         http = cfg.http
+        if budget is not None:  # (its holders leave the daemon its own working memory: sandboxd.bodyhold.headroom)
+            budget.keep(headroom(budget.limit, int(MAX_COPIES * http.max_body)))
         return cls(
             header_timeout=http.header_timeout,
             body_timeout=http.body_timeout,

@@ -37,12 +37,20 @@ async def receive(request: web.Request) -> None:
         return
     buf = receive_buffer(n, request.content_type not in FORMS)
     view, got, content = memoryview(buf), 0, request.content
-    while got < n:
-        chunk = await content.readany()
-        if not chunk or got + len(chunk) > n:
-            raise error("bad_request", f"body: {got + len(chunk)} bytes where Content-Length said {n}")
-        view[got : got + len(chunk)] = chunk
-        got += len(chunk)
+    try:
+        while got < n:
+            chunk = await content.readany()
+            if not chunk or got + len(chunk) > n:
+                raise error("bad_request", f"body: {got + len(chunk)} bytes where Content-Length said {n}")
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+    except BaseException:
+        # A body cut short (hang-up, timeout) must not wait for the garbage
+        # collector: the request's stream keeps the connection's error, whose
+        # traceback holds this frame, a cycle that kept two stalled 50 MiB
+        # uploads' buffers mapped long after their budget hold was given back.
+        del view, buf
+        raise
     view.release()  # (the mapping is unmapped when the last reference to it goes)
     # (read() returns what it has read before: aiohttp 3.x keeps it here.)
     request._read_bytes = buf  # type: ignore[assignment]

@@ -147,8 +147,12 @@ class _Conn:
                     raise asyncio.IncompleteReadError(b"", n)
                 view[got : got + len(chunk)] = chunk
                 got += len(chunk)
-        finally:
-            view.release()
+        except BaseException:
+            # (Not left to the garbage collector: the reader keeps the connection's
+            # error, whose traceback holds this frame: sandboxd.api.receive.receive.)
+            del view, buf
+            raise
+        view.release()
         return buf
 
     async def _frames(self) -> None:

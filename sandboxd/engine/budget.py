@@ -13,11 +13,18 @@ before refusing.
 
 Sizes are estimates (`nbytes`): the payload bytes plus a fixed overhead per
 object, not a byte-exact measure of the Python heap.
+
+What the budget gives back is given back to the host too (`HeapTrim`): glibc
+keeps freed heap memory for reuse (its trim threshold rises to 64 MiB after
+large frees), so each load of large bodies left the daemon 20-45 MiB larger
+than it found it, uncounted by the budget and counted against the next load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Hashable
@@ -45,6 +52,59 @@ RESULT_COPIES = 1
 # (The default budget, from the host's memory: sandboxd.config.host.default_memory_budget.)
 COMPILE_CACHE_SHARE = 0.25  # of the budget, at most, for compiled programs
 OVERHEAD = 64  # bytes counted per object besides its payload (headers, pointers)
+
+
+# Bytes reserved or given back that make the daemon return its free heap to
+# the host (malloc_trim), TRIM_DELAY s after the call that crossed it (the
+# objects a hold counted are freed a moment after it is released; a large
+# reservation is about to be filled: the heap earlier work left free goes first).
+TRIM_AFTER = 16 * MiB
+TRIM_DELAY = 0.5
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none (musl)."""
+    name = ctypes.util.find_library("c")
+    fn = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if fn is None:
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+class HeapTrim:
+    """Free heap returned to the host once TRIM_AFTER bytes were reserved from
+    or given back to the budget since the last time, on a thread (it takes the allocator's
+    locks, not the GIL: ctypes releases it), at most one at a time.  Off the
+    event loop's thread nothing is scheduled."""
+
+    def __init__(self, every: int = TRIM_AFTER, delay: float = TRIM_DELAY) -> None:
+        self.every, self.delay = every, delay
+        self.fn = _malloc_trim()
+        self.owed = 0
+        self.trims = 0
+        self._pending = False
+
+    def note(self, n: int) -> None:
+        self.owed += n
+        if self.fn is None or self._pending or self.owed < self.every:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (not the loop's thread: counted again from nothing, not raised on every call)
+            self.owed = 0
+            return
+        self._pending = True
+        loop.call_later(self.delay, self._run, loop)
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.owed = 0
+        assert self.fn is not None
+        loop.run_in_executor(None, self.fn, 0).add_done_callback(self._done)
+
+    def _done(self, _fut: asyncio.Future[int]) -> None:
+        self.trims += 1
+        self._pending = False
 
 
 def nbytes(obj: Any) -> int:
@@ -115,24 +175,30 @@ class Hold:
 class MemoryBudget:
     def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
+        self.room = limit  # (what the holders may take together: keep())
         self.used: dict[str, int] = dict.fromkeys(HOLDERS, 0)
         self.total = 0
         self.refused = 0
         self.freed = DrainRate(clock=clock)  # bytes released per second, for Retry-After
         self._reclaimers: list[Reclaimable] = []
+        self.trim = HeapTrim()
+
+    def keep(self, n: int) -> None:
+        """Leave n bytes of the limit to what no holder counts (sandboxd.bodyhold.headroom)."""
+        self.room = self.limit - n
 
     def add_reclaimer(self, r: Reclaimable) -> None:
         self._reclaimers.append(r)
 
     def _fits(self, n: int) -> bool:
-        short = self.total + n - self.limit
+        short = self.total + n - self.room
         if short > sum(r.bytes for r in self._reclaimers):
             return False  # (evicting would not make it fit: keep the cache)
         for r in self._reclaimers:
             if short <= 0:
                 break
             short -= r.shrink(short)
-        return self.total + n <= self.limit
+        return self.total + n <= self.room
 
     def try_reserve(self, holder: str, n: int) -> Hold | None:
         if not self._fits(n):
@@ -168,11 +234,12 @@ class MemoryBudget:
     def refuse(self, n: int, what: str) -> tuple[str, float]:
         """Count a refusal of n bytes that did not fit: its message and Retry-After."""
         self.refused += 1
-        short = self.total + n - self.limit
+        short = self.total + n - self.room
         retry = retry_after(short, self.freed.rate())
         message = (
             f"the daemon's memory budget is full: {what} needs {n} bytes, "
-            f"{max(0, self.limit - self.total)} of memory_budget = {self.limit} are free; "
+            f"{max(0, self.room - self.total)} of memory_budget = {self.limit} are free "
+            f"({self.limit - self.room} of it kept for the daemon itself); "
             f"retry in {retry:.0f} s"
         )
         return message, retry
@@ -181,16 +248,25 @@ class MemoryBudget:
         """Account bytes that are held whatever the budget says (small remnants)."""
         self.used[holder] += n
         self.total += n
+        self.trim.note(n)  # (what earlier work left free in the heap, given back before these bytes are)
         return Hold(self, holder, n)
 
     def _give_back(self, holder: str, n: int, freed: bool) -> None:
         self.used[holder] -= n
         self.total -= n
+        self.trim.note(n)
         if freed:
             self.freed.note(n)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"limit": self.limit, "used": self.total, "refused": self.refused, "holders": dict(self.used)}
+        return {
+            "limit": self.limit,
+            "room": self.room,  # (the holders' share: limit less its headroom)
+            "used": self.total,
+            "refused": self.refused,
+            "holders": dict(self.used),
+            "trims": self.trim.trims,  # (free heap returned to the host: HeapTrim)
+        }
 
 
 K = TypeVar("K", bound=Hashable)

@@ -110,11 +110,12 @@ def test_body_being_received_holds_its_bytes_of_the_budget(budgeted: Daemon) -> 
 
 
 def test_a_body_is_charged_with_its_decoded_copy_until_its_job_is_stored(budgeted: Daemon) -> None:
-    # Two queued jobs of 7 MiB stdin hold 14 MiB of the 24.  A third such
-    # body fits what is free by itself (lead: accepted, its received buffer,
-    # decoded request and stored spec held at once, two of them uncounted),
-    # not with its copies (14 MiB > 10): refused at its headers.
-    job = msgspec.msgpack.encode({"cmd": ["sh", "-c", "sleep 6; wc -c"], "stdin": b"x" * (7 * MiB)})
+    # Two queued jobs of 6 MiB stdin hold 12 MiB of the holders' 21 (the
+    # budget's 24 less its headroom, 3).  A third such body fits what is free
+    # by itself (lead: accepted, its received buffer, decoded request and
+    # stored spec held at once, two of them uncounted), not with its copies
+    # (12 MiB > 9): refused at its headers.
+    job = msgspec.msgpack.encode({"cmd": ["sh", "-c", "sleep 6; wc -c"], "stdin": b"x" * (6 * MiB)})
 
     def post() -> tuple[int, bytes]:
         req = urllib.request.Request(
@@ -129,11 +130,39 @@ def test_a_body_is_charged_with_its_decoded_copy_until_its_job_is_stored(budgete
     assert [post()[0], post()[0]] == [202, 202]
     held = _holders(budgeted)
     # Stored: the bodies' copies given back at once, only the queued jobs' requests held.
-    assert held["receiving"] == 0 and 14 * MiB < held["requests"] < 15 * MiB, held
+    assert held["receiving"] == 0 and 12 * MiB < held["requests"] < 13 * MiB, held
     status, reply = post()
     assert status == 429, (status, reply[:300])
     assert b"memory budget is full" in reply and b"received and decoded" in reply, reply[:600]
     _wait_receiving(budgeted, 0, "requests")
+
+
+def _mapped(d: Daemon, size: int) -> int:
+    """The daemon's shared anonymous mappings of `size` bytes (page-rounded): receive buffers."""
+    size = -(-size // 4096) * 4096
+    n = 0
+    with open(f"/proc/{d.proc.pid}/maps") as f:
+        for line in f:
+            lo, _, hi = line.split()[0].partition("-")
+            n += int(hi, 16) - int(lo, 16) == size and "/dev/zero" in line
+    return n
+
+
+def test_a_body_cut_short_is_unmapped_when_its_hold_is_given_back(budgeted: Daemon) -> None:
+    # lead3: the buffer of an upload whose client went away stayed mapped (the
+    # request's stream keeps the connection's error, whose traceback holds the
+    # receiving frame: a cycle) after its hold was given back: two stalled 50 MiB
+    # uploads left 98 MiB resident that the budget no longer counted.
+    n = BODY - 12345  # (a size no other mapping has)
+    with _tcp(budgeted) as s:
+        s.sendall(HEAD % n + b"{" + b" " * (n // 2))
+        _wait_receiving(budgeted, copies(n, msgpack=False))
+        deadline = time.monotonic() + 20
+        while not _mapped(budgeted, n):  # (its buffer, mapped once its handler starts reading)
+            assert time.monotonic() < deadline, "no receive buffer of the body's size"
+            time.sleep(0.05)
+    _wait_receiving(budgeted, 0)  # the client went away: given back
+    assert _mapped(budgeted, n) == 0, "the cut-short body's buffer is still mapped"
 
 
 def _unix(d: Daemon) -> socket.socket:
@@ -235,3 +264,20 @@ def test_a_compressed_body_is_still_read_whole(budgeted: Daemon) -> None:
     with urllib.request.urlopen(req, timeout=60) as r:
         assert r.status == 200
         assert base64.b64decode(json.loads(r.read())["stdout"]).strip() == str(2 * MiB).encode()
+
+
+def test_the_daemon_returns_its_free_heap_after_large_bodies(budgeted: Daemon) -> None:
+    # lead3: no trim; glibc kept 20-45 MiB of what each load of large bodies
+    # freed (hostile_load.py), counted by no holder and against the next load.
+    job = msgspec.msgpack.encode({"cmd": ["sh", "-c", "wc -c"], "stdin": b"x" * (7 * MiB)})
+    req = urllib.request.Request(budgeted.http + "/v1/runs", data=job, headers={"Content-Type": "application/msgpack"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.status == 200
+    deadline = time.monotonic() + 20
+    while True:
+        with urllib.request.urlopen(budgeted.http + "/v1/status", timeout=10) as r:
+            budget = json.loads(r.read())["memory_budget"]
+        if budget["trims"] >= 1:
+            break
+        assert time.monotonic() < deadline, budget
+        time.sleep(0.1)

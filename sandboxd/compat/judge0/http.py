@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from sandboxd.api.inbound import offload
+from sandboxd.compat.jsonbody import json_body
 from sandboxd.compat.judge0.api import Judge0
 from sandboxd.compat.judge0.tables import ATTRIBUTES, DEFAULT_FIELDS
 from sandboxd.errors import TENANT_STATUS, ServiceError
@@ -70,26 +70,28 @@ def fields(req: web.Request) -> tuple[str, ...]:
 
 
 async def params(req: web.Request) -> dict[str, Any]:
-    """Rails' params: query parameters, overridden by a JSON (or form) body."""
+    """Rails' params: query parameters, overridden by a JSON (or form) body.
+    (The body is not kept by the request once decoded: sandboxd.compat.jsonbody.)"""
     out: dict[str, Any] = dict(req.query)
     try:
-        body = await req.read()
+        if req.content_type == "application/x-www-form-urlencoded":
+            out.update((await req.post()).items())
+            return out
+        data = await json_body(req, _EMPTY)
     except web.HTTPRequestEntityTooLarge:
         raise J0Error(413, {"error": f"request body larger than {req.client_max_size} bytes"}) from None
-    if not body:
-        return out
-    if req.content_type == "application/x-www-form-urlencoded":
-        out.update((await req.post()).items())
-        return out
-    try:
-        data = await offload(len(body), msgspec.json.decode, body)
     # (ValidationError: a number out of range; UnicodeDecodeError: a string that is not UTF-8)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
         raise J0Error(400, {"error": f"invalid JSON body: {e}"}) from None
     except RecursionError:
         depth = sys.getrecursionlimit()
         raise J0Error(400, {"error": f"invalid JSON body: nested deeper than {depth} levels"}) from None
+    if data is _EMPTY:
+        return out
     if not isinstance(data, dict):
         raise J0Error(400, {"error": "the body must be a JSON object"})
     out.update(data)
     return out
+
+
+_EMPTY = object()  # (no body: the query's params alone)

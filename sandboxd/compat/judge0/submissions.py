@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from sandboxd.api.wire import check_idempotency_key
+from sandboxd.bodyhold import stored
 from sandboxd.compat.judge0.api import Judge0
 from sandboxd.compat.judge0.http import J0, J0Error, b64, fields, handler, params, reply
 from sandboxd.compat.judge0.request import Request
@@ -35,6 +36,7 @@ async def create_submission(req: web.Request) -> web.Response:
     if not isinstance(built, Request):
         return reply(built, 422)
     token = await j0.create(built, key)
+    stored()  # (the body and its decoded text are gone: the rest of its hold is not kept while the job is waited for)
     if not wait:
         return reply({"token": token}, 201)
     info = await j0.backend.wait_job(token)

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from sandboxd.api import sessions as api_sessions
 from sandboxd.api.httpserver import INBOUND
-from sandboxd.api.inbound import offload
 from sandboxd.bodyhold import stored
 from sandboxd.compat import Backend
+from sandboxd.compat.jsonbody import json_body
 from sandboxd.compat.piston import request
 from sandboxd.compat.piston.connect import ConnectProxy, connect
 from sandboxd.compat.piston.errors import PistonError
@@ -62,14 +62,14 @@ def _json_body(req: web.Request) -> bool:
 
 
 async def _body(req: web.Request) -> dict[str, Any]:
+    # (The body is not kept by the request once decoded, so stored() below gives
+    # back what its hold counts: sandboxd.compat.jsonbody.)
     try:
-        raw = await req.read()
+        data = await json_body(req, {})
     except web.HTTPRequestEntityTooLarge:
         # express's body parser error, answered by Piston's error handler with 400 and the stack.
         msg = "request entity too large"
         raise PistonError(400, msg, stack=f"PayloadTooLargeError: {msg}") from None
-    try:
-        data = await offload(len(raw), msgspec.json.decode, raw) if raw else {}
     # (ValidationError: a number out of range; UnicodeDecodeError: a string that is not UTF-8)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
         raise PistonError(400, str(e), stack=f"SyntaxError: {e}") from None
