@@ -59,10 +59,13 @@ class SyncEngine:
 
 
 def leftover_cgroups() -> list[str]:
-    """cgroup directories of any test instance (named pytest*) still on the host."""
+    """cgroup directories of this session's test instances (PREFIX, or PREFIX-
+    and a suffix: instances.inst) still on the host.  Not PREFIX* alone: the
+    session tagged "ci" would count the one tagged "ci2" running beside it."""
     be = cgroups.detect("pytest-probe", create=False)
     roots = list(be.base.values()) if isinstance(be, cgroups.V1) else [be.root]
-    return sorted(str(p) for r in roots if r.parent.exists() for p in r.parent.glob(PREFIX + "*"))
+    found = (p for r in roots if r.parent.exists() for p in r.parent.glob(PREFIX + "*"))
+    return sorted(str(p) for p in found if p.name == PREFIX or p.name.startswith(PREFIX + "-"))
 
 
 @pytest.fixture(scope="session", autouse=True)

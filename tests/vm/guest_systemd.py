@@ -153,7 +153,9 @@ def limits() -> dict[str, Any]:
         files = [(f.path, f.content.decode() if f.content is not None else None, f.error) for f in r.files]
         out["files_out_mode000"] = {**summary(r), "files": files}
         # Memory: 200 MB touched under a 64 MiB limit, by a plain run and by a judged C submission.
-        py = RunRequest(cmd=["python3", "-c", "b = b'x' * (200 << 20)"], limits=Limits(memory=64 * MiB))
+        # (10 CPU s: under emulation on a loaded host python's start-up and the reclaim before
+        # the kill took 2.05 s once, and the default 2 s made it time_limit, not memory_limit.)
+        py = RunRequest(cmd=["python3", "-c", "b = b'x' * (200 << 20)"], limits=Limits(memory=64 * MiB, cpu_time=10.0))
         out["mle_python"] = summary(c.run(py))
         sub = Submission(lang="c", source=ALLOC_C, tests=[TestCase()], limits=Limits(memory=64 * MiB))
         res = c.submit(sub)

@@ -125,9 +125,12 @@ def version_copy(work: Path, version: str) -> Path:
 def rollout(vm_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
     work = tmp_path_factory.mktemp("ansible")
     redis = Redis()
+    # Their ceiling: the module's four playbooks at their 1800 s timeouts, not the
+    # default hour (at load 10-13 the module outlived it, and qemu was killed mid-upgrade).
+    life = 4 * 1800 + 600
     vms = {
-        "judge1": VM(vm_image, memory_mb=1536, forward_ports=(COORD_PORT,)),
-        "judge2": VM(vm_image, memory_mb=1536),
+        "judge1": VM(vm_image, memory_mb=1536, max_lifetime=life, forward_ports=(COORD_PORT,)),
+        "judge2": VM(vm_image, memory_mb=1536, max_lifetime=life),
     }
     # Booted in parallel from threads that live as long as the VMs: qemu's
     # wrapper dies with the thread that started it (PR_SET_PDEATHSIG).
