@@ -95,6 +95,7 @@ from sandboxd.jobs.storerows import (
     put_result,
     stored,
     tombstones,
+    whole,
 )
 
 # (The rows' names are sandboxd.jobs.storerows'; the store's users import them from here.)
@@ -386,16 +387,9 @@ class JobStore:
         sql += " RETURNING seq, size"
 
         def write(db: sqlite3.Connection) -> tuple[int] | None:
-            db.execute("SAVEPOINT finish")  # (both or neither: an error undoes the failing statement only)
-            try:
-                row = db.execute(sql, params).fetchone()
-                if row is not None:
-                    put_result(db, row[0], info)  # (its own table: a large one in place, no copies)
-            except BaseException:
-                db.execute("ROLLBACK TO finish")
-                raise
-            finally:
-                db.execute("RELEASE finish")
+            row = db.execute(sql, params).fetchone()
+            if row is not None:
+                put_result(db, row[0], info)  # (its own table: a large one in place, no copies)
             return None if row is None else (row[1],)
 
         def then(ok: bool, val: Any) -> None:
@@ -407,7 +401,7 @@ class JobStore:
             if done is not None:
                 done(ok, val)
 
-        self._then(write, then, LATER, len(info))
+        self._then(whole(write), then, LATER, len(info))
 
     def record(
         self, job: NewJob, state: str, info: bytes | Split, finished_at: float, done: Done | None = None
@@ -422,16 +416,9 @@ class JobStore:
         row = (j.id, j.kind, j.callback_url, j.key, j.fingerprint, state, j.created_at, finished_at, n)
 
         def write(db: sqlite3.Connection) -> int:
-            db.execute("SAVEPOINT record")  # (both or neither, as finish)
-            try:
-                seq = db.execute(FINAL, row).lastrowid
-                assert seq is not None
-                put_result(db, seq, info)
-            except BaseException:
-                db.execute("ROLLBACK TO record")
-                raise
-            finally:
-                db.execute("RELEASE record")
+            seq = db.execute(FINAL, row).lastrowid
+            assert seq is not None
+            put_result(db, seq, info)
             return 1
 
         def then(ok: bool, val: Any) -> None:
@@ -440,7 +427,7 @@ class JobStore:
             if done is not None:
                 done(ok, val)
 
-        self._then(write, then, LATER, n)
+        self._then(whole(write), then, LATER, n)
 
     def release(self, job_id: str) -> None:
         """Left unfinished by a clean stop: runs again at the next start, and

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -255,3 +256,24 @@ class Usage:
             "evicted": self.evicted,
             "refused": self.refused,
         }
+
+
+R = TypeVar("R")
+
+
+def whole(write: Callable[[sqlite3.Connection], R]) -> Callable[[sqlite3.Connection], R]:
+    """write run in a savepoint of the batch's transaction: its statements (a
+    row and its result) all or none, and an error undoes only them, not the
+    other jobs' writes in the batch."""
+
+    def run(db: sqlite3.Connection) -> R:
+        db.execute("SAVEPOINT one")
+        try:
+            return write(db)
+        except BaseException:
+            db.execute("ROLLBACK TO one")
+            raise
+        finally:
+            db.execute("RELEASE one")
+
+    return run
