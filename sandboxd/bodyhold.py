@@ -23,7 +23,9 @@ from typing import Protocol
 # Copies of a body of n bytes held at once, at most, while its request is
 # admitted.  msgpack: the received buffer and the request decoded from it
 # (whose bytes are copies: msgspec's bytes fields), then the decoded request and
-# its spec's msgpack for the job store (about the body's size again).  JSON
+# its spec's msgpack for the job store (about the body's size again).  (A run's
+# stdin is neither: a view of the body, stored by reference, sandboxd.jobs.
+# specpieces; its files and a submission's tests are, so the bound stays.)  JSON
 # (and forms): the body, the msgpack a decode worker hands back (base64 and
 # JSON's quoting gone: at most the body's size) and the request decoded from
 # that (3/4 of the body, base64's ratio): 2.5.

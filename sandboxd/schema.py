@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from msgspec import Meta, field
@@ -88,12 +88,22 @@ class FileIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     sha256: Sha256 | None = None  # instead of content: a file of the store
 
 
+# A run's stdin decodes as a memoryview: from a msgpack body, a view of the body
+# itself, not a copy (a 40 MiB copy held the GIL, and so the event loop, for
+# 60-110 ms: issue 13); from JSON, of the bytes its base64 decodes to.  Code
+# may also put bytes there (a resolved stdin_sha256, the CLI's, the engine's).
+if TYPE_CHECKING:
+    Stdin = bytes | memoryview
+else:
+    Stdin = memoryview  # (msgspec: a union may hold one bytes-like type)
+
+
 class RunRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """One program run in one box."""
 
     cmd: Annotated[list[str], Meta(min_length=1)]
     env: dict[str, str] | None = None  # None: the language's/box's default
-    stdin: bytes = b""
+    stdin: Stdin = b""
     files_in: list[FileIn] = field(default_factory=list)
     files_out: Annotated[list[str], Meta(max_length=MAX_FILES_OUT)] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
@@ -222,7 +232,7 @@ def validate_run(req: RunRequest, resolved: bool = False) -> RunRequest:
 # --- Files named by hash (sandboxd.filestore) ---------------------------------
 
 
-def _ref(out: list[tuple[str, str]], what: str, inline: bytes | None, sha: str | None) -> None:
+def _ref(out: list[tuple[str, str]], what: str, inline: bytes | memoryview | None, sha: str | None) -> None:
     if sha is None:
         return
     if inline:

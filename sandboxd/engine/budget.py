@@ -137,7 +137,9 @@ def nbytes(obj: Any) -> int:
     return OVERHEAD
 
 
-_LEAF = frozenset((bytes, str, bytearray))  # (exact types; subclasses take isinstance's way)
+_LEAF = frozenset(
+    (bytes, str, bytearray, memoryview)
+)  # (exact types; subclasses take isinstance's way; a memoryview: a run's stdin, sandboxd.schema.Stdin)
 _SCALAR = frozenset((int, float, bool))
 
 

@@ -12,9 +12,11 @@ canonical msgpack is both what its fingerprint hashes and what the store keeps.
 
 Work proportional to a request's size runs off the event loop (issue 13): a
 spec of INLINE_BYTES or more (its admission's estimate) is encoded and hashed
-in a thread (hashlib releases the GIL over a big buffer; msgspec's encode, one
-copy of the request, does not), so that `/healthz` and small jobs are not held up behind
-a 40 MiB stdin; smaller ones stay inline, where the hop would cost more.
+in a thread (hashlib releases the GIL over a big buffer), so that `/healthz`
+and small jobs are not held up behind a 40 MiB stdin; smaller ones stay
+inline, where the hop would cost more.  A large stdin is not copied into the
+encoding at all (msgspec's encode holds the GIL, in any thread): the spec is
+encoded in pieces that hold the request's own stdin (sandboxd.jobs.specpieces).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import msgspec
 
 from sandboxd.engine.budget import Admission, nbytes
 from sandboxd.errors import ServiceError, error
-from sandboxd.jobs.fingerprint import Op, Spec, canonical, fingerprint, fingerprint_of
+from sandboxd.jobs.fingerprint import Op, Spec, canonical_pieces, fingerprint, fingerprint_of
 from sandboxd.jobs.frontend import Operations, Progress, check_idempotency_key, conflict
+from sandboxd.jobs.specpieces import Piece, pieces, total
 from sandboxd.jobs.store import INLINE_BYTES, JobIdInUse, JobStore, NewJob, Stored, StoreFull
 from sandboxd.jobs.table import Job, JobTable, encode_spec
 from sandboxd.jobs.tenants import Charge
@@ -38,15 +41,24 @@ if TYPE_CHECKING:
 
 
 class Encoded(NamedTuple):
-    data: bytes  # what the store keeps
+    pieces: list[Piece]  # what the store keeps, in pieces never joined (sandboxd.jobs.specpieces)
     fingerprint: bytes | None  # a keyed request's (sandboxd.jobs.fingerprint)
+
+    @property
+    def size(self) -> int:
+        return total(self.pieces)
+
+    def row(self, job: Job, op: Op) -> NewJob:
+        first, *more = self.pieces
+        return NewJob(job.id, op, bytes(first), job.created_at, job.callback_url, job.key, job.fingerprint, more)
 
 
 def encoded(op: Op, spec: Spec, callback_url: str | None, keyed: bool) -> Encoded:
-    """The spec's stored bytes and, keyed, its fingerprint from the same bytes."""
+    """The spec's stored bytes and, keyed, its fingerprint from the same bytes;
+    a large stdin in neither is copied (sandboxd.jobs.specpieces)."""
     if not keyed:
-        return Encoded(encode_spec(spec), None)
-    data = canonical(spec)
+        return Encoded(pieces(spec, encode_spec), None)
+    data = canonical_pieces(spec)
     return Encoded(data, fingerprint_of(op, data, callback_url))
 
 
@@ -122,9 +134,8 @@ class Acceptance(Operations):
         job.accepted = acc
         if key is not None:  # (others may wait for it: retrieved even if its sender has gone)
             acc.add_done_callback(lambda f: f.cancelled() or f.exception())
-        job.spec_size = len(enc.data)
-        row = NewJob(job.id, op, enc.data, job.created_at, job.callback_url, job.key, job.fingerprint)
-        self.store.add(row, lambda ok, val: self._committed(job, op, spec, ok, val))
+        job.spec_size = enc.size
+        self.store.add(enc.row(job, op), lambda ok, val: self._committed(job, op, spec, ok, val))
         # Unkeyed, not shielded (it costs): if its sender goes, `acc` is cancelled, and the
         # commit starts the job all the same.  Keyed, others may be waiting for `acc` too.
         return await (asyncio.shield(acc) if key is not None else acc)
@@ -163,7 +174,7 @@ class Acceptance(Operations):
             enc = None if waited and key is None else await self._encoded(op, spec, job.callback_url, key, size, asked)
             # (jobs.store_max_bytes: refused, never dropped later.  A waited job is
             # checked as any, by its request's size: its result needs room too.)
-            self.store.check_room(size if enc is None else len(enc.data))
+            self.store.check_room(size if enc is None else enc.size)
         except StoreFull as e:
             self._let_go(job)
             self.metrics.rejections.labels("queue_full").inc()
@@ -270,12 +281,11 @@ class Acceptance(Operations):
         op = job.handler.op
         # (its request as the job holds it: the tenant's clamped priority; files it names
         # possibly resolved into it already, which a restart runs the same way)
-        data = (await encode(op, spec, job.callback_url, True, nbytes(spec))).data
+        enc = await encode(op, spec, job.callback_url, True, nbytes(spec))
         if job.done.is_set():  # (ended while it was encoded: as above)
             return
-        job.waited, job.request, job.spec_size = False, None, len(data)
-        row = NewJob(job.id, op, data, job.created_at, job.callback_url, job.key, job.fingerprint)
-        self.store.add(row, lambda ok, val: self._acknowledged(acc, job, ok, val))
+        job.waited, job.request, job.spec_size = False, None, enc.size
+        self.store.add(enc.row(job, op), lambda ok, val: self._acknowledged(acc, job, ok, val))
 
     @staticmethod
     def _acknowledged(acc: asyncio.Future[JobInfo], job: Job, ok: bool, val: Stored | Exception | None) -> None:

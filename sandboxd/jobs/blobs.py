@@ -35,7 +35,7 @@ def insert(
     column: str,
     rowid: int | None,
     data: bytes,
-    more: Sequence[bytes] = (),
+    more: Sequence[bytes | memoryview] = (),
 ) -> None:
     """INSERT INTO table (key, column) VALUES (rowid, data), `key` its rowid
     (an INTEGER PRIMARY KEY); `table` and the names are the caller's

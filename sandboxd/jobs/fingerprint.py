@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 
+from sandboxd.jobs.specpieces import Piece, pieces
+
 Op = str  # what a job runs: its kind's stored name (sandboxd.jobs.kinds: "run", "submit", "compat")
 Spec = msgspec.Struct  # any registered kind's spec
 
@@ -29,13 +31,19 @@ def canonical(spec: Spec) -> bytes:
     return _canon.encode(_defaults_as_omitted(spec))
 
 
-def fingerprint_of(op: Op, canon: bytes, callback_url: str | None) -> bytes:
-    """fingerprint() of a spec whose canonical() bytes are `canon`: the hash of
-    [spec, callback_url] as one msgpack array (0x92: a fixarray of two), fed
-    in pieces (hashlib releases the GIL over a large buffer, and nothing is
-    concatenated)."""
+def canonical_pieces(spec: Spec) -> list[Piece]:
+    """canonical(spec) in pieces, its large bytes fields not copied (sandboxd.jobs.specpieces)."""
+    return pieces(_defaults_as_omitted(spec), _canon.encode)
+
+
+def fingerprint_of(op: Op, canon: bytes | list[Piece], callback_url: str | None) -> bytes:
+    """fingerprint() of a spec whose canonical() bytes are `canon` (or its
+    canonical_pieces): the hash of [spec, callback_url] as one msgpack array
+    (0x92: a fixarray of two), fed in pieces (hashlib releases the GIL over a
+    large buffer, and nothing is concatenated)."""
     h = hashlib.sha256(op.encode() + b"\0\x92")
-    h.update(canon)
+    for piece in [canon] if isinstance(canon, bytes) else canon:
+        h.update(piece)
     h.update(_canon.encode(callback_url))
     return h.digest()
 

@@ -350,7 +350,7 @@ class JobStore:
         Stored) if `job.key` already names that job (nothing inserted),
         done(False, JobIdInUse) for an id taken by another job.  Its bytes
         count from now (check_room first)."""
-        n = len(job.spec)
+        n = len(job.spec) + sum(len(p) for p in job.more)
         self.usage.open += n
 
         def insert(db: sqlite3.Connection) -> Stored | None:
@@ -366,7 +366,7 @@ class JobStore:
                     if held is not None:
                         return held
                 raise JobIdInUse(job.id) from None
-            blobs.insert(db, "specs", "seq", "spec", cur.lastrowid, job.spec)  # (no copies of a large spec)
+            blobs.insert(db, "specs", "seq", "spec", cur.lastrowid, job.spec, job.more)  # (no copies of a large spec)
             return None
 
         def then(ok: bool, val: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,6 +68,7 @@ class NewJob:
     callback_url: str | None = None
     key: str | None = None
     fingerprint: bytes | None = None
+    more: Sequence[bytes | memoryview] = ()  # the spec's pieces after `spec`, never joined (sandboxd.jobs.specpieces)
 
 
 @dataclass

@@ -321,7 +321,7 @@ class RunControl:
 STDIN_THREAD_FROM = 1 << 20
 
 
-def _fill(fd: int, data: bytes, close: bool = False) -> None:
+def _fill(fd: int, data: bytes | memoryview, close: bool = False) -> None:
     try:
         os.write(fd, data)  # memfd: no short writes
         os.lseek(fd, 0, os.SEEK_SET)  # (a dup shares the offset)
@@ -335,7 +335,7 @@ def _watch(out: Capture, err: Capture) -> None:
     err.watch()
 
 
-def _open_stdio(stdin: bytes, stdio: Stdio | None, owned: list[int]) -> tuple[int, int, int]:
+def _open_stdio(stdin: bytes | memoryview, stdio: Stdio | None, owned: list[int]) -> tuple[int, int, int]:
     """(stdin, stdout's read end or -1 when not captured, stdout's write end)
     for a run; what the agent gets a copy of goes on `owned`, closed once sent."""
     if stdio:

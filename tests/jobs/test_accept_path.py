@@ -102,11 +102,12 @@ def test_a_big_spec_is_encoded_in_a_thread_into_the_inline_bytes() -> None:
     order, enc = asyncio.run(scenario())
     assert order == ["loop ran", "encoded"]  # the loop went on while it was encoded
     inline = encoded("run", big, "http://cb.example/x", True)
-    assert isinstance(enc, type(inline)) and enc.data == inline.data
+    data = b"".join(enc.pieces)  # (as the store writes them: sandboxd.jobs.specpieces)
+    assert isinstance(enc, type(inline)) and data == b"".join(inline.pieces)
     assert enc.fingerprint == inline.fingerprint == fingerprint("run", big, "http://cb.example/x")
-    assert KINDS.decode("run", enc.data)[1] == big  # (what a restart reads back)
+    assert KINDS.decode("run", data)[1] == big  # (what a restart reads back)
     unkeyed = encoded("run", big, None, False)
-    assert unkeyed.fingerprint is None and msgspec.msgpack.decode(unkeyed.data, type=RunRequest) == big
+    assert unkeyed.fingerprint is None and msgspec.msgpack.decode(b"".join(unkeyed.pieces), type=RunRequest) == big
 
 
 def test_a_big_keyed_job_runs_replays_and_conflicts(engine: SyncEngine, tmp_path: Path) -> None:
