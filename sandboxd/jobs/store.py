@@ -79,7 +79,6 @@ from sandboxd.jobs.storerows import (
     GET,
     INDEXES,
     LIVE,
-    OLDEST,
     OPEN,
     SCHEMA,
     UNFINISHED,
@@ -91,6 +90,7 @@ from sandboxd.jobs.storerows import (
     Usage,
     default_max_bytes,
     default_path,
+    evict_oldest,
     migrate,
     put_result,
     stored,
@@ -322,17 +322,7 @@ class JobStore:
         self._evicting = True
 
         def evict(db: sqlite3.Connection) -> tuple[int, int]:
-            n = freed = 0
-            while freed < excess:
-                rows = db.execute(OLDEST, (SWEEP_CHUNK,)).fetchall()
-                if not rows:
-                    break
-                for seq, size in rows:
-                    if freed >= excess:
-                        break
-                    n += tombstones(db, EVICTED, "seq=?", (seq,))[0]
-                    freed += size
-            return n, freed
+            return evict_oldest(db, excess, SWEEP_CHUNK)
 
         def done(ok: bool, val: Any) -> None:
             self._evicting = False

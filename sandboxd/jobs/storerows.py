@@ -183,6 +183,22 @@ def tombstones(db: sqlite3.Connection, state: str, where: str, params: tuple[Any
     return len(rows), sum(size for _, size in rows)
 
 
+def evict_oldest(db: sqlite3.Connection, excess: int, chunk: int) -> tuple[int, int]:
+    """The oldest finished results made EVICTED tombstones until `excess` bytes
+    are freed (or none is left), reading `chunk` rows at a time; (rows, bytes freed)."""
+    n = freed = 0
+    while freed < excess:
+        rows = db.execute(OLDEST, (chunk,)).fetchall()
+        if not rows:
+            break
+        for seq, size in rows:
+            if freed >= excess:
+                break
+            n += tombstones(db, EVICTED, "seq=?", (seq,))[0]
+            freed += size
+    return n, freed
+
+
 def default_path(state_dir: Path, instance: str) -> Path:
     """One file per instance: state_dir is shared by the instances of a host."""
     return state_dir / "jobs" / f"{instance}.sqlite3"
