@@ -293,8 +293,10 @@ class Engine:
                 handed = True
                 try:
                     # A retry gets fresh stdio only if the first attempt never started.
+                    # (released below, so reset next: unless folded, the agent starts it behind the reply)
+                    fold = pool.fold_reset()
                     return await box.run(
-                        req, stdio if attempt == 1 else None, control, then_reset=pool.fold_reset(), room=room
+                        req, stdio if attempt == 1 else None, control, then_reset=fold, reset_behind=not fold, room=room
                     )
                 except AgentDied as e:
                     # The run never started: a transparent retry on a fresh box.

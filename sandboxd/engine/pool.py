@@ -149,7 +149,8 @@ class Pool:
         reply (Box.run then_reset): when other runs are in flight.  Then the
         CPU is contended, and the RESET round trip it saves is the daemon's
         CPU (and a background reset would compete with those runs); a lone
-        run keeps the reset off its own path: it runs after the result."""
+        run keeps the reset off its own path: the agent does it right after
+        sending the result (Box.run reset_behind), _recycle awaits its READY."""
         return self.stats.busy > 1
 
     def release(self, box: Box) -> None:

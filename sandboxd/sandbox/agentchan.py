@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Callable
 
 from sandboxd.sandbox import agentproto as proto
@@ -34,7 +35,9 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
-        self.waiter: asyncio.Future[tuple[bytes, list[int]]] | None = None
+        # One per reply expected, in order: a run with F_RESET_BEHIND expects
+        # its RESULT and then its reset's READY, both before it is sent.
+        self.waiters: deque[asyncio.Future[tuple[bytes, list[int]]]] = deque()
         self.dead: Exception | None = None
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._readable)
@@ -64,7 +67,7 @@ class Channel:
         if not data:
             self._fail(AgentDied("agent exited"))
             return
-        w = self.waiter
+        w = self.waiters.popleft() if self.waiters else None
         if w is None or w.done():
             for fd in fds:
                 os.close(fd)
@@ -76,14 +79,17 @@ class Channel:
         if self.dead is None:
             self.dead = exc
             self.loop.remove_reader(self.sock.fileno())
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
+        while self.waiters:
+            w = self.waiters.popleft()
+            if not w.done():
+                w.set_exception(exc)
 
     def expect(self) -> asyncio.Future[tuple[bytes, list[int]]]:
         if self.dead is not None:
             raise self.dead
-        self.waiter = self.loop.create_future()
-        return self.waiter
+        w = self.loop.create_future()
+        self.waiters.append(w)
+        return w
 
     def send(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
         if self.dead is not None:

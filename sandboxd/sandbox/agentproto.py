@@ -31,6 +31,7 @@ R_BORN_IN_CGROUP = 128  # F_INTO_CGROUP honoured: clone3(CLONE_INTO_CGROUP) plac
 F_HAS_CPU_FD = 1
 F_RESET_AFTER = 2  # reset before replying (no RESET round trip); the agent may decline
 F_INTO_CGROUP = 4  # the one join fd is the run's cgroup v2 directory (clone3 CLONE_INTO_CGROUP)
+F_RESET_BEHIND = 8  # reset right after RESULT, as on a RESET: no RESET sent, its READY (or ERROR) follows
 
 # READY flags (the uint32 after the type)
 READY_CLONE_INTO = 1  # the agent places runs with clone3(CLONE_INTO_CGROUP): pass F_INTO_CGROUP + the leaf's dir

@@ -40,6 +40,8 @@ DEFAULT_ENV = {
 # (stdin, stdout) or (stdin, stdout, stderr) fds a caller hands to a run.
 Stdio = tuple[int, int] | tuple[int, int, int]
 _DEVNULL = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+# How a run's box is reset after it (the RUN flag): in its reply, or right behind it.
+RESET_AFTER, RESET_BEHIND = proto.F_RESET_AFTER, proto.F_RESET_BEHIND
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ class Box:
         # needs nothing more: the pool may hand it out again without reset().
         self.fresh = False
         self._agent_reset = False  # ... and only the cgroup's between-runs step is left
+        # The last run asked the agent to reset right after its RESULT
+        # (F_RESET_BEHIND): the READY (or ERROR) that reset sends, awaited by
+        # reset() instead of a RESET round trip of its own.
+        self._behind: asyncio.Future[tuple[bytes, list[int]]] | None = None
 
     @classmethod
     async def create(cls, name: str, uid: int, spec: BoxSpec, cg: BoxCgroup) -> Box:
@@ -136,7 +142,11 @@ class Box:
             self._agent_reset = False
             self.cg.between_runs()
             return
-        data, fds = await self.chan.request(proto.KIND.pack(proto.MSG_RESET))
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            data, fds = await behind  # the agent began it right after the run's RESULT
+        else:
+            data, fds = await self.chan.request(proto.KIND.pack(proto.MSG_RESET))
         check_reply(data, fds, proto.MSG_READY)
         self._take_boxfd(fds)
         # After the tmpfs is emptied: its pages were charged to the box's cgroup.
@@ -158,6 +168,7 @@ class Box:
         control: RunControl | None = None,
         *,
         then_reset: bool = False,
+        reset_behind: bool = False,
         room: boxfiles.Room | None = None,
     ) -> RunResult:
         """Run one program.  Raises AgentDied if the agent vanished before the
@@ -169,11 +180,15 @@ class Box:
         always closed here.  control: signals the run while it runs.
         then_reset: the box goes back to a pool after this run: the agent
         resets it before replying (not when files_out are still to be read),
-        and `fresh` tells whether it did.  room: asked before each file out is
-        read (boxfiles.read_files_out: the daemon's memory budget)."""
+        and `fresh` tells whether it did.  reset_behind (when not then_reset):
+        the box goes back to a pool and reset() is next: the agent starts that
+        reset as soon as it has sent the result, and reset() only awaits its
+        READY (no RESET message, issue 18).  room: asked before each file out
+        is read (boxfiles.read_files_out: the daemon's memory budget)."""
         owned: list[int] = list(stdio) if stdio else []
+        reset = RESET_AFTER if then_reset else RESET_BEHIND if reset_behind else 0
         try:
-            return await self._run(req, stdio, owned, control, then_reset and not req.files_out, room)
+            return await self._run(req, stdio, owned, control, 0 if req.files_out else reset, room)
         finally:
             for fd in owned:
                 os.close(fd)
@@ -184,11 +199,13 @@ class Box:
         stdio: Stdio | None,
         owned: list[int],
         control: RunControl | None,
-        then_reset: bool,
+        reset: int,
         room: boxfiles.Room | None,
     ) -> RunResult:
         assert self.chan is not None
         chan = self.chan
+        if self._behind is not None:
+            await self.reset()  # (a caller running again without releasing the box: the reset is due first)
         lim = req.limits
         self.runs += 1
         self.fresh = self._agent_reset = False
@@ -207,9 +224,10 @@ class Box:
         stop = _Stop(chan)
         out = Capture(out_r, lim.output, stop, chan.loop)
         err = Capture(err_r, lim.output, stop, chan.loop)
-        flags = proto.F_HAS_CPU_FD | (proto.F_RESET_AFTER if then_reset else 0)
-        msg = _run_message(req, flags | (proto.F_INTO_CGROUP if rc.into else 0))
-        fut = _send_run(chan, msg, [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds], owned, rc, out, err)
+        msg = _run_message(req, proto.F_HAS_CPU_FD | reset | (proto.F_INTO_CGROUP if rc.into else 0))
+        fut = _send_run(chan, msg, [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds], owned, rc, out, err, reset)
+        if reset == RESET_BEHIND:
+            self._behind = chan.waiters[-1]
         watch = chan.loop.call_later(WATCH_AFTER, _watch, out, err)
         if control is not None:
             control.attach(stop)
@@ -251,6 +269,9 @@ class Box:
         return result
 
     async def close(self) -> None:
+        behind, self._behind = self._behind, None
+        if behind is not None and behind.done() and not behind.cancelled():
+            behind.exception()  # (retrieved: a broken box's pending reset is not news)
         if self.chan is not None:
             self.chan.close()
         if self.boxfd >= 0:
@@ -373,11 +394,21 @@ def _run_message(req: RunRequest, flags: int) -> bytes:
 
 
 def _send_run(
-    chan: Channel, msg: bytes, fds: list[int], owned: list[int], rc: RunCgroup, out: Capture, err: Capture
+    chan: Channel,
+    msg: bytes,
+    fds: list[int],
+    owned: list[int],
+    rc: RunCgroup,
+    out: Capture,
+    err: Capture,
+    reset: int,
 ) -> asyncio.Future[tuple[bytes, list[int]]]:
-    """Hand the run to the agent; returns the future of its reply."""
+    """Hand the run to the agent; returns the future of its reply (with
+    RESET_BEHIND the reset's READY is expected next: chan.waiters[-1])."""
     try:
         fut = chan.expect()
+        if reset == RESET_BEHIND:
+            chan.expect()  # (before the send: the READY may follow the RESULT within one loop pass)
         chan.send(msg, fds)
     except BaseException:
         out.close()

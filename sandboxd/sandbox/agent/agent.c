@@ -92,6 +92,7 @@ enum {
     F_HAS_CPU_FD = 1,
     F_RESET_AFTER = 2, /* reset the box before replying: the daemon need not send RESET */
     F_INTO_CGROUP = 4, /* the one join fd is the run's cgroup v2 directory, not its cgroup.procs */
+    F_RESET_BEHIND = 8, /* reset right after sending RESULT, as on a RESET: the daemon sends none, awaits READY */
 };
 
 /* CONFIG flags */
@@ -1055,7 +1056,9 @@ static int reset_in_reply(void) {
     return 0;
 }
 
-static void do_run(ssize_t len, int *fds, int nfds) {
+/* Returns 1 when a RESULT went out and the daemon asked for F_RESET_BEHIND:
+   serve() then does a RESET's work as if the message had come. */
+static int do_run(ssize_t len, int *fds, int nfds) {
     struct result_msg res = {.type = MSG_RESULT};
     struct run_hdr h;
     int cpu_fd = -1;
@@ -1225,12 +1228,13 @@ reply:
         send_with_fd(&res, sizeof res, pending_boxfd);
         if (pending_boxfd >= 0) close(pending_boxfd);
         pending_boxfd = -1;
-        return;
+        return 0;
     }
     send_with_fd(&res, sizeof res, -1);
-    return;
+    return (h.flags & F_RESET_BEHIND) != 0;
 out:
     for (int i = 0; i < nfds; i++) close(fds[i]);
+    return 0;
 }
 
 /* ---- workers ----------------------------------------------------------------
@@ -1271,6 +1275,26 @@ static void close_fds(int *fds, int nfds) {
     for (int i = 0; i < nfds; i++) close(fds[i]);
 }
 
+/* A RESET's work (or F_RESET_BEHIND's): READY, or ERROR; 1 when a new
+   worker takes over (its first READY answers the daemon). */
+static int do_reset(void) {
+    if (kill_all_and_reap(2000000000ull) < 0) {
+        send_error("processes survive SIGKILL", EBUSY);
+        return 0;
+    }
+    if (reset_box() < 0) {
+        send_error("emptying the work areas failed", errno);
+        return 0;
+    }
+    if (net_dirty()) {
+        priv_call(PRIV_WORKER, 0);
+        return 1;
+    }
+    set_last_pid(RUN_FIRST_PID - 1);
+    send_ready();
+    return 0;
+}
+
 /* Returns when this worker hands the box over to a new one. */
 static void serve(void) {
     for (;;) {
@@ -1285,25 +1309,12 @@ static void serve(void) {
         uint32_t type = 0;
         if (n >= 4) memcpy(&type, msgbuf, 4);
         if (type == MSG_RUN) {
-            do_run(n, fds, nfds);
+            if (do_run(n, fds, nfds) && do_reset()) return;
             continue;
         }
         close_fds(fds, nfds);
         if (type == MSG_RESET) {
-            if (kill_all_and_reap(2000000000ull) < 0) {
-                send_error("processes survive SIGKILL", EBUSY);
-                continue;
-            }
-            if (reset_box() < 0) {
-                send_error("emptying the work areas failed", errno);
-                continue;
-            }
-            if (net_dirty()) {
-                priv_call(PRIV_WORKER, 0);
-                return;
-            }
-            set_last_pid(RUN_FIRST_PID - 1);
-            send_ready();
+            if (do_reset()) return;
         } else if (type == MSG_KILL) {
             /* no run in progress: nothing to do */
             kill_all_and_reap(2000000000ull);
