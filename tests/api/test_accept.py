@@ -13,7 +13,7 @@ import uvloop
 from aiohttp import web
 
 from sandboxd.api import accept
-from sandboxd.api.httpguard import GuardedSite
+from sandboxd.api.httpguard import GUARDS, GuardedSite
 from sandboxd.api.inbound import default
 
 BURST = 300
@@ -152,9 +152,15 @@ async def _refused_upload(more: int) -> tuple[bytes, int]:
         writer.write(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 * more))
         reply = await asyncio.wait_for(reader.readuntil(b"busy"), 30)
         writer.write(b" " * more)
-        await writer.drain()
-        for _ in range(50):  # (until the server has read what was sent: the socket's buffers are small beside it)
+        await writer.drain()  # (read by the server, to the end: the client may read its reply after sending)
+        for _ in range(25):
             await asyncio.sleep(0.02)
+        (guard,) = [g for g in GUARDS.values() if g.listener is site.listener]
+        assert guard.transport is not None
+        guard.data_received(b" ")
+        paused = not guard.transport.is_reading()  # (one read a turn)
+        await asyncio.sleep(0)
+        assert paused and guard.transport.is_reading()
         writer.close()
         return reply, streams[0].total_bytes
     finally:
@@ -164,7 +170,8 @@ async def _refused_upload(more: int) -> tuple[bytes, int]:
 def test_the_rest_of_a_refused_body_is_dropped_unparsed() -> None:
     # aiohttp drains an unread body for up to 10 s ("lingering"), parsing,
     # buffering and joining it on the loop: 19 refused 50 MiB uploads kept
-    # the loop busy ~20 ms a turn.  The guard drops those bytes instead.
+    # the loop busy ~20 ms a turn.  The guard drops those bytes instead, one
+    # read a turn (reading as fast as they came: 50 ms turns).
     reply, fed = uvloop.run(_refused_upload(16 << 20))
     assert reply.startswith(b"HTTP/1.1 503")
     assert fed < 1 << 20, fed  # (before: all 16 MiB)
