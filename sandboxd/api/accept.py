@@ -21,9 +21,12 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-# Connections accepted per readable turn: a slice of the loop of a few ms at
-# most (an accept and a task each); more wait for the next turn.
-ACCEPT_BATCH = 256
+# Connections accepted per readable turn; more wait for the next turn.  Each
+# costs the loop its transport, task and guard when set up (~100-200 us on a
+# loaded 2-core host): 256 a turn made turns of 40-60 ms of CPU as 500
+# connections arrived at once (sandboxd.app.stallwatch), 32 a few ms, and the
+# burst is still in within ~16 turns instead of uvloop's 500.
+ACCEPT_BATCH = 32
 RETRY_AFTER_ERROR = 1.0  # s without accepting after EMFILE/ENFILE/ENOBUFS (else the loop spins on them)
 
 

@@ -26,9 +26,10 @@ from sandboxd.api.decodepool import DECODE
 from sandboxd.api.httpguard import GUARDS, RETRY_AFTER
 from sandboxd.api.inbound import Inbound
 from sandboxd.api.inbound import default as default_inbound
+from sandboxd.api.negotiate import encode, fmt_in, fmt_out
 from sandboxd.api.openapi import document
 from sandboxd.api.receive import receive, take_body
-from sandboxd.api.wire import Format, Frontend, check_idempotency_key, dispatch
+from sandboxd.api.wire import Frontend, check_idempotency_key, dispatch
 from sandboxd.bodyhold import BODY
 from sandboxd.config import HTTP
 from sandboxd.errors import ServiceError
@@ -37,7 +38,6 @@ from sandboxd.schema import Error, TestResult
 
 log = logging.getLogger(__name__)
 
-MSGPACK = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 SVC: web.AppKey[Frontend] = web.AppKey("service")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 SVC_MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
@@ -78,34 +78,15 @@ def mounted() -> list[str]:
     return list(_MOUNTS)
 
 
-def _fmt_in(req: web.Request) -> Format:
-    return "msgpack" if req.content_type in MSGPACK else "json"
-
-
-def _fmt_out(req: web.Request) -> Format:
-    accept = req.headers.get("Accept", "")
-    if any(m in accept for m in MSGPACK):
-        return "msgpack"
-    if "application/json" in accept:
-        return "json"
-    return _fmt_in(req) if req.body_exists else "json"
-
-
-def _encode(fmt: Format, payload: Any) -> tuple[bytes, str]:
-    if fmt == "msgpack":
-        return msgspec.msgpack.encode(payload), MSGPACK[0]
-    return msgspec.json.encode(payload), "application/json"
-
-
 def reply(req: web.Request, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    body, ctype = _encode(_fmt_out(req), payload)
+    body, ctype = encode(fmt_out(req), payload)
     return web.Response(body=body, status=status, content_type=ctype, headers=headers)
 
 
 async def big_reply(req: web.Request, payload: Any, status: int = 200, text: bool = False) -> web.StreamResponse:
     """reply() of a result, which may be large (sandboxd.api.streamjson.reply).
     text: JSON's text mode, as the request asked (sandboxd.api.textmode)."""
-    fmt, inbound = _fmt_out(req), req.config_dict[INBOUND]
+    fmt, inbound = fmt_out(req), req.config_dict[INBOUND]
     return await streamjson.reply(req, payload, fmt, status, text, inbound, lambda r: _limit_headers(r, CALLER.get()))
 
 
@@ -225,7 +206,7 @@ async def with_body(
         )
         return _unread(request, Error("queue_full", why, RETRY_AFTER), 503)
     try:
-        hold = inbound.hold_body(cost, _fmt_in(request) == "msgpack")
+        hold = inbound.hold_body(cost, fmt_in(request) == "msgpack")
     except ServiceError as e:
         inbound.receiving.release(cost)
         return _unread(request, e.err)
@@ -241,6 +222,9 @@ async def with_body(
 def _unread(request: web.Request, err: Error, status: int | None = None) -> web.Response:
     resp = error_reply(request, err, status)
     resp.force_close()  # the body stays unread: the connection cannot carry another request
+    guard = GUARDS.get(request.transport)
+    if guard is not None:
+        guard.discard()  # (and what more comes of it is dropped unparsed)
     return resp
 
 
@@ -289,7 +273,7 @@ async def _post(req: web.Request, op: str) -> web.StreamResponse:
         req.app[SVC],
         op,
         await take_body(req),
-        _fmt_in(req),
+        fmt_in(req),
         wait=wait,
         callback_url=cb,
         idempotency_key=key,
@@ -317,7 +301,7 @@ async def _post_events(req: web.Request) -> web.StreamResponse:
     key = idempotency_key(req)
     # take_body, as _post: the request and this closure do not keep the body while the
     # stream lasts (its job's reservation counts the decoded submission instead).
-    body, fmt = [await take_body(req)], _fmt_in(req)
+    body, fmt = [await take_body(req)], fmt_in(req)
 
     def start(progress: Callable[[TestResult], None], on_job: Callable[[str], None]) -> Awaitable[Any]:
         return dispatch(

@@ -11,6 +11,7 @@ from pathlib import Path
 from sandboxd import __version__
 from sandboxd.api import unixsocket
 from sandboxd.app.listeners import serve_frontend
+from sandboxd.app.stallwatch import StallWatch
 from sandboxd.compat import kinds as compat_kinds
 from sandboxd.config import Config
 from sandboxd.engine.engine import Engine, EngineConfig
@@ -37,6 +38,17 @@ def fleet_host_id(cfg: Config) -> str:
 
 async def serve(cfg: Config) -> int:
     t0 = time.monotonic()
+    watch = StallWatch(cfg.log.stall_ms) if cfg.log.stall_ms else None
+    if watch is not None:
+        watch.start()
+    try:
+        return await _serve(cfg, t0)
+    finally:
+        if watch is not None:
+            watch.close()
+
+
+async def _serve(cfg: Config, t0: float) -> int:
     compat_kinds.register()  # Judge0 and Piston: their job kinds and HTTP apps
     if cfg.socket.path:
         unixsocket.check_free(cfg.socket.path)  # before the pool is built: refuse at once

@@ -33,6 +33,9 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
 class LogSettings(Section, frozen=True):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # A debugging aid, 0 = off: log each turn of the event loop longer than
+    # this many ms, with the stacks that held it (sandboxd/app/stallwatch.py).
+    stall_ms: Annotated[float, Meta(ge=0)] = 0.0
 
 
 class SocketSettings(Section, frozen=True):

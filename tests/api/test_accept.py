@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import uvloop
 from aiohttp import web
 
 from sandboxd.api import accept
-from sandboxd.api.httpguard import GuardedSite
+from sandboxd.api.httpguard import GUARDS, GuardedSite
 from sandboxd.api.inbound import default
 
 BURST = 300
@@ -86,3 +87,91 @@ def test_a_listener_that_cannot_bind_raises_oserror() -> None:
         assert e.errno == 98  # EADDRINUSE: the daemon names the address in its refusal to start
     else:
         raise AssertionError("bound a port already in use")
+
+
+async def _silent(n: int) -> tuple[int, int, int, bytes]:
+    """n connections that send nothing, then one /healthz: (guards open,
+    aiohttp handlers made, handlers after /healthz, its reply)."""
+    runner = web.AppRunner(web.Application())
+    runner.app.router.add_get("/healthz", _healthz)
+    await runner.setup()
+    site = GuardedSite(runner, "127.0.0.1", 0, default())
+    await site.start()
+    assert runner.server is not None
+    conns: list[socket.socket] = []
+    try:
+        conns = [socket.create_connection(("127.0.0.1", site.port)) for _ in range(n)]
+        await _turns_to_admit(site, n)
+        silent = len(runner.server.connections)
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = await asyncio.wait_for(reader.readuntil(b'{"ok": true}'), 30)
+        talking = len(runner.server.connections)
+        writer.close()
+        return site.listener.open, silent, talking, reply
+    finally:
+        for c in conns:
+            c.close()
+        await runner.cleanup()
+
+
+def test_a_connection_that_sends_nothing_costs_no_aiohttp_handler() -> None:
+    # A handler (parser, task, timer) set up and torn down for each of 500
+    # half-open connections made the loop's turns 40 ms long as they came and went.
+    opened, silent, talking, reply = uvloop.run(_silent(100))
+    assert opened == 101 and reply.startswith(b"HTTP/1.1 200")
+    assert silent == 0  # (before: 100, one per connection)
+    assert talking == 1
+
+
+def test_a_burst_is_accepted_a_small_batch_per_turn() -> None:
+    # 256 a turn held the loop 40-60 ms a turn as 500 connections arrived.
+    assert accept.ACCEPT_BATCH <= 32
+
+
+async def _refused_upload(more: int) -> tuple[bytes, int]:
+    """A body refused unread (httpserver._unread, as for a full
+    max_receiving_bytes), then `more` bytes of it sent: (the reply, the
+    bytes of the body aiohttp's stream was fed)."""
+    from sandboxd.api import httpserver
+    from sandboxd.schema import Error
+
+    streams: list[Any] = []
+
+    async def refuse(req: web.Request) -> web.StreamResponse:
+        streams.append(req.content)
+        return httpserver._unread(req, Error("queue_full", "busy"), 503)
+
+    runner = web.AppRunner(web.Application())
+    runner.app.router.add_post("/v1/runs", refuse)
+    await runner.setup()
+    site = GuardedSite(runner, "127.0.0.1", 0, default())
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 * more))
+        reply = await asyncio.wait_for(reader.readuntil(b"busy"), 30)
+        writer.write(b" " * more)
+        await writer.drain()  # (read by the server, to the end: the client may read its reply after sending)
+        for _ in range(25):
+            await asyncio.sleep(0.02)
+        (guard,) = [g for g in GUARDS.values() if g.listener is site.listener]
+        assert guard.transport is not None
+        guard.data_received(b" ")
+        paused = not guard.transport.is_reading()  # (one read a turn)
+        await asyncio.sleep(0)
+        assert paused and guard.transport.is_reading()
+        writer.close()
+        return reply, streams[0].total_bytes
+    finally:
+        await runner.cleanup()
+
+
+def test_the_rest_of_a_refused_body_is_dropped_unparsed() -> None:
+    # aiohttp drains an unread body for up to 10 s ("lingering"), parsing,
+    # buffering and joining it on the loop: 19 refused 50 MiB uploads kept
+    # the loop busy ~20 ms a turn.  The guard drops those bytes instead, one
+    # read a turn (reading as fast as they came: 50 ms turns).
+    reply, fed = uvloop.run(_refused_upload(16 << 20))
+    assert reply.startswith(b"HTTP/1.1 503")
+    assert fed < 1 << 20, fed  # (before: all 16 MiB)
