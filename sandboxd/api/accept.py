@@ -1,4 +1,5 @@
-"""Listening sockets whose waiting connections are accepted all at once.
+"""Listening sockets whose waiting connections are accepted all at once
+(the HTTP ports and the Unix socket).
 
 uvloop (libuv underneath) accepts one connection per turn of the event loop
 (measured: 400 queued connections took 402 turns).  Under load a turn is
@@ -57,8 +58,11 @@ class Acceptor(asyncio.AbstractServer):
     """Serves `factory`'s protocols on listening sockets (listening()), up to
     ACCEPT_BATCH new connections per turn of the loop."""
 
-    def __init__(self, socks: list[socket.socket], factory: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(
+        self, socks: list[socket.socket], factory: Callable[[], asyncio.BaseProtocol], what: str = "HTTP"
+    ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.what = what  # (names the listener in the log)
         self.sockets = socks
         self.factory = factory
         self.starting: set[asyncio.Task[object]] = set()
@@ -90,7 +94,7 @@ class Acceptor(asyncio.AbstractServer):
     def _pause(self, sock: socket.socket, e: OSError) -> None:
         """Out of descriptors or buffers: stop accepting for a while, as asyncio
         does; the waiting connections stay in the kernel's backlog."""
-        log.warning("accepting HTTP connections paused %s s: %s", RETRY_AFTER_ERROR, e)
+        log.warning("accepting %s connections paused %s s: %s", self.what, RETRY_AFTER_ERROR, e)
         self.loop.remove_reader(sock.fileno())
         self.loop.call_later(RETRY_AFTER_ERROR, self._resume, sock)
 

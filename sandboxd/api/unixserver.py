@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from sandboxd.api import unixsocket
+from sandboxd.api import accept, unixsocket
 from sandboxd.api.bodies import Body
 from sandboxd.api.inbound import MAPPED_FROM, RECEIVE_CHUNK, Inbound, Listener, receive_buffer
 from sandboxd.api.inbound import default as default_inbound
@@ -331,16 +331,23 @@ async def start(
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     sock = unixsocket.bind(path)
 
+    loop = asyncio.get_running_loop()
+
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _Conn(svc, reader, writer, max_frame, limits, listener).serve()
 
+    def factory() -> asyncio.BaseProtocol:  # (what asyncio.start_unix_server makes for each connection)
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=1 << 20, loop=loop), on_client, loop=loop)
+
     try:
-        server = await asyncio.start_unix_server(on_client, sock=sock, limit=1 << 20)
         if group:
             os.chown(path, -1, grp.getgrnam(group).gr_gid)
         os.chmod(path, mode)
+        sock.setblocking(False)
     except BaseException:
         sock.close()
         unixsocket.unlink_own(path)
         raise
-    return server
+    # (Not asyncio.start_unix_server: uvloop accepts one connection per turn
+    # of the loop; sandboxd.api.accept takes all that wait.)
+    return accept.Acceptor([sock], factory, "Unix socket")

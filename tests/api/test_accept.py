@@ -1,4 +1,4 @@
-"""HTTP connections waiting to be accepted are taken a batch per turn of the
+"""HTTP and Unix socket connections waiting to be accepted are taken a batch per turn of the
 event loop (sandboxd.api.accept), not one per turn as uvloop's own server
 does: a burst of connections must not make /healthz wait its turn behind
 each of them (issue 13's 500 half-open connections held it 1-2.5 s)."""
@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import uvloop
 from aiohttp import web
 
-from sandboxd.api import accept
+from sandboxd.api import accept, unixserver, unixsocket
 from sandboxd.api.httpguard import GUARDS, GuardedSite
 from sandboxd.api.inbound import default
+from sandboxd.api.wire import Frontend
 
 BURST = 300
+UNIX_BURST = 90  # (within the backlog: past it connect() blocks)
 
 
 async def _healthz(_req: web.Request) -> web.Response:
@@ -175,3 +178,37 @@ def test_the_rest_of_a_refused_body_is_dropped_unparsed() -> None:
     reply, fed = uvloop.run(_refused_upload(16 << 20))
     assert reply.startswith(b"HTTP/1.1 503")
     assert fed < 1 << 20, fed  # (before: all 16 MiB)
+
+
+class _Idle:
+    """The frontend of connections that send no frame: only read as they close."""
+
+    draining = False
+
+
+async def _unix_burst(path: str) -> tuple[int, int]:
+    inbound = default()
+    server = await unixserver.start(cast(Frontend, _Idle()), path, 0o600, "", 1 << 20, inbound=inbound)
+    conns: list[socket.socket] = []
+    try:
+        for _ in range(UNIX_BURST):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(path)  # (queued in the kernel's backlog: none is accepted yet)
+            conns.append(c)
+        turns = 0
+        while inbound.connections < UNIX_BURST and turns <= 10 * UNIX_BURST:
+            turns += 1
+            await asyncio.sleep(0)  # (one turn of the loop)
+        return turns, inbound.connections
+    finally:
+        for c in conns:
+            c.close()
+        server.close()
+        unixsocket.unlink_own(path)
+
+
+def test_a_burst_of_unix_socket_connections_is_accepted_in_a_few_turns(tmp_path: Path) -> None:
+    turns, admitted = uvloop.run(_unix_burst(str(tmp_path / "s.sock")))
+    assert admitted >= UNIX_BURST
+    # asyncio.start_unix_server on uvloop: one connection a turn (>= UNIX_BURST turns).
+    assert turns <= 8, turns
