@@ -197,4 +197,7 @@ def test_rolling_upgrade_is_one_host_at_a_time_and_stops_on_failure() -> None:
     health = load(ROLES / "sandboxd/tasks/health.yml")
     assert "/v1/runs" in health[0]["ansible.builtin.uri"]["url"]  # a real run, not /healthz
     site = load(ROOT / "ansible/site.yml")
-    assert [(p["hosts"], p["roles"]) for p in site] == [("coordinators", ["coordinator"]), ("judges", ["sandboxd"])]
+    install, *roles = site
+    assert install["hosts"] == "coordinators:judges"
+    assert install["tasks"][0]["ansible.builtin.include_role"] == {"name": "sandboxd", "tasks_from": "install.yml"}
+    assert [(p["hosts"], p["roles"]) for p in roles] == [("coordinators", ["coordinator"]), ("judges", ["sandboxd"])]
