@@ -30,6 +30,9 @@ whatever an earlier load left behind is counted against the next.
     PYTHONPATH=$PWD .venv/bin/python benchmarks/hostile_load.py --budget 256  # against a 256 MiB memory_budget
     PYTHONPATH=$PWD .venv/bin/python benchmarks/hostile_load.py --budget 256 --fresh  # a daemon per load
 
+HOSTILE_LOAD_LOG=FILE appends the daemon's log to FILE when it stops (with
+SANDBOXD_LOG_STALL_MS=30: each long turn of its loop, with its stacks).
+
 It uses no configuration key of its own, so the same script measures an
 older checkout (PYTHONPATH=/path/to/it) for comparison.
 """
@@ -164,6 +167,10 @@ class Daemon:
     def stop(self) -> None:
         bl.stop_process(self.proc)
         self.log.close()
+        keep = os.environ.get("HOSTILE_LOAD_LOG")  # (e.g. with SANDBOXD_LOG_STALL_MS: what held the loop)
+        if keep:
+            with open(f"{self.dir}/log", "rb") as src, open(keep, "ab") as dst:
+                dst.write(src.read())
         bl.drop_store(self.dir)
 
 
