@@ -151,6 +151,12 @@ async def _served(
         return route_error(request, e)
     except web.HTTPException:
         raise
+    except ConnectionResetError:
+        # The client went away while sending its body: its mistake, not ours
+        # (an upload cut short is an everyday event, not an internal error's
+        # traceback in the log); the reply goes nowhere.
+        log.debug("HTTP %s %s: the client went away while sending its body", request.method, request.path)
+        return error_reply(request, Error("bad_request", "body: the connection closed before all of it came"))
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return error_reply(request, Error("internal", f"internal error: {e}"))
