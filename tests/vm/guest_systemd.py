@@ -91,7 +91,10 @@ def run_leaf_seen_from_host(c: Client) -> dict[str, Any]:
     jid = c.start(RunRequest(cmd=["sleep", "2"], limits=Limits(memory=48 * MiB, procs=8)))
     seen: dict[str, Any] = {}
     deadline = time.monotonic() + 30
-    while not seen and time.monotonic() < deadline:
+    # Until it has exec'd, the run's process in the leaf is the agent's fork
+    # (comm agent-…): under emulation a CI once looked in that window.  What
+    # was seen last is kept, so a run that never shows up as sleep still fails.
+    while seen.get("comm") != ["sleep"] and time.monotonic() < deadline:
         for leaf in glob.glob(f"{UNIT}/*/*/run*"):
             try:
                 pids = Path(leaf, "cgroup.procs").read_text().split()
