@@ -42,6 +42,7 @@ Stdio = tuple[int, int] | tuple[int, int, int]
 _DEVNULL = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
 # How a run's box is reset after it (the RUN flag): in its reply, or right behind it.
 RESET_AFTER, RESET_BEHIND = proto.F_RESET_AFTER, proto.F_RESET_BEHIND
+Reply = asyncio.Future[tuple[bytes, list[int]]]  # one message from the agent, with its fds
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Box:
         # The last run asked the agent to reset right after its RESULT
         # (F_RESET_BEHIND): the READY (or ERROR) that reset sends, awaited by
         # reset() instead of a RESET round trip of its own.
-        self._behind: asyncio.Future[tuple[bytes, list[int]]] | None = None
+        self._behind: Reply | None = None
 
     @classmethod
     async def create(cls, name: str, uid: int, spec: BoxSpec, cg: BoxCgroup) -> Box:
@@ -225,9 +226,8 @@ class Box:
         out = Capture(out_r, lim.output, stop, chan.loop)
         err = Capture(err_r, lim.output, stop, chan.loop)
         msg = _run_message(req, proto.F_HAS_CPU_FD | reset | (proto.F_INTO_CGROUP if rc.into else 0))
-        fut = _send_run(chan, msg, [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds], owned, rc, out, err, reset)
-        if reset == RESET_BEHIND:
-            self._behind = chan.waiters[-1]
+        fds = [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds]
+        fut, self._behind = _send_run(chan, msg, fds, owned, rc, out, err, reset)
         watch = chan.loop.call_later(WATCH_AFTER, _watch, out, err)
         if control is not None:
             control.attach(stop)
@@ -402,13 +402,13 @@ def _send_run(
     out: Capture,
     err: Capture,
     reset: int,
-) -> asyncio.Future[tuple[bytes, list[int]]]:
-    """Hand the run to the agent; returns the future of its reply (with
-    RESET_BEHIND the reset's READY is expected next: chan.waiters[-1])."""
+) -> tuple[Reply, Reply | None]:
+    """Hand the run to the agent; returns the futures of its RESULT and,
+    with RESET_BEHIND, of the READY (or ERROR) of the reset behind it."""
     try:
         fut = chan.expect()
-        if reset == RESET_BEHIND:
-            chan.expect()  # (before the send: the READY may follow the RESULT within one loop pass)
+        # (before the send: the READY may follow the RESULT within one loop pass)
+        behind = chan.expect() if reset == RESET_BEHIND else None
         chan.send(msg, fds)
     except BaseException:
         out.close()
@@ -421,11 +421,11 @@ def _send_run(
             os.close(fd)
         owned.clear()
         rc.close_fds()
-    return fut
+    return fut, behind
 
 
 async def _run_result(
-    fut: asyncio.Future[tuple[bytes, list[int]]],
+    fut: Reply,
     out: Capture,
     err: Capture,
     stop: _Stop,

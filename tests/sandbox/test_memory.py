@@ -10,18 +10,22 @@ else's (read by this test process).  See sandboxd/sandbox/memstat.py.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import mmap
 import os
 import shutil
 import statistics
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from box_fixtures import SyncEngine
+from instances import inst
 
 from sandboxd.languages import load_dir
+from sandboxd.sandbox import cgroups
 from sandboxd.schema import Limits, MiB, RunResult
 
 LANGS = load_dir()
@@ -211,3 +215,30 @@ def test_kernel_memory_a_run_leaves_is_not_in_the_next_runs_figure(engine: SyncE
     # The pool hands out its boxes in turn: one of these runs is on the same box.
     after = [engine.run(["/bin/true"]).memory for _ in range(3)]
     assert max(after) < 2 * MiB, after
+
+
+@pytest.mark.skipif(
+    not isinstance(cgroups.detect("pytest-probe", create=False), cgroups.V1), reason="cgroup v1's between-runs step"
+)
+def test_v1_reads_a_runs_file_pages_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone run's finish() and the between-runs step after its reset read
+    memory.numa_stat once between them, not twice (issue 18), and agree."""
+    be = cgroups.detect(inst("-numa"))
+    try:
+        cg = be.create_box("numa")
+        # Clean page cache charged to the box's group, more than the step's
+        # threshold: what keeps its usage up run after run (the common case).
+        procs, f = cg.dirs["memory"] / "cgroup.procs", tmp_path / "cached"
+        subprocess.run(["sh", "-c", f"echo $$ > {procs} && head -c {8 * MiB} /dev/zero > {f} && sync"], check=True)
+        reads: list[int] = []
+        real = cgroups.v1.v1_file_bytes
+        monkeypatch.setattr(cgroups.v1, "v1_file_bytes", lambda fd: reads.append(fd) or real(fd))
+        for n in range(1, 4):
+            rc = cg.prepare(256 * MiB, 64)
+            mem = cg.finish(rc)  # (reset_done=False: the agent resets after the result)
+            assert mem.peak < 1 * MiB and not mem.oom, mem  # the page cache is not the run's
+            cg.between_runs()
+            assert len(reads) == n and cg._residue == 0, (reads, cg._residue)
+        asyncio.run(cg.remove())
+    finally:
+        cgroups.remove_instance(be)

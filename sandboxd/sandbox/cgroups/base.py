@@ -66,6 +66,9 @@ class BoxCgroup:
     # v1: the group's oom_kill count as the last run's finish read it: the next
     # run's baseline (no process is in the group between runs).
     _oom_kills: int | None = None
+    # v1: the file LRU bytes the last finish(reset_done=False) read, which
+    # between_runs() reuses: one memory.numa_stat read per run.
+    _file_bytes: int | None = None
     settled: bool = False  # the last finish(reset_done=True) did the between-runs step too
 
     def prepare(self, memory: int, procs: int, into: bool = False) -> RunCgroup:

@@ -102,6 +102,7 @@ class V1(Backend):
         kills = keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill")
         box._oom_kills = kills
         box.settled = False
+        box._file_bytes = None if reset_done else file_bytes
         if reset_done:
             # The between-runs check on the same stat read: nothing left to
             # drop is the common case, then the box needs nothing more.
@@ -118,7 +119,7 @@ class V1(Backend):
         usage = int(os.pread(fds["usage"], 64, 0))
         if usage <= FORCE_EMPTY_ABOVE:
             return 0
-        return usage - (v1_file_bytes(fds["numa"]) if file_bytes is None else file_bytes)  # stat read: ~10 us
+        return max(0, usage - (v1_file_bytes(fds["numa"]) if file_bytes is None else file_bytes))  # stat read: ~5 us
 
     def between_runs(self, box: BoxCgroup) -> None:
         # Page cache stays (module docstring); kernel memory left would count
@@ -128,8 +129,19 @@ class V1(Backend):
         mem, fds = box.dirs["memory"], box._fds
         if not fds:
             return  # no run yet
+        # The file bytes the run's finish() read, not a second numa_stat read
+        # (issue 18): since then nothing has charged file pages to the group
+        # (no process is in it; the agent's reset runs outside it, and tmpfs
+        # pages are not file LRU), so they can only have shrunk, by reclaim
+        # in that millisecond, and `left` come out lower by what was
+        # reclaimed: a force_empty due might wait for a later run (the
+        # threshold's own slack, plus that).  A lower residue is taken from a
+        # fresh read only (it would raise the next runs' figures).
+        file_bytes, box._file_bytes = box._file_bytes, None
         try:
-            left = self._left(box)
+            left = self._left(box, file_bytes)
+            if file_bytes is not None and left < box._residue:
+                left = self._left(box)
             if left > box._residue + FORCE_EMPTY_ABOVE:
                 write(mem / "memory.force_empty", "0")
                 # It leaves some (dentries its shrinker pass did not reach: ~4
