@@ -38,7 +38,9 @@ def start(tree: Path, name: str) -> tuple[subprocess.Popen[bytes], str, int]:
     d, port = tempfile.mkdtemp(prefix=f"sandboxd-bench-ab-{name}-"), free_port()
     env = {**os.environ, "PYTHONPATH": str(tree), "SANDBOXD_SELFTEST": "false", "SANDBOXD_JOB_STORE": f"{d}/j.sqlite3"}
     sock = f"{d}/s.sock"
-    cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null", "--instance", f"bench-ab-{name}"]
+    # (the pid in the instance name: two A/Bs at once must not share cgroups or uid leases)
+    inst = f"bench-ab-{name}-{os.getpid()}"
+    cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null", "--instance", inst]
     cmd += ["--socket", sock, "--http", f"127.0.0.1:{port}", "--pool-size", "2", "--pid-file", f"{d}/p.pid"]
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "wb"))  # noqa: SIM115
     wait_ready(proc, port, f"{name}: the daemon did not start (log in {d})")

@@ -30,7 +30,8 @@ PROGS = ("/bin/true", "python3 -c pass")
 def one_run(tree: Path, name: str, a: argparse.Namespace) -> dict[str, Any]:
     """One spawn.py run of `tree`; its JSON summary."""
     cmd = [sys.executable, str(tree / "benchmarks" / "spawn.py"), "--json", "--tools", "bare," + ",".join(TOOLS)]
-    cmd += ["--n-true", str(a.n_true), "--n-python", str(a.n_python), "--instance", f"bench-abspawn-{name}"]
+    inst = f"bench-abspawn-{name}-{os.getpid()}"  # (two A/Bs at once: their own instances)
+    cmd += ["--n-true", str(a.n_true), "--n-python", str(a.n_python), "--instance", inst]
     env = {**os.environ, "PYTHONPATH": f"{tree}:{tree / 'clients' / 'python'}"}
     r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)
     if r.returncode != 0:
