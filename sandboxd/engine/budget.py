@@ -194,6 +194,8 @@ class MemoryBudget:
 
     def _fits(self, n: int) -> bool:
         short = self.total + n - self.room
+        if short <= 0:
+            return True  # (the common case: no reclaimer is asked what it holds)
         if short > sum(r.bytes for r in self._reclaimers):
             return False  # (evicting would not make it fit: keep the cache)
         for r in self._reclaimers:
