@@ -131,7 +131,10 @@ def nbytes(obj: Any) -> int:
     if isinstance(obj, bytes | bytearray | str):
         return OVERHEAD + len(obj)
     if isinstance(obj, list | tuple):
-        return OVERHEAD + sum(nbytes(x) for x in obj)
+        n = OVERHEAD
+        for x in obj:  # (a loop, not sum over a generator: a run's cmd, its lists of files)
+            n += OVERHEAD + len(x) if type(x) in _LEAF else nbytes(x)
+        return n
     if isinstance(obj, dict):
         return OVERHEAD + sum(nbytes(k) + nbytes(v) for k, v in obj.items())
     return OVERHEAD
