@@ -93,6 +93,8 @@ class _Conn:
         """The next frame's length prefix; None when the client went away or idled
         out: a first frame must come within http_header_timeout, later ones (with
         nothing in flight) within socket_idle_timeout."""
+        if _buffered(self.reader) >= 4:
+            return await self.reader.readexactly(4)  # (sent behind the last frame: no wait, no timer)
         timeout = self.inbound.header_timeout if first else self.inbound.socket_idle_timeout
         while True:
             try:
@@ -122,6 +124,10 @@ class _Conn:
                 self.send_error(None, make("queue_full", why))
                 return None
         try:
+            if n < MAPPED_FROM and _buffered(self.reader) >= n:
+                # Already read with its head (a small frame comes in one segment):
+                # readexactly returns it without waiting, so no timer (issue 18).
+                return await self.reader.readexactly(n)
             async with asyncio.timeout(timeout):
                 return await self._receive(n)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -313,6 +319,12 @@ class _Conn:
         finally:
             self.jobs.pop(req.id, None)
             self.kept.discard(req.id)
+
+
+def _buffered(reader: asyncio.StreamReader) -> int:
+    """Bytes the reader holds, read from the socket and not yet taken (its
+    buffer, a bytearray, is asyncio's own: not in StreamReader's public API)."""
+    return len(getattr(reader, "_buffer", b""))
 
 
 def _take_body(req: Request) -> memoryview:

@@ -60,13 +60,13 @@ class _CompatKind(JobKind[S]):
 
     async def execute(self, ctx: Context, job: Job, spec: S) -> Result:
         def on_run(verdict: Verdict, r: RunResult) -> None:
-            ctx.metrics.verdicts.labels("test", verdict).inc()
+            ctx.metrics.verdicts_of("test", verdict).inc()
             ctx.recent.append(r.wall_time)
 
         job.state = "running"
         res = await self._run_job()(ctx.engine, ctx.compiler, spec, on_run)
-        ctx.metrics.verdicts.labels("submission", res.verdict).inc()
-        ctx.metrics.submission_seconds.labels(spec.lang).observe(time.monotonic() - job.created)
+        ctx.metrics.verdicts_of("submission", res.verdict).inc()
+        ctx.metrics.submission_seconds_of(spec.lang).observe(time.monotonic() - job.created)
         return res
 
 

@@ -131,7 +131,10 @@ def nbytes(obj: Any) -> int:
     if isinstance(obj, bytes | bytearray | str):
         return OVERHEAD + len(obj)
     if isinstance(obj, list | tuple):
-        return OVERHEAD + sum(nbytes(x) for x in obj)
+        n = OVERHEAD
+        for x in obj:  # (a loop, not sum over a generator: a run's cmd, its lists of files)
+            n += OVERHEAD + len(x) if type(x) in _LEAF else nbytes(x)
+        return n
     if isinstance(obj, dict):
         return OVERHEAD + sum(nbytes(k) + nbytes(v) for k, v in obj.items())
     return OVERHEAD
@@ -194,6 +197,8 @@ class MemoryBudget:
 
     def _fits(self, n: int) -> bool:
         short = self.total + n - self.room
+        if short <= 0:
+            return True  # (the common case: no reclaimer is asked what it holds)
         if short > sum(r.bytes for r in self._reclaimers):
             return False  # (evicting would not make it fit: keep the cache)
         for r in self._reclaimers:

@@ -25,8 +25,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sandboxd.config import ENGINE
 from sandboxd.engine.fairshare import FairQueue
@@ -80,12 +79,15 @@ class QueueDeadline(Exception):
         super().__init__(f"waited {waited:.1f} s in queue {name!r}, past the job's queue deadline")
 
 
-@dataclass(order=True)
-class _Waiter:
+class _Waiter(NamedTuple):
+    """Ordered as a tuple, compared in C (a dataclass's generated __lt__ is
+    Python, several calls per queued run in the heap: issue 18): by key, then
+    seq, which is unique, so a comparison never reaches the fields after it."""
+
     key: float
     seq: int
-    priority: int = field(compare=False)
-    fut: asyncio.Future[None] = field(compare=False)
+    priority: int
+    fut: asyncio.Future[None]
 
 
 class AdmissionQueue:

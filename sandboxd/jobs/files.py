@@ -140,7 +140,9 @@ class HostFiles:
             self._held[job_id] = names
 
     def release(self, job_id: str) -> None:
-        self.store.unpin(self._held.pop(job_id, []))
+        names = self._held.pop(job_id, None)
+        if names:  # (most jobs name no file: nothing to unpin)
+            self.store.unpin(names)
 
     async def resolve(self, spec: object) -> None:
         """As the job starts: fetch what this host lacks from the fleet, then put

@@ -58,6 +58,11 @@ def _defaults_as_omitted(value: Any) -> Any:
     keyed request: a scalar field is compared in place, and a struct or list
     is copied only if something in it changes.)"""
     if isinstance(value, list):
+        for v in value:
+            if isinstance(v, _NESTED):
+                break
+        else:
+            return value  # (strings, numbers: nothing in it to change, no copy to compare)
         out = [_defaults_as_omitted(v) if isinstance(v, _NESTED) else v for v in value]
         return value if all(w is v for w, v in zip(out, value, strict=True)) else out
     if not isinstance(value, msgspec.Struct):

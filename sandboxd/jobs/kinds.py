@@ -118,7 +118,7 @@ class RunKind(JobKind[RunRequest]):
         room = job.results.room if job.results is not None and spec.files_out else None
         res = await ctx.engine.run(spec, priority=spec.priority, deadline=deadline, room=room)
         ctx.recent.append(res.wall_time)
-        ctx.metrics.run_seconds.labels(res.status).observe(time.monotonic() - t0)
+        ctx.metrics.run_seconds_of(res.status).observe(time.monotonic() - t0)
         return res
 
 
@@ -139,7 +139,7 @@ class SubmissionKind(JobKind[Submission]):
 
     async def execute(self, ctx: Context, job: Job, spec: Submission) -> Result:
         def progress(t: TestResult) -> None:
-            ctx.metrics.verdicts.labels("test", t.verdict).inc()
+            ctx.metrics.verdicts_of("test", t.verdict).inc()
             ctx.recent.append(t.wall_time)
             for cb in job.listeners:
                 cb(t)
@@ -147,8 +147,8 @@ class SubmissionKind(JobKind[Submission]):
         job.state = "running"
         t0 = time.monotonic()
         res = await judge(ctx.engine, spec, progress, None if ctx.files is None else ctx.files.store.read)
-        ctx.metrics.verdicts.labels("submission", res.verdict).inc()
-        ctx.metrics.submission_seconds.labels(spec.lang).observe(time.monotonic() - t0)
+        ctx.metrics.verdicts_of("submission", res.verdict).inc()
+        ctx.metrics.submission_seconds_of(spec.lang).observe(time.monotonic() - t0)
         return res
 
 

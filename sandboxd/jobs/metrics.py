@@ -6,9 +6,32 @@ boxes, queues and runs."""
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 _RUN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Children(Generic[M]):
+    """A labelled metric's children, each looked up once: prometheus_client's
+    labels() checks and converts its values and takes a lock on every call,
+    and the per-run path observes one child per run (issue 18).  The label
+    values are bounded sets (statuses, verdicts, languages), as the metric's
+    own children are."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric = metric
+        self._by: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._by.get(values)
+        if child is None:
+            child = self._by[values] = self.metric.labels(*values)
+        return child
 
 
 class FrontendMetrics:
@@ -41,6 +64,9 @@ class Metrics(FrontendMetrics):
             "sandboxd_submission_seconds", "Submission latency", ["lang"], buckets=_RUN_BUCKETS, registry=r
         )
         self.verdicts = Counter("sandboxd_verdicts", "Test and submission verdicts", ["scope", "verdict"], registry=r)
+        self.run_seconds_of = Children(self.run_seconds)  # (by status)
+        self.submission_seconds_of = Children(self.submission_seconds)  # (by language)
+        self.verdicts_of = Children(self.verdicts)  # (by scope and verdict)
         self.jobs = Gauge("sandboxd_jobs", "Jobs known by state", ["state"], registry=r)
         # Compiles run, and served from the compile cache (memory, disk or the fleet's store).
         self.compiles = Gauge("sandboxd_compiles", "Compiles run or served from a cache", ["result"], registry=r)

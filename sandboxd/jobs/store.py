@@ -435,12 +435,15 @@ class JobStore:
         connection between batches (it sees exactly the committed rows then):
         the readers' re-reads its pages after every commit, ~10 µs more per
         lookup, and a waited keyed job makes one per run (sandboxd.jobs.accept)."""
-        return self._read(BY_KEY, key, self.db if self._writing is None else self.rdb)
+        if self._writing is None:
+            # (no BEGIN/COMMIT: nothing else writes meanwhile, so row and result agree: issue 18)
+            return stored(self.db, self.db.execute(BY_KEY, (key,)).fetchone())
+        return self._read(BY_KEY, key)
 
-    def _read(self, sql: str, param: str, db: sqlite3.Connection | None = None) -> Stored | None:
+    def _read(self, sql: str, param: str) -> Stored | None:
         """A row and its result in one read transaction: the writer thread may
         make it a tombstone between the two statements otherwise."""
-        db = self.rdb if db is None else db
+        db = self.rdb
         db.execute("BEGIN")
         try:
             return stored(db, db.execute(sql, (param,)).fetchone())

@@ -208,6 +208,22 @@ def test_trickling_frame_is_cut_with_a_reason(tight: Daemon) -> None:
     assert err["ok"] is False and "not received within" in err["error"]["message"]
 
 
+def test_socket_frames_back_to_back_and_split_are_each_answered(tight: Daemon) -> None:
+    """Frames in one write (each head and body already read when it is taken:
+    no timer for them, sandboxd.api.unixserver), then one whose body comes
+    after its head: every one answered, in one connection."""
+    with _unix(tight) as s:
+        s.sendall(b"".join(frame({"id": i, "op": "ping"}) for i in range(5)))
+        got = _frames(_recv_n(s, 5))
+        assert sorted(f["id"] for f in got) == list(range(5)) and all(f["ok"] for f in got)
+        data = frame({"id": 9, "op": "ping"})
+        s.sendall(data[:4])
+        time.sleep(0.2)
+        s.sendall(data[4:])
+        (pong,) = _frames(_recv_n(s, 1))
+        assert pong["id"] == 9 and pong["ok"] is True
+
+
 def test_idle_socket_connection_is_closed_with_a_reason(tight: Daemon) -> None:
     with _unix(tight) as s:
         s.sendall(frame({"id": 1, "op": "ping"}))
