@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -167,3 +168,21 @@ class CallbackSink:
     def close(self) -> None:
         self.srv.shutdown()
         self.srv.server_close()
+
+
+class Restartable(Daemon):
+    """A daemon that can be started again with the same instance, socket and port."""
+
+    def _launch(self, args: list[str], env: dict[str, str], what: str, timeout: float) -> None:
+        self.args, self.env = args, env
+        super()._launch(args, env, what, timeout)
+
+    def restart(self) -> None:
+        self.log = open(self.dir / "log", "a+b")  # noqa: SIM115 - closed in stop()
+        super()._launch(self.args, self.env, "daemon", 120)
+
+    def runs(self) -> int:
+        """Runs this daemon process executed (its metrics start at 0)."""
+        with urllib.request.urlopen(self.http + "/metrics") as r:
+            text = r.read().decode()
+        return sum(int(float(n)) for n in re.findall(r"^sandboxd_run_seconds_count\{[^}]*\} (\S+)$", text, re.M))

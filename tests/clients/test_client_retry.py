@@ -6,37 +6,17 @@ between the write and the reply: tests/fleet/test_fleet_keys.py.)"""
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from daemon_util import Daemon
+from daemon_util import Daemon, Restartable
 from instances import inst
 from sandboxd_client import AsyncClient, Client, RunRequest, SandboxdError
 from sandboxd_client.client import _Lost
 from sandboxd_client.retry import Retry
-
-
-class Restartable(Daemon):
-    """A daemon that can be started again with the same instance, socket and port."""
-
-    def _launch(self, args: list[str], env: dict[str, str], what: str, timeout: float) -> None:
-        self.args, self.env = args, env
-        super()._launch(args, env, what, timeout)
-
-    def restart(self) -> None:
-        self.log = open(self.dir / "log", "a+b")  # noqa: SIM115 - closed in stop()
-        super()._launch(self.args, self.env, "daemon", 120)
-
-    def runs(self) -> int:
-        """Runs this daemon process executed (its metrics start at 0)."""
-        with urllib.request.urlopen(self.http + "/metrics") as r:
-            text = r.read().decode()
-        return sum(int(float(n)) for n in re.findall(r"^sandboxd_run_seconds_count\{[^}]*\} (\S+)$", text, re.M))
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from daemon_util import Restartable
 from instances import inst
 from sandboxd_client import Client, RunRequest
-from test_client_retry import Restartable
 from test_durable import http, key_header, poll
 
 
