@@ -129,8 +129,8 @@ class Hooks:
             def w(chan: Any) -> Any:
                 fut = orig(chan)
                 st = state[id(chan)]
-                if st[0] == "run":
-                    st[1] = now()  # send() follows at once
+                if st[0] == "run" and not st[1]:
+                    st[1] = now()  # send() follows at once (a run that resets behind expects twice)
                 return fut
 
             return w
@@ -138,7 +138,7 @@ class Hooks:
         def readable_(orig: Any) -> Any:
             def w(chan: Any) -> Any:
                 t0 = now()
-                was = chan.waiter
+                was = chan.waiters[0] if chan.waiters else None  # (the reply this packet answers)
                 orig(chan)
                 st = state[id(chan)]
                 if st[0] == "run" and was is not None and was.done() and st[1] and not st[2]:
