@@ -10,6 +10,13 @@ while the loop itself never stalled past ~100 ms.  Here each turn in which
 a listening socket is readable accepts up to ACCEPT_BATCH connections (as
 asyncio's own selector loop does), each then set up by the loop as its own
 (`connect_accepted_socket`: the same transport uvloop's server makes).
+
+TCP listeners defer accepting (TCP_DEFER_ACCEPT) until a connection's first
+bytes arrive: a connection that sends nothing waits in the kernel (a SYN-queue
+entry, no descriptor, nothing of the loop) instead of in the accept queue
+ahead of a /healthz probe that sent its request at once.  With 500 half-open
+connections opened at once (issue 13's load) the probe otherwise waited for
+every one of them to be accepted and set up, ACCEPT_BATCH a turn.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import socket
 from collections.abc import Callable
 
@@ -31,9 +39,12 @@ ACCEPT_BATCH = 32
 RETRY_AFTER_ERROR = 1.0  # s without accepting after EMFILE/ENFILE/ENOBUFS (else the loop spins on them)
 
 
-async def listening(host: str | None, port: int, backlog: int) -> list[socket.socket]:
+async def listening(host: str | None, port: int, backlog: int, defer: float = 0) -> list[socket.socket]:
     """Bound, listening, non-blocking sockets for host:port, one per address it
-    resolves to (as loop.create_server binds them); OSError as it would raise."""
+    resolves to (as loop.create_server binds them); OSError as it would raise.
+    `defer` > 0: a connection is accepted once its first bytes are in, or once
+    it has been silent about that many seconds (the kernel rounds up to its
+    SYN-ACK retransmissions, at 1, 3, 7, 15, 31 s), whichever comes first."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     socks: list[socket.socket] = []
@@ -44,6 +55,8 @@ async def listening(host: str | None, port: int, backlog: int) -> list[socket.so
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # (its IPv4 twin is bound apart)
+            if defer > 0:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, math.ceil(defer)))
             s.bind(addr)
             s.listen(backlog)
             s.setblocking(False)
@@ -52,6 +65,22 @@ async def listening(host: str | None, port: int, backlog: int) -> list[socket.so
             s.close()
         raise
     return socks
+
+
+def _gone(conn: socket.socket) -> bool:
+    """Closed (and then closed here) if the peer has already gone: a deferred
+    silent connection surfaces when its client gives up and sends FIN (500
+    half-open connections closing at once), and one costs the loop an accept
+    and this recv instead of a transport, a task and a guard set up for it."""
+    try:
+        if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+            return False
+    except (BlockingIOError, InterruptedError):
+        return False  # (silent past the deferral: set up, its header deadline starts now)
+    except OSError:
+        pass  # (reset)
+    conn.close()
+    return True
 
 
 class Acceptor(asyncio.AbstractServer):
@@ -67,6 +96,8 @@ class Acceptor(asyncio.AbstractServer):
         self.factory = factory
         self.starting: set[asyncio.Task[object]] = set()
         self.serving = True
+        # (TCP: a deferred connection may come with its peer's FIN and nothing else.)
+        self.peek = bool(socks) and socks[0].family != socket.AF_UNIX
         for s in socks:
             self.loop.add_reader(s.fileno(), self._accept, s)
 
@@ -81,6 +112,8 @@ class Acceptor(asyncio.AbstractServer):
                     continue  # (gone before it was accepted)
                 self._pause(sock, e)
                 return
+            if self.peek and _gone(conn):
+                continue
             conn.setblocking(False)
             task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
             self.starting.add(task)

@@ -266,7 +266,7 @@ class GuardedSite(web.TCPSite):
 
         # (Not loop.create_server: uvloop accepts one connection per turn of
         # the loop; sandboxd.api.accept takes all that wait.)
-        socks = await accept.listening(self._host, self._port, self._backlog)
+        socks = await accept.listening(self._host, self._port, self._backlog, self.inbound.header_timeout)
         self._server = accept.Acceptor(socks, factory)
         self._bound_port = socks[0].getsockname()[1] if socks else self._port
 

@@ -177,6 +177,33 @@ def test_connection_cap_refuses_fast_and_health_stays_reachable(capped: Daemon) 
         time.sleep(0.2)
 
 
+def _fds(d: Daemon) -> int:
+    return len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+
+
+def test_silent_http_connections_wait_in_the_kernel_not_the_daemon(capped: Daemon) -> None:
+    # main: each was accepted and held a descriptor (and the loop's time to set
+    # it up) ahead of a /healthz probe that sent its request at once.
+    before = _fds(capped)
+    held = [_tcp(capped) for _ in range(50)]
+    try:
+        time.sleep(1.0)  # (deferred for the default header_timeout, 10 s: the kernel's 15)
+        assert _fds(capped) < before + 10, "silent connections were accepted"
+        with urllib.request.urlopen(capped.http + "/healthz", timeout=10) as r:
+            assert r.status == 200
+        # One that talks late is accepted then, and served.
+        held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _closed_by_peer(held[0]).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held:
+            s.close()
+    # Those that gave up (FIN) are closed as they surface, never set up.
+    deadline = time.monotonic() + 20
+    while _fds(capped) > before + 2:
+        assert time.monotonic() < deadline, (before, _fds(capped))
+        time.sleep(0.2)
+
+
 # --- Unix socket transport ----------------------------------------------------
 
 
