@@ -77,8 +77,23 @@ def test_a_new_box_tmpfs_from_the_folded_reset_reaches_the_daemon(one: SyncEngin
     dev = os.fstat(_the_box(pool).boxfd).st_dev
     plant = "import os\nfor i in range(12000): os.setxattr('/box', 'user.%0100d' % i, b'')\n"
     lim = Limits(cpu_time=10, wall_time=20)
-    r, warm, _ = _run_and_look(one, RunRequest(cmd=["python3", "-S", "-c", plant], limits=lim))
-    assert (r.status, warm) == ("ok", 1), r
+
+    async def scenario() -> tuple[RunResult, bool]:
+        r = await one.engine.run(RunRequest(cmd=["python3", "-S", "-c", plant], limits=lim))
+        # (the box this run used: the pool's other one is held)
+        return r, any(b._agent_reset for b in pool._live)
+
+    r, folded = one.call(scenario())
+    assert (r.status, folded) == ("ok", True), (r, pool.stats)
+    # The old tmpfs's 1.3 MiB of xattrs may still be charged to a v1 memory
+    # group when the run's result is read (freed as the old mount goes, which
+    # a loaded host defers): then the pool's between-runs step drops it
+    # first, in the background, with no RESET round trip either.
+    for _ in range(200):
+        if pool.stats.warm == 1:
+            break
+        one.call(asyncio.sleep(0.01))
+    assert pool.stats.warm == 1
     assert os.fstat(_the_box(pool).boxfd).st_dev != dev
     # files_in go through the new fd: the probe is there, nothing else is.
     probe = "find /box -mindepth 1 | wc -l; python3 -S -c \"import os; print(os.listxattr('/box'))\""
