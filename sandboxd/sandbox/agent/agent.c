@@ -315,10 +315,9 @@ static void mount_work_areas(void) {
    link: a subdirectory's entries are hoisted to the top level (rename within
    the same tmpfs), then the emptied subdirectory is removed.  Work is linear
    in the number of entries, depth costs nothing, and at most two directory
-   fds are open.  Run after every process of the run is dead, as root. */
-static int empty_dir(const char *path) {
-    int top = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (top < 0) return -1;
+   fds are open.  Run after every process of the run is dead, as root, on
+   the work area's own fd (the caller's: it restores the root through it). */
+static int empty_dir(int top) {
     unsigned long seq = 0;
     char buf[1 << 15];
     int again = 1, rc = 0;
@@ -367,7 +366,6 @@ static int empty_dir(const char *path) {
             }
         }
     }
-    close(top);
     return rc;
 }
 
@@ -414,18 +412,21 @@ static void remove_sysv(void) {
    then listing fails with E2BIG: the caller replaces the whole work area. */
 static char xattr_names[XATTR_LIST_MAX];
 
-static int restore_root(const char *path, unsigned mode, uid_t uid, gid_t gid) {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) return -1;
+static int restore_root(int fd, unsigned mode, uid_t uid, gid_t gid) {
     int rc = 0;
-    if (fchown(fd, uid, gid) < 0 || fchmod(fd, mode) < 0) rc = -1;
+    /* Most runs leave the root as it was: one fstat instead of a chown and a
+       chmod every reset (issue 18).  The chown goes first: it clears S_ISGID. */
+    struct stat st;
+    if (fstat(fd, &st) < 0) return -1;
+    if ((st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) < 0) rc = -1;
+    if (rc == 0 && (st.st_uid != uid || st.st_gid != gid || (st.st_mode & 07777) != mode) && fchmod(fd, mode) < 0)
+        rc = -1;
     ssize_t n = 0;
     while (rc == 0 && (n = flistxattr(fd, xattr_names, sizeof xattr_names)) > 0) {
         for (char *name = xattr_names; name < xattr_names + n; name += strlen(name) + 1)
             if (fremovexattr(fd, name) < 0 && errno != ENODATA) rc = -1;
     }
     if (n < 0 && errno != ENOTSUP) rc = -1;
-    close(fd);
     return rc;
 }
 
@@ -441,9 +442,15 @@ static int reset_box(void) {
     int rc = 0;
     for (int i = 0; i < N_WORK; i++) {
         int is_box = i == 0;
-        if (empty_dir(WORK_DIRS[i]) == 0 &&
-            restore_root(WORK_DIRS[i], is_box ? 0755 : 01777, is_box ? box_uid : 0, is_box ? box_gid : 0) == 0)
-            continue;
+        /* One fd for emptying and restoring (issue 18: an open and a close
+           fewer per area).  O_NOFOLLOW: the area's root is a mount point
+           under a read-only root, never the run's to replace, but no path
+           of the run's is followed anyway. */
+        int fd = open(WORK_DIRS[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int ok = fd >= 0 && empty_dir(fd) == 0 &&
+                 restore_root(fd, is_box ? 0755 : 01777, is_box ? box_uid : 0, is_box ? box_gid : 0) == 0;
+        if (fd >= 0) close(fd);
+        if (ok) continue;
         int err = priv_call(PRIV_REMOUNT, (unsigned char)i);
         if (err) {
             errno = err;
