@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sandboxd.jobs import blobs
+from sandboxd.jobs.keyfilter import KeyFilter
 from sandboxd.jobs.storerows import (
     BY_KEY,
     EVICTED,
@@ -81,7 +82,6 @@ from sandboxd.jobs.storerows import (
     LIVE,
     OPEN,
     SCHEMA,
-    UNFINISHED,
     JobIdInUse,
     NewJob,
     Split,
@@ -93,6 +93,7 @@ from sandboxd.jobs.storerows import (
     evict_oldest,
     migrate,
     put_result,
+    restart_unfinished,
     stored,
     tombstones,
     whole,
@@ -154,6 +155,7 @@ class JobStore:
         self.batches = 0  # committed transactions (the benchmark reports ops per batch)
         self.ops = 0
         self.threaded = 0  # batches committed on the writer thread
+        self.keys = KeyFilter(self._then)  # (built by index_keys, once the loop runs)
 
     # --- start-up (synchronous: before anything is served) -------------------
 
@@ -163,22 +165,14 @@ class JobStore:
         once (so two daemons died with them) become final as lost instead:
         returns (to re-queue, lost ids).  A clean stop that kept a job
         (`release`) does not count."""
-        rows = [s for r in self.db.execute(UNFINISHED) for s in [stored(self.db, r)] if s is not None]
-        again, lost = [], []
-        now = time.time()
-        self.db.execute("BEGIN IMMEDIATE")
-        for s in rows:
-            if s.restarts >= 1:
-                info = lost_info(s)
-                sql = "UPDATE jobs SET state='lost', finished_at=?, size=size+? WHERE id=? RETURNING seq"
-                put_result(self.db, self.db.execute(sql, (now, len(info), s.id)).fetchone()[0], info)
-                lost.append(s.id)
-            else:
-                self.db.execute("UPDATE jobs SET restarts=restarts+1 WHERE id=?", (s.id,))
-                again.append(s)
-        self.db.execute("COMMIT")
+        again, lost = restart_unfinished(self.db, lost_info)
         self.usage = Usage(self.db, self.usage.limit)
         return again, lost
+
+    def index_keys(self) -> None:
+        """Start reading the stored keys into memory (sandboxd.jobs.keyfilter):
+        until that is done, by_key asks SQLite about every key."""
+        self.keys.build()
 
     # --- the writer ---------------------------------------------------------
 
@@ -365,6 +359,8 @@ class JobStore:
             done(ok, val)
 
         self._then(insert, then, cost=n)
+        if job.key is not None:  # (once queued: a filter rebuilt from now on reads its row)
+            self.keys.add(job.key)
 
     def finish(
         self, job_id: str, state: str, info: bytes | Split, finished_at: float, done: Done | None = None
@@ -418,6 +414,8 @@ class JobStore:
                 done(ok, val)
 
         self._then(whole(write), then, LATER, n)
+        if j.key is not None:
+            self.keys.add(j.key)
 
     def release(self, job_id: str) -> None:
         """Left unfinished by a clean stop: runs again at the next start, and
@@ -434,7 +432,10 @@ class JobStore:
         admission, so a full queue never refuses it.  On the writer's own
         connection between batches (it sees exactly the committed rows then):
         the readers' re-reads its pages after every commit, ~10 µs more per
-        lookup, and a waited keyed job makes one per run (sandboxd.jobs.accept)."""
+        lookup, and a waited keyed job makes one per run (sandboxd.jobs.accept).
+        A key the store cannot hold (almost every one: fresh) is not looked up."""
+        if not self.keys.may_hold(key):
+            return None
         if self._writing is None:
             # (no BEGIN/COMMIT: nothing else writes meanwhile, so row and result agree: issue 18)
             return stored(self.db, self.db.execute(BY_KEY, (key,)).fetchone())

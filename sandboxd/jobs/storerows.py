@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,27 @@ def put_result(db: sqlite3.Connection, seq: int, info: bytes | Split) -> None:
     layout = msgspec.msgpack.encode((info.index, [len(info.head), *(len(p) for p in info.pieces)]))
     start = SPLIT + len(layout).to_bytes(4, "big") + layout
     blobs.insert(db, "results", "seq", "info", seq, start, more=[info.head, *info.pieces])
+
+
+def restart_unfinished(db: sqlite3.Connection, lost_info: Callable[[Stored], bytes]) -> tuple[list[Stored], list[str]]:
+    """JobStore.recover's rows: the unfinished ones to run again (counted as
+    restarted once more), and the ids of those restarted once already, now
+    final as lost with lost_info's result."""
+    rows = [s for r in db.execute(UNFINISHED) for s in [stored(db, r)] if s is not None]
+    again, lost = [], []
+    now = time.time()
+    db.execute("BEGIN IMMEDIATE")
+    for s in rows:
+        if s.restarts >= 1:
+            info = lost_info(s)
+            sql = "UPDATE jobs SET state='lost', finished_at=?, size=size+? WHERE id=? RETURNING seq"
+            put_result(db, db.execute(sql, (now, len(info), s.id)).fetchone()[0], info)
+            lost.append(s.id)
+        else:
+            db.execute("UPDATE jobs SET restarts=restarts+1 WHERE id=?", (s.id,))
+            again.append(s)
+    db.execute("COMMIT")
+    return again, lost
 
 
 def tombstones(db: sqlite3.Connection, state: str, where: str, params: tuple[Any, ...]) -> tuple[int, int]:
