@@ -224,9 +224,16 @@ def validate_run(req: RunRequest, resolved: bool = False) -> RunRequest:
     check_files_in(req.files_in, "files_in")
     req.files_out = _check_files_out(req.files_out)
     refs = file_refs(req)  # (inline and by hash at once: refused)
-    if resolved and refs:
-        raise SchemaError(f"{refs[0][0]}: a file of the store where only bytes can run (nothing resolved it)")
+    if resolved:
+        check_resolved(req, refs)
     return req
+
+
+def check_resolved(req: RunRequest, refs: list[tuple[str, str]] | None = None) -> None:
+    """A run about to go into a box: every hash it named replaced by bytes."""
+    refs = file_refs(req) if refs is None else refs
+    if refs:
+        raise SchemaError(f"{refs[0][0]}: a file of the store where only bytes can run (nothing resolved it)")
 
 
 # --- Files named by hash (sandboxd.filestore) ---------------------------------

@@ -37,7 +37,7 @@ from sandboxd.sandbox import agentbin, cgroups, seccomp
 from sandboxd.sandbox.agentchan import AgentDied
 from sandboxd.sandbox.box import Box, BoxSpec, RunControl, Stdio
 from sandboxd.sandbox.boxfiles import Refused, Room
-from sandboxd.schema import FileIn, Limits, RunRequest, RunResult, SchemaError, validate_run
+from sandboxd.schema import FileIn, Limits, RunRequest, RunResult, SchemaError, check_resolved, validate_run
 
 log = logging.getLogger(__name__)
 
@@ -260,11 +260,17 @@ class Engine:
         stdio: Stdio | None = None,
         control: RunControl | None = None,
         room: Room | None = None,
+        checked: bool = False,
     ) -> RunResult:
         """One run on a warm box, after admission at `priority`.  deadline: the
         monotonic time after which waiting in the queue is given up.  room: the
-        memory budget's leave for each file out (budget.ResultHold.room)."""
-        validate_run(req, resolved=True)  # (a hash left unresolved would run as empty bytes)
+        memory budget's leave for each file out (budget.ResultHold.room).
+        checked: validate_run has passed (a job's, when it was accepted): only
+        its hashes are looked at again (issue 18: the rest is not done twice)."""
+        if checked:
+            check_resolved(req)  # (a hash left unresolved would run as empty bytes)
+        else:
+            validate_run(req, resolved=True)
         return await self._run_checked(req, rootfs, priority, deadline, lang, stdio, control, room)
 
     async def _run_checked(

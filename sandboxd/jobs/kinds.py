@@ -116,7 +116,8 @@ class RunKind(JobKind[RunRequest]):
         t0 = time.monotonic()
         deadline = None if spec.queue_deadline is None else job.created + spec.queue_deadline
         room = job.results.room if job.results is not None and spec.files_out else None
-        res = await ctx.engine.run(spec, priority=spec.priority, deadline=deadline, room=room)
+        # (checked: every job's spec passed check() when it was accepted or restored)
+        res = await ctx.engine.run(spec, priority=spec.priority, deadline=deadline, room=room, checked=True)
         ctx.recent.append(res.wall_time)
         ctx.metrics.run_seconds_of(res.status).observe(time.monotonic() - t0)
         return res

@@ -109,8 +109,9 @@ class Service(Acceptance):
     def _restore(self, s: Stored) -> None:
         spec: Spec | None = None
         try:
+            # (checked as at acceptance, KINDS.decode: its runs are not validated again)
             spec = decode_spec(s.kind, s.spec or b"")[1]
-        except Exception as e:  # written by another version this one cannot read
+        except Exception as e:  # written by another version this one cannot read, or whose checks it fails
             log.error("job %s: cannot read its spec (%s); it fails", s.id, e)
         age = max(0.0, time.time() - s.created_at)
         lang = KINDS.of(spec).lang(spec) if spec is not None else ""
