@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvloop
-from benchlib import summary_ms
+from benchlib import steal_jiffies, steal_share, summary_ms
 from daemon import bare_true, round_trip, throughput
 from http_overhead import free_port, wait_ready
 
@@ -99,6 +99,7 @@ def main() -> None:
     lat: dict[str, list[int]] = {"bare": []}
     cpu_us: dict[str, list[float]] = {}
     rates: dict[str, list[float]] = {"bare": []}
+    stolen = steal_jiffies()
     try:
         for _ in range(a.rounds):
             lat["bare"] += bare_true(a.n)
@@ -122,7 +123,8 @@ def main() -> None:
             proc.terminate()
             proc.wait(60)
     bare = summary_ms(lat["bare"])
-    print(f"load average {os.getloadavg()[0]:.2f}; {a.rounds} rounds x {a.n}")
+    steal = steal_share(stolen, steal_jiffies())
+    print(f"load average {os.getloadavg()[0]:.2f}, steal {100 * steal:.1f}% of the CPUs; {a.rounds} rounds x {a.n}")
     for what, xs in lat.items():
         s = summary_ms(xs)
         print(

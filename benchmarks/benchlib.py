@@ -226,6 +226,21 @@ def system_cpu_busy() -> tuple[float, float]:
     return float(total - idle), float(total)
 
 
+def steal_jiffies() -> tuple[float, float]:
+    """(steal, total) jiffies of all CPUs, from /proc/stat: the time the
+    hypervisor gave this VM's CPUs to others (a loaded host makes every
+    figure noisy, whatever the load average inside says)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return float(fields[7] if len(fields) > 7 else 0), float(sum(fields[:8]))
+
+
+def steal_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The steal share of the CPU time between two steal_jiffies() readings."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 # --- timing loops ---------------------------------------------------------
 
 _DEVNULL = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import uvloop
-from benchlib import percentile
+from benchlib import percentile, steal_jiffies, steal_share
 from daemon import ECHO_C, bare_echo, start_daemon
 from sandboxd_client import AsyncClient, Submission, TestCase
 
@@ -120,7 +120,7 @@ def main() -> None:
             exe = str(Path(d) / "echo")
             subprocess.run(["gcc", "-O2", "-o", exe, "-x", "c", "-"], input=ECHO_C, check=True)
             for k in range(a.rounds):
-                l0 = os.getloadavg()[0]
+                l0, s0 = os.getloadavg()[0], steal_jiffies()
                 spy = profile(proc.pid, a.profile, 10**6) if a.profile and k == 0 else None
                 h0, d0, c0, b0 = host_cpu(), proc_cpu(proc.pid), self_cpu(), boxes_cpu()
                 wall, lat, bad = uvloop.run(sandboxd_round(sock, a.subs, a.tests, a.concurrency))
@@ -128,13 +128,14 @@ def main() -> None:
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)  # (SIGTERM would lose the profile)
                     spy.wait(30)
-                l1 = os.getloadavg()[0]
+                l1, s1 = os.getloadavg()[0], steal_jiffies()
                 bare = bare_round(exe, a.subs, a.tests)
                 h2 = host_cpu()
-                l2 = os.getloadavg()[0]
+                l2, s2 = os.getloadavg()[0], steal_jiffies()
                 assert bad == 0, f"{bad} submissions not AC"
                 lat_all += lat
-                rows.append((k + 1, wall, bare, f"{l0:.1f}/{l1:.1f}", f"{l1:.1f}/{l2:.1f}"))
+                st0, st1 = 100 * steal_share(s0, s1), 100 * steal_share(s1, s2)
+                rows.append((k + 1, wall, bare, f"{l0:.1f}/{l1:.1f}, {st0:.0f}%", f"{l1:.1f}/{l2:.1f}, {st1:.0f}%"))
                 n = a.subs * a.tests / 1e6  # CPU per run in microseconds
                 cpu.append(((h1 - h0) / n, (d1 - d0) / n, (c1 - c0) / n, (b1 - b0) / n, (h2 - h1) / n))
     finally:
@@ -142,7 +143,7 @@ def main() -> None:
         proc.wait(60)
     runs = a.subs * a.tests
     print(f"## Seed: {a.subs} submissions x {a.tests} tests, C echo, pool {a.pool}, {a.concurrency} in flight\n")
-    print("| round | sandboxd s | load before/after | bare s | load before/after | x bare |")
+    print("| round | sandboxd s | load before/after, steal | bare s | load before/after, steal | x bare |")
     print("|---|---|---|---|---|---|")
     for k, w, b, ls, lb in rows:
         print(f"| {k} | {w:.2f} | {ls} | {b:.2f} | {lb} | {w / b:.2f} |")
