@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 MAX_FDS = 16  # fds one agent message may carry
 # (Plain ints, computed once: the socket module's flags are IntFlag members,
-# and each | or & of them builds an enum member: ~5 µs a reply, issue 18.)
+# and each | or & of them builds an enum member: ~1.5 µs a reply, issue 18.)
 _ANC_SPACE = socket.CMSG_SPACE(4 * MAX_FDS)
 _RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
 _TRUNCATED = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)
@@ -153,46 +153,11 @@ def output_pipe() -> tuple[int, int]:
     return r, w
 
 
-class KeptPipes:
-    """A box's stdout and stderr pipes, kept from one of its runs to the next
-    (issue 18: a run's two pipe2, two F_SETPIPE_SZ, two set_blocking and four
-    closes were ~6% of the daemon's CPU per socket run).  The daemon holds
-    both ends, so a run's output ends not at EOF but when the agent's result
-    says every process of the run is dead (nothing can write any more): it is
-    read to EAGAIN then, and the pipes are empty for the next run.  A run
-    whose output may be left in them (cancelled before its result, processes
-    that outlived SIGKILL, a failed box) spoils them: closed, and the next run
-    gets new ones, so nothing one run wrote reaches another's result."""
-
-    __slots__ = ("fds",)
-
-    def __init__(self) -> None:
-        self.fds: tuple[int, int, int, int] | None = None  # stdout r, w; stderr r, w
-
-    def take(self) -> tuple[int, int, int, int]:
-        if self.fds is None:
-            out_r, out_w = output_pipe()
-            err_r, err_w = output_pipe()
-            os.set_blocking(out_r, False)
-            os.set_blocking(err_r, False)
-            self.fds = (out_r, out_w, err_r, err_w)
-        return self.fds
-
-    def spoil(self) -> None:
-        fds, self.fds = self.fds, None
-        for fd in fds or ():
-            os.close(fd)
-
-
 class Capture:
-    """Reads one output pipe up to a limit; past it, asks for the run to be killed.
-    kept: a box's pipe (KeptPipes), read to EAGAIN once the run is over, never closed here."""
+    """Reads one output pipe up to a limit; past it, asks for the run to be killed."""
 
-    def __init__(
-        self, fd: int, limit: int, on_overflow: Callable[[], None], loop: asyncio.AbstractEventLoop, kept: bool = False
-    ) -> None:
+    def __init__(self, fd: int, limit: int, on_overflow: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
         self.fd = fd
-        self.kept = kept
         self.limit = limit
         self.chunks: list[bytes] = []
         self.size = 0
@@ -204,8 +169,7 @@ class Capture:
         if fd < 0:  # nothing to capture
             self.done.set_result(None)
             return
-        if not kept:
-            os.set_blocking(fd, False)
+        os.set_blocking(fd, False)
 
     def watch(self) -> None:
         """Read as the program writes (WATCH_AFTER into its run, or when the
@@ -226,15 +190,11 @@ class Capture:
     def drain(self) -> bool:
         """Read to EOF now, without the event loop; False if a writer is still
         alive (then wait for `done`).  After a run's result every process of
-        the box is dead, so this is the common case and saves a loop round;
-        and a kept pipe is at its end at EAGAIN then."""
+        the box is dead, so this is the common case and saves a loop round."""
         while self.fd >= 0:
             try:
                 b = os.read(self.fd, 1 << 16)
             except BlockingIOError:
-                if self.kept:
-                    self.close()
-                    return True
                 return False
             except OSError:
                 b = b""
@@ -260,8 +220,7 @@ class Capture:
         if self.fd >= 0:
             if self.watched:
                 self.loop.remove_reader(self.fd)
-            if not self.kept:
-                os.close(self.fd)
+            os.close(self.fd)
             self.fd = -1
         if not self.done.done():
             self.done.set_result(None)

@@ -23,7 +23,7 @@ from pathlib import Path
 from sandboxd.rootfs.mounts import Rootfs
 from sandboxd.sandbox import agentproto as proto
 from sandboxd.sandbox import boxfiles
-from sandboxd.sandbox.agentchan import WATCH_AFTER, AgentDied, BoxError, Capture, Channel, KeptPipes, check_reply
+from sandboxd.sandbox.agentchan import WATCH_AFTER, AgentDied, BoxError, Capture, Channel, check_reply, output_pipe
 from sandboxd.sandbox.cgroups import BoxCgroup, RunCgroup
 from sandboxd.sandbox.classify import classify
 from sandboxd.schema import MAX_FILES_OUT_BYTES, RunRequest, RunResult
@@ -83,7 +83,6 @@ class Box:
         # (F_RESET_BEHIND): the READY (or ERROR) that reset sends, awaited by
         # reset() instead of a RESET round trip of its own.
         self._behind: Reply | None = None
-        self.pipes = KeptPipes()  # its runs' stdout and stderr
 
     @classmethod
     async def create(cls, name: str, uid: int, spec: BoxSpec, cg: BoxCgroup) -> Box:
@@ -214,19 +213,18 @@ class Box:
         for f in req.files_in:
             boxfiles.write_in(self.boxfd, f.path, f.content, f.executable, self.uid, self.uid)
         rc = self.cg.prepare(lim.memory, lim.procs, self.clone_into)
-        pipes = self.pipes.take() if stdio is None or len(stdio) == 2 else None
-        stdin_fd, out_r, out_w = _open_stdio(req.stdin, stdio, owned, pipes)
+        stdin_fd, out_r, out_w = _open_stdio(req.stdin, stdio, owned)
         if stdin_fd != _DEVNULL and not stdio and len(req.stdin) >= STDIN_THREAD_FROM:
             # (on a dup, which the thread closes: a cancelled run closes stdin_fd under it harmlessly)
             await asyncio.to_thread(_fill, os.dup(stdin_fd), req.stdin, True)
-        if pipes is None:  # (a live session's stdio: its caller reads stdout and stderr)
-            assert stdio is not None
-            err_r, err_w = -1, stdio[-1]  # (its third: pipes is None only then)
+        if stdio is not None and len(stdio) == 3:
+            err_r, err_w = -1, stdio[2]
         else:
-            err_r, err_w = pipes[2], pipes[3]
+            err_r, err_w = output_pipe()
+            owned.append(err_w)
         stop = _Stop(chan)
-        out = Capture(out_r, lim.output, stop, chan.loop, kept=True)
-        err = Capture(err_r, lim.output, stop, chan.loop, kept=True)
+        out = Capture(out_r, lim.output, stop, chan.loop)
+        err = Capture(err_r, lim.output, stop, chan.loop)
         msg = _run_message(req, proto.F_HAS_CPU_FD | reset | (proto.F_INTO_CGROUP if rc.into else 0))
         fds = [stdin_fd, out_w, err_w, rc.cpu_fd, *rc.join_fds]
         fut, self._behind = _send_run(chan, msg, fds, owned, rc, out, err, reset)
@@ -247,7 +245,6 @@ class Box:
             if not out.done.done() or not err.done.done():
                 out.close()
                 err.close()
-                self.pipes.spoil()  # (what the run wrote may still be in them)
         result = self._finish(req, res, rc, out, err, stop.killed)
         if req.files_out:
             lim = req.limits
@@ -266,7 +263,6 @@ class Box:
         mem = self.cg.finish(rc, reset)
         if res.flags & proto.R_LEFTOVERS:
             self.broken = "processes survived SIGKILL"
-            self.pipes.spoil()  # (and may write to them still)
         result = classify(res, mem, out, err, req, killed)
         self._agent_reset = reset
         self.fresh = reset and self.cg.settled
@@ -278,7 +274,6 @@ class Box:
             behind.exception()  # (retrieved: a broken box's pending reset is not news)
         if self.chan is not None:
             self.chan.close()
-        self.pipes.spoil()
         if self.boxfd >= 0:
             os.close(self.boxfd)
             self.boxfd = -1
@@ -361,22 +356,20 @@ def _watch(out: Capture, err: Capture) -> None:
     err.watch()
 
 
-def _open_stdio(
-    stdin: bytes | memoryview, stdio: Stdio | None, owned: list[int], pipes: tuple[int, int, int, int] | None
-) -> tuple[int, int, int]:
+def _open_stdio(stdin: bytes | memoryview, stdio: Stdio | None, owned: list[int]) -> tuple[int, int, int]:
     """(stdin, stdout's read end or -1 when not captured, stdout's write end)
-    for a run; what the agent gets a copy of goes on `owned`, closed once sent
-    (not the box's kept pipes)."""
+    for a run; what the agent gets a copy of goes on `owned`, closed once sent."""
     if stdio:
         return stdio[0], -1, stdio[1]
-    assert pipes is not None
     stdin_fd = _DEVNULL
     if stdin:
         stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
         owned.append(stdin_fd)
         if len(stdin) < STDIN_THREAD_FROM:
             _fill(stdin_fd, stdin)  # (a large one is filled on a thread: Box._run)
-    return stdin_fd, pipes[0], pipes[1]
+    out_r, out_w = output_pipe()
+    owned.append(out_w)
+    return stdin_fd, out_r, out_w
 
 
 def _agent_mode(spec: BoxSpec) -> list[str]:
