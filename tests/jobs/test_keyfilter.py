@@ -78,24 +78,51 @@ def test_a_fresh_key_costs_no_select_and_a_stored_one_is_found(tmp_path: Path) -
 
 
 def test_keys_written_while_the_filter_is_built_are_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        keyfilter, "CHUNK", 50
-    )  # 41 batches, one per loop iteration: the writes below land between them
+    monkeypatch.setattr(keyfilter, "CHUNK", 50)  # 41 batches, one per loop iteration
 
     async def scenario() -> None:
         s = JobStore(tmp_path / "j.sqlite3", 600)
         assert await asyncio.gather(*(added(s, row(i, f"k-{i}", b"fp")) for i in range(2000))) == [None] * 2000
         s.index_keys()
-        late = []
-        for i in range(2000, 2010):  # one per loop iteration, while the chunks are read
+        late, i = [], 2000
+        # One row per loop iteration until the build is done: the last ones land
+        # in the batch of its last read or after it, where only the new filter
+        # itself (keys added to it while it is built) can know them.
+        while s.keys.builds == 0:
             late.append(added(s, row(i, f"k-{i}", b"fp")))
+            i += 1
             await asyncio.sleep(0)
-        assert s.keys.builds == 0  # (the build was still going while they were written)
-        assert await asyncio.gather(*late) == [None] * 10
+        assert len(late) >= 10 and await asyncio.gather(*late) == [None] * len(late)
+        for k in range(i):
+            got = s.by_key(f"k-{k}")
+            assert got is not None and got.id == f"job-{k}", k
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_build_keeps_every_key_held_and_is_tried_again_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 5)
+
+    async def scenario() -> None:
+        s = JobStore(tmp_path / "j.sqlite3", 600)
+        s.index_keys()
         await built(s)
-        for i in range(2010):
-            got = s.by_key(f"k-{i}")
-            assert got is not None and got.id == f"job-{i}", i
+        real = keyfilter.KEYS_AFTER
+        monkeypatch.setattr(keyfilter, "KEYS_AFTER", "SELECT no_such_column FROM jobs")
+        assert await asyncio.gather(*(added(s, row(i, f"k-{i}", b"fp")) for i in range(5))) == [None] * 5
+        for _ in range(20):  # (the failed read, then nothing more: no new build at every key)
+            await asyncio.sleep(0)
+        assert s.keys.builds == 1 and s.keys.added == 0
+        assert await added(s, row(5, "k-5", b"fp")) is None
+        assert s.keys.builds == 1 and s.keys.added == 1  # (not tried again at once)
+        assert all(s.by_key(f"k-{i}") is not None for i in range(6))  # the old filter has them all
+        monkeypatch.setattr(keyfilter, "KEYS_AFTER", real)
+        assert await asyncio.gather(*(added(s, row(i, f"k-{i}", b"fp")) for i in range(6, 10))) == [None] * 4
+        await built(s, 2)  # tried again after REBUILD_AFTER more keys
+        assert all(s.by_key(f"k-{i}") is not None for i in range(10))
         await s.close()
 
     asyncio.run(scenario())

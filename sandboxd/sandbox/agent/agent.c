@@ -415,7 +415,8 @@ static char xattr_names[XATTR_LIST_MAX];
 static int restore_root(int fd, unsigned mode, uid_t uid, gid_t gid) {
     int rc = 0;
     /* Most runs leave the root as it was: one fstat instead of a chown and a
-       chmod every reset (issue 18).  The chown goes first: it clears S_ISGID. */
+       chmod every reset (issue 18).  After a chown the chmod always follows:
+       the mode is set whatever the chown did to it. */
     struct stat st;
     if (fstat(fd, &st) < 0) return -1;
     if ((st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) < 0) rc = -1;
