@@ -99,7 +99,6 @@ class Service(Acceptance):
         """At start, before serving: what a previous daemon acknowledged and did
         not finish runs again, in the order it was accepted."""
         again, lost = self.store.recover(lost_info)
-        self.store.index_keys()
         for s in again:
             self._restore(s)
         if again or lost:

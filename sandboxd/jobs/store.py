@@ -71,7 +71,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sandboxd.jobs import blobs
-from sandboxd.jobs.keyfilter import KeyFilter
 from sandboxd.jobs.storerows import (
     BY_KEY,
     EVICTED,
@@ -155,7 +154,6 @@ class JobStore:
         self.batches = 0  # committed transactions (the benchmark reports ops per batch)
         self.ops = 0
         self.threaded = 0  # batches committed on the writer thread
-        self.keys = KeyFilter(self._then)  # (built by index_keys, once the loop runs)
 
     # --- start-up (synchronous: before anything is served) -------------------
 
@@ -168,11 +166,6 @@ class JobStore:
         again, lost = restart_unfinished(self.db, lost_info)
         self.usage = Usage(self.db, self.usage.limit)
         return again, lost
-
-    def index_keys(self) -> None:
-        """Start reading the stored keys into memory (sandboxd.jobs.keyfilter):
-        until that is done, by_key asks SQLite about every key."""
-        self.keys.build()
 
     # --- the writer ---------------------------------------------------------
 
@@ -359,8 +352,6 @@ class JobStore:
             done(ok, val)
 
         self._then(insert, then, cost=n)
-        if job.key is not None:  # (once queued: a filter rebuilt from now on reads its row)
-            self.keys.add(job.key)
 
     def finish(
         self, job_id: str, state: str, info: bytes | Split, finished_at: float, done: Done | None = None
@@ -414,8 +405,6 @@ class JobStore:
                 done(ok, val)
 
         self._then(whole(write), then, LATER, n)
-        if j.key is not None:
-            self.keys.add(j.key)
 
     def release(self, job_id: str) -> None:
         """Left unfinished by a clean stop: runs again at the next start, and
@@ -432,10 +421,7 @@ class JobStore:
         admission, so a full queue never refuses it.  On the writer's own
         connection between batches (it sees exactly the committed rows then):
         the readers' re-reads its pages after every commit, ~10 µs more per
-        lookup, and a waited keyed job makes one per run (sandboxd.jobs.accept).
-        A key the store cannot hold (almost every one: fresh) is not looked up."""
-        if not self.keys.may_hold(key):
-            return None
+        lookup, and a waited keyed job makes one per run (sandboxd.jobs.accept)."""
         if self._writing is None:
             # (no BEGIN/COMMIT: nothing else writes meanwhile, so row and result agree: issue 18)
             return stored(self.db, self.db.execute(BY_KEY, (key,)).fetchone())
