@@ -815,8 +815,8 @@ static int no_children_left(void) {
    a run is the worker's descendant, and an orphan becomes its child (it is
    the subreaper), so a process of the run alive or unreaped means a child.
    Then no kill(-1), which walks every process of the host (kernel
-   for_each_process: 1.8 us with 72 on this host, 59-62 us with 2,000,
-   benchmarks/kill_walk.c), twice a run (issue 18). */
+   for_each_process: 2.9 us with 73 on the development VM, 69 us with
+   2,073, benchmarks/kill_walk.c), twice a run (issue 18). */
 static int kill_all_and_reap(uint64_t budget_ns) {
     if (no_children_left()) return 0;
     uint64_t deadline = now_ns() + budget_ns;
