@@ -86,11 +86,18 @@ def v2_file_bytes(stat: str) -> int:
     return total
 
 
-def v2_events(events: str) -> tuple[bool, bool]:
-    """(oom_kill, oom) of a v2 memory.events."""
+def v2_event_counts(events: str) -> tuple[int, int]:
+    """(oom_kill, oom) counts of a v2 memory.events."""
     got = dict.fromkeys(("oom", "oom_kill"), 0)
     for line in events.splitlines():
         k, _, v = line.partition(" ")
         if k in got:
             got[k] = int(v)
-    return got["oom_kill"] > 0, got["oom"] > 0 or got["oom_kill"] > 0
+    return got["oom_kill"], got["oom"]
+
+
+def v2_events(events: str, before: tuple[int, int] = (0, 0)) -> tuple[bool, bool]:
+    """(oom_kill, oom) of a v2 memory.events since the counts `before`."""
+    kills, ooms = v2_event_counts(events)
+    killed = kills > before[0]
+    return killed, killed or ooms > before[1]

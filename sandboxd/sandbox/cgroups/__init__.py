@@ -12,8 +12,9 @@ box cgroup is reused; peak and CPU are reset per run.  Page cache a run pulled
 in stays charged to the box (the kernel reclaims it first when a later run
 needs room; dropping it made every Java or Node run re-read its runtime from
 disk); leftover kernel memory is dropped (force_empty) when there is enough
-of it to matter.  v2: a leaf per run under the box (memory.peak cannot be
-reset before Linux 6.12); mkdir/rmdir are cheap.
+of it to matter.  v2 from Linux 6.12 the same (memory.peak is reset through
+its fd; the box gets a fresh group where v1 would force_empty); before 6.12
+a leaf per run under the box, as memory.peak cannot be reset there.
 
 base.py: the shared handles and file operations; v1.py, v2.py: the two
 hierarchies; here: picking one at start-up, and removing an instance.
@@ -78,7 +79,7 @@ def for_instance(backend: Backend, instance: str) -> Backend:
     assert isinstance(backend, V2)
     other = V2.__new__(V2)
     other.mount, other.delegated, other.parent = backend.mount, backend.delegated, backend.parent
-    other.foreign = backend.foreign
+    other.foreign, other.reuse = backend.foreign, backend.reuse
     other.root = backend.parent / instance
     return other
 

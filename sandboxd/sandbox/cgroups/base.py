@@ -22,6 +22,11 @@ class CgroupError(RuntimeError):
     pass
 
 
+# Bytes of non-file memory the runs may leave charged to a reused group (v1's,
+# and v2's on Linux 6.12+) before it is dropped (v1 force_empty, v2 a fresh group).
+DROP_LEFTOVER_ABOVE = 1 << 20
+
+
 def write(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -41,7 +46,8 @@ class RunCgroup:
     cpu_fd: int
     memory_limit: int
     path: Path | None = None  # v2 per-run leaf
-    oom_before: int = 0
+    oom_before: int = 0  # the reused group's oom_kill count before the run (v1, v2 reused)
+    ooms_before: int = 0  # v2 reused: its memory.events `oom` count before the run
     owned: bool = True  # False: the fds belong to the box (v1 keeps them open across runs)
     into: bool = False  # v2: join_fds is [the leaf's directory], for clone3(CLONE_INTO_CGROUP)
     born_in: bool = False  # the agent placed the run with it (False: it fell back to a write)
@@ -66,6 +72,7 @@ class BoxCgroup:
     # v1: the group's oom_kill count as the last run's finish read it: the next
     # run's baseline (no process is in the group between runs).
     _oom_kills: int | None = None
+    _ooms: int = 0  # v2 reused: the `oom` count, as _oom_kills
     # v1: the file LRU bytes the last finish(reset_done=False) read, which
     # between_runs() reuses: one memory.numa_stat read per run.
     _file_bytes: int | None = None

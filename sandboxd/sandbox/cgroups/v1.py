@@ -9,13 +9,20 @@ import logging
 import os
 from pathlib import Path
 
-from sandboxd.sandbox.cgroups.base import Backend, BoxCgroup, RunCgroup, kill_listed, read, write
+from sandboxd.sandbox.cgroups.base import (
+    DROP_LEFTOVER_ABOVE,
+    Backend,
+    BoxCgroup,
+    RunCgroup,
+    kill_listed,
+    read,
+    write,
+)
 from sandboxd.sandbox.memstat import MemoryUse, keyed, measured, v1_file_bytes
 
 log = logging.getLogger(__name__)
 
 V1_CONTROLLERS = ("memory", "pids", "cpuacct")
-FORCE_EMPTY_ABOVE = 1 << 20  # bytes of non-file memory left charged after a run before it is reclaimed
 
 
 class V1(Backend):
@@ -107,7 +114,7 @@ class V1(Backend):
             # The between-runs check on the same stat read: nothing left to
             # drop is the common case, then the box needs nothing more.
             left = self._left(box, file_bytes)
-            if left <= box._residue + FORCE_EMPTY_ABOVE:
+            if left <= box._residue + DROP_LEFTOVER_ABOVE:
                 box._residue = min(box._residue, left)
                 box.settled = True
         return MemoryUse(peak, kills > run.oom_before, kills > run.oom_before)
@@ -117,7 +124,7 @@ class V1(Backend):
         """Non-file memory still charged to the box's group (0 below the threshold)."""
         fds = box._fds
         usage = int(os.pread(fds["usage"], 64, 0))
-        if usage <= FORCE_EMPTY_ABOVE:
+        if usage <= DROP_LEFTOVER_ABOVE:
             return 0
         return max(0, usage - (v1_file_bytes(fds["numa"]) if file_bytes is None else file_bytes))  # stat read: ~5 us
 
@@ -142,7 +149,7 @@ class V1(Backend):
             left = self._left(box, file_bytes)
             if file_bytes is not None and left < box._residue:
                 left = self._left(box)
-            if left > box._residue + FORCE_EMPTY_ABOVE:
+            if left > box._residue + DROP_LEFTOVER_ABOVE:
                 write(mem / "memory.force_empty", "0")
                 # It leaves some (dentries its shrinker pass did not reach: ~4
                 # MB of 40), not the next runs' doing, so not in their figure;

@@ -1,15 +1,21 @@
-"""Cgroup v2: one group per box, a leaf per run below it (memory.peak cannot
-be reset before Linux 6.12; mkdir/rmdir are cheap).  Where the instance's
-groups may live (delegated by systemd, a container's namespace root, or the
-host root) is decided here."""
+"""Cgroup v2: one group per box.  From Linux 6.12, where a write to an open
+memory.peak resets what that fd reads, the box's group serves every run, as
+on v1: its limits are written when they change, its counters read through
+fds opened once, each run's figures taken against a baseline.  Before 6.12
+memory.peak cannot be reset, so each run gets a fresh leaf below the box
+(mkdir, limits, rmdir).  Where the instance's groups may live (delegated by
+systemd, a container's namespace root, or the host root) is decided here."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 from pathlib import Path
 
 from sandboxd.sandbox.cgroups.base import (
+    DROP_LEFTOVER_ABOVE,
     Backend,
     BoxCgroup,
     CgroupError,
@@ -20,7 +26,9 @@ from sandboxd.sandbox.cgroups.base import (
     rmdir_retry_sync,
     write,
 )
-from sandboxd.sandbox.memstat import MemoryUse, keyed, measured, v2_events, v2_file_bytes
+from sandboxd.sandbox.memstat import MemoryUse, keyed, measured, v2_event_counts, v2_events, v2_file_bytes
+
+log = logging.getLogger(__name__)
 
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 
@@ -28,6 +36,9 @@ V2_CONTROLLERS = ("memory", "pids", "cpu")
 class V2(Backend):
     version = 2
     clone_into = True  # benchmarks/cgroup_v2.py turns it off for the old path
+    # The box's group serves its runs where memory.peak can be reset (setup()
+    # probes the kernel); False: a leaf per run (tests and benchmarks set it).
+    reuse = True
 
     def __init__(self, instance: str, mount: Path) -> None:
         self.mount = mount
@@ -70,16 +81,41 @@ class V2(Backend):
             _enable(self.root, V2_CONTROLLERS)
         except OSError as e:
             raise CgroupError(f"cannot set up cgroup {self.root}: {e}") from e
+        self.reuse = self.reuse and _peak_resettable(self.root)
 
     def create_box(self, name: str) -> BoxCgroup:
         box = BoxCgroup(self, name)
         d = self.root / name
         d.mkdir(exist_ok=True)
-        _enable(d, V2_CONTROLLERS)
         box.dirs["box"] = d
+        if not self.reuse:
+            _enable(d, V2_CONTROLLERS)  # (its run leaves get the controllers)
+        else:
+            self._open_reused(box)
         return box
 
+    def _open_reused(self, box: BoxCgroup) -> None:
+        d = box.dirs["box"]
+        write(d / "memory.swap.max", "0")
+        write(d / "memory.oom.group", "1")
+        # Opened once: a run's path is writes and reads on these, no lookups.
+        flags = {
+            "dir": os.O_RDONLY | os.O_DIRECTORY,
+            "cgroup.procs": os.O_WRONLY,
+            "cpu.stat": os.O_RDONLY,
+            "memory.peak": os.O_RDWR,
+            "memory.current": os.O_RDONLY,
+            "memory.stat": os.O_RDONLY,
+            "memory.events": os.O_RDONLY,
+        }
+        for f, fl in flags.items():
+            box._fds[f] = os.open(d if f == "dir" else d / f, fl | os.O_CLOEXEC)
+        box._limits = (0, 0)
+        box._oom_kills, box._ooms = v2_event_counts(_pread(box._fds["memory.events"]))
+
     def prepare(self, box: BoxCgroup, memory: int, procs: int, into: bool = False) -> RunCgroup:
+        if self.reuse:
+            return self._prepare_reused(box, memory, procs, into)
         box._runs += 1
         leaf = box.dirs["box"] / f"run{box._runs}"
         leaf.mkdir()
@@ -97,8 +133,62 @@ class V2(Backend):
         cpu = os.open(leaf / "cpu.stat", os.O_RDONLY | os.O_CLOEXEC)
         return RunCgroup(join, cpu, memory, path=leaf, into=into)
 
+    def _prepare_reused(self, box: BoxCgroup, memory: int, procs: int, into: bool) -> RunCgroup:
+        d, fds = box.dirs["box"], box._fds
+        if box._limits != (memory, procs):
+            box._limits = (0, 0)  # (unknown until both are written: a failed write has them written next run)
+            write(d / "memory.max", str(memory))
+            write(d / "pids.max", str(procs))
+            box._limits = (memory, procs)
+            # Lowering memory.max below the group's usage (page cache earlier
+            # runs left) reclaims, and what it cannot reclaim is an `oom`
+            # event, with no process to kill: not this run's doing.
+            box._oom_kills, box._ooms = v2_event_counts(_pread(fds["memory.events"]))
+        # From here the fd's peak is the group's usage now (page cache earlier
+        # runs left, and under DROP_LEFTOVER_ABOVE of their kernel memory) plus
+        # what this run adds.
+        os.pwrite(fds["memory.peak"], b"reset", 0)
+        assert box._oom_kills is not None
+        join = [fds["dir"] if into else fds["cgroup.procs"]]
+        return RunCgroup(
+            join, fds["cpu.stat"], memory, oom_before=box._oom_kills, ooms_before=box._ooms, owned=False, into=into
+        )
+
+    def _finish_reused(self, box: BoxCgroup, run: RunCgroup, reset_done: bool) -> MemoryUse:
+        fds = box._fds
+        file_bytes = v2_file_bytes(_pread(fds["memory.stat"]))
+        peak = measured(int(os.pread(fds["memory.peak"], 64, 0)), file_bytes)
+        events = _pread(fds["memory.events"])
+        oom_kill, oom = v2_events(events, (run.oom_before, run.ooms_before))
+        # No process is in the group between runs: these are the next run's baseline.
+        box._oom_kills, box._ooms = v2_event_counts(events)
+        # (as v1: the between-runs check on this read of the counters, once the box is reset)
+        box.settled = reset_done and _left(box, file_bytes) <= DROP_LEFTOVER_ABOVE
+        return MemoryUse(peak, oom_kill, oom)
+
+    def between_runs(self, box: BoxCgroup) -> None:
+        """Kernel memory the runs left (dentries, mostly) counts in the next
+        run's figure and limit; above the threshold the box gets a fresh group.
+        Removing the old one moves its charges to the parent: the page cache
+        stays cached (memory.reclaim would drop it, and every Java or Node run
+        after it would read its runtime from disk again)."""
+        if not self.reuse or not box._fds or _left(box) <= DROP_LEFTOVER_ABOVE:
+            return
+        d = box.dirs["box"]
+        for fd in box._fds.values():
+            os.close(fd)
+        box._fds.clear()
+        try:
+            d.rmdir()  # (no retry: the agent has reaped every process of the runs; on the event loop)
+            d.mkdir()
+        except OSError as e:
+            log.warning("cannot renew cgroup %s (kept): %s", d, e)
+            d.mkdir(exist_ok=True)
+        self._open_reused(box)
+
     def finish(self, box: BoxCgroup, run: RunCgroup, reset_done: bool = False) -> MemoryUse:
-        assert run.path is not None
+        if run.path is None:
+            return self._finish_reused(box, run, reset_done)
         box.settled = reset_done  # no between-runs step: the next run gets a new leaf
         stat = read(run.path / "memory.stat")
         try:
@@ -123,6 +213,40 @@ class V2(Backend):
             write(path / "cgroup.kill", "1")
         except FileNotFoundError:  # before Linux 5.14
             kill_listed(path)
+
+
+def _pread(fd: int) -> str:
+    return os.pread(fd, 16384, 0).decode()  # (memory.stat: ~1.5 KB on 6.12)
+
+
+def _left(box: BoxCgroup, file_bytes: int | None = None) -> int:
+    """Non-file memory still charged to a reused box group."""
+    fds = box._fds
+    if file_bytes is None:
+        file_bytes = v2_file_bytes(_pread(fds["memory.stat"]))
+    return max(0, int(os.pread(fds["memory.current"], 64, 0)) - file_bytes)
+
+
+def _peak_resettable(parent: Path) -> bool:
+    """Linux 6.12+: a write to an open memory.peak resets it for that fd.
+    Before, the file is read-only (EACCES on open for writing; before 5.19 it
+    does not exist)."""
+    probe = parent / "peak-probe"
+    try:
+        probe.mkdir(exist_ok=True)
+        fd = os.open(probe / "memory.peak", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"reset")
+        finally:
+            os.close(fd)
+        return True
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.ENOENT, errno.EINVAL, errno.EPERM):
+            raise CgroupError(f"cannot probe {probe}/memory.peak: {e}") from e
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            probe.rmdir()
 
 
 def _enable(path: Path, controllers: tuple[str, ...]) -> None:
