@@ -49,6 +49,17 @@ MIRRORS = (
     "deb http://deb.debian.org/debian bookworm-updates main",
     "deb http://deb.debian.org/debian-security bookworm-security main",
 )
+BACKPORTS = "deb http://deb.debian.org/debian bookworm-backports main"
+# Which kernel an image boots: Debian 12's own (the default: every VM test but
+# one), or its 6.12 from backports, where a write to an open memory.peak
+# resets it and the v2 backend keeps one group per box (test_cgroup_v2.py
+# runs the engine on both).  `cpu`: qemu -cpu; QEMU 7.2's TCG double-faults
+# early in 6.12's boot (SLUB's cmpxchg16b with a %gs override) unless cx16 is off.
+KERNELS = {
+    "6.1": {"package": "linux-image-cloud-amd64", "cpu": "max"},
+    "6.12": {"package": "linux-image-cloud-amd64/bookworm-backports", "cpu": "max,cx16=off"},
+}
+DEFAULT_KERNEL = "6.1"
 PACKAGES = (
     # boot and login
     "systemd",
@@ -56,7 +67,7 @@ PACKAGES = (
     "libpam-systemd",  # ssh sessions get a logind scope, as on a real host
     "udev",
     "dbus",
-    "linux-image-cloud-amd64",
+    # (the kernel: KERNELS)
     "initramfs-tools",
     "openssh-server",
     "iproute2",
@@ -133,15 +144,16 @@ def requirements() -> list[str]:
     return [*proj["dependencies"], *test, *build, "wheel"]
 
 
-def recipe_key() -> str:
+def recipe_key(kernel: str = DEFAULT_KERNEL) -> str:
     h = hashlib.sha256()
     h.update(Path(__file__).read_bytes())
     h.update("\n".join(requirements()).encode())
+    h.update(kernel.encode())
     return h.hexdigest()[:16]
 
 
-def cache_dir() -> Path:
-    return CACHE_ROOT / recipe_key()
+def cache_dir(kernel: str = DEFAULT_KERNEL) -> Path:
+    return CACHE_ROOT / recipe_key(kernel)
 
 
 def is_built(d: Path) -> bool:
@@ -212,9 +224,9 @@ def _prune(keep: Path) -> None:
         _rmtree(d)
 
 
-def build(force: bool = False) -> Path:
-    """The cache entry's path; builds it first if needed."""
-    final = cache_dir()
+def build(force: bool = False, kernel: str = DEFAULT_KERNEL) -> Path:
+    """The cache entry's path; builds it first if needed.  kernel: a key of KERNELS."""
+    final = cache_dir(kernel)
     if is_built(final) and not force:
         _touch(final)
         return final
@@ -230,7 +242,7 @@ def build(force: bool = False) -> Path:
                 raise BuildError(f"{tool} not found: run tests/vm/setup.sh")
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=CACHE_ROOT))
         try:
-            _build_into(tmp, final.name)
+            _build_into(tmp, final.name, kernel)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)  # atomic: readers see no entry or a complete one
@@ -249,7 +261,7 @@ def _rmtree(path: Path) -> None:
     subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
 
 
-def _build_into(tmp: Path, key: str) -> None:
+def _build_into(tmp: Path, key: str, kernel: str) -> None:
     log = tmp / "build.log"
     times: dict[str, float] = {}
     t0 = time.monotonic()
@@ -266,13 +278,14 @@ def _build_into(tmp: Path, key: str) -> None:
         "--mode=root",
         "--variant=minbase",
         "--format=directory",
-        f"--include={','.join(PACKAGES)}",
+        f"--include={','.join((*PACKAGES, KERNELS[kernel]['package']))}",
         # Files first (sync-in copies a host directory into the tree), then commands in the chroot.
         f"--customize-hook=sync-in {overlay} /",
         '--customize-hook=chroot "$1" /bin/bash /tmp/customize.sh',
         SUITE,
         str(root),
         *MIRRORS,
+        *([BACKPORTS] if "/bookworm-backports" in KERNELS[kernel]["package"] else []),
     ]
     _run(cmd, log, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     times["mmdebstrap"] = time.monotonic() - t
@@ -312,6 +325,7 @@ def _build_into(tmp: Path, key: str) -> None:
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kernel": kernels[0].name,
         "cmdline": KERNEL_CMDLINE,
+        "cpu": KERNELS[kernel]["cpu"],
         "seconds": {k: round(v, 1) for k, v in times.items()},
         "requirements": requirements(),
         "packages": sorted(p for p in pkgs if p),
@@ -322,10 +336,11 @@ def _build_into(tmp: Path, key: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--force", action="store_true", help="rebuild even if the cache entry exists")
+    ap.add_argument("--kernel", choices=sorted(KERNELS), default=DEFAULT_KERNEL)
     args = ap.parse_args()
     t = time.monotonic()
     try:
-        d = build(force=args.force)
+        d = build(force=args.force, kernel=args.kernel)
     except BuildError as e:
         print(f"build_image: {e}", file=sys.stderr)
         return 1

@@ -37,47 +37,63 @@ def no_leaks() -> None:
     only see other test sessions running on the same host at the same time."""
 
 
-@pytest.fixture(scope="session")
-def vm_image() -> Path:
+def _image(kernel: str) -> Path:
     _setup_host()
     if qemu_binary() is None:
         pytest.skip("qemu-system-x86_64 is not installed and tests/vm/setup.sh could not install it")
     t = time.monotonic()
-    d = build_image.build()
-    TIMINGS["image (build or cache hit)"] = time.monotonic() - t
+    d = build_image.build(kernel=kernel)
+    TIMINGS[f"image {kernel} (build or cache hit)"] = time.monotonic() - t
     return d
 
 
-@pytest.fixture(scope="session")
-def vm(vm_image: Path) -> Iterator[VM]:
-    machine = VM(vm_image)
-    TIMINGS["boot to ssh"] = machine.boot(timeout=300)
+def _booted(image: Path, kernel: str) -> Iterator[VM]:
+    machine = VM(image)
+    TIMINGS[f"boot to ssh ({kernel})"] = machine.boot(timeout=300)
     try:
         yield machine
     finally:
         machine.shutdown()
 
 
-@pytest.fixture(scope="session")
-def guest_checkout(vm: VM) -> str:
+def _install_checkout(vm: VM, kernel: str) -> str:
     """This checkout (minus .git/.venv) copied into the guest and pip-installed, offline, into the image's venv."""
     t = time.monotonic()
     vm.copy_in(REPO, GUEST_SRC)
+    pip = f"{build_image.GUEST_VENV}/bin/pip"
     vm.run(
-        [
-            f"{build_image.GUEST_VENV}/bin/pip",
-            "install",
-            "-q",
-            "--no-index",
-            "--no-deps",
-            "--no-build-isolation",
-            GUEST_SRC,
-        ],
-        timeout=600,
-        check=True,
+        [pip, "install", "-q", "--no-index", "--no-deps", "--no-build-isolation", GUEST_SRC], timeout=600, check=True
     )
-    TIMINGS["copy + install checkout"] = time.monotonic() - t
+    TIMINGS[f"copy + install checkout ({kernel})"] = time.monotonic() - t
     return GUEST_SRC
+
+
+@pytest.fixture(scope="session")
+def vm_image() -> Path:
+    return _image(build_image.DEFAULT_KERNEL)
+
+
+@pytest.fixture(scope="session")
+def vm(vm_image: Path) -> Iterator[VM]:
+    """The guest on Debian 12's own kernel (6.1): every VM test."""
+    yield from _booted(vm_image, build_image.DEFAULT_KERNEL)
+
+
+@pytest.fixture(scope="session")
+def guest_checkout(vm: VM) -> str:
+    return _install_checkout(vm, build_image.DEFAULT_KERNEL)
+
+
+@pytest.fixture(scope="module")
+def vm_612() -> Iterator[VM]:
+    """The same guest on 6.12 from backports: the v2 backend's group per box
+    (test_cgroup_v2.py; down again after that module)."""
+    yield from _booted(_image("6.12"), "6.12")
+
+
+@pytest.fixture(scope="module")
+def guest_checkout_612(vm_612: VM) -> str:
+    return _install_checkout(vm_612, "6.12")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -7,9 +7,11 @@
 
 Prints one JSON object on stdout (logs go to stderr); the host-side test
 asserts on it.  Every check records what it saw, and an exception in one check
-is recorded (with its traceback) without hiding the others.  The per-run
-cgroup files are read right before sandboxd removes the run's leaf, by a
-read-only wrapper around V2.finish.
+is recorded (with its traceback) without hiding the others.  The run's
+cgroup files are read right before sandboxd reads them itself (and removes a
+per-run leaf), by read-only wrappers around V2.prepare and V2.finish: in a
+box group that serves every run (Linux 6.12+), the counters are given as
+this run's increase over what prepare() left.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import select
 import signal
 import subprocess
@@ -39,7 +40,6 @@ from sandboxd.schema import FileIn, Limits, RunRequest, RunResult
 INSTANCE = "vmtest"
 MiB = 1 << 20
 CG = Path("/sys/fs/cgroup")
-RUN_LEAF = re.compile(r"/vmtest/host-\d+/run\d+$")
 
 ALLOC_C = r"""
 #include <stdio.h>
@@ -68,6 +68,9 @@ except OSError as e:
     print(n, e.errno, flush=True)
 """
 
+# Negative dentries outlive the run, charged to its group (SLAB_ACCOUNT):
+# names new to the dcache, one dentry each.
+DENTRIES = "import os, sys\np = '/usr/' + sys.argv[1]\nfor i in range(100000):\n    os.path.exists(f'{p}{i}')\n"
 CGROUP_FIRST = "print(open('/proc/self/cgroup').read().strip())"
 # syscall(SYS_clone3, NULL, 0): ENOSYS (38) where seccomp hides it, EINVAL
 # (22, size 0) where it reaches the kernel.
@@ -76,8 +79,10 @@ CLONE3_ERRNO = (
 )
 
 log = logging.getLogger("guest")
-finished: list[dict[str, Any]] = []  # what each run's leaf showed right before removal
-_orig_finish = cgroups.V2.finish
+finished: list[dict[str, Any]] = []  # what each run's group showed right before finish() read it
+_orig_prepare, _orig_finish = cgroups.V2.prepare, cgroups.V2.finish
+COUNTERS = ("memory.events", "pids.events", "cpu.stat")
+_before: dict[str, dict[str, int]] = {}  # the counters as the last prepare() left them
 
 
 def _kv(path: Path) -> dict[str, int]:
@@ -89,20 +94,35 @@ def _kv(path: Path) -> dict[str, int]:
     return out
 
 
+def _prepare_spy(
+    self: cgroups.V2, box: cgroups.BoxCgroup, memory: int, procs: int, into: bool = False
+) -> cgroups.RunCgroup:
+    run = _orig_prepare(self, box, memory, procs, into)
+    where = run.path or box.dirs["box"]
+    _before.clear()
+    _before.update({name: _kv(where / name) for name in COUNTERS})
+    return run
+
+
 def _finish_spy(
     self: cgroups.V2, box: cgroups.BoxCgroup, run: cgroups.RunCgroup, reset_done: bool = False
 ) -> MemoryUse:
-    assert run.path is not None
+    where = run.path or box.dirs["box"]  # the run's leaf, or the box's group that serves every run
     # into: sandboxd asked for clone3(CLONE_INTO_CGROUP); born_in: the agent did it.
-    seen: dict[str, Any] = {"path": str(run.path), "into": run.into, "born_in": run.born_in}
+    seen: dict[str, Any] = {"path": str(where), "reused": run.path is None, "into": run.into, "born_in": run.born_in}
+    seen["inode"] = os.stat(where).st_ino  # (a box's group renewed between runs: the same path, a new inode)
     for name in ("memory.max", "memory.swap.max", "memory.oom.group", "pids.max", "memory.peak"):
         try:
-            seen[name] = (run.path / name).read_text().strip()
+            seen[name] = (where / name).read_text().strip()
         except OSError as e:
             seen[name] = f"error: {e}"
-    for name in ("memory.events", "pids.events", "cpu.stat", "memory.stat"):
+    if run.path is None:  # the peak since prepare()'s reset: readable through its fd only
+        seen["memory.peak"] = os.pread(box._fds["memory.peak"], 64, 0).decode().strip()
+    for name in (*COUNTERS, "memory.stat"):
         try:
-            seen[name] = _kv(run.path / name)
+            now = _kv(where / name)
+            base = _before.get(name, {}) if name in COUNTERS else {}
+            seen[name] = {k: v - base.get(k, 0) for k, v in now.items()}
         except OSError as e:
             seen[name] = f"error: {e}"
     mem = _orig_finish(self, box, run, reset_done)
@@ -111,6 +131,7 @@ def _finish_spy(
     return mem
 
 
+cgroups.V2.prepare = _prepare_spy  # type: ignore[method-assign]
 cgroups.V2.finish = _finish_spy  # type: ignore[method-assign]
 
 
@@ -204,6 +225,7 @@ async def check_detect(res: dict[str, Any]) -> None:
         "root": str(b.root),
         "parent": str(parent),
         "delegated": str(b.delegated) if b.delegated else None,
+        "reuse": b.reuse,
         "parent_procs": (parent / "cgroup.procs").read_text().split(),
         "parent_subtree_control": (parent / "cgroup.subtree_control").read_text().split(),
         "root_subtree_control": (b.root / "cgroup.subtree_control").read_text().split(),
@@ -245,6 +267,13 @@ async def check_memory(eng: Engine, res: dict[str, Any]) -> None:
     res["page_cache_48m_under_16m_exit_1"] = await run(
         eng, ["sh", "-c", 'cat "$@" > /dev/null; exit 1', "sh", *files], memory=16 * MiB, cpu_time=60, wall_time=120
     )
+    # Kernel memory a run leaves is not in the next runs' figures: a new leaf
+    # each run, or (a box group serving every run) a fresh group once over
+    # the threshold.  The pool hands out its 2 boxes in turn.
+    res["dentries_100k"] = await run(
+        eng, ["python3", "-c", DENTRIES, f"no-such-{os.urandom(8).hex()}"], memory=256 * MiB, cpu_time=60, wall_time=120
+    )
+    res["after_dentries"] = [await run(eng, ["/bin/true"]) for _ in range(3)]
     # tmpfs (/box) is memory: counted.
     res["tmpfs_40m_under_128m"] = await run(
         eng, ["dd", "if=/dev/zero", "of=/box/big", "bs=1M", "count=40"], memory=128 * MiB, cpu_time=20, wall_time=90
@@ -293,11 +322,16 @@ async def child_main() -> None:
     assert isinstance(eng.backend, cgroups.V2)
     task = asyncio.ensure_future(eng.run(RunRequest(cmd=["sleep", "61.5"], limits=Limits(cpu_time=100, wall_time=300))))
     root = eng.backend.root
+    run_cgroup = ""
     for _ in range(600):
-        if any(RUN_LEAF.search("/vmtest/" + g) for g in tree(root)) and pids_with_cmdline(["sleep", "61.5"]):
+        sleeping = pids_with_cmdline(["sleep", "61.5"])
+        if sleeping:
+            # (the host's view: the box's own cgroup namespace shows "/")
+            run_cgroup = Path(f"/proc/{sleeping[0]}/cgroup").read_text().strip().removeprefix("0::")
             break
         await asyncio.sleep(0.1)
-    print(json.dumps({"ready": True, "pid": os.getpid(), "cgroup": own_cgroup(), "groups": tree(root)}), flush=True)
+    report = {"ready": True, "pid": os.getpid(), "cgroup": own_cgroup(), "groups": tree(root), "run_cgroup": run_cgroup}
+    print(json.dumps(report), flush=True)
     await task  # never finishes: we get SIGKILLed
 
 
@@ -305,7 +339,10 @@ async def check_crash_sweep(res: dict[str, Any]) -> None:
     out: dict[str, Any] = {}
     res["crash"] = out
     child = subprocess.Popen(
-        [sys.executable, __file__, "child"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        [sys.executable, __file__, "child"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
     assert child.stdout is not None
     ready, _, _ = select.select([child.stdout], [], [], 300)

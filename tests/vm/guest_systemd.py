@@ -84,8 +84,9 @@ def summary(r: RunResult) -> dict[str, Any]:
 
 
 def run_leaf_seen_from_host(c: Client) -> dict[str, Any]:
-    """A run's process, seen from the host: it sits in a run leaf below the
-    unit's instance subtree, and the leaf carries the run's limits."""
+    """A run's process, seen from the host: it sits in its box's group below
+    the unit's instance subtree (a leaf below it before Linux 6.12), and the
+    group carries the run's limits."""
     from sandboxd.schema import Limits, MiB, RunRequest, RunResult
 
     jid = c.start(RunRequest(cmd=["sleep", "2"], limits=Limits(memory=48 * MiB, procs=8)))
@@ -95,7 +96,7 @@ def run_leaf_seen_from_host(c: Client) -> dict[str, Any]:
     # (comm agent-…): under emulation a CI once looked in that window.  What
     # was seen last is kept, so a run that never shows up as sleep still fails.
     while seen.get("comm") != ["sleep"] and time.monotonic() < deadline:
-        for leaf in glob.glob(f"{UNIT}/*/*/run*"):
+        for leaf in glob.glob(f"{UNIT}/*/host-*") + glob.glob(f"{UNIT}/*/host-*/run*"):
             try:
                 pids = Path(leaf, "cgroup.procs").read_text().split()
                 if pids:

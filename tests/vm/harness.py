@@ -79,6 +79,9 @@ class VM:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 cmdline = str(json.loads((image_dir / "build.json").read_text())["cmdline"])
         self.cmdline = cmdline or KERNEL_CMDLINE
+        self.cpu = "max"  # qemu -cpu: the image's own (build_image.KERNELS), else max
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            self.cpu = str(json.loads((image_dir / "build.json").read_text())["cpu"])
         self.key = image_dir / "id_ed25519"
         self.workdir: Path | None = None
         self.port = 0
@@ -127,7 +130,7 @@ class VM:
             pidfile = self.workdir / "qemu.pid"
             opts: list[tuple[str, ...]] = [
                 ("-accel", "tcg"),
-                ("-cpu", "max"),
+                ("-cpu", self.cpu),
                 ("-m", str(self.memory_mb)),
                 ("-smp", str(self.cpus)),
                 ("-nodefaults", "-no-user-config", "-no-reboot"),

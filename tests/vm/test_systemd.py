@@ -71,6 +71,11 @@ def json_logs(lines: list[str]) -> list[dict[str, Any]]:
     return [json.loads(m) for m in lines if m.startswith("{")]
 
 
+def busy_boxes(s: dict[str, Any]) -> list[str]:
+    """The box groups with a process in them: a run's."""
+    return [g for g, pids in s["groups"].items() if pids and re.fullmatch(r"default/host-\d+(/run\d+)?", g)]
+
+
 def check_clean(s: dict[str, Any]) -> int:
     """The running service holds exactly its daemon and a warm pool: the
     daemon and the agents in the `daemon` leaf, one empty cgroup per box
@@ -189,7 +194,8 @@ def test_runs_and_cgroup_v2_limits_through_the_daemon(vm: VM, service: dict[str,
     assert (echo["status"], echo["exit_code"], echo["stdout"]) == ("nonzero_exit", 3, "hello\n"), echo
     assert echo["stderr"] == "err\n", echo
 
-    # A run seen from the host: in its own leaf below the unit's instance subtree, with its limits.
+    # A run seen from the host: in its own leaf below the unit's instance subtree
+    # (this guest's Linux 6.1 cannot reset a reused group's memory.peak), with its limits.
     leaf = res["run_leaf"]
     assert re.fullmatch(r"default/host-\d+/run\d+", leaf["leaf"]) and leaf["comm"] == ["sleep"], leaf
     assert (leaf["memory.max"], leaf["memory.swap.max"], leaf["pids.max"]) == (str(48 * MiB), "0", "8"), leaf
@@ -334,7 +340,7 @@ def test_kill_9_restarts_and_leaves_nothing_behind(vm: VM, service: dict[str, An
     guest(vm, "start-sleeps", "3", timeout=120)
     before = wait_for(
         vm,
-        lambda s: len(s["sleeps"]) == 3 and sum(re.search(r"/run\d+$", g) is not None for g in s["groups"]) == 3,
+        lambda s: len(s["sleeps"]) == 3 and len(busy_boxes(s)) == 3,
         60,
         "three runs of sleep in their run leaves",
     )
@@ -351,7 +357,7 @@ def test_kill_9_restarts_and_leaves_nothing_behind(vm: VM, service: dict[str, An
             s["props"]["ActiveState"] == "active"
             and s["props"]["MainPID"] not in ("0", old["MainPID"])
             and not s["sleeps"]
-            and not any(re.search(r"/run\d+$", g) for g in s["groups"])
+            and not busy_boxes(s)
         ),
         180,
         "a restarted daemon that has run the re-queued jobs",
