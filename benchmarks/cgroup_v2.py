@@ -1,14 +1,22 @@
-"""cgroup v2: the fast path (the run born in its leaf by clone3 with
-CLONE_INTO_CGROUP) against the write-to-cgroup.procs path, and bare
+"""cgroup v2: the run paths of the V2 backend against each other and bare
 posix_spawn, in one process, interleaved blocks of `/bin/true`.
 
 Runs on a cgroup v2 host (as root, in a delegated cgroup or at the root):
-the qemu VM of tests/vm is the one here, driven by benchmarks/vm_cgroup_v2.py.
+the qemu VM of tests/vm is the one here (Linux 6.12), driven by
+benchmarks/vm_cgroup_v2.py.
 
   bare      os.posix_spawn + waitpid: the floor
-  fast      Engine.run(), V2 with clone_into (the default)
-  migrate   Engine.run(), V2 with clone_into off: the child writes itself
-            into the leaf's cgroup.procs between clone and exec (the old path)
+  reused    Engine.run(), the default on Linux 6.12+: the box's group serves
+            every run (limits written when they change, memory.peak reset
+            through its fd), the run born in it by clone3(CLONE_INTO_CGROUP)
+  leaf      V2.reuse off (what kernels before 6.12 get): a leaf per run
+            (mkdir, four limit writes, rmdir), born in it by clone3
+  migrate   V2.reuse and clone_into off: a leaf per run, which the child
+            joins by writing its cgroup.procs between clone and exec
+
+On a cgroup v1 host (the guest booted with systemd.unified_cgroup_hierarchy=0:
+vm_cgroup_v2.py --v1) there is one path, `v1`: the box's groups, one per
+controller, serving every run, joined by three cgroup.procs writes.
 
     python benchmarks/cgroup_v2.py [--rounds 5] [--block 100] [--json]
 """
@@ -31,15 +39,30 @@ from sandboxd.schema import RunRequest
 TRUE = ["/bin/true"]
 
 
-async def start(instance: str, clone_into: bool) -> Engine:
-    # The class default decides the seccomp policy the engine's boxes load at
-    # start; the instance's own attribute pins it for its runs.
-    cgroups.V2.clone_into = clone_into
+PATHS = {"reused": (True, True), "leaf": (True, False), "migrate": (False, False)}  # (clone_into, reuse)
+
+
+def config(instance: str) -> EngineConfig:
+    return EngineConfig(instance=instance, pool_size=2, languages_dir=bl.no_languages_dir())
+
+
+async def start_v1(instance: str) -> Engine:
+    eng = await Engine.start(config(instance))
+    assert isinstance(eng.backend, cgroups.V1), "not a cgroup v1 host"
+    return eng
+
+
+async def start(instance: str, clone_into: bool, reuse: bool) -> Engine:
+    # The class defaults decide the seccomp policy the engine's boxes load at
+    # start and whether setup() probes for reuse; the instance's own
+    # attributes pin them for its runs.
+    cgroups.V2.clone_into, cgroups.V2.reuse = clone_into, reuse
     try:
-        eng = await Engine.start(EngineConfig(instance=instance, pool_size=2, languages_dir=bl.no_languages_dir()))
+        eng = await Engine.start(config(instance))
     finally:
-        cgroups.V2.clone_into = True
+        cgroups.V2.clone_into, cgroups.V2.reuse = True, True
     assert isinstance(eng.backend, cgroups.V2), "needs cgroup v2"
+    assert eng.backend.reuse == reuse, "this kernel cannot reset memory.peak (Linux 6.12+): no reused path"
     eng.backend.clone_into = clone_into
     return eng
 
@@ -54,28 +77,34 @@ async def block(name: str, eng: Engine | None, n: int, out: dict[str, list[int]]
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     m = bl.machine()
-    engines = {"fast": await start("bench-v2-fast", True), "migrate": await start("bench-v2-migrate", False)}
-    samples: dict[str, list[int]] = {"bare": [], "fast": [], "migrate": []}
+    v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    if v2:
+        engines = {name: await start(f"bench-v2-{name}", *flags) for name, flags in PATHS.items()}
+    else:
+        engines = {"v1": await start_v1("bench-v1")}
+    samples: dict[str, list[int]] = {"bare": [], **{name: [] for name in engines}}
     try:
         for name, eng in engines.items():  # warm-up, not counted
             await block(name, eng, 20, {name: []})
         for _ in range(args.rounds):
-            for name in ("bare", "fast", "migrate"):
+            for name in samples:
                 await block(name, engines.get(name), args.block, samples)
     finally:
         for eng in engines.values():
             await eng.close()
     res = {name: bl.summary_ms(xs) for name, xs in samples.items()}
     bare = res["bare"]
-    ratios = {
-        name: {"p50": res[name]["p50"] / bare["p50"], "p99": res[name]["p99"] / bare["p99"]}
-        for name in ("fast", "migrate")
+    ratios = {name: {"p50": res[name]["p50"] / bare["p50"], "p99": res[name]["p99"] / bare["p99"]} for name in PATHS}
+    for a, b in (("reused", "leaf"), ("leaf", "migrate")):
+        ratios[f"{a}/{b}"] = {"p50": res[a]["p50"] / res[b]["p50"], "p99": res[a]["p99"] / res[b]["p99"]}
+    return {
+        "machine": m,
+        "kernel": os.uname().release,
+        "cgroup": 2 if v2 else 1,
+        "load_end": os.getloadavg()[0],
+        "ms": res,
+        "ratios": ratios,
     }
-    ratios["fast/migrate"] = {
-        "p50": res["fast"]["p50"] / res["migrate"]["p50"],
-        "p99": res["fast"]["p99"] / res["migrate"]["p99"],
-    }
-    return {"machine": m, "load_end": os.getloadavg()[0], "ms": res, "ratios": ratios}
 
 
 if __name__ == "__main__":
@@ -89,6 +118,7 @@ if __name__ == "__main__":
         print(json.dumps(out))
     else:
         print(bl.machine_line(out["machine"]), file=sys.stderr)
+        print(f"Linux {out['kernel']}, cgroup v{out['cgroup']}")
         rows = [[k, bl.fmt_ms(v["p50"]), bl.fmt_ms(v["p99"])] for k, v in out["ms"].items()]
         print(bl.markdown_table(["path", "p50 ms", "p99 ms"], rows))
         for k, v in out["ratios"].items():

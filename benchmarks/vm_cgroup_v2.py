@@ -1,9 +1,12 @@
 """Boot the tests/vm guest (Debian 12, pure cgroup v2, qemu TCG), install this
 checkout in it and run benchmarks/cgroup_v2.py there in a unit with
 Delegate=yes (as production runs).  TCG emulates the CPU: only the ratios
-mean anything.  Prints the guest's output.
+mean anything.  Prints the guest's output.  --v1 boots the same guest on
+cgroup v1 (systemd.unified_cgroup_hierarchy=0): the v1 path against bare in
+the same emulated machine.  --kernel 6.1: Debian 12's own kernel, which has
+no reused path (cgroup_v2.py then fails, saying so; use it with --v1).
 
-    .venv/bin/python benchmarks/vm_cgroup_v2.py [--rounds 5] [--block 100]
+    .venv/bin/python benchmarks/vm_cgroup_v2.py [--rounds 5] [--block 100] [--v1] [--kernel 6.12]
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--block", type=int, default=100)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--v1", action="store_true", help="boot the guest on cgroup v1")
+    ap.add_argument("--kernel", choices=sorted(build_image.KERNELS), default="6.12", help="the guest's kernel")
     a = ap.parse_args()
-    vm = VM(build_image.build())
+    cmdline = build_image.KERNEL_CMDLINE
+    if a.v1:
+        cmdline = cmdline.replace("systemd.unified_cgroup_hierarchy=1", "systemd.unified_cgroup_hierarchy=0")
+    vm = VM(build_image.build(kernel=a.kernel), cmdline=cmdline)
     vm.boot(timeout=300)
     try:
         vm.copy_in(REPO, GUEST_SRC)
