@@ -45,7 +45,7 @@ class RunCgroup:
     join_fds: list[int]
     cpu_fd: int
     memory_limit: int
-    path: Path | None = None  # v2 per-run leaf
+    path: Path | None = None  # v2: the per-run leaf (None: the box's reused group)
     oom_before: int = 0  # the reused group's oom_kill count before the run (v1, v2 reused)
     ooms_before: int = 0  # v2 reused: its memory.events `oom` count before the run
     owned: bool = True  # False: the fds belong to the box (v1 keeps them open across runs)

@@ -37,7 +37,7 @@ class V2(Backend):
     version = 2
     clone_into = True  # benchmarks/cgroup_v2.py turns it off for the old path
     # The box's group serves its runs where memory.peak can be reset (setup()
-    # probes the kernel); False: a leaf per run (tests and benchmarks set it).
+    # probes the kernel); False: a leaf per run (benchmarks/cgroup_v2.py sets it).
     reuse = True
 
     def __init__(self, instance: str, mount: Path) -> None:
