@@ -39,6 +39,7 @@ class V2(Backend):
     # The box's group serves its runs where memory.peak can be reset (setup()
     # probes the kernel); False: a leaf per run (benchmarks/cgroup_v2.py sets it).
     reuse = True
+    _probed = False
 
     def __init__(self, instance: str, mount: Path) -> None:
         self.mount = mount
@@ -81,7 +82,9 @@ class V2(Backend):
             _enable(self.root, V2_CONTROLLERS)
         except OSError as e:
             raise CgroupError(f"cannot set up cgroup {self.root}: {e}") from e
-        self.reuse = self.reuse and _peak_resettable(self.root)
+        if not self._probed:  # once: a heal's setup() again must not switch the mode under live boxes
+            self.reuse = self.reuse and _peak_resettable(self.root)
+            self._probed = True
 
     def create_box(self, name: str) -> BoxCgroup:
         box = BoxCgroup(self, name)
@@ -90,8 +93,16 @@ class V2(Backend):
         box.dirs["box"] = d
         if not self.reuse:
             _enable(d, V2_CONTROLLERS)  # (its run leaves get the controllers)
-        else:
+            return box
+        try:
             self._open_reused(box)
+        except BaseException:
+            for fd in box._fds.values():
+                os.close(fd)
+            box._fds.clear()
+            with contextlib.suppress(OSError):
+                d.rmdir()
+            raise
         return box
 
     def _open_reused(self, box: BoxCgroup) -> None:
@@ -175,15 +186,19 @@ class V2(Backend):
         if not self.reuse or not box._fds or _left(box) <= DROP_LEFTOVER_ABOVE:
             return
         d = box.dirs["box"]
-        for fd in box._fds.values():
-            os.close(fd)
-        box._fds.clear()
         try:
-            d.rmdir()  # (no retry: the agent has reaped every process of the runs; on the event loop)
-            d.mkdir()
+            # (open fds do not keep a cgroup; no retry: the agent has reaped
+            # every process of the runs, and this is on the event loop)
+            d.rmdir()
         except OSError as e:
             log.warning("cannot renew cgroup %s (kept): %s", d, e)
-            d.mkdir(exist_ok=True)
+            return
+        old = list(box._fds.values())
+        box._fds.clear()
+        for fd in old:
+            os.close(fd)
+        # A failure from here raises: the box is broken (Box.reset's caller retires it).
+        d.mkdir()
         self._open_reused(box)
 
     def finish(self, box: BoxCgroup, run: RunCgroup, reset_done: bool = False) -> MemoryUse:
@@ -242,7 +257,7 @@ def _peak_resettable(parent: Path) -> bool:
         return True
     except OSError as e:
         if e.errno not in (errno.EACCES, errno.ENOENT, errno.EINVAL, errno.EPERM):
-            raise CgroupError(f"cannot probe {probe}/memory.peak: {e}") from e
+            log.warning("cannot probe %s/memory.peak (a leaf per run): %s", probe, e)
         return False
     finally:
         with contextlib.suppress(OSError):
