@@ -20,11 +20,16 @@ is a lower bound of the true peak of the rest.  With reclaim (the limit was
 reached), the file pages at the end are at least those left after the last
 reclaim, when usage was at the limit: still a lower bound.  It is exact
 unless the run charges file pages after its own memory peaked (short of the
-exit, which frees anonymous memory and reads nothing); host memory pressure
-evicting the group's page cache after the peak can raise it by what was
-evicted (there is no way to tell from the counters).  On v1 the box's group
-serves run after run: kernel memory an earlier run left that force_empty
-could not drop (negative dentries: ~4 MB of 40) is subtracted too.  Measured on the CI
+exit, which frees anonymous memory and reads nothing).
+
+Where the box's group serves run after run (v1; v2 from Linux 6.12) its peak
+is reset at the run's start to the usage then, which holds the page cache of
+earlier runs.  Host memory pressure evicting that cache during a run would
+come out as the run's memory (a `sleep` showed the 64 MiB evicted), so when
+the group's file pages shrank and its limit was never reached (nothing but
+the host reclaimed them), the file pages at the start are subtracted instead
+(file_at_peak).  Kernel memory an earlier run left that force_empty could not
+drop (v1; negative dentries: ~4 MB of 40) is subtracted too.  Measured on the CI
 host (Linux 6.18, v1): Java and Node hello world, with the runtime's pages
 evicted first, cached in the box's group or cached by another group, give
 medians within 0.2 MB of each other (a JVM alone varies by +-0.4 MB).
@@ -63,6 +68,22 @@ def keyed(text: str, key: str) -> int:
 
 def measured(raw_peak: int, file_bytes: int) -> int:
     return max(0, raw_peak - file_bytes)
+
+
+# A run whose group's usage came this close to its limit met the limit's
+# reclaim: a charge fills the group to within its own size (a page, or a huge
+# page) of the limit before reclaiming.
+LIMIT_REACHED_WITHIN = 4 << 20
+
+
+def file_at_peak(raw_peak: int, file_end: int, file_start: int, limit: int) -> int:
+    """The file bytes to take from a reused group's peak (module docstring).
+    file_start: at least those charged when the peak was reset (0 for a new group)."""
+    if raw_peak + LIMIT_REACHED_WITHIN >= limit:
+        return file_end  # the limit's reclaim took them: those left are a lower bound
+    # Below the limit they only shrink by the host's reclaim, and then those at
+    # the start are the ones to take (exact when the peak was the start's usage).
+    return max(file_end, file_start)
 
 
 def v1_file_bytes(numa_stat_fd: int) -> int:

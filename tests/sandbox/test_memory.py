@@ -17,6 +17,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -242,3 +243,42 @@ def test_v1_reads_a_runs_file_pages_once(tmp_path: Path, monkeypatch: pytest.Mon
         asyncio.run(cg.remove())
     finally:
         cgroups.remove_instance(be)
+
+
+def _drop(files: list[Path]) -> None:
+    for f in files:
+        fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def test_page_cache_evicted_during_a_run_is_not_in_its_figure(engine: SyncEngine) -> None:
+    """A box's group keeps the page cache of its earlier runs (v1, v2 on 6.12+),
+    so its peak, reset at the run's start, starts at that cache.  Host memory
+    pressure evicting it during a small run must not show up as the run's
+    memory (the figure was peak - file at the end: ~the 48 MiB evicted)."""
+    files = sorted(
+        (f for f in _files(RUNTIME_FILES["java"]) if f.stat().st_size > 1 << 20), key=lambda f: f.stat().st_size
+    )
+    halves = files[0::2], files[1::2]
+    assert all(sum(f.stat().st_size for f in h) > 48 * MiB for h in halves)
+    big = Limits(memory=512 * MiB, wall_time=30.0)
+    # Each box of the pool gets one half charged to its group (a box's run
+    # reads what no group holds yet): whichever box the sleep gets, the cache
+    # it starts with is large.
+    _drop(files)
+    for half in halves:
+        r = engine.run(["sh", "-c", 'cat "$@" > /dev/null', "sh", *map(str, half)], limits=big)
+        assert r.status == "ok" and r.memory < 8 * MiB, r
+    cached = _resident_pages(files)
+    # The host's pressure, while the run sleeps: the cache goes.
+    evict = threading.Timer(0.5, _drop, (files,))
+    evict.start()
+    try:
+        r = engine.run(["sleep", "1.5"], limits=big)
+    finally:
+        evict.join()
+    assert _resident_pages(files) < cached // 2, (cached, _resident_pages(files))
+    assert r.status == "ok" and r.memory < 4 * MiB, r

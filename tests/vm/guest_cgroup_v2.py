@@ -274,6 +274,24 @@ async def check_memory(eng: Engine, res: dict[str, Any]) -> None:
         eng, ["python3", "-c", DENTRIES, f"no-such-{os.urandom(8).hex()}"], memory=256 * MiB, cpu_time=60, wall_time=120
     )
     res["after_dentries"] = [await run(eng, ["/bin/true"]) for _ in range(3)]
+    # Page cache a box's group holds from earlier runs, evicted by the host
+    # during a run, is not that run's memory: each box reads half of the
+    # files (cold), then a sleep, on either box, sees its cache go.
+    files = cold_rootfs_files(96 * MiB)
+    for half in (files[0::2], files[1::2]):
+        res.setdefault("cache_reads", []).append(
+            await run(
+                eng, ["sh", "-c", 'cat "$@" > /dev/null', "sh", *half], memory=512 * MiB, cpu_time=60, wall_time=120
+            )
+        )
+
+    async def evict_soon() -> None:
+        await asyncio.sleep(1.5)
+        cold_rootfs_files(96 * MiB)
+
+    evicting = asyncio.create_task(evict_soon())
+    res["sleep_cache_evicted"] = await run(eng, ["sleep", "4"], memory=512 * MiB, wall_time=60)
+    await evicting
     # tmpfs (/box) is memory: counted.
     res["tmpfs_40m_under_128m"] = await run(
         eng, ["dd", "if=/dev/zero", "of=/box/big", "bs=1M", "count=40"], memory=128 * MiB, cpu_time=20, wall_time=90

@@ -174,6 +174,11 @@ def check_results(res: dict[str, Any], mode: str) -> None:
     if reused:  # the box's group was replaced by a fresh one (its charges went to the parent)
         same_box = [r for r in after if r["cgroup"]["path"] == dent["cgroup"]["path"]]
         assert same_box and all(r["cgroup"]["inode"] != dent["cgroup"]["inode"] for r in same_box), (dent, after)
+    assert all(r["status"] == "ok" for r in res["cache_reads"]), res["cache_reads"]
+    ev = res["sleep_cache_evicted"]
+    assert ev["status"] == "ok" and ev["memory"] < 4 * MiB, ev
+    if reused:  # its peak started at the cache the box's group held
+        assert int(ev["cgroup"]["memory.peak"]) > 24 * MiB, ev
     tmpfs = res["tmpfs_40m_under_128m"]
     assert tmpfs["status"] == "ok" and 40 * MiB <= tmpfs["memory"] < 64 * MiB, tmpfs
 

@@ -48,6 +48,9 @@ class RunCgroup:
     path: Path | None = None  # v2: the per-run leaf (None: the box's reused group)
     oom_before: int = 0  # the reused group's oom_kill count before the run (v1, v2 reused)
     ooms_before: int = 0  # v2 reused: its memory.events `oom` count before the run
+    # Reused group: the file LRU bytes charged when its peak was reset, at
+    # most (the last finish's read, capped by the usage at the reset).
+    file_before: int = 0
     owned: bool = True  # False: the fds belong to the box (v1 keeps them open across runs)
     into: bool = False  # v2: join_fds is [the leaf's directory], for clone3(CLONE_INTO_CGROUP)
     born_in: bool = False  # the agent placed the run with it (False: it fell back to a write)
@@ -76,6 +79,10 @@ class BoxCgroup:
     # v1: the file LRU bytes the last finish(reset_done=False) read, which
     # between_runs() reuses: one memory.numa_stat read per run.
     _file_bytes: int | None = None
+    # Reused group: the file LRU bytes the last finish read (0: a new group).
+    # No process charges the group until the next run, so at its reset there
+    # are at most these (reclaim only lowers them).
+    _file_last: int = 0
     settled: bool = False  # the last finish(reset_done=True) did the between-runs step too
 
     def prepare(self, memory: int, procs: int, into: bool = False) -> RunCgroup:

@@ -18,7 +18,7 @@ from sandboxd.sandbox.cgroups.base import (
     read,
     write,
 )
-from sandboxd.sandbox.memstat import MemoryUse, keyed, measured, v1_file_bytes
+from sandboxd.sandbox.memstat import MemoryUse, file_at_peak, keyed, measured, v1_file_bytes
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,22 @@ class V1(Backend):
             fds["cpu"] = os.open(box.dirs["cpuacct"] / "cpuacct.usage", os.O_RDONLY | os.O_CLOEXEC)
             for c, d in box.dirs.items():
                 fds[f"join-{c}"] = os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-        os.pwrite(fds["peak"], b"0", 0)
+        os.pwrite(fds["peak"], b"0", 0)  # (to the usage now)
+        # The file pages in that usage, at most (memstat.file_at_peak); the
+        # kernel memory left (the residue) is not file.
+        usage = int(os.pread(fds["usage"], 64, 0))
+        file_before = min(box._file_last, max(0, usage - box._residue))
         oom = box._oom_kills
         if oom is None:
             oom = keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill")
         join = [fds[f"join-{c}"] for c in box.dirs]
-        return RunCgroup(join, fds["cpu"], memory, oom_before=oom, owned=False)
+        return RunCgroup(join, fds["cpu"], memory, oom_before=oom, owned=False, file_before=file_before)
 
     def finish(self, box: BoxCgroup, run: RunCgroup, reset_done: bool = False) -> MemoryUse:
         fds = box._fds
-        file_bytes = v1_file_bytes(fds["numa"])
-        peak = measured(int(os.pread(fds["peak"], 64, 0)), file_bytes + box._residue)
+        file_bytes = box._file_last = v1_file_bytes(fds["numa"])
+        raw = int(os.pread(fds["peak"], 64, 0))
+        peak = measured(raw, file_at_peak(raw, file_bytes, run.file_before, run.memory_limit) + box._residue)
         # No v1 count of refused charges (failcnt counts reclaim): OOM kills (oom_kill_disable=0).
         kills = keyed(os.pread(fds["oom"], 256, 0).decode(), "oom_kill")
         box._oom_kills = kills
@@ -154,7 +159,8 @@ class V1(Backend):
                 # It leaves some (dentries its shrinker pass did not reach: ~4
                 # MB of 40), not the next runs' doing, so not in their figure;
                 # kept until it shrinks, not dropped again after every run.
-                box._residue = max(0, int(os.pread(fds["usage"], 64, 0)) - v1_file_bytes(fds["numa"]))
+                box._file_last = v1_file_bytes(fds["numa"])
+                box._residue = max(0, int(os.pread(fds["usage"], 64, 0)) - box._file_last)
             else:
                 box._residue = min(box._residue, left)
         except OSError as e:

@@ -26,7 +26,15 @@ from sandboxd.sandbox.cgroups.base import (
     rmdir_retry_sync,
     write,
 )
-from sandboxd.sandbox.memstat import MemoryUse, keyed, measured, v2_event_counts, v2_events, v2_file_bytes
+from sandboxd.sandbox.memstat import (
+    MemoryUse,
+    file_at_peak,
+    keyed,
+    measured,
+    v2_event_counts,
+    v2_events,
+    v2_file_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +130,7 @@ class V2(Backend):
         for f, fl in flags.items():
             box._fds[f] = os.open(d if f == "dir" else d / f, fl | os.O_CLOEXEC)
         box._limits = (0, 0)
+        box._file_last = 0
         box._oom_kills, box._ooms = v2_event_counts(_pread(box._fds["memory.events"]))
 
     def prepare(self, box: BoxCgroup, memory: int, procs: int, into: bool = False) -> RunCgroup:
@@ -159,16 +168,26 @@ class V2(Backend):
         # runs left, and under DROP_LEFTOVER_ABOVE of their kernel memory) plus
         # what this run adds.
         os.pwrite(fds["memory.peak"], b"reset", 0)
+        # The file pages in that usage, at most (memstat.file_at_peak).
+        file_before = min(box._file_last, int(os.pread(fds["memory.current"], 64, 0)))
         assert box._oom_kills is not None
         join = [fds["dir"] if into else fds["cgroup.procs"]]
         return RunCgroup(
-            join, fds["cpu.stat"], memory, oom_before=box._oom_kills, ooms_before=box._ooms, owned=False, into=into
+            join,
+            fds["cpu.stat"],
+            memory,
+            oom_before=box._oom_kills,
+            ooms_before=box._ooms,
+            owned=False,
+            into=into,
+            file_before=file_before,
         )
 
     def _finish_reused(self, box: BoxCgroup, run: RunCgroup, reset_done: bool) -> MemoryUse:
         fds = box._fds
-        file_bytes = v2_file_bytes(_pread(fds["memory.stat"]))
-        peak = measured(int(os.pread(fds["memory.peak"], 64, 0)), file_bytes)
+        file_bytes = box._file_last = v2_file_bytes(_pread(fds["memory.stat"]))
+        raw = int(os.pread(fds["memory.peak"], 64, 0))
+        peak = measured(raw, file_at_peak(raw, file_bytes, run.file_before, run.memory_limit))
         events = _pread(fds["memory.events"])
         oom_kill, oom = v2_events(events, (run.oom_before, run.ooms_before))
         # No process is in the group between runs: these are the next run's baseline.
