@@ -4,9 +4,11 @@ Delegate=yes (as production runs).  TCG emulates the CPU: only the ratios
 mean anything.  Prints the guest's output.  --v1 boots the same guest on
 cgroup v1 (systemd.unified_cgroup_hierarchy=0): the v1 path against bare in
 the same emulated machine.  --kernel 6.1: Debian 12's own kernel, which has
-no reused path (cgroup_v2.py then fails, saying so; use it with --v1).
+no reused path (leaf and migrate only), and the only one with v1's memory
+controller (Debian builds 6.12 without CONFIG_MEMCG_V1), so --v1 needs it.
 
-    .venv/bin/python benchmarks/vm_cgroup_v2.py [--rounds 5] [--block 100] [--v1] [--kernel 6.12]
+    .venv/bin/python benchmarks/vm_cgroup_v2.py [--rounds 5] [--block 100] [--kernel 6.12]
+    .venv/bin/python benchmarks/vm_cgroup_v2.py --kernel 6.1 [--v1]
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main() -> int:
     ap.add_argument("--v1", action="store_true", help="boot the guest on cgroup v1")
     ap.add_argument("--kernel", choices=sorted(build_image.KERNELS), default="6.12", help="the guest's kernel")
     a = ap.parse_args()
+    if a.v1 and a.kernel != "6.1":
+        ap.error(f"--v1 needs --kernel 6.1: Debian's {a.kernel} is built without v1's memory controller")
     cmdline = build_image.KERNEL_CMDLINE
     if a.v1:
         cmdline = cmdline.replace("systemd.unified_cgroup_hierarchy=1", "systemd.unified_cgroup_hierarchy=0")

@@ -91,16 +91,21 @@ def _resident_pages(files: list[Path]) -> int:
     return n
 
 
-def evict(lid: str) -> None:
-    """Drop the runtime's pages from the page cache (those nobody has mapped)."""
-    files = _files(RUNTIME_FILES[lid])
-    before = _resident_pages(files)
+def _drop(files: list[Path]) -> None:
+    """Drop the files' pages from the page cache (those nobody has mapped)."""
     for f in files:
         fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def evict(lid: str) -> None:
+    """Drop the runtime's pages from the page cache."""
+    files = _files(RUNTIME_FILES[lid])
+    before = _resident_pages(files)
+    _drop(files)
     # Proof the next run starts (partly) cold: a JVM or node of another test
     # session may keep some pages mapped, never all of them.
     assert _resident_pages(files) < before or before == 0, f"{lid}: nothing evicted"
@@ -167,10 +172,7 @@ def test_exit_1_under_a_limit_the_runtime_files_fill_is_nonzero_exit(engine: Syn
 def test_a_limit_full_of_page_cache_is_no_memory_limit(engine: SyncEngine) -> None:
     # Any program: read 150 MB of rootfs files cold under 32 MiB, then fail.
     files = [f for f in _files(RUNTIME_FILES["java"]) if f.stat().st_size > 1 << 20]
-    for f in files:
-        fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
+    _drop(files)
     script = 'cat "$@" > /dev/null && exit 1'
     r = engine.run(["sh", "-c", script, "sh", *map(str, files)], limits=Limits(memory=32 * MiB, wall_time=30.0))
     assert sum(f.stat().st_size for f in files) > 100 * MiB
@@ -243,15 +245,6 @@ def test_v1_reads_a_runs_file_pages_once(tmp_path: Path, monkeypatch: pytest.Mon
         asyncio.run(cg.remove())
     finally:
         cgroups.remove_instance(be)
-
-
-def _drop(files: list[Path]) -> None:
-    for f in files:
-        fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def test_page_cache_evicted_during_a_run_is_not_in_its_figure(engine: SyncEngine) -> None:
