@@ -78,7 +78,7 @@ LIMIT_REACHED_WITHIN = 4 << 20
 
 def file_at_peak(raw_peak: int, file_end: int, file_start: int, limit: int) -> int:
     """The file bytes to take from a reused group's peak (module docstring).
-    file_start: at least those charged when the peak was reset (0 for a new group)."""
+    file_start: an upper bound of those charged when the peak was reset (0 for a new group)."""
     if raw_peak + LIMIT_REACHED_WITHIN >= limit:
         return file_end  # the limit's reclaim took them: those left are a lower bound
     # Below the limit they only shrink by the host's reclaim, and then those at

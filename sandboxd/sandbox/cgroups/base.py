@@ -48,8 +48,8 @@ class RunCgroup:
     path: Path | None = None  # v2: the per-run leaf (None: the box's reused group)
     oom_before: int = 0  # the reused group's oom_kill count before the run (v1, v2 reused)
     ooms_before: int = 0  # v2 reused: its memory.events `oom` count before the run
-    # Reused group: the file LRU bytes charged when its peak was reset, at
-    # most (the last finish's read, capped by the usage at the reset).
+    # Reused group: an upper bound of the file LRU bytes charged when its peak
+    # was reset (the last finish's read, capped by the usage at the reset).
     file_before: int = 0
     owned: bool = True  # False: the fds belong to the box (v1 keeps them open across runs)
     into: bool = False  # v2: join_fds is [the leaf's directory], for clone3(CLONE_INTO_CGROUP)
