@@ -16,9 +16,11 @@ benchmarks/vm_cgroup_v2.py.
 
 Before Linux 6.12 (memory.peak cannot be reset) there is no `reused` path:
 leaf and migrate only.  On a cgroup v1 host (the 6.1 guest booted with
-systemd.unified_cgroup_hierarchy=0: vm_cgroup_v2.py --v1) there is one path,
-`v1`: the box's groups, one per controller, serving every run, joined by
-three cgroup.procs writes.
+systemd.unified_cgroup_hierarchy=0: vm_cgroup_v2.py --v1, or this hybrid
+host) there are two: `v1`, the box's groups, one per controller, serving
+every run, which the child joins by three writes to their `tasks` files (the
+default), and `v1-procs`, the same through `cgroup.procs`, which takes the
+kernel's host-wide threadgroup rwsem for each write.
 
     python benchmarks/cgroup_v2.py [--rounds 5] [--block 100] [--json]
 """
@@ -48,9 +50,10 @@ def config(instance: str) -> EngineConfig:
     return EngineConfig(instance=instance, pool_size=2, languages_dir=bl.no_languages_dir())
 
 
-async def start_v1(instance: str) -> Engine:
+async def start_v1(instance: str, join_file: str) -> Engine:
     eng = await Engine.start(config(instance))
     assert isinstance(eng.backend, cgroups.V1), "not a cgroup v1 host"
+    eng.backend.join_file = join_file  # (before the first run: its groups' fds are opened then)
     return eng
 
 
@@ -92,7 +95,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         paths = {k: v for k, v in PATHS.items() if k != "reused" or reusable()}
         engines = {name: await start(f"bench-v2-{name}", *flags) for name, flags in paths.items()}
     else:
-        engines = {"v1": await start_v1("bench-v1")}
+        engines = {"v1": await start_v1("bench-v1", "tasks"), "v1-procs": await start_v1("bench-v1p", "cgroup.procs")}
     samples: dict[str, list[int]] = {"bare": [], **{name: [] for name in engines}}
     try:
         for name, eng in engines.items():  # warm-up, not counted
@@ -106,7 +109,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     res = {name: bl.summary_ms(xs) for name, xs in samples.items()}
     bare = res["bare"]
     ratios = {name: {"p50": res[name]["p50"] / bare["p50"], "p99": res[name]["p99"] / bare["p99"]} for name in engines}
-    for a, b in (("reused", "leaf"), ("leaf", "migrate")):
+    for a, b in (("reused", "leaf"), ("leaf", "migrate"), ("v1", "v1-procs")):
         if a in res and b in res:
             ratios[f"{a}/{b}"] = {"p50": res[a]["p50"] / res[b]["p50"], "p99": res[a]["p99"] / res[b]["p99"]}
     return {

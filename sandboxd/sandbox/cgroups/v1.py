@@ -27,6 +27,15 @@ V1_CONTROLLERS = ("memory", "pids", "cpuacct")
 
 class V1(Backend):
     version = 1
+    # The file a run's child writes "0" to, joining each group itself between
+    # clone and exec.  `tasks` moves the calling thread only, which for a
+    # single-threaded vfork child is the whole process, and the kernel then
+    # skips the host-wide cgroup_threadgroup_rwsem (cgroup_procs_write_start:
+    # "If we migrate a single thread ... we can skip the global lock").
+    # `cgroup.procs` takes it for write: each join waited for every fork, exec
+    # and exit in flight on the host and held off new ones meanwhile.  An
+    # instance attribute may name cgroup.procs again (benchmarks/cgroup_v2.py).
+    join_file = "tasks"
 
     def __init__(self, instance: str, mounts: dict[str, Path]) -> None:
         self.mounts = mounts
@@ -93,7 +102,7 @@ class V1(Backend):
             fds["numa"] = os.open(mem / "memory.numa_stat", os.O_RDONLY | os.O_CLOEXEC)
             fds["cpu"] = os.open(box.dirs["cpuacct"] / "cpuacct.usage", os.O_RDONLY | os.O_CLOEXEC)
             for c, d in box.dirs.items():
-                fds[f"join-{c}"] = os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+                fds[f"join-{c}"] = os.open(d / self.join_file, os.O_WRONLY | os.O_CLOEXEC)
         os.pwrite(fds["peak"], b"0", 0)  # (to the usage now)
         # The file pages in that usage, at most (memstat.file_at_peak); the
         # kernel memory left (the residue) is not file.
