@@ -34,14 +34,14 @@ from http_overhead import free_port, wait_ready
 BODY = b'{"cmd": ["/bin/true"]}'
 
 
-def start(tree: Path, name: str) -> tuple[subprocess.Popen[bytes], str, int]:
+def start(tree: Path, name: str, pool: int = 2) -> tuple[subprocess.Popen[bytes], str, int]:
     d, port = tempfile.mkdtemp(prefix=f"sandboxd-bench-ab-{name}-"), free_port()
     env = {**os.environ, "PYTHONPATH": str(tree), "SANDBOXD_SELFTEST": "false", "SANDBOXD_JOB_STORE": f"{d}/j.sqlite3"}
     sock = f"{d}/s.sock"
     # (the pid in the instance name: two A/Bs at once must not share cgroups or uid leases)
     inst = f"bench-ab-{name}-{os.getpid()}"
     cmd = [sys.executable, "-m", "sandboxd", "serve", "--config", "/dev/null", "--instance", inst]
-    cmd += ["--socket", sock, "--http", f"127.0.0.1:{port}", "--pool-size", "2", "--pid-file", f"{d}/p.pid"]
+    cmd += ["--socket", sock, "--http", f"127.0.0.1:{port}", "--pool-size", str(pool), "--pid-file", f"{d}/p.pid"]
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "wb"))  # noqa: SIM115
     wait_ready(proc, port, f"{name}: the daemon did not start (log in {d})")
     return proc, sock, port
@@ -128,7 +128,7 @@ def main() -> None:
     for what, xs in lat.items():
         s = summary_ms(xs)
         print(
-            f"{what:12s} p50 {s['p50']:.3f} ms p99 {s['p99']:.3f} ms"
+            f"{what:12s} p50 {s['p50']:.3f} ms p99 {s['p99']:.3f} ms p99.9 {s['p99.9']:.2f} ms max {s['max']:.1f} ms"
             f"  x{s['p50'] / bare['p50']:.2f} p50, x{s['p99'] / bare['p99']:.2f} p99"
         )
     for name, us in cpu_us.items():

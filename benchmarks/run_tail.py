@@ -1,0 +1,81 @@
+"""The tail of the `/bin/true` socket round trip, tree against tree (issue 18).
+
+p50/p99 hide what a judge sees now and then: a run 10-25 ms late.  Each
+round starts one tree's daemon alone (so the two never share the kernel's
+cgroup locks at once), makes --n keyed round trips over the Unix socket, and
+stops it; trees alternate, bare posix_spawn runs between them.  For each
+tree: p50/p99/p99.9/max, how many round trips took over --slow ms, and of
+those how many were slow inside the box (the run's own wall_time over
+--slow: the agent's clone to reap, where a cgroup migration waits), so a
+slow daemon or client is told apart from a slow run.
+
+    git -C /work/main worktree add --detach /tmp/base HEAD
+    PYTHONPATH=$PWD:$PWD/clients/python .venv/bin/python benchmarks/run_tail.py /tmp/base . [--rounds 3] [--n 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import uvloop
+from ab_roundtrip import start
+from benchlib import steal_jiffies, steal_share, summary_ms
+from daemon import bare_true
+from sandboxd_client import AsyncClient, RunRequest
+
+
+async def trips(sock: str, n: int) -> list[tuple[int, float]]:
+    """(round trip ns, the run's in-box wall ms) of n runs, after 20 unmeasured."""
+    async with AsyncClient(f"unix://{sock}") as c:
+        for _ in range(20):
+            await c.run(RunRequest(cmd=["/bin/true"]))
+        out = []
+        for _ in range(n):
+            t = time.perf_counter_ns()
+            r = await c.run(RunRequest(cmd=["/bin/true"]))
+            out.append((time.perf_counter_ns() - t, r.wall_time * 1e3))
+            assert r.status == "ok", r
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("trees", type=Path, nargs="+")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--pool", type=int, default=2 * (os.cpu_count() or 1))
+    ap.add_argument("--slow", type=float, default=4.0, help="ms: a round trip over this counts as slow")
+    a = ap.parse_args()
+    names = [f"{k}:{t}" for k, t in enumerate(a.trees)]
+    got: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
+    bare: list[int] = []
+    stolen, l0 = steal_jiffies(), os.getloadavg()[0]
+    for _ in range(a.rounds):
+        for name, tree in zip(names, a.trees, strict=True):
+            bare += bare_true(a.n // 2)
+            proc, sock, _ = start(tree.resolve(), name.split(":")[0], a.pool)
+            try:
+                got[name] += uvloop.run(trips(sock, a.n))
+            finally:
+                proc.terminate()
+                proc.wait(60)
+    steal = steal_share(stolen, steal_jiffies())
+    load = f"load {l0:.2f} -> {os.getloadavg()[0]:.2f}, steal {100 * steal:.1f}%"
+    print(f"{load}; pool {a.pool}, {a.rounds} rounds x {a.n} per tree")
+    b = summary_ms(bare)
+    print(f"{'bare':>8s}: p50 {b['p50']:.3f} p99 {b['p99']:.3f} p99.9 {b['p99.9']:.2f} max {b['max']:.1f} ms")
+    for name, xs in got.items():
+        s = summary_ms([t for t, _ in xs])
+        slow = [(t / 1e6, w) for t, w in xs if t / 1e6 > a.slow]
+        inbox = sum(w > a.slow for _, w in slow)
+        print(
+            f"{name}: p50 {s['p50']:.3f} p99 {s['p99']:.3f} p99.9 {s['p99.9']:.2f} max {s['max']:.1f} ms;"
+            f" {len(slow)} of {len(xs)} over {a.slow:g} ms, {inbox} of them slow inside the box"
+        )
+
+
+if __name__ == "__main__":
+    main()
