@@ -17,28 +17,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import uvloop
 from ab_roundtrip import start
 from benchlib import steal_jiffies, steal_share, summary_ms
-from daemon import bare_true
-from sandboxd_client import AsyncClient, RunRequest
+from daemon import bare_true, round_trip
 
 
 async def trips(sock: str, n: int) -> list[tuple[int, float]]:
-    """(round trip ns, the run's in-box wall ms) of n runs, after 20 unmeasured."""
-    async with AsyncClient(f"unix://{sock}") as c:
-        for _ in range(20):
-            await c.run(RunRequest(cmd=["/bin/true"]))
-        out = []
-        for _ in range(n):
-            t = time.perf_counter_ns()
-            r = await c.run(RunRequest(cmd=["/bin/true"]))
-            out.append((time.perf_counter_ns() - t, r.wall_time * 1e3))
-            assert r.status == "ok", r
-        return out
+    """(round trip ns, the run's in-box wall ms) of n runs."""
+    walls: list[float] = []
+    return list(zip(await round_trip(sock, n, walls), walls, strict=True))
 
 
 def main() -> None:
