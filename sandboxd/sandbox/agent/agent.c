@@ -965,7 +965,7 @@ struct child_args {
     char **argv, **envp;
     const char *cwd;
     int *fds;
-    const int *join; /* cgroup.procs fds the child writes itself into */
+    const int *join; /* the groups' join files (v1 tasks, v2 cgroup.procs) the child writes itself into */
     int njoin;
 };
 
