@@ -20,6 +20,12 @@ pytestmark = pytest.mark.skipif(
 
 _FDS = RunRequest(cmd=["sh", "-c", "ls /proc/$$/fd"])
 _CGROUP = RunRequest(cmd=["cat", "/proc/self/cgroup"])
+# A thread the program starts after exec: the child joined through `tasks`,
+# which moves the calling thread (the whole single-threaded child), and what
+# it creates later must land in the same three groups.
+_THREAD_SRC = "import threading\nthreading.Thread(target=lambda: print(open('/proc/thread-self/cgroup').read()))"
+_THREAD_SRC += ".start()"
+_THREAD_CGROUP = RunRequest(cmd=["python3", "-S", "-c", _THREAD_SRC])
 _BURN = RunRequest(cmd=["sh", "-c", "while :; do :; done"], limits=Limits(cpu_time=0.2, wall_time=20))
 _TRUE = RunRequest(cmd=["true"])
 _ALLOC = "b = b'x' * (48 << 20)\n"
@@ -43,11 +49,12 @@ def _first_child(pid: int) -> int:
 def _check_run_placement_and_accounting(engine: SyncEngine, box: Box, seen: list[str]) -> None:
     fds = engine.call(box.run(_FDS))  # (none of the agent's: cgroup files, sockets, /box)
     assert (fds.status, fds.stdout.split()) == ("ok", [b"0", b"1", b"2"]), fds
-    cg = engine.call(box.run(_CGROUP))
-    assert cg.status == "ok", cg
-    lines = dict(line.split(":", 2)[1:] for line in cg.stdout.decode().splitlines())
-    for c in ("memory", "pids", "cpuacct"):
-        assert lines[c].endswith(f"/{box.cg.name}"), (c, lines)
+    for req in (_CGROUP, _THREAD_CGROUP):
+        cg = engine.call(box.run(req))
+        assert cg.status == "ok", cg
+        lines = dict(line.split(":", 2)[1:] for line in cg.stdout.decode().splitlines() if line)
+        for c in ("memory", "pids", "cpuacct"):
+            assert lines[c].endswith(f"/{box.cg.name}"), (req.cmd, c, lines)
     burn = engine.call(box.run(_BURN))
     assert burn.status == "time_limit" and burn.message != "wall time limit", burn
     assert burn.cpu_time >= 0.2, burn
