@@ -9,7 +9,7 @@ those how many were slow inside the box (the run's own wall_time over
 --slow: the agent's clone to reap, where a cgroup migration waits), so a
 slow daemon or client is told apart from a slow run.
 
-    git -C /work/main worktree add --detach /tmp/base HEAD
+    git -C /work/main worktree add --detach /tmp/base main   # the tree to compare against
     PYTHONPATH=$PWD:$PWD/clients/python .venv/bin/python benchmarks/run_tail.py /tmp/base . [--rounds 3] [--n 5000]
 """
 
