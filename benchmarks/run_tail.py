@@ -39,32 +39,35 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=2 * (os.cpu_count() or 1))
     ap.add_argument("--slow", type=float, default=4.0, help="ms: a round trip over this counts as slow")
     a = ap.parse_args()
-    names = [f"{k}:{t}" for k, t in enumerate(a.trees)]
-    got: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
+    trees = {f"{k}:{t}": (str(k), t.resolve()) for k, t in enumerate(a.trees)}
+    got: dict[str, list[tuple[int, float]]] = {label: [] for label in trees}
     bare: list[int] = []
     stolen, l0 = steal_jiffies(), os.getloadavg()[0]
     for _ in range(a.rounds):
-        for name, tree in zip(names, a.trees, strict=True):
+        for label, (name, tree) in trees.items():
             bare += bare_true(a.n // 2)
-            proc, sock, _ = start(tree.resolve(), name.split(":")[0], a.pool)
+            proc, sock, _ = start(tree, name, a.pool)
             try:
-                got[name] += uvloop.run(trips(sock, a.n))
+                got[label] += uvloop.run(trips(sock, a.n))
             finally:
                 proc.terminate()
                 proc.wait(60)
     steal = steal_share(stolen, steal_jiffies())
     load = f"load {l0:.2f} -> {os.getloadavg()[0]:.2f}, steal {100 * steal:.1f}%"
     print(f"{load}; pool {a.pool}, {a.rounds} rounds x {a.n} per tree")
-    b = summary_ms(bare)
-    print(f"{'bare':>8s}: p50 {b['p50']:.3f} p99 {b['p99']:.3f} p99.9 {b['p99.9']:.2f} max {b['max']:.1f} ms")
-    for name, xs in got.items():
-        s = summary_ms([t for t, _ in xs])
-        slow = [(t / 1e6, w) for t, w in xs if t / 1e6 > a.slow]
-        inbox = sum(w > a.slow for _, w in slow)
+    print(f"bare: {_line(bare)}")
+    for label, xs in got.items():
+        slow = [w for t, w in xs if t / 1e6 > a.slow]
+        inbox = sum(w > a.slow for w in slow)
         print(
-            f"{name}: p50 {s['p50']:.3f} p99 {s['p99']:.3f} p99.9 {s['p99.9']:.2f} max {s['max']:.1f} ms;"
+            f"{label}: {_line([t for t, _ in xs])};"
             f" {len(slow)} of {len(xs)} over {a.slow:g} ms, {inbox} of them slow inside the box"
         )
+
+
+def _line(samples_ns: list[int]) -> str:
+    s = summary_ms(samples_ns)
+    return f"p50 {s['p50']:.3f} p99 {s['p99']:.3f} p99.9 {s['p99.9']:.2f} max {s['max']:.1f} ms"
 
 
 if __name__ == "__main__":

@@ -30,11 +30,13 @@ class V1(Backend):
     # The file a run's child writes "0" to, joining each group itself between
     # clone and exec.  `tasks` moves the calling thread only, which for a
     # single-threaded vfork child is the whole process, and the kernel then
-    # skips the host-wide cgroup_threadgroup_rwsem (cgroup_procs_write_start:
-    # "If we migrate a single thread ... we can skip the global lock").
-    # `cgroup.procs` takes it for write: each join waited for every fork, exec
-    # and exit in flight on the host and held off new ones meanwhile.  An
-    # instance attribute may name cgroup.procs again (benchmarks/cgroup_v2.py).
+    # leaves the host-wide cgroup_threadgroup_rwsem alone (a move of the
+    # writer's own single thread needs no thread-group stability:
+    # cgroup_procs_write_start).  `cgroup.procs` takes it for write, so each
+    # join waited for every fork, exec and exit in flight on the host and held
+    # off new ones meanwhile.  Kernels without that single-thread case take it
+    # either way: no gain there, no harm.  An instance attribute may name
+    # cgroup.procs again (benchmarks/cgroup_v2.py).
     join_file = "tasks"
 
     def __init__(self, instance: str, mounts: dict[str, Path]) -> None:
