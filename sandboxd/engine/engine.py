@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,10 @@ class Engine:
         self.backend: cgroups.Backend | None = None
         self.instance = Instance(cfg.instance)
         self.health = Health(lambda: self.backend, lambda: list(self.pools.values()))
+        # Called once a run's RUN is out and its box is busy, when the loop has
+        # nothing of that run to do until the agent replies: the service's
+        # deferrable work goes there (JobStore.flush_due), off the run's path.
+        self.while_running: Callable[[], None] | None = None
 
     @classmethod
     async def start(cls, cfg: EngineConfig | None = None) -> Engine:
@@ -301,6 +306,9 @@ class Engine:
                     # A retry gets fresh stdio only if the first attempt never started.
                     # (released below, so reset next: unless folded, the agent starts it behind the reply)
                     fold = pool.fold_reset()
+                    if self.while_running is not None:
+                        # (runs after box.run's first suspension: its RUN sent, unless it waited before)
+                        asyncio.get_running_loop().call_soon(self.while_running)
                     return await box.run(
                         req, stdio if attempt == 1 else None, control, then_reset=fold, reset_behind=not fold, room=room
                     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -37,7 +38,7 @@ from sandboxd.jobs.frontend import Progress
 from sandboxd.jobs.kinds import KINDS
 from sandboxd.jobs.metrics import Metrics
 from sandboxd.jobs.sessions import Sessions
-from sandboxd.jobs.store import JobStore, Stored
+from sandboxd.jobs.store import LATER, JobStore, Stored
 from sandboxd.jobs.table import Job, JobTable, decode_spec, kind_of, lost_info
 from sandboxd.jobs.timeseries import RunTimes
 from sandboxd.schema import (
@@ -81,6 +82,9 @@ class Service(Acceptance):
         self.compat_pending = 0  # jobs of compat kinds not finished: Judge0's queue count
         self.results_ttl = results_ttl
         self.store = store or JobStore(":memory:", results_ttl)
+        # Results waiting to join a batch commit while a box runs, if they have waited half their time.
+        self._while_running = functools.partial(self.store.flush_due, LATER / 2)
+        engine.while_running = self._while_running
         self.table = JobTable(self.store, results_ttl)
         self.jobs = self.table.jobs  # unfinished (and final, not yet saved) jobs by id
         self.recent = RunTimes()  # recent run wall times and per-second buckets, for status and the dashboard
@@ -140,6 +144,8 @@ class Service(Acceptance):
         """After drain: the store has every result and every kept job."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.engine.while_running is self._while_running:  # (an engine outlives its services in tests)
+            self.engine.while_running = None
         await self.store.close()
 
     # --- job life cycle ---------------------------------------------------
