@@ -19,7 +19,7 @@ power loses its running boxes anyway, and a fleet keeps its jobs in Redis.
 Group commit: every write is queued on the event loop and a single writer
 task hands everything queued within one loop iteration to one transaction
 (a result, which nobody awaits, may wait LATER seconds for company, and
-commits while a box runs once it has waited half of that: flush_due).  An
+commits as a box starts a run once it has waited half of that: flush_due).  An
 acknowledgement awaits the future of its insert, which resolves when its
 batch has committed.  The transaction itself runs on the loop's thread: with
 NORMAL a commit touches no disk (write(2)s into the page cache, tens of
@@ -139,7 +139,7 @@ class JobStore:
         self._pending: list[Op] = []
         self._scheduled = False  # a flush is due in the next loop iteration
         self._timer: asyncio.TimerHandle | None = None
-        self._later_since = 0.0  # loop time the oldest op waiting for company was queued (the timer's)
+        self._later_since = 0.0  # loop time the timer for ops waiting for company was armed
         self._writing: asyncio.Future[list[tuple[bool, Any]]] | None = None  # a batch on the writer thread
         self._evicting = False
         # The checkpointer and the writer: each its own thread; the checkpointer
@@ -199,8 +199,9 @@ class JobStore:
             self._timer = loop.call_later(delay, self._kick)
 
     def flush_due(self, min_age: float) -> None:
-        """Commit what has waited min_age for company, while a box runs (Engine.while_running):
-        at its timer, the batch (~230 µs for ten results) fell on a reply (benchmarks/timeline.py)."""
+        """Commit what has waited min_age for company, called as a box starts a run
+        (Engine.while_running): at its timer, the batch (~230 µs for ten results) fell on
+        whichever reply came in then; now it is usually off any (benchmarks/timeline.py)."""
         if self._timer is not None and asyncio.get_running_loop().time() - self._later_since >= min_age:
             self._kick()
 
