@@ -67,16 +67,17 @@ def percentile(sorted_xs: Sequence[float], p: float) -> float:
 
 
 def summary_ms(samples_ns: Sequence[int]) -> dict[str, float]:
-    """p50/p90/p99/p99.9/min/max/mean in milliseconds of nanosecond samples."""
+    """p50/p90/p95/p99/p99.9/min/max/mean in milliseconds of nanosecond samples."""
     xs = sorted(x / 1e6 for x in samples_ns)
     if not xs:
         nan = float("nan")
-        return {"n": 0, "p50": nan, "p90": nan, "p99": nan, "p99.9": nan, "min": nan, "max": nan}
+        return {"n": 0, "p50": nan, "p90": nan, "p95": nan, "p99": nan, "p99.9": nan, "min": nan, "max": nan}
     return {
         "n": len(xs),
         "min": xs[0],
         "p50": percentile(xs, 50),
         "p90": percentile(xs, 90),
+        "p95": percentile(xs, 95),
         "p99": percentile(xs, 99),
         "p99.9": percentile(xs, 99.9),
         "max": xs[-1],

@@ -67,7 +67,8 @@ def main() -> None:
 
 def _line(samples_ns: list[int]) -> str:
     s = summary_ms(samples_ns)
-    return f"p50 {s['p50']:.3f} p99 {s['p99']:.3f} p99.9 {s['p99.9']:.2f} max {s['max']:.1f} ms"
+    head = f"p50 {s['p50']:.3f} p90 {s['p90']:.3f} p95 {s['p95']:.3f} p99 {s['p99']:.3f}"
+    return f"{head} p99.9 {s['p99.9']:.2f} max {s['max']:.1f} ms"
 
 
 if __name__ == "__main__":
