@@ -82,7 +82,7 @@ class Service(Acceptance):
         self.compat_pending = 0  # jobs of compat kinds not finished: Judge0's queue count
         self.results_ttl = results_ttl
         self.store = store or JobStore(":memory:", results_ttl)
-        # Results waiting to join a batch commit while a box runs, if they have waited half their time.
+        # Results waiting to join a batch commit as a box starts a run, once they have waited half their time.
         self._while_running = functools.partial(self.store.flush_due, LATER / 2)
         engine.while_running = self._while_running
         self.table = JobTable(self.store, results_ttl)

@@ -139,7 +139,6 @@ class JobStore:
         self._pending: list[Op] = []
         self._scheduled = False  # a flush is due in the next loop iteration
         self._timer: asyncio.TimerHandle | None = None
-        self._later_since = 0.0  # loop time the timer for ops waiting for company was armed
         self._writing: asyncio.Future[list[tuple[bool, Any]]] | None = None  # a batch on the writer thread
         self._evicting = False
         # The checkpointer and the writer: each its own thread; the checkpointer
@@ -194,15 +193,14 @@ class JobStore:
         if not delay:
             self._kick()
         elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._later_since = loop.time()
-            self._timer = loop.call_later(delay, self._kick)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._kick)
 
-    def flush_due(self, min_age: float) -> None:
-        """Commit what has waited min_age for company, called as a box starts a run
-        (Engine.while_running): at its timer, the batch (~230 µs for ten results) fell on
-        whichever reply came in then; now it is usually off any (benchmarks/timeline.py)."""
-        if self._timer is not None and asyncio.get_running_loop().time() - self._later_since >= min_age:
+    def flush_due(self, within: float) -> None:
+        """Commit now what waits for company if its timer is due within `within` s:
+        called as a box starts a run (Engine.while_running).  At its timer, the batch
+        (~230 µs for ten results) fell on whichever reply came in then; now it is
+        usually off any (benchmarks/timeline.py)."""
+        if self._timer is not None and self._timer.when() - asyncio.get_running_loop().time() <= within:
             self._kick()
 
     def _kick(self) -> None:

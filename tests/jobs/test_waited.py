@@ -14,6 +14,7 @@ from box_fixtures import SyncEngine
 from test_accept_path import saved
 
 from sandboxd.errors import ServiceError
+from sandboxd.jobs import service as service_mod
 from sandboxd.jobs import store as store_mod
 from sandboxd.jobs.fingerprint import fingerprint
 from sandboxd.jobs.service import STOPPED, Service
@@ -243,16 +244,17 @@ def test_a_result_waiting_for_company_commits_while_the_next_run_is_in_its_box(
 ) -> None:
     """Its batch's timer (here a minute) is not what commits it: the next run's
     dispatch does, while that run's box is busy (Engine.while_running ->
-    JobStore.flush_due, once the result has waited half of the real LATER),
-    so the commit is usually off any reply (issue 18)."""
-    monkeypatch.setattr(store_mod, "LATER", 60.0)  # (the timer; flush_due's min_age stays LATER / 2 = 5 ms)
+    JobStore.flush_due: with the daemon's LATER, once the result has waited
+    half of it), so the commit is usually off any reply (issue 18)."""
+    monkeypatch.setattr(store_mod, "LATER", 60.0)  # the timer: a minute away
+    monkeypatch.setattr(service_mod, "LATER", 240.0)  # the service's window, LATER / 2: 2 min, so due at once
 
     async def scenario() -> None:
         svc, _ = _svc(engine, tmp_path / "j.sqlite3")
         try:
             first = await svc.start_run(RunRequest(cmd=["true"]), idempotency_key="c-1", waited=True)
             assert (await svc.wait_job(first.job)).state == "done"
-            svc.store.flush_due(60.0)  # (not waited that long: nothing is committed)
+            svc.store.flush_due(1.0)  # (not due within a second: nothing is committed)
             await asyncio.sleep(0.2)
             assert await svc.store.get(first.job) is None  # (waiting for company: the timer is a minute away)
             second = await svc.start_run(SLOW, idempotency_key="c-2", waited=True)
