@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import functools
+import inspect
 import os
 import statistics
 import sys
@@ -58,7 +59,7 @@ def _daemon(out: str, argv: list[str]) -> int:
     clock = time.perf_counter_ns
 
     def wrap(fn: Callable[..., Any], enter: str | None, leave: str | None) -> Callable[..., Any]:
-        if getattr(fn, "__code__", None) is not None and fn.__code__.co_flags & 0x80:  # CO_COROUTINE
+        if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def marked_async(*a: Any, **k: Any) -> Any:
