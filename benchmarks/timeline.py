@@ -123,6 +123,27 @@ def runs_of(path: str) -> list[dict[str, int]]:
     return runs
 
 
+def _tail(runs: list[dict[str, int]]) -> None:
+    """Which stages make the slowest 1% of requests (frame -> reply) slow:
+    each stage's mean in those requests, against its median over all."""
+    total = sorted(runs, key=lambda r: r["reply"] - r["frame"])
+    slow = total[int(0.99 * len(total)) :]
+    edge = (slow[0]["reply"] - slow[0]["frame"]) / 1e3
+    print(f"\nthe slowest 1% ({len(slow)} requests, frame -> reply from {edge:.0f} µs):")
+    print("| stage | median, all µs | mean, slowest 1% | excess |")
+    print("|---|---|---|---|")
+    for a_, b_, what in STAGES[1:]:
+        med = statistics.median((r[b_] - r[a_]) / 1e3 for r in runs)
+        mean = statistics.fmean((r[b_] - r[a_]) / 1e3 for r in slow)
+        print(f"| {what} | {med:.1f} | {mean:.1f} | {mean - med:+.1f} |")
+    walled = [r for r in slow if "wall" in r]
+    if walled:
+        med = statistics.median(r["wall"] / 1e3 for r in runs if "wall" in r)
+        mean = statistics.fmean(r["wall"] / 1e3 for r in walled)
+        what = "of the agent's stage, the run's own wall_time in the box"
+        print(f"| {what} | {med:.1f} | {mean:.1f} | {mean - med:+.1f} |")
+
+
 def pct(xs: list[float], q: float) -> float:
     return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
 
@@ -153,7 +174,11 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(60)
-    runs = [r for r in runs_of(out) if all(k in r for k in ("engine", "to_agent", "from_agent", "result", "reply"))]
+    runs = runs_of(out)
+    if len(runs) == a.rounds * (a.n + 20):  # each round: 20 warm-ups (no wall_time kept), then n
+        for i, w in enumerate(walls):
+            runs[(i // a.n) * (a.n + 20) + 20 + i % a.n]["wall"] = int(w * 1e6)
+    runs = [r for r in runs if all(k in r for k in ("engine", "to_agent", "from_agent", "result", "reply"))]
     runs = [r for r in runs if r["frame"] < r["to_agent"] < r["from_agent"] < r["result"] < r["reply"]]
     print(f"load average {os.getloadavg()[0]:.2f}; {a.rounds} rounds x {a.n} socket round trips of /bin/true")
     print(f"{len(runs)} requests with every mark in order (the 20 warm-up ones per round included)\n")
@@ -163,6 +188,7 @@ def main() -> None:
         start_key = "prev_reply" if a_ == "reply" else a_
         xs = [(r[b_] - r[start_key]) / 1e3 for r in runs if r.get(start_key)]
         print(f"| {what} | {statistics.median(xs):.1f} | {pct(xs, 0.9):.1f} | {pct(xs, 0.99):.1f} |")
+    _tail(runs)
     # the daemon's share of the critical path
     daemon = statistics.median((r["to_agent"] - r["frame"] + r["reply"] - r["from_agent"]) / 1e3 for r in runs)
     print(f"\ndaemon on the critical path (frame -> to_agent, from_agent -> reply): p50 {daemon:.1f} µs")
