@@ -68,8 +68,10 @@ class _Agent:
 
 
 class _Server(asyncio.Protocol):
-    def __init__(self, pool: collections.deque[_Agent], waiting: collections.deque[asyncio.Future[_Agent]]) -> None:
-        self.pool, self.waiting = pool, waiting
+    def __init__(
+        self, pool: collections.deque[_Agent], waiting: collections.deque[asyncio.Future[_Agent]], null_fd: int
+    ) -> None:
+        self.pool, self.waiting, self.null_fd = pool, waiting, null_fd
         self.buf = b""
         self.tasks: set[asyncio.Task[None]] = set()  # (the loop keeps only weak references)
         self.transport: asyncio.WriteTransport | None = None
@@ -103,7 +105,7 @@ class _Server(asyncio.Protocol):
             os.set_blocking(out_r, False)
             os.set_blocking(err_r, False)
             agent.waiter = asyncio.get_running_loop().create_future()
-            fds = array.array("i", [NULL_FD, out_w, err_w])
+            fds = array.array("i", [self.null_fd, out_w, err_w])
             agent.sock.sendmsg([body["cmd"][0].encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
             os.close(out_w)
             os.close(err_w)
@@ -132,20 +134,16 @@ class _Server(asyncio.Protocol):
         self.transport.write(LEN.pack(len(data)) + data)
 
 
-NULL_FD = -1
-
-
 def serve(path: str, pool_size: int, binary: str) -> None:
     import uvloop
 
-    global NULL_FD
-    NULL_FD = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    null_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # every run's stdin
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         pool = collections.deque(_Agent(binary, loop) for _ in range(pool_size))
         waiting: collections.deque[asyncio.Future[_Agent]] = collections.deque()
-        server = await loop.create_unix_server(lambda: _Server(pool, waiting), path)
+        server = await loop.create_unix_server(lambda: _Server(pool, waiting, null_fd), path)
         async with server:
             await server.serve_forever()
 
