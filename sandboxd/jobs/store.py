@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sandboxd.jobs import blobs
+from sandboxd.jobs.keyfilter import StoreKeys
 from sandboxd.jobs.storerows import (
     BY_KEY,
     EVICTED,
@@ -136,6 +137,7 @@ class JobStore:
         migrate(self.db)
         self.db.executescript(INDEXES)
         self.usage = Usage(self.db, max_bytes or default_max_bytes(self.path))
+        self.keys = StoreKeys(self.db)  # the keys its rows may hold: by_key's SELECT only for those
         self._pending: list[Op] = []
         self._scheduled = False  # a flush is due in the next loop iteration
         self._timer: asyncio.TimerHandle | None = None
@@ -254,6 +256,8 @@ class JobStore:
                 log.error("job store: %s", val)
         self._checkpoint()
         self._evict()
+        quiet = not self._pending and self._writing is None
+        self.keys.rebuild(quiet, self._ckpt or self.db, None if self._ckpt is None else self._pool)
 
     def _apply(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
         """One transaction, on the loop's thread when small: with synchronous=NORMAL a WAL
@@ -338,6 +342,7 @@ class JobStore:
         count from now (check_room first)."""
         n = len(job.spec) + sum(len(p) for p in job.more)
         self.usage.open += n
+        self.keys.note(job.key)
 
         def insert(db: sqlite3.Connection) -> Stored | None:
             try:
@@ -399,6 +404,7 @@ class JobStore:
         done(False, IntegrityError) if its id or key is taken."""
         n = len(info)
         j = job
+        self.keys.note(j.key)
         row = (j.id, j.kind, j.callback_url, j.key, j.fingerprint, state, j.created_at, finished_at, n)
 
         def write(db: sqlite3.Connection) -> int:
@@ -430,7 +436,10 @@ class JobStore:
         admission, so a full queue never refuses it.  On the writer's own
         connection between batches (it sees exactly the committed rows then):
         the readers' re-reads its pages after every commit, ~10 µs more per
-        lookup, and a waited keyed job makes one per run (sandboxd.jobs.accept)."""
+        lookup, and a waited keyed job makes one per run (sandboxd.jobs.accept).
+        A key the filter has never seen is in no row: no SELECT (issue 18)."""
+        if not self.keys.may_hold(key):
+            return None
         if self._writing is None:
             # (no BEGIN/COMMIT: nothing else writes meanwhile, so row and result agree: issue 18)
             return stored(self.db, self.db.execute(BY_KEY, (key,)).fetchone())

@@ -126,6 +126,7 @@ FINAL = (
     "INSERT INTO jobs (id, kind, callback_url, idem_key, fingerprint, state, created_at, finished_at, size)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+KEYS = "SELECT idem_key FROM jobs WHERE idem_key IS NOT NULL"  # (the partial jobs_key alone: a filter's keys)
 UNFINISHED = f"SELECT {cols(SPEC, 'NULL')} FROM jobs WHERE finished_at IS NULL ORDER BY seq"
 LIVE = f"state NOT IN ('{EXPIRED}', '{EVICTED}')"  # a row that is not a tombstone
 # The oldest results first (tombstones have size 0: the partial index jobs_results skips them).

@@ -1,0 +1,137 @@
+"""Which idempotency keys the job store may hold: a Bloom filter that lets a
+new key skip the store's SELECT (issue 18).
+
+A waited keyed run (the socket's and HTTP's plain run) asks the store whether
+its key already names a finished job before it starts (sandboxd.jobs.accept):
+one indexed SELECT, ~16-20 µs of the daemon's per-run CPU as the loop runs it
+(cold caches between runs), and the answer is "no" for all but a retry.  The
+filter answers most of those "no"s in a microsecond.
+
+The one rule: every key a row of the store holds is in the filter.  A key is
+added when its row is queued (before its commit, so a superset); keys are
+never removed (a tombstone's freed key stays, a false positive: the SELECT
+tells).  False positives cost the SELECT they would have cost anyway; a false
+negative would run a finished job again, and the rule excludes it.
+
+Bounded: BITS bits (1 MiB) whatever the store holds.  Its false-positive rate
+grows with the keys added, so after REBUILD_AFTER of them the store builds a
+new one from the keys its rows still hold (StoreKeys.rebuild: a scan on
+the checkpointer's thread), adding to both filters what is queued meanwhile.
+A store that holds more live keys than that still answers right, only more
+often by the SELECT.
+
+Why not a library: what is needed is two operations on a bytearray; the
+Bloom-filter packages on PyPI add hashing of their own (a C extension or pure
+Python mmh3), and Python's str hash is already a keyed SipHash, computed once
+per string and cached in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from concurrent.futures import Executor
+
+from sandboxd.jobs.storerows import KEYS
+
+log = logging.getLogger(__name__)
+BITS_LOG2 = 23  # 8 Mi bits, 1 MiB
+# With 3 probes, 2^19 keys in 2^23 bits: ~0.5% false positives (1 - e^(-3n/m))^3.
+REBUILD_AFTER = 1 << 19
+_MASK64 = (1 << 64) - 1
+
+
+class KeyFilter:
+    """A Bloom filter of strings, 3 probes by double hashing of Python's hash()
+    (randomized per process: nobody outside can aim keys at one bit)."""
+
+    __slots__ = ("_bits", "_mask", "added")
+
+    def __init__(self, bits_log2: int = BITS_LOG2) -> None:
+        self._bits = bytearray(1 << (bits_log2 - 3))
+        self._mask = (1 << bits_log2) - 1
+        self.added = 0  # keys added since it was made (the store rebuilds it past REBUILD_AFTER)
+
+    def add(self, key: str) -> None:
+        bits, (p, q, r) = self._bits, self._probes(key)
+        bits[p >> 3] |= 1 << (p & 7)
+        bits[q >> 3] |= 1 << (q & 7)
+        bits[r >> 3] |= 1 << (r & 7)
+        self.added += 1
+
+    def may_hold(self, key: str) -> bool:
+        """False: no row of the store holds `key` (see the module's rule)."""
+        bits, (p, q, r) = self._bits, self._probes(key)
+        return bool(bits[p >> 3] & (1 << (p & 7)) and bits[q >> 3] & (1 << (q & 7)) and bits[r >> 3] & (1 << (r & 7)))
+
+    def _probes(self, key: str) -> tuple[int, int, int]:
+        """Three bit positions from one 64-bit hash (Kirsch-Mitzenmacher double hashing)."""
+        h, mask = hash(key) & _MASK64, self._mask
+        a, b = h & mask, (h >> 32) | 1
+        return a, (a + b) & mask, (a + 2 * b) & mask
+
+    def size(self) -> int:
+        """Bytes it holds (fixed)."""
+        return len(self._bits)
+
+
+class StoreKeys:
+    """A job store's filter (JobStore.keys) and its rebuild."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        """db: the store's, its schema made; the filter starts with every key its rows hold."""
+        self.filter = KeyFilter()
+        fill(db, self.filter)
+        self._next: KeyFilter | None = None  # being rebuilt: what is queued meanwhile goes in both
+        self.skipped = 0  # lookups it answered (no SELECT)
+        self.rebuilds = 0
+
+    def note(self, key: str | None) -> None:
+        """A row holding `key` is queued (before its commit: the filter stays a superset)."""
+        if key is not None:
+            self.filter.add(key)
+            if self._next is not None:
+                self._next.add(key)
+
+    def may_hold(self, key: str) -> bool:
+        if self.filter.may_hold(key):
+            return True
+        self.skipped += 1
+        return False
+
+    def rebuild(self, quiet: bool, db: sqlite3.Connection, pool: Executor | None) -> None:
+        """Past REBUILD_AFTER keys, a new filter from the keys the rows still hold.
+        quiet: nothing is queued or committing in the store, so every key queued
+        before is in the scan's snapshot, and every key queued after is noted in
+        the new filter too.  pool: the thread that scans, on `db` (None: inline)."""
+        if self.filter.added < REBUILD_AFTER or self._next is not None or not quiet:
+            return
+        nxt = self._next = KeyFilter()
+        if pool is None:
+            fill(db, nxt)
+            self._rebuilt(nxt)
+            return
+
+        def done(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                self._rebuilt(nxt)
+            else:  # (the old filter is still a superset: kept, tried again after a later batch)
+                self._next = None
+                log.error("job store: the key filter was not rebuilt: %s", f.exception() if not f.cancelled() else f)
+
+        asyncio.get_running_loop().run_in_executor(pool, fill, db, nxt).add_done_callback(done)
+
+    def _rebuilt(self, nxt: KeyFilter) -> None:
+        self.filter, self._next = nxt, None
+        self.rebuilds += 1
+
+
+def fill(db: sqlite3.Connection, keys: KeyFilter) -> None:
+    """Every key the store's rows hold, added to `keys` (one read transaction)."""
+    db.execute("BEGIN")
+    try:
+        for (key,) in db.execute(KEYS):
+            keys.add(key)
+    finally:
+        db.execute("COMMIT")
