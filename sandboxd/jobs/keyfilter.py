@@ -85,6 +85,7 @@ class StoreKeys:
         fill(db, self.filter)
         self._next: KeyFilter | None = None  # being rebuilt: what is queued meanwhile goes in both
         self.skipped = 0  # lookups it answered (no SELECT)
+        self.asked = 0  # lookups it passed to the store (a key held, or a false positive)
         self.rebuilds = 0
 
     def note(self, key: str | None) -> None:
@@ -96,9 +97,14 @@ class StoreKeys:
 
     def may_hold(self, key: str) -> bool:
         if self.filter.may_hold(key):
+            self.asked += 1
             return True
         self.skipped += 1
         return False
+
+    def snapshot(self) -> dict[str, int]:
+        """For /metrics: lookups by who answered them, and rebuilds."""
+        return {"filter": self.skipped, "store": self.asked, "rebuilds": self.rebuilds}
 
     def rebuild(self, quiet: bool, db: sqlite3.Connection, pool: Executor | None) -> None:
         """Past REBUILD_AFTER keys, a new filter from the keys the rows still hold.

@@ -87,18 +87,31 @@ class Metrics(FrontendMetrics):
             "sandboxd_job_store_evicted", "Results evicted to keep the job store within its limit", registry=r
         )
         self._evicted = 0  # of the store's count, already in the counter
+        # An idempotency key's lookup before a waited keyed run (sandboxd.jobs.keyfilter):
+        # answered by the filter (a new key), or by the store (a retry, or a false positive).
+        self.key_lookups = Counter(
+            "sandboxd_job_store_key_lookups", "Idempotency key lookups, by what answered", ["answer"], registry=r
+        )
+        self.key_filter_rebuilds = Counter(
+            "sandboxd_job_store_key_filter_rebuilds", "Rebuilds of the store's key filter", registry=r
+        )
+        self._keys = {"filter": 0, "store": 0, "rebuilds": 0}  # of the filter's counts, already in the counters
 
     def set_budget(self, limit: int, used: dict[str, int]) -> None:
         self.budget_limit.set(limit)
         for holder, n in used.items():
             self.budget_used.labels(holder).set(n)
 
-    def set_store(self, usage: dict[str, int]) -> None:
+    def set_store(self, usage: dict[str, int], keys: dict[str, int]) -> None:
         self.store_limit.set(usage["limit"])
         self.store_bytes.labels("unfinished").set(usage["unfinished"])
         self.store_bytes.labels("results").set(usage["results"])
         self.store_evicted.inc(usage["evicted"] - self._evicted)
         self._evicted = usage["evicted"]
+        for answer in ("filter", "store"):
+            self.key_lookups.labels(answer).inc(keys[answer] - self._keys[answer])
+        self.key_filter_rebuilds.inc(keys["rebuilds"] - self._keys["rebuilds"])
+        self._keys = dict(keys)
 
 
 class CoordinatorMetrics(FrontendMetrics):

@@ -79,7 +79,7 @@ def refresh_metrics(svc: Service) -> None:
         m.jobs.labels(state).set(n)
     eng = svc.engine
     m.set_budget(eng.budget.limit, eng.budget.used)
-    m.set_store(svc.store.usage.snapshot())
+    m.set_store(svc.store.usage.snapshot(), svc.store.keys.snapshot())
     for result, n in eng.compile_counts.items():
         m.compiles.labels(result).set(n)
     if svc.files is not None:

@@ -87,6 +87,12 @@ def test_a_waited_job_is_written_once_at_its_end(engine: SyncEngine, tmp_path: P
             await asyncio.sleep(0.1)
             assert _idle(engine) and not svc.jobs
             assert (await svc.store.count()) == {"done": 1}
+            # The key's first lookup was the filter's (a new key: no SELECT); the two
+            # waited retries' went to the store, which holds it (sandboxd.jobs.keyfilter).
+            metrics = (await svc.metrics_text()).decode()
+            assert 'sandboxd_job_store_key_lookups_total{answer="filter"} 1.0' in metrics, metrics
+            assert 'sandboxd_job_store_key_lookups_total{answer="store"} 2.0' in metrics, metrics
+            assert "sandboxd_job_store_key_filter_rebuilds_total 0.0" in metrics
         finally:
             await svc.close()
 
