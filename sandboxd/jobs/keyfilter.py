@@ -16,7 +16,8 @@ negative would run a finished job again, and the rule excludes it.
 Bounded: BITS bits (1 MiB) whatever the store holds.  Its false-positive rate
 grows with the keys added, so after REBUILD_AFTER of them the store builds a
 new one from the keys its rows still hold (StoreKeys.rebuild: a scan on
-the checkpointer's thread), adding to both filters what is queued meanwhile.
+the checkpointer's thread); what is queued meanwhile goes into both, into the
+new one on the loop once the scan is done.
 A store that holds more live keys than that still answers right, only more
 often by the SELECT.
 
@@ -83,7 +84,10 @@ class StoreKeys:
         """db: the store's, its schema made; the filter starts with every key its rows hold."""
         self.filter = KeyFilter()
         fill(db, self.filter)
-        self._next: KeyFilter | None = None  # being rebuilt: what is queued meanwhile goes in both
+        # Being rebuilt: the keys queued meanwhile, added to the new filter on the loop once
+        # the scan is done (never while the scan's thread sets its bits: `|=` on a byte is a
+        # read and a write, and a thread switch between them would lose the other's bit).
+        self._during: list[str] | None = None
         self.skipped = 0  # lookups it answered (no SELECT)
         self.asked = 0  # lookups it passed to the store (a key held, or a false positive)
         self.rebuilds = 0
@@ -92,8 +96,8 @@ class StoreKeys:
         """A row holding `key` is queued (before its commit: the filter stays a superset)."""
         if key is not None:
             self.filter.add(key)
-            if self._next is not None:
-                self._next.add(key)
+            if self._during is not None:
+                self._during.append(key)
 
     def may_hold(self, key: str) -> bool:
         if self.filter.may_hold(key):
@@ -109,11 +113,12 @@ class StoreKeys:
     def rebuild(self, quiet: bool, db: sqlite3.Connection, pool: Executor | None) -> None:
         """Past REBUILD_AFTER keys, a new filter from the keys the rows still hold.
         quiet: nothing is queued or committing in the store, so every key queued
-        before is in the scan's snapshot, and every key queued after is noted in
-        the new filter too.  pool: the thread that scans, on `db` (None: inline)."""
-        if self.filter.added < REBUILD_AFTER or self._next is not None or not quiet:
+        before is in the scan's snapshot, and every key queued after is noted
+        for the new filter too.  pool: the thread that scans, on `db` (None: inline).
+        Bounded: the keys queued while one scan runs (a scan of 2^19 rows: ~1 s)."""
+        if self.filter.added < REBUILD_AFTER or self._during is not None or not quiet:
             return
-        nxt = self._next = KeyFilter()
+        nxt, self._during = KeyFilter(), []
         if pool is None:
             fill(db, nxt)
             self._rebuilt(nxt)
@@ -123,13 +128,17 @@ class StoreKeys:
             if not f.cancelled() and f.exception() is None:
                 self._rebuilt(nxt)
             else:  # (the old filter is still a superset: kept, tried again after a later batch)
-                self._next = None
+                self._during = None
                 log.error("job store: the key filter was not rebuilt: %s", f.exception() if not f.cancelled() else f)
 
         asyncio.get_running_loop().run_in_executor(pool, fill, db, nxt).add_done_callback(done)
 
     def _rebuilt(self, nxt: KeyFilter) -> None:
-        self.filter, self._next = nxt, None
+        """On the loop, the scan done: the keys queued meanwhile added, then the new filter in use."""
+        assert self._during is not None
+        for key in self._during:
+            nxt.add(key)
+        self.filter, self._during = nxt, None
         self.rebuilds += 1
 
 
