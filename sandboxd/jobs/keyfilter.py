@@ -14,12 +14,17 @@ tells).  False positives cost the SELECT they would have cost anyway; a false
 negative would run a finished job again, and the rule excludes it.
 
 Bounded: BITS bits (1 MiB) whatever the store holds.  Its false-positive rate
-grows with the keys added, so after REBUILD_AFTER of them the store builds a
-new one from the keys its rows still hold (StoreKeys.rebuild: a scan on
-the checkpointer's thread); what is queued meanwhile goes into both, into the
-new one on the loop once the scan is done.
-A store that holds more live keys than that still answers right, only more
-often by the SELECT.
+grows with the keys added, so after REBUILD_AFTER of them (and at least as
+many as its rows held at the last scan: StoreKeys.due) the store builds a
+new one from the keys its rows still hold (StoreKeys.rebuild: a scan on the
+checkpointer's thread); what is queued meanwhile goes into both, into the
+new one on the loop once the scan is done.  A store that holds more live
+keys than the filter is sized for still answers right, only more often by
+the SELECT.
+
+One writer per store file (each instance has its own state directory): the
+filter knows the keys this process queued and those the file held when it
+was opened, not rows another process adds to the same file.
 
 Why not a library: what is needed is two operations on a bytearray; the
 Bloom-filter packages on PyPI add hashing of their own (a C extension or pure
@@ -84,10 +89,13 @@ class StoreKeys:
         """db: the store's, its schema made; the filter starts with every key its rows hold."""
         self.filter = KeyFilter()
         fill(db, self.filter)
+        self._scanned = self.filter.added  # keys the filter was built from: the rows' at its scan
         # Being rebuilt: the keys queued meanwhile, added to the new filter on the loop once
         # the scan is done (never while the scan's thread sets its bits: `|=` on a byte is a
         # read and a write, and a thread switch between them would lose the other's bit).
         self._during: list[str] | None = None
+        self.scan: asyncio.Future[None] | None = None  # the scan on the store's thread, while it runs
+        self.closing = False  # the store is closing: no new scan
         self.skipped = 0  # lookups it answered (no SELECT)
         self.asked = 0  # lookups it passed to the store (a key held, or a false positive)
         self.rebuilds = 0
@@ -110,32 +118,49 @@ class StoreKeys:
         """For /metrics: lookups by who answered them, and rebuilds."""
         return {"filter": self.skipped, "store": self.asked, "rebuilds": self.rebuilds}
 
+    def due(self) -> bool:
+        """REBUILD_AFTER keys noted since the scan it was built from, and at least
+        as many as that scan found: a store of L live keys is scanned once per L
+        new keys, not after every batch, one row read per key noted (amortized)."""
+        return self.filter.added - self._scanned >= max(REBUILD_AFTER, self._scanned)
+
     def rebuild(self, quiet: bool, db: sqlite3.Connection, pool: Executor | None) -> None:
-        """Past REBUILD_AFTER keys, a new filter from the keys the rows still hold.
+        """When due, a new filter from the keys the rows still hold.
         quiet: nothing is queued or committing in the store, so every key queued
         before is in the scan's snapshot, and every key queued after is noted
         for the new filter too.  pool: the thread that scans, on `db` (None: inline).
-        Bounded: the keys queued while one scan runs (a scan of 2^19 rows: ~1 s)."""
-        if self.filter.added < REBUILD_AFTER or self._during is not None or not quiet:
+        Bounded: the keys queued while one scan runs (a scan of 2^19 rows: ~0.6 s)."""
+        if not quiet or self.closing or self._during is not None or not self.due():
             return
         nxt, self._during = KeyFilter(), []
         if pool is None:
-            fill(db, nxt)
+            try:
+                fill(db, nxt)
+            except Exception as e:  # (the old filter is still a superset: kept, tried again when due)
+                self._failed(e)
+                return
             self._rebuilt(nxt)
             return
 
         def done(f: asyncio.Future[None]) -> None:
-            if not f.cancelled() and f.exception() is None:
+            self.scan = None
+            if f.cancelled() or f.exception() is not None:
+                self._failed(f.exception() if not f.cancelled() else "cancelled")
+            else:
                 self._rebuilt(nxt)
-            else:  # (the old filter is still a superset: kept, tried again after a later batch)
-                self._during = None
-                log.error("job store: the key filter was not rebuilt: %s", f.exception() if not f.cancelled() else f)
 
-        asyncio.get_running_loop().run_in_executor(pool, fill, db, nxt).add_done_callback(done)
+        self.scan = asyncio.get_running_loop().run_in_executor(pool, fill, db, nxt)
+        self.scan.add_done_callback(done)
+
+    def _failed(self, why: object) -> None:
+        self._during = None
+        self._scanned = self.filter.added  # (due again after as many keys: not after every batch)
+        log.error("job store: the key filter was not rebuilt: %s", why)
 
     def _rebuilt(self, nxt: KeyFilter) -> None:
         """On the loop, the scan done: the keys queued meanwhile added, then the new filter in use."""
         assert self._during is not None
+        self._scanned = nxt.added
         for key in self._during:
             nxt.add(key)
         self.filter, self._during = nxt, None

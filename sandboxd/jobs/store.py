@@ -74,8 +74,11 @@ from typing import Any, TypeVar
 from sandboxd.jobs import blobs
 from sandboxd.jobs.keyfilter import StoreKeys
 from sandboxd.jobs.storerows import (
+    ACCEPTED,
     BY_KEY,
+    DELETE_DUE,
     EVICTED,
+    EXPIRE_DUE,
     EXPIRED,
     FINAL,
     GET,
@@ -83,6 +86,7 @@ from sandboxd.jobs.storerows import (
     LIVE,
     OPEN,
     SCHEMA,
+    SWEEP_CHUNK,
     JobIdInUse,
     NewJob,
     Split,
@@ -108,7 +112,6 @@ Done = Callable[[bool, Any], None]  # after a batch: (ok, the operation's result
 Op = tuple[Callable[[sqlite3.Connection], Any], Done | None, int]  # (statements, then, bytes it writes)
 
 LATER = 0.01  # seconds a result may wait to join a batch (a crash meanwhile: the job runs again)
-SWEEP_CHUNK = 500  # rows per sweep statement: the loop (and inserts) wait for one chunk, not for all
 CHECKPOINT_EVERY = 1.0  # seconds
 # A batch writing this many bytes of specs and results commits on the writer
 # thread: below it, the thread hop costs more than the write (benchmarks/durable.py).
@@ -347,9 +350,7 @@ class JobStore:
         def insert(db: sqlite3.Connection) -> Stored | None:
             try:
                 cur = db.execute(
-                    "INSERT INTO jobs (id, kind, callback_url, idem_key, fingerprint, state, created_at, size)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job.id, job.kind, job.callback_url, job.key, job.fingerprint, OPEN, job.created_at, n),
+                    ACCEPTED, (job.id, job.kind, job.callback_url, job.key, job.fingerprint, OPEN, job.created_at, n)
                 )
             except sqlite3.IntegrityError:
                 if job.key is not None:
@@ -469,15 +470,11 @@ class JobStore:
         (and on the writer thread: nobody waits for a sweep)."""
         now = time.time() if now is None else now
         done = 0
-        # (`size`: each query on its partial index, results or tombstones; every row
-        # finished 2 x results_ttl ago is a tombstone once the first query is done.)
-        expire = f"seq IN (SELECT seq FROM jobs WHERE finished_at < ? AND size > 0 AND {LIVE} LIMIT {SWEEP_CHUNK})"
-        old = f"SELECT seq FROM jobs WHERE finished_at < ? AND size = 0 LIMIT {SWEEP_CHUNK}"
-        delete = f"DELETE FROM jobs WHERE seq IN ({old})"
-        for sql, cutoff in ((expire, now - self.ttl), (delete, now - 2 * self.ttl)):
+        # (every row finished 2 x results_ttl ago is a tombstone once the first query is done)
+        for sql, cutoff in ((EXPIRE_DUE, now - self.ttl), (DELETE_DUE, now - 2 * self.ttl)):
 
             def chunk(db: sqlite3.Connection, sql: str = sql, cutoff: float = cutoff) -> tuple[int, int]:
-                if sql is expire:
+                if sql is EXPIRE_DUE:
                     return tombstones(db, EXPIRED, sql, (cutoff,))
                 return db.execute(sql, (cutoff,)).rowcount, 0
 
@@ -495,6 +492,7 @@ class JobStore:
         return {state: n for state, n in rows}
 
     async def close(self) -> None:
+        self.keys.closing = True  # (no key-filter scan begins now: nobody would use it)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -506,6 +504,8 @@ class JobStore:
                 break
         if self._checkpointing is not None:
             await self._checkpointing
+        if self.keys.scan is not None:  # (on the pool's thread: awaited, not waited for in shutdown)
+            await asyncio.wait([self.keys.scan])
         self._pool.shutdown(wait=True)
         self._writer.shutdown(wait=True)
         if self._ckpt is not None:

@@ -121,6 +121,11 @@ SPEC = "(SELECT spec FROM specs WHERE specs.seq=jobs.seq)"
 # A lookup reads a spec only for a compat job (Judge0 shows its request back), not a run's 48 MiB stdin.
 GET = "SELECT " + cols(f"CASE kind WHEN 'compat' THEN {SPEC} END") + " FROM jobs WHERE id=?"
 BY_KEY = f"SELECT {cols('NULL')} FROM jobs WHERE idem_key=? AND idem_key IS NOT NULL"  # (uses the partial jobs_key)
+# An accepted job's row (JobStore.add; its spec into `specs`).
+ACCEPTED = (
+    "INSERT INTO jobs (id, kind, callback_url, idem_key, fingerprint, state, created_at, size)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 # A waited job's row, final at once (JobStore.record; its result into `results`).
 FINAL = (
     "INSERT INTO jobs (id, kind, callback_url, idem_key, fingerprint, state, created_at, finished_at, size)"
@@ -131,6 +136,12 @@ UNFINISHED = f"SELECT {cols(SPEC, 'NULL')} FROM jobs WHERE finished_at IS NULL O
 LIVE = f"state NOT IN ('{EXPIRED}', '{EVICTED}')"  # a row that is not a tombstone
 # The oldest results first (tombstones have size 0: the partial index jobs_results skips them).
 OLDEST = "SELECT seq, size FROM jobs WHERE finished_at IS NOT NULL AND size > 0 ORDER BY finished_at LIMIT ?"
+SWEEP_CHUNK = 500  # rows per sweep statement: the loop (and inserts) wait for one chunk, not for all
+# The sweep's two steps (`size`: each on its partial index, results or tombstones).
+EXPIRE_DUE = f"seq IN (SELECT seq FROM jobs WHERE finished_at < ? AND size > 0 AND {LIVE} LIMIT {SWEEP_CHUNK})"
+DELETE_DUE = (
+    f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at < ? AND size = 0 LIMIT {SWEEP_CHUNK})"
+)
 TOMBSTONE = "UPDATE jobs SET state=?, idem_key=NULL, fingerprint=NULL, size=0 WHERE "
 
 

@@ -88,3 +88,106 @@ def test_a_rebuild_keeps_every_live_key_and_those_queued_while_it_scans(
         await s.close()
 
     asyncio.run(scenario())
+
+
+def test_a_durable_jobs_key_is_noted_when_its_row_is_queued() -> None:
+    async def scenario() -> None:
+        s = JobStore(":memory:", 600)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        s.add(NewJob("j1", "run", b"spec", time.time(), key="dk", fingerprint=b"f"), lambda ok, v: fut.set_result(ok))
+        assert await fut
+        got = s.by_key("dk")
+        assert got is not None and got.id == "j1"
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_rebuild_waits_until_nothing_is_queued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch that makes it due queues another key from its own callback: no scan
+    begins until that key has committed too (else the scan could miss it)."""
+    monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 40)
+
+    async def scenario() -> None:
+        s = JobStore(tmp_path / "j.sqlite3", 600)
+        late: list[asyncio.Future[tuple[bool, object]]] = []
+        last: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def then(ok: bool, _val: object) -> None:  # (in the batch's own settling, before the scan could begin)
+            late.append(recorded(s, "x"))
+            last.set_result(ok)
+
+        job = NewJob("job-a39", "run", b"", time.time(), key="a39", fingerprint=b"fp")
+        s.record(job, "done", b"info", time.time(), then)
+        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"a{i}") for i in range(39))))
+        assert await last and (await late[0])[0]
+        for _ in range(200):
+            if s.keys.rebuilds:
+                break
+            await asyncio.sleep(0.01)
+        assert s.keys.rebuilds == 1
+        got = s.by_key("x")
+        assert got is not None and got.id == "job-x"
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("path", ["file", ":memory:"])
+def test_a_store_of_many_live_keys_is_rescanned_once_per_as_many_new_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Not after every batch once the rows hold more live keys than REBUILD_AFTER."""
+    monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 40)
+
+    async def rebuilt(s: JobStore, n: int) -> None:
+        for _ in range(200):
+            if s.keys.rebuilds == n and s.keys.scan is None:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{s.keys.rebuilds} rebuilds, not {n}")
+
+    async def scenario() -> None:
+        s = JobStore(tmp_path / "j.sqlite3" if path == "file" else ":memory:", 600)
+        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"a{i}") for i in range(60))))
+        await rebuilt(s, 1)  # (60 keys in one batch: due at 40)
+        for _ in range(10):  # batches that note no key: nothing is due
+            await s.count()
+        assert s.keys.rebuilds == 1
+        # Due again after as many new keys as the scan found live (60), not after 40.
+        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"b{i}") for i in range(45))))
+        await s.count()
+        assert s.keys.rebuilds == 1
+        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"c{i}") for i in range(15))))
+        await rebuilt(s, 2)
+        assert all(s.by_key(k) is not None for k in ("a0", "b44", "c14"))
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_scan_keeps_the_old_filter_and_is_tried_again_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 40)
+    real, calls = keyfilter.fill, []
+
+    def failing_once(db: object, keys: KeyFilter) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # (the first call fills the store's filter at open)
+            raise OSError("disk I/O error")
+        real(db, keys)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keyfilter, "fill", failing_once)
+
+    async def scenario() -> None:
+        s = JobStore(":memory:", 600)
+        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"a{i}") for i in range(40))))
+        assert len(calls) == 2 and s.keys.rebuilds == 0 and s.keys._during is None
+        assert all(s.by_key(f"a{i}") is not None for i in range(40))  # (the old filter: still every key)
+        await s.count()
+        assert len(calls) == 2  # (not after every batch: due again after as many keys)
+        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"b{i}") for i in range(40))))
+        assert len(calls) == 3 and s.keys.rebuilds == 1
+        assert all(s.by_key(k) is not None for k in ("a0", "b39"))
+        await s.close()
+
+    asyncio.run(scenario())
