@@ -35,16 +35,20 @@ per string and cached in it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from concurrent.futures import Executor
 
-from sandboxd.jobs.storerows import KEYS
+from sandboxd.jobs.storerows import KEYS_AFTER
 
 log = logging.getLogger(__name__)
 BITS_LOG2 = 23  # 8 Mi bits, 1 MiB
 # With 3 probes, 2^19 keys in 2^23 bits: ~0.5% false positives (1 - e^(-3n/m))^3.
 REBUILD_AFTER = 1 << 19
+# Keys per read of a rebuild's scan: each chunk one statement, and one job on the
+# store's checkpointer thread, so that a checkpoint waits for a chunk, not a scan.
+SCAN_CHUNK = 10_000
 _MASK64 = (1 << 64) - 1
 
 
@@ -94,7 +98,7 @@ class StoreKeys:
         # the scan is done (never while the scan's thread sets its bits: `|=` on a byte is a
         # read and a write, and a thread switch between them would lose the other's bit).
         self._during: list[str] | None = None
-        self.scan: asyncio.Future[None] | None = None  # the scan on the store's thread, while it runs
+        self.scan: asyncio.Future[int | None] | None = None  # the scan's chunk on the store's thread, while it runs
         self.closing = False  # the store is closing: no new scan
         self.skipped = 0  # lookups it answered (no SELECT)
         self.asked = 0  # lookups it passed to the store (a key held, or a false positive)
@@ -127,9 +131,10 @@ class StoreKeys:
     def rebuild(self, quiet: bool, db: sqlite3.Connection, pool: Executor | None) -> None:
         """When due, a new filter from the keys the rows still hold.
         quiet: nothing is queued or committing in the store, so every key queued
-        before is in the scan's snapshot, and every key queued after is noted
-        for the new filter too.  pool: the thread that scans, on `db` (None: inline).
-        Bounded: the keys queued while one scan runs (a scan of 2^19 rows: ~0.6 s)."""
+        before is in a committed row the scan reads (fill_chunk), and every key
+        queued after is noted for the new filter too.  pool: the thread that
+        scans, a chunk at a time, on `db` (None: all at once, inline).  Bounded:
+        the keys queued while one scan runs (2^19 rows: ~0.6 s of chunks)."""
         if not quiet or self.closing or self._during is not None or not self.due():
             return
         nxt, self._during = KeyFilter(), []
@@ -142,15 +147,24 @@ class StoreKeys:
             self._rebuilt(nxt)
             return
 
-        def done(f: asyncio.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def chunk(after: int) -> None:
+            self.scan = loop.run_in_executor(pool, fill_chunk, db, nxt, after)
+            self.scan.add_done_callback(done)
+
+        def done(f: asyncio.Future[int | None]) -> None:
             self.scan = None
             if f.cancelled() or f.exception() is not None:
                 self._failed(f.exception() if not f.cancelled() else "cancelled")
-            else:
+            elif (last := f.result()) is None:
                 self._rebuilt(nxt)
+            elif self.closing:  # (nobody will use it)
+                self._during = None
+            else:
+                chunk(last)
 
-        self.scan = asyncio.get_running_loop().run_in_executor(pool, fill, db, nxt)
-        self.scan.add_done_callback(done)
+        chunk(-1)
 
     def _failed(self, why: object) -> None:
         self._during = None
@@ -168,10 +182,20 @@ class StoreKeys:
 
 
 def fill(db: sqlite3.Connection, keys: KeyFilter) -> None:
-    """Every key the store's rows hold, added to `keys` (one read transaction)."""
-    db.execute("BEGIN")
-    try:
-        for (key,) in db.execute(KEYS):
-            keys.add(key)
-    finally:
-        db.execute("COMMIT")
+    """Every key the store's rows hold, added to `keys`."""
+    after: int | None = -1
+    while after is not None:
+        after = fill_chunk(db, keys, after)
+
+
+def fill_chunk(db: sqlite3.Connection, keys: KeyFilter, after: int) -> int | None:
+    """The keys of the next SCAN_CHUNK keyed rows past seq `after`, added to `keys`;
+    the last seq read, None past the end.  Each chunk its own read: a row
+    committed before the scan began is in its chunk unless its key was freed
+    meanwhile, and a row added since has a higher seq or a key noted anyway."""
+    last, found = db.execute(KEYS_AFTER, (after, SCAN_CHUNK)).fetchone()
+    if last is None:
+        return None
+    for key in json.loads(found):
+        keys.add(key)
+    return int(last)

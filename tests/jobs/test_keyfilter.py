@@ -42,6 +42,7 @@ def test_a_new_key_costs_no_select_a_recorded_one_is_found_after_a_restart(tmp_p
         s.db.set_trace_callback(ran.append)
         assert s.by_key("never") is None and s.keys.skipped == 1 and ran == []
         assert await recorded(s, "k1") == (True, 1)
+        assert await recorded(s, 'k"\\[') == (True, 1)  # (read back through the scan's JSON)
         ran.clear()
         got = s.by_key("k1")
         assert got is not None and got.id == "job-k1" and any("WHERE idem_key=" in sql for sql in ran)
@@ -50,6 +51,7 @@ def test_a_new_key_costs_no_select_a_recorded_one_is_found_after_a_restart(tmp_p
         again = JobStore(tmp_path / "j.sqlite3", 600)
         got = again.by_key("k1")
         assert got is not None and got.id == "job-k1" and again.keys.skipped == 0
+        assert again.by_key('k"\\[') is not None and again.keys.filter.added == 2
         await again.close()
 
     asyncio.run(scenario())
@@ -60,6 +62,7 @@ def test_a_rebuild_keeps_every_live_key_and_those_queued_while_it_scans(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 40)
+    monkeypatch.setattr(keyfilter, "SCAN_CHUNK", 7)  # (a scan of several chunks, keys queued between them)
 
     async def scenario() -> None:
         s = JobStore(tmp_path / "j.sqlite3" if path == "file" else ":memory:", 600)
