@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,29 @@ def recorded(s: JobStore, key: str) -> asyncio.Future[tuple[bool, object]]:
     return fut
 
 
+async def record_all(s: JobStore, keys: Iterable[str]) -> None:
+    """Keyed records queued at once (one batch), committed."""
+    assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, k) for k in keys)))
+
+
+def open_store(tmp_path: Path, path: str) -> JobStore:
+    return JobStore(tmp_path / "j.sqlite3" if path == "file" else ":memory:", 600)
+
+
+async def rebuilt(s: JobStore, n: int) -> None:
+    """Until the filter has been rebuilt n times and no scan runs (the file's is on a thread)."""
+    for _ in range(200):
+        if s.keys.rebuilds == n and s.keys.scan is None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{s.keys.rebuilds} rebuilds, not {n}")
+
+
+@pytest.fixture
+def due_at_40(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 40)
+
+
 def test_a_new_key_costs_no_select_a_recorded_one_is_found_after_a_restart(tmp_path: Path) -> None:
     async def scenario() -> None:
         s = JobStore(tmp_path / "j.sqlite3", 600)
@@ -58,16 +82,16 @@ def test_a_new_key_costs_no_select_a_recorded_one_is_found_after_a_restart(tmp_p
 
 
 @pytest.mark.parametrize("path", ["file", ":memory:"])
+@pytest.mark.usefixtures("due_at_40")
 def test_a_rebuild_keeps_every_live_key_and_those_queued_while_it_scans(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 40)
     monkeypatch.setattr(keyfilter, "SCAN_CHUNK", 7)  # (a scan of several chunks, keys queued between them)
 
     async def scenario() -> None:
-        s = JobStore(tmp_path / "j.sqlite3" if path == "file" else ":memory:", 600)
+        s = open_store(tmp_path, path)
         first = [f"a{i}" for i in range(39)]
-        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, k) for k in first)))
+        await record_all(s, first)
         assert s.keys.rebuilds == 0  # (39 keys: not yet)
         for k in first[:10]:  # tombstones: their keys freed, still in the old filter
             assert await s.forget(f"job-{k}")
@@ -75,11 +99,7 @@ def test_a_rebuild_keeps_every_live_key_and_those_queued_while_it_scans(
         # queued before the scan can have finished (on the file: in its thread).
         assert (await recorded(s, "a39"))[0]
         during = asyncio.gather(*(recorded(s, f"b{i}") for i in range(5)))
-        for _ in range(200):
-            if s.keys.rebuilds:
-                break
-            await asyncio.sleep(0.01)
-        assert s.keys.rebuilds == 1
+        await rebuilt(s, 1)
         assert all(ok for ok, _ in await during)
         live = [*first[10:], "a39", *(f"b{i}" for i in range(5))]
         for k in live:
@@ -106,10 +126,10 @@ def test_a_durable_jobs_key_is_noted_when_its_row_is_queued() -> None:
     asyncio.run(scenario())
 
 
-def test_a_rebuild_waits_until_nothing_is_queued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("due_at_40")
+def test_a_rebuild_waits_until_nothing_is_queued(tmp_path: Path) -> None:
     """The batch that makes it due queues another key from its own callback: no scan
     begins until that key has committed too (else the scan could miss it)."""
-    monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 40)
 
     async def scenario() -> None:
         s = JobStore(tmp_path / "j.sqlite3", 600)
@@ -122,13 +142,9 @@ def test_a_rebuild_waits_until_nothing_is_queued(tmp_path: Path, monkeypatch: py
 
         job = NewJob("job-a39", "run", b"", time.time(), key="a39", fingerprint=b"fp")
         s.record(job, "done", b"info", time.time(), then)
-        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"a{i}") for i in range(39))))
+        await record_all(s, (f"a{i}" for i in range(39)))
         assert await last and (await late[0])[0]
-        for _ in range(200):
-            if s.keys.rebuilds:
-                break
-            await asyncio.sleep(0.01)
-        assert s.keys.rebuilds == 1
+        await rebuilt(s, 1)
         got = s.by_key("x")
         assert got is not None and got.id == "job-x"
         await s.close()
@@ -137,31 +153,22 @@ def test_a_rebuild_waits_until_nothing_is_queued(tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.parametrize("path", ["file", ":memory:"])
-def test_a_store_of_many_live_keys_is_rescanned_once_per_as_many_new_keys(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
-) -> None:
+@pytest.mark.usefixtures("due_at_40")
+def test_a_store_of_many_live_keys_is_rescanned_once_per_as_many_new_keys(tmp_path: Path, path: str) -> None:
     """Not after every batch once the rows hold more live keys than REBUILD_AFTER."""
-    monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 40)
-
-    async def rebuilt(s: JobStore, n: int) -> None:
-        for _ in range(200):
-            if s.keys.rebuilds == n and s.keys.scan is None:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"{s.keys.rebuilds} rebuilds, not {n}")
 
     async def scenario() -> None:
-        s = JobStore(tmp_path / "j.sqlite3" if path == "file" else ":memory:", 600)
-        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"a{i}") for i in range(60))))
+        s = open_store(tmp_path, path)
+        await record_all(s, (f"a{i}" for i in range(60)))
         await rebuilt(s, 1)  # (60 keys in one batch: due at 40)
         for _ in range(10):  # batches that note no key: nothing is due
             await s.count()
         assert s.keys.rebuilds == 1
         # Due again after as many new keys as the scan found live (60), not after 40.
-        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"b{i}") for i in range(45))))
+        await record_all(s, (f"b{i}" for i in range(45)))
         await s.count()
         assert s.keys.rebuilds == 1
-        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"c{i}") for i in range(15))))
+        await record_all(s, (f"c{i}" for i in range(15)))
         await rebuilt(s, 2)
         assert all(s.by_key(k) is not None for k in ("a0", "b44", "c14"))
         await s.close()
@@ -169,8 +176,8 @@ def test_a_store_of_many_live_keys_is_rescanned_once_per_as_many_new_keys(
     asyncio.run(scenario())
 
 
+@pytest.mark.usefixtures("due_at_40")
 def test_a_failed_scan_keeps_the_old_filter_and_is_tried_again_later(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 40)
     real, calls = keyfilter.fill, []
 
     def failing_once(db: object, keys: KeyFilter) -> None:
@@ -183,12 +190,12 @@ def test_a_failed_scan_keeps_the_old_filter_and_is_tried_again_later(monkeypatch
 
     async def scenario() -> None:
         s = JobStore(":memory:", 600)
-        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"a{i}") for i in range(40))))
+        await record_all(s, (f"a{i}" for i in range(40)))
         assert len(calls) == 2 and s.keys.rebuilds == 0 and s.keys._during is None
         assert all(s.by_key(f"a{i}") is not None for i in range(40))  # (the old filter: still every key)
         await s.count()
         assert len(calls) == 2  # (not after every batch: due again after as many keys)
-        assert all(ok for ok, _ in await asyncio.gather(*(recorded(s, f"b{i}") for i in range(40))))
+        await record_all(s, (f"b{i}" for i in range(40)))
         assert len(calls) == 3 and s.keys.rebuilds == 1
         assert all(s.by_key(k) is not None for k in ("a0", "b39"))
         await s.close()
