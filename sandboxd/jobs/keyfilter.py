@@ -15,16 +15,18 @@ negative would run a finished job again, and the rule excludes it.
 
 Bounded: BITS bits (1 MiB) whatever the store holds.  Its false-positive rate
 grows with the keys added, so after REBUILD_AFTER of them (and at least as
-many as its rows held at the last scan: StoreKeys.due) the store builds a
-new one from the keys its rows still hold (StoreKeys.rebuild: a scan on the
-checkpointer's thread); what is queued meanwhile goes into both, into the
+many as its rows held at the last scan: StoreKeys._built) the store builds a
+new one from the keys its rows still hold (StoreKeys.rebuild: a scan of the
+key index in chunks on the checkpointer's thread); what is queued meanwhile goes into both, into the
 new one on the loop once the scan is done.  A store that holds more live
 keys than the filter is sized for still answers right, only more often by
 the SELECT.
 
 One writer per store file (each instance has its own state directory): the
 filter knows the keys this process queued and those the file held when it
-was opened, not rows another process adds to the same file.
+was opened, not rows another process adds to the same file.  (Its probes
+come from Python's str hash, randomized per process unless PYTHONHASHSEED is
+set: then keys could be chosen to collide, which costs SELECTs, not answers.)
 
 Why not a library: what is needed is two operations on a bytearray; the
 Bloom-filter packages on PyPI add hashing of their own (a C extension or pure
@@ -40,7 +42,7 @@ import logging
 import sqlite3
 from concurrent.futures import Executor
 
-from sandboxd.jobs.storerows import KEYS_AFTER
+from sandboxd.jobs.storerows import KEYS_AFTER, KEYS_FIRST
 
 log = logging.getLogger(__name__)
 BITS_LOG2 = 23  # 8 Mi bits, 1 MiB
@@ -93,12 +95,13 @@ class StoreKeys:
         """db: the store's, its schema made; the filter starts with every key its rows hold."""
         self.filter = KeyFilter()
         fill(db, self.filter)
-        self._scanned = self.filter.added  # keys the filter was built from: the rows' at its scan
+        self._due_at = 0  # the filter's `added` at which a rebuild is due (due)
+        self._built(self.filter.added)
         # Being rebuilt: the keys queued meanwhile, added to the new filter on the loop once
         # the scan is done (never while the scan's thread sets its bits: `|=` on a byte is a
         # read and a write, and a thread switch between them would lose the other's bit).
         self._during: list[str] | None = None
-        self.scan: asyncio.Future[int | None] | None = None  # the scan's chunk on the store's thread, while it runs
+        self.scan: asyncio.Future[str | None] | None = None  # the scan's chunk on the store's thread, while it runs
         self.closing = False  # the store is closing: no new scan
         self.skipped = 0  # lookups it answered (no SELECT)
         self.asked = 0  # lookups it passed to the store (a key held, or a false positive)
@@ -123,10 +126,13 @@ class StoreKeys:
         return {"filter": self.skipped, "store": self.asked, "rebuilds": self.rebuilds}
 
     def due(self) -> bool:
-        """REBUILD_AFTER keys noted since the scan it was built from, and at least
-        as many as that scan found: a store of L live keys is scanned once per L
-        new keys, not after every batch, one row read per key noted (amortized)."""
-        return self.filter.added - self._scanned >= max(REBUILD_AFTER, self._scanned)
+        return self.filter.added >= self._due_at
+
+    def _built(self, scanned: int) -> None:
+        """A filter built from `scanned` keys: due after REBUILD_AFTER new ones, and at
+        least as many as that, so that a store of L live keys is scanned once per L
+        new keys, not after every batch (one index entry read per key noted, amortized)."""
+        self._due_at = scanned + max(REBUILD_AFTER, scanned)
 
     def rebuild(self, quiet: bool, db: sqlite3.Connection, pool: Executor | None) -> None:
         """When due, a new filter from the keys the rows still hold.
@@ -149,11 +155,15 @@ class StoreKeys:
 
         loop = asyncio.get_running_loop()
 
-        def chunk(after: int) -> None:
-            self.scan = loop.run_in_executor(pool, fill_chunk, db, nxt, after)
+        def chunk(after: str | None) -> None:
+            try:
+                self.scan = loop.run_in_executor(pool, fill_chunk, db, nxt, after)
+            except RuntimeError as e:  # (the pool shut down: never left half-begun)
+                self._failed(e)
+                return
             self.scan.add_done_callback(done)
 
-        def done(f: asyncio.Future[int | None]) -> None:
+        def done(f: asyncio.Future[str | None]) -> None:
             self.scan = None
             if f.cancelled() or f.exception() is not None:
                 self._failed(f.exception() if not f.cancelled() else "cancelled")
@@ -164,17 +174,17 @@ class StoreKeys:
             else:
                 chunk(last)
 
-        chunk(-1)
+        chunk(None)
 
     def _failed(self, why: object) -> None:
         self._during = None
-        self._scanned = self.filter.added  # (due again after as many keys: not after every batch)
+        self._due_at = self.filter.added + REBUILD_AFTER  # (tried again after as many keys, not every batch)
         log.error("job store: the key filter was not rebuilt: %s", why)
 
     def _rebuilt(self, nxt: KeyFilter) -> None:
         """On the loop, the scan done: the keys queued meanwhile added, then the new filter in use."""
         assert self._during is not None
-        self._scanned = nxt.added
+        self._built(nxt.added)
         for key in self._during:
             nxt.add(key)
         self.filter, self._during = nxt, None
@@ -183,19 +193,22 @@ class StoreKeys:
 
 def fill(db: sqlite3.Connection, keys: KeyFilter) -> None:
     """Every key the store's rows hold, added to `keys`."""
-    after: int | None = -1
+    after = fill_chunk(db, keys, None)
     while after is not None:
         after = fill_chunk(db, keys, after)
 
 
-def fill_chunk(db: sqlite3.Connection, keys: KeyFilter, after: int) -> int | None:
-    """The keys of the next SCAN_CHUNK keyed rows past seq `after`, added to `keys`;
-    the last seq read, None past the end.  Each chunk its own read: a row
-    committed before the scan began is in its chunk unless its key was freed
-    meanwhile, and a row added since has a higher seq or a key noted anyway."""
-    last, found = db.execute(KEYS_AFTER, (after, SCAN_CHUNK)).fetchone()
+def fill_chunk(db: sqlite3.Connection, keys: KeyFilter, after: str | None) -> str | None:
+    """The next SCAN_CHUNK keys the rows hold, in key order past `after` (None:
+    from the first), added to `keys`; the last of them, None past the end.
+    Each chunk its own read: a row keyed before the scan began is in its chunk
+    unless its key was freed meanwhile (a row's key only ever becomes NULL),
+    and a key queued since is noted for the new filter anyway."""
+    last, found = db.execute(
+        KEYS_FIRST if after is None else KEYS_AFTER, ("" if after is None else after, SCAN_CHUNK)
+    ).fetchone()
     if last is None:
         return None
     for key in json.loads(found):
         keys.add(key)
-    return int(last)
+    return str(last)

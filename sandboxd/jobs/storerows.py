@@ -131,13 +131,15 @@ FINAL = (
     "INSERT INTO jobs (id, kind, callback_url, idem_key, fingerprint, state, created_at, finished_at, size)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# The keys of up to ? rows past a seq, and the last seq read (sandboxd.jobs.keyfilter: one
-# row a chunk, so that sqlite3 gives the GIL up once a chunk, not once a key; a JSON array
-# holds any key).  NOT INDEXED: by the rowid, in order, never by sorting jobs_key's entries.
-KEYS_AFTER = (
-    "SELECT max(seq), json_group_array(idem_key) FROM"
-    " (SELECT seq, idem_key FROM jobs NOT INDEXED WHERE seq > ? AND idem_key IS NOT NULL ORDER BY seq LIMIT ?)"
+# The next ? keys the rows hold in key order, past a key (KEYS_AFTER) or from the first
+# (KEYS_FIRST), and the last of them (sandboxd.jobs.keyfilter): the partial jobs_key
+# index alone, keyed rows only; one row a chunk, so that sqlite3 gives the GIL up once
+# a chunk, not once a key (a JSON array holds any key).
+_KEYS = (
+    "SELECT max(k), json_group_array(k) FROM (SELECT idem_key AS k FROM jobs INDEXED BY jobs_key"
+    " WHERE idem_key {} ? AND idem_key IS NOT NULL ORDER BY idem_key LIMIT ?)"
 )
+KEYS_FIRST, KEYS_AFTER = _KEYS.format(">="), _KEYS.format(">")
 UNFINISHED = f"SELECT {cols(SPEC, 'NULL')} FROM jobs WHERE finished_at IS NULL ORDER BY seq"
 LIVE = f"state NOT IN ('{EXPIRED}', '{EVICTED}')"  # a row that is not a tombstone
 # The oldest results first (tombstones have size 0: the partial index jobs_results skips them).

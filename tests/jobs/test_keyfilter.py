@@ -5,6 +5,7 @@ restart and across a rebuild that runs while more keys are queued."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
@@ -59,6 +60,25 @@ def due_at_40(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(keyfilter, "REBUILD_AFTER", 40)
 
 
+def slow_chunks(monkeypatch: pytest.MonkeyPatch, fail_at: int = 0) -> list[str | None]:
+    """A scan of 3-key chunks, each 20 ms long (on the store's thread): keys queued
+    right after a rebuild begins are queued while it scans.  fail_at: that call
+    (counting from 1, the open's fill included) raises.  Returns each call's `after`."""
+    real, calls = keyfilter.fill_chunk, []
+
+    def chunk(db: sqlite3.Connection, keys: KeyFilter, after: str | None) -> str | None:
+        calls.append(after)
+        if len(calls) == fail_at:
+            raise sqlite3.OperationalError("disk I/O error")
+        last = real(db, keys, after)
+        time.sleep(0.02)  # (after its read: the first chunk reads before anything queued meanwhile commits)
+        return last
+
+    monkeypatch.setattr(keyfilter, "SCAN_CHUNK", 3)
+    monkeypatch.setattr(keyfilter, "fill_chunk", chunk)
+    return calls
+
+
 def test_a_new_key_costs_no_select_a_recorded_one_is_found_after_a_restart(tmp_path: Path) -> None:
     async def scenario() -> None:
         s = JobStore(tmp_path / "j.sqlite3", 600)
@@ -86,7 +106,7 @@ def test_a_new_key_costs_no_select_a_recorded_one_is_found_after_a_restart(tmp_p
 def test_a_rebuild_keeps_every_live_key_and_those_queued_while_it_scans(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    monkeypatch.setattr(keyfilter, "SCAN_CHUNK", 7)  # (a scan of several chunks, keys queued between them)
+    slow_chunks(monkeypatch)  # (a scan of several chunks, the keys below queued while it runs)
 
     async def scenario() -> None:
         s = open_store(tmp_path, path)
@@ -98,15 +118,16 @@ def test_a_rebuild_keeps_every_live_key_and_those_queued_while_it_scans(
         # The 40th key's batch ends quiet: the rebuild begins after it; more keys are
         # queued before the scan can have finished (on the file: in its thread).
         assert (await recorded(s, "a39"))[0]
-        during = asyncio.gather(*(recorded(s, f"b{i}") for i in range(5)))
+        # (Keys before the scan's cursor in key order: only what was noted meanwhile has them.)
+        during = asyncio.gather(*(recorded(s, f"0-{i}") for i in range(5)))
         await rebuilt(s, 1)
         assert all(ok for ok, _ in await during)
-        live = [*first[10:], "a39", *(f"b{i}" for i in range(5))]
+        live = [*first[10:], "a39", *(f"0-{i}" for i in range(5))]
         for k in live:
             got = s.by_key(k)
             assert got is not None and got.id == f"job-{k}", k
         # The new filter holds the keys the rows held at the scan plus those noted since
-        # (a b-key committed before the scan began counts twice): not the 10 freed keys.
+        # (a key committed before a chunk read it counts twice): not the 10 freed keys.
         assert len(live) <= s.keys.filter.added <= len(live) + 5
         await s.close()
 
@@ -199,5 +220,46 @@ def test_a_failed_scan_keeps_the_old_filter_and_is_tried_again_later(monkeypatch
         assert len(calls) == 3 and s.keys.rebuilds == 1
         assert all(s.by_key(k) is not None for k in ("a0", "b39"))
         await s.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("due_at_40")
+def test_a_failed_scan_on_the_stores_thread_keeps_the_old_filter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = slow_chunks(monkeypatch, fail_at=2)  # (1: the open's fill of an empty file)
+
+    async def scenario() -> None:
+        s = JobStore(tmp_path / "j.sqlite3", 600)
+        await record_all(s, (f"a{i}" for i in range(40)))
+        for _ in range(100):
+            if len(calls) >= 2 and s.keys.scan is None:
+                break
+            await asyncio.sleep(0.01)
+        assert len(calls) == 2 and s.keys.rebuilds == 0 and s.keys._during is None
+        assert all(s.by_key(f"a{i}") is not None for i in range(40))
+        await record_all(s, (f"b{i}" for i in range(40)))  # (due again after as many keys)
+        await rebuilt(s, 1)
+        assert all(s.by_key(k) is not None for k in ("a0", "b39"))
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("due_at_40")
+def test_a_store_closing_during_a_scan_ends_it_after_the_chunk_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = slow_chunks(monkeypatch)
+
+    async def scenario() -> None:
+        s = JobStore(tmp_path / "j.sqlite3", 600)
+        await record_all(s, (f"a{i}" for i in range(40)))  # (14 chunks of 3 keys: ~0.3 s of scan)
+        await asyncio.sleep(0.03)
+        assert s.keys.scan is not None
+        begun = len(calls)
+        await s.close()
+        assert len(calls) <= begun + 1 and s.keys.rebuilds == 0 and s.keys._during is None
 
     asyncio.run(scenario())
