@@ -98,8 +98,9 @@ class StoreKeys:
         self._due_at = 0  # the filter's `added` at which a rebuild is due (due)
         self._built(self.filter.added)
         # Being rebuilt: the keys queued meanwhile, added to the new filter on the loop once
-        # the scan is done (never while the scan's thread sets its bits: `|=` on a byte is a
-        # read and a write, and a thread switch between them would lose the other's bit).
+        # the scan is done, never while the scan's thread sets its bits (`|=` on a byte is a
+        # read and a write: safe under 3.11's GIL only because no thread switch falls between
+        # them, which a free-threaded build would not keep).
         self._during: list[str] | None = None
         self.scan: asyncio.Future[str | None] | None = None  # the scan's chunk on the store's thread, while it runs
         self.closing = False  # the store is closing: no new scan
