@@ -197,49 +197,26 @@ def test_a_store_of_many_live_keys_is_rescanned_once_per_as_many_new_keys(tmp_pa
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("path", ["file", ":memory:"])
 @pytest.mark.usefixtures("due_at_40")
-def test_a_failed_scan_keeps_the_old_filter_and_is_tried_again_later(monkeypatch: pytest.MonkeyPatch) -> None:
-    real, calls = keyfilter.fill, []
-
-    def failing_once(db: object, keys: KeyFilter) -> None:
-        calls.append(1)
-        if len(calls) == 2:  # (the first call fills the store's filter at open)
-            raise OSError("disk I/O error")
-        real(db, keys)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(keyfilter, "fill", failing_once)
-
-    async def scenario() -> None:
-        s = JobStore(":memory:", 600)
-        await record_all(s, (f"a{i}" for i in range(40)))
-        assert len(calls) == 2 and s.keys.rebuilds == 0 and s.keys._during is None
-        assert all(s.by_key(f"a{i}") is not None for i in range(40))  # (the old filter: still every key)
-        await s.count()
-        assert len(calls) == 2  # (not after every batch: due again after as many keys)
-        await record_all(s, (f"b{i}" for i in range(40)))
-        assert len(calls) == 3 and s.keys.rebuilds == 1
-        assert all(s.by_key(k) is not None for k in ("a0", "b39"))
-        await s.close()
-
-    asyncio.run(scenario())
-
-
-@pytest.mark.usefixtures("due_at_40")
-def test_a_failed_scan_on_the_stores_thread_keeps_the_old_filter(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_failed_scan_keeps_the_old_filter_and_is_tried_again_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    calls = slow_chunks(monkeypatch, fail_at=2)  # (1: the open's fill of an empty file)
+    """On the store's thread (a file) or inline (in memory)."""
+    calls = slow_chunks(monkeypatch, fail_at=2)  # (1: the open's fill of an empty store)
 
     async def scenario() -> None:
-        s = JobStore(tmp_path / "j.sqlite3", 600)
+        s = open_store(tmp_path, path)
         await record_all(s, (f"a{i}" for i in range(40)))
         for _ in range(100):
             if len(calls) >= 2 and s.keys.scan is None:
                 break
             await asyncio.sleep(0.01)
         assert len(calls) == 2 and s.keys.rebuilds == 0 and s.keys._during is None
-        assert all(s.by_key(f"a{i}") is not None for i in range(40))
-        await record_all(s, (f"b{i}" for i in range(40)))  # (due again after as many keys)
+        assert all(s.by_key(f"a{i}") is not None for i in range(40))  # (the old filter: still every key)
+        await s.count()
+        assert len(calls) == 2  # (not after every batch: due again after as many keys)
+        await record_all(s, (f"b{i}" for i in range(40)))
         await rebuilt(s, 1)
         assert all(s.by_key(k) is not None for k in ("a0", "b39"))
         await s.close()
